@@ -1,0 +1,150 @@
+//! The serde mirror of `gateway.yaml`: the stable, user-facing shape.
+//!
+//! Every struct denies unknown keys. Durations and sizes stay text here and are parsed in
+//! [`super::validate`], so one bad value is reported with its path instead of aborting the parse.
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Vec<RawListen>,
+    #[serde(default)]
+    pub admin: Option<String>,
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub shutdown_grace: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub addr: String,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+}
+
+/// The per-route policy block; `defaults:` has the same shape and every route may override
+/// any key of it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    #[serde(default)]
+    pub origins: Option<Vec<String>>,
+    #[serde(default)]
+    pub keepalive: Option<RawKeepalive>,
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeepalive {
+    pub ping_interval: Option<Scalar>,
+    pub pong_timeout: Option<Scalar>,
+    pub sse_heartbeat: Option<Scalar>,
+    pub poll_timeout: Option<Scalar>,
+    pub idle_timeout: Option<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_message: Option<Scalar>,
+    pub send_queue: Option<usize>,
+    pub max_clients: Option<usize>,
+    pub max_clients_per_ip: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    pub path: String,
+    #[serde(default)]
+    pub proxy: Option<RawProxy>,
+    #[serde(default)]
+    pub backend: Option<RawBackend>,
+    #[serde(default)]
+    pub clients: Option<Vec<String>>,
+    #[serde(default)]
+    pub replay: Option<usize>,
+    #[serde(default)]
+    pub origins: Option<Vec<String>>,
+    #[serde(default)]
+    pub keepalive: Option<RawKeepalive>,
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub upstreams: Vec<String>,
+    #[serde(default)]
+    pub balance: Option<String>,
+    #[serde(default)]
+    pub health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    pub connect_timeout: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub interval: Scalar,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    #[serde(default)]
+    pub builtin: Option<String>,
+    #[serde(default)]
+    pub websocket: Option<String>,
+    #[serde(default)]
+    pub sse: Option<String>,
+}
+
+/// A YAML scalar kept as text: `20s`, `1MiB` or a bare number all arrive here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scalar(pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration like 20s or a size like 1MiB")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

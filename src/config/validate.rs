@@ -1,0 +1,759 @@
+//! The typed config: what the rest of the gateway reads. Built from the [`super::raw`] mirror
+//! by checking every value and collecting every problem with the YAML path it came from.
+//!
+//! `file -> serde_yaml::Value -> Raw* (per section, per route) -> Config`
+
+use super::raw::*;
+use super::units::{parse_duration, parse_size};
+use super::ConfigError;
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Vec<Listener>,
+    pub admin: Option<SocketAddr>,
+    pub threads: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keepalive {
+    /// WebSocket ping period; zero disables pings.
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    /// SSE comment period; zero disables heartbeats.
+    pub sse_heartbeat: Duration,
+    pub poll_timeout: Duration,
+    /// Close a connection with no traffic at all for this long; zero disables.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(10),
+            sse_heartbeat: Duration::from_secs(15),
+            poll_timeout: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_message: u64,
+    pub send_queue: usize,
+    pub max_clients: usize,
+    /// Zero means no per-IP cap.
+    pub max_clients_per_ip: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message: 1 << 20,
+            send_queue: 1024,
+            max_clients: 10_000,
+            max_clients_per_ip: 0,
+        }
+    }
+}
+
+/// Which `Host` values a route answers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    Any,
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`; matches one or more labels in front.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub host: HostPattern,
+    /// Normalised: starts with `/`, no trailing `/` except the root itself.
+    pub path: String,
+    pub origins: Vec<String>,
+    pub keepalive: Keepalive,
+    pub limits: Limits,
+    pub kind: RouteKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteKind {
+    Proxy(ProxyRoute),
+    Bridge(BridgeRoute),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    HashClientIp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// As written in the config, for logs and metrics.
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub interval: Duration,
+    /// HTTP GET this path and expect a 2xx; without a path the check is a TCP connect.
+    pub path: Option<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyRoute {
+    pub upstreams: Vec<Upstream>,
+    pub balance: Balance,
+    pub health_check: Option<HealthCheck>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// One message a second carrying the current time, shared by every client.
+    Clock,
+    /// Echoes every message a client sends, per client.
+    Echo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendSpec {
+    Builtin(Builtin),
+}
+
+/// The client transports a bridged route terminates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientTransports {
+    pub websocket: bool,
+    pub sse: bool,
+    pub long_poll: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BridgeRoute {
+    pub backend: BackendSpec,
+    pub clients: ClientTransports,
+    /// How many recent messages are kept for SSE resume and long-poll cursors.
+    pub replay: usize,
+}
+
+pub const DEFAULT_REPLAY: usize = 64;
+const MAX_THREADS: usize = 256;
+const MAX_MESSAGE_CAP: u64 = 64 << 20;
+const MAX_SEND_QUEUE: usize = 1 << 20;
+const MAX_REPLAY: usize = 1 << 20;
+
+/// Parsed sections, each `None` when it failed structurally (its errors are already recorded).
+pub struct RawParts {
+    pub server: Option<RawServer>,
+    pub defaults: RawPolicy,
+    pub routes: Vec<Option<RawRoute>>,
+}
+
+pub struct Validator<'a> {
+    base_dir: &'a Path,
+    pub errors: Vec<ConfigError>,
+}
+
+impl<'a> Validator<'a> {
+    pub fn new(base_dir: &'a Path, errors: Vec<ConfigError>) -> Self {
+        Self { base_dir, errors }
+    }
+
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: String, v: &Option<Scalar>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => parse_duration(&s.0).unwrap_or_else(|e| {
+                self.err(path, e);
+                default
+            }),
+        }
+    }
+
+    /// Checks every section; returns the config only when nothing at all was wrong.
+    pub fn validate(mut self, parts: RawParts) -> Result<Config, Vec<ConfigError>> {
+        let server = match &parts.server {
+            Some(s) => Some(self.server(s)),
+            None => None,
+        };
+        let defaults_origins = parts
+            .defaults
+            .origins
+            .clone()
+            .unwrap_or_else(|| vec!["*".into()]);
+        self.origins("defaults.origins", &defaults_origins);
+        let defaults_keepalive = self.keepalive(
+            "defaults.keepalive",
+            parts.defaults.keepalive.as_ref(),
+            &Keepalive::default(),
+        );
+        let defaults_limits = self.limits(
+            "defaults.limits",
+            parts.defaults.limits.as_ref(),
+            &Limits::default(),
+        );
+
+        let mut routes = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut places: HashMap<(HostPattern, String), usize> = HashMap::new();
+        for (i, raw) in parts.routes.iter().enumerate() {
+            let Some(raw) = raw else { continue };
+            let at = format!("routes[{i}]");
+            if let Some(first) = names.insert(raw.name.clone(), i) {
+                self.err(
+                    format!("{at}.name"),
+                    format!(
+                        "duplicate route name {:?} (already used by routes[{first}]); names must be unique",
+                        raw.name
+                    ),
+                );
+            }
+            let Some(route) = self.route(
+                &at,
+                raw,
+                &defaults_origins,
+                &defaults_keepalive,
+                &defaults_limits,
+            ) else {
+                continue;
+            };
+            let key = (route.host.clone(), route.path.clone());
+            if let Some(first) = places.insert(key, i) {
+                self.err(
+                    format!("{at}.path"),
+                    format!(
+                        "duplicate route: host {:?} path {:?} is already served by routes[{first}]; give one of them another path or host",
+                        raw.host.as_deref().unwrap_or("*"),
+                        route.path
+                    ),
+                );
+            }
+            routes.push(route);
+        }
+        if self.errors.is_empty() {
+            if let Some(server) = server {
+                return Ok(Config { server, routes });
+            }
+        }
+        Err(self.errors)
+    }
+
+    fn server(&mut self, s: &RawServer) -> ServerConfig {
+        let mut listen = Vec::new();
+        if s.listen.is_empty() {
+            self.err(
+                "server.listen",
+                "no listener: add at least one `- addr: \"127.0.0.1:8080\"`",
+            );
+        }
+        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        for (i, l) in s.listen.iter().enumerate() {
+            let at = format!("server.listen[{i}]");
+            let Ok(addr) = l.addr.parse::<SocketAddr>() else {
+                self.err(
+                    format!("{at}.addr"),
+                    format!(
+                        "invalid listen address {:?}: expected IP:PORT, e.g. \"0.0.0.0:8080\"",
+                        l.addr
+                    ),
+                );
+                continue;
+            };
+            if let Some(first) = seen.insert(addr, i) {
+                self.err(
+                    format!("{at}.addr"),
+                    format!("listening address {addr} is already used by server.listen[{first}]"),
+                );
+            }
+            let tls = l.tls.as_ref().map(|t| TlsFiles {
+                cert: self.existing_file(format!("{at}.tls.cert"), &t.cert),
+                key: self.existing_file(format!("{at}.tls.key"), &t.key),
+            });
+            listen.push(Listener { addr, tls });
+        }
+        let admin = s.admin.as_ref().and_then(|a| match a.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if let Some(i) = seen.get(&addr) {
+                    self.err(
+                        "server.admin",
+                        format!("admin address {addr} is already used by server.listen[{i}]"),
+                    );
+                }
+                Some(addr)
+            }
+            Err(_) => {
+                self.err(
+                    "server.admin",
+                    format!("invalid admin address {a:?}: expected IP:PORT, e.g. \"127.0.0.1:9100\""),
+                );
+                None
+            }
+        });
+        let threads = s.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        if threads == 0 || threads > MAX_THREADS {
+            self.err(
+                "server.threads",
+                format!("threads must be between 1 and {MAX_THREADS}, got {threads}"),
+            );
+        }
+        let shutdown_grace = self.duration(
+            "server.shutdown_grace".into(),
+            &s.shutdown_grace,
+            Duration::from_secs(10),
+        );
+        ServerConfig {
+            listen,
+            admin,
+            threads,
+            shutdown_grace,
+        }
+    }
+
+    fn existing_file(&mut self, path: String, file: &str) -> PathBuf {
+        let p = self.base_dir.join(file);
+        if !p.is_file() {
+            self.err(
+                path,
+                format!(
+                    "file {file:?} not found (relative paths are resolved from the config file's folder; scripts/dev-cert.sh makes a dev pair)"
+                ),
+            );
+        }
+        p
+    }
+
+    fn origins(&mut self, at: &str, origins: &[String]) {
+        for (i, o) in origins.iter().enumerate() {
+            let ok = o == "*"
+                || o == "null"
+                || ((o.starts_with("http://") || o.starts_with("https://"))
+                    && !o.ends_with('/')
+                    && !o[o.find("://").unwrap_or(0) + 3..].contains('/'));
+            if !ok {
+                self.err(
+                    format!("{at}[{i}]"),
+                    format!("invalid origin {o:?}: expected \"*\", \"null\" or scheme://host[:port] such as \"https://app.example.com\" or \"https://*.example.com\" (no path, no trailing slash)"),
+                );
+            }
+        }
+    }
+
+    fn keepalive(&mut self, at: &str, raw: Option<&RawKeepalive>, base: &Keepalive) -> Keepalive {
+        let Some(raw) = raw else { return base.clone() };
+        let k = Keepalive {
+            ping_interval: self.duration(
+                format!("{at}.ping_interval"),
+                &raw.ping_interval,
+                base.ping_interval,
+            ),
+            pong_timeout: self.duration(
+                format!("{at}.pong_timeout"),
+                &raw.pong_timeout,
+                base.pong_timeout,
+            ),
+            sse_heartbeat: self.duration(
+                format!("{at}.sse_heartbeat"),
+                &raw.sse_heartbeat,
+                base.sse_heartbeat,
+            ),
+            poll_timeout: self.duration(
+                format!("{at}.poll_timeout"),
+                &raw.poll_timeout,
+                base.poll_timeout,
+            ),
+            idle_timeout: self.duration(
+                format!("{at}.idle_timeout"),
+                &raw.idle_timeout,
+                base.idle_timeout,
+            ),
+        };
+        if !k.ping_interval.is_zero() && k.pong_timeout.is_zero() {
+            self.err(
+                format!("{at}.pong_timeout"),
+                "pong_timeout must be above 0s while ping_interval is on (set ping_interval: 0s to turn pings off)",
+            );
+        }
+        if k.poll_timeout.is_zero() || k.poll_timeout > Duration::from_secs(300) {
+            self.err(
+                format!("{at}.poll_timeout"),
+                "poll_timeout must be between 1ms and 5m (clients and proxies on the way cut longer requests)",
+            );
+        }
+        k
+    }
+
+    fn limits(&mut self, at: &str, raw: Option<&RawLimits>, base: &Limits) -> Limits {
+        let Some(raw) = raw else { return base.clone() };
+        let max_message = match &raw.max_message {
+            None => base.max_message,
+            Some(s) => match parse_size(&s.0) {
+                Ok(0) => {
+                    self.err(format!("{at}.max_message"), "max_message must be above 0");
+                    base.max_message
+                }
+                Ok(n) if n > MAX_MESSAGE_CAP => {
+                    self.err(
+                        format!("{at}.max_message"),
+                        format!("max_message {n} is above the 64MiB cap"),
+                    );
+                    base.max_message
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    self.err(format!("{at}.max_message"), e);
+                    base.max_message
+                }
+            },
+        };
+        let send_queue = raw.send_queue.unwrap_or(base.send_queue);
+        if send_queue == 0 || send_queue > MAX_SEND_QUEUE {
+            self.err(
+                format!("{at}.send_queue"),
+                format!("send_queue must be between 1 and {MAX_SEND_QUEUE}, got {send_queue}"),
+            );
+        }
+        let max_clients = raw.max_clients.unwrap_or(base.max_clients);
+        if max_clients == 0 {
+            self.err(format!("{at}.max_clients"), "max_clients must be above 0");
+        }
+        Limits {
+            max_message,
+            send_queue,
+            max_clients,
+            max_clients_per_ip: raw.max_clients_per_ip.unwrap_or(base.max_clients_per_ip),
+        }
+    }
+
+    fn host(&mut self, at: &str, host: Option<&str>) -> HostPattern {
+        let Some(h) = host else {
+            return HostPattern::Any;
+        };
+        let h = h.trim().to_ascii_lowercase();
+        if h == "*" {
+            return HostPattern::Any;
+        }
+        let (suffix, name) = match h.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, h.as_str()),
+        };
+        let valid = !name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !valid {
+            self.err(
+                format!("{at}.host"),
+                format!("invalid host {h:?}: expected \"*\", an exact name like \"api.example.com\" or a wildcard like \"*.example.com\" (no port)"),
+            );
+        }
+        if suffix {
+            HostPattern::Suffix(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name.to_owned())
+        }
+    }
+
+    fn path(&mut self, at: &str, path: &str) -> String {
+        if !path.starts_with('/')
+            || path.contains(['?', '#', ' '])
+            || path.split('/').any(|s| s == ".." || s == ".")
+        {
+            self.err(
+                format!("{at}.path"),
+                format!("invalid path {path:?}: expected an absolute path prefix like \"/api\" (no query, fragment, spaces or dot segments)"),
+            );
+        }
+        let trimmed = path.trim_end_matches('/');
+        if trimmed.is_empty() {
+            "/".into()
+        } else {
+            trimmed.to_owned()
+        }
+    }
+
+    fn route(
+        &mut self,
+        at: &str,
+        raw: &RawRoute,
+        origins: &[String],
+        keepalive: &Keepalive,
+        limits: &Limits,
+    ) -> Option<Route> {
+        if raw.name.is_empty()
+            || !raw
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            self.err(
+                format!("{at}.name"),
+                format!("invalid route name {:?}: use letters, digits, '-' and '_' (it becomes a metric label)", raw.name),
+            );
+        }
+        let host = self.host(at, raw.host.as_deref());
+        let path = self.path(at, &raw.path);
+        let origins = match &raw.origins {
+            Some(o) => {
+                self.origins(&format!("{at}.origins"), o);
+                o.clone()
+            }
+            None => origins.to_vec(),
+        };
+        let keepalive = self.keepalive(
+            &format!("{at}.keepalive"),
+            raw.keepalive.as_ref(),
+            keepalive,
+        );
+        let limits = self.limits(&format!("{at}.limits"), raw.limits.as_ref(), limits);
+        let kind = match (&raw.proxy, &raw.backend) {
+            (Some(p), None) => {
+                for (key, set) in [
+                    ("clients", raw.clients.is_some()),
+                    ("replay", raw.replay.is_some()),
+                ] {
+                    if set {
+                        self.err(
+                            format!("{at}.{key}"),
+                            format!("`{key}` applies to bridged routes (with `backend:`), not to `proxy:` routes"),
+                        );
+                    }
+                }
+                RouteKind::Proxy(self.proxy(&format!("{at}.proxy"), p)?)
+            }
+            (None, Some(b)) => RouteKind::Bridge(self.bridge(at, b, raw)?),
+            (Some(_), Some(_)) => {
+                self.err(at, "a route has exactly one of `proxy:` (pass-through) or `backend:` (bridged); this one has both");
+                return None;
+            }
+            (None, None) => {
+                self.err(at, "a route needs exactly one of `proxy:` (pass-through) or `backend:` (bridged); this one has neither");
+                return None;
+            }
+        };
+        Some(Route {
+            name: raw.name.clone(),
+            host,
+            path,
+            origins,
+            keepalive,
+            limits,
+            kind,
+        })
+    }
+
+    fn proxy(&mut self, at: &str, p: &RawProxy) -> Option<ProxyRoute> {
+        if p.upstreams.is_empty() {
+            self.err(
+                format!("{at}.upstreams"),
+                "no upstreams: list at least one \"host:port\"",
+            );
+        }
+        let mut upstreams = Vec::new();
+        for (i, u) in p.upstreams.iter().enumerate() {
+            match u.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+                Some(addr) => upstreams.push(Upstream {
+                    name: u.clone(),
+                    addr,
+                }),
+                None => self.err(
+                    format!("{at}.upstreams[{i}]"),
+                    format!("invalid upstream {u:?}: expected host:port that resolves, e.g. \"127.0.0.1:3000\""),
+                ),
+            }
+        }
+        let balance = match p.balance.as_deref().unwrap_or("round_robin") {
+            "round_robin" => Balance::RoundRobin,
+            "least_conn" => Balance::LeastConn,
+            "hash_client_ip" => Balance::HashClientIp,
+            other => {
+                self.err(
+                    format!("{at}.balance"),
+                    format!(
+                        "unknown balance {other:?}: use round_robin, least_conn or hash_client_ip"
+                    ),
+                );
+                Balance::RoundRobin
+            }
+        };
+        let health_check = p.health_check.as_ref().map(|h| {
+            let interval = self.duration(
+                format!("{at}.health_check.interval"),
+                &Some(h.interval.clone()),
+                Duration::from_secs(5),
+            );
+            if interval < Duration::from_millis(100) {
+                self.err(
+                    format!("{at}.health_check.interval"),
+                    "health_check.interval must be at least 100ms",
+                );
+            }
+            if let Some(path) = &h.path {
+                if !path.starts_with('/') {
+                    self.err(
+                        format!("{at}.health_check.path"),
+                        format!("health check path {path:?} must start with '/'"),
+                    );
+                }
+            }
+            let timeout = self.duration(
+                format!("{at}.health_check.timeout"),
+                &h.timeout,
+                Duration::from_secs(1).min(interval),
+            );
+            HealthCheck {
+                interval,
+                path: h.path.clone(),
+                timeout,
+            }
+        });
+        let connect_timeout = self.duration(
+            format!("{at}.connect_timeout"),
+            &p.connect_timeout,
+            Duration::from_secs(3),
+        );
+        Some(ProxyRoute {
+            upstreams,
+            balance,
+            health_check,
+            connect_timeout,
+        })
+    }
+
+    fn bridge(&mut self, at: &str, b: &RawBackend, raw: &RawRoute) -> Option<BridgeRoute> {
+        let kinds = [b.builtin.is_some(), b.websocket.is_some(), b.sse.is_some()];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            self.err(
+                format!("{at}.backend"),
+                "a backend has exactly one of `builtin: clock|echo`, `websocket: ws://..` or `sse: http://..`",
+            );
+            return None;
+        }
+        let backend = if let Some(name) = &b.builtin {
+            match name.as_str() {
+                "clock" => BackendSpec::Builtin(Builtin::Clock),
+                "echo" => BackendSpec::Builtin(Builtin::Echo),
+                other => {
+                    self.err(
+                        format!("{at}.backend.builtin"),
+                        format!("unknown builtin {other:?}: use clock or echo"),
+                    );
+                    return None;
+                }
+            }
+        } else {
+            let (key, url) = match (&b.websocket, &b.sse) {
+                (Some(u), _) => ("websocket", u),
+                (_, Some(u)) => ("sse", u),
+                _ => unreachable!("exactly one backend kind is set"),
+            };
+            self.err(
+                format!("{at}.backend.{key}"),
+                format!("`{key}: {url}` backends are not available in this build yet; use `builtin: clock|echo` or a `proxy:` route"),
+            );
+            return None;
+        };
+        let clients = match &raw.clients {
+            None => match backend {
+                BackendSpec::Builtin(Builtin::Echo) => ClientTransports {
+                    websocket: true,
+                    ..Default::default()
+                },
+                BackendSpec::Builtin(Builtin::Clock) => ClientTransports {
+                    websocket: true,
+                    sse: true,
+                    long_poll: true,
+                },
+            },
+            Some(list) => {
+                let mut c = ClientTransports::default();
+                if list.is_empty() {
+                    self.err(
+                        format!("{at}.clients"),
+                        "clients is empty: list at least one of sse, websocket, long_poll",
+                    );
+                }
+                for (i, name) in list.iter().enumerate() {
+                    let slot = match name.as_str() {
+                        "websocket" => &mut c.websocket,
+                        "sse" => &mut c.sse,
+                        "long_poll" => &mut c.long_poll,
+                        other => {
+                            self.err(format!("{at}.clients[{i}]"), format!("unknown client transport {other:?}: use sse, websocket or long_poll"));
+                            continue;
+                        }
+                    };
+                    if *slot {
+                        self.err(
+                            format!("{at}.clients[{i}]"),
+                            format!("{name} is listed twice"),
+                        );
+                    }
+                    *slot = true;
+                }
+                c
+            }
+        };
+        if backend == BackendSpec::Builtin(Builtin::Echo) && (clients.sse || clients.long_poll) {
+            self.err(
+                format!("{at}.clients"),
+                "builtin echo answers what a client sends, so it needs a two-way client: list only websocket",
+            );
+        }
+        let replay = raw.replay.unwrap_or(DEFAULT_REPLAY);
+        if replay > MAX_REPLAY {
+            self.err(
+                format!("{at}.replay"),
+                format!("replay must be at most {MAX_REPLAY}"),
+            );
+        }
+        Some(BridgeRoute {
+            backend,
+            clients,
+            replay,
+        })
+    }
+}

@@ -1,0 +1,160 @@
+//! Host + longest path-prefix matching, compiled once per config generation.
+//!
+//! Routes are grouped by host pattern; a request host picks exact names first, then the most
+//! specific `*.suffix`, then `*`. Within a group, prefixes match whole path segments (`/api`
+//! matches `/api` and `/api/x`, never `/apix`) and the longest one wins.
+
+use crate::config::{HostPattern, Route};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug, Default)]
+struct PathTable {
+    /// Sorted by prefix length, longest first.
+    entries: Vec<(String, Arc<Route>)>,
+}
+
+impl PathTable {
+    fn insert(&mut self, route: Arc<Route>) {
+        self.entries.push((route.path.clone(), route));
+        self.entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    }
+
+    fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        self.entries
+            .iter()
+            .find(|(prefix, _)| segment_prefix(prefix, path))
+            .map(|(_, r)| r)
+    }
+}
+
+fn segment_prefix(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || (path.starts_with(prefix)
+            && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
+}
+
+#[derive(Debug, Default)]
+pub struct Router {
+    exact: HashMap<String, PathTable>,
+    /// `(".example.com", table)`, longest suffix first.
+    suffix: Vec<(String, PathTable)>,
+    any: PathTable,
+}
+
+impl Router {
+    pub fn new(routes: &[Arc<Route>]) -> Self {
+        let mut r = Router::default();
+        for route in routes {
+            match &route.host {
+                HostPattern::Any => r.any.insert(route.clone()),
+                HostPattern::Exact(h) => {
+                    r.exact.entry(h.clone()).or_default().insert(route.clone())
+                }
+                HostPattern::Suffix(s) => match r.suffix.iter_mut().find(|(k, _)| k == s) {
+                    Some((_, t)) => t.insert(route.clone()),
+                    None => {
+                        let mut t = PathTable::default();
+                        t.insert(route.clone());
+                        r.suffix.push((s.clone(), t));
+                    }
+                },
+            }
+        }
+        r.suffix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        r
+    }
+
+    /// `host` is the request's Host header (port and case are normalised here); `path` has no query.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        let host = host.map(normalize_host);
+        if let Some(h) = &host {
+            if let Some(r) = self.exact.get(h.as_str()).and_then(|t| t.find(path)) {
+                return Some(r);
+            }
+            for (suffix, table) in &self.suffix {
+                if h.len() > suffix.len() && h.ends_with(suffix.as_str()) {
+                    if let Some(r) = table.find(path) {
+                        return Some(r);
+                    }
+                }
+            }
+        }
+        self.any.find(path)
+    }
+}
+
+/// Lower-cases and strips the port and a trailing dot: `API.Example.com.:8080` -> `api.example.com`.
+fn normalize_host(host: &str) -> String {
+    let h = if host.starts_with('[') {
+        // IPv6 literal: keep the brackets, drop the port.
+        host.split_inclusive(']').next().unwrap_or(host)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+    use std::path::Path;
+
+    fn router(yaml_routes: &str) -> Router {
+        let text = format!(
+            "server: {{ listen: [ {{ addr: \"127.0.0.1:0\" }} ] }}\nroutes:\n{yaml_routes}"
+        );
+        let cfg = load_str(&text, Path::new("."), "t").unwrap();
+        let routes: Vec<Arc<Route>> = cfg.routes.into_iter().map(Arc::new).collect();
+        Router::new(&routes)
+    }
+
+    fn name<'a>(r: &'a Router, host: Option<&str>, path: &str) -> Option<&'a str> {
+        r.find(host, path).map(|r| r.name.as_str())
+    }
+
+    #[test]
+    fn longest_segment_prefix_wins() {
+        let r = router(
+            "  - { name: root, path: /, backend: { builtin: clock } }\n  - { name: api, path: /api, backend: { builtin: clock } }\n  - { name: v2, path: /api/v2/, backend: { builtin: clock } }\n",
+        );
+        assert_eq!(name(&r, None, "/"), Some("root"));
+        assert_eq!(name(&r, None, "/api"), Some("api"));
+        assert_eq!(name(&r, None, "/api/x"), Some("api"));
+        assert_eq!(name(&r, None, "/apix"), Some("root"));
+        assert_eq!(name(&r, None, "/api/v2"), Some("v2"));
+        assert_eq!(name(&r, None, "/api/v2/deep/er"), Some("v2"));
+        assert_eq!(name(&r, None, "/api/v22"), Some("api"));
+    }
+
+    #[test]
+    fn host_exact_then_suffix_then_any() {
+        let r = router(
+            "  - { name: any, path: /x, backend: { builtin: clock } }\n  - { name: wild, host: \"*.example.com\", path: /x, backend: { builtin: clock } }\n  - { name: deep, host: \"*.eu.example.com\", path: /x, backend: { builtin: clock } }\n  - { name: exact, host: API.example.com, path: /x, backend: { builtin: clock } }\n",
+        );
+        assert_eq!(name(&r, Some("api.example.com"), "/x"), Some("exact"));
+        assert_eq!(name(&r, Some("Api.Example.Com:8080"), "/x"), Some("exact"));
+        assert_eq!(name(&r, Some("www.example.com"), "/x"), Some("wild"));
+        assert_eq!(name(&r, Some("a.eu.example.com"), "/x"), Some("deep"));
+        assert_eq!(name(&r, Some("example.com"), "/x"), Some("any"));
+        assert_eq!(name(&r, Some("other.org"), "/x"), Some("any"));
+        assert_eq!(name(&r, None, "/x"), Some("any"));
+        assert_eq!(name(&r, Some("api.example.com"), "/y"), None);
+    }
+
+    #[test]
+    fn host_specific_table_falls_back_to_any_for_other_paths() {
+        let r = router(
+            "  - { name: any, path: /, backend: { builtin: clock } }\n  - { name: exact, host: a.test, path: /only, backend: { builtin: clock } }\n",
+        );
+        assert_eq!(name(&r, Some("a.test"), "/only/x"), Some("exact"));
+        assert_eq!(name(&r, Some("a.test"), "/other"), Some("any"));
+    }
+
+    #[test]
+    fn ipv6_host_port_is_stripped() {
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_host("Example.COM."), "example.com");
+    }
+}
