@@ -1,10 +1,21 @@
 //! switchyard: an edge gateway that terminates WebSocket, SSE and long-poll clients and bridges
 //! them to plain WebSocket/SSE backends, or proxies HTTP and WebSocket straight through.
 //!
-//! The request pipeline, one module each:
-//! `server` (listeners) -> `router` -> `policy` -> `transport` (client side) -> `bridge` ->
-//! `upstream` (backend side); `proxy` is the pingora hook that ties them together.
+//! ```text
+//! server (listeners, TLS, admin)
+//!   -> proxy (pingora hook) -> router -> policy
+//!        -> bridged route:  transport (ws | sse | longpoll) <-> bridge (hub, replay) <-> upstream (builtin, ...)
+//!        -> proxy route:    upstream::pool (balance, health) -> pingora proxy path
+//! ```
 #![forbid(unsafe_code)]
 
+pub mod bridge;
 pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
 pub mod router;
+pub mod server;
+pub mod shutdown;
+pub mod transport;
+pub mod upstream;

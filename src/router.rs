@@ -8,19 +8,27 @@ use crate::config::{HostPattern, Route};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-#[derive(Debug, Default)]
-struct PathTable {
+#[derive(Debug)]
+struct PathTable<T> {
     /// Sorted by prefix length, longest first.
-    entries: Vec<(String, Arc<Route>)>,
+    entries: Vec<(String, Arc<T>)>,
 }
 
-impl PathTable {
-    fn insert(&mut self, route: Arc<Route>) {
-        self.entries.push((route.path.clone(), route));
+impl<T> Default for PathTable<T> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<T: AsRef<Route>> PathTable<T> {
+    fn insert(&mut self, route: Arc<T>) {
+        self.entries.push(((*route).as_ref().path.clone(), route));
         self.entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
     }
 
-    fn find(&self, path: &str) -> Option<&Arc<Route>> {
+    fn find(&self, path: &str) -> Option<&Arc<T>> {
         self.entries
             .iter()
             .find(|(prefix, _)| segment_prefix(prefix, path))
@@ -34,19 +42,25 @@ fn segment_prefix(prefix: &str, path: &str) -> bool {
             && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
 }
 
-#[derive(Debug, Default)]
-pub struct Router {
-    exact: HashMap<String, PathTable>,
+/// Routes by host and path; `T` is whatever the caller attaches to a route (the route itself,
+/// or its runtime state).
+#[derive(Debug)]
+pub struct Router<T> {
+    exact: HashMap<String, PathTable<T>>,
     /// `(".example.com", table)`, longest suffix first.
-    suffix: Vec<(String, PathTable)>,
-    any: PathTable,
+    suffix: Vec<(String, PathTable<T>)>,
+    any: PathTable<T>,
 }
 
-impl Router {
-    pub fn new(routes: &[Arc<Route>]) -> Self {
-        let mut r = Router::default();
+impl<T: AsRef<Route>> Router<T> {
+    pub fn new(routes: &[Arc<T>]) -> Self {
+        let mut r = Router {
+            exact: HashMap::new(),
+            suffix: Vec::new(),
+            any: PathTable::default(),
+        };
         for route in routes {
-            match &route.host {
+            match &(**route).as_ref().host {
                 HostPattern::Any => r.any.insert(route.clone()),
                 HostPattern::Exact(h) => {
                     r.exact.entry(h.clone()).or_default().insert(route.clone())
@@ -66,7 +80,7 @@ impl Router {
     }
 
     /// `host` is the request's Host header (port and case are normalised here); `path` has no query.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<T>> {
         let host = host.map(normalize_host);
         if let Some(h) = &host {
             if let Some(r) = self.exact.get(h.as_str()).and_then(|t| t.find(path)) {
@@ -101,7 +115,7 @@ mod tests {
     use crate::config::load_str;
     use std::path::Path;
 
-    fn router(yaml_routes: &str) -> Router {
+    fn router(yaml_routes: &str) -> Router<Route> {
         let text = format!(
             "server: {{ listen: [ {{ addr: \"127.0.0.1:0\" }} ] }}\nroutes:\n{yaml_routes}"
         );
@@ -110,7 +124,7 @@ mod tests {
         Router::new(&routes)
     }
 
-    fn name<'a>(r: &'a Router, host: Option<&str>, path: &str) -> Option<&'a str> {
+    fn name<'a>(r: &'a Router<Route>, host: Option<&str>, path: &str) -> Option<&'a str> {
         r.find(host, path).map(|r| r.name.as_str())
     }
 

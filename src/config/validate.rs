@@ -102,6 +102,12 @@ pub struct Route {
     pub kind: RouteKind,
 }
 
+impl AsRef<Route> for Route {
+    fn as_ref(&self) -> &Route {
+        self
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum RouteKind {
     Proxy(ProxyRoute),
@@ -144,6 +150,8 @@ pub enum Builtin {
     Clock,
     /// Echoes every message a client sends, per client.
     Echo,
+    /// The demo page (HTML) that shows the clock over SSE and the echo over WebSocket.
+    DemoPage,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -668,7 +676,7 @@ impl<'a> Validator<'a> {
         if kinds.iter().filter(|k| **k).count() != 1 {
             self.err(
                 format!("{at}.backend"),
-                "a backend has exactly one of `builtin: clock|echo`, `websocket: ws://..` or `sse: http://..`",
+                "a backend has exactly one of `builtin: clock|echo|demo`, `websocket: ws://..` or `sse: http://..`",
             );
             return None;
         }
@@ -676,10 +684,11 @@ impl<'a> Validator<'a> {
             match name.as_str() {
                 "clock" => BackendSpec::Builtin(Builtin::Clock),
                 "echo" => BackendSpec::Builtin(Builtin::Echo),
+                "demo" => BackendSpec::Builtin(Builtin::DemoPage),
                 other => {
                     self.err(
                         format!("{at}.backend.builtin"),
-                        format!("unknown builtin {other:?}: use clock or echo"),
+                        format!("unknown builtin {other:?}: use clock, echo or demo"),
                     );
                     return None;
                 }
@@ -707,7 +716,15 @@ impl<'a> Validator<'a> {
                     sse: true,
                     long_poll: true,
                 },
+                BackendSpec::Builtin(Builtin::DemoPage) => ClientTransports::default(),
             },
+            Some(_) if backend == BackendSpec::Builtin(Builtin::DemoPage) => {
+                self.err(
+                    format!("{at}.clients"),
+                    "builtin demo is a plain HTML page: remove `clients`",
+                );
+                ClientTransports::default()
+            }
             Some(list) => {
                 let mut c = ClientTransports::default();
                 if list.is_empty() {

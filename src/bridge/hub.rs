@@ -1,0 +1,226 @@
+//! A shared feed: messages are stamped with an id once, kept in a bounded replay ring, and
+//! broadcast to subscribers through one bounded ring (tokio's broadcast channel), so a slow
+//! subscriber can only fall behind (and is told how far), never hold memory or delay others.
+//!
+//! Each message carries its encodings for the client transports, built on first use and then
+//! shared by every client as `Bytes`.
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast;
+
+/// One message from a backend, as every client will see it.
+#[derive(Debug)]
+pub struct Message {
+    /// Position in the feed, starting at 1; long-poll cursors and SSE ids are built from it.
+    pub seq: u64,
+    pub payload: Bytes,
+    pub binary: bool,
+    sse: OnceLock<Bytes>,
+    ws: OnceLock<Bytes>,
+}
+
+impl Message {
+    pub fn new(seq: u64, payload: Bytes, binary: bool) -> Self {
+        Self {
+            seq,
+            payload,
+            binary,
+            sse: OnceLock::new(),
+            ws: OnceLock::new(),
+        }
+    }
+
+    /// The SSE event for this message, encoded once.
+    pub fn sse_frame(&self, epoch: &str) -> Bytes {
+        self.sse
+            .get_or_init(|| crate::transport::sse::encode_event(epoch, self))
+            .clone()
+    }
+
+    /// The WebSocket frame for this message, encoded once.
+    pub fn ws_frame(&self) -> Bytes {
+        self.ws
+            .get_or_init(|| {
+                let op = if self.binary {
+                    crate::transport::ws::OP_BINARY
+                } else {
+                    crate::transport::ws::OP_TEXT
+                };
+                crate::transport::ws::encode_frame(op, &self.payload)
+            })
+            .clone()
+    }
+}
+
+/// What a subscriber holds: a live receiver plus everything from the replay window it asked for.
+pub struct Subscription {
+    pub backlog: Vec<Arc<Message>>,
+    /// True when the requested position was older than the replay window: messages were missed.
+    pub gap: bool,
+    pub live: broadcast::Receiver<Arc<Message>>,
+}
+
+struct Ring {
+    next_seq: u64,
+    held: VecDeque<Arc<Message>>,
+}
+
+pub struct Hub {
+    /// Changes when the feed restarts from scratch; part of every event id.
+    pub epoch: String,
+    ring: Mutex<Ring>,
+    replay: usize,
+    tx: broadcast::Sender<Arc<Message>>,
+    producer: Mutex<ProducerState>,
+}
+
+struct ProducerState {
+    running: bool,
+    last_subscriber: Instant,
+}
+
+impl Hub {
+    /// `queue` bounds how far any subscriber may fall behind; `replay` how many messages are
+    /// kept for resume.
+    pub fn new(queue: usize, replay: usize) -> Self {
+        let (tx, _) = broadcast::channel(queue.max(1));
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| format!("{:x}", d.as_millis()))
+            .unwrap_or_else(|_| "0".into());
+        Self {
+            epoch,
+            ring: Mutex::new(Ring {
+                next_seq: 1,
+                held: VecDeque::with_capacity(replay.min(1024)),
+            }),
+            replay,
+            tx,
+            producer: Mutex::new(ProducerState {
+                running: false,
+                last_subscriber: Instant::now(),
+            }),
+        }
+    }
+
+    /// Stamps and publishes one message.
+    pub fn publish(&self, payload: Bytes, binary: bool) -> Arc<Message> {
+        let msg = {
+            let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+            let msg = Arc::new(Message::new(ring.next_seq, payload, binary));
+            ring.next_seq += 1;
+            if self.replay > 0 {
+                if ring.held.len() == self.replay {
+                    ring.held.pop_front();
+                }
+                ring.held.push_back(msg.clone());
+            }
+            // Sent under the lock so that live order always matches seq order.
+            let _ = self.tx.send(msg.clone());
+            msg
+        };
+        msg
+    }
+
+    /// The seq of the newest message published so far (0 before the first).
+    pub fn head(&self) -> u64 {
+        self.ring.lock().unwrap_or_else(|p| p.into_inner()).next_seq - 1
+    }
+
+    /// Subscribes; `after` asks for every held message with a seq above it.
+    pub fn subscribe(&self, after: Option<u64>) -> Subscription {
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let live = self.tx.subscribe();
+        let (backlog, gap) = match after {
+            None => (Vec::new(), false),
+            Some(after) => {
+                let backlog: Vec<_> = ring
+                    .held
+                    .iter()
+                    .filter(|m| m.seq > after)
+                    .cloned()
+                    .collect();
+                let oldest = ring.held.front().map_or(ring.next_seq, |m| m.seq);
+                // Missed messages when the client's position is before what is still held.
+                let gap = after + 1 < oldest && after < ring.next_seq - 1;
+                (backlog, gap)
+            }
+        };
+        Subscription { backlog, gap, live }
+    }
+
+    /// Marks that someone wants the feed; returns true when the caller must start the producer.
+    pub fn claim_producer(&self) -> bool {
+        let mut p = self.producer.lock().unwrap_or_else(|p| p.into_inner());
+        p.last_subscriber = Instant::now();
+        if p.running {
+            false
+        } else {
+            p.running = true;
+            true
+        }
+    }
+
+    /// Called by the producer between messages: true when it should stop because nobody has
+    /// subscribed for `linger`. Decided under the same lock as [`Self::claim_producer`], so a
+    /// subscriber arriving meanwhile either keeps it running or starts a new one.
+    pub fn producer_should_stop(&self, linger: std::time::Duration) -> bool {
+        let mut p = self.producer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.tx.receiver_count() > 0 {
+            p.last_subscriber = Instant::now();
+            return false;
+        }
+        if p.last_subscriber.elapsed() >= linger {
+            p.running = false;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_window_and_gap_marker() {
+        let hub = Hub::new(8, 3);
+        for i in 0..5 {
+            hub.publish(Bytes::from(format!("m{i}")), false);
+        }
+        assert_eq!(hub.head(), 5);
+        let s = hub.subscribe(Some(3));
+        assert_eq!(s.backlog.iter().map(|m| m.seq).collect::<Vec<_>>(), [4, 5]);
+        assert!(!s.gap);
+        let s = hub.subscribe(Some(0));
+        assert_eq!(
+            s.backlog.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
+        assert!(s.gap, "seq 1 and 2 fell out of the window");
+        let s = hub.subscribe(Some(5));
+        assert!(s.backlog.is_empty() && !s.gap);
+    }
+
+    #[tokio::test]
+    async fn live_messages_follow_backlog_in_order() {
+        let hub = Hub::new(8, 8);
+        hub.publish(Bytes::from_static(b"a"), false);
+        let mut s = hub.subscribe(Some(0));
+        hub.publish(Bytes::from_static(b"b"), false);
+        assert_eq!(s.backlog[0].seq, 1);
+        assert_eq!(s.live.recv().await.unwrap().seq, 2);
+    }
+
+    #[test]
+    fn encodings_are_built_once_and_shared() {
+        let m = Message::new(7, Bytes::from_static(b"hi"), false);
+        let a = m.ws_frame();
+        let b = m.ws_frame();
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        assert_eq!(&a[..], b"\x81\x02hi");
+    }
+}

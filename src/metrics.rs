@@ -1,0 +1,125 @@
+//! Every metric switchyard exports, in one place. All live in prometheus' default registry, the
+//! same one pingora-prometheus serves, so `/metrics` shows pingora's and ours together.
+//!
+//! Label values are bounded: `route` comes from the config, `transport`, `reason` and
+//! `direction` from fixed sets in the code, `upstream` from the config's upstream list.
+
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+};
+use std::sync::LazyLock;
+
+pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_http_requests_total",
+        "Requests answered, by route and HTTP status class",
+        &["route", "class"]
+    )
+    .expect("metric registers once")
+});
+
+pub static CLIENT_CONNECTIONS_OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "switchyard_client_connections_open",
+        "Client connections the gateway terminates, open now",
+        &["route", "transport"]
+    )
+    .expect("metric registers once")
+});
+
+pub static CLIENT_CONNECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_client_connections_total",
+        "Client connections accepted by the gateway's own transports",
+        &["route", "transport"]
+    )
+    .expect("metric registers once")
+});
+
+pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_messages_total",
+        "Messages through bridged routes; direction is in (from clients) or out (to clients)",
+        &["route", "transport", "direction"]
+    )
+    .expect("metric registers once")
+});
+
+pub static REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_rejections_total",
+        "Requests and frames refused at the edge, by reason",
+        &["route", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static UPSTREAM_HEALTHY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "switchyard_upstream_healthy",
+        "1 when the upstream passes its health check (or has none), 0 when marked down",
+        &["route", "upstream"]
+    )
+    .expect("metric registers once")
+});
+
+pub static UPSTREAM_CONNECT_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_upstream_connect_failures_total",
+        "Failed connection attempts to proxy upstreams",
+        &["route", "upstream"]
+    )
+    .expect("metric registers once")
+});
+
+pub static CONNECTION_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "switchyard_client_connection_duration_seconds",
+        "How long terminated client connections stayed open",
+        &["route", "transport"],
+        vec![0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0]
+    )
+    .expect("metric registers once")
+});
+
+pub static CONFIG_GENERATION: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "switchyard_config_generation",
+        "Generation of the config in force (1 for the one loaded at start)"
+    )
+    .expect("metric registers once")
+});
+
+/// Counts one open client connection for its lifetime.
+pub struct OpenConnection {
+    route: String,
+    transport: &'static str,
+    since: std::time::Instant,
+}
+
+impl OpenConnection {
+    pub fn new(route: &str, transport: &'static str) -> Self {
+        CLIENT_CONNECTIONS
+            .with_label_values(&[route, transport])
+            .inc();
+        CLIENT_CONNECTIONS_OPEN
+            .with_label_values(&[route, transport])
+            .inc();
+        Self {
+            route: route.to_owned(),
+            transport,
+            since: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let labels = [self.route.as_str(), self.transport];
+        CLIENT_CONNECTIONS_OPEN.with_label_values(&labels).dec();
+        CONNECTION_DURATION
+            .with_label_values(&labels)
+            .observe(self.since.elapsed().as_secs_f64());
+    }
+}

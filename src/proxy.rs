@@ -1,0 +1,298 @@
+//! The pingora `ProxyHttp` hook that ties the pipeline together:
+//!
+//! ```text
+//! request_filter:  router -> 404 | bridged route -> transport::serve (answered here)
+//!                                 | proxy route   -> continue to pingora's proxy path
+//! upstream_peer:   UpstreamSet::select (healthy, not yet tried) -> HttpPeer
+//! fail_to_connect: mark the member tried, retry on another one while any is left
+//! upstream_request_filter: X-Forwarded-For / -Proto / -Host (Host itself is kept)
+//! fail_to_proxy:   502 with a body that says which route had no reachable upstream
+//! ```
+
+use crate::bridge::Bridge;
+use crate::config::{Config, Route, RouteKind};
+use crate::error::Reject;
+use crate::metrics;
+use crate::router::Router;
+use crate::transport;
+use crate::upstream::pool::{Lease, UpstreamSet};
+use async_trait::async_trait;
+use pingora::http::RequestHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::sync::Arc;
+
+pub enum Target {
+    Proxy(Arc<UpstreamSet>),
+    Bridge(Bridge),
+}
+
+/// A route with the runtime state it needs (its upstream set or its bridge).
+pub struct RouteRuntime {
+    pub route: Arc<Route>,
+    pub target: Target,
+}
+
+impl AsRef<Route> for RouteRuntime {
+    fn as_ref(&self) -> &Route {
+        &self.route
+    }
+}
+
+/// Everything built from one config generation.
+pub struct GatewayState {
+    pub router: Router<RouteRuntime>,
+    pub upstream_sets: Vec<Arc<UpstreamSet>>,
+}
+
+impl GatewayState {
+    pub fn new(config: &Config) -> Self {
+        let mut upstream_sets = Vec::new();
+        let routes: Vec<Arc<RouteRuntime>> = config
+            .routes
+            .iter()
+            .map(|r| {
+                let route = Arc::new(r.clone());
+                let target = match &r.kind {
+                    RouteKind::Proxy(p) => {
+                        let set = Arc::new(UpstreamSet::new(&r.name, p));
+                        upstream_sets.push(set.clone());
+                        Target::Proxy(set)
+                    }
+                    RouteKind::Bridge(b) => Target::Bridge(Bridge::new(route.clone(), b)),
+                };
+                Arc::new(RouteRuntime { route, target })
+            })
+            .collect();
+        Self {
+            router: Router::new(&routes),
+            upstream_sets,
+        }
+    }
+}
+
+pub struct Gateway {
+    pub state: Arc<GatewayState>,
+}
+
+#[derive(Default)]
+pub struct RequestCtx {
+    route: Option<Arc<RouteRuntime>>,
+    /// Members of the upstream set this request already failed to connect to.
+    tried: Vec<usize>,
+    lease: Option<Lease>,
+}
+
+impl RequestCtx {
+    fn route_name(&self) -> &str {
+        self.route.as_ref().map_or("-", |r| r.route.name.as_str())
+    }
+}
+
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
+}
+
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let req = session.req_header();
+        let found = self
+            .state
+            .router
+            .find(request_host(req), req.uri.path())
+            .cloned();
+        let Some(rt) = found else {
+            let path = req.uri.path().to_owned();
+            Reject::new(404, "no_route", format!("no route for {path}"))
+                .send(session, "-")
+                .await?;
+            return Ok(true);
+        };
+        ctx.route = Some(rt.clone());
+        match &rt.target {
+            Target::Bridge(bridge) => {
+                transport::serve(session, bridge).await?;
+                Ok(true)
+            }
+            Target::Proxy(_) => {
+                if session.is_upgrade_req() {
+                    // A tunnelled WebSocket may stay quiet for long: only idle_timeout ends it.
+                    let idle = rt.route.keepalive.idle_timeout;
+                    session.set_read_timeout((!idle.is_zero()).then_some(idle));
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let rt = ctx.route.clone().expect("request_filter sets the route");
+        let Target::Proxy(set) = &rt.target else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "bridged route reached the proxy path",
+            );
+        };
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.lease = None;
+        let Some(lease) = set.select(client_ip, &ctx.tried) else {
+            return Error::e_explain(
+                ErrorType::Custom("no_upstream"),
+                format!(
+                    "no healthy upstream left to try for route {}",
+                    rt.route.name
+                ),
+            );
+        };
+        let member = &set.members[lease.index];
+        let mut peer = HttpPeer::new(member.upstream.addr, false, String::new());
+        peer.options.connection_timeout = Some(set.spec.connect_timeout);
+        if session.is_upgrade_req() {
+            let idle = rt.route.keepalive.idle_timeout;
+            peer.options.read_timeout = (!idle.is_zero()).then_some(idle);
+        }
+        ctx.lease = Some(lease);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(rt), Some(lease)) = (&ctx.route, ctx.lease.take()) {
+            if let Target::Proxy(set) = &rt.target {
+                let name = &set.members[lease.index].upstream.name;
+                metrics::UPSTREAM_CONNECT_FAILURES
+                    .with_label_values(&[&rt.route.name, name])
+                    .inc();
+                ctx.tried.push(lease.index);
+                let untried = (0..set.members.len())
+                    .any(|i| set.members[i].is_healthy() && !ctx.tried.contains(&i));
+                if untried {
+                    e.set_retry(true);
+                }
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // switchyard is the edge: the client's own X-Forwarded-* claims are not trusted.
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            upstream_request.insert_header("x-forwarded-for", ip.to_string())?;
+        }
+        let proto = if is_tls(session) { "https" } else { "http" };
+        upstream_request.insert_header("x-forwarded-proto", proto)?;
+        if let Some(host) = request_host(session.req_header()).map(str::to_owned) {
+            upstream_request.insert_header("x-forwarded-host", host)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy
+    where
+        Self::CTX: Send + Sync,
+    {
+        let route = ctx.route_name().to_owned();
+        let reject = match e.etype() {
+            ErrorType::HTTPStatus(code) => Some(Reject::new(
+                *code,
+                "http_error",
+                format!("request failed with status {code}"),
+            )),
+            ErrorType::Custom("no_upstream") => Some(Reject::new(
+                502,
+                "no_upstream",
+                format!("502 Bad Gateway: no upstream of route {route} is reachable"),
+            )),
+            _ => match e.esource() {
+                ErrorSource::Upstream => Some(Reject::new(
+                    502,
+                    "upstream_error",
+                    format!(
+                        "502 Bad Gateway: the upstream of route {route} failed: {}",
+                        e.etype().as_str()
+                    ),
+                )),
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        None
+                    }
+                    _ => Some(Reject::new(400, "bad_request", "400 Bad Request")),
+                },
+                ErrorSource::Internal | ErrorSource::Unset => Some(Reject::new(
+                    500,
+                    "internal_error",
+                    "500 Internal Server Error",
+                )),
+            },
+        };
+        let code = reject.as_ref().map_or(0, |r| r.status);
+        if let Some(r) = reject {
+            // Only answer if nothing was sent yet; otherwise the connection just closes.
+            if session.response_written().is_none() {
+                let _ = r.send(session, &route).await;
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+        let class = match session.response_written().map(|r| r.status.as_u16()) {
+            Some(s) => match s / 100 {
+                1 => "1xx",
+                2 => "2xx",
+                3 => "3xx",
+                4 => "4xx",
+                _ => "5xx",
+            },
+            None => "none",
+        };
+        metrics::HTTP_REQUESTS
+            .with_label_values(&[ctx.route_name(), class])
+            .inc();
+        ctx.lease = None;
+    }
+}

@@ -1,0 +1,120 @@
+//! Maps a validated [`Config`] onto a pingora `Server`: the proxy service with its plain and TLS
+//! listeners, the admin listener (`/metrics`, `/healthz`, `/readyz`), the health checker and the
+//! drain coordinator.
+
+use crate::config::Config;
+use crate::metrics;
+use crate::proxy::{Gateway, GatewayState};
+use crate::shutdown::{self, DrainOnShutdown};
+use crate::upstream::health::HealthChecker;
+use async_trait::async_trait;
+use pingora::apps::http_app::{HttpServer, ServeHttp};
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::http::ServerSession;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use prometheus::{Encoder, TextEncoder};
+use std::sync::Arc;
+
+/// The admin listener's app.
+pub struct AdminApp;
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_owned();
+        let (status, ctype, body) = match path.as_str() {
+            "/metrics" => {
+                let encoder = TextEncoder::new();
+                let mut buf = Vec::new();
+                let _ = encoder.encode(&prometheus::gather(), &mut buf);
+                (200, encoder.format_type().to_owned(), buf)
+            }
+            "/healthz" => (200, "text/plain".into(), b"ok\n".to_vec()),
+            "/readyz" if shutdown::draining() => (503, "text/plain".into(), b"draining\n".to_vec()),
+            "/readyz" => (200, "text/plain".into(), b"ready\n".to_vec()),
+            _ => (
+                404,
+                "text/plain".into(),
+                b"admin endpoints: /metrics /healthz /readyz\n".to_vec(),
+            ),
+        };
+        http::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, ctype)
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(body)
+            .expect("static response parts are valid")
+    }
+}
+
+/// Process-level options from the command line.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Take over the listening sockets of a running instance (zero-downtime binary upgrade).
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
+    let grace = config.server.shutdown_grace.as_secs().max(1);
+    let first_port = config.server.listen.first().map_or(0, |l| l.addr.port());
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(grace),
+        // One upgrade socket per instance, so two gateways on one host do not collide.
+        upgrade_sock: format!("/tmp/switchyard-{first_port}.upgrade.sock"),
+        pid_file: format!("/tmp/switchyard-{first_port}.pid"),
+        daemon: run.daemon,
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: run.upgrade,
+        daemon: run.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let state = Arc::new(GatewayState::new(config));
+    metrics::CONFIG_GENERATION.set(1);
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway {
+            state: state.clone(),
+        },
+        "switchyard",
+    );
+    for l in &config.server.listen {
+        let addr = l.addr.to_string();
+        match &l.tls {
+            None => proxy.add_tcp(&addr),
+            Some(tls) => {
+                let cert = tls.cert.to_string_lossy();
+                let key = tls.key.to_string_lossy();
+                let mut settings = TlsSettings::intermediate(&cert, &key)
+                    .map_err(|e| anyhow::anyhow!("TLS listener {addr}: {e}"))?;
+                settings.enable_h2();
+                proxy.add_tls_with_settings(&addr, None, settings);
+            }
+        }
+    }
+    server.add_service(proxy);
+
+    if let Some(admin) = config.server.admin {
+        let mut svc = Service::new("switchyard admin".into(), HttpServer::new_app(AdminApp));
+        svc.add_tcp(&admin.to_string());
+        server.add_service(svc);
+    }
+    server.add_service(background_service(
+        "upstream health checks",
+        HealthChecker {
+            sets: state.upstream_sets.clone(),
+        },
+    ));
+    server.add_service(background_service("drain coordinator", DrainOnShutdown));
+    Ok(server)
+}

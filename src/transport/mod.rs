@@ -1,0 +1,228 @@
+//! Client-side endpoints the gateway terminates itself: [`ws`], [`sse`] and [`longpoll`].
+//! [`serve`] picks one per request on the route's single path:
+//! `Upgrade: websocket` -> WebSocket; `Accept: text/event-stream` or `?transport=sse` -> SSE;
+//! `?transport=poll` -> long-poll. A transport the route does not list gets 406 naming the ones
+//! it does.
+
+pub mod longpoll;
+pub mod sse;
+pub mod ws;
+
+use crate::bridge::{Bridge, Feed};
+use crate::error::Reject;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTransport {
+    WebSocket,
+    Sse,
+    LongPoll,
+}
+
+impl ClientTransport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::Sse => "sse",
+            Self::LongPoll => "long_poll",
+        }
+    }
+}
+
+/// The value of query parameter `name`, percent-decoded.
+pub fn query_param(req: &RequestHeader, name: &str) -> Option<String> {
+    let query = req.uri.query()?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Which transport the request asks for, if any.
+pub fn requested(req: &RequestHeader) -> Option<ClientTransport> {
+    if ws::is_upgrade(req) {
+        return Some(ClientTransport::WebSocket);
+    }
+    match query_param(req, "transport").as_deref() {
+        Some("sse") => return Some(ClientTransport::Sse),
+        Some("poll") => return Some(ClientTransport::LongPoll),
+        Some("websocket") => return Some(ClientTransport::WebSocket),
+        _ => {}
+    }
+    let accepts_sse = req
+        .headers
+        .get_all("accept")
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.contains("text/event-stream")));
+    accepts_sse.then_some(ClientTransport::Sse)
+}
+
+const DEMO_PAGE: &str = include_str!("../upstream/demo.html");
+
+async fn serve_page(session: &mut Session, bridge: &Bridge) -> pingora::Result<()> {
+    let route = bridge.route.name.as_str();
+    let req = session.req_header();
+    if req.uri.path() != bridge.route.path
+        && req.uri.path() != format!("{}/", bridge.route.path.trim_end_matches('/'))
+    {
+        return Reject::new(404, "no_route", format!("no route for {}", req.uri.path()))
+            .send(session, route)
+            .await;
+    }
+    if req.method != http::Method::GET && req.method != http::Method::HEAD {
+        return Reject::new(405, "bad_method", "the demo page answers GET")
+            .header("allow", "GET, HEAD")
+            .send(session, route)
+            .await;
+    }
+    let body = Bytes::from_static(DEMO_PAGE.as_bytes());
+    let mut resp = ResponseHeader::build(200, Some(3))?;
+    resp.insert_header("content-type", "text/html; charset=utf-8")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("cache-control", "no-cache")?;
+    let head = req.method == http::Method::HEAD;
+    session.write_response_header(Box::new(resp), head).await?;
+    if !head {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Serves a request on a bridged route with the transport it asks for.
+pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()> {
+    if let Feed::DemoPage = bridge.feed {
+        return serve_page(session, bridge).await;
+    }
+    let route = bridge.route.name.as_str();
+    let offered = bridge.spec.clients;
+    let list = [
+        (
+            offered.sse,
+            "sse (Accept: text/event-stream or ?transport=sse)",
+        ),
+        (offered.websocket, "websocket (Upgrade: websocket)"),
+        (offered.long_poll, "long_poll (?transport=poll)"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, s)| *s)
+    .collect::<Vec<_>>()
+    .join(", ");
+    let Some(transport) = requested(session.req_header()) else {
+        return Reject::new(
+            406,
+            "no_transport",
+            format!("route {route} streams messages; ask for one of: {list}"),
+        )
+        .send(session, route)
+        .await;
+    };
+    let allowed = match transport {
+        ClientTransport::WebSocket => offered.websocket,
+        ClientTransport::Sse => offered.sse,
+        ClientTransport::LongPoll => offered.long_poll,
+    };
+    if !allowed {
+        return Reject::new(
+            406,
+            "transport_not_offered",
+            format!(
+                "route {route} does not offer {}; it offers: {list}",
+                transport.label()
+            ),
+        )
+        .send(session, route)
+        .await;
+    }
+    if transport != ClientTransport::WebSocket && session.req_header().method != http::Method::GET {
+        return Reject::new(
+            405,
+            "bad_method",
+            format!("{} clients use GET", transport.label()),
+        )
+        .header("allow", "GET")
+        .send(session, route)
+        .await;
+    }
+    match transport {
+        ClientTransport::WebSocket => ws::serve(session, bridge).await,
+        ClientTransport::Sse => sse::serve(session, bridge).await,
+        ClientTransport::LongPoll => longpoll::serve(session, bridge).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.insert_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn picks_transport_from_headers_and_query() {
+        assert_eq!(
+            requested(&req("/c", &[("upgrade", "websocket")])),
+            Some(ClientTransport::WebSocket)
+        );
+        assert_eq!(
+            requested(&req("/c", &[("accept", "text/event-stream")])),
+            Some(ClientTransport::Sse)
+        );
+        assert_eq!(
+            requested(&req("/c?transport=sse", &[])),
+            Some(ClientTransport::Sse)
+        );
+        assert_eq!(
+            requested(&req("/c?a=1&transport=poll&cursor=3", &[])),
+            Some(ClientTransport::LongPoll)
+        );
+        assert_eq!(requested(&req("/c", &[("accept", "text/html")])), None);
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let r = req(
+            "/c?lastEventId=ab%2D12&x=%zz&y=a+b&z=%4&u=%\u{e9}\u{e9}",
+            &[],
+        );
+        assert_eq!(query_param(&r, "lastEventId").as_deref(), Some("ab-12"));
+        assert_eq!(query_param(&r, "x").as_deref(), Some("%zz"));
+        assert_eq!(query_param(&r, "y").as_deref(), Some("a b"));
+        assert_eq!(query_param(&r, "z").as_deref(), Some("%4"));
+        assert_eq!(query_param(&r, "u").as_deref(), Some("%\u{e9}\u{e9}"));
+        assert_eq!(query_param(&r, "missing"), None);
+    }
+}

@@ -1,0 +1,200 @@
+//! The client side of Server-Sent Events (WHATWG HTML, "Server-sent events"): a
+//! `text/event-stream` response written one event per flushed chunk, with `retry:` on connect,
+//! an `id:` on every event, heartbeat comments, and resume from `Last-Event-ID`.
+//!
+//! Event ids are `EPOCH-SEQ`: the epoch changes when the feed starts over, so an id from an older
+//! feed is never mistaken for a position in the current one.
+//!
+//! Binary messages (which SSE cannot carry) are sent base64-encoded as `event: binary`.
+//! When a resume position is older than the replay window, an `event: gap` comes first, so a
+//! client can tell that messages were missed.
+
+use crate::bridge::{Bridge, Message};
+use crate::metrics;
+use crate::shutdown;
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use tokio::sync::broadcast::error::RecvError;
+
+/// How long browsers wait before reconnecting, sent on connect.
+pub const RETRY_MS: u64 = 2000;
+
+pub fn encode_event(epoch: &str, msg: &Message) -> Bytes {
+    let mut out = BytesMut::with_capacity(msg.payload.len() + 48);
+    out.put_slice(format!("id: {epoch}-{}\n", msg.seq).as_bytes());
+    if msg.binary {
+        out.put_slice(b"event: binary\ndata: ");
+        out.put_slice(
+            base64::engine::general_purpose::STANDARD
+                .encode(&msg.payload)
+                .as_bytes(),
+        );
+        out.put_u8(b'\n');
+    } else {
+        put_data_lines(&mut out, &msg.payload);
+    }
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// Splits a payload on CRLF, CR or LF into `data:` lines; the client joins them back with LF.
+fn put_data_lines(out: &mut BytesMut, payload: &[u8]) {
+    let mut rest = payload;
+    loop {
+        let end = rest.iter().position(|b| *b == b'\n' || *b == b'\r');
+        out.put_slice(b"data: ");
+        match end {
+            None => {
+                out.put_slice(rest);
+                out.put_u8(b'\n');
+                return;
+            }
+            Some(i) => {
+                out.put_slice(&rest[..i]);
+                out.put_u8(b'\n');
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                rest = &rest[i + skip..];
+            }
+        }
+    }
+}
+
+/// Parses `EPOCH-SEQ` when EPOCH is the hub's current one.
+pub fn resume_position(last_event_id: &str, epoch: &str) -> Option<u64> {
+    let (e, seq) = last_event_id.trim().rsplit_once('-')?;
+    if e != epoch {
+        return None;
+    }
+    seq.parse().ok()
+}
+
+pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()> {
+    let route = bridge.route.name.as_str();
+    let hub = bridge.hub().expect("SSE is only offered on shared feeds");
+    let last_id = session
+        .req_header()
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| super::query_param(session.req_header(), "lastEventId"));
+    // An id from another epoch means the feed restarted: replay all that is held, with a gap mark.
+    let after = last_id
+        .as_deref()
+        .map(|id| resume_position(id, &hub.epoch).unwrap_or(0));
+    let mut sub = bridge.subscribe(after);
+
+    let mut resp = ResponseHeader::build(200, Some(6))?;
+    resp.insert_header("content-type", "text/event-stream")?;
+    resp.insert_header("cache-control", "no-cache")?;
+    resp.insert_header("x-accel-buffering", "no")?;
+    if !session.is_http2() {
+        resp.insert_header("transfer-encoding", "chunked")?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    let _open = metrics::OpenConnection::new(route, "sse");
+    session.set_read_timeout(None);
+    let messages_out = metrics::MESSAGES.with_label_values(&[route, "sse", "out"]);
+
+    let mut first = BytesMut::new();
+    first.put_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
+    if sub.gap {
+        first.put_slice(b"event: gap\ndata: messages before this point were missed\n\n");
+    }
+    let mut last_sent = after.unwrap_or(0);
+    for m in &sub.backlog {
+        first.put_slice(&m.sse_frame(&hub.epoch));
+        last_sent = m.seq;
+    }
+    messages_out.inc_by(sub.backlog.len() as u64);
+    if session
+        .write_response_body(Some(first.freeze()), false)
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+
+    let heartbeat = bridge.route.keepalive.sse_heartbeat;
+    let mut beat = tokio::time::interval(if heartbeat.is_zero() {
+        std::time::Duration::from_secs(86_400)
+    } else {
+        heartbeat
+    });
+    beat.reset();
+    let mut watching_client = true;
+    loop {
+        let chunk = tokio::select! {
+            msg = sub.live.recv() => match msg {
+                Ok(m) if m.seq <= last_sent => continue,
+                Ok(m) => {
+                    last_sent = m.seq;
+                    messages_out.inc();
+                    m.sse_frame(&hub.epoch)
+                }
+                Err(RecvError::Lagged(n)) => {
+                    metrics::REJECTIONS.with_label_values(&[route, "slow_consumer_drop"]).inc_by(n);
+                    Bytes::from(format!("event: gap\ndata: {n} messages dropped: this client fell behind\n\n"))
+                }
+                Err(RecvError::Closed) => break,
+            },
+            _ = beat.tick(), if !heartbeat.is_zero() => Bytes::from_static(b": heartbeat\n\n"),
+            idle = session.read_body_or_idle(true), if watching_client => match idle {
+                // The client closed its side: stop now instead of at the next write.
+                Err(_) => return Ok(()),
+                Ok(_) => { watching_client = false; continue }
+            },
+            _ = shutdown::wait() => {
+                let _ = session.write_response_body(Some(Bytes::from(format!("retry: {RETRY_MS}\n\n"))), false).await;
+                break;
+            }
+        };
+        if session
+            .write_response_body(Some(chunk), false)
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+    }
+    let _ = session.write_response_body(None, true).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_line_payloads_become_several_data_lines() {
+        let m = Message::new(3, Bytes::from_static(b"a\nb\r\nc\rd"), false);
+        assert_eq!(
+            &encode_event("e", &m)[..],
+            b"id: e-3\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
+        let m = Message::new(4, Bytes::from_static(b""), false);
+        assert_eq!(&encode_event("e", &m)[..], b"id: e-4\ndata: \n\n");
+    }
+
+    #[test]
+    fn binary_is_base64_with_its_own_event_name() {
+        let m = Message::new(1, Bytes::from_static(&[0, 255]), true);
+        assert_eq!(
+            &encode_event("e", &m)[..],
+            b"id: e-1\nevent: binary\ndata: AP8=\n\n"
+        );
+    }
+
+    #[test]
+    fn resume_only_within_the_same_epoch() {
+        assert_eq!(resume_position("abc-41", "abc"), Some(41));
+        assert_eq!(resume_position("old-41", "abc"), None);
+        assert_eq!(resume_position("garbage", "abc"), None);
+    }
+}
