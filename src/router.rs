@@ -25,7 +25,7 @@ impl<T> Default for PathTable<T> {
 impl<T: AsRef<Route>> PathTable<T> {
     fn insert(&mut self, route: Arc<T>) {
         self.entries.push(((*route).as_ref().path.clone(), route));
-        self.entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.entries.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
     }
 
     fn find(&self, path: &str) -> Option<&Arc<T>> {
@@ -75,7 +75,7 @@ impl<T: AsRef<Route>> Router<T> {
                 },
             }
         }
-        r.suffix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        r.suffix.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
         r
     }
 

@@ -55,12 +55,11 @@ impl MarkedEventReceiver for Walker {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let line = mark.line();
         match ev {
-            Event::Scalar(value, ..) => {
-                if self.node_path(line).is_none() {
-                    if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
-                        self.lines.insert(join_key(path, &value), line);
-                        *key = Some(value);
-                    }
+            // `node_path` advances the walker for every scalar; only keys get past the guard.
+            Event::Scalar(value, ..) if self.node_path(line).is_none() => {
+                if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
+                    self.lines.insert(join_key(path, &value), line);
+                    *key = Some(value);
                 }
             }
             Event::Alias(_) => {

@@ -218,10 +218,7 @@ impl<'a> Validator<'a> {
 
     /// Checks every section; returns the config only when nothing at all was wrong.
     pub fn validate(mut self, parts: RawParts) -> Result<Config, Vec<ConfigError>> {
-        let server = match &parts.server {
-            Some(s) => Some(self.server(s)),
-            None => None,
-        };
+        let server = parts.server.as_ref().map(|s| self.server(s));
         let defaults_origins = parts
             .defaults
             .origins

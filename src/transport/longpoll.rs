@@ -53,6 +53,7 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     };
     let head = hub.head();
     // A cursor ahead of the feed comes from before a restart: start over from what is held.
+    let from_before_restart = cursor.is_some_and(|n| n > head);
     let after = match cursor {
         Some(n) if n > head => 0,
         Some(n) => n,
@@ -95,7 +96,7 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
         "cursor": next_cursor,
         "messages": batch.iter().map(|m| message_json(m)).collect::<Vec<_>>(),
     });
-    if sub.gap {
+    if sub.gap || from_before_restart {
         body["missed"] = serde_json::Value::Bool(true);
     }
     metrics::MESSAGES

@@ -85,9 +85,9 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
         .map(str::to_owned)
         .or_else(|| super::query_param(session.req_header(), "lastEventId"));
     // An id from another epoch means the feed restarted: replay all that is held, with a gap mark.
-    let after = last_id
-        .as_deref()
-        .map(|id| resume_position(id, &hub.epoch).unwrap_or(0));
+    let resumed = last_id.as_deref().map(|id| resume_position(id, &hub.epoch));
+    let foreign_id = matches!(resumed, Some(None));
+    let after = resumed.map(|p| p.unwrap_or(0));
     let mut sub = bridge.subscribe(after);
 
     let mut resp = ResponseHeader::build(200, Some(6))?;
@@ -104,7 +104,7 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
 
     let mut first = BytesMut::new();
     first.put_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
-    if sub.gap {
+    if sub.gap || foreign_id {
         first.put_slice(b"event: gap\ndata: messages before this point were missed\n\n");
     }
     let mut last_sent = after.unwrap_or(0);

@@ -104,7 +104,7 @@ impl Decoder {
     }
 
     /// The next complete message, `Ok(None)` when more bytes are needed.
-    pub fn next(&mut self) -> Result<Option<Incoming>, Violation> {
+    pub fn next_message(&mut self) -> Result<Option<Incoming>, Violation> {
         loop {
             let mut cur = Cursor::new(&self.buf[..]);
             let Some((header, len)) = FrameHeader::parse(&mut cur)
@@ -343,7 +343,7 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
                 let mut reply: Vec<Bytes> = Vec::new();
                 let mut end = None;
                 loop {
-                    match decoder.next() {
+                    match decoder.next_message() {
                         Ok(None) => break,
                         Ok(Some(Incoming::Text(t))) => {
                             messages_in.inc();
@@ -460,14 +460,14 @@ mod tests {
             d.push(chunk);
         }
         assert_eq!(
-            d.next().unwrap(),
+            d.next_message().unwrap(),
             Some(Incoming::Ping(Bytes::from_static(b"p")))
         );
         assert_eq!(
-            d.next().unwrap(),
+            d.next_message().unwrap(),
             Some(Incoming::Text(Bytes::from_static(b"Hello")))
         );
-        assert_eq!(d.next().unwrap(), None);
+        assert_eq!(d.next_message().unwrap(), None);
     }
 
     #[test]
@@ -486,7 +486,7 @@ mod tests {
         for (wire, code) in cases {
             let mut d = Decoder::new(1024);
             d.push(&wire);
-            assert_eq!(d.next().unwrap_err().code, code, "{wire:02x?}");
+            assert_eq!(d.next_message().unwrap_err().code, code, "{wire:02x?}");
         }
     }
 
@@ -495,7 +495,7 @@ mod tests {
         let mut d = Decoder::new(100);
         // Header announcing 1 MiB, no payload yet: refused at once, nothing buffered.
         d.push(&[0x82, 0x80 | 127, 0, 0, 0, 0, 0, 0x10, 0, 0, 1, 2, 3, 4]);
-        assert_eq!(d.next().unwrap_err().code, close::TOO_BIG);
+        assert_eq!(d.next_message().unwrap_err().code, close::TOO_BIG);
     }
 
     #[test]
