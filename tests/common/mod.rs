@@ -161,11 +161,32 @@ pub async fn http_request(
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
+    let read = async {
+        let mut chunk = [0u8; 16384];
+        loop {
+            let n = s.read(&mut chunk).await.expect("read response");
+            raw.extend_from_slice(&chunk[..n]);
+            if n == 0 || response_complete(&raw) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, read)
         .await
-        .expect("response within the deadline")
-        .expect("read response");
+        .expect("response within the deadline");
     parse_response(&raw)
+}
+
+/// True once the head and a `Content-Length` body are in (other bodies end at EOF).
+fn response_complete(raw: &[u8]) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| raw.len() >= split + 4 + len)
 }
 
 pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {

@@ -1,0 +1,177 @@
+//! The demo page in a real browser (headless Chromium, driven over the DevTools protocol): the
+//! page at `/` shows the clock arriving over EventSource and gets its WebSocket echo back.
+//!
+//! Needs `chromium` on PATH (CI installs it); set SWITCHYARD_CHROMIUM to use another binary.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+struct Browser {
+    child: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type Cdp =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Starts headless Chromium on `url` and connects to that page's DevTools socket.
+async fn open_page(url: &str) -> (Browser, Cdp) {
+    let bin = std::env::var("SWITCHYARD_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let profile = tempfile::tempdir().unwrap();
+    let child = Command::new(&bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start {bin} ({e}): install it with `apt-get install chromium`")
+        });
+    let browser = Browser {
+        child,
+        _profile: profile,
+    };
+    // Chromium writes the port it picked to DevToolsActivePort in the profile.
+    let port_file = browser._profile.path().join("DevToolsActivePort");
+    let until = Instant::now() + DEADLINE;
+    let port: u16 = loop {
+        if let Some(p) = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|t| t.lines().next()?.parse().ok())
+        {
+            break p;
+        }
+        assert!(
+            Instant::now() < until,
+            "chromium did not open its DevTools port"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let devtools = format!("127.0.0.1:{port}").parse().unwrap();
+    let ws_url = loop {
+        let list: serde_json::Value =
+            serde_json::from_slice(&http_get(devtools, "/json/list", &[]).await.body)
+                .unwrap_or_default();
+        let page = list.as_array().and_then(|l| {
+            l.iter()
+                .find(|t| {
+                    t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.starts_with(url))
+                })
+                .cloned()
+        });
+        if let Some(p) = page {
+            break p["webSocketDebuggerUrl"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < until,
+            "the page never showed up in DevTools: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (cdp, _) = tokio_tungstenite::connect_async(ws_url)
+        .await
+        .expect("DevTools socket");
+    (browser, cdp)
+}
+
+/// Evaluates `expr` in the page and returns its value.
+async fn eval(cdp: &mut Cdp, id: &mut u64, expr: &str) -> serde_json::Value {
+    *id += 1;
+    let call = serde_json::json!({"id": *id, "method": "Runtime.evaluate", "params": {"expression": expr, "returnByValue": true}});
+    cdp.send(Message::text(call.to_string())).await.unwrap();
+    loop {
+        let msg = tokio::time::timeout(DEADLINE, cdp.next())
+            .await
+            .expect("DevTools answers")
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(msg.to_text().unwrap_or("{}")).unwrap_or_default();
+        if v["id"] == *id {
+            return v["result"]["result"]["value"].clone();
+        }
+    }
+}
+
+/// Polls `expr` until it is true.
+async fn wait_true(cdp: &mut Cdp, id: &mut u64, expr: &str, what: &str) {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        if eval(cdp, id, expr).await == serde_json::Value::Bool(true) {
+            return;
+        }
+        let page = eval(cdp, id, "document.body.innerText").await;
+        assert!(
+            Instant::now() < until,
+            "{what} never happened; page shows:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn demo_page_shows_the_sse_clock_and_the_websocket_echo_in_chromium() {
+    let routes = "  - name: demo\n    path: /\n    backend: { builtin: demo }\n  - name: clock\n    path: /clock\n    backend: { builtin: clock }\n  - name: echo\n    path: /echo\n    backend: { builtin: echo }\n";
+    let gw = Gateway::start(routes).await;
+    let (_browser, mut cdp) = open_page(&gw.url("/")).await;
+    let mut id = 0;
+    // Two different clock values: the EventSource is live, not a single response.
+    wait_true(&mut cdp, &mut id, "/^\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\dZ$/.test(document.getElementById('clock').textContent)", "a clock event").await;
+    let first = eval(
+        &mut cdp,
+        &mut id,
+        "document.getElementById('clock').textContent",
+    )
+    .await;
+    let expr = format!("document.getElementById('clock').textContent !== {first}");
+    wait_true(&mut cdp, &mut id, &expr, "a second clock event").await;
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "document.getElementById('echo-status').textContent === 'open'",
+        "the WebSocket opening",
+    )
+    .await;
+    eval(&mut cdp, &mut id, "document.getElementById('echo-input').value = 'from chromium'; document.querySelector('#echo-form button').click(); true").await;
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "document.getElementById('log').textContent.includes('\\u2190 from chromium')",
+        "the echo reply",
+    )
+    .await;
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("switchyard_client_connections_open{route=\"clock\",transport=\"sse\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "switchyard_client_connections_open{route=\"echo\",transport=\"websocket\"} 1"
+        ),
+        "{metrics}"
+    );
+}
