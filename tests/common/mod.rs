@@ -55,13 +55,19 @@ impl Gateway {
     }
 
     pub async fn start_with(routes_yaml: &str, defaults_yaml: &str) -> Gateway {
+        Self::start_full("", routes_yaml, defaults_yaml).await
+    }
+
+    /// Like [`Self::start_with`], with extra `server.listen` items (YAML list items, indented
+    /// by four spaces), e.g. a TLS listener.
+    pub async fn start_full(extra_listen: &str, routes_yaml: &str, defaults_yaml: &str) -> Gateway {
         let mut last_log = String::new();
         // A free port can be taken by someone else before the gateway binds it: try again.
         for _ in 0..3 {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let yaml = format!(
-                "server:\n  listen:\n    - addr: \"{addr}\"\n  admin: \"{admin}\"\n  threads: 2\n  shutdown_grace: 1s\n{defaults_yaml}\nroutes:\n{routes_yaml}\n"
+                "server:\n  listen:\n    - addr: \"{addr}\"\n{extra_listen}  admin: \"{admin}\"\n  threads: 2\n  shutdown_grace: 1s\n{defaults_yaml}\nroutes:\n{routes_yaml}\n"
             );
             let dir = tempfile::tempdir().unwrap();
             let config_path = dir.path().join("gateway.yaml");
