@@ -9,9 +9,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn every_dashboard_metric_is_exported() {
+    let dead = dead_port();
     let routes = format!(
         "  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n  - name: echo\n    path: /echo\n    backend: {{ builtin: echo }}\n  - name: api\n    path: /api\n    proxy: {{ upstreams: [\"{}\"] }}\n",
-        dead_addr()
+        dead.addr
     );
     let gw = Gateway::start(&routes).await;
     let mut sse = SseReader::open(gw.addr, "/clock", &[]).await;

@@ -143,7 +143,8 @@ async fn wait_for_metric(gw: &Gateway, needle: &str) {
 #[tokio::test]
 async fn one_member_down_every_request_still_succeeds() {
     let alive = HttpBackend::start("alive").await;
-    let dead = dead_addr();
+    let dead_guard = dead_port();
+    let dead = dead_guard.addr;
     let gw = Gateway::start(&proxy_route(
         &[alive.addr, dead],
         "      health_check: { interval: 200ms, path: /healthz }\n",
@@ -212,7 +213,8 @@ async fn member_failing_its_http_check_gets_no_traffic_and_comes_back() {
 
 #[tokio::test]
 async fn all_members_down_gives_502_with_a_clear_body() {
-    let gw = Gateway::start(&proxy_route(&[dead_addr(), dead_addr()], "")).await;
+    let (g1, g2) = (dead_port(), dead_port());
+    let gw = Gateway::start(&proxy_route(&[g1.addr, g2.addr], "")).await;
     let r = http_get(gw.addr, "/api", &[]).await;
     assert_eq!(r.status, 502);
     assert!(
@@ -221,7 +223,8 @@ async fn all_members_down_gives_502_with_a_clear_body() {
         r.body_text()
     );
     // Same once the health check has marked both down.
-    let (d1, d2) = (dead_addr(), dead_addr());
+    let (g3, g4) = (dead_port(), dead_port());
+    let (d1, d2) = (g3.addr, g4.addr);
     let gw = Gateway::start(&proxy_route(
         &[d1, d2],
         "      health_check: { interval: 100ms }\n",

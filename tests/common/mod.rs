@@ -373,9 +373,23 @@ impl Drop for WsBackend {
     }
 }
 
-/// An address where nothing listens (bound once, then released).
-pub fn dead_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+/// An address where nothing listens: the port stays bound (without `listen`) for as long as
+/// the guard lives, so connects are refused and no other socket can take the port meanwhile.
+pub struct DeadPort {
+    pub addr: SocketAddr,
+    _socket: socket2::Socket,
+}
+
+pub fn dead_port() -> DeadPort {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    DeadPort {
+        addr,
+        _socket: socket,
+    }
 }
 
 /// Reads SSE events from a streaming response until `count` events with data arrived.
