@@ -108,20 +108,17 @@ impl Hub {
 
     /// Stamps and publishes one message.
     pub fn publish(&self, payload: Bytes, binary: bool) -> Arc<Message> {
-        let msg = {
-            let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-            let msg = Arc::new(Message::new(ring.next_seq, payload, binary));
-            ring.next_seq += 1;
-            if self.replay > 0 {
-                if ring.held.len() == self.replay {
-                    ring.held.pop_front();
-                }
-                ring.held.push_back(msg.clone());
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let msg = Arc::new(Message::new(ring.next_seq, payload, binary));
+        ring.next_seq += 1;
+        if self.replay > 0 {
+            if ring.held.len() == self.replay {
+                ring.held.pop_front();
             }
-            // Sent under the lock so that live order always matches seq order.
-            let _ = self.tx.send(msg.clone());
-            msg
-        };
+            ring.held.push_back(msg.clone());
+        }
+        // Sent under the lock so that live order always matches seq order.
+        let _ = self.tx.send(msg.clone());
         msg
     }
 

@@ -199,8 +199,6 @@ fn parse_node<T: DeserializeOwned>(
             Err(e) => e,
         };
         let segments: Vec<serde_path_to_error::Segment> = err.path().iter().cloned().collect();
-        let inner = err.path().to_string();
-        let inner = if inner == "." { String::new() } else { inner };
         let message = err.into_inner().to_string();
         if let Some(field) = unknown_field(&message) {
             // serde_path_to_error may or may not include the unknown key itself in the path.
@@ -222,7 +220,7 @@ fn parse_node<T: DeserializeOwned>(
             continue;
         }
         errors.push(ConfigError {
-            path: join(base, &inner),
+            path: join(base, &render(&segments)),
             line: None,
             message,
         });
