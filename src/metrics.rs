@@ -73,6 +73,51 @@ pub static UPSTREAM_CONNECT_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(||
     .expect("metric registers once")
 });
 
+pub static BACKEND_CONNECTED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "switchyard_backend_connections_open",
+        "Streaming backend connections open now (a shared route holds at most one)",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
+pub static BACKEND_CONNECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_backend_connect_attempts_total",
+        "Connection attempts to streaming backends, by outcome (ok or failed)",
+        &["route", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static BACKEND_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_backend_messages_total",
+        "Messages received from streaming backends",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
+pub static SLOW_CONSUMERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_slow_consumer_total",
+        "Clients that fell more than send_queue messages behind, by the action taken (disconnect or drop)",
+        &["route", "transport", "action"]
+    )
+    .expect("metric registers once")
+});
+
+pub static DROPPED_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_dropped_messages_total",
+        "Messages not delivered to a client, by reason (slow_consumer or binary_policy)",
+        &["route", "transport", "reason"]
+    )
+    .expect("metric registers once")
+});
+
 pub static CONNECTION_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "switchyard_client_connection_duration_seconds",

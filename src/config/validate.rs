@@ -157,6 +157,59 @@ pub enum Builtin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendSpec {
     Builtin(Builtin),
+    /// A plain WebSocket server; each message it sends is one message to clients.
+    WebSocket(BackendFeed),
+    /// A `text/event-stream` endpoint; each event is one message, its `event:` name kept.
+    Sse(BackendFeed),
+}
+
+/// Where and how the gateway connects to a streaming backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendFeed {
+    /// As written in the config, for logs.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// The `Host` header: `host[:port]` as written.
+    pub authority: String,
+    /// Path and query sent in the request line.
+    pub path: String,
+    pub subprotocols: Vec<String>,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub connect_timeout: Duration,
+    pub reconnect: Reconnect,
+}
+
+/// Exponential backoff between backend connection attempts, with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+/// How a route's clients share backend connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fanout {
+    /// One backend connection per route, opened on the first client.
+    Shared,
+}
+
+/// What happens to a client that falls more than `send_queue` messages behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// Close it (WS 1008, SSE end of stream); SSE and long-poll clients resume from the replay ring.
+    Disconnect,
+    /// Skip the oldest undelivered messages and tell the client how many it missed.
+    DropOldest,
+}
+
+/// How binary backend messages reach text-only clients (SSE, long-poll).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryPolicy {
+    /// SSE `event: binary` with base64 data; long-poll `{"binary": "<base64>"}`.
+    Base64,
+    /// Not delivered to text-only clients; counted in metrics.
+    Drop,
 }
 
 /// The client transports a bridged route terminates.
@@ -173,9 +226,20 @@ pub struct BridgeRoute {
     pub clients: ClientTransports,
     /// How many recent messages are kept for SSE resume and long-poll cursors.
     pub replay: usize,
+    pub fanout: Fanout,
+    /// How long a shared backend connection stays open after its last client left.
+    pub linger: Duration,
+    pub slow_consumer: SlowConsumer,
+    pub binary: BinaryPolicy,
 }
 
 pub const DEFAULT_REPLAY: usize = 64;
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
+pub const DEFAULT_RECONNECT: Reconnect = Reconnect {
+    initial: Duration::from_millis(100),
+    max: Duration::from_secs(10),
+};
+const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_THREADS: usize = 256;
 const MAX_MESSAGE_CAP: u64 = 64 << 20;
 const MAX_SEND_QUEUE: usize = 1 << 20;
@@ -559,6 +623,10 @@ impl<'a> Validator<'a> {
                 for (key, set) in [
                     ("clients", raw.clients.is_some()),
                     ("replay", raw.replay.is_some()),
+                    ("fanout", raw.fanout.is_some()),
+                    ("backend_linger", raw.backend_linger.is_some()),
+                    ("slow_consumer", raw.slow_consumer.is_some()),
+                    ("binary", raw.binary.is_some()),
                 ] {
                     if set {
                         self.err(
@@ -690,25 +758,50 @@ impl<'a> Validator<'a> {
                     return None;
                 }
             }
+        } else if let Some(url) = &b.websocket {
+            BackendSpec::WebSocket(self.backend_feed(
+                &format!("{at}.backend"),
+                "websocket",
+                url,
+                b,
+            )?)
+        } else if let Some(url) = &b.sse {
+            BackendSpec::Sse(self.backend_feed(&format!("{at}.backend"), "sse", url, b)?)
         } else {
-            let (key, url) = match (&b.websocket, &b.sse) {
-                (Some(u), _) => ("websocket", u),
-                (_, Some(u)) => ("sse", u),
-                _ => unreachable!("exactly one backend kind is set"),
-            };
-            self.err(
-                format!("{at}.backend.{key}"),
-                format!("`{key}: {url}` backends are not available in this build yet; use `builtin: clock|echo` or a `proxy:` route"),
-            );
-            return None;
+            unreachable!("exactly one backend kind is set")
         };
+        if let BackendSpec::Builtin(_) = backend {
+            for (key, set) in [
+                ("subprotocols", b.subprotocols.is_some()),
+                ("headers", b.headers.is_some()),
+                ("connect_timeout", b.connect_timeout.is_some()),
+                ("reconnect", b.reconnect.is_some()),
+            ] {
+                if set {
+                    self.err(
+                        format!("{at}.backend.{key}"),
+                        format!(
+                            "`{key}` applies to `websocket:` and `sse:` backends, not to builtins"
+                        ),
+                    );
+                }
+            }
+        }
+        if let (BackendSpec::Sse(_), Some(_)) = (&backend, &b.subprotocols) {
+            self.err(
+                format!("{at}.backend.subprotocols"),
+                "subprotocols are a WebSocket feature; an `sse:` backend has none",
+            );
+        }
         let clients = match &raw.clients {
             None => match backend {
                 BackendSpec::Builtin(Builtin::Echo) => ClientTransports {
                     websocket: true,
                     ..Default::default()
                 },
-                BackendSpec::Builtin(Builtin::Clock) => ClientTransports {
+                BackendSpec::Builtin(Builtin::Clock)
+                | BackendSpec::WebSocket(_)
+                | BackendSpec::Sse(_) => ClientTransports {
                     websocket: true,
                     sse: true,
                     long_poll: true,
@@ -764,10 +857,221 @@ impl<'a> Validator<'a> {
                 format!("replay must be at most {MAX_REPLAY}"),
             );
         }
+        let fanout = match raw.fanout.as_deref() {
+            None | Some("shared") => Fanout::Shared,
+            Some("per_client") => {
+                self.err(
+                    format!("{at}.fanout"),
+                    "fanout: per_client (one backend session per client) is not in this build yet; use `shared`",
+                );
+                Fanout::Shared
+            }
+            Some(other) => {
+                self.err(
+                    format!("{at}.fanout"),
+                    format!("unknown fanout {other:?}: use shared"),
+                );
+                Fanout::Shared
+            }
+        };
+        let linger = self.duration(
+            format!("{at}.backend_linger"),
+            &raw.backend_linger,
+            DEFAULT_LINGER,
+        );
+        let slow_consumer = match raw.slow_consumer.as_deref() {
+            None | Some("disconnect") => SlowConsumer::Disconnect,
+            Some("drop_oldest") => SlowConsumer::DropOldest,
+            Some(other) => {
+                self.err(
+                    format!("{at}.slow_consumer"),
+                    format!(
+                        "unknown slow_consumer policy {other:?}: use disconnect or drop_oldest"
+                    ),
+                );
+                SlowConsumer::Disconnect
+            }
+        };
+        let binary = match raw.binary.as_deref() {
+            None | Some("base64") => BinaryPolicy::Base64,
+            Some("drop") => BinaryPolicy::Drop,
+            Some(other) => {
+                self.err(
+                    format!("{at}.binary"),
+                    format!("unknown binary policy {other:?}: use base64 or drop"),
+                );
+                BinaryPolicy::Base64
+            }
+        };
+        let shared_feed = matches!(
+            backend,
+            BackendSpec::WebSocket(_) | BackendSpec::Sse(_) | BackendSpec::Builtin(Builtin::Clock)
+        );
+        if !shared_feed {
+            for (key, set) in [
+                ("replay", raw.replay.is_some()),
+                ("fanout", raw.fanout.is_some()),
+                ("backend_linger", raw.backend_linger.is_some()),
+                ("slow_consumer", raw.slow_consumer.is_some()),
+                ("binary", raw.binary.is_some()),
+            ] {
+                if set {
+                    self.err(
+                        format!("{at}.{key}"),
+                        format!("`{key}` applies to routes with a feed (websocket, sse or clock backends)"),
+                    );
+                }
+            }
+        }
         Some(BridgeRoute {
             backend,
             clients,
             replay,
+            fanout,
+            linger,
+            slow_consumer,
+            binary,
+        })
+    }
+
+    /// Checks a `websocket:` or `sse:` backend URL and its connection settings.
+    fn backend_feed(
+        &mut self,
+        at: &str,
+        key: &str,
+        url: &str,
+        b: &RawBackend,
+    ) -> Option<BackendFeed> {
+        let (plain, tls) = if key == "websocket" {
+            ("ws", "wss")
+        } else {
+            ("http", "https")
+        };
+        let uri = match url.parse::<http::Uri>() {
+            Ok(u) => u,
+            Err(e) => {
+                self.err(
+                    format!("{at}.{key}"),
+                    format!("invalid URL {url:?}: {e}; expected {plain}://host:port/path"),
+                );
+                return None;
+            }
+        };
+        match uri.scheme_str() {
+            Some(s) if s == plain => {}
+            Some(s) if s == tls => {
+                self.err(
+                    format!("{at}.{key}"),
+                    format!("{tls}:// backends (TLS toward the backend) are not supported yet; use {plain}:// on a trusted network"),
+                );
+                return None;
+            }
+            _ => {
+                self.err(
+                    format!("{at}.{key}"),
+                    format!("{url:?} must start with {plain}://"),
+                );
+                return None;
+            }
+        }
+        let (Some(host), Some(authority)) = (uri.host(), uri.authority()) else {
+            self.err(format!("{at}.{key}"), format!("{url:?} has no host"));
+            return None;
+        };
+        if authority.as_str().contains('@') {
+            self.err(
+                format!("{at}.{key}"),
+                "credentials in the URL are not supported: send them with `headers:`",
+            );
+        }
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(80);
+        let path = uri
+            .path_and_query()
+            .map_or("/".to_owned(), |p| p.as_str().to_owned());
+        let path = if path.is_empty() { "/".into() } else { path };
+
+        let mut subprotocols = Vec::new();
+        for (i, p) in b.subprotocols.iter().flatten().enumerate() {
+            let token = !p.is_empty()
+                && p.bytes()
+                    .all(|c| c.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&c));
+            if !token {
+                self.err(
+                    format!("{at}.subprotocols[{i}]"),
+                    format!("{p:?} is not a valid subprotocol token (RFC 6455 section 4.1)"),
+                );
+            }
+            subprotocols.push(p.clone());
+        }
+        let mut headers = Vec::new();
+        for (name, value) in b.headers.iter().flatten() {
+            let here = format!("{at}.headers.{name}");
+            let Ok(n) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                self.err(here, format!("{name:?} is not a valid header name"));
+                continue;
+            };
+            let reserved = [
+                "host",
+                "connection",
+                "upgrade",
+                "content-length",
+                "transfer-encoding",
+                "last-event-id",
+            ];
+            if reserved.contains(&n.as_str()) || n.as_str().starts_with("sec-websocket-") {
+                self.err(
+                    here,
+                    format!("{name} is set by the gateway itself and cannot be configured"),
+                );
+                continue;
+            }
+            match http::HeaderValue::from_str(value) {
+                Ok(v) => headers.push((n, v)),
+                Err(_) => self.err(here, "header values are visible ASCII text"),
+            }
+        }
+        let connect_timeout = self.duration(
+            format!("{at}.connect_timeout"),
+            &b.connect_timeout,
+            DEFAULT_BACKEND_CONNECT_TIMEOUT,
+        );
+        if connect_timeout.is_zero() {
+            self.err(
+                format!("{at}.connect_timeout"),
+                "connect_timeout must be above 0s",
+            );
+        }
+        let reconnect = match &b.reconnect {
+            None => DEFAULT_RECONNECT,
+            Some(r) => Reconnect {
+                initial: self.duration(
+                    format!("{at}.reconnect.initial"),
+                    &r.initial,
+                    DEFAULT_RECONNECT.initial,
+                ),
+                max: self.duration(format!("{at}.reconnect.max"), &r.max, DEFAULT_RECONNECT.max),
+            },
+        };
+        if reconnect.initial.is_zero() || reconnect.initial > reconnect.max {
+            self.err(
+                format!("{at}.reconnect"),
+                "reconnect.initial must be above 0s and at most reconnect.max",
+            );
+        }
+        Some(BackendFeed {
+            url: url.to_owned(),
+            host,
+            port,
+            authority: authority.as_str().to_owned(),
+            path,
+            subprotocols,
+            headers,
+            connect_timeout,
+            reconnect,
         })
     }
 }

@@ -5,14 +5,18 @@
 //! `200 application/json {"cursor": M, "messages": [...]}`; polling again with M misses nothing
 //! still in the replay window. Without `cursor` the poll waits for the next message. When N is
 //! older than the window, the answer carries `"missed": true` with everything still held.
-//! Text messages are JSON strings; binary ones `{"binary": "<base64>"}`.
+//! Text messages are JSON strings; binary ones `{"binary": "<base64>"}` (or left out with
+//! `binary: drop`); named events from an SSE backend `{"event": NAME, "data": TEXT}`. Each
+//! message's JSON is encoded once and shared by every poll that returns it.
+//! When the backend connection ends, waiting polls are answered at once with what they have.
 
-use crate::bridge::{Bridge, Message};
+use crate::bridge::{Bridge, Event, Message};
+use crate::config::BinaryPolicy;
 use crate::error::Reject;
 use crate::metrics;
 use crate::shutdown;
 use base64::Engine;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use std::sync::Arc;
@@ -21,12 +25,19 @@ use tokio::sync::broadcast::error::RecvError;
 /// A poll answers with at most this many messages; the client polls again for the rest.
 const MAX_BATCH: usize = 1000;
 
-fn message_json(m: &Message) -> serde_json::Value {
-    if m.binary {
+/// One message as a JSON value: a string for text, `{"binary": "<base64>"}` for binary, and
+/// `{"event": NAME, "data": TEXT}` for a named event from an SSE backend.
+pub fn encode_message(m: &Message) -> Bytes {
+    let value = if m.binary {
         serde_json::json!({ "binary": base64::engine::general_purpose::STANDARD.encode(&m.payload) })
     } else {
-        serde_json::Value::String(String::from_utf8_lossy(&m.payload).into_owned())
-    }
+        let text = String::from_utf8_lossy(&m.payload);
+        match &m.event {
+            Some(name) => serde_json::json!({ "event": &**name, "data": text }),
+            None => serde_json::Value::String(text.into_owned()),
+        }
+    };
+    Bytes::from(value.to_string())
 }
 
 pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()> {
@@ -62,17 +73,22 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     let _open = metrics::OpenConnection::new(route, "long_poll");
     let mut sub = bridge.subscribe(Some(after));
     let mut batch: Vec<Arc<Message>> = sub.backlog;
+    let mut missed = sub.gap || from_before_restart;
     if batch.is_empty() {
         let deadline = tokio::time::sleep(bridge.route.keepalive.poll_timeout);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                msg = sub.live.recv() => match msg {
-                    Ok(m) if m.seq > after => { batch.push(m); break }
-                    Ok(_) => continue,
+                event = sub.live.recv() => match event {
+                    Ok(Event::Message(m)) if m.seq > after => { batch.push(m); break }
+                    Ok(Event::Message(_)) => continue,
+                    // The client polls again with its cursor and waits for the backend there.
+                    Ok(Event::BackendGone(_)) => break,
                     Err(RecvError::Lagged(_)) => {
-                        // Everything we lagged over is still in the replay ring: take it from there.
-                        batch = hub.subscribe(Some(after)).backlog;
+                        // What we lagged over is still in the replay ring unless it is tiny.
+                        let again = hub.subscribe(Some(after));
+                        batch = again.backlog;
+                        missed |= again.gap;
                         break;
                     }
                     Err(RecvError::Closed) => break,
@@ -84,7 +100,9 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
         // Take whatever else is already queued, without waiting.
         while batch.len() < MAX_BATCH {
             match sub.live.try_recv() {
-                Ok(m) if m.seq > batch.last().map_or(after, |l| l.seq) => batch.push(m),
+                Ok(Event::Message(m)) if m.seq > batch.last().map_or(after, |l| l.seq) => {
+                    batch.push(m)
+                }
                 Ok(_) => {}
                 Err(_) => break,
             }
@@ -92,17 +110,33 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     }
     batch.truncate(MAX_BATCH);
     let next_cursor = batch.last().map_or(after, |m| m.seq);
-    let mut body = serde_json::json!({
-        "cursor": next_cursor,
-        "messages": batch.iter().map(|m| message_json(m)).collect::<Vec<_>>(),
-    });
-    if sub.gap || from_before_restart {
-        body["missed"] = serde_json::Value::Bool(true);
+    let drop_binary = bridge.spec.binary == BinaryPolicy::Drop;
+    let mut body =
+        BytesMut::with_capacity(64 + batch.iter().map(|m| m.payload.len() + 8).sum::<usize>());
+    body.put_slice(format!("{{\"cursor\":{next_cursor},\"messages\":[").as_bytes());
+    let mut sent = 0u64;
+    for m in &batch {
+        if m.binary && drop_binary {
+            metrics::DROPPED_MESSAGES
+                .with_label_values(&[route, "long_poll", "binary_policy"])
+                .inc();
+            continue;
+        }
+        if sent > 0 {
+            body.put_u8(b',');
+        }
+        body.put_slice(&m.json());
+        sent += 1;
     }
+    body.put_u8(b']');
+    if missed {
+        body.put_slice(b",\"missed\":true");
+    }
+    body.put_u8(b'}');
     metrics::MESSAGES
         .with_label_values(&[route, "long_poll", "out"])
-        .inc_by(batch.len() as u64);
-    let body = Bytes::from(body.to_string());
+        .inc_by(sent);
+    let body = body.freeze();
     let mut resp = ResponseHeader::build(200, Some(3))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("cache-control", "no-store")?;

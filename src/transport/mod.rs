@@ -8,11 +8,12 @@ pub mod longpoll;
 pub mod sse;
 pub mod ws;
 
-use crate::bridge::{Bridge, Feed};
+use crate::bridge::{Bridge, Consumer, Feed};
 use crate::error::Reject;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientTransport {
@@ -83,6 +84,36 @@ pub fn requested(req: &RequestHeader) -> Option<ClientTransport> {
         .iter()
         .any(|v| v.to_str().is_ok_and(|s| s.contains("text/event-stream")));
     accepts_sse.then_some(ClientTransport::Sse)
+}
+
+/// Why a write to a streaming client did not complete.
+#[derive(Debug)]
+pub enum WriteFailed {
+    /// The client went away.
+    Gone,
+    /// The client is stuck behind under the `disconnect` slow-consumer policy.
+    TooSlow,
+}
+
+/// Writes one chunk to a streaming client. A client that stops reading is let go, per the
+/// route's slow-consumer policy, instead of being waited for.
+pub async fn write_chunk(
+    session: &mut Session,
+    chunk: Bytes,
+    consumer: &Consumer,
+) -> Result<(), WriteFailed> {
+    tokio::select! {
+        biased;
+        r = session.write_response_body(Some(chunk), false) => r.map_err(|_| WriteFailed::Gone),
+        _ = consumer.stalled() => Err(WriteFailed::TooSlow),
+    }
+}
+
+/// Prepares a streaming session that is being dropped mid-body: pingora's finish step would
+/// otherwise wait for a client that does not read to take the last chunk.
+pub fn abandon(session: &mut Session) {
+    session.set_keepalive(None);
+    session.set_write_timeout(Some(Duration::from_millis(1)));
 }
 
 const DEMO_PAGE: &str = include_str!("../upstream/demo.html");

@@ -5,18 +5,23 @@
 //! Event ids are `EPOCH-SEQ`: the epoch changes when the feed starts over, so an id from an older
 //! feed is never mistaken for a position in the current one.
 //!
-//! Binary messages (which SSE cannot carry) are sent base64-encoded as `event: binary`.
+//! Binary messages (which SSE cannot carry) are sent base64-encoded as `event: binary`, or
+//! dropped with `binary: drop`. Event names from an SSE backend are kept (`event:`).
 //! When a resume position is older than the replay window, an `event: gap` comes first, so a
-//! client can tell that messages were missed.
+//! client can tell that messages were missed; `drop_oldest` uses the same marker.
+//!
+//! When the backend connection ends, the stream gets a comment and a fresh `retry:` and is
+//! closed: EventSource reconnects by itself and resumes with `Last-Event-ID` from the replay
+//! ring. `retry:` values are jittered so reconnects spread out.
 
-use crate::bridge::{Bridge, Message};
+use crate::bridge::{Bridge, Delivery, Joined, Message};
+use crate::config::BinaryPolicy;
 use crate::metrics;
 use crate::shutdown;
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use tokio::sync::broadcast::error::RecvError;
 
 /// How long browsers wait before reconnecting, sent on connect.
 pub const RETRY_MS: u64 = 2000;
@@ -24,6 +29,11 @@ pub const RETRY_MS: u64 = 2000;
 pub fn encode_event(epoch: &str, msg: &Message) -> Bytes {
     let mut out = BytesMut::with_capacity(msg.payload.len() + 48);
     out.put_slice(format!("id: {epoch}-{}\n", msg.seq).as_bytes());
+    if let (Some(name), false) = (&msg.event, msg.binary) {
+        out.put_slice(b"event: ");
+        out.put_slice(name.as_bytes());
+        out.put_u8(b'\n');
+    }
     if msg.binary {
         out.put_slice(b"event: binary\ndata: ");
         out.put_slice(
@@ -88,7 +98,11 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     let resumed = last_id.as_deref().map(|id| resume_position(id, &hub.epoch));
     let foreign_id = matches!(resumed, Some(None));
     let after = resumed.map(|p| p.unwrap_or(0));
-    let mut sub = bridge.subscribe(after);
+    let Joined {
+        backlog,
+        gap,
+        mut consumer,
+    } = bridge.join(after, "sse");
 
     let mut resp = ResponseHeader::build(200, Some(6))?;
     resp.insert_header("content-type", "text/event-stream")?;
@@ -101,23 +115,34 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     let _open = metrics::OpenConnection::new(route, "sse");
     session.set_read_timeout(None);
     let messages_out = metrics::MESSAGES.with_label_values(&[route, "sse", "out"]);
+    let binary = bridge.spec.binary;
+    let frame = |m: &Message| -> Option<Bytes> {
+        if m.binary && binary == BinaryPolicy::Drop {
+            metrics::DROPPED_MESSAGES
+                .with_label_values(&[route, "sse", "binary_policy"])
+                .inc();
+            return None;
+        }
+        messages_out.inc();
+        Some(m.sse_frame(&hub.epoch))
+    };
 
     let mut first = BytesMut::new();
-    first.put_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
-    if sub.gap || foreign_id {
+    first.put_slice(retry_field().as_bytes());
+    first.put_u8(b'\n');
+    if gap || foreign_id {
         first.put_slice(b"event: gap\ndata: messages before this point were missed\n\n");
     }
-    let mut last_sent = after.unwrap_or(0);
-    for m in &sub.backlog {
-        first.put_slice(&m.sse_frame(&hub.epoch));
-        last_sent = m.seq;
+    for m in &backlog {
+        if let Some(f) = frame(m) {
+            first.put_slice(&f);
+        }
     }
-    messages_out.inc_by(sub.backlog.len() as u64);
-    if session
-        .write_response_body(Some(first.freeze()), false)
+    if super::write_chunk(session, first.freeze(), &consumer)
         .await
         .is_err()
     {
+        super::abandon(session);
         return Ok(());
     }
 
@@ -131,18 +156,25 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     let mut watching_client = true;
     loop {
         let chunk = tokio::select! {
-            msg = sub.live.recv() => match msg {
-                Ok(m) if m.seq <= last_sent => continue,
-                Ok(m) => {
-                    last_sent = m.seq;
-                    messages_out.inc();
-                    m.sse_frame(&hub.epoch)
+            delivery = consumer.next() => match delivery {
+                Delivery::Message(m) => match frame(&m) {
+                    Some(f) => f,
+                    None => continue,
+                },
+                Delivery::Dropped(n) => Bytes::from(format!(
+                    "event: gap\ndata: {n} messages dropped: this client fell behind\n\n"
+                )),
+                Delivery::TooSlow => {
+                    super::abandon(session);
+                    return Ok(());
                 }
-                Err(RecvError::Lagged(n)) => {
-                    metrics::REJECTIONS.with_label_values(&[route, "slow_consumer_drop"]).inc_by(n);
-                    Bytes::from(format!("event: gap\ndata: {n} messages dropped: this client fell behind\n\n"))
+                Delivery::BackendGone(g) => {
+                    // EventSource reconnects after `retry:` and resumes with Last-Event-ID.
+                    let bye = format!(": backend went away ({}); reconnect to resume\n{}\n", g.reason.replace(['\r', '\n'], " "), retry_field());
+                    let _ = super::write_chunk(session, Bytes::from(bye), &consumer).await;
+                    break;
                 }
-                Err(RecvError::Closed) => break,
+                Delivery::Closed => break,
             },
             _ = beat.tick(), if !heartbeat.is_zero() => Bytes::from_static(b": heartbeat\n\n"),
             idle = session.read_body_or_idle(true), if watching_client => match idle {
@@ -151,20 +183,24 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
                 Ok(_) => { watching_client = false; continue }
             },
             _ = shutdown::wait() => {
-                let _ = session.write_response_body(Some(Bytes::from(format!("retry: {RETRY_MS}\n\n"))), false).await;
+                let _ = super::write_chunk(session, Bytes::from(retry_field() + "\n"), &consumer).await;
                 break;
             }
         };
-        if session
-            .write_response_body(Some(chunk), false)
-            .await
-            .is_err()
-        {
+        if super::write_chunk(session, chunk, &consumer).await.is_err() {
+            super::abandon(session);
             return Ok(());
         }
     }
     let _ = session.write_response_body(None, true).await;
     Ok(())
+}
+
+/// `retry:` with jitter (half to one and a half times [`RETRY_MS`]), so that clients told to
+/// reconnect at the same moment spread out instead of arriving together.
+fn retry_field() -> String {
+    let ms = RETRY_MS / 2 + fastrand::u64(0..=RETRY_MS);
+    format!("retry: {ms}\n")
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! a server must enforce on top: masking, reserved bits, control-frame rules, fragmentation
 //! order, UTF-8 of text, and the message size cap, each mapped to its close code.
 
-use crate::bridge::{Bridge, Feed};
+use crate::bridge::{Bridge, Delivery, Feed};
+use crate::config::BackendSpec;
 use crate::error::Reject;
 use crate::metrics;
 use crate::shutdown;
@@ -15,7 +16,6 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use std::io::Cursor;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{sleep_until, Instant};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
@@ -33,7 +33,10 @@ pub mod close {
     pub const PROTOCOL_ERROR: u16 = 1002;
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
+    pub const POLICY: u16 = 1008;
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// The backend restarted or went away; the client may reconnect.
+    pub const SERVICE_RESTART: u16 = 1012;
 }
 
 /// Encodes one unfragmented, unmasked (server-to-client) frame.
@@ -301,6 +304,32 @@ pub fn accept_key(req: &RequestHeader) -> Result<String, Reject> {
     Ok(tungstenite::handshake::derive_accept_key(key))
 }
 
+/// Picks the subprotocol to answer with: the one the backend chose when the client offers it,
+/// else the first of the client's offers that the route's config lists (RFC 6455 section 4.2.2:
+/// the server answers with one of the client's values or none).
+pub fn choose_subprotocol(
+    req: &RequestHeader,
+    configured: &[String],
+    backend: Option<&str>,
+) -> Option<String> {
+    let offered: Vec<&str> = req
+        .headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    if let Some(b) = backend.filter(|b| offered.contains(b)) {
+        return Some(b.to_owned());
+    }
+    offered
+        .into_iter()
+        .find(|o| configured.iter().any(|c| c == o))
+        .map(str::to_owned)
+}
+
 /// Serves one WebSocket client of a bridged route until either side ends it.
 pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
@@ -308,10 +337,23 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
         Ok(a) => a,
         Err(reject) => return reject.send(session, route).await,
     };
-    let mut resp = ResponseHeader::build(101, Some(4))?;
+    let configured: &[String] = match &bridge.spec.backend {
+        BackendSpec::WebSocket(f) => &f.subprotocols,
+        _ => &[],
+    };
+    let backend_protocol = bridge.hub().and_then(|h| h.backend_protocol());
+    let protocol = choose_subprotocol(
+        session.req_header(),
+        configured,
+        backend_protocol.as_deref(),
+    );
+    let mut resp = ResponseHeader::build(101, Some(5))?;
     resp.insert_header("upgrade", "websocket")?;
     resp.insert_header("connection", "Upgrade")?;
     resp.insert_header("sec-websocket-accept", accept)?;
+    if let Some(p) = protocol {
+        resp.insert_header("sec-websocket-protocol", p)?;
+    }
     session.write_response_header(Box::new(resp), false).await?;
     let _open = metrics::OpenConnection::new(route, "websocket");
     // The endpoint runs its own keepalive; pingora's per-read timeout would cut idle clients.
@@ -319,10 +361,11 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
 
     let keepalive = &bridge.route.keepalive;
     let mut decoder = Decoder::new(bridge.route.limits.max_message as usize);
-    let mut feed = match &bridge.feed {
-        Feed::Shared(_) => Some(bridge.subscribe(None).live),
+    let mut consumer = match &bridge.feed {
+        Feed::Shared(_) => Some(bridge.join(None, "websocket").consumer),
         _ => None,
     };
+    let echo = matches!(bridge.feed, Feed::Echo);
     let messages_in = metrics::MESSAGES.with_label_values(&[route, "websocket", "in"]);
     let messages_out = metrics::MESSAGES.with_label_values(&[route, "websocket", "out"]);
     let far = Duration::from_secs(86_400 * 365);
@@ -331,7 +374,7 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     let mut pong_due: Option<Instant> = None;
     let mut idle_at = Instant::now() + every(keepalive.idle_timeout);
 
-    let outcome: Option<(u16, &str)> = loop {
+    let outcome: Option<(u16, String)> = loop {
         let wake = pong_due
             .map_or(next_ping, |p| p.min(next_ping))
             .min(idle_at);
@@ -345,27 +388,28 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
                 loop {
                     match decoder.next_message() {
                         Ok(None) => break,
+                        // A shared feed is one-way: what clients send is counted, not forwarded.
                         Ok(Some(Incoming::Text(t))) => {
                             messages_in.inc();
-                            if matches!(bridge.feed, Feed::Echo) {
+                            if echo {
                                 reply.push(encode_frame(OP_TEXT, &t));
                             }
                         }
                         Ok(Some(Incoming::Binary(b))) => {
                             messages_in.inc();
-                            if matches!(bridge.feed, Feed::Echo) {
+                            if echo {
                                 reply.push(encode_frame(OP_BINARY, &b));
                             }
                         }
                         Ok(Some(Incoming::Ping(p))) => reply.push(encode_frame(OP_PONG, &p)),
                         Ok(Some(Incoming::Pong(_))) => pong_due = None,
                         Ok(Some(Incoming::Close(code))) => {
-                            end = Some((code.unwrap_or(close::NORMAL), ""));
+                            end = Some((code.unwrap_or(close::NORMAL), String::new()));
                             break;
                         }
                         Err(v) => {
                             metrics::REJECTIONS.with_label_values(&[route, "ws_protocol"]).inc();
-                            end = Some((v.code, v.reason));
+                            end = Some((v.code, v.reason.to_owned()));
                             break;
                         }
                     }
@@ -382,29 +426,34 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
                     break end;
                 }
             }
-            msg = async { feed.as_mut().expect("branch enabled only with a feed").recv().await }, if feed.is_some() => {
-                match msg {
-                    Ok(m) => {
+            delivery = async { consumer.as_mut().expect("branch enabled only with a feed").next().await }, if consumer.is_some() => {
+                let consumer = consumer.as_ref().expect("checked above");
+                match delivery {
+                    Delivery::Message(m) => {
                         messages_out.inc();
-                        if session.write_response_body(Some(m.ws_frame()), false).await.is_err() {
+                        if super::write_chunk(session, m.ws_frame(), consumer).await.is_err() {
+                            super::abandon(session);
                             return Ok(());
                         }
                     }
-                    // Fell behind by more than the send queue: the oldest were dropped.
-                    Err(RecvError::Lagged(n)) => {
-                        metrics::REJECTIONS.with_label_values(&[route, "slow_consumer_drop"]).inc_by(n);
+                    // drop_oldest: WebSocket messages carry no ids, so the skip is only counted.
+                    Delivery::Dropped(_) => {}
+                    Delivery::TooSlow => {
+                        super::abandon(session);
+                        return Ok(());
                     }
-                    Err(RecvError::Closed) => break Some((close::INTERNAL_ERROR, "backend feed ended")),
+                    Delivery::BackendGone(g) => break Some((g.code, g.reason.clone())),
+                    Delivery::Closed => break Some((close::SERVICE_RESTART, "route removed".into())),
                 }
             }
             _ = sleep_until(wake) => {
                 let now = Instant::now();
                 if now >= idle_at {
-                    break Some((close::GOING_AWAY, "idle timeout"));
+                    break Some((close::GOING_AWAY, "idle timeout".into()));
                 }
                 if pong_due.is_some_and(|due| now >= due) {
                     metrics::REJECTIONS.with_label_values(&[route, "pong_timeout"]).inc();
-                    break Some((close::INTERNAL_ERROR, "keepalive: no pong"));
+                    break Some((close::INTERNAL_ERROR, "keepalive: no pong".into()));
                 }
                 if now >= next_ping {
                     next_ping = now + every(keepalive.ping_interval);
@@ -416,12 +465,14 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
                     }
                 }
             }
-            _ = shutdown::wait() => break Some((close::GOING_AWAY, "server shutting down")),
+            _ = shutdown::wait() => break Some((close::GOING_AWAY, "server shutting down".into())),
         }
     };
     if let Some((code, reason)) = outcome {
+        // A client that does not read cannot hold the task on its close frame.
+        session.set_write_timeout(Some(Duration::from_secs(5)));
         let _ = session
-            .write_response_body(Some(encode_close(code, reason)), false)
+            .write_response_body(Some(encode_close(code, &reason)), false)
             .await;
     }
     Ok(())

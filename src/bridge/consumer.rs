@@ -1,0 +1,132 @@
+//! One client's view of a shared feed: its position in the live ring and the route's
+//! slow-consumer policy.
+//!
+//! Every client reads the same bounded ring, so a client that stops reading holds no memory of
+//! its own; it only falls behind. How far it may fall is `limits.send_queue`: beyond that,
+//! `disconnect` closes it (SSE and long-poll clients then resume from the replay ring) and
+//! `drop_oldest` skips what it missed and tells it how many. A client blocked in a write is
+//! watched too, so one that never reads again cannot hold its connection forever.
+
+use super::hub::{Event, Gone, Message};
+use crate::config::SlowConsumer;
+use crate::metrics;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+/// What a client gets next.
+#[derive(Debug)]
+pub enum Delivery {
+    Message(Arc<Message>),
+    /// `drop_oldest`: this many messages were skipped because the client fell behind.
+    Dropped(u64),
+    /// `disconnect`: the client fell behind and must be closed.
+    TooSlow,
+    BackendGone(Arc<Gone>),
+    /// The feed is gone for good (its route was removed).
+    Closed,
+}
+
+pub struct Consumer {
+    live: broadcast::Receiver<Event>,
+    policy: SlowConsumer,
+    queue: usize,
+    route: Arc<str>,
+    transport: &'static str,
+    /// The seq of the last message handed out; anything at or below it is not repeated.
+    pub last_seq: u64,
+}
+
+/// How often a client stuck in a write is checked against its queue bound.
+const STALL_CHECK: Duration = Duration::from_millis(100);
+
+impl Consumer {
+    pub fn new(
+        live: broadcast::Receiver<Event>,
+        policy: SlowConsumer,
+        queue: usize,
+        route: &str,
+        transport: &'static str,
+        last_seq: u64,
+    ) -> Self {
+        Self {
+            live,
+            policy,
+            queue,
+            route: route.into(),
+            transport,
+            last_seq,
+        }
+    }
+
+    /// Waits for the next thing to tell the client.
+    pub async fn next(&mut self) -> Delivery {
+        loop {
+            match self.live.recv().await {
+                Ok(Event::Message(m)) if m.seq <= self.last_seq => continue,
+                Ok(Event::Message(m)) => {
+                    self.last_seq = m.seq;
+                    return Delivery::Message(m);
+                }
+                Ok(Event::BackendGone(g)) => return Delivery::BackendGone(g),
+                Err(RecvError::Lagged(n)) => return self.fell_behind(n),
+                Err(RecvError::Closed) => return Delivery::Closed,
+            }
+        }
+    }
+
+    /// Takes a message that is already queued, without waiting.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        loop {
+            match self.live.try_recv() {
+                Ok(Event::Message(m)) if m.seq <= self.last_seq => continue,
+                Ok(Event::Message(m)) => {
+                    self.last_seq = m.seq;
+                    return Some(Delivery::Message(m));
+                }
+                Ok(Event::BackendGone(g)) => return Some(Delivery::BackendGone(g)),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => return Some(self.fell_behind(n)),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn fell_behind(&mut self, n: u64) -> Delivery {
+        let labels = [&*self.route, self.transport];
+        match self.policy {
+            SlowConsumer::Disconnect => {
+                metrics::SLOW_CONSUMERS
+                    .with_label_values(&[labels[0], labels[1], "disconnect"])
+                    .inc();
+                Delivery::TooSlow
+            }
+            SlowConsumer::DropOldest => {
+                metrics::SLOW_CONSUMERS
+                    .with_label_values(&[labels[0], labels[1], "drop"])
+                    .inc();
+                metrics::DROPPED_MESSAGES
+                    .with_label_values(&[labels[0], labels[1], "slow_consumer"])
+                    .inc_by(n);
+                Delivery::Dropped(n)
+            }
+        }
+    }
+
+    /// Resolves when a client stuck in a write has fallen `send_queue` behind under the
+    /// `disconnect` policy (the write is then abandoned and the client closed). Under
+    /// `drop_oldest` it never resolves: the lag is settled at the next [`Self::next`].
+    pub async fn stalled(&self) {
+        if self.policy == SlowConsumer::DropOldest {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(STALL_CHECK).await;
+            if self.live.len() >= self.queue {
+                metrics::SLOW_CONSUMERS
+                    .with_label_values(&[&*self.route, self.transport, "disconnect"])
+                    .inc();
+                return;
+            }
+        }
+    }
+}

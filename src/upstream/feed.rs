@@ -1,0 +1,213 @@
+//! The life of a shared backend connection: opened by the first client of a route, kept while
+//! anyone is subscribed, closed `backend_linger` after the last one left, and reconnected with
+//! exponential backoff and jitter whenever it fails or ends. A backend that is down costs one
+//! task and a timer, never the gateway.
+//!
+//! When an open connection ends, every client is told ([`crate::bridge::Event::BackendGone`]);
+//! the feed's sequence goes on across reconnects, so clients that resume (SSE `Last-Event-ID`,
+//! long-poll cursors) lose nothing still in the replay window.
+
+use super::{sse, ws};
+use crate::bridge::Hub;
+use crate::config::{BackendSpec, BridgeRoute, Reconnect, Route};
+use crate::metrics;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How an attempt at the backend went.
+pub enum Outcome {
+    /// No stream was established (connect, handshake or status failed).
+    ConnectFailed(String),
+    /// A stream was open and ended; clients are closed with `code` and `reason`.
+    Ended {
+        code: u16,
+        reason: String,
+        messages: u64,
+    },
+    /// Nobody was subscribed for `backend_linger`: the connection was closed on purpose.
+    Idle,
+}
+
+/// Everything a connector needs, shared by the connection task.
+pub struct Link {
+    pub route: Arc<Route>,
+    pub spec: BridgeRoute,
+    pub hub: Arc<Hub>,
+}
+
+impl Link {
+    pub fn route_name(&self) -> &str {
+        &self.route.name
+    }
+
+    /// How often an open connection checks whether it still has clients.
+    pub fn linger_check(&self) -> Duration {
+        (self.spec.linger / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    /// True (and the feed marked stopped) when nobody has been subscribed for `backend_linger`.
+    pub fn should_close(&self) -> bool {
+        self.hub.producer_should_stop(self.spec.linger)
+    }
+}
+
+/// Starts the route's backend connection task unless it is running.
+pub fn ensure_running(hub: &Arc<Hub>, route: &Arc<Route>, spec: &BridgeRoute) {
+    if !hub.claim_producer() {
+        return;
+    }
+    let link = Link {
+        route: route.clone(),
+        spec: spec.clone(),
+        hub: hub.clone(),
+    };
+    tokio::spawn(run(link));
+}
+
+async fn run(link: Link) {
+    let route = link.route_name().to_owned();
+    let (kind, feed) = match &link.spec.backend {
+        BackendSpec::WebSocket(f) => ("websocket", f.clone()),
+        BackendSpec::Sse(f) => ("sse", f.clone()),
+        BackendSpec::Builtin(_) => unreachable!("builtins have their own producers"),
+    };
+    let mut backoff = Backoff::new(feed.reconnect);
+    let mut sse_resume = sse::Resume::default();
+    let mut failing = false;
+    loop {
+        if link.should_close() {
+            log::debug!("route {route}: no clients for backend_linger; feed stopped");
+            return;
+        }
+        let started = Instant::now();
+        let outcome = match kind {
+            "websocket" => ws::session(&link, &feed).await,
+            _ => sse::session(&link, &feed, &mut sse_resume).await,
+        };
+        match outcome {
+            Outcome::Idle => {
+                log::info!("route {route}: closed the {kind} backend connection: no clients for backend_linger");
+                return;
+            }
+            Outcome::ConnectFailed(why) => {
+                metrics::BACKEND_CONNECTS
+                    .with_label_values(&[&route, "failed"])
+                    .inc();
+                if !failing {
+                    log::warn!("route {route}: backend {} unreachable: {why}; retrying with backoff up to {:?}", feed.url, feed.reconnect.max);
+                } else {
+                    log::debug!(
+                        "route {route}: backend {} still unreachable: {why}",
+                        feed.url
+                    );
+                }
+                failing = true;
+            }
+            Outcome::Ended {
+                code,
+                reason,
+                messages,
+            } => {
+                log::warn!(
+                    "route {route}: backend {} connection ended ({reason}) after {messages} messages; reconnecting",
+                    feed.url
+                );
+                link.hub.backend_gone(code, reason);
+                failing = false;
+                // A connection that worked for a while starts the backoff over.
+                if messages > 0 || started.elapsed() > Duration::from_secs(10) {
+                    backoff.reset();
+                }
+            }
+        }
+        let floor = sse_resume.retry.unwrap_or_default();
+        tokio::time::sleep(backoff.next_delay().max(floor)).await;
+    }
+}
+
+/// Exponential backoff with "equal jitter": each delay is drawn from [d/2, d] while d doubles
+/// up to the maximum, so a fleet of gateways does not reconnect in lockstep.
+pub struct Backoff {
+    cfg: Reconnect,
+    current: Duration,
+    first: bool,
+}
+
+impl Backoff {
+    pub fn new(cfg: Reconnect) -> Self {
+        Self {
+            cfg,
+            current: cfg.initial,
+            first: true,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.cfg.initial;
+        self.first = true;
+    }
+
+    /// The next delay. The first retry after a working connection is immediate-ish (jittered
+    /// `initial`), later ones grow.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.current;
+        if !self.first {
+            self.current = (self.current * 2).min(self.cfg.max);
+        }
+        self.first = false;
+        let half = d / 2;
+        half + Duration::from_nanos(fastrand::u64(0..=half.as_nanos() as u64))
+    }
+}
+
+/// Keeps `switchyard_backend_connections_open` right however a connection ends.
+pub struct Connected {
+    route: String,
+}
+
+impl Connected {
+    pub fn new(route: &str) -> Self {
+        metrics::BACKEND_CONNECTS
+            .with_label_values(&[route, "ok"])
+            .inc();
+        metrics::BACKEND_CONNECTED.with_label_values(&[route]).inc();
+        Self {
+            route: route.to_owned(),
+        }
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        metrics::BACKEND_CONNECTED
+            .with_label_values(&[&self.route])
+            .dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_up_to_the_cap_and_resets() {
+        let cfg = Reconnect {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(800),
+        };
+        let mut b = Backoff::new(cfg);
+        let caps = [100, 100, 200, 400, 800, 800, 800];
+        for cap in caps {
+            let d = b.next_delay();
+            let cap = Duration::from_millis(cap);
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "{d:?} outside [{:?}, {cap:?}]",
+                cap / 2
+            );
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

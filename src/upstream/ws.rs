@@ -1,0 +1,183 @@
+//! The WebSocket backend connector: a tokio-tungstenite client that opens the route's backend
+//! URL, offers the configured subprotocols and headers, and publishes every text or binary
+//! message into the route's hub until the connection ends or nobody needs it.
+//!
+//! Keepalive toward the backend uses the route's `ping_interval` and `pong_timeout`: a backend
+//! that sends nothing at all, not even a pong, for that long is dropped and reconnected.
+
+use super::feed::{Connected, Link, Outcome};
+use crate::config::BackendFeed;
+use crate::metrics;
+use crate::transport::ws::close;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::Message;
+
+/// The close code clients get when the backend's own code cannot be sent on (1005, 1006,
+/// 1015 are reserved for "none", "abnormal" and "TLS" and never appear in a Close frame).
+fn client_code(backend: Option<&CloseFrame>) -> (u16, String) {
+    match backend {
+        Some(f) => {
+            let code = u16::from(f.code);
+            let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            if sendable {
+                (code, format!("backend closed: {}", f.reason))
+            } else {
+                (
+                    close::SERVICE_RESTART,
+                    format!("backend closed with {code}"),
+                )
+            }
+        }
+        None => (
+            close::SERVICE_RESTART,
+            "backend closed the connection".into(),
+        ),
+    }
+}
+
+pub async fn session(link: &Link, feed: &BackendFeed) -> Outcome {
+    let route = link.route_name();
+    let mut request = match format!("ws://{}{}", feed.authority, feed.path).into_client_request() {
+        Ok(r) => r,
+        Err(e) => return Outcome::ConnectFailed(format!("bad request: {e}")),
+    };
+    for (name, value) in &feed.headers {
+        request.headers_mut().insert(name.clone(), value.clone());
+    }
+    if !feed.subprotocols.is_empty() {
+        match feed.subprotocols.join(", ").parse() {
+            Ok(v) => {
+                request.headers_mut().insert("sec-websocket-protocol", v);
+            }
+            Err(_) => return Outcome::ConnectFailed("invalid subprotocol list".into()),
+        }
+    }
+    let max = link.route.limits.max_message as usize;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let connect = async {
+        let tcp = TcpStream::connect((feed.host.as_str(), feed.port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
+            .await
+            .map_err(|e| format!("handshake: {e}"))
+    };
+    let (mut stream, response) = match tokio::time::timeout(feed.connect_timeout, connect).await {
+        Err(_) => {
+            return Outcome::ConnectFailed(format!(
+                "no answer within connect_timeout {:?}",
+                feed.connect_timeout
+            ))
+        }
+        Ok(Err(e)) => return Outcome::ConnectFailed(e),
+        Ok(Ok(s)) => s,
+    };
+    let protocol = response
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    link.hub.set_backend_protocol(protocol);
+    let _connected = Connected::new(route);
+    log::info!("route {route}: connected to backend {}", feed.url);
+    let received = metrics::BACKEND_MESSAGES.with_label_values(&[route]);
+
+    let keepalive = &link.route.keepalive;
+    let far = Duration::from_secs(86_400 * 365);
+    let ping_every = if keepalive.ping_interval.is_zero() {
+        far
+    } else {
+        keepalive.ping_interval
+    };
+    let mut next_ping = Instant::now() + ping_every;
+    let mut heard_by: Option<Instant> = None;
+    let mut linger = tokio::time::interval(link.linger_check());
+    let mut messages = 0u64;
+    loop {
+        let wake = heard_by.map_or(next_ping, |h| h.min(next_ping));
+        tokio::select! {
+            frame = stream.next() => {
+                // Any frame proves the backend alive.
+                heard_by = None;
+                match frame {
+                    Some(Ok(Message::Text(t))) => {
+                        messages += 1;
+                        received.inc();
+                        link.hub.publish(Bytes::from(t), false);
+                    }
+                    Some(Ok(Message::Binary(b))) => {
+                        messages += 1;
+                        received.inc();
+                        link.hub.publish(b, true);
+                    }
+                    // tungstenite queues the pong; flushing sends it now.
+                    Some(Ok(Message::Ping(_))) => {
+                        let _ = stream.flush().await;
+                    }
+                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Close(frame))) => {
+                        let (code, reason) = client_code(frame.as_ref());
+                        return Outcome::Ended { code, reason, messages };
+                    }
+                    Some(Err(tungstenite::Error::Capacity(e))) => {
+                        let _ = stream.close(Some(CloseFrame { code: CloseCode::Size, reason: "message too big".into() })).await;
+                        return Outcome::Ended { code: close::INTERNAL_ERROR, reason: format!("backend sent {e}"), messages };
+                    }
+                    Some(Err(e)) => {
+                        return Outcome::Ended { code: close::SERVICE_RESTART, reason: format!("backend connection lost: {e}"), messages };
+                    }
+                    None => {
+                        let (code, reason) = client_code(None);
+                        return Outcome::Ended { code, reason, messages };
+                    }
+                }
+            }
+            _ = linger.tick() => {
+                if link.should_close() {
+                    let _ = stream.close(Some(CloseFrame { code: CloseCode::Away, reason: "no clients".into() })).await;
+                    return Outcome::Idle;
+                }
+            }
+            _ = sleep_until(wake) => {
+                let now = Instant::now();
+                if heard_by.is_some_and(|h| now >= h) {
+                    return Outcome::Ended { code: close::SERVICE_RESTART, reason: "backend stopped answering pings".into(), messages };
+                }
+                if now >= next_ping {
+                    next_ping = now + ping_every;
+                    heard_by.get_or_insert(now + keepalive.pong_timeout);
+                    if stream.send(Message::Ping(Bytes::new())).await.is_err() {
+                        return Outcome::Ended { code: close::SERVICE_RESTART, reason: "backend connection lost".into(), messages };
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_close_codes_are_passed_on_when_sendable() {
+        let frame = |code: u16| CloseFrame {
+            code: CloseCode::from(code),
+            reason: "bye".into(),
+        };
+        assert_eq!(client_code(Some(&frame(4001))).0, 4001);
+        assert_eq!(client_code(Some(&frame(1000))).0, 1000);
+        assert_eq!(client_code(Some(&frame(1006))).0, close::SERVICE_RESTART);
+        assert_eq!(client_code(None).0, close::SERVICE_RESTART);
+    }
+}
