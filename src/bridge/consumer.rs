@@ -35,6 +35,8 @@ pub struct Consumer {
     transport: &'static str,
     /// The seq of the last message handed out; anything at or below it is not repeated.
     pub last_seq: u64,
+    /// A non-message delivery met by [`Self::ready`], handed out by the next [`Self::next`].
+    stashed: Option<Delivery>,
 }
 
 /// How often a client stuck in a write is checked against its queue bound.
@@ -56,11 +58,15 @@ impl Consumer {
             route: route.into(),
             transport,
             last_seq,
+            stashed: None,
         }
     }
 
     /// Waits for the next thing to tell the client.
     pub async fn next(&mut self) -> Delivery {
+        if let Some(d) = self.stashed.take() {
+            return d;
+        }
         loop {
             match self.live.recv().await {
                 Ok(Event::Message(m)) if m.seq <= self.last_seq => continue,
@@ -75,19 +81,26 @@ impl Consumer {
         }
     }
 
-    /// Takes a message that is already queued, without waiting.
-    pub fn try_next(&mut self) -> Option<Delivery> {
+    /// The next message when one is already queued, without waiting; lets a transport put a
+    /// burst into one write. Anything else queued is kept for the next [`Self::next`].
+    pub fn ready(&mut self) -> Option<Arc<Message>> {
+        if self.stashed.is_some() {
+            return None;
+        }
         loop {
-            match self.live.try_recv() {
+            let d = match self.live.try_recv() {
                 Ok(Event::Message(m)) if m.seq <= self.last_seq => continue,
                 Ok(Event::Message(m)) => {
                     self.last_seq = m.seq;
-                    return Some(Delivery::Message(m));
+                    return Some(m);
                 }
-                Ok(Event::BackendGone(g)) => return Some(Delivery::BackendGone(g)),
-                Err(broadcast::error::TryRecvError::Lagged(n)) => return Some(self.fell_behind(n)),
-                Err(_) => return None,
-            }
+                Ok(Event::BackendGone(g)) => Delivery::BackendGone(g),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => self.fell_behind(n),
+                Err(broadcast::error::TryRecvError::Closed) => Delivery::Closed,
+                Err(broadcast::error::TryRecvError::Empty) => return None,
+            };
+            self.stashed = Some(d);
+            return None;
         }
     }
 

@@ -86,6 +86,10 @@ pub fn requested(req: &RequestHeader) -> Option<ClientTransport> {
     accepts_sse.then_some(ClientTransport::Sse)
 }
 
+/// Messages already queued for a client are sent together, up to about this many bytes per
+/// write: one syscall for a burst instead of one per message.
+pub const BURST_BYTES: usize = 32 * 1024;
+
 /// Why a write to a streaming client did not complete.
 #[derive(Debug)]
 pub enum WriteFailed {

@@ -157,10 +157,24 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     loop {
         let chunk = tokio::select! {
             delivery = consumer.next() => match delivery {
-                Delivery::Message(m) => match frame(&m) {
-                    Some(f) => f,
-                    None => continue,
-                },
+                Delivery::Message(m) => {
+                    // A burst already queued goes out in one write.
+                    let mut burst = BytesMut::new();
+                    let mut next = Some(m);
+                    while let Some(m) = next {
+                        if let Some(f) = frame(&m) {
+                            burst.put_slice(&f);
+                        }
+                        if burst.len() >= super::BURST_BYTES {
+                            break;
+                        }
+                        next = consumer.ready();
+                    }
+                    if burst.is_empty() {
+                        continue;
+                    }
+                    burst.freeze()
+                }
                 Delivery::Dropped(n) => Bytes::from(format!(
                     "event: gap\ndata: {n} messages dropped: this client fell behind\n\n"
                 )),

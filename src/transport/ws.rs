@@ -354,6 +354,11 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     if let Some(p) = protocol {
         resp.insert_header("sec-websocket-protocol", p)?;
     }
+    // Subscribed before the 101 goes out: a client that saw the handshake misses nothing after it.
+    let mut consumer = match &bridge.feed {
+        Feed::Shared(_) => Some(bridge.join(None, "websocket").consumer),
+        _ => None,
+    };
     session.write_response_header(Box::new(resp), false).await?;
     let _open = metrics::OpenConnection::new(route, "websocket");
     // The endpoint runs its own keepalive; pingora's per-read timeout would cut idle clients.
@@ -361,10 +366,6 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
 
     let keepalive = &bridge.route.keepalive;
     let mut decoder = Decoder::new(bridge.route.limits.max_message as usize);
-    let mut consumer = match &bridge.feed {
-        Feed::Shared(_) => Some(bridge.join(None, "websocket").consumer),
-        _ => None,
-    };
     let echo = matches!(bridge.feed, Feed::Echo);
     let messages_in = metrics::MESSAGES.with_label_values(&[route, "websocket", "in"]);
     let messages_out = metrics::MESSAGES.with_label_values(&[route, "websocket", "out"]);
@@ -427,11 +428,19 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
                 }
             }
             delivery = async { consumer.as_mut().expect("branch enabled only with a feed").next().await }, if consumer.is_some() => {
-                let consumer = consumer.as_ref().expect("checked above");
+                let consumer = consumer.as_mut().expect("checked above");
                 match delivery {
                     Delivery::Message(m) => {
-                        messages_out.inc();
-                        if super::write_chunk(session, m.ws_frame(), consumer).await.is_err() {
+                        // A burst already queued goes out in one write.
+                        let mut burst = BytesMut::from(&m.ws_frame()[..]);
+                        let mut count = 1;
+                        while burst.len() < super::BURST_BYTES {
+                            let Some(m) = consumer.ready() else { break };
+                            burst.extend_from_slice(&m.ws_frame());
+                            count += 1;
+                        }
+                        messages_out.inc_by(count);
+                        if super::write_chunk(session, burst.freeze(), consumer).await.is_err() {
                             super::abandon(session);
                             return Ok(());
                         }

@@ -125,6 +125,32 @@ impl Gateway {
     pub async fn metrics(&self) -> String {
         http_get(self.admin, "/metrics", &[]).await.body_text()
     }
+
+    /// The gateway process's resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// Waits until the metric `series` reaches at least `value`.
+    pub async fn wait_metric(&self, series: &str, value: f64) {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let text = self.metrics().await;
+            if metric(&text, series).is_some_and(|v| v >= value) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "{series} never reached {value}; metrics:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Gateway {
@@ -392,12 +418,15 @@ pub fn dead_port() -> DeadPort {
     }
 }
 
-/// Reads SSE events from a streaming response until `count` events with data arrived.
+/// Reads SSE events from a streaming response (HTTP/1.1 chunked) over a raw socket.
 pub struct SseReader {
     stream: TcpStream,
     buf: Vec<u8>,
-    /// Body text already taken out of its chunks, not yet split into events.
+    /// Body text already taken out of its chunks, not yet split into events; `pos` is where
+    /// the unread part starts.
     text: String,
+    pos: usize,
+    ended: bool,
     pub head: String,
 }
 
@@ -407,6 +436,7 @@ pub struct SseEvent {
     pub event: Option<String>,
     pub data: String,
     pub retry: Option<u64>,
+    pub comments: Vec<String>,
 }
 
 impl SseReader {
@@ -419,58 +449,79 @@ impl SseReader {
         }
         req.push_str("\r\n");
         stream.write_all(req.as_bytes()).await.unwrap();
+        Self::from_stream(stream).await
+    }
+
+    /// Takes over a socket on which an SSE request was already sent.
+    pub async fn from_stream(stream: TcpStream) -> SseReader {
         let mut r = SseReader {
             stream,
             buf: Vec::new(),
             text: String::new(),
+            pos: 0,
+            ended: false,
             head: String::new(),
         };
-        let end = r.fill_until(b"\r\n\r\n").await;
+        let end = r.fill_until(b"\r\n\r\n").await.expect("a response head");
         r.head = String::from_utf8_lossy(&r.buf[..end]).into_owned();
         r.buf.drain(..end + 4);
         r
     }
 
-    async fn fill_until(&mut self, pat: &[u8]) -> usize {
+    /// Reads until `pat` is in the buffer; None when the connection closed first.
+    async fn fill_until(&mut self, pat: &[u8]) -> Option<usize> {
+        let mut from = 0;
         loop {
-            if let Some(p) = self.buf.windows(pat.len()).position(|w| w == pat) {
-                return p;
+            if let Some(p) = self.buf[from..].windows(pat.len()).position(|w| w == pat) {
+                return Some(from + p);
             }
-            let mut chunk = [0u8; 4096];
+            from = self.buf.len().saturating_sub(pat.len() - 1);
+            let mut chunk = [0u8; 16384];
             let n = tokio::time::timeout(DEADLINE, self.stream.read(&mut chunk))
                 .await
                 .expect("SSE data within the deadline")
-                .unwrap();
-            assert!(
-                n > 0,
-                "SSE stream closed early; got {:?}",
-                String::from_utf8_lossy(&self.buf)
-            );
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
-    /// The next event block (up to a blank line) of the body, without chunk framing.
-    async fn next_block(&mut self) -> String {
+    /// The next event block (up to a blank line) of the body; None at the end of the stream.
+    async fn next_block_or_end(&mut self) -> Option<String> {
         loop {
-            if let Some(end) = self.text.find("\n\n") {
-                let block = self.text[..end + 2].to_owned();
-                self.text.drain(..end + 2);
-                return block;
+            if let Some(end) = self.text[self.pos..].find("\n\n") {
+                let block = self.text[self.pos..self.pos + end + 2].to_owned();
+                self.pos += end + 2;
+                if self.pos > 1 << 16 {
+                    self.text.drain(..self.pos);
+                    self.pos = 0;
+                }
+                return Some(block);
             }
-            // Chunked framing: "<hex>\r\n<data>\r\n".
-            let eol = self.fill_until(b"\r\n").await;
+            if self.ended {
+                return None;
+            }
+            // Chunked framing: "<hex>\r\n<data>\r\n"; a zero-size chunk ends the body.
+            let Some(eol) = self.fill_until(b"\r\n").await else {
+                self.ended = true;
+                continue;
+            };
             let size =
                 usize::from_str_radix(std::str::from_utf8(&self.buf[..eol]).unwrap().trim(), 16)
                     .unwrap();
-            assert!(size > 0, "SSE stream ended; pending text {:?}", self.text);
             self.buf.drain(..eol + 2);
+            if size == 0 {
+                self.ended = true;
+                continue;
+            }
             while self.buf.len() < size + 2 {
-                let mut chunk = [0u8; 4096];
+                let mut chunk = [0u8; 16384];
                 let n = tokio::time::timeout(DEADLINE, self.stream.read(&mut chunk))
                     .await
                     .unwrap()
-                    .unwrap();
+                    .unwrap_or(0);
                 assert!(n > 0, "SSE stream closed mid-chunk");
                 self.buf.extend_from_slice(&chunk[..n]);
             }
@@ -480,9 +531,10 @@ impl SseReader {
         }
     }
 
-    /// The next event (blocks of only comments or `retry:` are returned too, with empty data).
-    pub async fn next_event(&mut self) -> SseEvent {
-        let block = self.next_block().await;
+    /// The next event (blocks of only comments or `retry:` are returned too, with empty data);
+    /// None when the stream ended.
+    pub async fn next_event_or_end(&mut self) -> Option<SseEvent> {
+        let block = self.next_block_or_end().await?;
         let mut ev = SseEvent::default();
         let mut data: Vec<&str> = Vec::new();
         for line in block.lines() {
@@ -494,10 +546,19 @@ impl SseReader {
                 data.push(v);
             } else if let Some(v) = line.strip_prefix("retry: ") {
                 ev.retry = v.parse().ok();
+            } else if let Some(v) = line.strip_prefix(':') {
+                ev.comments.push(v.trim().to_owned());
             }
         }
         ev.data = data.join("\n");
-        ev
+        Some(ev)
+    }
+
+    pub async fn next_event(&mut self) -> SseEvent {
+        match self.next_event_or_end().await {
+            Some(e) => e,
+            None => panic!("SSE stream ended"),
+        }
     }
 
     /// The next event that carries data, skipping heartbeats and `retry:` blocks.
@@ -508,5 +569,309 @@ impl SseReader {
                 return ev;
             }
         }
+    }
+
+    /// Like [`Self::next_data_event`], None when the stream ended first.
+    pub async fn next_data_event_or_end(&mut self) -> Option<SseEvent> {
+        loop {
+            let ev = self.next_event_or_end().await?;
+            if ev.id.is_some() || ev.event.is_some() {
+                return Some(ev);
+            }
+        }
+    }
+}
+
+/// The value of one Prometheus series (`name{labels}` exactly as exported), if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// What a [`FeedBackend`] connection is told to do.
+#[derive(Clone)]
+pub enum FeedCmd {
+    /// Send these messages, `batch` at a time with `pause` between batches.
+    Send {
+        messages: Arc<Vec<tokio_tungstenite::tungstenite::Message>>,
+        batch: usize,
+        pause: Duration,
+    },
+    Close(u16, String),
+    /// Drop the TCP connection without a close frame.
+    Drop,
+}
+
+/// A real WebSocket backend (tokio-tungstenite) that publishes what the test tells it to, on
+/// every connection it holds, and records each handshake's headers.
+pub struct FeedBackend {
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
+    /// Connections open now.
+    pub open: Arc<AtomicUsize>,
+    pub handshakes: Arc<std::sync::Mutex<Vec<http::HeaderMap>>>,
+    cmd: tokio::sync::broadcast::Sender<FeedCmd>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FeedBackend {
+    pub async fn start() -> FeedBackend {
+        Self::start_at("127.0.0.1:0".parse().unwrap(), None).await
+    }
+
+    /// Listens on `addr`; `protocol` is the subprotocol it picks when a client offers it.
+    pub async fn start_at(addr: SocketAddr, protocol: Option<&'static str>) -> FeedBackend {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let handshakes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (cmd, _) = tokio::sync::broadcast::channel::<FeedCmd>(64);
+        let (c, o, h, tx) = (
+            connections.clone(),
+            open.clone(),
+            handshakes.clone(),
+            cmd.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (c, o, h) = (c.clone(), o.clone(), h.clone());
+                let mut rx = tx.subscribe();
+                conns.spawn(async move {
+                    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+                    let record = |req: &Request, mut resp: Response| {
+                        h.lock().unwrap().push(req.headers().clone());
+                        let offered = req
+                            .headers()
+                            .get("sec-websocket-protocol")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        if let Some(p) = protocol.filter(|p| offered.split(',').any(|o| o.trim() == *p)) {
+                            resp.headers_mut()
+                                .insert("sec-websocket-protocol", p.parse().unwrap());
+                        }
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await
+                    else {
+                        return;
+                    };
+                    c.fetch_add(1, Ordering::SeqCst);
+                    o.fetch_add(1, Ordering::SeqCst);
+                    let _open = DecOnDrop(o);
+                    loop {
+                        tokio::select! {
+                            cmd = rx.recv() => match cmd {
+                                Ok(FeedCmd::Send { messages, batch, pause }) => {
+                                    for group in messages.chunks(batch.max(1)) {
+                                        for m in group {
+                                            if ws.feed(m.clone()).await.is_err() { return; }
+                                        }
+                                        if ws.flush().await.is_err() { return; }
+                                        if !pause.is_zero() { tokio::time::sleep(pause).await; }
+                                    }
+                                }
+                                Ok(FeedCmd::Close(code, reason)) => {
+                                    let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                                        code: code.into(),
+                                        reason: reason.into(),
+                                    };
+                                    let _ = ws.close(Some(frame)).await;
+                                    // Wait for the peer's close reply (or its going away).
+                                    let _ = tokio::time::timeout(DEADLINE, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+                                    return;
+                                }
+                                Ok(FeedCmd::Drop) | Err(_) => return,
+                            },
+                            msg = ws.next() => match msg {
+                                Some(Ok(_)) => {}
+                                _ => return,
+                            },
+                        }
+                    }
+                });
+            }
+        });
+        FeedBackend {
+            addr,
+            connections,
+            open,
+            handshakes,
+            cmd,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Waits until exactly `n` connections are open.
+    pub async fn wait_open(&self, n: usize) {
+        let until = Instant::now() + DEADLINE;
+        while self.open.load(Ordering::SeqCst) != n {
+            assert!(
+                Instant::now() < until,
+                "backend has {} open connections, expected {n}",
+                self.open.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn send(&self, cmd: FeedCmd) {
+        assert!(self.cmd.send(cmd).is_ok(), "a backend connection is open");
+    }
+
+    /// Sends text messages `"<n>:<padding>"` for n in `range`.
+    pub fn send_numbered(
+        &self,
+        range: std::ops::RangeInclusive<u64>,
+        pad: usize,
+        batch: usize,
+        pause: Duration,
+    ) {
+        let filler = "x".repeat(pad);
+        let messages = range
+            .map(|n| tokio_tungstenite::tungstenite::Message::text(format!("{n}:{filler}")))
+            .collect();
+        self.send(FeedCmd::Send {
+            messages: Arc::new(messages),
+            batch,
+            pause,
+        });
+    }
+}
+
+impl Drop for FeedBackend {
+    fn drop(&mut self) {
+        let _ = self.cmd.send(FeedCmd::Drop);
+        self.task.abort();
+    }
+}
+
+struct DecOnDrop(Arc<AtomicUsize>);
+
+impl Drop for DecOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The number in a `"<n>:<padding>"` message.
+pub fn number_of(text: &str) -> u64 {
+    text.split(':')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a numbered message: {text:?}"))
+}
+
+/// A raw `text/event-stream` backend: each GET is answered with a chunked event stream whose
+/// chunks the test writes itself (so it can split lines anywhere), and its `Last-Event-ID`
+/// header is recorded.
+pub struct SseBackend {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub last_event_ids: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    chunks: tokio::sync::broadcast::Sender<Option<Bytes>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SseBackend {
+    pub async fn start() -> SseBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let last_event_ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (chunks, _) = tokio::sync::broadcast::channel::<Option<Bytes>>(1024);
+        let (c, ids, tx) = (connections.clone(), last_event_ids.clone(), chunks.clone());
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (c, ids) = (c.clone(), ids.clone());
+                let mut rx = tx.subscribe();
+                conns.spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let last_id = head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("last-event-id").then(|| v.trim().to_owned())
+                    });
+                    ids.lock().unwrap().push(last_id);
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let resp = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+                    if stream.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    while let Ok(Some(chunk)) = rx.recv().await {
+                        let mut out = format!("{:x}\r\n", chunk.len()).into_bytes();
+                        out.extend_from_slice(&chunk);
+                        out.extend_from_slice(b"\r\n");
+                        if stream.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Ended by the test: finish the body properly.
+                    let _ = stream.write_all(b"0\r\n\r\n").await;
+                });
+            }
+        });
+        SseBackend {
+            addr,
+            connections,
+            last_event_ids,
+            chunks,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Writes one chunk of the event stream to every open connection.
+    pub fn write(&self, text: &str) {
+        self.chunks
+            .send(Some(Bytes::from(text.to_owned())))
+            .expect("a backend connection is open");
+    }
+
+    /// Ends every open event stream (a complete, proper end of the response body).
+    pub fn end_streams(&self) {
+        let _ = self.chunks.send(None);
+    }
+
+    pub async fn wait_connections(&self, n: usize) {
+        let until = Instant::now() + DEADLINE;
+        while self.connections.load(Ordering::SeqCst) < n {
+            assert!(Instant::now() < until, "backend never saw connection {n}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for SseBackend {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

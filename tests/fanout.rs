@@ -1,0 +1,326 @@
+//! One-way bridging against real backends on ephemeral ports: a WebSocket or SSE feed fanned
+//! out to WebSocket, SSE and long-poll clients through one shared backend connection, with
+//! resume, slow consumers, backend failures and reconnects, and linger.
+
+mod common;
+
+use common::*;
+use futures_util::StreamExt;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn feed_route(name: &str, path: &str, backend: &str, extra: &str) -> String {
+    format!("  - name: {name}\n    path: {path}\n    backend: {{ {backend} }}\n{extra}")
+}
+
+async fn ws_client(gw: &Gateway, path: &str) -> Ws {
+    tokio_tungstenite::connect_async(gw.ws_url(path))
+        .await
+        .expect("WebSocket handshake through the gateway")
+        .0
+}
+
+/// Reads `count` numbered text messages and checks they are exactly `from..from+count` in order.
+async fn ws_expect_numbers(ws: &mut Ws, from: u64, count: u64) {
+    for want in from..from + count {
+        let msg = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {want} within the deadline"))
+            .expect("stream open")
+            .expect("no error");
+        match msg {
+            Message::Text(t) => assert_eq!(number_of(&t), want, "order and no duplicates"),
+            other => panic!("expected text {want}, got {other:?}"),
+        }
+    }
+}
+
+async fn sse_expect_numbers(sse: &mut SseReader, from: u64, count: u64) -> String {
+    let mut last_id = String::new();
+    for want in from..from + count {
+        let ev = sse.next_data_event().await;
+        assert_eq!(number_of(&ev.data), want, "order and no duplicates");
+        last_id = ev.id.expect("every event has an id");
+    }
+    last_id
+}
+
+/// Polls from `cursor` until `count` numbered messages from `from` arrived; returns the cursor.
+async fn poll_expect_numbers(
+    addr: std::net::SocketAddr,
+    path: &str,
+    mut cursor: u64,
+    from: u64,
+    count: u64,
+) -> u64 {
+    let mut want = from;
+    let until = Instant::now() + DEADLINE * 4;
+    while want < from + count {
+        assert!(Instant::now() < until, "long-poll stuck at {want}");
+        let r = http_get(addr, &format!("{path}?transport=poll&cursor={cursor}"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(j.get("missed").is_none(), "nothing missed: {j}");
+        for m in j["messages"].as_array().unwrap() {
+            assert_eq!(
+                number_of(m.as_str().unwrap()),
+                want,
+                "order and no duplicates"
+            );
+            want += 1;
+        }
+        cursor = j["cursor"].as_u64().unwrap();
+    }
+    cursor
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_websocket_feed_reaches_every_client_transport_in_order_over_one_connection() {
+    const N: u64 = 10_000;
+    let backend = FeedBackend::start().await;
+    let route = feed_route(
+        "feed",
+        "/feed",
+        &format!("websocket: \"{}\"", backend.url("/stream")),
+        "    replay: 10000\n",
+    );
+    let gw = Gateway::start(&route).await;
+
+    let mut ws_clients = Vec::new();
+    for _ in 0..50 {
+        ws_clients.push(ws_client(&gw, "/feed").await);
+    }
+    let mut sse_clients = Vec::new();
+    for _ in 0..50 {
+        sse_clients.push(SseReader::open(gw.addr, "/feed", &[]).await);
+    }
+    backend.wait_open(1).await;
+    gw.wait_metric(
+        "switchyard_client_connections_open{route=\"feed\",transport=\"sse\"}",
+        50.0,
+    )
+    .await;
+
+    let started = Instant::now();
+    backend.send_numbered(1..=N, 16, 100, Duration::from_millis(10));
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut ws in ws_clients {
+        tasks.spawn(async move { ws_expect_numbers(&mut ws, 1, N).await });
+    }
+    for mut sse in sse_clients {
+        tasks.spawn(async move {
+            sse_expect_numbers(&mut sse, 1, N).await;
+        });
+    }
+    for _ in 0..20 {
+        let addr = gw.addr;
+        tasks.spawn(async move {
+            poll_expect_numbers(addr, "/feed", 0, 1, N).await;
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r {
+            let m = gw.metrics().await;
+            let slow: Vec<_> = m
+                .lines()
+                .filter(|l| l.contains("slow_consumer") || l.contains("backend_"))
+                .collect();
+            panic!("a client failed: {e}\n{}\n{}", slow.join("\n"), gw.log());
+        }
+    }
+    let took = started.elapsed();
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one backend connection served every client"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "switchyard_backend_messages_total{route=\"feed\"}"),
+        Some(N as f64)
+    );
+    eprintln!("120 clients x {N} messages in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_and_long_poll_clients_resume_after_dropping_at_3000() {
+    let backend = FeedBackend::start().await;
+    let route = feed_route(
+        "feed",
+        "/feed",
+        &format!("websocket: \"{}\"", backend.url("/")),
+        "    replay: 10000\n",
+    );
+    let gw = Gateway::start(&route).await;
+    let mut sse = SseReader::open(gw.addr, "/feed", &[]).await;
+    backend.wait_open(1).await;
+    backend.send_numbered(1..=3000, 8, 500, Duration::from_millis(1));
+    let last_id = sse_expect_numbers(&mut sse, 1, 3000).await;
+    drop(sse);
+    let cursor = poll_expect_numbers(gw.addr, "/feed", 0, 1, 3000).await;
+    assert_eq!(cursor, 3000);
+
+    // Both clients are away while the next 3,000 arrive.
+    backend.send_numbered(3001..=6000, 8, 500, Duration::from_millis(1));
+    gw.wait_metric("switchyard_backend_messages_total{route=\"feed\"}", 6000.0)
+        .await;
+
+    let mut sse = SseReader::open(gw.addr, "/feed", &[("Last-Event-ID", &last_id)]).await;
+    // A gap marker would fail here: it is an event without a numbered payload.
+    sse_expect_numbers(&mut sse, 3001, 3000).await;
+    // The query form, for clients that cannot set headers.
+    let mut sse = SseReader::open(gw.addr, &format!("/feed?lastEventId={last_id}"), &[]).await;
+    sse_expect_numbers(&mut sse, 3001, 10).await;
+    poll_expect_numbers(gw.addr, "/feed", cursor, 3001, 3000).await;
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+/// Opens an SSE request with a tiny receive buffer and never reads it.
+async fn stalled_sse_client(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let mut stream = tokio::net::TcpStream::from_std(socket.into()).unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    stream
+}
+
+/// Runs `N` 1 KiB messages through 10 WS and 10 SSE clients; returns how long they took.
+async fn run_fast_clients(gw: &Gateway, backend: &FeedBackend, first: u64, n: u64) -> Duration {
+    let mut ws_clients = Vec::new();
+    let mut sse_clients = Vec::new();
+    for _ in 0..10 {
+        ws_clients.push(ws_client(gw, "/feed").await);
+        sse_clients.push(SseReader::open(gw.addr, "/feed", &[]).await);
+    }
+    backend.wait_open(1).await;
+    let started = Instant::now();
+    backend.send_numbered(first..=first + n - 1, 1024, 100, Duration::from_millis(10));
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut ws in ws_clients {
+        tasks.spawn(async move { ws_expect_numbers(&mut ws, first, n).await });
+    }
+    for mut sse in sse_clients {
+        tasks.spawn(async move {
+            sse_expect_numbers(&mut sse, first, n).await;
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("fast clients get every message in order");
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_is_disconnected_without_delaying_others_or_growing_memory() {
+    const N: u64 = 5000;
+    let backend = FeedBackend::start().await;
+    let route = feed_route(
+        "feed",
+        "/feed",
+        &format!("websocket: \"{}\"", backend.url("/")),
+        "    slow_consumer: disconnect\n    limits: { send_queue: 256 }\n",
+    );
+    let gw = Gateway::start(&route).await;
+    // The backend connection stays up between the two runs (backend_linger).
+    let baseline = run_fast_clients(&gw, &backend, 1, N).await;
+
+    let rss_before = gw.rss_kib();
+    let mut stalled = stalled_sse_client(gw.addr, "/feed").await;
+    gw.wait_metric(
+        "switchyard_client_connections_open{route=\"feed\",transport=\"sse\"}",
+        1.0,
+    )
+    .await;
+    let with_stall = run_fast_clients(&gw, &backend, N + 1, N).await;
+    let rss_after = gw.rss_kib();
+    eprintln!("baseline {baseline:?}, with a stalled client {with_stall:?}; RSS {rss_before} -> {rss_after} KiB");
+    assert!(
+        with_stall < baseline * 2 + Duration::from_millis(500),
+        "the stalled client delayed the others: {with_stall:?} vs {baseline:?}"
+    );
+    // 5 MiB went past the stalled client; it may hold at most the shared ring's worth.
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "memory grew with a stalled reader: {rss_before} -> {rss_after} KiB"
+    );
+    gw.wait_metric(
+        "switchyard_slow_consumer_total{action=\"disconnect\",route=\"feed\",transport=\"sse\"}",
+        1.0,
+    )
+    .await;
+    // The stalled client finds its stream cut once it reads again.
+    let until = Instant::now() + DEADLINE;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        use tokio::io::AsyncReadExt;
+        let n = tokio::time::timeout(DEADLINE, stalled.read(&mut buf))
+            .await
+            .expect("the gateway closed the stalled client")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        assert!(Instant::now() < until, "stalled client still connected");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_keeps_a_stalled_client_and_tells_it_what_it_missed() {
+    const N: u64 = 5000;
+    let backend = FeedBackend::start().await;
+    let route = feed_route(
+        "feed",
+        "/feed",
+        &format!("websocket: \"{}\"", backend.url("/")),
+        "    slow_consumer: drop_oldest\n    limits: { send_queue: 256 }\n",
+    );
+    let gw = Gateway::start(&route).await;
+    let stalled = stalled_sse_client(gw.addr, "/feed").await;
+    backend.wait_open(1).await;
+    let rss_before = gw.rss_kib();
+    run_fast_clients(&gw, &backend, 1, N).await;
+    let rss_after = gw.rss_kib();
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "memory grew with a stalled reader: {rss_before} -> {rss_after} KiB"
+    );
+    // Now it reads: what it gets is in order, with a gap marker where messages were dropped.
+    let mut reader = SseReader::from_stream(stalled).await;
+    let mut last = 0;
+    let mut gaps = 0;
+    while last < N {
+        let ev = reader.next_data_event().await;
+        if ev.event.as_deref() == Some("gap") {
+            gaps += 1;
+            continue;
+        }
+        let n = number_of(&ev.data);
+        assert!(n > last, "in order without duplicates: {n} after {last}");
+        last = n;
+    }
+    assert!(gaps >= 1, "the client was told it missed messages");
+    let m = gw.metrics().await;
+    assert!(
+        metric(&m, "switchyard_dropped_messages_total{reason=\"slow_consumer\",route=\"feed\",transport=\"sse\"}").unwrap_or(0.0) > 0.0,
+        "{m}"
+    );
+}
