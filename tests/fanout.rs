@@ -85,7 +85,8 @@ async fn shared_websocket_feed_reaches_every_client_transport_in_order_over_one_
         "feed",
         "/feed",
         &format!("websocket: \"{}\"", backend.url("/stream")),
-        "    replay: 10000\n",
+        // Room for a test client that a busy machine slows down: dropping is tested on its own.
+        "    replay: 10000\n    limits: { send_queue: 16384 }\n",
     );
     let gw = Gateway::start(&route).await;
 
@@ -154,7 +155,7 @@ async fn sse_and_long_poll_clients_resume_after_dropping_at_3000() {
         "feed",
         "/feed",
         &format!("websocket: \"{}\"", backend.url("/")),
-        "    replay: 10000\n",
+        "    replay: 10000\n    limits: { send_queue: 16384 }\n",
     );
     let gw = Gateway::start(&route).await;
     let mut sse = SseReader::open(gw.addr, "/feed", &[]).await;
@@ -322,5 +323,326 @@ async fn drop_oldest_keeps_a_stalled_client_and_tells_it_what_it_missed() {
     assert!(
         metric(&m, "switchyard_dropped_messages_total{reason=\"slow_consumer\",route=\"feed\",transport=\"sse\"}").unwrap_or(0.0) > 0.0,
         "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_is_down_at_start_is_retried_while_the_gateway_serves_others() {
+    let dead = dead_port();
+    let routes = format!(
+        "{}{}",
+        feed_route(
+            "feed",
+            "/feed",
+            &format!(
+                "websocket: \"ws://{}/\", reconnect: {{ initial: 50ms, max: 300ms }}",
+                dead.addr
+            ),
+            "",
+        ),
+        feed_route("clock", "/clock", "builtin: clock", ""),
+    );
+    let gw = Gateway::start(&routes).await;
+    let mut sse = SseReader::open(gw.addr, "/feed", &[]).await;
+    assert!(sse.head.starts_with("HTTP/1.1 200"), "{}", sse.head);
+    let mut ws = ws_client(&gw, "/feed").await;
+    gw.wait_metric(
+        "switchyard_backend_connect_attempts_total{outcome=\"failed\",route=\"feed\"}",
+        3.0,
+    )
+    .await;
+    // Everyone else is served meanwhile.
+    let r = http_get(gw.addr, "/clock?transport=poll", &[]).await;
+    assert_eq!(r.status, 200);
+
+    // The backend comes up on its address: the gateway connects and the waiting clients get it.
+    let addr = dead.addr;
+    drop(dead);
+    let backend = FeedBackend::start_at(addr, None).await;
+    backend.wait_open(1).await;
+    backend.send_numbered(1..=5, 0, 5, Duration::ZERO);
+    sse_expect_numbers(&mut sse, 1, 5).await;
+    ws_expect_numbers(&mut ws, 1, 5).await;
+    let log = gw.log();
+    assert_eq!(
+        log.matches("unreachable").count(),
+        1,
+        "a down backend is logged once, not once per attempt:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_close_reaches_clients_and_they_resume_without_loss() {
+    let backend = FeedBackend::start().await;
+    let route = feed_route(
+        "feed",
+        "/feed",
+        &format!(
+            "websocket: \"{}\", reconnect: {{ initial: 50ms, max: 200ms }}",
+            backend.url("/")
+        ),
+        "    replay: 1000\n",
+    );
+    let gw = Gateway::start(&route).await;
+    let mut ws = ws_client(&gw, "/feed").await;
+    let mut sse = SseReader::open(gw.addr, "/feed", &[]).await;
+    backend.wait_open(1).await;
+    backend.send_numbered(1..=100, 0, 100, Duration::ZERO);
+    ws_expect_numbers(&mut ws, 1, 100).await;
+    let last_id = sse_expect_numbers(&mut sse, 1, 100).await;
+
+    // A deliberate close: its code reaches WebSocket clients; SSE gets a comment, a retry
+    // and the end of the stream.
+    backend.send(FeedCmd::Close(4001, "maintenance".into()));
+    match tokio::time::timeout(DEADLINE, ws.next()).await.unwrap() {
+        Some(Ok(Message::Close(Some(f)))) => {
+            assert_eq!(u16::from(f.code), 4001);
+            assert!(f.reason.contains("maintenance"), "{f:?}");
+        }
+        other => panic!("expected close 4001, got {other:?}"),
+    }
+    let mut told = false;
+    while let Some(ev) = sse.next_event_or_end().await {
+        assert!(
+            ev.id.is_none(),
+            "no message after the backend went away: {ev:?}"
+        );
+        told |= ev.comments.iter().any(|c| c.contains("backend went away")) && ev.retry.is_some();
+    }
+    assert!(told, "the SSE client was told to reconnect");
+
+    // The gateway reconnects; what the backend sends before the clients are back is replayed.
+    backend.wait_connections(2).await;
+    backend.wait_open(1).await;
+    backend.send_numbered(101..=150, 0, 50, Duration::ZERO);
+    gw.wait_metric("switchyard_backend_messages_total{route=\"feed\"}", 150.0)
+        .await;
+    let mut sse = SseReader::open(gw.addr, "/feed", &[("Last-Event-ID", &last_id)]).await;
+    sse_expect_numbers(&mut sse, 101, 50).await;
+    let mut ws = ws_client(&gw, "/feed").await;
+
+    // A dropped connection (no close frame) gives clients 1012, Service Restart.
+    backend.send(FeedCmd::Drop);
+    match tokio::time::timeout(DEADLINE, ws.next()).await.unwrap() {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1012),
+        other => panic!("expected close 1012, got {other:?}"),
+    }
+    assert!(sse.next_data_event_or_end().await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_connection_closes_after_backend_linger_and_reopens_on_demand() {
+    let backend = FeedBackend::start().await;
+    let route = feed_route(
+        "feed",
+        "/feed",
+        &format!("websocket: \"{}\"", backend.url("/")),
+        "    backend_linger: 300ms\n",
+    );
+    let gw = Gateway::start(&route).await;
+    let mut ws = ws_client(&gw, "/feed").await;
+    backend.wait_open(1).await;
+    // A client coming and going within the linger keeps the same connection.
+    drop(SseReader::open(gw.addr, "/feed", &[]).await);
+    ws.close(None).await.unwrap();
+    drop(ws);
+    backend.wait_open(0).await;
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    gw.wait_metric("switchyard_backend_connections_open{route=\"feed\"}", 0.0)
+        .await;
+    let mut sse = SseReader::open(gw.addr, "/feed", &[]).await;
+    backend.wait_open(1).await;
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    backend.send_numbered(1..=3, 0, 3, Duration::ZERO);
+    sse_expect_numbers(&mut sse, 1, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subprotocols_and_headers_reach_the_backend_and_clients_get_its_choice() {
+    let backend = FeedBackend::start_at("127.0.0.1:0".parse().unwrap(), Some("v2.feed")).await;
+    let route = feed_route(
+        "feed",
+        "/feed",
+        &format!(
+            "websocket: \"{}\", subprotocols: [v1.feed, v2.feed], headers: {{ Authorization: \"Bearer feed-token\" }}",
+            backend.url("/stream?x=1")
+        ),
+        "",
+    );
+    let gw = Gateway::start(&route).await;
+    let _first = SseReader::open(gw.addr, "/feed", &[]).await;
+    backend.wait_open(1).await;
+    {
+        let h = backend.handshakes.lock().unwrap();
+        assert_eq!(h[0]["authorization"], "Bearer feed-token");
+        assert_eq!(h[0]["sec-websocket-protocol"], "v1.feed, v2.feed");
+    }
+    let offer = |list: &'static str| {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = gw.ws_url("/feed").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("sec-websocket-protocol", list.parse().unwrap());
+        req
+    };
+    let (_ws, resp) = tokio_tungstenite::connect_async(offer("v1.feed, v2.feed"))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["sec-websocket-protocol"],
+        "v2.feed",
+        "the backend's choice"
+    );
+    let (_ws, resp) = tokio_tungstenite::connect_async(offer("v1.feed"))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["sec-websocket-protocol"],
+        "v1.feed",
+        "listed in the config"
+    );
+    // None in common: the handshake succeeds without the header (the client then decides).
+    let err = tokio_tungstenite::connect_async(offer("other"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            tokio_tungstenite::tungstenite::Error::Protocol(
+                tokio_tungstenite::tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(
+                    _
+                )
+            )
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_messages_follow_the_route_policy_on_text_only_transports() {
+    let backend = FeedBackend::start().await;
+    let url = backend.url("/");
+    let routes = format!(
+        "{}{}",
+        feed_route("b64", "/b64", &format!("websocket: \"{url}\""), ""),
+        feed_route(
+            "nobin",
+            "/nobin",
+            &format!("websocket: \"{url}\""),
+            "    binary: drop\n"
+        ),
+    );
+    let gw = Gateway::start(&routes).await;
+    let mut b64 = SseReader::open(gw.addr, "/b64", &[]).await;
+    let mut nobin = SseReader::open(gw.addr, "/nobin", &[]).await;
+    let mut ws = ws_client(&gw, "/nobin").await;
+    backend.wait_open(2).await;
+    backend.send(FeedCmd::Send {
+        messages: std::sync::Arc::new(vec![
+            Message::binary(vec![0u8, 1, 2, 255]),
+            Message::text("after"),
+        ]),
+        batch: 2,
+        pause: Duration::ZERO,
+    });
+    let ev = b64.next_data_event().await;
+    assert_eq!(
+        (ev.event.as_deref(), ev.data.as_str()),
+        (Some("binary"), "AAEC/w==")
+    );
+    assert_eq!(b64.next_data_event().await.data, "after");
+    assert_eq!(
+        nobin.next_data_event().await.data,
+        "after",
+        "binary dropped"
+    );
+    // WebSocket clients get binary as binary whatever the policy.
+    let m = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(m, Message::binary(vec![0u8, 1, 2, 255]));
+    let r = http_get(gw.addr, "/b64?transport=poll&cursor=0", &[]).await;
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        j["messages"],
+        serde_json::json!([{ "binary": "AAEC/w==" }, "after"])
+    );
+    let r = http_get(gw.addr, "/nobin?transport=poll&cursor=0", &[]).await;
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(j["messages"], serde_json::json!(["after"]));
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "switchyard_dropped_messages_total{reason=\"binary_policy\",route=\"nobin\",transport=\"sse\"}"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_backend_keeps_event_names_and_resumes_with_last_event_id() {
+    let backend = SseBackend::start().await;
+    let route = feed_route(
+        "feed",
+        "/feed",
+        &format!(
+            "sse: \"{}\", reconnect: {{ initial: 50ms, max: 200ms }}",
+            backend.url("/events")
+        ),
+        "",
+    );
+    let gw = Gateway::start(&route).await;
+    let mut sse = SseReader::open(gw.addr, "/feed", &[]).await;
+    let mut ws = ws_client(&gw, "/feed").await;
+    backend.wait_connections(1).await;
+    // Lines split anywhere, CRLF split across chunks, a BOM, comments, an empty payload.
+    for chunk in [
+        "\u{feff}retry: 100\n: hello\n\n",
+        "id: b1\nevent: tick\ndata: line1\ndata: line2\n\n",
+        "data: crlf\r",
+        "\n\r\n",
+        "data:\n\n",
+        "id: b2\ndata: h\u{e9}llo \u{1F600}\n\n",
+    ] {
+        backend.write(chunk);
+    }
+    let ev = sse.next_data_event().await;
+    assert_eq!(
+        (ev.event.as_deref(), ev.data.as_str()),
+        (Some("tick"), "line1\nline2")
+    );
+    assert_eq!(sse.next_data_event().await.data, "crlf");
+    assert_eq!(sse.next_data_event().await.data, "");
+    assert_eq!(sse.next_data_event().await.data, "h\u{e9}llo \u{1F600}");
+    for want in ["line1\nline2", "crlf", "", "h\u{e9}llo \u{1F600}"] {
+        let m = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(m, Message::text(want));
+    }
+    let r = http_get(gw.addr, "/feed?transport=poll&cursor=0", &[]).await;
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        j["messages"],
+        serde_json::json!([{ "event": "tick", "data": "line1\nline2" }, "crlf", "", "h\u{e9}llo \u{1F600}"])
+    );
+
+    // The backend ends its stream: the gateway reconnects with the last id the backend gave.
+    backend.end_streams();
+    backend.wait_connections(2).await;
+    assert_eq!(
+        backend.last_event_ids.lock().unwrap().clone(),
+        [None, Some("b2".to_owned())]
     );
 }

@@ -729,6 +729,15 @@ impl FeedBackend {
         }
     }
 
+    /// Waits until `n` connections were accepted in all.
+    pub async fn wait_connections(&self, n: usize) {
+        let until = Instant::now() + DEADLINE;
+        while self.connections.load(Ordering::SeqCst) < n {
+            assert!(Instant::now() < until, "backend never saw connection {n}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn send(&self, cmd: FeedCmd) {
         assert!(self.cmd.send(cmd).is_ok(), "a backend connection is open");
     }
