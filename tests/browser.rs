@@ -111,6 +111,10 @@ async fn eval(cdp: &mut Cdp, id: &mut u64, expr: &str) -> serde_json::Value {
         let v: serde_json::Value =
             serde_json::from_str(msg.to_text().unwrap_or("{}")).unwrap_or_default();
         if v["id"] == *id {
+            // A script error comes back as a value, so a failed check shows what went wrong.
+            if let Some(e) = v["result"].get("exceptionDetails") {
+                return serde_json::json!({ "exception": e["exception"]["description"] });
+            }
             return v["result"]["result"]["value"].clone();
         }
     }
@@ -123,7 +127,7 @@ async fn wait_true(cdp: &mut Cdp, id: &mut u64, expr: &str, what: &str) {
         if eval(cdp, id, expr).await == serde_json::Value::Bool(true) {
             return;
         }
-        let page = eval(cdp, id, "document.body.innerText").await;
+        let page = eval(cdp, id, "document.body && document.body.innerText").await;
         assert!(
             Instant::now() < until,
             "{what} never happened; page shows:\n{page}"
@@ -173,5 +177,94 @@ async fn demo_page_shows_the_sse_clock_and_the_websocket_echo_in_chromium() {
             "switchyard_client_connections_open{route=\"echo\",transport=\"websocket\"} 1"
         ),
         "{metrics}"
+    );
+}
+
+/// Chromium's own EventSource parser reads what the gateway makes of a WebSocket backend's
+/// messages (multi-line, empty, unicode, field-like text), and its automatic reconnect with
+/// `Last-Event-ID` resumes without loss or duplicates after the backend went away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_eventsource_parses_the_bridged_stream_and_resumes_after_a_backend_restart() {
+    let backend = FeedBackend::start().await;
+    let routes = format!(
+        "  - name: demo\n    path: /\n    backend: {{ builtin: demo }}\n  - name: feed\n    path: /feed\n    backend: {{ websocket: \"{}\", reconnect: {{ initial: 50ms, max: 200ms }} }}\n",
+        backend.url("/")
+    );
+    let gw = Gateway::start(&routes).await;
+    let (_browser, mut cdp) = open_page(&gw.url("/")).await;
+    let mut id = 0;
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "location.protocol === 'http:' && document.readyState === 'complete'",
+        "the page loading",
+    )
+    .await;
+    eval(
+        &mut cdp,
+        &mut id,
+        "window.got = []; window.errors = 0; window.es = new EventSource('/feed'); \
+         es.onmessage = e => got.push([e.data, e.lastEventId]); es.onerror = () => errors++; true",
+    )
+    .await;
+    backend.wait_open(1).await;
+    gw.wait_metric(
+        "switchyard_client_connections_open{route=\"feed\",transport=\"sse\"}",
+        1.0,
+    )
+    .await;
+    let sent = [
+        "multi\nline\r\npayload\rend",
+        "",
+        "unicode h\u{e9}llo \u{1F600} \u{4e2d}\u{6587}",
+        "  leading spaces",
+        "data: looks like a field\nid: 99",
+        "trailing newline\n",
+    ];
+    backend.send(FeedCmd::Send {
+        messages: std::sync::Arc::new(sent.iter().map(|s| Message::text(*s)).collect()),
+        batch: 10,
+        pause: Duration::ZERO,
+    });
+    wait_true(&mut cdp, &mut id, "got.length === 6", "six events").await;
+    let got = eval(&mut cdp, &mut id, "got.map(g => g[0])").await;
+    // SSE cannot carry CR: every line ending arrives as LF.
+    let want: Vec<String> = sent
+        .iter()
+        .map(|s| s.replace("\r\n", "\n").replace('\r', "\n"))
+        .collect();
+    assert_eq!(got, serde_json::json!(want));
+    let ids = eval(&mut cdp, &mut id, "got.map(g => g[1])").await;
+    assert!(
+        ids.as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i.as_str().is_some_and(|s| s.contains('-'))),
+        "every event has the gateway's id: {ids}"
+    );
+
+    // The backend restarts; what it sends before Chromium is back arrives through the replay.
+    backend.send(FeedCmd::Close(1000, "restart".into()));
+    backend.wait_connections(2).await;
+    backend.wait_open(1).await;
+    backend.send_numbered(1..=3, 0, 3, Duration::ZERO);
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "got.length === 9",
+        "the three messages after the restart",
+    )
+    .await;
+    let tail = eval(&mut cdp, &mut id, "got.slice(6).map(g => g[0])").await;
+    assert_eq!(tail, serde_json::json!(["1:", "2:", "3:"]));
+    assert_eq!(
+        eval(&mut cdp, &mut id, "errors >= 1").await,
+        true,
+        "EventSource saw the stream end and reconnected"
+    );
+    assert_eq!(
+        eval(&mut cdp, &mut id, "es.readyState").await,
+        1,
+        "open again"
     );
 }
