@@ -323,3 +323,76 @@ routes:
         );
     }
 }
+
+#[cfg(test)]
+mod bridge_config_tests {
+    use super::*;
+    use crate::config::{BackendSpec, RouteKind, SlowConsumer};
+
+    fn route(body: &str) -> Result<Config, ConfigErrors> {
+        let yaml = format!(
+            "server:\n  listen:\n    - addr: \"127.0.0.1:0\"\nroutes:\n  - name: feed\n    path: /feed\n{body}"
+        );
+        load_str(&yaml, Path::new("."), "t.yaml")
+    }
+
+    fn errors(body: &str) -> String {
+        route(body).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn websocket_and_sse_backends_with_their_settings() {
+        let c = route("    backend: { websocket: \"ws://feed.internal:9000/v1/stream?x=1\", subprotocols: [v1], headers: { Authorization: \"Bearer t\" }, reconnect: { initial: 200ms, max: 5s } }\n    backend_linger: 1m\n    slow_consumer: drop_oldest\n    binary: drop\n").unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!("a bridged route")
+        };
+        let BackendSpec::WebSocket(f) = &b.backend else {
+            panic!("a websocket backend")
+        };
+        assert_eq!((f.host.as_str(), f.port), ("feed.internal", 9000));
+        assert_eq!(f.path, "/v1/stream?x=1");
+        assert_eq!(f.authority, "feed.internal:9000");
+        assert_eq!(f.subprotocols, ["v1"]);
+        assert_eq!(f.headers[0].0, "authorization");
+        assert_eq!(f.reconnect.max, std::time::Duration::from_secs(5));
+        assert_eq!(b.linger, std::time::Duration::from_secs(60));
+        assert_eq!(b.slow_consumer, SlowConsumer::DropOldest);
+        assert!(b.clients.websocket && b.clients.sse && b.clients.long_poll);
+        let c = route("    backend: { sse: \"http://[::1]/events\" }\n").unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!()
+        };
+        let BackendSpec::Sse(f) = &b.backend else {
+            panic!()
+        };
+        assert_eq!(
+            (f.host.as_str(), f.port, f.path.as_str()),
+            ("::1", 80, "/events")
+        );
+        assert_eq!(b.slow_consumer, SlowConsumer::Disconnect, "the default");
+    }
+
+    #[test]
+    fn bad_backend_settings_are_named_with_their_path() {
+        let cases = [
+            ("    backend: { websocket: \"http://x/\" }\n", "routes[0].backend.websocket: \"http://x/\" must start with ws://"),
+            ("    backend: { websocket: \"wss://x/\" }\n", "routes[0].backend.websocket: wss:// backends"),
+            ("    backend: { sse: \"ws://x/\" }\n", "routes[0].backend.sse: \"ws://x/\" must start with http://"),
+            ("    backend: { websocket: \"ws://x/\", headers: { Host: y } }\n", "routes[0].backend.headers.Host: Host is set by the gateway"),
+            ("    backend: { websocket: \"ws://x/\", subprotocols: [\"a b\"] }\n", "routes[0].backend.subprotocols[0]: \"a b\" is not a valid subprotocol"),
+            ("    backend: { sse: \"http://x/\", subprotocols: [a] }\n", "routes[0].backend.subprotocols: subprotocols are a WebSocket feature"),
+            ("    backend: { websocket: \"ws://x/\", reconnect: { initial: 5s, max: 1s } }\n", "routes[0].backend.reconnect: reconnect.initial must be above 0s and at most reconnect.max"),
+            ("    backend: { builtin: clock, connect_timeout: 1s }\n", "routes[0].backend.connect_timeout: `connect_timeout` applies to `websocket:` and `sse:` backends"),
+            ("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n", "routes[0].fanout: fanout: per_client"),
+            ("    backend: { websocket: \"ws://x/\" }\n    slow_consumer: wait\n", "routes[0].slow_consumer: unknown slow_consumer policy \"wait\""),
+            ("    backend: { websocket: \"ws://x/\" }\n    binary: hex\n", "routes[0].binary: unknown binary policy \"hex\""),
+            ("    backend: { websocket: \"ws://x/\" }\n    backend_linger: soon\n", "routes[0].backend_linger: "),
+            ("    backend: { builtin: echo }\n    slow_consumer: disconnect\n", "routes[0].slow_consumer: `slow_consumer` applies to routes with a feed"),
+            ("    proxy: { upstreams: [\"127.0.0.1:1\"] }\n    backend_linger: 1s\n", "routes[0].backend_linger: `backend_linger` applies to bridged routes"),
+        ];
+        for (body, want) in cases {
+            let text = errors(body);
+            assert!(text.contains(want), "{body}\nwanted {want:?} in:\n{text}");
+        }
+    }
+}
