@@ -294,6 +294,19 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn backend_gone_arrives_after_what_was_published_before_it() {
+        let hub = Hub::new(8, 8);
+        let mut s = hub.subscribe(None);
+        hub.publish(Bytes::from_static(b"a"), false);
+        hub.backend_gone(1012, "lost".into());
+        hub.publish(Bytes::from_static(b"b"), false);
+        assert!(matches!(s.live.recv().await.unwrap(), Event::Message(m) if m.seq == 1));
+        assert!(matches!(s.live.recv().await.unwrap(), Event::BackendGone(g) if g.code == 1012));
+        // The sequence goes on across the reconnect.
+        assert!(matches!(s.live.recv().await.unwrap(), Event::Message(m) if m.seq == 2));
+    }
+
     #[test]
     fn encodings_are_built_once_and_shared() {
         let m = Message::new(7, Bytes::from_static(b"hi"), false);

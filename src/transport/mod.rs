@@ -8,9 +8,9 @@ pub mod longpoll;
 pub mod sse;
 pub mod ws;
 
-use crate::bridge::{Bridge, Consumer, Feed};
+use crate::bridge::{Bridge, Consumer, Feed, Message};
 use crate::error::Reject;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use std::time::Duration;
@@ -89,6 +89,44 @@ pub fn requested(req: &RequestHeader) -> Option<ClientTransport> {
 /// Messages already queued for a client are sent together, up to about this many bytes per
 /// write: one syscall for a burst instead of one per message.
 pub const BURST_BYTES: usize = 32 * 1024;
+
+/// Gathers what to write for a message and any others already queued behind it. A lone message
+/// goes out as its shared encoding (no copy); a burst is joined into one buffer so it costs
+/// one write. `frame` gives a message's encoding, or None to skip it. Returns the bytes (None
+/// when every message was skipped) and how many messages they carry.
+pub fn gather_burst(
+    first: &Message,
+    consumer: &mut Consumer,
+    mut frame: impl FnMut(&Message) -> Option<Bytes>,
+) -> (Option<Bytes>, u64) {
+    let mut single = frame(first);
+    let mut count = u64::from(single.is_some());
+    let mut joined: Option<BytesMut> = None;
+    loop {
+        let len = match (&joined, &single) {
+            (Some(j), _) => j.len(),
+            (None, Some(s)) => s.len(),
+            (None, None) => 0,
+        };
+        if len >= BURST_BYTES {
+            break;
+        }
+        let Some(m) = consumer.ready() else { break };
+        let Some(f) = frame(&m) else { continue };
+        count += 1;
+        match (&mut joined, single.take()) {
+            (Some(j), _) => j.extend_from_slice(&f),
+            (None, Some(s)) => {
+                let mut j = BytesMut::with_capacity(BURST_BYTES.max(s.len() + f.len()));
+                j.extend_from_slice(&s);
+                j.extend_from_slice(&f);
+                joined = Some(j);
+            }
+            (None, None) => single = Some(f),
+        }
+    }
+    (joined.map(BytesMut::freeze).or(single), count)
+}
 
 /// Why a write to a streaming client did not complete.
 #[derive(Debug)]

@@ -157,24 +157,10 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     loop {
         let chunk = tokio::select! {
             delivery = consumer.next() => match delivery {
-                Delivery::Message(m) => {
-                    // A burst already queued goes out in one write.
-                    let mut burst = BytesMut::new();
-                    let mut next = Some(m);
-                    while let Some(m) = next {
-                        if let Some(f) = frame(&m) {
-                            burst.put_slice(&f);
-                        }
-                        if burst.len() >= super::BURST_BYTES {
-                            break;
-                        }
-                        next = consumer.ready();
-                    }
-                    if burst.is_empty() {
-                        continue;
-                    }
-                    burst.freeze()
-                }
+                Delivery::Message(m) => match super::gather_burst(&m, &mut consumer, frame) {
+                    (Some(bytes), _) => bytes,
+                    (None, _) => continue,
+                },
                 Delivery::Dropped(n) => Bytes::from(format!(
                     "event: gap\ndata: {n} messages dropped: this client fell behind\n\n"
                 )),
@@ -239,6 +225,46 @@ mod tests {
             &encode_event("e", &m)[..],
             b"id: e-1\nevent: binary\ndata: AP8=\n\n"
         );
+    }
+
+    #[test]
+    fn event_names_from_an_sse_backend_are_kept() {
+        let m = Message::named(5, Some("tick".into()), Bytes::from_static(b"a\nb"), false);
+        assert_eq!(
+            &encode_event("e", &m)[..],
+            b"id: e-5\nevent: tick\ndata: a\ndata: b\n\n"
+        );
+        // A payload that looks like fields stays data: every line gets its own `data: `.
+        let m = Message::new(6, Bytes::from_static(b"id: 9\n\nevent: x\n"), false);
+        assert_eq!(
+            &encode_event("e", &m)[..],
+            b"id: e-6\ndata: id: 9\ndata: \ndata: event: x\ndata: \n\n"
+        );
+    }
+
+    #[test]
+    fn encoder_output_parses_back_to_the_payload() {
+        use crate::upstream::sse::SseParser;
+        for payload in [
+            "",
+            "one",
+            "a\nb",
+            "a\r\nb\rc",
+            "\n\n",
+            " lead",
+            "h\u{e9}llo \u{1F600}",
+            "data: x",
+            ":colon",
+        ] {
+            let m = Message::new(1, Bytes::from(payload), false);
+            let mut p = SseParser::new(1 << 20);
+            let mut out = Vec::new();
+            p.push(&encode_event("e", &m), &mut out);
+            let want = payload.replace("\r\n", "\n").replace('\r', "\n");
+            assert_eq!(out.len(), 1, "{payload:?}");
+            assert_eq!(out[0].data, want, "{payload:?}");
+            assert_eq!(p.last_event_id(), "e-1");
+        }
     }
 
     #[test]

@@ -431,16 +431,10 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
                 let consumer = consumer.as_mut().expect("checked above");
                 match delivery {
                     Delivery::Message(m) => {
-                        // A burst already queued goes out in one write.
-                        let mut burst = BytesMut::from(&m.ws_frame()[..]);
-                        let mut count = 1;
-                        while burst.len() < super::BURST_BYTES {
-                            let Some(m) = consumer.ready() else { break };
-                            burst.extend_from_slice(&m.ws_frame());
-                            count += 1;
-                        }
+                        let (bytes, count) = super::gather_burst(&m, consumer, |m| Some(m.ws_frame()));
                         messages_out.inc_by(count);
-                        if super::write_chunk(session, burst.freeze(), consumer).await.is_err() {
+                        let bytes = bytes.expect("WebSocket clients take every message");
+                        if super::write_chunk(session, bytes, consumer).await.is_err() {
                             super::abandon(session);
                             return Ok(());
                         }

@@ -649,6 +649,8 @@ impl FeedBackend {
                 let mut rx = tx.subscribe();
                 conns.spawn(async move {
                     use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+                    // The signature is tungstenite's handshake callback's.
+                    #[allow(clippy::result_large_err)]
                     let record = |req: &Request, mut resp: Response| {
                         h.lock().unwrap().push(req.headers().clone());
                         let offered = req
