@@ -16,6 +16,20 @@ fn feed_route(name: &str, path: &str, backend: &str, extra: &str) -> String {
     format!("  - name: {name}\n    path: {path}\n    backend: {{ {backend} }}\n{extra}")
 }
 
+/// A WebSocket feed backend and a gateway with route `feed` on `/feed` reading it; `extra` is
+/// YAML added to the route (indented by four spaces).
+async fn feed_gateway(extra: &str) -> (FeedBackend, Gateway) {
+    let backend = FeedBackend::start().await;
+    let route = feed_route(
+        "feed",
+        "/feed",
+        &format!("websocket: \"{}\"", backend.url("/stream")),
+        extra,
+    );
+    let gw = Gateway::start(&route).await;
+    (backend, gw)
+}
+
 async fn ws_client(gw: &Gateway, path: &str) -> Ws {
     tokio_tungstenite::connect_async(gw.ws_url(path))
         .await
@@ -80,15 +94,9 @@ async fn poll_expect_numbers(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_websocket_feed_reaches_every_client_transport_in_order_over_one_connection() {
     const N: u64 = 10_000;
-    let backend = FeedBackend::start().await;
-    let route = feed_route(
-        "feed",
-        "/feed",
-        &format!("websocket: \"{}\"", backend.url("/stream")),
-        // Room for a test client that a busy machine slows down: dropping is tested on its own.
-        "    replay: 10000\n    limits: { send_queue: 16384 }\n",
-    );
-    let gw = Gateway::start(&route).await;
+    // Room for a test client that a busy machine slows down: dropping is tested on its own.
+    let (backend, gw) =
+        feed_gateway("    replay: 10000\n    limits: { send_queue: 16384 }\n").await;
 
     let mut ws_clients = Vec::new();
     for _ in 0..50 {
@@ -150,14 +158,8 @@ async fn shared_websocket_feed_reaches_every_client_transport_in_order_over_one_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_and_long_poll_clients_resume_after_dropping_at_3000() {
-    let backend = FeedBackend::start().await;
-    let route = feed_route(
-        "feed",
-        "/feed",
-        &format!("websocket: \"{}\"", backend.url("/")),
-        "    replay: 10000\n    limits: { send_queue: 16384 }\n",
-    );
-    let gw = Gateway::start(&route).await;
+    let (backend, gw) =
+        feed_gateway("    replay: 10000\n    limits: { send_queue: 16384 }\n").await;
     let mut sse = SseReader::open(gw.addr, "/feed", &[]).await;
     backend.wait_open(1).await;
     backend.send_numbered(1..=3000, 8, 500, Duration::from_millis(1));
@@ -233,14 +235,8 @@ async fn run_fast_clients(gw: &Gateway, backend: &FeedBackend, first: u64, n: u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_is_disconnected_without_delaying_others_or_growing_memory() {
     const N: u64 = 5000;
-    let backend = FeedBackend::start().await;
-    let route = feed_route(
-        "feed",
-        "/feed",
-        &format!("websocket: \"{}\"", backend.url("/")),
-        "    slow_consumer: disconnect\n    limits: { send_queue: 256 }\n",
-    );
-    let gw = Gateway::start(&route).await;
+    let (backend, gw) =
+        feed_gateway("    slow_consumer: disconnect\n    limits: { send_queue: 256 }\n").await;
     // The backend connection stays up between the two runs (backend_linger).
     let baseline = run_fast_clients(&gw, &backend, 1, N).await;
 
@@ -287,14 +283,8 @@ async fn a_stalled_client_is_disconnected_without_delaying_others_or_growing_mem
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_keeps_a_stalled_client_and_tells_it_what_it_missed() {
     const N: u64 = 5000;
-    let backend = FeedBackend::start().await;
-    let route = feed_route(
-        "feed",
-        "/feed",
-        &format!("websocket: \"{}\"", backend.url("/")),
-        "    slow_consumer: drop_oldest\n    limits: { send_queue: 256 }\n",
-    );
-    let gw = Gateway::start(&route).await;
+    let (backend, gw) =
+        feed_gateway("    slow_consumer: drop_oldest\n    limits: { send_queue: 256 }\n").await;
     let stalled = stalled_sse_client(gw.addr, "/feed").await;
     backend.wait_open(1).await;
     let rss_before = gw.rss_kib();
@@ -432,14 +422,7 @@ async fn backend_close_reaches_clients_and_they_resume_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_connection_closes_after_backend_linger_and_reopens_on_demand() {
-    let backend = FeedBackend::start().await;
-    let route = feed_route(
-        "feed",
-        "/feed",
-        &format!("websocket: \"{}\"", backend.url("/")),
-        "    backend_linger: 300ms\n",
-    );
-    let gw = Gateway::start(&route).await;
+    let (backend, gw) = feed_gateway("    backend_linger: 300ms\n").await;
     let mut ws = ws_client(&gw, "/feed").await;
     backend.wait_open(1).await;
     // A client coming and going within the linger keeps the same connection.

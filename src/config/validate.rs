@@ -233,6 +233,17 @@ pub struct BridgeRoute {
     pub binary: BinaryPolicy,
 }
 
+/// The route keys that only mean something for a route with a feed.
+fn feed_keys(raw: &RawRoute) -> [(&'static str, bool); 5] {
+    [
+        ("replay", raw.replay.is_some()),
+        ("fanout", raw.fanout.is_some()),
+        ("backend_linger", raw.backend_linger.is_some()),
+        ("slow_consumer", raw.slow_consumer.is_some()),
+        ("binary", raw.binary.is_some()),
+    ]
+}
+
 pub const DEFAULT_REPLAY: usize = 64;
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
 pub const DEFAULT_RECONNECT: Reconnect = Reconnect {
@@ -268,6 +279,15 @@ impl<'a> Validator<'a> {
             line: None,
             message: message.into(),
         });
+    }
+
+    /// Reports every key of `keys` that is set, for the same reason.
+    fn misplaced(&mut self, at: &str, keys: &[(&str, bool)], why: &str) {
+        for (key, set) in keys {
+            if *set {
+                self.err(format!("{at}.{key}"), format!("`{key}` {why}"));
+            }
+        }
     }
 
     fn duration(&mut self, path: String, v: &Option<Scalar>, default: Duration) -> Duration {
@@ -620,21 +640,13 @@ impl<'a> Validator<'a> {
         let limits = self.limits(&format!("{at}.limits"), raw.limits.as_ref(), limits);
         let kind = match (&raw.proxy, &raw.backend) {
             (Some(p), None) => {
-                for (key, set) in [
-                    ("clients", raw.clients.is_some()),
-                    ("replay", raw.replay.is_some()),
-                    ("fanout", raw.fanout.is_some()),
-                    ("backend_linger", raw.backend_linger.is_some()),
-                    ("slow_consumer", raw.slow_consumer.is_some()),
-                    ("binary", raw.binary.is_some()),
-                ] {
-                    if set {
-                        self.err(
-                            format!("{at}.{key}"),
-                            format!("`{key}` applies to bridged routes (with `backend:`), not to `proxy:` routes"),
-                        );
-                    }
-                }
+                let mut keys = vec![("clients", raw.clients.is_some())];
+                keys.extend(feed_keys(raw));
+                self.misplaced(
+                    at,
+                    &keys,
+                    "applies to bridged routes (with `backend:`), not to `proxy:` routes",
+                );
                 RouteKind::Proxy(self.proxy(&format!("{at}.proxy"), p)?)
             }
             (None, Some(b)) => RouteKind::Bridge(self.bridge(at, b, raw)?),
@@ -771,21 +783,16 @@ impl<'a> Validator<'a> {
             unreachable!("exactly one backend kind is set")
         };
         if let BackendSpec::Builtin(_) = backend {
-            for (key, set) in [
-                ("subprotocols", b.subprotocols.is_some()),
-                ("headers", b.headers.is_some()),
-                ("connect_timeout", b.connect_timeout.is_some()),
-                ("reconnect", b.reconnect.is_some()),
-            ] {
-                if set {
-                    self.err(
-                        format!("{at}.backend.{key}"),
-                        format!(
-                            "`{key}` applies to `websocket:` and `sse:` backends, not to builtins"
-                        ),
-                    );
-                }
-            }
+            self.misplaced(
+                &format!("{at}.backend"),
+                &[
+                    ("subprotocols", b.subprotocols.is_some()),
+                    ("headers", b.headers.is_some()),
+                    ("connect_timeout", b.connect_timeout.is_some()),
+                    ("reconnect", b.reconnect.is_some()),
+                ],
+                "applies to `websocket:` and `sse:` backends, not to builtins",
+            );
         }
         if let (BackendSpec::Sse(_), Some(_)) = (&backend, &b.subprotocols) {
             self.err(
@@ -908,20 +915,11 @@ impl<'a> Validator<'a> {
             BackendSpec::WebSocket(_) | BackendSpec::Sse(_) | BackendSpec::Builtin(Builtin::Clock)
         );
         if !shared_feed {
-            for (key, set) in [
-                ("replay", raw.replay.is_some()),
-                ("fanout", raw.fanout.is_some()),
-                ("backend_linger", raw.backend_linger.is_some()),
-                ("slow_consumer", raw.slow_consumer.is_some()),
-                ("binary", raw.binary.is_some()),
-            ] {
-                if set {
-                    self.err(
-                        format!("{at}.{key}"),
-                        format!("`{key}` applies to routes with a feed (websocket, sse or clock backends)"),
-                    );
-                }
-            }
+            self.misplaced(
+                at,
+                &feed_keys(raw),
+                "applies to routes with a feed (websocket, sse or clock backends)",
+            );
         }
         Some(BridgeRoute {
             backend,

@@ -9,10 +9,11 @@
 
 use super::{sse, ws};
 use crate::bridge::Hub;
-use crate::config::{BackendSpec, BridgeRoute, Reconnect, Route};
+use crate::config::{BackendFeed, BackendSpec, BridgeRoute, Reconnect, Route};
 use crate::metrics;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// How an attempt at the backend went.
@@ -158,6 +159,29 @@ impl Backoff {
         self.first = false;
         let half = d / 2;
         half + Duration::from_nanos(fastrand::u64(0..=half.as_nanos() as u64))
+    }
+}
+
+/// Opens the TCP connection to a feed backend.
+pub async fn connect_tcp(feed: &BackendFeed) -> Result<TcpStream, String> {
+    let tcp = TcpStream::connect((feed.host.as_str(), feed.port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// Runs a connect-and-handshake future within the backend's `connect_timeout`.
+pub async fn within_connect_timeout<T>(
+    feed: &BackendFeed,
+    attempt: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, Outcome> {
+    match tokio::time::timeout(feed.connect_timeout, attempt).await {
+        Err(_) => Err(Outcome::ConnectFailed(format!(
+            "no answer within connect_timeout {:?}",
+            feed.connect_timeout
+        ))),
+        Ok(r) => r.map_err(Outcome::ConnectFailed),
     }
 }
 

@@ -4,7 +4,7 @@
 //! id the backend gave, so a backend that supports resume fills the gap itself, and it honours
 //! the backend's `retry:` as the shortest reconnect delay.
 
-use super::feed::{Connected, Link, Outcome};
+use super::feed::{connect_tcp, within_connect_timeout, Connected, Link, Outcome};
 use crate::config::BackendFeed;
 use crate::metrics;
 use crate::transport::ws::close;
@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// One event as the WHATWG "dispatch the event" step produces it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,10 +211,7 @@ pub async fn session(link: &Link, feed: &BackendFeed, resume: &mut Resume) -> Ou
         Err(e) => return Outcome::ConnectFailed(format!("bad request: {e}")),
     };
     let connect = async {
-        let tcp = TcpStream::connect((feed.host.as_str(), feed.port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = connect_tcp(feed).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
@@ -223,15 +219,9 @@ pub async fn session(link: &Link, feed: &BackendFeed, resume: &mut Resume) -> Ou
         let response = sender.send_request(request).await;
         Ok::<_, String>((response, driver))
     };
-    let (response, driver) = match tokio::time::timeout(feed.connect_timeout, connect).await {
-        Err(_) => {
-            return Outcome::ConnectFailed(format!(
-                "no answer within connect_timeout {:?}",
-                feed.connect_timeout
-            ))
-        }
-        Ok(Err(e)) => return Outcome::ConnectFailed(e),
-        Ok(Ok(r)) => r,
+    let (response, driver) = match within_connect_timeout(feed, connect).await {
+        Ok(r) => r,
+        Err(failed) => return failed,
     };
     // The connection task ends with this function, whichever way it returns.
     let _driver = AbortOnDrop(driver);

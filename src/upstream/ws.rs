@@ -5,14 +5,13 @@
 //! Keepalive toward the backend uses the route's `ping_interval` and `pong_timeout`: a backend
 //! that sends nothing at all, not even a pong, for that long is dropped and reconnected.
 
-use super::feed::{Connected, Link, Outcome};
+use super::feed::{connect_tcp, within_connect_timeout, Connected, Link, Outcome};
 use crate::config::BackendFeed;
 use crate::metrics;
 use crate::transport::ws::close;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -64,23 +63,14 @@ pub async fn session(link: &Link, feed: &BackendFeed) -> Outcome {
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let connect = async {
-        let tcp = TcpStream::connect((feed.host.as_str(), feed.port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = connect_tcp(feed).await?;
         tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
             .await
             .map_err(|e| format!("handshake: {e}"))
     };
-    let (mut stream, response) = match tokio::time::timeout(feed.connect_timeout, connect).await {
-        Err(_) => {
-            return Outcome::ConnectFailed(format!(
-                "no answer within connect_timeout {:?}",
-                feed.connect_timeout
-            ))
-        }
-        Ok(Err(e)) => return Outcome::ConnectFailed(e),
-        Ok(Ok(s)) => s,
+    let (mut stream, response) = match within_connect_timeout(feed, connect).await {
+        Ok(r) => r,
+        Err(failed) => return failed,
     };
     let protocol = response
         .headers()
