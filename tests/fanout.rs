@@ -629,3 +629,31 @@ async fn an_sse_backend_keeps_event_names_and_resumes_with_last_event_id() {
         [None, Some("b2".to_owned())]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_sse_backend_is_reconnected_behind_the_clients_backs() {
+    let backend = SseBackend::start().await;
+    let route = feed_route(
+        "feed",
+        "/feed",
+        &format!(
+            "sse: \"{}\", reconnect: {{ initial: 50ms, max: 200ms }}",
+            backend.url("/events")
+        ),
+        "    keepalive: { idle_timeout: 400ms }\n",
+    );
+    let gw = Gateway::start(&route).await;
+    let mut sse = SseReader::open(gw.addr, "/feed", &[]).await;
+    backend.wait_connections(1).await;
+    backend.write("id: 7\ndata: before\n\n");
+    assert_eq!(sse.next_data_event().await.data, "before");
+    // Silence past idle_timeout: the gateway reconnects and resumes from the backend's id 7.
+    backend.wait_connections(2).await;
+    assert_eq!(
+        backend.last_event_ids.lock().unwrap()[1].as_deref(),
+        Some("7")
+    );
+    backend.write("id: 8\ndata: after\n\n");
+    let ev = sse.next_data_event().await;
+    assert_eq!(ev.data, "after", "the client stayed connected: {ev:?}");
+}

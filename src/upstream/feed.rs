@@ -28,6 +28,9 @@ pub enum Outcome {
     },
     /// Nobody was subscribed for `backend_linger`: the connection was closed on purpose.
     Idle,
+    /// The gateway dropped a connection that went quiet and reconnects; the stream resumes
+    /// where it was (SSE `Last-Event-ID`), so clients are not disturbed.
+    Recycled(String),
 }
 
 /// Everything a connector needs, shared by the connection task.
@@ -104,6 +107,10 @@ async fn run(link: Link) {
                     );
                 }
                 failing = true;
+            }
+            Outcome::Recycled(why) => {
+                log::info!("route {route}: reconnecting to backend {}: {why}", feed.url);
+                failing = false;
             }
             Outcome::Ended {
                 code,

@@ -296,8 +296,9 @@ pub async fn session(link: &Link, feed: &BackendFeed, resume: &mut Resume) -> Ou
                     return Outcome::Idle;
                 }
             }
+            // A half-open connection shows as silence: reconnect, resuming with Last-Event-ID.
             _ = &mut quiet => {
-                return ended(format!("backend sent nothing for idle_timeout {idle:?}"), messages);
+                return Outcome::Recycled(format!("it sent nothing for idle_timeout {idle:?}"));
             }
         }
     }
