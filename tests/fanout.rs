@@ -465,6 +465,9 @@ async fn subprotocols_and_headers_reach_the_backend_and_clients_get_its_choice()
     let gw = Gateway::start(&route).await;
     let _first = SseReader::open(gw.addr, "/feed", &[]).await;
     backend.wait_open(1).await;
+    // The gateway has read the backend's answer (and its chosen subprotocol).
+    gw.wait_metric("switchyard_backend_connections_open{route=\"feed\"}", 1.0)
+        .await;
     {
         let h = backend.handshakes.lock().unwrap();
         assert_eq!(h[0]["authorization"], "Bearer feed-token");
@@ -656,4 +659,45 @@ async fn a_quiet_sse_backend_is_reconnected_behind_the_clients_backs() {
     backend.write("id: 8\ndata: after\n\n");
     let ev = sse.next_data_event().await;
     assert_eq!(ev.data, "after", "the client stayed connected: {ev:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_drop_oldest_a_client_blocked_past_the_write_deadline_is_let_go() {
+    let (backend, gw) = feed_gateway(
+        "    slow_consumer: drop_oldest\n    limits: { send_queue: 256 }\n    keepalive: { ping_interval: 500ms, pong_timeout: 500ms }\n",
+    )
+    .await;
+    let mut stalled = stalled_sse_client(gw.addr, "/feed").await;
+    backend.wait_open(1).await;
+    backend.send_numbered(1..=5000, 1024, 500, Duration::from_millis(5));
+    gw.wait_metric(
+        "switchyard_slow_consumer_total{action=\"disconnect\",route=\"feed\",transport=\"sse\"}",
+        1.0,
+    )
+    .await;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        use tokio::io::AsyncReadExt;
+        let n = tokio::time::timeout(DEADLINE, stalled.read(&mut buf))
+            .await
+            .expect("the gateway closed the blocked client")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_event_id_ahead_of_the_feed_replays_what_is_held_with_a_gap_mark() {
+    let (backend, gw) = feed_gateway("").await;
+    let mut sse = SseReader::open(gw.addr, "/feed", &[]).await;
+    backend.wait_open(1).await;
+    backend.send_numbered(1..=3, 0, 3, Duration::ZERO);
+    let id = sse_expect_numbers(&mut sse, 1, 3).await;
+    let epoch = id.rsplit_once('-').unwrap().0;
+    let forged = format!("{epoch}-18446744073709551615");
+    let mut sse = SseReader::open(gw.addr, "/feed", &[("Last-Event-ID", &forged)]).await;
+    assert_eq!(sse.next_data_event().await.event.as_deref(), Some("gap"));
+    sse_expect_numbers(&mut sse, 1, 3).await;
 }

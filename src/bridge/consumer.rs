@@ -37,6 +37,8 @@ pub struct Consumer {
     pub last_seq: u64,
     /// A non-message delivery met by [`Self::ready`], handed out by the next [`Self::next`].
     stashed: Option<Delivery>,
+    /// The longest one write may stay blocked, whatever the policy.
+    write_deadline: Duration,
 }
 
 /// How often a client stuck in a write is checked against its queue bound.
@@ -50,6 +52,7 @@ impl Consumer {
         route: &str,
         transport: &'static str,
         last_seq: u64,
+        write_deadline: Duration,
     ) -> Self {
         Self {
             live,
@@ -59,6 +62,7 @@ impl Consumer {
             transport,
             last_seq,
             stashed: None,
+            write_deadline,
         }
     }
 
@@ -125,16 +129,16 @@ impl Consumer {
         }
     }
 
-    /// Resolves when a client stuck in a write has fallen `send_queue` behind under the
-    /// `disconnect` policy (the write is then abandoned and the client closed). Under
-    /// `drop_oldest` it never resolves: the lag is settled at the next [`Self::next`].
+    /// Resolves when a client stuck in a write must be let go (the write is then abandoned
+    /// and the client closed): under `disconnect` once it is `send_queue` behind, and under
+    /// any policy once one write has been blocked for the write deadline. Short of that,
+    /// `drop_oldest` settles the lag at the next [`Self::next`].
     pub async fn stalled(&self) {
-        if self.policy == SlowConsumer::DropOldest {
-            return std::future::pending().await;
-        }
+        let give_up = tokio::time::Instant::now() + self.write_deadline;
         loop {
             tokio::time::sleep(STALL_CHECK).await;
-            if self.live.len() >= self.queue {
+            let behind = self.policy == SlowConsumer::Disconnect && self.live.len() >= self.queue;
+            if behind || tokio::time::Instant::now() >= give_up {
                 metrics::SLOW_CONSUMERS
                     .with_label_values(&[&*self.route, self.transport, "disconnect"])
                     .inc();

@@ -221,7 +221,7 @@ impl Hub {
                     .collect();
                 let oldest = ring.held.front().map_or(ring.next_seq, |m| m.seq);
                 // Missed messages when the client's position is before what is still held.
-                let gap = after + 1 < oldest && after < ring.next_seq - 1;
+                let gap = after.saturating_add(1) < oldest && after < ring.next_seq - 1;
                 (backlog, gap)
             }
         };
@@ -238,6 +238,14 @@ impl Hub {
             p.running = true;
             true
         }
+    }
+
+    /// Lets the next subscriber start a producer (used when one died).
+    pub fn release_producer(&self) {
+        self.producer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .running = false;
     }
 
     /// Called by the producer between messages: true when it should stop because nobody has

@@ -15,9 +15,10 @@ pub mod hub;
 pub use consumer::{Consumer, Delivery};
 pub use hub::{Event, Hub, Message, Subscription};
 
-use crate::config::{BackendSpec, BridgeRoute, Builtin, Route};
+use crate::config::{BackendSpec, BridgeRoute, Builtin, Keepalive, Route};
 use crate::upstream::{builtin, feed};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Where a bridged route's messages come from.
 pub enum Feed {
@@ -41,6 +42,18 @@ pub struct Joined {
     /// The resume position was older than the replay window: messages were missed.
     pub gap: bool,
     pub consumer: Consumer,
+}
+
+/// How long one write to a streaming client may stay blocked before the client is dropped:
+/// the time a WebSocket peer gets to answer a ping, else `idle_timeout`, else a minute.
+fn write_deadline(k: &Keepalive) -> Duration {
+    if !k.ping_interval.is_zero() {
+        k.ping_interval + k.pong_timeout
+    } else if !k.idle_timeout.is_zero() {
+        k.idle_timeout
+    } else {
+        Duration::from_secs(60)
+    }
 }
 
 impl Bridge {
@@ -100,6 +113,7 @@ impl Bridge {
                 &self.route.name,
                 transport,
                 last,
+                write_deadline(&self.route.keepalive),
             ),
             backlog: sub.backlog,
             gap: sub.gap,

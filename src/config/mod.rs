@@ -358,6 +358,10 @@ mod bridge_config_tests {
         assert_eq!(b.linger, std::time::Duration::from_secs(60));
         assert_eq!(b.slow_consumer, SlowConsumer::DropOldest);
         assert!(b.clients.websocket && b.clients.sse && b.clients.long_poll);
+        assert!(
+            route("    backend: { websocket: \"WS://x/\" }\n").is_ok(),
+            "schemes ignore case"
+        );
         let c = route("    backend: { sse: \"http://[::1]/events\" }\n").unwrap();
         let RouteKind::Bridge(b) = &c.routes[0].kind else {
             panic!()
@@ -389,6 +393,11 @@ mod bridge_config_tests {
             ("    backend: { websocket: \"ws://x/\" }\n    backend_linger: soon\n", "routes[0].backend_linger: "),
             ("    backend: { builtin: echo }\n    slow_consumer: disconnect\n", "routes[0].slow_consumer: `slow_consumer` applies to routes with a feed"),
             ("    proxy: { upstreams: [\"127.0.0.1:1\"] }\n    backend_linger: 1s\n", "routes[0].backend_linger: `backend_linger` applies to bridged routes"),
+            ("    backend: { websocket: \"ws://x:0/\" }\n", "routes[0].backend.websocket: \"ws://x:0/\": port 0"),
+            ("    backend: { sse: \"http://x/\", headers: { Accept: a } }\n", "routes[0].backend.headers.Accept: Accept is set by the gateway"),
+            ("    backend: { sse: \"http://x/\", headers: { X-A: a, x-a: b } }\n", "is listed twice"),
+            ("    backend: { sse: \"http://x/\" }\n    backend_linger: 0s\n", "routes[0].backend_linger: backend_linger: 0s drops the backend"),
+            ("    backend: { sse: \"http://x/\" }\n    backend_linger: 9999h\n", "above the 30-day cap"),
         ];
         for (body, want) in cases {
             let text = errors(body);

@@ -49,8 +49,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         };
         total = total.saturating_add(part);
     }
+    if total > MAX_DURATION {
+        return Err(format!(
+            "duration {text:?} is above the 30-day cap (a longer timer is a mistake, not a setting)"
+        ));
+    }
     Ok(total)
 }
+
+/// The longest duration any setting takes.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
 
 /// Parses `64KiB`, `1MiB`, `1GiB`, `64KB` (decimal), `512B` or a bare byte count.
 pub fn parse_size(text: &str) -> Result<u64, String> {

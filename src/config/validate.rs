@@ -233,6 +233,13 @@ pub struct BridgeRoute {
     pub binary: BinaryPolicy,
 }
 
+fn shared_feed_backend(b: &BackendSpec) -> bool {
+    matches!(
+        b,
+        BackendSpec::WebSocket(_) | BackendSpec::Sse(_) | BackendSpec::Builtin(Builtin::Clock)
+    )
+}
+
 /// The route keys that only mean something for a route with a feed.
 fn feed_keys(raw: &RawRoute) -> [(&'static str, bool); 5] {
     [
@@ -886,6 +893,12 @@ impl<'a> Validator<'a> {
             &raw.backend_linger,
             DEFAULT_LINGER,
         );
+        if linger.is_zero() && clients.long_poll && shared_feed_backend(&backend) {
+            self.err(
+                format!("{at}.backend_linger"),
+                "backend_linger: 0s drops the backend between two polls of a long-poll client; give it at least a few seconds",
+            );
+        }
         let slow_consumer = match raw.slow_consumer.as_deref() {
             None | Some("disconnect") => SlowConsumer::Disconnect,
             Some("drop_oldest") => SlowConsumer::DropOldest,
@@ -910,11 +923,7 @@ impl<'a> Validator<'a> {
                 BinaryPolicy::Base64
             }
         };
-        let shared_feed = matches!(
-            backend,
-            BackendSpec::WebSocket(_) | BackendSpec::Sse(_) | BackendSpec::Builtin(Builtin::Clock)
-        );
-        if !shared_feed {
+        if !shared_feed_backend(&backend) {
             self.misplaced(
                 at,
                 &feed_keys(raw),
@@ -955,7 +964,8 @@ impl<'a> Validator<'a> {
                 return None;
             }
         };
-        match uri.scheme_str() {
+        let scheme = uri.scheme_str().map(str::to_ascii_lowercase);
+        match scheme.as_deref() {
             Some(s) if s == plain => {}
             Some(s) if s == tls => {
                 self.err(
@@ -987,6 +997,12 @@ impl<'a> Validator<'a> {
             .trim_end_matches(']')
             .to_owned();
         let port = uri.port_u16().unwrap_or(80);
+        if port == 0 {
+            self.err(
+                format!("{at}.{key}"),
+                format!("{url:?}: port 0 is not a port to connect to"),
+            );
+        }
         let path = uri
             .path_and_query()
             .map_or("/".to_owned(), |p| p.as_str().to_owned());
@@ -1019,11 +1035,20 @@ impl<'a> Validator<'a> {
                 "content-length",
                 "transfer-encoding",
                 "last-event-id",
+                "accept",
+                "cache-control",
             ];
             if reserved.contains(&n.as_str()) || n.as_str().starts_with("sec-websocket-") {
                 self.err(
                     here,
                     format!("{name} is set by the gateway itself and cannot be configured"),
+                );
+                continue;
+            }
+            if headers.iter().any(|(seen, _)| *seen == n) {
+                self.err(
+                    here,
+                    format!("{name} is listed twice (header names ignore case)"),
                 );
                 continue;
             }

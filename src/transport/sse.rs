@@ -95,7 +95,11 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
         .map(str::to_owned)
         .or_else(|| super::query_param(session.req_header(), "lastEventId"));
     // An id from another epoch means the feed restarted: replay all that is held, with a gap mark.
-    let resumed = last_id.as_deref().map(|id| resume_position(id, &hub.epoch));
+    // So is a position ahead of the feed's head (a forged or corrupted id).
+    let head = hub.head();
+    let resumed = last_id
+        .as_deref()
+        .map(|id| resume_position(id, &hub.epoch).filter(|seq| *seq <= head));
     let foreign_id = matches!(resumed, Some(None));
     let after = resumed.map(|p| p.unwrap_or(0));
     let Joined {
@@ -133,17 +137,23 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     if gap || foreign_id {
         first.put_slice(b"event: gap\ndata: messages before this point were missed\n\n");
     }
-    for m in &backlog {
-        if let Some(f) = frame(m) {
-            first.put_slice(&f);
+    // The backlog goes out in bounded writes, not one buffer of the whole replay window.
+    let mut backlog = backlog.iter().peekable();
+    loop {
+        while first.len() < super::BURST_BYTES {
+            let Some(m) = backlog.next() else { break };
+            if let Some(f) = frame(m) {
+                first.put_slice(&f);
+            }
         }
-    }
-    if super::write_chunk(session, first.freeze(), &consumer)
-        .await
-        .is_err()
-    {
-        super::abandon(session);
-        return Ok(());
+        let chunk = std::mem::take(&mut first).freeze();
+        if super::write_chunk(session, chunk, &consumer).await.is_err() {
+            super::abandon(session);
+            return Ok(());
+        }
+        if backlog.peek().is_none() {
+            break;
+        }
     }
 
     let heartbeat = bridge.route.keepalive.sse_heartbeat;
@@ -171,7 +181,10 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
                 Delivery::BackendGone(g) => {
                     // EventSource reconnects after `retry:` and resumes with Last-Event-ID.
                     let bye = format!(": backend went away ({}); reconnect to resume\n{}\n", g.reason.replace(['\r', '\n'], " "), retry_field());
-                    let _ = super::write_chunk(session, Bytes::from(bye), &consumer).await;
+                    if super::write_chunk(session, Bytes::from(bye), &consumer).await.is_err() {
+                        super::abandon(session);
+                        return Ok(());
+                    }
                     break;
                 }
                 Delivery::Closed => break,
@@ -183,7 +196,10 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
                 Ok(_) => { watching_client = false; continue }
             },
             _ = shutdown::wait() => {
-                let _ = super::write_chunk(session, Bytes::from(retry_field() + "\n"), &consumer).await;
+                if super::write_chunk(session, Bytes::from(retry_field() + "\n"), &consumer).await.is_err() {
+                    super::abandon(session);
+                    return Ok(());
+                }
                 break;
             }
         };
@@ -192,6 +208,8 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
             return Ok(());
         }
     }
+    // The end of the body must not wait on a client that stopped reading.
+    session.set_write_timeout(Some(std::time::Duration::from_secs(5)));
     let _ = session.write_response_body(None, true).await;
     Ok(())
 }

@@ -443,6 +443,8 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
                     Delivery::Dropped(_) => {}
                     Delivery::TooSlow => {
                         super::abandon(session);
+                        // Delivered only if there is room; the client is cut either way.
+                        let _ = session.write_response_body(Some(encode_close(close::POLICY, "too slow: fell behind the feed")), false).await;
                         return Ok(());
                     }
                     Delivery::BackendGone(g) => break Some((g.code, g.reason.clone())),

@@ -16,6 +16,10 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+/// A connection that stayed up this long counts as working: the next failure starts the
+/// backoff from `reconnect.initial` again.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+
 /// How an attempt at the backend went.
 pub enum Outcome {
     /// No stream was established (connect, handshake or status failed).
@@ -69,7 +73,19 @@ pub fn ensure_running(hub: &Arc<Hub>, route: &Arc<Route>, spec: &BridgeRoute) {
     tokio::spawn(run(link));
 }
 
+/// Marks the feed stopped if its task unwinds, so the next client starts a new one.
+struct ReleaseOnPanic(Arc<Hub>);
+
+impl Drop for ReleaseOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.release_producer();
+        }
+    }
+}
+
 async fn run(link: Link) {
+    let _release = ReleaseOnPanic(link.hub.clone());
     let route = link.route_name().to_owned();
     let (kind, feed) = match &link.spec.backend {
         BackendSpec::WebSocket(f) => ("websocket", f.clone()),
@@ -123,13 +139,15 @@ async fn run(link: Link) {
                 );
                 link.hub.backend_gone(code, reason);
                 failing = false;
-                // A connection that worked for a while starts the backoff over.
-                if messages > 0 || started.elapsed() > Duration::from_secs(10) {
+                // Only a connection that lasted starts the backoff over: a backend that
+                // accepts, sends a message and closes must not be hammered.
+                if started.elapsed() >= STABLE_CONNECTION {
                     backoff.reset();
                 }
             }
         }
-        let floor = sse_resume.retry.unwrap_or_default();
+        // The backend's own `retry:` is honoured, within the configured maximum.
+        let floor = sse_resume.retry.unwrap_or_default().min(feed.reconnect.max);
         tokio::time::sleep(backoff.next_delay().max(floor)).await;
     }
 }

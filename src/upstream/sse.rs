@@ -39,6 +39,9 @@ pub struct SseParser {
     data: String,
     has_data: bool,
     event: String,
+    /// The "last event ID buffer": set by `id:` lines.
+    id_buffer: String,
+    /// The event source's "last event ID string": the buffer as of the last dispatch.
     last_id: String,
     discarding: bool,
     max: usize,
@@ -51,6 +54,11 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl SseParser {
     pub fn new(max: usize) -> Self {
+        Self::resuming(max, String::new())
+    }
+
+    /// A parser for a reconnected stream that continues from `last_id`.
+    pub fn resuming(max: usize, last_id: String) -> Self {
         Self {
             line: Vec::new(),
             bom_seen: false,
@@ -59,7 +67,8 @@ impl SseParser {
             data: String::new(),
             has_data: false,
             event: String::new(),
-            last_id: String::new(),
+            id_buffer: last_id.clone(),
+            last_id,
             discarding: false,
             max,
             retry: None,
@@ -160,7 +169,7 @@ impl SseParser {
                 }
                 self.has_data = true;
             }
-            b"id" if !value.contains('\0') => self.last_id = value.into_owned(),
+            b"id" if !value.contains('\0') => self.id_buffer = value.into_owned(),
             b"retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
                 self.retry = value.parse().ok();
             }
@@ -169,6 +178,7 @@ impl SseParser {
     }
 
     fn dispatch(&mut self, out: &mut Vec<ParsedEvent>) {
+        self.last_id.clone_from(&self.id_buffer);
         let event = std::mem::take(&mut self.event);
         let mut data = std::mem::take(&mut self.data);
         let has_data = std::mem::replace(&mut self.has_data, false);
@@ -249,7 +259,10 @@ pub async fn session(link: &Link, feed: &BackendFeed, resume: &mut Resume) -> Ou
     log::info!("route {route}: connected to backend {}", feed.url);
     let received = metrics::BACKEND_MESSAGES.with_label_values(&[route]);
     let mut body = response.into_body();
-    let mut parser = SseParser::new(link.route.limits.max_message as usize);
+    let mut parser = SseParser::resuming(
+        link.route.limits.max_message as usize,
+        resume.last_id.clone(),
+    );
     let mut events = Vec::new();
     let mut linger = tokio::time::interval(link.linger_check());
     let idle = link.route.keepalive.idle_timeout;
@@ -278,9 +291,10 @@ pub async fn session(link: &Link, feed: &BackendFeed, resume: &mut Resume) -> Ou
                 };
                 quiet.as_mut().reset(tokio::time::Instant::now() + quiet_limit);
                 parser.push(&data, &mut events);
-                resume.last_id.clear();
-                resume.last_id.push_str(parser.last_event_id());
-                resume.retry = parser.retry.map(Duration::from_millis);
+                resume.last_id.clone_from(&parser.last_id);
+                if let Some(ms) = parser.retry {
+                    resume.retry = Some(Duration::from_millis(ms));
+                }
                 for e in events.drain(..) {
                     messages += 1;
                     received.inc();
@@ -414,6 +428,14 @@ mod tests {
         assert_eq!(p.last_event_id(), "41", "an id with NUL is ignored");
         let (_, p) = parse_chunks(&[b"id: 41\n\nid\n\n"]);
         assert_eq!(p.last_event_id(), "", "an empty id resets it");
+        // The id counts once its event is dispatched, not when its line is read.
+        let (_, p) = parse_chunks(&[b"id: 41\ndata: a\n\nid: 42\ndata: b\n"]);
+        assert_eq!(p.last_event_id(), "41");
+        // A reconnected stream keeps the position until the backend gives a new id.
+        let mut p = SseParser::resuming(1 << 20, "41".into());
+        let mut out = Vec::new();
+        p.push(b"retry: 10\n\n: ok\n\ndata: c\n\n", &mut out);
+        assert_eq!((out.len(), p.last_event_id()), (1, "41"));
         let (_, p) = parse_chunks(&[b"retry: 1500\n\nretry: 12a\n\nretry: \n\n"]);
         assert_eq!(p.retry, Some(1500), "non-digits are ignored");
     }

@@ -18,19 +18,20 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::Message;
 
-/// The close code clients get when the backend's own code cannot be sent on (1005, 1006,
-/// 1015 are reserved for "none", "abnormal" and "TLS" and never appear in a Close frame).
+/// The close code clients get for the backend's close. Application codes (3000-4999) are the
+/// backend talking to its clients and are passed on; the RFC 6455 codes below 3000 describe the
+/// gateway-to-backend link (and 1000 would tell clients the feed is finished while the gateway
+/// reconnects), so clients get 1012, Service Restart, with the backend's code in the reason.
 fn client_code(backend: Option<&CloseFrame>) -> (u16, String) {
     match backend {
         Some(f) => {
             let code = u16::from(f.code);
-            let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
-            if sendable {
+            if (3000..=4999).contains(&code) {
                 (code, format!("backend closed: {}", f.reason))
             } else {
                 (
                     close::SERVICE_RESTART,
-                    format!("backend closed with {code}"),
+                    format!("backend closed with {code}: {}", f.reason),
                 )
             }
         }
@@ -166,7 +167,9 @@ mod tests {
             reason: "bye".into(),
         };
         assert_eq!(client_code(Some(&frame(4001))).0, 4001);
-        assert_eq!(client_code(Some(&frame(1000))).0, 1000);
+        assert_eq!(client_code(Some(&frame(1000))).0, close::SERVICE_RESTART);
+        assert!(client_code(Some(&frame(1000))).1.contains("1000: bye"));
+        assert_eq!(client_code(Some(&frame(1002))).0, close::SERVICE_RESTART);
         assert_eq!(client_code(Some(&frame(1006))).0, close::SERVICE_RESTART);
         assert_eq!(client_code(None).0, close::SERVICE_RESTART);
     }
