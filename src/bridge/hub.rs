@@ -196,11 +196,6 @@ impl Hub {
             .clone()
     }
 
-    /// How many clients are subscribed right now.
-    pub fn subscribers(&self) -> usize {
-        self.tx.receiver_count()
-    }
-
     /// The seq of the newest message published so far (0 before the first).
     pub fn head(&self) -> u64 {
         self.ring.lock().unwrap_or_else(|p| p.into_inner()).next_seq - 1
