@@ -46,6 +46,33 @@ pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static SESSIONS_OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "switchyard_sessions_open",
+        "Per-client sessions (fanout: per_client) open now, by the transport that opened them",
+        &["route", "transport"]
+    )
+    .expect("metric registers once")
+});
+
+pub static SESSIONS_ENDED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_sessions_ended_total",
+        "Per-client sessions ended, by reason (client_closed, expired, backend_closed, shutdown)",
+        &["route", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static BACKEND_POSTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_backend_posts_total",
+        "Client messages POSTed to an sse backend's post URL, by outcome (ok, refused, failed)",
+        &["route", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
 pub static REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchyard_rejections_total",

@@ -8,11 +8,13 @@
 //! watched too, so one that never reads again cannot hold its connection forever.
 
 use super::hub::{Event, Gone, Message};
+use super::session::Session;
 use crate::config::SlowConsumer;
 use crate::metrics;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
 
 /// What a client gets next.
 #[derive(Debug)]
@@ -27,8 +29,21 @@ pub enum Delivery {
     Closed,
 }
 
+/// Where a client's messages come from.
+enum Source {
+    /// The route's shared ring.
+    Shared(broadcast::Receiver<Event>),
+    /// The client's own session: messages are acknowledged as they are written, and the
+    /// backend waits (rather than anything being dropped) while the client is behind.
+    Session {
+        session: Arc<Session>,
+        changes: watch::Receiver<u64>,
+        attachment: u64,
+    },
+}
+
 pub struct Consumer {
-    live: broadcast::Receiver<Event>,
+    source: Source,
     policy: SlowConsumer,
     queue: usize,
     route: Arc<str>,
@@ -55,10 +70,35 @@ impl Consumer {
         write_deadline: Duration,
     ) -> Self {
         Self {
-            live,
+            source: Source::Shared(live),
             policy,
             queue,
             route: route.into(),
+            transport,
+            last_seq,
+            stashed: None,
+            write_deadline,
+        }
+    }
+
+    /// A streaming client attached to its session (attachment `attachment`), positioned after
+    /// `last_seq`.
+    pub fn for_session(
+        session: Arc<Session>,
+        attachment: u64,
+        transport: &'static str,
+        last_seq: u64,
+        write_deadline: Duration,
+    ) -> Self {
+        Self {
+            route: session.route.clone(),
+            source: Source::Session {
+                changes: session.outbox.subscribe(),
+                session,
+                attachment,
+            },
+            policy: SlowConsumer::Disconnect,
+            queue: 0,
             transport,
             last_seq,
             stashed: None,
@@ -71,8 +111,36 @@ impl Consumer {
         if let Some(d) = self.stashed.take() {
             return d;
         }
+        let live = match &mut self.source {
+            Source::Shared(live) => live,
+            Source::Session {
+                session,
+                changes,
+                attachment,
+            } => {
+                // Asking for more means everything handed out before was written.
+                session.outbox.ack(self.last_seq);
+                loop {
+                    changes.borrow_and_update();
+                    if session.superseded(*attachment) {
+                        return Delivery::Closed;
+                    }
+                    let batch = session.outbox.after(self.last_seq, 1);
+                    if let Some(m) = batch.messages.into_iter().next() {
+                        self.last_seq = m.seq;
+                        return Delivery::Message(m);
+                    }
+                    if let Some(gone) = batch.ended {
+                        return Delivery::BackendGone(gone);
+                    }
+                    if changes.changed().await.is_err() {
+                        return Delivery::Closed;
+                    }
+                }
+            }
+        };
         loop {
-            match self.live.recv().await {
+            match live.recv().await {
                 Ok(Event::Message(m)) if m.seq <= self.last_seq => continue,
                 Ok(Event::Message(m)) => {
                     self.last_seq = m.seq;
@@ -91,8 +159,16 @@ impl Consumer {
         if self.stashed.is_some() {
             return None;
         }
+        let live = match &mut self.source {
+            Source::Shared(live) => live,
+            Source::Session { session, .. } => {
+                let m = session.outbox.after(self.last_seq, 1).messages.pop()?;
+                self.last_seq = m.seq;
+                return Some(m);
+            }
+        };
         loop {
-            let d = match self.live.try_recv() {
+            let d = match live.try_recv() {
                 Ok(Event::Message(m)) if m.seq <= self.last_seq => continue,
                 Ok(Event::Message(m)) => {
                     self.last_seq = m.seq;
@@ -137,7 +213,13 @@ impl Consumer {
         let give_up = tokio::time::Instant::now() + self.write_deadline;
         loop {
             tokio::time::sleep(STALL_CHECK).await;
-            let behind = self.policy == SlowConsumer::Disconnect && self.live.len() >= self.queue;
+            let behind = match &self.source {
+                Source::Shared(live) => {
+                    self.policy == SlowConsumer::Disconnect && live.len() >= self.queue
+                }
+                // A session's backend waits for its client; only the deadline applies.
+                Source::Session { .. } => false,
+            };
             if behind || tokio::time::Instant::now() >= give_up {
                 metrics::SLOW_CONSUMERS
                     .with_label_values(&[&*self.route, self.transport, "disconnect"])

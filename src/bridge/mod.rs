@@ -11,11 +11,12 @@
 
 pub mod consumer;
 pub mod hub;
+pub mod session;
 
 pub use consumer::{Consumer, Delivery};
 pub use hub::{Event, Hub, Message, Subscription};
 
-use crate::config::{BackendSpec, BridgeRoute, Builtin, Keepalive, Route};
+use crate::config::{BackendSpec, BridgeRoute, Builtin, Fanout, Keepalive, Route};
 use crate::upstream::{builtin, feed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub enum Feed {
     Echo,
     /// The built-in demo page: plain HTTP, no stream.
     DemoPage,
+    /// `fanout: per_client`: each client has its own session and backend connection.
+    PerClient(Arc<session::Sessions>),
 }
 
 pub struct Bridge {
@@ -46,7 +49,7 @@ pub struct Joined {
 
 /// How long one write to a streaming client may stay blocked before the client is dropped:
 /// the time a WebSocket peer gets to answer a ping, else `idle_timeout`, else a minute.
-fn write_deadline(k: &Keepalive) -> Duration {
+pub fn write_deadline(k: &Keepalive) -> Duration {
     if !k.ping_interval.is_zero() {
         k.ping_interval + k.pong_timeout
     } else if !k.idle_timeout.is_zero() {
@@ -59,6 +62,7 @@ fn write_deadline(k: &Keepalive) -> Duration {
 impl Bridge {
     pub fn new(route: Arc<Route>, spec: &BridgeRoute) -> Self {
         let feed = match spec.backend {
+            _ if spec.fanout == Fanout::PerClient => Feed::PerClient(Arc::default()),
             BackendSpec::Builtin(Builtin::Clock)
             | BackendSpec::WebSocket(_)
             | BackendSpec::Sse(_) => {
@@ -71,6 +75,13 @@ impl Bridge {
             route,
             spec: spec.clone(),
             feed,
+        }
+    }
+
+    pub fn sessions(&self) -> Option<&Arc<session::Sessions>> {
+        match &self.feed {
+            Feed::PerClient(s) => Some(s),
+            _ => None,
         }
     }
 

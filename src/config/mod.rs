@@ -377,6 +377,46 @@ mod bridge_config_tests {
     }
 
     #[test]
+    fn per_client_sessions_and_post() {
+        let c = route("    fanout: per_client\n    session_ttl: 2m\n    backend: { websocket: \"ws://chat:9000/c\", forward_headers: [Cookie, X-Tenant] }\n").unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!("a bridged route")
+        };
+        assert_eq!(b.fanout, crate::config::Fanout::PerClient);
+        assert_eq!(b.session_ttl, std::time::Duration::from_secs(120));
+        assert!(b.two_way());
+        let f = b.feed().unwrap();
+        assert_eq!(f.forward_headers, ["cookie", "x-tenant"]);
+        let c = route(
+            "    backend: { sse: \"http://feed/events\", post: \"http://feed:8080/send?x=1\" }\n",
+        )
+        .unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!()
+        };
+        let f = b.feed().unwrap();
+        let post = f.post.as_ref().unwrap();
+        assert_eq!(
+            (post.authority.as_str(), post.path.as_str()),
+            ("feed:8080", "/send?x=1")
+        );
+        assert_eq!(
+            f.forward_headers,
+            ["cookie", "authorization"],
+            "the default list"
+        );
+        assert!(
+            b.two_way(),
+            "a shared SSE feed with post takes client messages"
+        );
+        let c = route("    backend: { sse: \"http://feed/events\" }\n").unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!()
+        };
+        assert!(!b.two_way());
+    }
+
+    #[test]
     fn bad_backend_settings_are_named_with_their_path() {
         let cases = [
             ("    backend: { websocket: \"http://x/\" }\n", "routes[0].backend.websocket: \"http://x/\" must start with ws://"),
@@ -387,7 +427,19 @@ mod bridge_config_tests {
             ("    backend: { sse: \"http://x/\", subprotocols: [a] }\n", "routes[0].backend.subprotocols: subprotocols are a WebSocket feature"),
             ("    backend: { websocket: \"ws://x/\", reconnect: { initial: 5s, max: 1s } }\n", "routes[0].backend.reconnect: reconnect.initial must be above 0s and at most reconnect.max"),
             ("    backend: { builtin: clock, connect_timeout: 1s }\n", "routes[0].backend.connect_timeout: `connect_timeout` applies to `websocket:` and `sse:` backends"),
-            ("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n", "routes[0].fanout: fanout: per_client"),
+            ("    backend: { builtin: clock }\n    fanout: per_client\n", "routes[0].fanout: fanout: per_client opens one backend connection per client"),
+            ("    backend: { websocket: \"ws://x/\" }\n    fanout: everyone\n", "routes[0].fanout: unknown fanout \"everyone\": use shared or per_client"),
+            ("    backend: { websocket: \"ws://x/\", post: \"http://x/\" }\n", "routes[0].backend.post: `post` gives an `sse:` backend"),
+            ("    backend: { sse: \"http://x/\", post: \"https://x/\" }\n", "routes[0].backend.post: https:// backends"),
+            ("    backend: { sse: \"http://x/\", forward_headers: [cookie] }\n", "routes[0].backend.forward_headers: a shared feed is one connection for every client"),
+            ("    backend: { websocket: \"ws://x/\", forward_headers: [host] }\n    fanout: per_client\n", "routes[0].backend.forward_headers[0]: host is set by the gateway"),
+            ("    backend: { websocket: \"ws://x/\", forward_headers: [X-Forwarded-For] }\n    fanout: per_client\n", "forward_headers[0]: X-Forwarded-For is set by the gateway"),
+            ("    backend: { websocket: \"ws://x/\", headers: { authorization: t }, forward_headers: [authorization] }\n    fanout: per_client\n", "routes[0].backend.forward_headers: authorization is both set in `headers` and forwarded"),
+            ("    backend: { websocket: \"ws://x/\" }\n    session_ttl: 1m\n", "routes[0].session_ttl: `session_ttl` applies to `fanout: per_client` routes"),
+            ("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n    session_ttl: 0s\n", "routes[0].session_ttl: session_ttl must be above 0s"),
+            ("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n    replay: 10\n", "routes[0].replay: `replay` applies to shared feeds"),
+            ("    backend: { websocket: \"ws://x/\", reconnect: { max: 1s } }\n    fanout: per_client\n", "routes[0].backend.reconnect: `reconnect` applies to shared feeds"),
+            ("    proxy: { upstreams: [\"127.0.0.1:1\"] }\n    session_ttl: 1s\n", "routes[0].session_ttl: `session_ttl` applies to bridged routes"),
             ("    backend: { websocket: \"ws://x/\" }\n    slow_consumer: wait\n", "routes[0].slow_consumer: unknown slow_consumer policy \"wait\""),
             ("    backend: { websocket: \"ws://x/\" }\n    binary: hex\n", "routes[0].binary: unknown binary policy \"hex\""),
             ("    backend: { websocket: \"ws://x/\" }\n    backend_linger: soon\n", "routes[0].backend_linger: "),

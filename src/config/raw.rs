@@ -88,6 +88,8 @@ pub struct RawRoute {
     #[serde(default)]
     pub binary: Option<String>,
     #[serde(default)]
+    pub session_ttl: Option<Scalar>,
+    #[serde(default)]
     pub origins: Option<Vec<String>>,
     #[serde(default)]
     pub keepalive: Option<RawKeepalive>,
@@ -126,6 +128,12 @@ pub struct RawBackend {
     pub websocket: Option<String>,
     #[serde(default)]
     pub sse: Option<String>,
+    /// Where client messages go for an `sse:` backend: each one is POSTed there.
+    #[serde(default)]
+    pub post: Option<String>,
+    /// Client request headers passed to the backend (per-client sessions and `post:`).
+    #[serde(default)]
+    pub forward_headers: Option<Vec<String>>,
     /// Offered to a WebSocket backend in `Sec-WebSocket-Protocol`, and to clients.
     #[serde(default)]
     pub subprotocols: Option<Vec<String>>,

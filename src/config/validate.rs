@@ -111,7 +111,7 @@ impl AsRef<Route> for Route {
 #[derive(Debug, Clone)]
 pub enum RouteKind {
     Proxy(ProxyRoute),
-    Bridge(BridgeRoute),
+    Bridge(Box<BridgeRoute>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +178,23 @@ pub struct BackendFeed {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub connect_timeout: Duration,
     pub reconnect: Reconnect,
+    /// For an `sse:` backend: where each client message is POSTed.
+    pub post: Option<Endpoint>,
+    /// Client request headers passed on to the backend by per-client sessions and `post:`.
+    pub forward_headers: Vec<http::HeaderName>,
+}
+
+/// A plain-HTTP address the gateway sends requests to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// As written in the config, for logs.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// The `Host` header: `host[:port]` as written.
+    pub authority: String,
+    /// Path and query sent in the request line.
+    pub path: String,
 }
 
 /// Exponential backoff between backend connection attempts, with jitter.
@@ -192,6 +209,8 @@ pub struct Reconnect {
 pub enum Fanout {
     /// One backend connection per route, opened on the first client.
     Shared,
+    /// One backend connection per client session, opened with the client's own headers.
+    PerClient,
 }
 
 /// What happens to a client that falls more than `send_queue` messages behind.
@@ -231,6 +250,26 @@ pub struct BridgeRoute {
     pub linger: Duration,
     pub slow_consumer: SlowConsumer,
     pub binary: BinaryPolicy,
+    /// `per_client`: how long a session lives with no poll and no attached client.
+    pub session_ttl: Duration,
+}
+
+impl BridgeRoute {
+    /// The backend feed behind a `websocket:` or `sse:` route.
+    pub fn feed(&self) -> Option<&BackendFeed> {
+        match &self.backend {
+            BackendSpec::WebSocket(f) | BackendSpec::Sse(f) => Some(f),
+            BackendSpec::Builtin(_) => None,
+        }
+    }
+
+    /// True when clients can send messages to the backend: per-client sessions, echo, or an
+    /// `sse:` backend with `post:`.
+    pub fn two_way(&self) -> bool {
+        self.fanout == Fanout::PerClient
+            || self.backend == BackendSpec::Builtin(Builtin::Echo)
+            || self.feed().is_some_and(|f| f.post.is_some())
+    }
 }
 
 fn shared_feed_backend(b: &BackendSpec) -> bool {
@@ -241,9 +280,10 @@ fn shared_feed_backend(b: &BackendSpec) -> bool {
 }
 
 /// The route keys that only mean something for a route with a feed.
-fn feed_keys(raw: &RawRoute) -> [(&'static str, bool); 5] {
+fn feed_keys(raw: &RawRoute) -> [(&'static str, bool); 6] {
     [
         ("replay", raw.replay.is_some()),
+        ("session_ttl", raw.session_ttl.is_some()),
         ("fanout", raw.fanout.is_some()),
         ("backend_linger", raw.backend_linger.is_some()),
         ("slow_consumer", raw.slow_consumer.is_some()),
@@ -252,6 +292,9 @@ fn feed_keys(raw: &RawRoute) -> [(&'static str, bool); 5] {
 }
 
 pub const DEFAULT_REPLAY: usize = 64;
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(60);
+/// Passed to the backend when `forward_headers` is not set.
+pub const DEFAULT_FORWARD_HEADERS: [&str; 2] = ["cookie", "authorization"];
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
 pub const DEFAULT_RECONNECT: Reconnect = Reconnect {
     initial: Duration::from_millis(100),
@@ -259,6 +302,18 @@ pub const DEFAULT_RECONNECT: Reconnect = Reconnect {
 };
 const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_THREADS: usize = 256;
+/// Request headers the gateway writes itself on backend requests.
+const RESERVED_HEADERS: [&str; 9] = [
+    "host",
+    "connection",
+    "upgrade",
+    "content-length",
+    "transfer-encoding",
+    "te",
+    "last-event-id",
+    "accept",
+    "cache-control",
+];
 const MAX_MESSAGE_CAP: u64 = 64 << 20;
 const MAX_SEND_QUEUE: usize = 1 << 20;
 const MAX_REPLAY: usize = 1 << 20;
@@ -656,7 +711,7 @@ impl<'a> Validator<'a> {
                 );
                 RouteKind::Proxy(self.proxy(&format!("{at}.proxy"), p)?)
             }
-            (None, Some(b)) => RouteKind::Bridge(self.bridge(at, b, raw)?),
+            (None, Some(b)) => RouteKind::Bridge(Box::new(self.bridge(at, b, raw)?)),
             (Some(_), Some(_)) => {
                 self.err(at, "a route has exactly one of `proxy:` (pass-through) or `backend:` (bridged); this one has both");
                 return None;
@@ -797,6 +852,8 @@ impl<'a> Validator<'a> {
                     ("headers", b.headers.is_some()),
                     ("connect_timeout", b.connect_timeout.is_some()),
                     ("reconnect", b.reconnect.is_some()),
+                    ("post", b.post.is_some()),
+                    ("forward_headers", b.forward_headers.is_some()),
                 ],
                 "applies to `websocket:` and `sse:` backends, not to builtins",
             );
@@ -873,27 +930,71 @@ impl<'a> Validator<'a> {
         }
         let fanout = match raw.fanout.as_deref() {
             None | Some("shared") => Fanout::Shared,
-            Some("per_client") => {
+            Some("per_client") if matches!(backend, BackendSpec::Builtin(_)) => {
                 self.err(
                     format!("{at}.fanout"),
-                    "fanout: per_client (one backend session per client) is not in this build yet; use `shared`",
+                    "fanout: per_client opens one backend connection per client: it needs a `websocket:` or `sse:` backend",
                 );
                 Fanout::Shared
             }
+            Some("per_client") => Fanout::PerClient,
             Some(other) => {
                 self.err(
                     format!("{at}.fanout"),
-                    format!("unknown fanout {other:?}: use shared"),
+                    format!("unknown fanout {other:?}: use shared or per_client"),
                 );
                 Fanout::Shared
             }
         };
+        let session_ttl = self.duration(
+            format!("{at}.session_ttl"),
+            &raw.session_ttl,
+            DEFAULT_SESSION_TTL,
+        );
+        if fanout == Fanout::PerClient {
+            if session_ttl.is_zero() {
+                self.err(
+                    format!("{at}.session_ttl"),
+                    "session_ttl must be above 0s: it is how long a session waits for its next poll",
+                );
+            }
+            self.misplaced(
+                at,
+                &[
+                    ("replay", raw.replay.is_some()),
+                    ("backend_linger", raw.backend_linger.is_some()),
+                    ("slow_consumer", raw.slow_consumer.is_some()),
+                ],
+                "applies to shared feeds; a per_client session holds up to limits.send_queue unacknowledged messages and then stops reading its backend",
+            );
+            self.misplaced(
+                &format!("{at}.backend"),
+                &[("reconnect", b.reconnect.is_some())],
+                "applies to shared feeds; a per_client session ends with its backend connection",
+            );
+        } else {
+            self.misplaced(
+                at,
+                &[("session_ttl", raw.session_ttl.is_some())],
+                "applies to `fanout: per_client` routes",
+            );
+            if b.forward_headers.is_some() && b.post.is_none() {
+                self.err(
+                    format!("{at}.backend.forward_headers"),
+                    "a shared feed is one connection for every client, so no client's headers are forwarded: use `fanout: per_client`, or `post:` for client messages",
+                );
+            }
+        }
         let linger = self.duration(
             format!("{at}.backend_linger"),
             &raw.backend_linger,
             DEFAULT_LINGER,
         );
-        if linger.is_zero() && clients.long_poll && shared_feed_backend(&backend) {
+        if linger.is_zero()
+            && clients.long_poll
+            && shared_feed_backend(&backend)
+            && fanout == Fanout::Shared
+        {
             self.err(
                 format!("{at}.backend_linger"),
                 "backend_linger: 0s drops the backend between two polls of a long-poll client; give it at least a few seconds",
@@ -938,22 +1039,19 @@ impl<'a> Validator<'a> {
             linger,
             slow_consumer,
             binary,
+            session_ttl,
         })
     }
 
-    /// Checks a `websocket:` or `sse:` backend URL and its connection settings.
-    fn backend_feed(
+    /// Checks a backend URL: `plain://host[:port]/path`, no TLS yet, no credentials.
+    fn endpoint(
         &mut self,
         at: &str,
         key: &str,
         url: &str,
-        b: &RawBackend,
-    ) -> Option<BackendFeed> {
-        let (plain, tls) = if key == "websocket" {
-            ("ws", "wss")
-        } else {
-            ("http", "https")
-        };
+        plain: &str,
+        tls: &str,
+    ) -> Option<Endpoint> {
         let uri = match url.parse::<http::Uri>() {
             Ok(u) => u,
             Err(e) => {
@@ -1007,6 +1105,94 @@ impl<'a> Validator<'a> {
             .path_and_query()
             .map_or("/".to_owned(), |p| p.as_str().to_owned());
         let path = if path.is_empty() { "/".into() } else { path };
+        Some(Endpoint {
+            url: url.to_owned(),
+            host,
+            port,
+            authority: authority.as_str().to_owned(),
+            path,
+        })
+    }
+
+    /// Checks a `websocket:` or `sse:` backend URL and its connection settings.
+    fn backend_feed(
+        &mut self,
+        at: &str,
+        key: &str,
+        url: &str,
+        b: &RawBackend,
+    ) -> Option<BackendFeed> {
+        let (plain, tls) = if key == "websocket" {
+            ("ws", "wss")
+        } else {
+            ("http", "https")
+        };
+        let Endpoint {
+            url,
+            host,
+            port,
+            authority,
+            path,
+        } = self.endpoint(at, key, url, plain, tls)?;
+        let post = match &b.post {
+            Some(p) if key == "sse" => self.endpoint(at, "post", p, "http", "https"),
+            Some(_) => {
+                self.err(
+                    format!("{at}.post"),
+                    "`post` gives an `sse:` backend a way to receive client messages; a WebSocket backend receives them on its own connection",
+                );
+                None
+            }
+            None => None,
+        };
+        let mut forward_headers = Vec::new();
+        let names: Vec<String> = match &b.forward_headers {
+            Some(list) => list.clone(),
+            None => DEFAULT_FORWARD_HEADERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        for (i, name) in names.iter().enumerate() {
+            let here = format!("{at}.forward_headers[{i}]");
+            let Ok(n) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                self.err(here, format!("{name:?} is not a valid header name"));
+                continue;
+            };
+            if RESERVED_HEADERS.contains(&n.as_str())
+                || n.as_str().starts_with("sec-websocket-")
+                || n.as_str().starts_with("x-forwarded-")
+                || n == "content-type"
+            {
+                self.err(
+                    here,
+                    format!("{name} is set by the gateway itself and cannot be forwarded"),
+                );
+                continue;
+            }
+            if forward_headers.contains(&n) {
+                self.err(
+                    here,
+                    format!("{name} is listed twice (header names ignore case)"),
+                );
+                continue;
+            }
+            forward_headers.push(n);
+        }
+        if b.forward_headers.is_some() {
+            for n in &forward_headers {
+                if b.headers
+                    .iter()
+                    .flatten()
+                    .any(|(h, _)| h.eq_ignore_ascii_case(n.as_str()))
+                {
+                    self.err(
+                        format!("{at}.forward_headers"),
+                        format!("{n} is both set in `headers` and forwarded from clients: keep it in one of them"),
+                    );
+                }
+            }
+        }
 
         let mut subprotocols = Vec::new();
         for (i, p) in b.subprotocols.iter().flatten().enumerate() {
@@ -1028,17 +1214,7 @@ impl<'a> Validator<'a> {
                 self.err(here, format!("{name:?} is not a valid header name"));
                 continue;
             };
-            let reserved = [
-                "host",
-                "connection",
-                "upgrade",
-                "content-length",
-                "transfer-encoding",
-                "last-event-id",
-                "accept",
-                "cache-control",
-            ];
-            if reserved.contains(&n.as_str()) || n.as_str().starts_with("sec-websocket-") {
+            if RESERVED_HEADERS.contains(&n.as_str()) || n.as_str().starts_with("sec-websocket-") {
                 self.err(
                     here,
                     format!("{name} is set by the gateway itself and cannot be configured"),
@@ -1086,15 +1262,17 @@ impl<'a> Validator<'a> {
             );
         }
         Some(BackendFeed {
-            url: url.to_owned(),
+            url,
             host,
             port,
-            authority: authority.as_str().to_owned(),
+            authority,
             path,
             subprotocols,
             headers,
             connect_timeout,
             reconnect,
+            post,
+            forward_headers,
         })
     }
 }

@@ -10,11 +10,14 @@
 //! message's JSON is encoded once and shared by every poll that returns it.
 //! When the backend connection ends, waiting polls are answered at once with what they have.
 
+use crate::bridge::hub::Gone;
+use crate::bridge::session::{EndReason, Sessions};
 use crate::bridge::{Bridge, Event, Message};
 use crate::config::BinaryPolicy;
 use crate::error::Reject;
 use crate::metrics;
 use crate::shutdown;
+use crate::upstream::private;
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora::http::ResponseHeader;
@@ -40,27 +43,31 @@ pub fn encode_message(m: &Message) -> Bytes {
     Bytes::from(value.to_string())
 }
 
+/// The `cursor` query parameter: None when absent, Err when it is not a number.
+fn cursor_param(session: &Session) -> Result<Option<u64>, Reject> {
+    match super::query_param(session.req_header(), "cursor") {
+        None => Ok(None),
+        Some(c) => c.parse::<u64>().map(Some).map_err(|_| {
+            Reject::new(
+                400,
+                "bad_cursor",
+                format!("cursor {c:?} is not a number: use the `cursor` of the previous answer"),
+            )
+        }),
+    }
+}
+
 pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
+    if let Some(sessions) = bridge.sessions() {
+        return serve_session(session, bridge, sessions).await;
+    }
     let hub = bridge
         .hub()
-        .expect("long-poll is only offered on shared feeds");
-    let cursor = match super::query_param(session.req_header(), "cursor") {
-        None => None,
-        Some(c) => match c.parse::<u64>() {
-            Ok(n) => Some(n),
-            Err(_) => {
-                return Reject::new(
-                    400,
-                    "bad_cursor",
-                    format!(
-                        "cursor {c:?} is not a number: use the `cursor` of the previous answer"
-                    ),
-                )
-                .send(session, route)
-                .await
-            }
-        },
+        .expect("long-poll clients of a route without sessions read its hub");
+    let cursor = match cursor_param(session) {
+        Ok(c) => c,
+        Err(reject) => return reject.send(session, route).await,
     };
     let head = hub.head();
     // A cursor ahead of the feed comes from before a restart: start over from what is held.
@@ -110,12 +117,31 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     }
     batch.truncate(MAX_BATCH);
     let next_cursor = batch.last().map_or(after, |m| m.seq);
+    let body = answer(bridge, None, next_cursor, &batch, missed, None);
+    respond(session, body).await
+}
+
+/// Builds a poll answer: `{"session"?, "cursor", "messages", "missed"?, "closed"?}`.
+fn answer(
+    bridge: &Bridge,
+    session_id: Option<&str>,
+    next_cursor: u64,
+    batch: &[Arc<Message>],
+    missed: bool,
+    closed: Option<&Gone>,
+) -> Bytes {
+    let route = bridge.route.name.as_str();
     let drop_binary = bridge.spec.binary == BinaryPolicy::Drop;
     let mut body =
-        BytesMut::with_capacity(64 + batch.iter().map(|m| m.payload.len() + 8).sum::<usize>());
-    body.put_slice(format!("{{\"cursor\":{next_cursor},\"messages\":[").as_bytes());
+        BytesMut::with_capacity(96 + batch.iter().map(|m| m.payload.len() + 8).sum::<usize>());
+    body.put_u8(b'{');
+    if let Some(id) = session_id {
+        // Ids are base64url: nothing to escape.
+        body.put_slice(format!("\"session\":\"{id}\",").as_bytes());
+    }
+    body.put_slice(format!("\"cursor\":{next_cursor},\"messages\":[").as_bytes());
     let mut sent = 0u64;
-    for m in &batch {
+    for m in batch {
         if m.binary && drop_binary {
             metrics::DROPPED_MESSAGES
                 .with_label_values(&[route, "long_poll", "binary_policy"])
@@ -132,11 +158,18 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     if missed {
         body.put_slice(b",\"missed\":true");
     }
+    if let Some(g) = closed {
+        let closed = serde_json::json!({ "code": g.code, "reason": g.reason });
+        body.put_slice(format!(",\"closed\":{closed}").as_bytes());
+    }
     body.put_u8(b'}');
     metrics::MESSAGES
         .with_label_values(&[route, "long_poll", "out"])
         .inc_by(sent);
-    let body = body.freeze();
+    body.freeze()
+}
+
+async fn respond(session: &mut Session, body: Bytes) -> pingora::Result<()> {
     let mut resp = ResponseHeader::build(200, Some(3))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("cache-control", "no-store")?;
@@ -144,4 +177,84 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
+}
+
+/// A long-poll client of a `per_client` route. Without `session`, opens a session (502 when its
+/// backend cannot be reached) and answers `{"session": ID, "cursor": 0, "messages": []}`. With
+/// `session=ID&cursor=N`, acknowledges everything up to N and answers what follows, waiting up
+/// to `poll_timeout` for it. An unknown or ended session is 410.
+async fn serve_session(
+    session: &mut Session,
+    bridge: &Bridge,
+    sessions: &Arc<Sessions>,
+) -> pingora::Result<()> {
+    let route = bridge.route.name.as_str();
+    let cursor = match cursor_param(session) {
+        Ok(c) => c.unwrap_or(0),
+        Err(reject) => return reject.send(session, route).await,
+    };
+    let Some(id) = super::query_param(session.req_header(), "session") else {
+        let client = super::client_info(session);
+        let opened = private::open(
+            bridge,
+            session.req_header(),
+            &client,
+            "long_poll",
+            Some(sessions.clone()),
+        )
+        .await;
+        return match opened {
+            Ok(conv) => respond(session, answer(bridge, Some(&conv.id), 0, &[], false, None)).await,
+            Err(why) => super::backend_unreachable(session, route, &why).await,
+        };
+    };
+    let Some(conv) = sessions.get(&id) else {
+        return session_gone(route).send(session, route).await;
+    };
+    if cursor > conv.outbox.head() {
+        return Reject::new(
+            400,
+            "bad_cursor",
+            format!(
+                "cursor {cursor} is ahead of this session: use the `cursor` of the previous answer"
+            ),
+        )
+        .send(session, route)
+        .await;
+    }
+    let _open = metrics::OpenConnection::new(route, "long_poll");
+    let _busy = conv.busy();
+    conv.outbox.ack(cursor);
+    let mut batch = conv.outbox.after(cursor, MAX_BATCH);
+    if batch.messages.is_empty() && batch.ended.is_none() {
+        tokio::select! {
+            _ = conv.outbox.wait_after(cursor) => {}
+            _ = tokio::time::sleep(bridge.route.keepalive.poll_timeout) => {}
+            _ = shutdown::wait() => {}
+        }
+        batch = conv.outbox.after(cursor, MAX_BATCH);
+    }
+    if batch.ended.is_some() {
+        // The client has everything: the session can go.
+        conv.close(EndReason::Client);
+    }
+    let next_cursor = batch.messages.last().map_or(cursor, |m| m.seq);
+    let body = answer(
+        bridge,
+        Some(&conv.id),
+        next_cursor,
+        &batch.messages,
+        batch.gap,
+        batch.ended.as_deref(),
+    );
+    respond(session, body).await
+}
+
+/// The answer for a session id that is not (or no longer) live on this route.
+pub fn session_gone(route: &str) -> Reject {
+    Reject::new(
+        410,
+        "unknown_session",
+        format!("no such session on route {route}: it expired, was closed, or never existed; start a new one without `session`"),
+    )
 }

@@ -2,14 +2,17 @@
 //! [`serve`] picks one per request on the route's single path:
 //! `Upgrade: websocket` -> WebSocket; `Accept: text/event-stream` or `?transport=sse` -> SSE;
 //! `?transport=poll` -> long-poll. A transport the route does not list gets 406 naming the ones
-//! it does.
+//! it does. On two-way routes, SSE and long-poll clients send with POST and end their session
+//! with DELETE ([`inbound`]).
 
+pub mod inbound;
 pub mod longpoll;
 pub mod sse;
 pub mod ws;
 
 use crate::bridge::{Bridge, Consumer, Feed, Message};
 use crate::error::Reject;
+use crate::upstream::private::ClientInfo;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
@@ -158,6 +161,32 @@ pub fn abandon(session: &mut Session) {
     session.set_write_timeout(Some(Duration::from_millis(1)));
 }
 
+/// Who the client is, for the headers a per-client backend connection carries.
+pub fn client_info(session: &Session) -> ClientInfo {
+    ClientInfo {
+        ip: session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip()),
+        tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+    }
+}
+
+/// 502 for a client whose own backend connection could not be opened.
+pub async fn backend_unreachable(
+    session: &mut Session,
+    route: &str,
+    why: &str,
+) -> pingora::Result<()> {
+    Reject::new(
+        502,
+        "backend_unreachable",
+        format!("route {route}: the backend could not be reached: {why}"),
+    )
+    .send(session, route)
+    .await
+}
+
 const DEMO_PAGE: &str = include_str!("../upstream/demo.html");
 
 async fn serve_page(session: &mut Session, bridge: &Bridge) -> pingora::Result<()> {
@@ -235,15 +264,32 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
         .send(session, route)
         .await;
     }
-    if transport != ClientTransport::WebSocket && session.req_header().method != http::Method::GET {
-        return Reject::new(
-            405,
-            "bad_method",
-            format!("{} clients use GET", transport.label()),
-        )
-        .header("allow", "GET")
-        .send(session, route)
-        .await;
+    if transport != ClientTransport::WebSocket {
+        let method = session.req_header().method.clone();
+        let two_way = bridge.spec.two_way();
+        let sessions = bridge.sessions().is_some();
+        match method {
+            http::Method::GET => {}
+            http::Method::POST if two_way => {
+                return inbound::post(session, bridge, transport.label()).await
+            }
+            http::Method::DELETE if sessions => return inbound::delete(session, bridge).await,
+            _ => {
+                let allow = match (two_way, sessions) {
+                    (true, true) => "GET, POST, DELETE",
+                    (true, false) => "GET, POST",
+                    _ => "GET",
+                };
+                return Reject::new(
+                    405,
+                    "bad_method",
+                    format!("{} clients of route {route} use {allow}", transport.label()),
+                )
+                .header("allow", allow)
+                .send(session, route)
+                .await;
+            }
+        }
     }
     match transport {
         ClientTransport::WebSocket => ws::serve(session, bridge).await,

@@ -14,14 +14,17 @@
 //! closed: EventSource reconnects by itself and resumes with `Last-Event-ID` from the replay
 //! ring. `retry:` values are jittered so reconnects spread out.
 
-use crate::bridge::{Bridge, Delivery, Joined, Message};
+use crate::bridge::session::{EndReason, Session as BridgeSession, Sessions};
+use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Joined, Message};
 use crate::config::BinaryPolicy;
 use crate::metrics;
 use crate::shutdown;
+use crate::upstream::private;
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use std::sync::Arc;
 
 /// How long browsers wait before reconnecting, sent on connect.
 pub const RETRY_MS: u64 = 2000;
@@ -85,15 +88,13 @@ pub fn resume_position(last_event_id: &str, epoch: &str) -> Option<u64> {
 }
 
 pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()> {
-    let route = bridge.route.name.as_str();
-    let hub = bridge.hub().expect("SSE is only offered on shared feeds");
-    let last_id = session
-        .req_header()
-        .headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| super::query_param(session.req_header(), "lastEventId"));
+    if let Some(sessions) = bridge.sessions() {
+        return serve_session(session, bridge, sessions).await;
+    }
+    let hub = bridge
+        .hub()
+        .expect("SSE clients of a route without sessions read its hub");
+    let last_id = last_event_id(session);
     // An id from another epoch means the feed restarted: replay all that is held, with a gap mark.
     // So is a position ahead of the feed's head (a forged or corrupted id).
     let head = hub.head();
@@ -105,9 +106,104 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     let Joined {
         backlog,
         gap,
-        mut consumer,
+        consumer,
     } = bridge.join(after, "sse");
 
+    let mut first = BytesMut::new();
+    first.put_slice(retry_field().as_bytes());
+    first.put_u8(b'\n');
+    if gap || foreign_id {
+        first.put_slice(GAP_EVENT);
+    }
+    stream(session, bridge, &hub.epoch, first, &backlog, consumer, None).await
+}
+
+const GAP_EVENT: &[u8] = b"event: gap\ndata: messages before this point were missed\n\n";
+
+/// Serves an SSE client of a `per_client` route. A `Last-Event-ID` (or `?lastEventId=`) of
+/// `SESSION-SEQ` reattaches to that session while it lives, after SEQ; otherwise a new session
+/// is opened (502 when its backend cannot be reached). Its id comes first, as
+/// `event: session`; the client sends with `POST path?transport=sse&session=ID`.
+async fn serve_session(
+    session: &mut Session,
+    bridge: &Bridge,
+    sessions: &Arc<Sessions>,
+) -> pingora::Result<()> {
+    let route = bridge.route.name.as_str();
+    let last_id = last_event_id(session);
+    let resumed = last_id.as_deref().and_then(|id| {
+        let (sid, seq) = id.trim().rsplit_once('-')?;
+        let s = sessions.get(sid)?;
+        let seq: u64 = seq.parse().ok()?;
+        (seq <= s.outbox.head() && s.stopping().is_none()).then_some((s, seq))
+    });
+    let mut first = BytesMut::new();
+    first.put_slice(retry_field().as_bytes());
+    first.put_u8(b'\n');
+    let (conv, after) = match resumed {
+        Some((conv, after)) => {
+            // No `id:` here: the browser keeps its last event id, and so its place.
+            first.put_slice(format!("event: session\ndata: {}\n\n", conv.id).as_bytes());
+            if conv.outbox.after(after, 1).gap {
+                first.put_slice(GAP_EVENT);
+            }
+            (conv, after)
+        }
+        None => {
+            let client = super::client_info(session);
+            let opened = private::open(
+                bridge,
+                session.req_header(),
+                &client,
+                "sse",
+                Some(sessions.clone()),
+            )
+            .await;
+            match opened {
+                Ok(conv) => {
+                    first.put_slice(
+                        format!("id: {0}-0\nevent: session\ndata: {0}\n\n", conv.id).as_bytes(),
+                    );
+                    (conv, 0)
+                }
+                Err(why) => return super::backend_unreachable(session, route, &why).await,
+            }
+        }
+    };
+    let _busy = conv.busy();
+    let consumer = Consumer::for_session(
+        conv.clone(),
+        conv.attach(),
+        "sse",
+        after,
+        write_deadline(&bridge.route.keepalive),
+    );
+    stream(session, bridge, &conv.id, first, &[], consumer, Some(&conv)).await
+}
+
+fn last_event_id(session: &Session) -> Option<String> {
+    session
+        .req_header()
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| super::query_param(session.req_header(), "lastEventId"))
+}
+
+/// Writes the event stream: headers, `first`, the backlog, then live messages with heartbeats
+/// until the client, the backend or the gateway ends it. `conv` is the client's own session on a
+/// per-client route: its end is told as `event: closed` and closes the session.
+async fn stream(
+    session: &mut Session,
+    bridge: &Bridge,
+    epoch: &str,
+    mut first: BytesMut,
+    backlog: &[Arc<Message>],
+    mut consumer: Consumer,
+    conv: Option<&Arc<BridgeSession>>,
+) -> pingora::Result<()> {
+    let route = bridge.route.name.as_str();
     let mut resp = ResponseHeader::build(200, Some(6))?;
     resp.insert_header("content-type", "text/event-stream")?;
     resp.insert_header("cache-control", "no-cache")?;
@@ -128,15 +224,9 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
             return None;
         }
         messages_out.inc();
-        Some(m.sse_frame(&hub.epoch))
+        Some(m.sse_frame(epoch))
     };
 
-    let mut first = BytesMut::new();
-    first.put_slice(retry_field().as_bytes());
-    first.put_u8(b'\n');
-    if gap || foreign_id {
-        first.put_slice(b"event: gap\ndata: messages before this point were missed\n\n");
-    }
     // The backlog goes out in bounded writes, not one buffer of the whole replay window.
     let mut backlog = backlog.iter().peekable();
     loop {
@@ -177,6 +267,17 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
                 Delivery::TooSlow => {
                     super::abandon(session);
                     return Ok(());
+                }
+                Delivery::BackendGone(g) if conv.is_some() => {
+                    // The session is over: say so in a way a page can act on (close its
+                    // EventSource), and let the session go.
+                    let closed = serde_json::json!({ "code": g.code, "reason": g.reason });
+                    let bye = format!("event: closed\ndata: {closed}\n\n");
+                    let _ = super::write_chunk(session, Bytes::from(bye), &consumer).await;
+                    if let Some(c) = conv {
+                        c.close(EndReason::Client);
+                    }
+                    break;
                 }
                 Delivery::BackendGone(g) => {
                     // EventSource reconnects after `retry:` and resumes with Last-Event-ID.

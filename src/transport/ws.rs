@@ -6,16 +6,20 @@
 //! a server must enforce on top: masking, reserved bits, control-frame rules, fragmentation
 //! order, UTF-8 of text, and the message size cap, each mapped to its close code.
 
-use crate::bridge::{Bridge, Delivery, Feed};
+use crate::bridge::session::{EndReason, Outgoing, UplinkError, UPLINK_QUEUE};
+use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Feed};
 use crate::config::BackendSpec;
 use crate::error::Reject;
 use crate::metrics;
 use crate::shutdown;
+use crate::upstream::private;
 use bytes::{Buf, Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
+use std::collections::VecDeque;
 use std::io::Cursor;
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
@@ -341,7 +345,22 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
         BackendSpec::WebSocket(f) => &f.subprotocols,
         _ => &[],
     };
-    let backend_protocol = bridge.hub().and_then(|h| h.backend_protocol());
+    // A per-client route opens the client's own backend connection before the 101, so an
+    // unreachable backend is an HTTP 502 the client can see.
+    let conv = match bridge.sessions() {
+        Some(_) => {
+            let client = super::client_info(session);
+            match private::open(bridge, session.req_header(), &client, "websocket", None).await {
+                Ok(c) => Some(c),
+                Err(why) => return super::backend_unreachable(session, route, &why).await,
+            }
+        }
+        None => None,
+    };
+    let backend_protocol = match &conv {
+        Some(c) => c.backend_protocol.clone(),
+        None => bridge.hub().and_then(|h| h.backend_protocol()),
+    };
     let protocol = choose_subprotocol(
         session.req_header(),
         configured,
@@ -355,11 +374,38 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
         resp.insert_header("sec-websocket-protocol", p)?;
     }
     // Subscribed before the 101 goes out: a client that saw the handshake misses nothing after it.
-    let mut consumer = match &bridge.feed {
-        Feed::Shared(_) => Some(bridge.join(None, "websocket").consumer),
+    let mut consumer = match (&bridge.feed, &conv) {
+        (_, Some(c)) => Some(Consumer::for_session(
+            c.clone(),
+            c.attach(),
+            "websocket",
+            0,
+            write_deadline(&bridge.route.keepalive),
+        )),
+        (Feed::Shared(_), None) => Some(bridge.join(None, "websocket").consumer),
         _ => None,
     };
-    session.write_response_header(Box::new(resp), false).await?;
+    // Where this client's messages go: its session's backend, or `post:` for an SSE feed.
+    let uplink = match &conv {
+        Some(c) => c.uplink(),
+        None => private::client_poster(bridge, session.req_header(), &super::client_info(session)),
+    };
+    let result = run(session, bridge, consumer.as_mut(), uplink, Box::new(resp)).await;
+    if let Some(c) = conv {
+        c.close(EndReason::Client);
+    }
+    result
+}
+
+async fn run(
+    session: &mut Session,
+    bridge: &Bridge,
+    mut consumer: Option<&mut Consumer>,
+    uplink: Option<mpsc::Sender<Outgoing>>,
+    resp: Box<ResponseHeader>,
+) -> pingora::Result<()> {
+    let route = bridge.route.name.as_str();
+    session.write_response_header(resp, false).await?;
     let _open = metrics::OpenConnection::new(route, "websocket");
     // The endpoint runs its own keepalive; pingora's per-read timeout would cut idle clients.
     session.set_read_timeout(None);
@@ -367,6 +413,9 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     let keepalive = &bridge.route.keepalive;
     let mut decoder = Decoder::new(bridge.route.limits.max_message as usize);
     let echo = matches!(bridge.feed, Feed::Echo);
+    // Messages on their way to the backend, each with the news of whether it got there. While
+    // UPLINK_QUEUE are in flight, the client is not read: backpressure, not buffering.
+    let mut in_flight: VecDeque<oneshot::Receiver<Result<(), UplinkError>>> = VecDeque::new();
     let messages_in = metrics::MESSAGES.with_label_values(&[route, "websocket", "in"]);
     let messages_out = metrics::MESSAGES.with_label_values(&[route, "websocket", "out"]);
     let far = Duration::from_secs(86_400 * 365);
@@ -380,7 +429,7 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
             .map_or(next_ping, |p| p.min(next_ping))
             .min(idle_at);
         tokio::select! {
-            read = session.read_request_body() => {
+            read = session.read_request_body(), if in_flight.len() < UPLINK_QUEUE => {
                 let Ok(Some(data)) = read else { break None };
                 idle_at = Instant::now() + every(keepalive.idle_timeout);
                 decoder.push(&data);
@@ -389,7 +438,22 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
                 loop {
                     match decoder.next_message() {
                         Ok(None) => break,
-                        // A shared feed is one-way: what clients send is counted, not forwarded.
+                        // On a one-way route, what clients send is counted, not forwarded.
+                        Ok(Some(m @ (Incoming::Text(_) | Incoming::Binary(_)))) if uplink.is_some() => {
+                            messages_in.inc();
+                            let (payload, binary) = match m {
+                                Incoming::Binary(b) => (b, true),
+                                Incoming::Text(t) => (t, false),
+                                _ => unreachable!("matched above"),
+                            };
+                            let (done, heard) = oneshot::channel();
+                            let out = Outgoing { payload, binary, done: Some(done) };
+                            if uplink.as_ref().expect("guarded").send(out).await.is_err() {
+                                end = Some((close::SERVICE_RESTART, "backend session ended".into()));
+                                break;
+                            }
+                            in_flight.push_back(heard);
+                        }
                         Ok(Some(Incoming::Text(t))) => {
                             messages_in.inc();
                             if echo {
@@ -425,6 +489,22 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
                 }
                 if end.is_some() {
                     break end;
+                }
+            }
+            heard = async { in_flight.front_mut().expect("branch enabled only with messages in flight").await }, if !in_flight.is_empty() => {
+                in_flight.pop_front();
+                match heard {
+                    // An ended session is told by the consumer, with the backend's own close.
+                    Ok(Ok(())) | Ok(Err(UplinkError::Ended)) | Err(_) => {}
+                    Ok(Err(UplinkError::Refused(status))) if (400..500).contains(&status) => {
+                        break Some((close::POLICY, format!("the backend refused a message (HTTP {status})")));
+                    }
+                    Ok(Err(UplinkError::Refused(status))) => {
+                        break Some((close::INTERNAL_ERROR, format!("the backend failed a message (HTTP {status})")));
+                    }
+                    Ok(Err(UplinkError::Unreachable(why))) => {
+                        break Some((close::INTERNAL_ERROR, format!("the backend could not be reached: {why}")));
+                    }
                 }
             }
             delivery = async { consumer.as_mut().expect("branch enabled only with a feed").next().await }, if consumer.is_some() => {

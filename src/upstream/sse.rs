@@ -5,10 +5,14 @@
 //! the backend's `retry:` as the shortest reconnect delay.
 
 use super::feed::{connect_tcp, within_connect_timeout, Connected, Link, Outcome};
+use super::private::SessionEnd;
+use crate::bridge::hub::Gone;
+use crate::bridge::session::Session;
 use crate::config::BackendFeed;
 use crate::metrics;
 use crate::transport::ws::close;
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
@@ -204,21 +208,33 @@ pub struct Resume {
     pub retry: Option<Duration>,
 }
 
-pub async fn session(link: &Link, feed: &BackendFeed, resume: &mut Resume) -> Outcome {
-    let route = link.route_name();
+/// An open event stream: the response body, and the connection task that ends with it.
+pub struct Opened {
+    pub body: hyper::body::Incoming,
+    _driver: AbortOnDrop<Result<(), hyper::Error>>,
+}
+
+/// Opens the backend's event stream with the configured headers plus `extra` (a client's
+/// forwarded headers), resuming after `last_id` when it is not empty. Only a 200 with
+/// `text/event-stream` counts as open.
+pub async fn connect(
+    feed: &BackendFeed,
+    extra: &[(HeaderName, HeaderValue)],
+    last_id: &str,
+) -> Result<Opened, Outcome> {
     let mut request = http::Request::get(feed.path.as_str())
         .header(http::header::HOST, feed.authority.as_str())
         .header(http::header::ACCEPT, "text/event-stream")
         .header(http::header::CACHE_CONTROL, "no-cache");
-    if !resume.last_id.is_empty() {
-        request = request.header("last-event-id", resume.last_id.as_str());
+    if !last_id.is_empty() {
+        request = request.header("last-event-id", last_id);
     }
-    for (name, value) in &feed.headers {
+    for (name, value) in feed.headers.iter().chain(extra) {
         request = request.header(name, value);
     }
     let request = match request.body(Empty::<Bytes>::new()) {
         Ok(r) => r,
-        Err(e) => return Outcome::ConnectFailed(format!("bad request: {e}")),
+        Err(e) => return Err(Outcome::ConnectFailed(format!("bad request: {e}"))),
     };
     let connect = async {
         let tcp = connect_tcp(feed).await?;
@@ -229,18 +245,18 @@ pub async fn session(link: &Link, feed: &BackendFeed, resume: &mut Resume) -> Ou
         let response = sender.send_request(request).await;
         Ok::<_, String>((response, driver))
     };
-    let (response, driver) = match within_connect_timeout(feed, connect).await {
-        Ok(r) => r,
-        Err(failed) => return failed,
-    };
-    // The connection task ends with this function, whichever way it returns.
-    let _driver = AbortOnDrop(driver);
+    let (response, driver) = within_connect_timeout(feed, connect).await?;
+    // The connection task ends with the stream, whichever way it goes.
+    let driver = AbortOnDrop(driver);
     let response = match response {
         Ok(r) => r,
-        Err(e) => return Outcome::ConnectFailed(format!("request: {e}")),
+        Err(e) => return Err(Outcome::ConnectFailed(format!("request: {e}"))),
     };
     if response.status() != http::StatusCode::OK {
-        return Outcome::ConnectFailed(format!("answered {} instead of 200", response.status()));
+        return Err(Outcome::ConnectFailed(format!(
+            "answered {} instead of 200",
+            response.status()
+        )));
     }
     let content_type = response
         .headers()
@@ -251,14 +267,26 @@ pub async fn session(link: &Link, feed: &BackendFeed, resume: &mut Resume) -> Ou
         .to_ascii_lowercase()
         .starts_with("text/event-stream")
     {
-        return Outcome::ConnectFailed(format!(
+        return Err(Outcome::ConnectFailed(format!(
             "answered Content-Type {content_type:?}, not text/event-stream"
-        ));
+        )));
     }
+    Ok(Opened {
+        body: response.into_body(),
+        _driver: driver,
+    })
+}
+
+pub async fn session(link: &Link, feed: &BackendFeed, resume: &mut Resume) -> Outcome {
+    let route = link.route_name();
+    let opened = match connect(feed, &[], &resume.last_id).await {
+        Ok(o) => o,
+        Err(failed) => return failed,
+    };
     let _connected = Connected::new(route);
     log::info!("route {route}: connected to backend {}", feed.url);
     let received = metrics::BACKEND_MESSAGES.with_label_values(&[route]);
-    let mut body = response.into_body();
+    let mut body = opened.body;
     let mut parser = SseParser::resuming(
         link.route.limits.max_message as usize,
         resume.last_id.clone(),
@@ -313,6 +341,52 @@ pub async fn session(link: &Link, feed: &BackendFeed, resume: &mut Resume) -> Ou
             // A half-open connection shows as silence: reconnect, resuming with Last-Event-ID.
             _ = &mut quiet => {
                 return Outcome::Recycled(format!("it sent nothing for idle_timeout {idle:?}"));
+            }
+        }
+    }
+}
+
+/// Runs one per-client session's event stream: each event into the session's outbox (waiting
+/// while the client is behind) until the stream ends or the client side ends the session.
+pub async fn drive_session(
+    mut opened: Opened,
+    session: &Session,
+    max_message: usize,
+) -> SessionEnd {
+    let received = metrics::BACKEND_MESSAGES.with_label_values(&[&session.route]);
+    let mut parser = SseParser::new(max_message);
+    let mut events = Vec::new();
+    let client_end = session.ended_by_client();
+    tokio::pin!(client_end);
+    loop {
+        let frame = tokio::select! {
+            frame = opened.body.frame() => frame,
+            why = &mut client_end => return SessionEnd::Client(why),
+        };
+        let data = match frame {
+            None => {
+                return SessionEnd::Backend(Gone {
+                    code: close::NORMAL,
+                    reason: "backend ended the event stream".into(),
+                })
+            }
+            Some(Err(e)) => {
+                return SessionEnd::Backend(Gone {
+                    code: close::SERVICE_RESTART,
+                    reason: format!("backend connection lost: {e}"),
+                })
+            }
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+        };
+        parser.push(&data, &mut events);
+        for e in events.drain(..) {
+            received.inc();
+            tokio::select! {
+                _ = session.outbox.push(e.event.map(Into::into), Bytes::from(e.data), false) => {}
+                why = &mut client_end => return SessionEnd::Client(why),
             }
         }
     }

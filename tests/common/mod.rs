@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
+pub mod chat;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::Full;
 use std::collections::HashMap;

@@ -1,0 +1,507 @@
+//! Per-client sessions (`fanout: per_client`): each client gets its own backend connection,
+//! opened with its own forwarded headers, and a [`Session`] that outlives any one request.
+//!
+//! ```text
+//!              POST / WS message -> uplink (bounded, ordered) ------------> backend
+//! client  <--  poll / SSE / WS   <- outbox (held until acknowledged)  <---- backend
+//! ```
+//!
+//! The outbox numbers backend messages from 1 and holds them until the client acknowledges
+//! them: a long-poll cursor acknowledges everything up to it, a streaming client everything
+//! written to its socket. Acknowledged messages stay while there is room, so a poll retried with
+//! its old cursor gets the same answer. When `limits.send_queue` unacknowledged messages are
+//! held, the session stops reading its backend (TCP backpressure) instead of dropping any.
+//!
+//! A session ends when its client says so (DELETE, WebSocket close), when nobody polled or
+//! listened for `session_ttl`, or when its backend connection ends; the backend socket closes
+//! with it. Session ids carry 144 random bits and live in their route's registry only.
+
+use super::hub::{Gone, Message};
+use crate::metrics;
+use base64::Engine;
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
+
+/// One client message on its way to the backend. `done` (when set) hears whether the backend
+/// took it: written to its WebSocket, or answered 2xx to the POST.
+pub struct Outgoing {
+    pub payload: Bytes,
+    pub binary: bool,
+    pub done: Option<oneshot::Sender<Result<(), UplinkError>>>,
+}
+
+/// Why a client message did not reach the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UplinkError {
+    /// The session or its backend connection has ended.
+    Ended,
+    /// The backend refused the message (an HTTP status from a `post:` endpoint).
+    Refused(u16),
+    /// The backend could not be reached.
+    Unreachable(String),
+}
+
+/// How many client messages may wait for the backend before senders wait.
+pub const UPLINK_QUEUE: usize = 256;
+
+/// Why a session ended, as told to its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The client closed it (DELETE, a WebSocket close, a stream that went away).
+    Client,
+    /// No poll and no attached client for `session_ttl`.
+    Expired,
+    /// The backend closed its connection.
+    Backend,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+impl EndReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Client => "client_closed",
+            Self::Expired => "expired",
+            Self::Backend => "backend_closed",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+struct State {
+    held: VecDeque<Arc<Message>>,
+    next_seq: u64,
+    acked: u64,
+    ended: Option<Arc<Gone>>,
+}
+
+/// Backend-to-client messages of one session, held until acknowledged.
+pub struct Outbox {
+    state: Mutex<State>,
+    cap: usize,
+    /// Bumped on every change readers may wait for: a message, the end, a new attachment.
+    version: watch::Sender<u64>,
+    /// Wakes a producer waiting for room.
+    room: Notify,
+}
+
+/// What a reader finds after its position.
+pub struct Batch {
+    pub messages: Vec<Arc<Message>>,
+    /// The position was older than anything still held: messages were missed.
+    pub gap: bool,
+    /// The session ended and nothing is left after the position.
+    pub ended: Option<Arc<Gone>>,
+}
+
+impl Outbox {
+    fn new(cap: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                held: VecDeque::with_capacity(cap.min(64)),
+                next_seq: 1,
+                acked: 0,
+                ended: None,
+            }),
+            cap: cap.max(1),
+            version: watch::Sender::new(0),
+            room: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Adds a backend message, waiting while `cap` unacknowledged messages are held.
+    pub async fn push(&self, event: Option<Box<str>>, payload: Bytes, binary: bool) {
+        loop {
+            let room = self.room.notified();
+            {
+                let mut st = self.lock();
+                if st.ended.is_some() {
+                    return;
+                }
+                let acked_held = st.held.iter().take_while(|m| m.seq <= st.acked).count();
+                if st.held.len() < self.cap || acked_held > 0 {
+                    if st.held.len() >= self.cap {
+                        st.held.pop_front();
+                    }
+                    let seq = st.next_seq;
+                    st.next_seq += 1;
+                    st.held
+                        .push_back(Arc::new(Message::named(seq, event, payload, binary)));
+                    drop(st);
+                    self.bump();
+                    return;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Acknowledges every message up to `seq`; they may now make room for new ones.
+    pub fn ack(&self, seq: u64) {
+        let mut st = self.lock();
+        let seq = seq.min(st.next_seq - 1);
+        if seq > st.acked {
+            st.acked = seq;
+            drop(st);
+            self.room.notify_one();
+        }
+    }
+
+    /// Marks the end of the session's messages; readers drain what is held, then see `gone`.
+    pub fn end(&self, gone: Gone) {
+        let mut st = self.lock();
+        if st.ended.is_none() {
+            st.ended = Some(Arc::new(gone));
+        }
+        drop(st);
+        self.bump();
+        // A producer blocked for room gives up once the session ended.
+        self.room.notify_one();
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.lock().ended.is_some()
+    }
+
+    /// The seq of the newest message (0 before the first).
+    pub fn head(&self) -> u64 {
+        self.lock().next_seq - 1
+    }
+
+    /// Up to `max` held messages after `after`, without waiting.
+    pub fn after(&self, after: u64, max: usize) -> Batch {
+        let st = self.lock();
+        let first = st.held.front().map_or(st.next_seq, |m| m.seq);
+        let gap = after + 1 < first;
+        let skip = after.saturating_sub(first - 1).min(st.held.len() as u64) as usize;
+        let messages: Vec<_> = st.held.iter().skip(skip).take(max).cloned().collect();
+        let ended = if messages.is_empty() {
+            st.ended.clone()
+        } else {
+            None
+        };
+        Batch {
+            messages,
+            gap,
+            ended,
+        }
+    }
+
+    /// Waits until there is something after `after` (a message or the end), or forever.
+    pub async fn wait_after(&self, after: u64) {
+        let mut rx = self.version.subscribe();
+        loop {
+            rx.borrow_and_update();
+            {
+                let st = self.lock();
+                if st.next_seq - 1 > after || st.ended.is_some() {
+                    return;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Resolves when the watch version changes (used by attached readers to notice a takeover).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+}
+
+/// When the session was last used and how many requests or streams use it right now.
+struct Activity {
+    last: Instant,
+    busy: usize,
+}
+
+pub struct Session {
+    pub id: Arc<str>,
+    pub route: Arc<str>,
+    /// The client transport that opened it, for metrics.
+    pub transport: &'static str,
+    pub outbox: Outbox,
+    uplink: mpsc::Sender<Outgoing>,
+    ttl: Duration,
+    activity: Mutex<Activity>,
+    stop: watch::Sender<Option<EndReason>>,
+    /// Changes when a streaming client attaches; an older attachment then lets go.
+    attachment: AtomicU64,
+    /// The subprotocol the backend chose (WebSocket backends).
+    pub backend_protocol: Option<String>,
+}
+
+/// A fresh session id: 18 bytes (144 bits) from the operating system's CSPRNG, base64url.
+pub fn new_id() -> Arc<str> {
+    let mut raw = [0u8; 18];
+    getrandom::fill(&mut raw).expect("the operating system's random source is available");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(raw)
+        .into()
+}
+
+/// True when `s` has the shape of an id [`new_id`] makes; anything else is not looked up.
+pub fn plausible_id(s: &str) -> bool {
+    s.len() == 24
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+}
+
+/// The parts of a new session the backend connection task keeps.
+pub struct Driver {
+    pub session: Arc<Session>,
+    pub uplink: mpsc::Receiver<Outgoing>,
+}
+
+impl Session {
+    /// A new session and the receiving half its backend task drains.
+    pub fn create(
+        route: &str,
+        transport: &'static str,
+        cap: usize,
+        ttl: Duration,
+        backend_protocol: Option<String>,
+    ) -> Driver {
+        let (tx, rx) = mpsc::channel(UPLINK_QUEUE);
+        let session = Arc::new(Self {
+            id: new_id(),
+            route: route.into(),
+            transport,
+            outbox: Outbox::new(cap),
+            uplink: tx,
+            ttl,
+            activity: Mutex::new(Activity {
+                last: Instant::now(),
+                busy: 0,
+            }),
+            stop: watch::Sender::new(None),
+            attachment: AtomicU64::new(0),
+            backend_protocol,
+        });
+        Driver {
+            session,
+            uplink: rx,
+        }
+    }
+
+    /// The way to the backend for client messages (kept in order), or None once the session
+    /// is ending.
+    pub fn uplink(&self) -> Option<mpsc::Sender<Outgoing>> {
+        (self.stopping().is_none() && !self.outbox.is_ended() && !self.uplink.is_closed())
+            .then(|| self.uplink.clone())
+    }
+
+    /// Asks the session to end; its backend task closes the backend connection.
+    pub fn close(&self, why: EndReason) {
+        self.stop.send_if_modified(|s| {
+            if s.is_none() {
+                *s = Some(why);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn stopping(&self) -> Option<EndReason> {
+        *self.stop.borrow()
+    }
+
+    /// Holds the session open (no expiry) while the guard lives: a waiting poll, a POST, an
+    /// attached stream.
+    pub fn busy(self: &Arc<Self>) -> Busy {
+        self.activity.lock().unwrap_or_else(|p| p.into_inner()).busy += 1;
+        Busy(self.clone())
+    }
+
+    /// Attaches a streaming client; an earlier attached stream sees [`Self::superseded`].
+    pub fn attach(&self) -> u64 {
+        let n = self.attachment.fetch_add(1, Ordering::SeqCst) + 1;
+        self.outbox.bump();
+        n
+    }
+
+    /// True when another stream attached after attachment `n`.
+    pub fn superseded(&self, n: u64) -> bool {
+        self.attachment.load(Ordering::SeqCst) != n
+    }
+
+    /// Resolves with the reason once the session must end from the client's side: closed by
+    /// the client, idle past `session_ttl`, or the gateway shutting down.
+    pub async fn ended_by_client(&self) -> EndReason {
+        let mut stop = self.stop.subscribe();
+        let check = (self.ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            if let Some(why) = *stop.borrow_and_update() {
+                return why;
+            }
+            let expired = {
+                let a = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+                a.busy == 0 && a.last.elapsed() >= self.ttl
+            };
+            if expired {
+                return EndReason::Expired;
+            }
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = tokio::time::sleep(check) => {}
+                _ = crate::shutdown::wait() => return EndReason::Shutdown,
+            }
+        }
+    }
+}
+
+/// Keeps a session from expiring while a request or stream uses it; see [`Session::busy`].
+pub struct Busy(Arc<Session>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut a = self.0.activity.lock().unwrap_or_else(|p| p.into_inner());
+        a.busy -= 1;
+        a.last = Instant::now();
+    }
+}
+
+/// The live sessions of one route. Ids are only ever looked up here, so a session cannot be
+/// reached through another route.
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+}
+
+impl Sessions {
+    pub fn insert(&self, s: &Arc<Session>) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(s.id.clone(), s.clone());
+    }
+
+    /// The live session `id`; one that is closing is already gone for clients.
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        if !plausible_id(id) {
+            return None;
+        }
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .filter(|s| s.stopping().is_none())
+            .cloned()
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Counts a session in `switchyard_sessions_open` for as long as its backend task runs.
+pub struct OpenSession {
+    route: Arc<str>,
+    transport: &'static str,
+}
+
+impl OpenSession {
+    pub fn new(route: &Arc<str>, transport: &'static str) -> Self {
+        metrics::SESSIONS_OPEN
+            .with_label_values(&[route, transport])
+            .inc();
+        Self {
+            route: route.clone(),
+            transport,
+        }
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        metrics::SESSIONS_OPEN
+            .with_label_values(&[&self.route, self.transport])
+            .dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &[Arc<Message>]) -> Vec<String> {
+        m.iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn held_until_acknowledged_then_room_is_made() {
+        let o = Arc::new(Outbox::new(2));
+        o.push(None, Bytes::from_static(b"a"), false).await;
+        o.push(None, Bytes::from_static(b"b"), false).await;
+        // Full of unacknowledged messages: the producer waits.
+        let o2 = o.clone();
+        let pushed =
+            tokio::spawn(async move { o2.push(None, Bytes::from_static(b"c"), false).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!pushed.is_finished());
+        assert_eq!(text(&o.after(0, 10).messages), ["a", "b"]);
+        // The same position gives the same answer (a retried poll).
+        assert_eq!(text(&o.after(0, 10).messages), ["a", "b"]);
+        o.ack(1);
+        pushed.await.unwrap();
+        let b = o.after(1, 10);
+        assert_eq!(text(&b.messages), ["b", "c"]);
+        assert!(!b.gap);
+        // "a" made room; asking from before it is a gap.
+        assert!(o.after(0, 10).gap);
+    }
+
+    #[tokio::test]
+    async fn end_is_seen_after_the_last_message() {
+        let o = Outbox::new(4);
+        o.push(None, Bytes::from_static(b"a"), false).await;
+        o.end(Gone {
+            code: 4001,
+            reason: "bye".into(),
+        });
+        let b = o.after(0, 10);
+        assert_eq!(text(&b.messages), ["a"]);
+        assert!(b.ended.is_none());
+        let b = o.after(1, 10);
+        assert_eq!(b.ended.unwrap().code, 4001);
+        o.wait_after(1).await;
+    }
+
+    #[test]
+    fn ids_are_long_random_and_checked_for_shape() {
+        let a = new_id();
+        let b = new_id();
+        assert_ne!(a, b);
+        assert!(plausible_id(&a));
+        assert!(!plausible_id("short"));
+        assert!(!plausible_id("aaaaaaaaaaaaaaaaaaaaaaa/"));
+    }
+}

@@ -1,0 +1,341 @@
+//! Client-to-backend messages over plain HTTP, for clients that cannot hold a WebSocket.
+//!
+//! `POST path?transport=poll|sse&session=ID` sends to the session's backend (on a shared `sse:`
+//! route with `post:`, no session is needed: the POST is relayed with the client's headers). The
+//! body is one message, or several:
+//! - `application/json`: an array whose items are strings (text messages) or
+//!   `{"binary": "<base64>"}`; a single JSON string is one message;
+//! - `application/octet-stream`: one binary message;
+//! - anything else (`text/plain`, or no type for clients that cannot set one): one text message,
+//!   which must be UTF-8.
+//!
+//! The answer comes once the backend took every message (written to its WebSocket, or 2xx from
+//! `post:`): 204. Messages of one POST keep their order, and so do sequential POSTs. A body over
+//! `max_message` is 413; a malformed one 400; an unknown session 410; a backend that refused a
+//! message passes its 4xx on, and one that could not be reached is 502.
+//!
+//! `DELETE path?transport=poll|sse&session=ID` ends a session and closes its backend socket: 204.
+
+use super::longpoll::session_gone;
+use crate::bridge::session::{EndReason, Outgoing, UplinkError};
+use crate::bridge::Bridge;
+use crate::error::Reject;
+use crate::metrics;
+use crate::upstream::{post::POST_DEADLINE, private};
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use tokio::sync::oneshot;
+
+/// One message a client sent.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Inbound {
+    pub payload: Bytes,
+    pub binary: bool,
+}
+
+/// Splits a POST body into messages by its content type (see the module docs).
+pub fn parse_body(content_type: &str, body: Bytes) -> Result<Vec<Inbound>, String> {
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media.as_str() {
+        "application/json" => {
+            let value: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| format!("body is not JSON: {e}"))?;
+            let items = match value {
+                serde_json::Value::Array(items) => items,
+                s @ serde_json::Value::String(_) => vec![s],
+                _ => return Err("a JSON body is an array of messages (or one string)".into()),
+            };
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    serde_json::Value::String(s) => Ok(Inbound {
+                        payload: Bytes::from(s),
+                        binary: false,
+                    }),
+                    serde_json::Value::Object(o) => match o.get("binary") {
+                        Some(serde_json::Value::String(b64)) if o.len() == 1 => {
+                            base64::engine::general_purpose::STANDARD
+                                .decode(b64)
+                                .map(|b| Inbound {
+                                    payload: Bytes::from(b),
+                                    binary: true,
+                                })
+                                .map_err(|e| format!("message {i}: invalid base64: {e}"))
+                        }
+                        _ => Err(format!(
+                            "message {i}: an object message is {{\"binary\": \"<base64>\"}}"
+                        )),
+                    },
+                    _ => Err(format!(
+                        "message {i}: messages are strings or {{\"binary\": \"<base64>\"}}"
+                    )),
+                })
+                .collect()
+        }
+        "application/octet-stream" => Ok(vec![Inbound {
+            payload: body,
+            binary: true,
+        }]),
+        _ => match std::str::from_utf8(&body) {
+            Ok(_) => Ok(vec![Inbound {
+                payload: body,
+                binary: false,
+            }]),
+            Err(_) => {
+                Err("a text body must be UTF-8 (send binary as application/octet-stream)".into())
+            }
+        },
+    }
+}
+
+/// Reads the whole request body, refusing it past `max` bytes.
+async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, Reject> {
+    let too_big = || {
+        Reject::new(
+            413,
+            "body_too_large",
+            format!("the body exceeds max_message ({max} bytes)"),
+        )
+    };
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_big());
+    }
+    let mut body = BytesMut::new();
+    loop {
+        let chunk = tokio::time::timeout(POST_DEADLINE, session.read_request_body()).await;
+        match chunk {
+            Err(_) => {
+                return Err(Reject::new(
+                    408,
+                    "body_timeout",
+                    "the request body did not arrive in time",
+                ))
+            }
+            Ok(Err(_)) => return Err(Reject::new(400, "bad_body", "the request body was cut")),
+            Ok(Ok(None)) => return Ok(body.freeze()),
+            Ok(Ok(Some(data))) => {
+                if body.len() + data.len() > max {
+                    return Err(too_big());
+                }
+                body.extend_from_slice(&data);
+            }
+        }
+    }
+}
+
+fn session_param(session: &Session) -> Option<String> {
+    super::query_param(session.req_header(), "session")
+}
+
+/// Answers a POST: relays its messages to the backend in order.
+pub async fn post(
+    session: &mut Session,
+    bridge: &Bridge,
+    transport: &'static str,
+) -> pingora::Result<()> {
+    let route = bridge.route.name.as_str();
+    match send(session, bridge, transport).await {
+        Ok(()) => {
+            let mut resp = ResponseHeader::build(204, Some(1))?;
+            resp.insert_header("cache-control", "no-store")?;
+            session.write_response_header(Box::new(resp), true).await
+        }
+        Err(reject) => reject.send(session, route).await,
+    }
+}
+
+async fn send(
+    session: &mut Session,
+    bridge: &Bridge,
+    transport: &'static str,
+) -> Result<(), Reject> {
+    let route = bridge.route.name.as_str();
+    if !bridge.spec.two_way() {
+        return Err(Reject::new(
+            405,
+            "one_way_route",
+            format!("route {route} only streams to clients: its backend takes no messages"),
+        )
+        .header("allow", "GET"));
+    }
+    // The session (or a relay for this request) is found before the body is read, so a bad id
+    // costs nothing.
+    let (uplink, busy) = match bridge.sessions() {
+        Some(sessions) => {
+            let Some(id) = session_param(session) else {
+                return Err(Reject::new(
+                    400,
+                    "missing_session",
+                    "POST needs `session=ID` (from the first poll's answer or the SSE `session` event)",
+                ));
+            };
+            let conv = sessions.get(&id).ok_or_else(|| session_gone(route))?;
+            let busy = conv.busy();
+            (
+                conv.uplink().ok_or_else(|| session_gone(route))?,
+                Some(busy),
+            )
+        }
+        None => {
+            let client = super::client_info(session);
+            let relay = private::client_poster(bridge, session.req_header(), &client)
+                .expect("two-way shared routes have post");
+            (relay, None)
+        }
+    };
+    let body = read_body(session, bridge.route.limits.max_message as usize).await?;
+    let content_type = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let messages =
+        parse_body(&content_type, body).map_err(|why| Reject::new(400, "bad_body", why))?;
+    let count = messages.len();
+    let mut pending = Vec::with_capacity(count);
+    for m in messages {
+        let (done, heard) = oneshot::channel();
+        let out = Outgoing {
+            payload: m.payload,
+            binary: m.binary,
+            done: Some(done),
+        };
+        if uplink.send(out).await.is_err() {
+            return Err(session_gone(route));
+        }
+        pending.push(heard);
+    }
+    metrics::MESSAGES
+        .with_label_values(&[route, transport, "in"])
+        .inc_by(count as u64);
+    let all = async {
+        for (i, heard) in pending.into_iter().enumerate() {
+            match heard.await.unwrap_or(Err(UplinkError::Ended)) {
+                Ok(()) => {}
+                Err(e) => return Err((i, e)),
+            }
+        }
+        Ok(())
+    };
+    let result = tokio::time::timeout(POST_DEADLINE, all).await;
+    drop(busy);
+    match result {
+        Err(_) => Err(Reject::new(
+            504,
+            "backend_timeout",
+            "the backend did not take the messages in time",
+        )),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err((i, e))) => Err(refused(i, count, e, route)),
+    }
+}
+
+/// The answer for a message the backend did not take; messages before it were delivered.
+fn refused(i: usize, count: usize, e: UplinkError, route: &str) -> Reject {
+    let delivered = format!("{i} of {count} messages were delivered");
+    match e {
+        UplinkError::Ended => Reject::new(
+            410,
+            "unknown_session",
+            format!("the session on route {route} ended; {delivered}"),
+        ),
+        UplinkError::Refused(status) if (400..500).contains(&status) => Reject::new(
+            status,
+            "backend_refused",
+            format!("the backend refused message {i} with HTTP {status}; {delivered}"),
+        ),
+        UplinkError::Refused(status) => Reject::new(
+            502,
+            "backend_refused",
+            format!("the backend answered message {i} with HTTP {status}; {delivered}"),
+        ),
+        UplinkError::Unreachable(why) => Reject::new(
+            502,
+            "backend_unreachable",
+            format!("the backend could not be reached: {why}; {delivered}"),
+        ),
+    }
+}
+
+/// Answers a DELETE: ends the session and closes its backend connection.
+pub async fn delete(session: &mut Session, bridge: &Bridge) -> pingora::Result<()> {
+    let route = bridge.route.name.as_str();
+    let Some(sessions) = bridge.sessions() else {
+        return Reject::new(
+            405,
+            "bad_method",
+            format!("route {route} has no sessions to end"),
+        )
+        .header("allow", "GET")
+        .send(session, route)
+        .await;
+    };
+    let Some(conv) = session_param(session).and_then(|id| sessions.get(&id)) else {
+        return session_gone(route).send(session, route).await;
+    };
+    conv.close(EndReason::Client);
+    let mut resp = ResponseHeader::build(204, Some(1))?;
+    resp.insert_header("cache-control", "no-store")?;
+    session.write_response_header(Box::new(resp), true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(v: &[Inbound]) -> Vec<(&[u8], bool)> {
+        v.iter().map(|m| (&m.payload[..], m.binary)).collect()
+    }
+
+    #[test]
+    fn bodies_split_by_content_type() {
+        let json = parse_body(
+            "application/json; charset=utf-8",
+            Bytes::from_static(br#"["a", {"binary": "AAE="}, "c"]"#),
+        )
+        .unwrap();
+        assert_eq!(
+            texts(&json),
+            [
+                (&b"a"[..], false),
+                (&[0u8, 1][..], true),
+                (&b"c"[..], false)
+            ]
+        );
+        let one = parse_body("application/json", Bytes::from_static(br#""x""#)).unwrap();
+        assert_eq!(texts(&one), [(&b"x"[..], false)]);
+        let plain = parse_body("", Bytes::from_static(b"[not json]")).unwrap();
+        assert_eq!(texts(&plain), [(&b"[not json]"[..], false)]);
+        let bin = parse_body("application/octet-stream", Bytes::from_static(b"\xff")).unwrap();
+        assert_eq!(texts(&bin), [(&b"\xff"[..], true)]);
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused_with_a_reason() {
+        assert!(parse_body("application/json", Bytes::from_static(b"{")).is_err());
+        assert!(parse_body("application/json", Bytes::from_static(b"{\"a\":1}")).is_err());
+        assert!(parse_body("application/json", Bytes::from_static(b"[1]")).is_err());
+        assert!(parse_body(
+            "application/json",
+            Bytes::from_static(br#"[{"binary":"!"}]"#)
+        )
+        .is_err());
+        assert!(parse_body("text/plain", Bytes::from_static(b"\xff")).is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! Per-client backend connections (`fanout: per_client`): [`open`] connects to the backend with
+//! the client's forwarded headers before the client gets an answer (so an unreachable backend is
+//! a 502, not a dead session), then one task runs the session until either side ends it.
+
+use super::post::Poster;
+use super::{sse, ws};
+use crate::bridge::hub::Gone;
+use crate::bridge::session::{
+    Driver, EndReason, OpenSession, Outgoing, Session, Sessions, UPLINK_QUEUE,
+};
+use crate::bridge::Bridge;
+use crate::config::{BackendFeed, BackendSpec};
+use crate::metrics;
+use crate::transport::ws::close;
+use http::{HeaderName, HeaderValue};
+use pingora::http::RequestHeader;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// How a per-client backend connection ended.
+pub enum SessionEnd {
+    /// The backend closed (or lost) the connection; the client is told with this close.
+    Backend(Gone),
+    /// The client side ended the session; the backend was closed.
+    Client(EndReason),
+}
+
+/// Who the client is, as the backend should learn it.
+pub struct ClientInfo {
+    pub ip: Option<IpAddr>,
+    pub tls: bool,
+}
+
+/// The request headers a backend gets for this client: the route's `forward_headers` copied
+/// from the client's request (a repeated `Cookie` joined with `; `), then `X-Forwarded-For`,
+/// `-Proto` and `-Host` written by the gateway. The client's own `X-Forwarded-*` are not
+/// trusted: switchyard is the edge.
+pub fn forwarded_headers(
+    feed: &BackendFeed,
+    req: &RequestHeader,
+    client: &ClientInfo,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    for name in &feed.forward_headers {
+        let values: Vec<&HeaderValue> = req.headers.get_all(name).iter().collect();
+        if name == http::header::COOKIE && values.len() > 1 {
+            let joined = values
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect::<Vec<_>>()
+                .join(&b"; "[..]);
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                out.push((name.clone(), v));
+            }
+        } else {
+            out.extend(values.into_iter().map(|v| (name.clone(), v.clone())));
+        }
+    }
+    if let Some(ip) = client.ip {
+        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+            out.push((HeaderName::from_static("x-forwarded-for"), v));
+        }
+    }
+    out.push((
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if client.tls { "https" } else { "http" }),
+    ));
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .cloned()
+        .or_else(|| req.uri.host().and_then(|h| HeaderValue::from_str(h).ok()));
+    if let Some(h) = host {
+        out.push((HeaderName::from_static("x-forwarded-host"), h));
+    }
+    out
+}
+
+/// Starts a poster that sends a client's messages (from `rx`) to an `sse:` backend's `post:`
+/// URL with the client's forwarded headers; it runs until every sender is gone. False when the
+/// backend has no `post:`.
+pub fn spawn_poster(
+    bridge: &Bridge,
+    feed: &BackendFeed,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    rx: mpsc::Receiver<Outgoing>,
+) -> bool {
+    let Some(endpoint) = feed.post.clone() else {
+        return false;
+    };
+    let poster = Poster {
+        route: bridge.route.name.as_str().into(),
+        endpoint,
+        connect_timeout: feed.connect_timeout,
+        headers: feed.headers.iter().cloned().chain(headers).collect(),
+    };
+    tokio::spawn(poster.run(rx));
+    true
+}
+
+/// A poster for one WebSocket client of a shared `sse:` route with `post:`.
+pub fn client_poster(
+    bridge: &Bridge,
+    req: &RequestHeader,
+    client: &ClientInfo,
+) -> Option<mpsc::Sender<Outgoing>> {
+    let feed = bridge.spec.feed()?;
+    let (tx, rx) = mpsc::channel(UPLINK_QUEUE);
+    spawn_poster(bridge, feed, forwarded_headers(feed, req, client), rx).then_some(tx)
+}
+
+/// Opens a session for a client of a per-client route: connects its own backend connection
+/// with its forwarded headers, then runs it in a task. With `registry`, the session is listed
+/// there (for polls and SSE reattach) until it ends; a WebSocket client holds its session
+/// itself. Errors say why the backend could not be reached.
+pub async fn open(
+    bridge: &Bridge,
+    req: &RequestHeader,
+    client: &ClientInfo,
+    transport: &'static str,
+    registry: Option<Arc<Sessions>>,
+) -> Result<Arc<Session>, String> {
+    let route = bridge.route.name.as_str();
+    let spec = &bridge.spec;
+    let feed = spec.feed().expect("per_client routes have a backend feed");
+    let headers = forwarded_headers(feed, req, client);
+    let cap = bridge.route.limits.send_queue;
+    let max_message = bridge.route.limits.max_message as usize;
+    let failed = |why: String| {
+        metrics::BACKEND_CONNECTS
+            .with_label_values(&[route, "failed"])
+            .inc();
+        log::debug!(
+            "route {route}: per-client backend {} unreachable: {why}",
+            feed.url
+        );
+        why
+    };
+    let ended_as = |o: super::feed::Outcome| match o {
+        super::feed::Outcome::ConnectFailed(why) => why,
+        _ => "connection ended during the handshake".into(),
+    };
+    let (backend, driver) = match &spec.backend {
+        BackendSpec::WebSocket(feed) => {
+            let (stream, protocol) = ws::connect(feed, &headers, max_message)
+                .await
+                .map_err(|o| failed(ended_as(o)))?;
+            let driver = Session::create(route, transport, cap, spec.session_ttl, protocol);
+            (Backend::WebSocket(Box::new(stream)), driver)
+        }
+        BackendSpec::Sse(feed) => {
+            let opened = sse::connect(feed, &headers, "")
+                .await
+                .map_err(|o| failed(ended_as(o)))?;
+            let driver = Session::create(route, transport, cap, spec.session_ttl, None);
+            (Backend::Sse(opened), driver)
+        }
+        BackendSpec::Builtin(_) => unreachable!("per_client needs a websocket or sse backend"),
+    };
+    let Driver { session, uplink } = driver;
+    if let Some(r) = &registry {
+        r.insert(&session);
+    }
+    let uplink = match backend {
+        // Client messages to an SSE backend go to its `post:` URL; without one, the route is
+        // one-way and transports do not send.
+        Backend::Sse(_) => {
+            spawn_poster(bridge, feed, headers, uplink);
+            None
+        }
+        Backend::WebSocket(_) => Some(uplink),
+    };
+    let keepalive = bridge.route.keepalive.clone();
+    let task_session = session.clone();
+    tokio::spawn(async move {
+        let session = task_session;
+        let _open = OpenSession::new(&session.route, transport);
+        let _connected = super::feed::Connected::new(&session.route);
+        let end = match backend {
+            Backend::WebSocket(stream) => {
+                let uplink = uplink.expect("kept for WebSocket backends");
+                ws::drive_session(*stream, &session, uplink, &keepalive).await
+            }
+            Backend::Sse(opened) => sse::drive_session(opened, &session, max_message).await,
+        };
+        drop(_connected);
+        let why = match end {
+            SessionEnd::Client(why) => why,
+            SessionEnd::Backend(gone) => {
+                log::debug!(
+                    "route {}: session backend closed ({} {})",
+                    session.route,
+                    gone.code,
+                    gone.reason
+                );
+                session.outbox.end(gone);
+                // What the backend sent before closing stays until the client has it (its next
+                // poll or stream read), the client closes, or session_ttl passes.
+                session.ended_by_client().await;
+                EndReason::Backend
+            }
+        };
+        session.outbox.end(Gone {
+            code: match why {
+                EndReason::Expired | EndReason::Shutdown => close::GOING_AWAY,
+                _ => close::NORMAL,
+            },
+            reason: format!("session ended: {}", why.label().replace('_', " ")),
+        });
+        if let Some(r) = registry {
+            r.remove(&session.id);
+        }
+        metrics::SESSIONS_ENDED
+            .with_label_values(&[&session.route, why.label()])
+            .inc();
+    });
+    Ok(session)
+}
+
+enum Backend {
+    WebSocket(Box<ws::Stream>),
+    Sse(sse::Opened),
+}

@@ -1,0 +1,548 @@
+//! Two-way bridging with per-client sessions (`fanout: per_client`) against real backends on
+//! ephemeral ports: long-poll and SSE clients talking to a WebSocket backend through POST, a
+//! WebSocket client in front of an SSE backend with `post:`, session expiry, isolation and the
+//! answers for unknown sessions.
+
+mod common;
+
+use common::chat::*;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A gateway with route `chat` on `/chat`: one session per client on a [`ChatBackend`].
+async fn chat_gateway(extra: &str) -> (ChatBackend, Gateway) {
+    let backend = ChatBackend::start().await;
+    let routes = format!(
+        "  - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ websocket: \"{}\" }}\n{extra}  - name: other\n    path: /other\n    fanout: per_client\n    backend: {{ websocket: \"{}\" }}\n",
+        backend.url("/chat"),
+        backend.url("/other"),
+    );
+    let gw = Gateway::start(&routes).await;
+    (backend, gw)
+}
+
+/// Opens a long-poll session and returns its id.
+async fn open_session(client: &mut Client, headers: &[(&str, &str)]) -> String {
+    let a = client.get("/chat?transport=poll", headers).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["cursor"], 0);
+    assert_eq!(v["messages"], serde_json::json!([]));
+    v["session"].as_str().expect("a session id").to_owned()
+}
+
+/// Polls once: (messages as text, next cursor, whole answer).
+async fn poll(client: &mut Client, id: &str, cursor: u64) -> (Vec<String>, u64, serde_json::Value) {
+    let a = client
+        .get(
+            &format!("/chat?transport=poll&session={id}&cursor={cursor}"),
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json();
+    let texts = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap().to_owned())
+        .collect();
+    (texts, v["cursor"].as_u64().unwrap(), v)
+}
+
+async fn post(client: &mut Client, id: &str, content_type: &str, body: &str) -> Answer {
+    client
+        .request(
+            "POST",
+            &format!("/chat?transport=poll&session={id}"),
+            &[("content-type", content_type)],
+            body,
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_client_holds_a_full_conversation_with_a_websocket_backend() {
+    let (backend, gw) = chat_gateway("    keepalive: { poll_timeout: 2s }\n").await;
+    let mut c = Client::connect(gw.addr).await;
+    let id = open_session(
+        &mut c,
+        &[
+            ("cookie", "user=alice"),
+            ("cookie", "theme=dark"),
+            ("authorization", "Bearer alice-token"),
+            ("x-forwarded-for", "6.6.6.6"),
+        ],
+    )
+    .await;
+    assert!(id.len() >= 22, "at least 128 bits: {id}");
+
+    // The poller collects while the sender posts: 300 single text/plain posts, then 20 JSON
+    // arrays of 10.
+    let addr = gw.addr;
+    let poller_id = id.clone();
+    let poller = tokio::spawn(async move {
+        let mut pc = Client::connect(addr).await;
+        let mut got = Vec::new();
+        let mut cursor = 0;
+        while got.len() < 500 {
+            let (texts, next, _) = poll(&mut pc, &poller_id, cursor).await;
+            got.extend(texts);
+            cursor = next;
+        }
+        (got, cursor)
+    });
+    for i in 1..=300 {
+        let a = post(&mut c, &id, "text/plain", &format!("m{i}")).await;
+        assert_eq!(a.status, 204, "{}", a.body);
+    }
+    for batch in 0..20 {
+        let items: Vec<String> = (0..10)
+            .map(|k| format!("m{}", 301 + batch * 10 + k))
+            .collect();
+        let a = post(
+            &mut c,
+            &id,
+            "application/json",
+            &serde_json::to_string(&items).unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, 204, "{}", a.body);
+    }
+    let (got, cursor) = tokio::time::timeout(DEADLINE, poller)
+        .await
+        .unwrap()
+        .unwrap();
+    let expected: Vec<String> = (1..=500).map(|i| format!("1:{i}:m{i}")).collect();
+    assert_eq!(
+        got, expected,
+        "every echo, in order, from one backend connection"
+    );
+    assert_eq!(cursor, 500);
+
+    let conns = backend.conns();
+    assert_eq!(conns.len(), 1, "one backend connection for the session");
+    let h = &conns[0].headers;
+    assert_eq!(h["cookie"], "user=alice; theme=dark");
+    assert_eq!(h["authorization"], "Bearer alice-token");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "the client's own claim is replaced"
+    );
+    assert_eq!(h["x-forwarded-proto"], "http");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"switchyard_sessions_open{route="chat",transport="long_poll"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"switchyard_messages_total{direction="in",route="chat",transport="long_poll"}"#
+        ),
+        Some(500.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"switchyard_messages_total{direction="out",route="chat",transport="long_poll"}"#
+        ),
+        Some(500.0)
+    );
+}
+
+#[tokio::test]
+async fn sessions_are_isolated_polls_are_idempotent_and_unknown_sessions_get_410() {
+    let (backend, gw) = chat_gateway("    keepalive: { poll_timeout: 300ms }\n").await;
+    let mut c = Client::connect(gw.addr).await;
+    let a = open_session(&mut c, &[("cookie", "user=a")]).await;
+    let b = open_session(&mut c, &[("cookie", "user=b")]).await;
+    assert_ne!(a, b);
+    assert_eq!(post(&mut c, &a, "text/plain", "for-a").await.status, 204);
+    assert_eq!(post(&mut c, &b, "text/plain", "for-b").await.status, 204);
+
+    let (ta, ca, _) = poll(&mut c, &a, 0).await;
+    let (tb, cb, _) = poll(&mut c, &b, 0).await;
+    assert_eq!(ta, ["1:1:for-a"]);
+    assert_eq!(tb, ["2:1:for-b"]);
+    assert_eq!((ca, cb), (1, 1));
+    // A poll repeated with the old cursor gets the same answer (its reply was lost, say).
+    let (again, c_again, _) = poll(&mut c, &a, 0).await;
+    assert_eq!((again, c_again), (ta, 1));
+    // Nothing new: the poll waits poll_timeout and answers empty at the same cursor.
+    let started = std::time::Instant::now();
+    let (empty, same, _) = poll(&mut c, &a, 1).await;
+    assert!(empty.is_empty());
+    assert_eq!(same, 1);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // Unknown, malformed and other-route ids are all 410, with a reason.
+    for path in [
+        "/chat?transport=poll&session=AAAAAAAAAAAAAAAAAAAAAAAA&cursor=0".to_owned(),
+        "/chat?transport=poll&session=nope&cursor=0".to_owned(),
+        format!("/other?transport=poll&session={a}&cursor=0"),
+    ] {
+        let r = c.get(&path, &[]).await;
+        assert_eq!(r.status, 410, "{path}: {}", r.body);
+        assert!(r.body.contains("start a new one"), "{}", r.body);
+    }
+    let r = post(&mut c, "AAAAAAAAAAAAAAAAAAAAAAAA", "text/plain", "x").await;
+    assert_eq!(r.status, 410);
+    // A cursor ahead of the session is a client bug, not a reason to lose anything.
+    let r = c
+        .get(&format!("/chat?transport=poll&session={a}&cursor=99"), &[])
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    // Malformed bodies are refused and nothing reaches the backend.
+    let r = post(&mut c, &a, "application/json", "{\"not\": \"an array\"}").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // DELETE ends the session and closes its backend socket.
+    let r = c
+        .request(
+            "DELETE",
+            &format!("/chat?transport=poll&session={a}"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let closed = backend.wait_ended(1).await;
+    assert_eq!(closed.closed_with, Some(1000));
+    assert_eq!(
+        closed.received,
+        ["for-a"],
+        "the bad body never reached the backend"
+    );
+    let r = c
+        .get(&format!("/chat?transport=poll&session={a}&cursor=1"), &[])
+        .await;
+    assert_eq!(r.status, 410);
+    // Session b is untouched, and a new session starts fine.
+    assert_eq!(post(&mut c, &b, "text/plain", "still").await.status, 204);
+    assert_eq!(poll(&mut c, &b, 1).await.0, ["2:2:still"]);
+    let fresh = open_session(&mut c, &[]).await;
+    assert_eq!(post(&mut c, &fresh, "text/plain", "hi").await.status, 204);
+    assert_eq!(poll(&mut c, &fresh, 0).await.0, ["3:1:hi"]);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"switchyard_sessions_ended_total{reason="client_closed",route="chat"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_session_without_polls_expires_and_its_backend_socket_closes() {
+    let (backend, gw) =
+        chat_gateway("    session_ttl: 1s\n    keepalive: { poll_timeout: 200ms }\n").await;
+    let mut c = Client::connect(gw.addr).await;
+    let id = open_session(&mut c, &[]).await;
+    assert_eq!(post(&mut c, &id, "text/plain", "x").await.status, 204);
+    // Polling keeps it alive past its ttl.
+    let mut cursor = 0;
+    for _ in 0..6 {
+        cursor = poll(&mut c, &id, cursor).await.1;
+    }
+    assert_eq!(cursor, 1);
+    assert!(!backend.conns()[0].ended, "a polled session stays open");
+    let quiet = std::time::Instant::now();
+    let closed = backend.wait_ended(1).await;
+    let after = quiet.elapsed();
+    assert_eq!(closed.closed_with, Some(1001), "closed as going away");
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
+        "expired {after:?} after the last poll"
+    );
+    let r = c
+        .get(&format!("/chat?transport=poll&session={id}&cursor=1"), &[])
+        .await;
+    assert_eq!(r.status, 410, "{}", r.body);
+    gw.wait_metric(
+        r#"switchyard_sessions_ended_total{reason="expired",route="chat"}"#,
+        1.0,
+    )
+    .await;
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"switchyard_sessions_open{route="chat",transport="long_poll"}"#
+        ),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn a_backend_close_reaches_the_poller_after_the_messages_before_it() {
+    let (_backend, gw) = chat_gateway("    keepalive: { poll_timeout: 2s }\n").await;
+    let mut c = Client::connect(gw.addr).await;
+    let id = open_session(&mut c, &[]).await;
+    let r = post(
+        &mut c,
+        &id,
+        "application/json",
+        r#"["one", "two", "close:4001"]"#,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let mut got = Vec::new();
+    let mut cursor = 0;
+    let closed = loop {
+        let (texts, next, v) = poll(&mut c, &id, cursor).await;
+        got.extend(texts);
+        cursor = next;
+        if !v["closed"].is_null() {
+            break v["closed"].clone();
+        }
+    };
+    assert_eq!(got, ["1:1:one", "1:2:two"]);
+    assert_eq!(closed["code"], 4001);
+    let r = c
+        .get(
+            &format!("/chat?transport=poll&session={id}&cursor={cursor}"),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        r.status, 410,
+        "the session is gone once its end was delivered"
+    );
+    let r = post(&mut c, &id, "text/plain", "late").await;
+    assert_eq!(r.status, 410);
+}
+
+#[tokio::test]
+async fn unreachable_backend_is_a_502_and_no_session() {
+    let dead = dead_port();
+    let gw = Gateway::start(&format!(
+        "  - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ websocket: \"ws://{}/x\", connect_timeout: 1s }}\n",
+        dead.addr
+    ))
+    .await;
+    let mut c = Client::connect(gw.addr).await;
+    let r = c.get("/chat?transport=poll", &[]).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.body.contains("could not be reached"), "{}", r.body);
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let r = http_get(
+        gw.addr,
+        "/chat",
+        &[
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", key),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 502, "a WebSocket client hears it before any 101");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"switchyard_rejections_total{reason="backend_unreachable",route="chat"}"#
+        ),
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn sse_client_sends_with_post_and_reattaches_with_last_event_id() {
+    let (backend, gw) = chat_gateway("").await;
+    let mut sse = SseReader::open(gw.addr, "/chat?transport=sse", &[("cookie", "user=sse")]).await;
+    let first = sse.next_data_event().await;
+    assert_eq!(first.event.as_deref(), Some("session"));
+    let id = first.data.clone();
+    assert_eq!(first.id.as_deref(), Some(format!("{id}-0").as_str()));
+
+    let mut c = Client::connect(gw.addr).await;
+    let send = |text: &'static str| {
+        let path = format!("/chat?transport=sse&session={id}");
+        async move {
+            let mut c = Client::connect(gw.addr).await;
+            c.request("POST", &path, &[], text).await
+        }
+    };
+    for t in ["a", "b", "c"] {
+        assert_eq!(send(t).await.status, 204);
+    }
+    for (n, t) in ["a", "b", "c"].iter().enumerate() {
+        let e = sse.next_data_event().await;
+        assert_eq!(e.data, format!("1:{}:{t}", n + 1));
+        assert_eq!(e.id.as_deref(), Some(format!("{id}-{}", n + 1).as_str()));
+    }
+    // The stream drops; what the backend says meanwhile is held for the session.
+    drop(sse);
+    for t in ["d", "e"] {
+        assert_eq!(send(t).await.status, 204);
+    }
+    let last = format!("{id}-3");
+    let mut sse = SseReader::open(
+        gw.addr,
+        "/chat",
+        &[("accept", "text/event-stream"), ("last-event-id", &last)],
+    )
+    .await;
+    let hello = sse.next_data_event().await;
+    assert_eq!(hello.event.as_deref(), Some("session"));
+    assert_eq!(hello.data, id, "reattached to the same session");
+    assert_eq!(hello.id, None, "the browser keeps its place");
+    assert_eq!(sse.next_data_event().await.data, "1:4:d");
+    assert_eq!(sse.next_data_event().await.data, "1:5:e");
+    assert_eq!(backend.conns().len(), 1, "still one backend connection");
+    // An SSE client on a one-session route may also end it.
+    let r = c
+        .request(
+            "DELETE",
+            &format!("/chat?transport=sse&session={id}"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(backend.wait_ended(1).await.closed_with, Some(1000));
+    let end = sse.next_data_event_or_end().await;
+    let closed = end.expect("told that the session closed");
+    assert_eq!(closed.event.as_deref(), Some("closed"));
+}
+
+#[tokio::test]
+async fn websocket_client_gets_its_own_backend_session() {
+    let (backend, gw) = chat_gateway("").await;
+    let mut req = gw.ws_url("/chat").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("cookie", "user=ws".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    for i in 1..=50 {
+        ws.send(Message::text(format!("w{i}"))).await.unwrap();
+    }
+    for i in 1..=50 {
+        let m = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.into_text().unwrap().as_str(), format!("1:{i}:w{i}"));
+    }
+    assert_eq!(backend.conns()[0].headers["cookie"], "user=ws");
+    // The backend's own close code reaches the client.
+    ws.send(Message::text("close:4002")).await.unwrap();
+    let code = loop {
+        match tokio::time::timeout(DEADLINE, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 4002);
+    // A second client closes its side; the backend hears a normal close.
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/chat"))
+        .await
+        .unwrap();
+    ws.send(Message::text("x")).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    ws.close(None).await.unwrap();
+    assert_eq!(backend.wait_ended(2).await.closed_with, Some(1000));
+}
+
+/// `backend: { sse: .., post: .. }` with fanout `fanout` and the client cookie `cookie`.
+async fn sse_post_gateway(fanout: &str) -> (SsePostBackend, Gateway) {
+    let backend = SsePostBackend::start().await;
+    let gw = Gateway::start(&format!(
+        "  - name: feed\n    path: /feed\n    fanout: {fanout}\n    backend: {{ sse: \"{}\", post: \"{}\" }}\n",
+        backend.url("/events"),
+        backend.url("/send"),
+    ))
+    .await;
+    (backend, gw)
+}
+
+#[tokio::test]
+async fn websocket_clients_in_front_of_an_sse_backend_post_their_messages() {
+    for fanout in ["per_client", "shared"] {
+        let (backend, gw) = sse_post_gateway(fanout).await;
+        let mut req = gw.ws_url("/feed").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("cookie", "user=w".parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        backend.wait_subscriptions(1).await;
+        for i in 1..=50 {
+            ws.send(Message::text(format!("s{i}"))).await.unwrap();
+        }
+        for i in 1..=50 {
+            let m = tokio::time::timeout(DEADLINE, ws.next()).await;
+            let Ok(m) = m else {
+                panic!(
+                    "{fanout}: no echo {i}; posts {:?}\n{}",
+                    backend.posts().len(),
+                    gw.log()
+                )
+            };
+            assert_eq!(
+                m.unwrap().unwrap().into_text().unwrap().as_str(),
+                format!("echo:s{i}"),
+                "{fanout}"
+            );
+        }
+        let posts = backend.posts();
+        assert_eq!(posts.len(), 50);
+        let bodies: Vec<_> = posts.iter().map(|p| p.body.clone()).collect();
+        let expected: Vec<_> = (1..=50).map(|i| format!("s{i}")).collect();
+        assert_eq!(bodies, expected, "{fanout}: POSTed in order");
+        assert_eq!(posts[0].headers["cookie"], "user=w");
+        assert_eq!(
+            posts[0].headers["content-type"],
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(posts[0].headers["x-forwarded-for"], "127.0.0.1");
+        if fanout == "per_client" {
+            let subs = backend.subscriptions.lock().unwrap().clone();
+            assert_eq!(
+                subs[0]["cookie"], "user=w",
+                "the subscription is the client's own"
+            );
+        }
+        // A message the backend refuses closes the client with 1008 and the status.
+        ws.send(Message::text("forbidden")).await.unwrap();
+        let close = loop {
+            match tokio::time::timeout(DEADLINE, ws.next()).await.unwrap() {
+                Some(Ok(Message::Close(Some(f)))) => break f,
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        };
+        assert_eq!(u16::from(close.code), 1008, "{fanout}");
+        assert!(close.reason.contains("403"), "{}", close.reason);
+        let m = gw.metrics().await;
+        assert_eq!(
+            metric(
+                &m,
+                r#"switchyard_backend_posts_total{outcome="ok",route="feed"}"#
+            ),
+            Some(50.0)
+        );
+    }
+}
+
+#[tokio::test]
+async fn post_on_a_one_way_route_is_405() {
+    let backend = SsePostBackend::start().await;
+    let gw = Gateway::start(&format!(
+        "  - name: feed\n    path: /feed\n    backend: {{ sse: \"{}\" }}\n",
+        backend.url("/events"),
+    ))
+    .await;
+    let mut c = Client::connect(gw.addr).await;
+    let r = c.request("POST", "/feed?transport=poll", &[], "x").await;
+    assert_eq!(r.status, 405, "{}", r.body);
+    assert_eq!(r.headers["allow"], "GET");
+}
