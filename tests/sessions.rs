@@ -546,3 +546,46 @@ async fn post_on_a_one_way_route_is_405() {
     assert_eq!(r.status, 405, "{}", r.body);
     assert_eq!(r.headers["allow"], "GET");
 }
+
+#[tokio::test]
+async fn a_client_that_falls_behind_holds_back_its_backend_and_loses_nothing() {
+    // At most 8 unacknowledged messages are held per session; the rest wait in the backend's
+    // socket until the client acknowledges.
+    let (backend, gw) =
+        chat_gateway("    limits: { send_queue: 8 }\n    keepalive: { poll_timeout: 2s }\n").await;
+    let mut c = Client::connect(gw.addr).await;
+    let id = open_session(&mut c, &[]).await;
+    let items: Vec<String> = (1..=300).map(|i| format!("m{i}")).collect();
+    let r = post(
+        &mut c,
+        &id,
+        "application/json",
+        &serde_json::to_string(&items).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        r.status, 204,
+        "client messages still flow while the backend waits: {}",
+        r.body
+    );
+    let mut got = Vec::new();
+    let mut cursor = 0;
+    let mut polls = 0;
+    while got.len() < 300 {
+        let (texts, next, v) = poll(&mut c, &id, cursor).await;
+        assert!(
+            texts.len() <= 8,
+            "never more than send_queue held: {}",
+            texts.len()
+        );
+        assert!(v["missed"].is_null(), "nothing is dropped");
+        got.extend(texts);
+        cursor = next;
+        polls += 1;
+    }
+    let expected: Vec<String> = (1..=300).map(|i| format!("1:{i}:m{i}")).collect();
+    assert_eq!(got, expected);
+    assert!(polls >= 300 / 8, "{polls} polls");
+    assert_eq!(backend.conns().len(), 1);
+    assert!(!backend.conns()[0].ended);
+}

@@ -124,29 +124,47 @@ impl Outbox {
 
     /// Adds a backend message, waiting while `cap` unacknowledged messages are held.
     pub async fn push(&self, event: Option<Box<str>>, payload: Bytes, binary: bool) {
+        let mut msg = (event, payload, binary);
         loop {
             let room = self.room.notified();
-            {
-                let mut st = self.lock();
-                if st.ended.is_some() {
-                    return;
-                }
-                let acked_held = st.held.iter().take_while(|m| m.seq <= st.acked).count();
-                if st.held.len() < self.cap || acked_held > 0 {
-                    if st.held.len() >= self.cap {
-                        st.held.pop_front();
-                    }
-                    let seq = st.next_seq;
-                    st.next_seq += 1;
-                    st.held
-                        .push_back(Arc::new(Message::named(seq, event, payload, binary)));
-                    drop(st);
-                    self.bump();
-                    return;
-                }
+            match self.try_push(msg) {
+                Ok(()) => return,
+                Err(back) => msg = back,
             }
             room.await;
         }
+    }
+
+    /// Adds a backend message if there is room (or the session ended, which drops it); gives
+    /// it back while `cap` unacknowledged messages are held.
+    #[allow(clippy::type_complexity)]
+    pub fn try_push(
+        &self,
+        (event, payload, binary): (Option<Box<str>>, Bytes, bool),
+    ) -> Result<(), (Option<Box<str>>, Bytes, bool)> {
+        let mut st = self.lock();
+        if st.ended.is_some() {
+            return Ok(());
+        }
+        let acked_held = st.held.iter().take_while(|m| m.seq <= st.acked).count();
+        if st.held.len() >= self.cap && acked_held == 0 {
+            return Err((event, payload, binary));
+        }
+        if st.held.len() >= self.cap {
+            st.held.pop_front();
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.held
+            .push_back(Arc::new(Message::named(seq, event, payload, binary)));
+        drop(st);
+        self.bump();
+        Ok(())
+    }
+
+    /// Resolves when an acknowledgement (or the end) may have made room.
+    pub async fn room(&self) {
+        self.room.notified().await;
     }
 
     /// Acknowledges every message up to `seq`; they may now make room for new ones.

@@ -218,6 +218,9 @@ pub async fn drive_session(
     let mut heard_by: Option<Instant> = None;
     let client_end = session.ended_by_client();
     tokio::pin!(client_end);
+    // A backend message waiting for room: while it waits, the backend is not read (TCP
+    // backpressure), but client messages still go out.
+    let mut waiting: Option<(Option<Box<str>>, Bytes, bool)> = None;
     let lost = |reason: String| {
         SessionEnd::Backend(Gone {
             code: close::SERVICE_RESTART,
@@ -227,7 +230,7 @@ pub async fn drive_session(
     loop {
         let wake = heard_by.map_or(next_ping, |h| h.min(next_ping));
         tokio::select! {
-            frame = stream.next() => {
+            frame = stream.next(), if waiting.is_none() => {
                 heard_by = None;
                 let (payload, binary) = match frame {
                     Some(Ok(Message::Text(t))) => (Bytes::from(t), false),
@@ -252,11 +255,11 @@ pub async fn drive_session(
                     }
                 };
                 received.inc();
-                // While the client is behind, the backend waits: nothing is read or dropped.
-                tokio::select! {
-                    _ = session.outbox.push(None, payload, binary) => {}
-                    why = &mut client_end => return close_for_client(&mut stream, why).await,
-                }
+                waiting = session.outbox.try_push((None, payload, binary)).err();
+            }
+            _ = session.outbox.room(), if waiting.is_some() => {
+                let msg = waiting.take().expect("branch enabled only while waiting");
+                waiting = session.outbox.try_push(msg).err();
             }
             out = uplink.recv() => {
                 let Some(out) = out else { continue };
@@ -285,6 +288,12 @@ pub async fn drive_session(
             why = &mut client_end => return close_for_client(&mut stream, why).await,
             _ = sleep_until(wake) => {
                 let now = Instant::now();
+                if waiting.is_some() {
+                    // Not reading the backend, so its pongs cannot be heard: no pings now.
+                    heard_by = None;
+                    next_ping = now + ping_every;
+                    continue;
+                }
                 if heard_by.is_some_and(|h| now >= h) {
                     return lost("backend stopped answering pings".into());
                 }
