@@ -1,5 +1,6 @@
-//! The demo page in a real browser (headless Chromium, driven over the DevTools protocol): the
-//! page at `/` shows the clock arriving over EventSource and gets its WebSocket echo back.
+//! The gateway in a real browser (headless Chromium, driven over the DevTools protocol): the demo
+//! page's clock over EventSource and echo over WebSocket, Chromium's EventSource parsing and
+//! resume on a bridged feed, and Chromium as a two-way SSE+POST and XHR long-poll client.
 //!
 //! Needs `chromium` on PATH (CI installs it); set SWITCHYARD_CHROMIUM to use another binary.
 
@@ -266,5 +267,90 @@ async fn chromium_eventsource_parses_the_bridged_stream_and_resumes_after_a_back
         eval(&mut cdp, &mut id, "es.readyState").await,
         1,
         "open again"
+    );
+}
+
+/// Chromium as the two-way legacy client: its EventSource opens a per-client session (cookie
+/// forwarded to the backend), `fetch` POSTs into it and the echo comes back on the stream; an
+/// XMLHttpRequest long-poll session does the same round trip with plain requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_talks_to_a_websocket_backend_over_sse_plus_post_and_xhr_long_poll() {
+    let backend = common::chat::ChatBackend::start().await;
+    let routes = format!(
+        "  - name: demo\n    path: /\n    backend: {{ builtin: demo }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ websocket: \"{}\" }}\n",
+        backend.url("/chat")
+    );
+    let gw = Gateway::start(&routes).await;
+    let (_browser, mut cdp) = open_page(&gw.url("/")).await;
+    let mut id = 0;
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "location.protocol === 'http:' && document.readyState === 'complete'",
+        "the page loading",
+    )
+    .await;
+    eval(
+        &mut cdp,
+        &mut id,
+        "document.cookie = 'user=browser'; window.chat = []; window.sid = null; \
+         window.es = new EventSource('/chat?transport=sse'); \
+         es.addEventListener('session', e => { sid = e.data; }); \
+         es.onmessage = e => chat.push(e.data); true",
+    )
+    .await;
+    wait_true(&mut cdp, &mut id, "sid !== null", "the session event").await;
+    eval(
+        &mut cdp,
+        &mut id,
+        "fetch('/chat?transport=sse&session=' + sid, { method: 'POST', body: 'hello' }) \
+           .then(r => { window.postStatus = r.status; }); true",
+    )
+    .await;
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "chat.length === 1",
+        "the echo on the stream",
+    )
+    .await;
+    assert_eq!(eval(&mut cdp, &mut id, "chat[0]").await, "1:1:hello");
+    assert_eq!(eval(&mut cdp, &mut id, "postStatus").await, 204);
+    assert_eq!(backend.conns()[0].headers["cookie"], "user=browser");
+
+    eval(
+        &mut cdp,
+        &mut id,
+        "window.xhr = (method, url, body, type) => new Promise(done => { \
+           const x = new XMLHttpRequest(); x.open(method, url); \
+           if (type) x.setRequestHeader('content-type', type); \
+           x.onload = () => done([x.status, x.responseText]); x.send(body); }); \
+         window.polled = null; \
+         (async () => { \
+           const open = JSON.parse((await xhr('GET', '/chat?transport=poll'))[1]); \
+           const sent = await xhr('POST', '/chat?transport=poll&session=' + open.session, \
+                                  JSON.stringify(['x', 'y']), 'application/json'); \
+           let cursor = 0, got = []; \
+           while (got.length < 2) { \
+             const a = JSON.parse((await xhr('GET', '/chat?transport=poll&session=' + open.session + '&cursor=' + cursor))[1]); \
+             got = got.concat(a.messages); cursor = a.cursor; } \
+           polled = { sent: sent[0], got, cursor }; })(); true",
+    )
+    .await;
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "polled !== null",
+        "the long-poll round trip",
+    )
+    .await;
+    assert_eq!(
+        eval(&mut cdp, &mut id, "polled").await,
+        serde_json::json!({ "sent": 204, "got": ["2:1:x", "2:2:y"], "cursor": 2 })
+    );
+    assert_eq!(
+        backend.conns().len(),
+        2,
+        "one backend connection per session"
     );
 }
