@@ -9,6 +9,10 @@
 //! `binary: drop`); named events from an SSE backend `{"event": NAME, "data": TEXT}`. Each
 //! message's JSON is encoded once and shared by every poll that returns it.
 //! When the backend connection ends, waiting polls are answered at once with what they have.
+//!
+//! On a `per_client` route a poll belongs to a session (see [`crate::bridge::session`]): the
+//! first poll opens it, later ones carry `session=ID&cursor=N` and acknowledge up to N, and
+//! the answer names the session. An unknown or ended session is 410.
 
 use crate::bridge::hub::Gone;
 use crate::bridge::session::{EndReason, Sessions};

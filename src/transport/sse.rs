@@ -13,6 +13,9 @@
 //! When the backend connection ends, the stream gets a comment and a fresh `retry:` and is
 //! closed: EventSource reconnects by itself and resumes with `Last-Event-ID` from the replay
 //! ring. `retry:` values are jittered so reconnects spread out.
+//!
+//! On a `per_client` route each stream is a session: `event: session` first, ids `SESSION-SEQ`,
+//! and a reconnect with `Last-Event-ID` reattaches to the session while it lives.
 
 use crate::bridge::session::{EndReason, Session as BridgeSession, Sessions};
 use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Joined, Message};
