@@ -589,3 +589,59 @@ async fn a_client_that_falls_behind_holds_back_its_backend_and_loses_nothing() {
     assert_eq!(backend.conns().len(), 1);
     assert!(!backend.conns()[0].ended);
 }
+
+#[tokio::test]
+async fn sessions_per_route_are_capped_by_max_clients() {
+    let (backend, gw) = chat_gateway("    limits: { max_clients: 2 }\n").await;
+    let mut c = Client::connect(gw.addr).await;
+    let a = open_session(&mut c, &[]).await;
+    let _b = open_session(&mut c, &[]).await;
+    let r = c.get("/chat?transport=poll", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.headers["retry-after"], "5");
+    assert!(r.body.contains("max_clients"), "{}", r.body);
+    let handshake = [
+        ("upgrade", "websocket"),
+        ("connection", "Upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let ws_refused = http_get(gw.addr, "/chat", &handshake).await;
+    assert_eq!(ws_refused.status, 503, "WebSocket sessions count too");
+    assert_eq!(
+        backend.conns().len(),
+        2,
+        "no backend connection for a refused session"
+    );
+    // Ending one frees its place.
+    let r = c
+        .request(
+            "DELETE",
+            &format!("/chat?transport=poll&session={a}"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    backend.wait_ended(1).await;
+    let until = std::time::Instant::now() + DEADLINE;
+    loop {
+        let r = c.get("/chat?transport=poll", &[]).await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the freed place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"switchyard_rejections_total{reason="too_many_sessions",route="chat"}"#
+        ),
+        Some(2.0)
+    );
+}

@@ -21,7 +21,7 @@ use crate::metrics;
 use base64::Engine;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -399,9 +399,30 @@ impl Drop for Busy {
 #[derive(Default)]
 pub struct Sessions {
     map: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    /// Sessions whose backend connection is open or being opened, WebSocket ones included.
+    live: AtomicUsize,
+}
+
+/// A place among a route's live sessions, given back when dropped.
+pub struct Slot(Arc<Sessions>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Sessions {
+    /// Takes a place for a new session unless `max` are live (the route's `max_clients`).
+    pub fn reserve(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        self.live
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+
     pub fn insert(&self, s: &Arc<Session>) {
         self.map
             .lock()

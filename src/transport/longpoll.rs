@@ -199,17 +199,10 @@ async fn serve_session(
     };
     let Some(id) = super::query_param(session.req_header(), "session") else {
         let client = super::client_info(session);
-        let opened = private::open(
-            bridge,
-            session.req_header(),
-            &client,
-            "long_poll",
-            Some(sessions.clone()),
-        )
-        .await;
+        let opened = private::open(bridge, session.req_header(), &client, "long_poll", true).await;
         return match opened {
             Ok(conv) => respond(session, answer(bridge, Some(&conv.id), 0, &[], false, None)).await,
-            Err(why) => super::backend_unreachable(session, route, &why).await,
+            Err(why) => super::session_refused(session, route, why).await,
         };
     };
     let Some(conv) = sessions.get(&id) else {

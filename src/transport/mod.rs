@@ -12,7 +12,7 @@ pub mod ws;
 
 use crate::bridge::{Bridge, Consumer, Feed, Message};
 use crate::error::Reject;
-use crate::upstream::private::ClientInfo;
+use crate::upstream::private::{ClientInfo, OpenError};
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
@@ -172,19 +172,29 @@ pub fn client_info(session: &Session) -> ClientInfo {
     }
 }
 
-/// 502 for a client whose own backend connection could not be opened.
-pub async fn backend_unreachable(
+/// The answer for a client whose session could not be opened: 503 with `Retry-After` when the
+/// route is at `max_clients` sessions, 502 when its backend could not be reached.
+pub async fn session_refused(
     session: &mut Session,
     route: &str,
-    why: &str,
+    why: OpenError,
 ) -> pingora::Result<()> {
-    Reject::new(
-        502,
-        "backend_unreachable",
-        format!("route {route}: the backend could not be reached: {why}"),
-    )
-    .send(session, route)
-    .await
+    let reject = match why {
+        OpenError::Full(max) => Reject::new(
+            503,
+            "too_many_sessions",
+            format!(
+                "route {route} has its maximum of {max} sessions (max_clients); try again later"
+            ),
+        )
+        .header("retry-after", "5"),
+        OpenError::Unreachable(why) => Reject::new(
+            502,
+            "backend_unreachable",
+            format!("route {route}: the backend could not be reached: {why}"),
+        ),
+    };
+    reject.send(session, route).await
 }
 
 const DEMO_PAGE: &str = include_str!("../upstream/demo.html");

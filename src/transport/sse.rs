@@ -154,14 +154,7 @@ async fn serve_session(
         }
         None => {
             let client = super::client_info(session);
-            let opened = private::open(
-                bridge,
-                session.req_header(),
-                &client,
-                "sse",
-                Some(sessions.clone()),
-            )
-            .await;
+            let opened = private::open(bridge, session.req_header(), &client, "sse", true).await;
             match opened {
                 Ok(conv) => {
                     first.put_slice(
@@ -169,7 +162,7 @@ async fn serve_session(
                     );
                     (conv, 0)
                 }
-                Err(why) => return super::backend_unreachable(session, route, &why).await,
+                Err(why) => return super::session_refused(session, route, why).await,
             }
         }
     };

@@ -350,9 +350,9 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     let conv = match bridge.sessions() {
         Some(_) => {
             let client = super::client_info(session);
-            match private::open(bridge, session.req_header(), &client, "websocket", None).await {
+            match private::open(bridge, session.req_header(), &client, "websocket", false).await {
                 Ok(c) => Some(c),
-                Err(why) => return super::backend_unreachable(session, route, &why).await,
+                Err(why) => return super::session_refused(session, route, why).await,
             }
         }
         None => None,
@@ -390,7 +390,10 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
         Some(c) => c.uplink(),
         None => private::client_poster(bridge, session.req_header(), &super::client_info(session)),
     };
+    // The session lives as long as this connection: it never expires under it.
+    let busy = conv.as_ref().map(|c| c.busy());
     let result = run(session, bridge, consumer.as_mut(), uplink, Box::new(resp)).await;
+    drop(busy);
     if let Some(c) = conv {
         c.close(EndReason::Client);
     }

@@ -5,9 +5,7 @@
 use super::post::Poster;
 use super::{sse, ws};
 use crate::bridge::hub::Gone;
-use crate::bridge::session::{
-    Driver, EndReason, OpenSession, Outgoing, Session, Sessions, UPLINK_QUEUE,
-};
+use crate::bridge::session::{Driver, EndReason, OpenSession, Outgoing, Session, UPLINK_QUEUE};
 use crate::bridge::Bridge;
 use crate::config::{BackendFeed, BackendSpec};
 use crate::metrics;
@@ -110,19 +108,32 @@ pub fn client_poster(
     spawn_poster(bridge, feed, forwarded_headers(feed, req, client), rx).then_some(tx)
 }
 
+/// Why a session could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The route already has `max_clients` sessions.
+    Full(usize),
+    /// The backend could not be reached (or refused the handshake).
+    Unreachable(String),
+}
+
 /// Opens a session for a client of a per-client route: connects its own backend connection
-/// with its forwarded headers, then runs it in a task. With `registry`, the session is listed
-/// there (for polls and SSE reattach) until it ends; a WebSocket client holds its session
-/// itself. Errors say why the backend could not be reached.
+/// with its forwarded headers, then runs it in a task. With `listed`, the session is in the
+/// route's registry (for polls, POSTs and SSE reattach) until it ends; a WebSocket client holds
+/// its session itself. At most `max_clients` sessions per route are live at once.
 pub async fn open(
     bridge: &Bridge,
     req: &RequestHeader,
     client: &ClientInfo,
     transport: &'static str,
-    registry: Option<Arc<Sessions>>,
-) -> Result<Arc<Session>, String> {
+    listed: bool,
+) -> Result<Arc<Session>, OpenError> {
     let route = bridge.route.name.as_str();
     let spec = &bridge.spec;
+    let sessions = bridge.sessions().expect("per_client routes have sessions");
+    let max = bridge.route.limits.max_clients;
+    let slot = sessions.reserve(max).ok_or(OpenError::Full(max))?;
+    let registry = listed.then(|| sessions.clone());
     let feed = spec.feed().expect("per_client routes have a backend feed");
     let headers = forwarded_headers(feed, req, client);
     let cap = bridge.route.limits.send_queue;
@@ -135,7 +146,7 @@ pub async fn open(
             "route {route}: per-client backend {} unreachable: {why}",
             feed.url
         );
-        why
+        OpenError::Unreachable(why)
     };
     let ended_as = |o: super::feed::Outcome| match o {
         super::feed::Outcome::ConnectFailed(why) => why,
@@ -174,6 +185,7 @@ pub async fn open(
     let keepalive = bridge.route.keepalive.clone();
     let task_session = session.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         let session = task_session;
         let _open = OpenSession::new(&session.route, transport);
         let _connected = super::feed::Connected::new(&session.route);
