@@ -13,6 +13,7 @@ pub mod bridge;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -13,6 +13,7 @@ use crate::bridge::Bridge;
 use crate::config::{Config, Route, RouteKind};
 use crate::error::Reject;
 use crate::metrics;
+use crate::policy;
 use crate::router::Router;
 use crate::transport;
 use crate::upstream::pool::{Lease, UpstreamSet};
@@ -126,6 +127,11 @@ impl ProxyHttp for Gateway {
         ctx.route = Some(rt.clone());
         match &rt.target {
             Target::Bridge(bridge) => {
+                if let Err(reject) = policy::origin::check(session.req_header(), &rt.route.origins)
+                {
+                    reject.send(session, &rt.route.name).await?;
+                    return Ok(true);
+                }
                 transport::serve(session, bridge).await?;
                 Ok(true)
             }

@@ -277,7 +277,7 @@ async fn chromium_eventsource_parses_the_bridged_stream_and_resumes_after_a_back
 async fn chromium_talks_to_a_websocket_backend_over_sse_plus_post_and_xhr_long_poll() {
     let backend = common::chat::ChatBackend::start().await;
     let routes = format!(
-        "  - name: demo\n    path: /\n    backend: {{ builtin: demo }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ websocket: \"{}\" }}\n",
+        "  - name: demo\n    path: /\n    backend: {{ builtin: demo }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"http://{{ADDR}}\"]\n    backend: {{ websocket: \"{}\" }}\n",
         backend.url("/chat")
     );
     let gw = Gateway::start(&routes).await;

@@ -12,7 +12,7 @@ async fn every_dashboard_metric_is_exported() {
     let dead = dead_port();
     let sse = common::chat::SsePostBackend::start().await;
     let routes = format!(
-        "  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n  - name: echo\n    path: /echo\n    backend: {{ builtin: echo }}\n  - name: api\n    path: /api\n    proxy: {{ upstreams: [\"{}\"] }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ sse: \"{}\", post: \"{}\" }}\n",
+        "  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n  - name: echo\n    path: /echo\n    backend: {{ builtin: echo }}\n  - name: api\n    path: /api\n    proxy: {{ upstreams: [\"{}\"] }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"https://app.example\"]\n    backend: {{ sse: \"{}\", post: \"{}\" }}\n",
         dead.addr,
         sse.url("/events"),
         sse.url("/send"),

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 async fn chat_gateway(extra: &str) -> (ChatBackend, Gateway) {
     let backend = ChatBackend::start().await;
     let routes = format!(
-        "  - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ websocket: \"{}\" }}\n{extra}  - name: other\n    path: /other\n    fanout: per_client\n    backend: {{ websocket: \"{}\" }}\n",
+        "  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"https://app.example\"]\n    backend: {{ websocket: \"{}\" }}\n{extra}  - name: other\n    path: /other\n    fanout: per_client\n    origins: [\"https://app.example\"]\n    backend: {{ websocket: \"{}\" }}\n",
         backend.url("/chat"),
         backend.url("/other"),
     );
@@ -324,7 +324,7 @@ async fn a_backend_close_reaches_the_poller_after_the_messages_before_it() {
 async fn unreachable_backend_is_a_502_and_no_session() {
     let dead = dead_port();
     let gw = Gateway::start(&format!(
-        "  - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ websocket: \"ws://{}/x\", connect_timeout: 1s }}\n",
+        "  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"https://app.example\"]\n    backend: {{ websocket: \"ws://{}/x\", connect_timeout: 1s }}\n",
         dead.addr
     ))
     .await;
@@ -458,7 +458,7 @@ async fn websocket_client_gets_its_own_backend_session() {
 async fn sse_post_gateway(fanout: &str) -> (SsePostBackend, Gateway) {
     let backend = SsePostBackend::start().await;
     let gw = Gateway::start(&format!(
-        "  - name: feed\n    path: /feed\n    fanout: {fanout}\n    backend: {{ sse: \"{}\", post: \"{}\" }}\n",
+        "  - name: feed\n    path: /feed\n    fanout: {fanout}\n    origins: [\"https://app.example\"]\n    backend: {{ sse: \"{}\", post: \"{}\" }}\n",
         backend.url("/events"),
         backend.url("/send"),
     ))
@@ -644,4 +644,223 @@ async fn sessions_per_route_are_capped_by_max_clients() {
         ),
         Some(2.0)
     );
+}
+
+/// Prints round-trip figures (no timing assertions: figures are compared within one run):
+/// 300 sequential message-and-echo round trips directly to the chat backend, through the gateway
+/// over a per-client WebSocket, and through the gateway as a long-poll client (POST, then poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_figures_direct_vs_websocket_vs_long_poll() {
+    const N: usize = 300;
+    let (backend, gw) = chat_gateway("    keepalive: { poll_timeout: 5s }\n").await;
+    async fn ws_round_trips(url: String, conn: usize) -> Duration {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let started = std::time::Instant::now();
+        for i in 1..=N {
+            ws.send(Message::text(format!("r{i}"))).await.unwrap();
+            let m = tokio::time::timeout(DEADLINE, ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(m.into_text().unwrap().as_str(), format!("{conn}:{i}:r{i}"));
+        }
+        started.elapsed()
+    }
+    let direct = ws_round_trips(backend.url("/chat"), 1).await;
+    let via_ws = ws_round_trips(gw.ws_url("/chat"), 2).await;
+    let mut c = Client::connect(gw.addr).await;
+    let mut p = Client::connect(gw.addr).await;
+    let id = open_session(&mut c, &[]).await;
+    let started = std::time::Instant::now();
+    let mut cursor = 0;
+    for i in 1..=N {
+        assert_eq!(
+            post(&mut c, &id, "text/plain", &format!("r{i}"))
+                .await
+                .status,
+            204
+        );
+        let (texts, next, _) = poll(&mut p, &id, cursor).await;
+        assert_eq!(texts, [format!("3:{i}:r{i}")]);
+        cursor = next;
+    }
+    let via_poll = started.elapsed();
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / N as f64;
+    eprintln!(
+        "{N} round trips: direct {:.0} us each, per-client WebSocket via gateway {:.0} us ({:.2}x), long-poll POST+poll via gateway {:.0} us ({:.2}x)",
+        per(direct),
+        per(via_ws),
+        per(via_ws) / per(direct),
+        per(via_poll),
+        per(via_poll) / per(direct),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_echoes_past_the_socket_buffers_do_not_wedge_a_session() {
+    // 300 echoes of 64 KiB are far more than 8 held messages plus the kernel's socket buffers.
+    // The client posts without polling until everything is stuck: the backend blocks writing
+    // its echoes and stops reading, so the gateway's writes to it block too. Then the client
+    // polls, and each acknowledgement must let both directions move again.
+    let (backend, gw) =
+        chat_gateway("    limits: { send_queue: 8 }\n    keepalive: { poll_timeout: 2s }\n").await;
+    let mut c = Client::connect(gw.addr).await;
+    let id = open_session(&mut c, &[]).await;
+    let poster_id = id.clone();
+    let poster = tokio::spawn(async move {
+        for i in 1..=300 {
+            let body = format!("{i:05}{}", "x".repeat(65536 - 5));
+            let r = post(&mut c, &poster_id, "text/plain", &body).await;
+            assert_eq!(r.status, 204, "message {i}: {}", r.body);
+        }
+    });
+    // Wait until the backend stops receiving: the stall the session must survive.
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = backend.conns()[0].received.len();
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    assert!(seen < 300, "the backend stalled after {seen} messages");
+    let mut pc = Client::connect(gw.addr).await;
+    let drain = async {
+        let (mut got, mut cursor) = (0usize, 0u64);
+        while got < 300 {
+            let (texts, next, _) = poll(&mut pc, &id, cursor).await;
+            for t in texts {
+                got += 1;
+                let prefix = format!("1:{got}:{got:05}");
+                assert!(t.starts_with(&prefix), "echo {got} out of order");
+                assert_eq!(t.len(), prefix.len() - 5 + 65536);
+            }
+            cursor = next;
+        }
+    };
+    tokio::time::timeout(DEADLINE, drain)
+        .await
+        .expect("the session moves again once the client polls");
+    tokio::time::timeout(DEADLINE, poster)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(backend.conns()[0].received.len(), 300);
+}
+
+#[tokio::test]
+async fn what_a_websocket_client_sent_before_closing_reaches_the_backend() {
+    let (backend, gw) = chat_gateway("").await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/chat"))
+        .await
+        .unwrap();
+    for i in 1..=50 {
+        ws.feed(Message::text(format!("last{i}"))).await.unwrap();
+    }
+    ws.close(None).await.unwrap();
+    let conn = backend.wait_ended(1).await;
+    let expected: Vec<String> = (1..=50).map(|i| format!("last{i}")).collect();
+    assert_eq!(
+        conn.received, expected,
+        "every message, in order, before the close"
+    );
+    assert_eq!(conn.closed_with, Some(1000));
+}
+
+#[tokio::test]
+async fn per_client_sse_backend_without_post_is_one_way() {
+    let backend = SsePostBackend::start().await;
+    let gw = Gateway::start(&format!(
+        "  - name: feed\n    path: /feed\n    fanout: per_client\n    origins: [\"https://app.example\"]\n    backend: {{ sse: \"{}\" }}\n",
+        backend.url("/events"),
+    ))
+    .await;
+    let mut c = Client::connect(gw.addr).await;
+    let open = c.get("/feed?transport=poll", &[("cookie", "user=p")]).await;
+    assert_eq!(open.status, 200, "{}", open.body);
+    let id = open.json()["session"].as_str().unwrap().to_owned();
+    let r = c
+        .request(
+            "POST",
+            &format!("/feed?transport=poll&session={id}"),
+            &[],
+            "x",
+        )
+        .await;
+    assert_eq!(r.status, 405, "{}", r.body);
+    assert_eq!(r.headers["allow"], "GET");
+    assert_eq!(backend.subscriptions.lock().unwrap()[0]["cookie"], "user=p");
+}
+
+/// RFC 6455 section 10.2 (Cross-Site WebSocket Hijacking): a route that forwards cookies to
+/// its backend only lets listed origins in, and refuses others before the backend is contacted.
+#[tokio::test]
+async fn foreign_origins_never_reach_a_per_client_backend() {
+    let (backend, gw) = chat_gateway("").await;
+    let handshake = |origin: &'static str| {
+        let mut h = vec![
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("cookie", "user=victim"),
+        ];
+        if !origin.is_empty() {
+            h.push(("origin", origin));
+        }
+        h
+    };
+    for origin in [
+        "https://evil.example",
+        "null",
+        "https://app.example.evil.example",
+    ] {
+        let r = http_get(gw.addr, "/chat", &handshake(origin)).await;
+        assert_eq!(r.status, 403, "{origin}");
+        let r = http_get(gw.addr, "/chat?transport=poll", &[("origin", origin)]).await;
+        assert_eq!(r.status, 403, "{origin}");
+        let r = http_get(gw.addr, "/chat?transport=sse", &[("origin", origin)]).await;
+        assert_eq!(r.status, 403, "{origin}");
+    }
+    assert!(
+        backend.conns().is_empty(),
+        "no refused client reached the backend"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"switchyard_rejections_total{reason="origin_not_allowed",route="chat"}"#
+        ),
+        Some(9.0)
+    );
+    // The listed origin, and a client that sends none (not a browser), get through.
+    let mut req = gw.ws_url("/chat").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "https://app.example".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("hi")).await.unwrap();
+    let echo = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "1:1:hi");
+    let mut c = Client::connect(gw.addr).await;
+    open_session(&mut c, &[("origin", "https://app.example")]).await;
+    open_session(&mut c, &[]).await;
+    // A session opened from the right origin cannot be fed from another one.
+    let id = open_session(&mut c, &[]).await;
+    let r = c
+        .request(
+            "POST",
+            &format!("/chat?transport=poll&session={id}"),
+            &[("origin", "https://evil.example")],
+            "x",
+        )
+        .await;
+    assert_eq!(r.status, 403);
 }

@@ -378,7 +378,7 @@ mod bridge_config_tests {
 
     #[test]
     fn per_client_sessions_and_post() {
-        let c = route("    fanout: per_client\n    session_ttl: 2m\n    backend: { websocket: \"ws://chat:9000/c\", forward_headers: [Cookie, X-Tenant] }\n").unwrap();
+        let c = route("    fanout: per_client\n    origins: [\"https://app.example\"]\n    session_ttl: 2m\n    backend: { websocket: \"ws://chat:9000/c\", forward_headers: [Cookie, X-Tenant] }\n").unwrap();
         let RouteKind::Bridge(b) = &c.routes[0].kind else {
             panic!("a bridged route")
         };
@@ -388,7 +388,7 @@ mod bridge_config_tests {
         let f = b.feed().unwrap();
         assert_eq!(f.forward_headers, ["cookie", "x-tenant"]);
         let c = route(
-            "    backend: { sse: \"http://feed/events\", post: \"http://feed:8080/send?x=1\" }\n",
+            "    origins: [\"https://app.example\"]\n    backend: { sse: \"http://feed/events\", post: \"http://feed:8080/send?x=1\" }\n",
         )
         .unwrap();
         let RouteKind::Bridge(b) = &c.routes[0].kind else {
@@ -432,13 +432,14 @@ mod bridge_config_tests {
             ("    backend: { websocket: \"ws://x/\", post: \"http://x/\" }\n", "routes[0].backend.post: `post` gives an `sse:` backend"),
             ("    backend: { sse: \"http://x/\", post: \"https://x/\" }\n", "routes[0].backend.post: https:// backends"),
             ("    backend: { sse: \"http://x/\", forward_headers: [cookie] }\n", "routes[0].backend.forward_headers: a shared feed is one connection for every client"),
-            ("    backend: { websocket: \"ws://x/\", forward_headers: [host] }\n    fanout: per_client\n", "routes[0].backend.forward_headers[0]: host is set by the gateway"),
-            ("    backend: { websocket: \"ws://x/\", forward_headers: [X-Forwarded-For] }\n    fanout: per_client\n", "forward_headers[0]: X-Forwarded-For is set by the gateway"),
+            ("    backend: { websocket: \"ws://x/\", forward_headers: [host] }\n    fanout: per_client\n", "routes[0].backend.forward_headers[0]: host is hop-by-hop or written by the gateway"),
+            ("    backend: { websocket: \"ws://x/\", forward_headers: [X-Forwarded-For] }\n    fanout: per_client\n", "forward_headers[0]: X-Forwarded-For is hop-by-hop or written by the gateway"),
             ("    backend: { websocket: \"ws://x/\", headers: { authorization: t }, forward_headers: [authorization] }\n    fanout: per_client\n", "routes[0].backend.forward_headers: authorization is both set in `headers` and forwarded"),
             ("    backend: { websocket: \"ws://x/\" }\n    session_ttl: 1m\n", "routes[0].session_ttl: `session_ttl` applies to `fanout: per_client` routes"),
             ("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n    session_ttl: 0s\n", "routes[0].session_ttl: session_ttl must be above 0s"),
             ("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n    replay: 10\n", "routes[0].replay: `replay` applies to shared feeds"),
             ("    backend: { websocket: \"ws://x/\", reconnect: { max: 1s } }\n    fanout: per_client\n", "routes[0].backend.reconnect: `reconnect` applies to shared feeds"),
+            ("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n", "routes[0].origins: this route forwards client cookies to its backend, so `origins: [\"*\"]` would let any web page act as your users"),
             ("    proxy: { upstreams: [\"127.0.0.1:1\"] }\n    session_ttl: 1s\n", "routes[0].session_ttl: `session_ttl` applies to bridged routes"),
             ("    backend: { websocket: \"ws://x/\" }\n    slow_consumer: wait\n", "routes[0].slow_consumer: unknown slow_consumer policy \"wait\""),
             ("    backend: { websocket: \"ws://x/\" }\n    binary: hex\n", "routes[0].binary: unknown binary policy \"hex\""),

@@ -263,12 +263,14 @@ impl BridgeRoute {
         }
     }
 
-    /// True when clients can send messages to the backend: per-client sessions, echo, or an
-    /// `sse:` backend with `post:`.
+    /// True when clients can send messages to the backend: per-client sessions on a WebSocket
+    /// backend, echo, or an `sse:` backend with `post:`.
     pub fn two_way(&self) -> bool {
-        self.fanout == Fanout::PerClient
-            || self.backend == BackendSpec::Builtin(Builtin::Echo)
-            || self.feed().is_some_and(|f| f.post.is_some())
+        match &self.backend {
+            BackendSpec::WebSocket(_) => self.fanout == Fanout::PerClient,
+            BackendSpec::Sse(f) => f.post.is_some(),
+            BackendSpec::Builtin(b) => *b == Builtin::Echo,
+        }
     }
 }
 
@@ -302,6 +304,19 @@ pub const DEFAULT_RECONNECT: Reconnect = Reconnect {
 };
 const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_THREADS: usize = 256;
+/// Client headers never passed on: hop-by-hop, about the gateway's own request, or claims about
+/// the client that only the edge may make.
+const NOT_FORWARDED: [&str; 9] = [
+    "content-type",
+    "forwarded",
+    "x-real-ip",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "expect",
+    "trailer",
+    "via",
+];
 /// Request headers the gateway writes itself on backend requests.
 const RESERVED_HEADERS: [&str; 9] = [
     "host",
@@ -721,6 +736,18 @@ impl<'a> Validator<'a> {
                 return None;
             }
         };
+        if let RouteKind::Bridge(b) = &kind {
+            let forwards_cookies = b.feed().is_some_and(|f| {
+                (b.fanout == Fanout::PerClient || f.post.is_some())
+                    && f.forward_headers.contains(&http::header::COOKIE)
+            });
+            if forwards_cookies && origins.iter().any(|o| o == "*") {
+                self.err(
+                    format!("{at}.origins"),
+                    "this route forwards client cookies to its backend, so `origins: [\"*\"]` would let any web page act as your users (Cross-Site WebSocket Hijacking): list the origins of your pages, or leave `cookie` out of `backend.forward_headers`",
+                );
+            }
+        }
         Some(Route {
             name: raw.name.clone(),
             host,
@@ -1160,13 +1187,13 @@ impl<'a> Validator<'a> {
                 continue;
             };
             if RESERVED_HEADERS.contains(&n.as_str())
+                || NOT_FORWARDED.contains(&n.as_str())
                 || n.as_str().starts_with("sec-websocket-")
                 || n.as_str().starts_with("x-forwarded-")
-                || n == "content-type"
             {
                 self.err(
                     here,
-                    format!("{name} is set by the gateway itself and cannot be forwarded"),
+                    format!("{name} is hop-by-hop or written by the gateway itself: it is never forwarded"),
                 );
                 continue;
             }
@@ -1179,19 +1206,24 @@ impl<'a> Validator<'a> {
             }
             forward_headers.push(n);
         }
+        let configured = |n: &http::HeaderName| {
+            b.headers
+                .iter()
+                .flatten()
+                .any(|(h, _)| h.eq_ignore_ascii_case(n.as_str()))
+        };
         if b.forward_headers.is_some() {
             for n in &forward_headers {
-                if b.headers
-                    .iter()
-                    .flatten()
-                    .any(|(h, _)| h.eq_ignore_ascii_case(n.as_str()))
-                {
+                if configured(n) {
                     self.err(
                         format!("{at}.forward_headers"),
                         format!("{n} is both set in `headers` and forwarded from clients: keep it in one of them"),
                     );
                 }
             }
+        } else {
+            // The default list gives way to a header the operator set: theirs is sent, alone.
+            forward_headers.retain(|n| !configured(n));
         }
 
         let mut subprotocols = Vec::new();

@@ -208,23 +208,25 @@ async fn send(
     let messages =
         parse_body(&content_type, body).map_err(|why| Reject::new(400, "bad_body", why))?;
     let count = messages.len();
-    let mut pending = Vec::with_capacity(count);
-    for m in messages {
-        let (done, heard) = oneshot::channel();
-        let out = Outgoing {
-            payload: m.payload,
-            binary: m.binary,
-            done: Some(done),
-        };
-        if uplink.send(out).await.is_err() {
-            return Err(session_gone(route));
-        }
-        pending.push(heard);
-    }
     metrics::MESSAGES
         .with_label_values(&[route, transport, "in"])
         .inc_by(count as u64);
+    // Queueing and delivery share one deadline. A message still queued when it passes is not
+    // sent later: the backend task skips messages whose sender stopped waiting.
     let all = async {
+        let mut pending = Vec::with_capacity(count);
+        for m in messages {
+            let (done, heard) = oneshot::channel();
+            let out = Outgoing {
+                payload: m.payload,
+                binary: m.binary,
+                done: Some(done),
+            };
+            if uplink.send(out).await.is_err() {
+                return Err((pending.len(), UplinkError::Ended));
+            }
+            pending.push(heard);
+        }
         for (i, heard) in pending.into_iter().enumerate() {
             match heard.await.unwrap_or(Err(UplinkError::Ended)) {
                 Ok(()) => {}

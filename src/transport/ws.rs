@@ -419,6 +419,10 @@ async fn run(
     // Messages on their way to the backend, each with the news of whether it got there. While
     // UPLINK_QUEUE are in flight, the client is not read: backpressure, not buffering.
     let mut in_flight: VecDeque<oneshot::Receiver<Result<(), UplinkError>>> = VecDeque::new();
+    // Decoded client messages not yet handed to the uplink (it may be full); never awaited
+    // inside the read branch, so a full uplink cannot stop deliveries to this client.
+    let mut queued: VecDeque<Outgoing> = VecDeque::new();
+    let mut client_closed = false;
     let messages_in = metrics::MESSAGES.with_label_values(&[route, "websocket", "in"]);
     let messages_out = metrics::MESSAGES.with_label_values(&[route, "websocket", "out"]);
     let far = Duration::from_secs(86_400 * 365);
@@ -450,11 +454,7 @@ async fn run(
                                 _ => unreachable!("matched above"),
                             };
                             let (done, heard) = oneshot::channel();
-                            let out = Outgoing { payload, binary, done: Some(done) };
-                            if uplink.as_ref().expect("guarded").send(out).await.is_err() {
-                                end = Some((close::SERVICE_RESTART, "backend session ended".into()));
-                                break;
-                            }
+                            queued.push_back(Outgoing { payload, binary, done: Some(done) });
                             in_flight.push_back(heard);
                         }
                         Ok(Some(Incoming::Text(t))) => {
@@ -472,6 +472,7 @@ async fn run(
                         Ok(Some(Incoming::Ping(p))) => reply.push(encode_frame(OP_PONG, &p)),
                         Ok(Some(Incoming::Pong(_))) => pong_due = None,
                         Ok(Some(Incoming::Close(code))) => {
+                            client_closed = true;
                             end = Some((code.unwrap_or(close::NORMAL), String::new()));
                             break;
                         }
@@ -492,6 +493,13 @@ async fn run(
                 }
                 if end.is_some() {
                     break end;
+                }
+            }
+            permit = async { uplink.as_ref().expect("messages are queued only with an uplink").reserve().await }, if !queued.is_empty() => {
+                match permit {
+                    Ok(permit) => permit.send(queued.pop_front().expect("checked non-empty")),
+                    // The session is over; its end reaches this client through the consumer.
+                    Err(_) => queued.clear(),
                 }
             }
             heard = async { in_flight.front_mut().expect("branch enabled only with messages in flight").await }, if !in_flight.is_empty() => {
@@ -556,6 +564,22 @@ async fn run(
             _ = shutdown::wait() => break Some((close::GOING_AWAY, "server shutting down".into())),
         }
     };
+    if client_closed {
+        // What the client sent before its close still reaches the backend (bounded wait).
+        let deliver = async {
+            if let Some(up) = &uplink {
+                for out in queued.drain(..) {
+                    if up.send(out).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            for heard in in_flight.drain(..) {
+                let _ = heard.await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), deliver).await;
+    }
     if let Some((code, reason)) = outcome {
         // A client that does not read cannot hold the task on its close frame.
         session.set_write_timeout(Some(Duration::from_secs(5)));

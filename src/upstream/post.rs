@@ -36,6 +36,10 @@ impl Poster {
     pub async fn run(self, mut rx: mpsc::Receiver<Outgoing>) {
         let mut conn: Option<SendRequest<Full<Bytes>>> = None;
         while let Some(out) = rx.recv().await {
+            // Its sender stopped waiting (a POST that timed out): not sent late.
+            if out.done.as_ref().is_some_and(|d| d.is_closed()) {
+                continue;
+            }
             let result = self.post(&mut conn, &out).await;
             let outcome = match &result {
                 Ok(()) => "ok",

@@ -384,8 +384,13 @@ pub async fn drive_session(
         parser.push(&data, &mut events);
         for e in events.drain(..) {
             received.inc();
+            // `session` and `closed` are the gateway's own events on a session's stream.
+            let event = e.event.map(|name| match name.as_str() {
+                "session" | "closed" => format!("backend.{name}").into(),
+                _ => name.into(),
+            });
             tokio::select! {
-                _ = session.outbox.push(e.event.map(Into::into), Bytes::from(e.data), false) => {}
+                _ = session.outbox.push(event, Bytes::from(e.data), false) => {}
                 why = &mut client_end => return SessionEnd::Client(why),
             }
         }

@@ -15,8 +15,9 @@ use crate::transport::ws::close;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::{sleep_until, Instant};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -198,45 +199,61 @@ fn session_code(backend: Option<&CloseFrame>) -> (u16, String) {
     }
 }
 
-/// Runs one per-client session's backend WebSocket: backend messages into the session's outbox
-/// (waiting while the client is behind), client messages out in order, keepalive pings, and the
-/// close in whichever direction it comes.
+/// Turns a client message into a frame; None (and the sender told) for text that is not UTF-8.
+fn outgoing_frame(out: &mut Outgoing) -> Option<Message> {
+    if out.binary {
+        return Some(Message::Binary(out.payload.clone()));
+    }
+    match Utf8Bytes::try_from(out.payload.clone()) {
+        Ok(t) => Some(Message::Text(t)),
+        Err(_) => {
+            if let Some(done) = out.done.take() {
+                let _ = done.send(Err(UplinkError::Refused(400)));
+            }
+            None
+        }
+    }
+}
+
+/// Runs one per-client session's backend WebSocket until either side ends it. Reading and
+/// writing are separate halves: while the client is behind (its outbox full), the reader waits
+/// for room and the backend is not read (TCP backpressure), but client messages still go out,
+/// so a backend that answers each message cannot wedge the session.
 pub async fn drive_session(
-    mut stream: Stream,
+    stream: Stream,
     session: &Session,
     mut uplink: mpsc::Receiver<Outgoing>,
     keepalive: &Keepalive,
 ) -> SessionEnd {
     let received = metrics::BACKEND_MESSAGES.with_label_values(&[&session.route]);
-    let far = Duration::from_secs(86_400 * 365);
-    let ping_every = if keepalive.ping_interval.is_zero() {
-        far
-    } else {
-        keepalive.ping_interval
-    };
-    let mut next_ping = Instant::now() + ping_every;
-    let mut heard_by: Option<Instant> = None;
-    let client_end = session.ended_by_client();
-    tokio::pin!(client_end);
-    // A backend message waiting for room: while it waits, the backend is not read (TCP
-    // backpressure), but client messages still go out.
-    let mut waiting: Option<(Option<Box<str>>, Bytes, bool)> = None;
+    let ping_every = (!keepalive.ping_interval.is_zero()).then_some(keepalive.ping_interval);
+    // A write the backend does not take within this long ends the session.
+    let write_limit = crate::bridge::write_deadline(keepalive);
+    let (mut sink, mut source) = stream.split();
+    // When the backend was last heard from (ms since `start`), and whether the reader is
+    // waiting for room; shared by the two halves.
+    let start = Instant::now();
+    let heard = AtomicU64::new(0);
+    let hear = || heard.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let paused = AtomicBool::new(false);
+    let pinged = Notify::new();
     let lost = |reason: String| {
         SessionEnd::Backend(Gone {
             code: close::SERVICE_RESTART,
             reason,
         })
     };
-    loop {
-        let wake = heard_by.map_or(next_ping, |h| h.min(next_ping));
-        tokio::select! {
-            frame = stream.next(), if waiting.is_none() => {
-                heard_by = None;
+    let ended = {
+        let reader = async {
+            loop {
+                let frame = source.next().await;
+                hear();
                 let (payload, binary) = match frame {
                     Some(Ok(Message::Text(t))) => (Bytes::from(t), false),
                     Some(Ok(Message::Binary(b))) => (b, true),
+                    // tungstenite queues the pong; the writer half sends it.
                     Some(Ok(Message::Ping(_))) => {
-                        let _ = stream.flush().await;
+                        pinged.notify_one();
                         continue;
                     }
                     Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
@@ -245,8 +262,10 @@ pub async fn drive_session(
                         return SessionEnd::Backend(Gone { code, reason });
                     }
                     Some(Err(tungstenite::Error::Capacity(e))) => {
-                        let _ = stream.close(Some(CloseFrame { code: CloseCode::Size, reason: "message too big".into() })).await;
-                        return SessionEnd::Backend(Gone { code: close::INTERNAL_ERROR, reason: format!("backend sent {e}") });
+                        return SessionEnd::Backend(Gone {
+                            code: close::INTERNAL_ERROR,
+                            reason: format!("backend sent {e}"),
+                        });
                     }
                     Some(Err(e)) => return lost(format!("backend connection lost: {e}")),
                     None => {
@@ -255,75 +274,106 @@ pub async fn drive_session(
                     }
                 };
                 received.inc();
-                waiting = session.outbox.try_push((None, payload, binary)).err();
+                if let Err(back) = session.outbox.try_push((None, payload, binary)) {
+                    paused.store(true, Ordering::Relaxed);
+                    session.outbox.push(back.0, back.1, back.2).await;
+                    paused.store(false, Ordering::Relaxed);
+                    hear();
+                }
             }
-            _ = session.outbox.room(), if waiting.is_some() => {
-                let msg = waiting.take().expect("branch enabled only while waiting");
-                waiting = session.outbox.try_push(msg).err();
-            }
-            out = uplink.recv() => {
-                let Some(out) = out else { continue };
-                let msg = if out.binary {
-                    Message::Binary(out.payload)
-                } else {
-                    match Utf8Bytes::try_from(out.payload) {
-                        Ok(t) => Message::Text(t),
-                        Err(_) => {
-                            if let Some(done) = out.done {
-                                let _ = done.send(Err(UplinkError::Refused(400)));
-                            }
+        };
+        let writer = async {
+            let far = Duration::from_secs(86_400 * 365);
+            let mut next_ping = Instant::now() + ping_every.unwrap_or(far);
+            loop {
+                tokio::select! {
+                    out = uplink.recv() => {
+                        let Some(mut out) = out else {
+                            std::future::pending::<()>().await;
+                            continue;
+                        };
+                        // Its sender stopped waiting (a POST that timed out): not sent late.
+                        if out.done.as_ref().is_some_and(|d| d.is_closed()) {
                             continue;
                         }
+                        let Some(msg) = outgoing_frame(&mut out) else { continue };
+                        let sent = tokio::time::timeout(write_limit, sink.send(msg)).await;
+                        let result = match &sent {
+                            Ok(Ok(())) => Ok(()),
+                            Ok(Err(_)) => Err(UplinkError::Ended),
+                            Err(_) => Err(UplinkError::Unreachable("the backend stopped reading".into())),
+                        };
+                        if let Some(done) = out.done {
+                            let _ = done.send(result);
+                        }
+                        match sent {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return lost(format!("backend connection lost while sending: {e}")),
+                            Err(_) => return SessionEnd::Backend(Gone {
+                                code: close::INTERNAL_ERROR,
+                                reason: format!("the backend took no message for {write_limit:?}"),
+                            }),
+                        }
                     }
-                };
-                let sent = stream.send(msg).await;
-                let failed = sent.is_err();
-                if let Some(done) = out.done {
-                    let _ = done.send(sent.map_err(|_| UplinkError::Ended));
-                }
-                if failed {
-                    return lost("backend connection lost while sending".into());
+                    _ = pinged.notified() => {
+                        let _ = tokio::time::timeout(write_limit, sink.flush()).await;
+                    }
+                    _ = sleep_until(next_ping), if ping_every.is_some() => {
+                        let every = ping_every.expect("branch enabled only with pings");
+                        let now = Instant::now();
+                        next_ping = now + every;
+                        // A paused reader cannot hear pongs: no verdict while it waits.
+                        if paused.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        let silent = start.elapsed().saturating_sub(Duration::from_millis(heard.load(Ordering::Relaxed)));
+                        if silent > every + keepalive.pong_timeout {
+                            return lost("backend stopped answering pings".into());
+                        }
+                        let ping = tokio::time::timeout(write_limit, sink.send(Message::Ping(Bytes::new())));
+                        if !matches!(ping.await, Ok(Ok(()))) {
+                            return lost("backend connection lost".into());
+                        }
+                    }
                 }
             }
-            why = &mut client_end => return close_for_client(&mut stream, why).await,
-            _ = sleep_until(wake) => {
-                let now = Instant::now();
-                if waiting.is_some() {
-                    // Not reading the backend, so its pongs cannot be heard: no pings now.
-                    heard_by = None;
-                    next_ping = now + ping_every;
-                    continue;
-                }
-                if heard_by.is_some_and(|h| now >= h) {
-                    return lost("backend stopped answering pings".into());
-                }
-                if now >= next_ping {
-                    next_ping = now + ping_every;
-                    heard_by.get_or_insert(now + keepalive.pong_timeout);
-                    if stream.send(Message::Ping(Bytes::new())).await.is_err() {
-                        return lost("backend connection lost".into());
-                    }
-                }
-            }
+        };
+        tokio::select! {
+            end = reader => Err(end),
+            end = writer => Err(end),
+            why = session.ended_by_client() => Ok(why),
         }
-    }
-}
-
-async fn close_for_client(stream: &mut Stream, why: EndReason) -> SessionEnd {
+    };
+    let why = match ended {
+        Err(end) => return end,
+        Ok(why) => why,
+    };
+    // The client side ended the session: what it sent before that still goes, then the close.
     let (code, reason) = match why {
         EndReason::Client => (CloseCode::Normal, "client closed the session"),
         EndReason::Expired => (CloseCode::Away, "session expired"),
         EndReason::Shutdown => (CloseCode::Away, "gateway shutting down"),
         EndReason::Backend => (CloseCode::Normal, ""),
     };
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        stream.close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })),
-    )
-    .await;
+    let finish = async {
+        while let Ok(mut out) = uplink.try_recv() {
+            if let Some(msg) = outgoing_frame(&mut out) {
+                let sent = sink.send(msg).await.map_err(|_| UplinkError::Ended);
+                if let Some(done) = out.done {
+                    let _ = done.send(sent);
+                }
+            }
+        }
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+        // Wait for the backend's close reply so the close completes properly.
+        while let Some(Ok(_)) = source.next().await {}
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), finish).await;
     SessionEnd::Client(why)
 }
 

@@ -67,6 +67,11 @@ impl Gateway {
         for _ in 0..3 {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let fill = |text: &str| {
+                text.replace("{ADDR}", &addr.to_string())
+                    .replace("{ADMIN}", &admin.to_string())
+            };
+            let (routes_yaml, defaults_yaml) = (fill(routes_yaml), fill(defaults_yaml));
             let yaml = format!(
                 "server:\n  listen:\n    - addr: \"{addr}\"\n{extra_listen}  admin: \"{admin}\"\n  threads: 2\n  shutdown_grace: 1s\n{defaults_yaml}\nroutes:\n{routes_yaml}\n"
             );
