@@ -99,6 +99,22 @@ async fn open_page(url: &str) -> (Browser, Cdp) {
 }
 
 /// Evaluates `expr` in the page and returns its value.
+/// Starts the gateway with `routes` (which serve the demo page at `/`) and Chromium on that
+/// page, loaded; returns them with the next DevTools message id.
+async fn gateway_page(routes: &str) -> (Gateway, Browser, Cdp, u64) {
+    let gw = Gateway::start(routes).await;
+    let (browser, mut cdp) = open_page(&gw.url("/")).await;
+    let mut id = 0;
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "location.protocol === 'http:' && document.readyState === 'complete'",
+        "the page loading",
+    )
+    .await;
+    (gw, browser, cdp, id)
+}
+
 async fn eval(cdp: &mut Cdp, id: &mut u64, expr: &str) -> serde_json::Value {
     *id += 1;
     let call = serde_json::json!({"id": *id, "method": "Runtime.evaluate", "params": {"expression": expr, "returnByValue": true}});
@@ -191,16 +207,7 @@ async fn chromium_eventsource_parses_the_bridged_stream_and_resumes_after_a_back
         "  - name: demo\n    path: /\n    backend: {{ builtin: demo }}\n  - name: feed\n    path: /feed\n    backend: {{ websocket: \"{}\", reconnect: {{ initial: 50ms, max: 200ms }} }}\n",
         backend.url("/")
     );
-    let gw = Gateway::start(&routes).await;
-    let (_browser, mut cdp) = open_page(&gw.url("/")).await;
-    let mut id = 0;
-    wait_true(
-        &mut cdp,
-        &mut id,
-        "location.protocol === 'http:' && document.readyState === 'complete'",
-        "the page loading",
-    )
-    .await;
+    let (gw, _browser, mut cdp, mut id) = gateway_page(&routes).await;
     eval(
         &mut cdp,
         &mut id,
@@ -280,16 +287,7 @@ async fn chromium_talks_to_a_websocket_backend_over_sse_plus_post_and_xhr_long_p
         "  - name: demo\n    path: /\n    backend: {{ builtin: demo }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"http://{{ADDR}}\"]\n    backend: {{ websocket: \"{}\" }}\n",
         backend.url("/chat")
     );
-    let gw = Gateway::start(&routes).await;
-    let (_browser, mut cdp) = open_page(&gw.url("/")).await;
-    let mut id = 0;
-    wait_true(
-        &mut cdp,
-        &mut id,
-        "location.protocol === 'http:' && document.readyState === 'complete'",
-        "the page loading",
-    )
-    .await;
+    let (_gw, _browser, mut cdp, mut id) = gateway_page(&routes).await;
     eval(
         &mut cdp,
         &mut id,

@@ -133,28 +133,21 @@ async fn long_poll_client_holds_a_full_conversation_with_a_websocket_backend() {
         "the client's own claim is replaced"
     );
     assert_eq!(h["x-forwarded-proto"], "http");
-    let m = gw.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"switchyard_sessions_open{route="chat",transport="long_poll"}"#
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(
-            &m,
-            r#"switchyard_messages_total{direction="in",route="chat",transport="long_poll"}"#
-        ),
-        Some(500.0)
-    );
-    assert_eq!(
-        metric(
-            &m,
-            r#"switchyard_messages_total{direction="out",route="chat",transport="long_poll"}"#
-        ),
-        Some(500.0)
-    );
+    gw.expect_metric(
+        r#"switchyard_sessions_open{route="chat",transport="long_poll"}"#,
+        1.0,
+    )
+    .await;
+    gw.expect_metric(
+        r#"switchyard_messages_total{direction="in",route="chat",transport="long_poll"}"#,
+        500.0,
+    )
+    .await;
+    gw.expect_metric(
+        r#"switchyard_messages_total{direction="out",route="chat",transport="long_poll"}"#,
+        500.0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -230,14 +223,11 @@ async fn sessions_are_isolated_polls_are_idempotent_and_unknown_sessions_get_410
     let fresh = open_session(&mut c, &[]).await;
     assert_eq!(post(&mut c, &fresh, "text/plain", "hi").await.status, 204);
     assert_eq!(poll(&mut c, &fresh, 0).await.0, ["3:1:hi"]);
-    let m = gw.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"switchyard_sessions_ended_total{reason="client_closed",route="chat"}"#
-        ),
-        Some(1.0)
-    );
+    gw.expect_metric(
+        r#"switchyard_sessions_ended_total{reason="client_closed",route="chat"}"#,
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -271,14 +261,11 @@ async fn a_session_without_polls_expires_and_its_backend_socket_closes() {
         1.0,
     )
     .await;
-    let m = gw.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"switchyard_sessions_open{route="chat",transport="long_poll"}"#
-        ),
-        Some(0.0)
-    );
+    gw.expect_metric(
+        r#"switchyard_sessions_open{route="chat",transport="long_poll"}"#,
+        0.0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -345,14 +332,11 @@ async fn unreachable_backend_is_a_502_and_no_session() {
     )
     .await;
     assert_eq!(r.status, 502, "a WebSocket client hears it before any 101");
-    let m = gw.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"switchyard_rejections_total{reason="backend_unreachable",route="chat"}"#
-        ),
-        Some(2.0)
-    );
+    gw.expect_metric(
+        r#"switchyard_rejections_total{reason="backend_unreachable",route="chat"}"#,
+        2.0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -522,14 +506,11 @@ async fn websocket_clients_in_front_of_an_sse_backend_post_their_messages() {
         };
         assert_eq!(u16::from(close.code), 1008, "{fanout}");
         assert!(close.reason.contains("403"), "{}", close.reason);
-        let m = gw.metrics().await;
-        assert_eq!(
-            metric(
-                &m,
-                r#"switchyard_backend_posts_total{outcome="ok",route="feed"}"#
-            ),
-            Some(50.0)
-        );
+        gw.expect_metric(
+            r#"switchyard_backend_posts_total{outcome="ok",route="feed"}"#,
+            50.0,
+        )
+        .await;
     }
 }
 
@@ -636,14 +617,11 @@ async fn sessions_per_route_are_capped_by_max_clients() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let m = gw.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"switchyard_rejections_total{reason="too_many_sessions",route="chat"}"#
-        ),
-        Some(2.0)
-    );
+    gw.expect_metric(
+        r#"switchyard_rejections_total{reason="too_many_sessions",route="chat"}"#,
+        2.0,
+    )
+    .await;
 }
 
 /// Prints round-trip figures (no timing assertions: figures are compared within one run):
@@ -828,14 +806,11 @@ async fn foreign_origins_never_reach_a_per_client_backend() {
         backend.conns().is_empty(),
         "no refused client reached the backend"
     );
-    let m = gw.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"switchyard_rejections_total{reason="origin_not_allowed",route="chat"}"#
-        ),
-        Some(9.0)
-    );
+    gw.expect_metric(
+        r#"switchyard_rejections_total{reason="origin_not_allowed",route="chat"}"#,
+        9.0,
+    )
+    .await;
     // The listed origin, and a client that sends none (not a browser), get through.
     let mut req = gw.ws_url("/chat").into_client_request().unwrap();
     req.headers_mut()

@@ -29,18 +29,18 @@ use tungstenite::{Message, Utf8Bytes};
 /// gateway-to-backend link (and 1000 would tell clients the feed is finished while the gateway
 /// reconnects), so clients get 1012, Service Restart, with the backend's code in the reason.
 fn client_code(backend: Option<&CloseFrame>) -> (u16, String) {
+    relayed_close(backend, |code| (3000..=4999).contains(&code))
+}
+
+/// The backend's close code and reason when `passes(code)`, else 1012 (Service Restart) with
+/// the backend's code in the reason; 1012 too when it closed without a close frame.
+fn relayed_close(backend: Option<&CloseFrame>, passes: fn(u16) -> bool) -> (u16, String) {
     match backend {
-        Some(f) => {
-            let code = u16::from(f.code);
-            if (3000..=4999).contains(&code) {
-                (code, format!("backend closed: {}", f.reason))
-            } else {
-                (
-                    close::SERVICE_RESTART,
-                    format!("backend closed with {code}: {}", f.reason),
-                )
-            }
-        }
+        Some(f) if passes(u16::from(f.code)) => (u16::from(f.code), f.reason.to_string()),
+        Some(f) => (
+            close::SERVICE_RESTART,
+            format!("backend closed with {}: {}", u16::from(f.code), f.reason),
+        ),
         None => (
             close::SERVICE_RESTART,
             "backend closed the connection".into(),
@@ -180,23 +180,10 @@ pub async fn session(link: &Link, feed: &BackendFeed) -> Outcome {
 /// with the connection, so a normal close stays normal and what the backend says about the
 /// client's own messages (1003, 1007, 1008, 1009) reaches it; link failures become 1012.
 fn session_code(backend: Option<&CloseFrame>) -> (u16, String) {
-    match backend {
-        Some(f) => {
-            let code = u16::from(f.code);
-            if matches!(code, 1000 | 1001 | 1003 | 1007..=1009 | 1011 | 3000..=4999) {
-                (code, f.reason.to_string())
-            } else {
-                (
-                    close::SERVICE_RESTART,
-                    format!("backend closed with {code}: {}", f.reason),
-                )
-            }
-        }
-        None => (
-            close::SERVICE_RESTART,
-            "backend closed the connection".into(),
-        ),
-    }
+    relayed_close(
+        backend,
+        |code| matches!(code, 1000 | 1001 | 1003 | 1007..=1009 | 1011 | 3000..=4999),
+    )
 }
 
 /// Turns a client message into a frame; None (and the sender told) for text that is not UTF-8.

@@ -142,6 +142,12 @@ impl Gateway {
             .expect("VmRSS in /proc/PID/status")
     }
 
+    /// Asserts that the metric `series` is exactly `value` now.
+    pub async fn expect_metric(&self, series: &str, value: f64) {
+        let text = self.metrics().await;
+        assert_eq!(metric(&text, series), Some(value), "{series}");
+    }
+
     /// Waits until the metric `series` reaches at least `value`.
     pub async fn wait_metric(&self, series: &str, value: f64) {
         let until = Instant::now() + DEADLINE;
