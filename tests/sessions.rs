@@ -703,7 +703,10 @@ async fn large_echoes_past_the_socket_buffers_do_not_wedge_a_session() {
         }
         seen = now;
     }
-    assert!(seen < 300, "the backend stalled after {seen} messages");
+    assert!(
+        seen > 8 && seen < 300,
+        "the backend stalled after {seen} messages"
+    );
     let mut pc = Client::connect(gw.addr).await;
     let drain = async {
         let (mut got, mut cursor) = (0usize, 0u64);
@@ -728,22 +731,29 @@ async fn large_echoes_past_the_socket_buffers_do_not_wedge_a_session() {
     assert_eq!(backend.conns()[0].received.len(), 300);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_websocket_client_sent_before_closing_reaches_the_backend() {
-    let (backend, gw) = chat_gateway("").await;
+    // The client sends 200 messages of 64 KiB and closes without reading a single echo: far
+    // more than its session holds. Once it has closed, its echoes are dropped, so the backend
+    // keeps reading, and every message arrives before the close.
+    let (backend, gw) = chat_gateway("    limits: { send_queue: 8 }\n").await;
     let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/chat"))
         .await
         .unwrap();
-    for i in 1..=50 {
-        ws.feed(Message::text(format!("last{i}"))).await.unwrap();
+    for i in 1..=200 {
+        let text = format!("{i:05}{}", "x".repeat(65536 - 5));
+        ws.feed(Message::text(text)).await.unwrap();
     }
     ws.close(None).await.unwrap();
     let conn = backend.wait_ended(1).await;
-    let expected: Vec<String> = (1..=50).map(|i| format!("last{i}")).collect();
-    assert_eq!(
-        conn.received, expected,
-        "every message, in order, before the close"
-    );
+    assert_eq!(conn.received.len(), 200, "every message before the close");
+    for (i, m) in conn.received.iter().enumerate() {
+        assert!(
+            m.starts_with(&format!("{:05}", i + 1)),
+            "message {} out of order",
+            i + 1
+        );
+    }
     assert_eq!(conn.closed_with, Some(1000));
 }
 
@@ -802,13 +812,21 @@ async fn foreign_origins_never_reach_a_per_client_backend() {
         let r = http_get(gw.addr, "/chat?transport=sse", &[("origin", origin)]).await;
         assert_eq!(r.status, 403, "{origin}");
     }
+    // An <img> or <script> GET from another site carries no Origin but says so itself.
+    let r = http_get(
+        gw.addr,
+        "/chat?transport=poll",
+        &[("sec-fetch-site", "cross-site"), ("cookie", "user=victim")],
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body_text());
     assert!(
         backend.conns().is_empty(),
         "no refused client reached the backend"
     );
     gw.expect_metric(
         r#"switchyard_rejections_total{reason="origin_not_allowed",route="chat"}"#,
-        9.0,
+        10.0,
     )
     .await;
     // The listed origin, and a client that sends none (not a browser), get through.

@@ -532,11 +532,21 @@ impl<'a> Validator<'a> {
 
     fn origins(&mut self, at: &str, origins: &[String]) {
         for (i, o) in origins.iter().enumerate() {
+            let host = o.split_once("://").map_or("", |(_, h)| h);
+            // `*` only as a whole leading label: `https://*.example.com`.
+            let wildcard_ok = match host.strip_prefix("*.") {
+                Some(domain) => {
+                    !domain.is_empty() && !domain.contains('*') && !domain.ends_with('.')
+                }
+                None => !host.contains('*'),
+            };
             let ok = o == "*"
                 || o == "null"
                 || ((o.starts_with("http://") || o.starts_with("https://"))
+                    && !host.is_empty()
                     && !o.ends_with('/')
-                    && !o[o.find("://").unwrap_or(0) + 3..].contains('/'));
+                    && !host.contains('/')
+                    && wildcard_ok);
             if !ok {
                 self.err(
                     format!("{at}[{i}]"),

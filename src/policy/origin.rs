@@ -4,8 +4,13 @@
 //!
 //! Entries: `"*"` (any origin), an exact `scheme://host[:port]`, a subdomain wildcard
 //! `https://*.example.com` (any subdomain, not the bare domain), or `"null"` (opaque origins:
-//! sandboxed frames, `file:`), which is refused unless listed. Requests without `Origin` come
-//! from non-browser clients and are not checked here. Scheme and host compare without case.
+//! sandboxed frames, `file:`), which is refused unless listed. Scheme and host compare without
+//! case; a port is part of the origin, so `https://*.example.com` does not cover
+//! `https://a.example.com:8443`.
+//!
+//! Requests without `Origin` are mostly non-browser clients and pass. A browser's cross-site
+//! request that carries no `Origin` (an `<img>` or `<script>` GET) still says
+//! `Sec-Fetch-Site: cross-site`, and is refused unless the route allows `"*"`.
 
 use crate::error::Reject;
 use pingora::http::RequestHeader;
@@ -25,10 +30,11 @@ pub fn allowed(allowlist: &[String], origin: &str) -> bool {
         }
         match a.split_once("://*.") {
             Some((scheme, domain)) => origin.split_once("://").is_some_and(|(s, host)| {
+                let (host, domain) = (host.as_bytes(), domain.as_bytes());
                 s.eq_ignore_ascii_case(scheme)
                     && host.len() > domain.len() + 1
                     && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain)
-                    && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+                    && host[host.len() - domain.len() - 1] == b'.'
             }),
             None => a.eq_ignore_ascii_case(origin),
         }
@@ -39,6 +45,17 @@ pub fn allowed(allowlist: &[String], origin: &str) -> bool {
 /// contacted.
 pub fn check(req: &RequestHeader, allowlist: &[String]) -> Result<(), Reject> {
     let Some(origin) = req.headers.get(http::header::ORIGIN) else {
+        let cross_site = req
+            .headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+        if cross_site && !allowlist.iter().any(|a| a == "*") {
+            return Err(Reject::new(
+                403,
+                "origin_not_allowed",
+                "a cross-site request without Origin is not allowed on this route",
+            ));
+        }
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or("");
@@ -88,5 +105,13 @@ mod tests {
         );
         assert!(allowed(&list(&["*", "null"]), "null"));
         assert!(allowed(&list(&["*"]), "https://anything.example"));
+        assert!(
+            !allowed(&l, "https://a.example.org:8443"),
+            "ports are part of an origin"
+        );
+        assert!(
+            !allowed(&l, "https://\u{e9}.example.org\u{e9}"),
+            "no panic on non-ASCII"
+        );
     }
 }

@@ -26,6 +26,7 @@ use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::oneshot;
 
 /// One message a client sent.
@@ -213,6 +214,7 @@ async fn send(
         .inc_by(count as u64);
     // Queueing and delivery share one deadline. A message still queued when it passes is not
     // sent later: the backend task skips messages whose sender stopped waiting.
+    let delivered = AtomicUsize::new(0);
     let all = async {
         let mut pending = Vec::with_capacity(count);
         for m in messages {
@@ -229,7 +231,7 @@ async fn send(
         }
         for (i, heard) in pending.into_iter().enumerate() {
             match heard.await.unwrap_or(Err(UplinkError::Ended)) {
-                Ok(()) => {}
+                Ok(()) => delivered.store(i + 1, Ordering::Relaxed),
                 Err(e) => return Err((i, e)),
             }
         }
@@ -241,7 +243,10 @@ async fn send(
         Err(_) => Err(Reject::new(
             504,
             "backend_timeout",
-            "the backend did not take the messages in time",
+            format!(
+                "the backend did not take the messages in time; {} of {count} messages were delivered, the rest were dropped",
+                delivered.load(Ordering::Relaxed)
+            ),
         )),
         Ok(Ok(())) => Ok(()),
         Ok(Err((i, e))) => Err(refused(i, count, e, route)),

@@ -6,7 +6,10 @@
 //! a server must enforce on top: masking, reserved bits, control-frame rules, fragmentation
 //! order, UTF-8 of text, and the message size cap, each mapped to its close code.
 
-use crate::bridge::session::{EndReason, Outgoing, UplinkError, UPLINK_QUEUE};
+use crate::bridge::hub::Gone;
+use crate::bridge::session::{
+    EndReason, Outgoing, Session as BridgeSession, UplinkError, UPLINK_QUEUE,
+};
 use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Feed};
 use crate::config::BackendSpec;
 use crate::error::Reject;
@@ -18,6 +21,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use std::collections::VecDeque;
 use std::io::Cursor;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
@@ -392,7 +396,15 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     };
     // The session lives as long as this connection: it never expires under it.
     let busy = conv.as_ref().map(|c| c.busy());
-    let result = run(session, bridge, consumer.as_mut(), uplink, Box::new(resp)).await;
+    let result = run(
+        session,
+        bridge,
+        consumer.as_mut(),
+        uplink,
+        conv.as_ref(),
+        Box::new(resp),
+    )
+    .await;
     drop(busy);
     if let Some(c) = conv {
         c.close(EndReason::Client);
@@ -405,6 +417,7 @@ async fn run(
     bridge: &Bridge,
     mut consumer: Option<&mut Consumer>,
     uplink: Option<mpsc::Sender<Outgoing>>,
+    conv: Option<&Arc<BridgeSession>>,
     resp: Box<ResponseHeader>,
 ) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
@@ -565,6 +578,14 @@ async fn run(
         }
     };
     if client_closed {
+        // Nothing more goes to this client, so its session stops holding backend messages
+        // (a full outbox would stop the backend from reading what follows).
+        if let Some(c) = conv {
+            c.outbox.end(Gone {
+                code: close::NORMAL,
+                reason: "client closed".into(),
+            });
+        }
         // What the client sent before its close still reaches the backend (bounded wait).
         let deliver = async {
             if let Some(up) = &uplink {

@@ -17,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -206,6 +206,11 @@ fn outgoing_frame(out: &mut Outgoing) -> Option<Message> {
 /// writing are separate halves: while the client is behind (its outbox full), the reader waits
 /// for room and the backend is not read (TCP backpressure), but client messages still go out,
 /// so a backend that answers each message cannot wedge the session.
+///
+/// The writer only stops between messages: when the client side ends the session, the outbox
+/// is ended first (so the reader drains the backend instead of waiting for room), then what the
+/// client already sent goes out, then the close frame, and the reader waits for the backend's
+/// close reply. All of that within [`CLOSE_WITHIN`].
 pub async fn drive_session(
     stream: Stream,
     session: &Session,
@@ -218,150 +223,174 @@ pub async fn drive_session(
     let write_limit = crate::bridge::write_deadline(keepalive);
     let (mut sink, mut source) = stream.split();
     // When the backend was last heard from (ms since `start`), and whether the reader is
-    // waiting for room; shared by the two halves.
+    // waiting for room; shared by the two halves of this one task.
     let start = Instant::now();
+    let since_start = || start.elapsed().as_millis() as u64;
     let heard = AtomicU64::new(0);
-    let hear = || heard.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let paused = AtomicBool::new(false);
-    let pinged = Notify::new();
+    let too_big = AtomicBool::new(false);
     let lost = |reason: String| {
         SessionEnd::Backend(Gone {
             code: close::SERVICE_RESTART,
             reason,
         })
     };
-    let ended = {
-        let reader = async {
-            loop {
-                let frame = source.next().await;
-                hear();
-                let (payload, binary) = match frame {
-                    Some(Ok(Message::Text(t))) => (Bytes::from(t), false),
-                    Some(Ok(Message::Binary(b))) => (b, true),
-                    // tungstenite queues the pong; the writer half sends it.
-                    Some(Ok(Message::Ping(_))) => {
-                        pinged.notify_one();
+    let reader = async {
+        loop {
+            let frame = source.next().await;
+            heard.store(since_start(), Ordering::Relaxed);
+            let (payload, binary) = match frame {
+                Some(Ok(Message::Text(t))) => (Bytes::from(t), false),
+                Some(Ok(Message::Binary(b))) => (b, true),
+                // tungstenite answers pings itself, on this half's next read.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = session_code(frame.as_ref());
+                    return SessionEnd::Backend(Gone { code, reason });
+                }
+                Some(Err(tungstenite::Error::Capacity(e))) => {
+                    too_big.store(true, Ordering::Relaxed);
+                    return SessionEnd::Backend(Gone {
+                        code: close::INTERNAL_ERROR,
+                        reason: format!("backend sent {e}"),
+                    });
+                }
+                Some(Err(e)) => return lost(format!("backend connection lost: {e}")),
+                None => {
+                    let (code, reason) = session_code(None);
+                    return SessionEnd::Backend(Gone { code, reason });
+                }
+            };
+            received.inc();
+            // Once the session is ending the outbox is ended too, and this drops the message.
+            if let Err(back) = session.outbox.try_push((None, payload, binary)) {
+                paused.store(true, Ordering::Relaxed);
+                session.outbox.push(back.0, back.1, back.2).await;
+                paused.store(false, Ordering::Relaxed);
+                heard.store(since_start(), Ordering::Relaxed);
+            }
+        }
+    };
+    let writer = async {
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut next_ping = ping_every.map_or(far, |p| Instant::now() + p);
+        // When the unanswered ping was sent (ms since start) and when its answer is due.
+        let mut ping_out: Option<(u64, Instant)> = None;
+        let client_end = session.ended_by_client();
+        tokio::pin!(client_end);
+        loop {
+            tokio::select! {
+                out = uplink.recv() => {
+                    let Some(mut out) = out else {
+                        std::future::pending::<()>().await;
+                        continue;
+                    };
+                    // Its sender stopped waiting (a POST that timed out): not sent late.
+                    if out.done.as_ref().is_some_and(|d| d.is_closed()) {
                         continue;
                     }
-                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
-                    Some(Ok(Message::Close(frame))) => {
-                        let (code, reason) = session_code(frame.as_ref());
-                        return SessionEnd::Backend(Gone { code, reason });
+                    let Some(msg) = outgoing_frame(&mut out) else { continue };
+                    let sent = tokio::time::timeout(write_limit, sink.send(msg)).await;
+                    let result = match &sent {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(_)) => Err(UplinkError::Ended),
+                        Err(_) => Err(UplinkError::Unreachable("the backend stopped reading".into())),
+                    };
+                    if let Some(done) = out.done {
+                        let _ = done.send(result);
                     }
-                    Some(Err(tungstenite::Error::Capacity(e))) => {
-                        return SessionEnd::Backend(Gone {
+                    match sent {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return lost(format!("backend connection lost while sending: {e}")),
+                        Err(_) => return SessionEnd::Backend(Gone {
                             code: close::INTERNAL_ERROR,
-                            reason: format!("backend sent {e}"),
-                        });
+                            reason: format!("the backend took no message for {write_limit:?}"),
+                        }),
                     }
-                    Some(Err(e)) => return lost(format!("backend connection lost: {e}")),
-                    None => {
-                        let (code, reason) = session_code(None);
-                        return SessionEnd::Backend(Gone { code, reason });
-                    }
-                };
-                received.inc();
-                if let Err(back) = session.outbox.try_push((None, payload, binary)) {
-                    paused.store(true, Ordering::Relaxed);
-                    session.outbox.push(back.0, back.1, back.2).await;
-                    paused.store(false, Ordering::Relaxed);
-                    hear();
                 }
-            }
-        };
-        let writer = async {
-            let far = Duration::from_secs(86_400 * 365);
-            let mut next_ping = Instant::now() + ping_every.unwrap_or(far);
-            loop {
-                tokio::select! {
-                    out = uplink.recv() => {
-                        let Some(mut out) = out else {
-                            std::future::pending::<()>().await;
-                            continue;
-                        };
-                        // Its sender stopped waiting (a POST that timed out): not sent late.
-                        if out.done.as_ref().is_some_and(|d| d.is_closed()) {
-                            continue;
+                why = &mut client_end => {
+                    let close = close_frame(why);
+                    session.outbox.end(Gone { code: u16::from(close.code), reason: close.reason.to_string() });
+                    let finish = async {
+                        while let Ok(mut out) = uplink.try_recv() {
+                            if out.done.as_ref().is_some_and(|d| d.is_closed()) {
+                                continue;
+                            }
+                            let Some(msg) = outgoing_frame(&mut out) else { continue };
+                            let sent = sink.send(msg).await.map_err(|_| UplinkError::Ended);
+                            if let Some(done) = out.done {
+                                let _ = done.send(sent);
+                            }
                         }
-                        let Some(msg) = outgoing_frame(&mut out) else { continue };
-                        let sent = tokio::time::timeout(write_limit, sink.send(msg)).await;
-                        let result = match &sent {
-                            Ok(Ok(())) => Ok(()),
-                            Ok(Err(_)) => Err(UplinkError::Ended),
-                            Err(_) => Err(UplinkError::Unreachable("the backend stopped reading".into())),
-                        };
-                        if let Some(done) = out.done {
-                            let _ = done.send(result);
-                        }
-                        match sent {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => return lost(format!("backend connection lost while sending: {e}")),
-                            Err(_) => return SessionEnd::Backend(Gone {
-                                code: close::INTERNAL_ERROR,
-                                reason: format!("the backend took no message for {write_limit:?}"),
-                            }),
-                        }
-                    }
-                    _ = pinged.notified() => {
-                        let _ = tokio::time::timeout(write_limit, sink.flush()).await;
-                    }
-                    _ = sleep_until(next_ping), if ping_every.is_some() => {
-                        let every = ping_every.expect("branch enabled only with pings");
-                        let now = Instant::now();
-                        next_ping = now + every;
-                        // A paused reader cannot hear pongs: no verdict while it waits.
-                        if paused.load(Ordering::Relaxed) {
-                            continue;
-                        }
-                        let silent = start.elapsed().saturating_sub(Duration::from_millis(heard.load(Ordering::Relaxed)));
-                        if silent > every + keepalive.pong_timeout {
-                            return lost("backend stopped answering pings".into());
-                        }
+                        let _ = sink.send(Message::Close(Some(close))).await;
+                    };
+                    let _ = tokio::time::timeout(CLOSE_WITHIN, finish).await;
+                    return SessionEnd::Client(why);
+                }
+                _ = sleep_until(next_ping), if ping_every.is_some() => {
+                    next_ping = Instant::now() + ping_every.expect("branch enabled only with pings");
+                    if ping_out.is_none() {
                         let ping = tokio::time::timeout(write_limit, sink.send(Message::Ping(Bytes::new())));
                         if !matches!(ping.await, Ok(Ok(()))) {
                             return lost("backend connection lost".into());
                         }
+                        ping_out = Some((since_start(), Instant::now() + keepalive.pong_timeout));
+                    }
+                }
+                _ = async { sleep_until(ping_out.expect("branch enabled only with a ping out").1).await }, if ping_out.is_some() => {
+                    let (sent_at, _) = ping_out.take().expect("checked above");
+                    // Anything heard since the ping proves the backend alive; a paused reader
+                    // cannot hear, so it gets no verdict.
+                    if heard.load(Ordering::Relaxed) < sent_at && !paused.load(Ordering::Relaxed) {
+                        return lost("backend stopped answering pings".into());
                     }
                 }
             }
-        };
-        tokio::select! {
-            end = reader => Err(end),
-            end = writer => Err(end),
-            why = session.ended_by_client() => Ok(why),
         }
     };
-    let why = match ended {
-        Err(end) => return end,
-        Ok(why) => why,
+    let (mut reader, mut writer) = (Box::pin(reader), Box::pin(writer));
+    let end = tokio::select! {
+        end = &mut reader => end,
+        end = &mut writer => match end {
+            SessionEnd::Client(why) => {
+                // Read (and drop) until the backend's close reply, so the close completes.
+                let _ = tokio::time::timeout(CLOSE_WITHIN, &mut reader).await;
+                return SessionEnd::Client(why);
+            }
+            backend => backend,
+        },
     };
-    // The client side ended the session: what it sent before that still goes, then the close.
+    drop((reader, writer));
+    // The backend ended it: send tungstenite's close reply (or our 1009 for an oversized
+    // message) before the socket goes.
+    let closing = async {
+        if too_big.load(Ordering::Relaxed) {
+            let frame = CloseFrame {
+                code: CloseCode::Size,
+                reason: "message too big".into(),
+            };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+        }
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+    end
+}
+
+/// How long closing a session's backend connection may take.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
+/// The close frame the backend gets when the client side ends a session.
+fn close_frame(why: EndReason) -> CloseFrame {
     let (code, reason) = match why {
-        EndReason::Client => (CloseCode::Normal, "client closed the session"),
+        EndReason::Client | EndReason::Backend => (CloseCode::Normal, "client closed the session"),
         EndReason::Expired => (CloseCode::Away, "session expired"),
         EndReason::Shutdown => (CloseCode::Away, "gateway shutting down"),
-        EndReason::Backend => (CloseCode::Normal, ""),
     };
-    let finish = async {
-        while let Ok(mut out) = uplink.try_recv() {
-            if let Some(msg) = outgoing_frame(&mut out) {
-                let sent = sink.send(msg).await.map_err(|_| UplinkError::Ended);
-                if let Some(done) = out.done {
-                    let _ = done.send(sent);
-                }
-            }
-        }
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
-        // Wait for the backend's close reply so the close completes properly.
-        while let Some(Ok(_)) = source.next().await {}
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(5), finish).await;
-    SessionEnd::Client(why)
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
 }
 
 #[cfg(test)]
