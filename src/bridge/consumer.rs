@@ -125,12 +125,11 @@ impl Consumer {
                     if session.superseded(*attachment) {
                         return Delivery::Closed;
                     }
-                    let batch = session.outbox.after(self.last_seq, 1);
-                    if let Some(m) = batch.messages.into_iter().next() {
+                    if let Some(m) = session.outbox.next_after(self.last_seq) {
                         self.last_seq = m.seq;
                         return Delivery::Message(m);
                     }
-                    if let Some(gone) = batch.ended {
+                    if let Some(gone) = session.outbox.after(self.last_seq, 1).ended {
                         return Delivery::BackendGone(gone);
                     }
                     if changes.changed().await.is_err() {
@@ -162,7 +161,7 @@ impl Consumer {
         let live = match &mut self.source {
             Source::Shared(live) => live,
             Source::Session { session, .. } => {
-                let m = session.outbox.after(self.last_seq, 1).messages.pop()?;
+                let m = session.outbox.next_after(self.last_seq)?;
                 self.last_seq = m.seq;
                 return Some(m);
             }

@@ -146,7 +146,9 @@ impl Outbox {
         if st.ended.is_some() {
             return Ok(());
         }
-        let acked_held = st.held.iter().take_while(|m| m.seq <= st.acked).count();
+        // Held seqs are contiguous, so the acknowledged ones are a prefix of known length.
+        let first = st.held.front().map_or(st.next_seq, |m| m.seq);
+        let acked_held = (st.acked + 1).saturating_sub(first) as usize;
         if st.held.len() >= self.cap && acked_held == 0 {
             return Err((event, payload, binary));
         }
@@ -197,6 +199,14 @@ impl Outbox {
     /// The seq of the newest message (0 before the first).
     pub fn head(&self) -> u64 {
         self.lock().next_seq - 1
+    }
+
+    /// The held message right after `after`, if there is one (no waiting, no allocation).
+    pub fn next_after(&self, after: u64) -> Option<Arc<Message>> {
+        let st = self.lock();
+        let first = st.held.front()?.seq;
+        let index = (after + 1).checked_sub(first)?;
+        st.held.get(index as usize).cloned()
     }
 
     /// Up to `max` held messages after `after`, without waiting.
