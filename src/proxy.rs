@@ -102,12 +102,101 @@ fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
+/// The methods a route takes, as a preflight answer lists them.
+fn route_methods(rt: &RouteRuntime) -> &'static str {
+    match &rt.target {
+        Target::Proxy(_) => "GET, HEAD, POST, PUT, PATCH, DELETE",
+        Target::Bridge(b) => match (b.spec.two_way(), b.sessions().is_some()) {
+            (true, true) => "GET, POST, DELETE",
+            (true, false) => "GET, POST",
+            _ => "GET",
+        },
+    }
+}
+
+/// Applies the edge policy after routing: the origin allowlist (every request of a bridged
+/// route, WebSocket upgrades of a pass-through one), CORS preflights answered here, and CORS
+/// headers for allowed cross-origin answers. True when the request was answered (refused, or a
+/// preflight).
+async fn policy_refused(session: &mut Session, rt: &RouteRuntime) -> Result<bool> {
+    let route = &rt.route;
+    let enforce = matches!(rt.target, Target::Bridge(_)) || session.is_upgrade_req();
+    let preflight = policy::cors::is_preflight(session.req_header());
+    let origin = policy::origin::admit(
+        session.req_header(),
+        &route.origins,
+        route.allow_no_origin,
+        is_tls(session),
+        enforce || preflight,
+    );
+    let origin = match origin {
+        Ok(o) => o,
+        Err(reject) => {
+            reject.send(session, &route.name).await?;
+            return Ok(true);
+        }
+    };
+    let cross = match &origin {
+        policy::origin::Origin::Allowed(v) => Some(v.clone()),
+        // The gateway's own origin needs no CORS headers, but a preflight still gets answered.
+        policy::origin::Origin::Same if preflight => session
+            .req_header()
+            .headers
+            .get(http::header::ORIGIN)
+            .cloned(),
+        _ => None,
+    };
+    if preflight {
+        let answer = cross.as_ref().and_then(|o| {
+            policy::cors::preflight(session.req_header(), route, route_methods(rt), o)
+        });
+        match answer {
+            Some(resp) => {
+                metrics::HTTP_REQUESTS
+                    .with_label_values(&[&route.name, "2xx"])
+                    .inc();
+                session.write_response_header(Box::new(resp), true).await?;
+            }
+            None => {
+                Reject::new(
+                    403,
+                    "cors_method_not_allowed",
+                    format!(
+                        "route {} takes {} from other origins",
+                        route.name,
+                        route_methods(rt)
+                    ),
+                )
+                .send(session, &route.name)
+                .await?
+            }
+        }
+        return Ok(true);
+    }
+    if let Some(o) = cross.filter(|_| matches!(origin, policy::origin::Origin::Allowed(_))) {
+        if let Some(m) = session
+            .downstream_modules_ctx
+            .get_mut::<policy::cors::CorsHeaders>()
+        {
+            m.headers = policy::cors::response_headers(route, &o);
+        }
+    }
+    Ok(false)
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx::default()
+    }
+
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        // pingora's default (response compression, off), plus the CORS headers.
+        modules
+            .add_module(pingora::modules::http::compression::ResponseCompressionBuilder::enable(0));
+        modules.add_module(Box::new(policy::cors::CorsModule));
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
@@ -125,13 +214,11 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         ctx.route = Some(rt.clone());
+        if policy_refused(session, &rt).await? {
+            return Ok(true);
+        }
         match &rt.target {
             Target::Bridge(bridge) => {
-                if let Err(reject) = policy::origin::check(session.req_header(), &rt.route.origins)
-                {
-                    reject.send(session, &rt.route.name).await?;
-                    return Ok(true);
-                }
                 transport::serve(session, bridge).await?;
                 Ok(true)
             }

@@ -47,6 +47,19 @@ pub struct RawPolicy {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawCors {
+    #[serde(default)]
+    pub credentials: Option<bool>,
+    #[serde(default)]
+    pub max_age: Option<Scalar>,
+    #[serde(default)]
+    pub allow_headers: Option<Vec<String>>,
+    #[serde(default)]
+    pub expose_headers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawKeepalive {
     pub ping_interval: Option<Scalar>,
     pub pong_timeout: Option<Scalar>,
@@ -89,6 +102,11 @@ pub struct RawRoute {
     pub binary: Option<String>,
     #[serde(default)]
     pub session_ttl: Option<Scalar>,
+    /// Whether requests without `Origin` (non-browser clients) are let in.
+    #[serde(default)]
+    pub allow_no_origin: Option<bool>,
+    #[serde(default)]
+    pub cors: Option<RawCors>,
     #[serde(default)]
     pub origins: Option<Vec<String>>,
     #[serde(default)]

@@ -96,11 +96,33 @@ pub struct Route {
     pub host: HostPattern,
     /// Normalised: starts with `/`, no trailing `/` except the root itself.
     pub path: String,
+    /// Allowed browser origins; empty means the gateway's own origin only.
     pub origins: Vec<String>,
+    /// Whether requests without `Origin` (non-browser clients) are let in.
+    pub allow_no_origin: bool,
+    pub cors: Cors,
     pub keepalive: Keepalive,
     pub limits: Limits,
     pub kind: RouteKind,
 }
+
+/// How cross-origin requests from allowed origins are answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    /// `Access-Control-Allow-Credentials: true` (never with `origins: ["*"]`).
+    pub credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    pub max_age: Duration,
+    /// Request headers a cross-origin request may carry.
+    pub allow_headers: Vec<http::HeaderName>,
+    /// Response headers a cross-origin page may read.
+    pub expose_headers: Vec<http::HeaderName>,
+}
+
+pub const DEFAULT_CORS_MAX_AGE: Duration = Duration::from_secs(600);
+/// Request headers cross-origin clients may send unless `cors.allow_headers` says otherwise.
+pub const DEFAULT_CORS_ALLOW_HEADERS: [&str; 3] =
+    ["content-type", "last-event-id", "authorization"];
 
 impl AsRef<Route> for Route {
     fn as_ref(&self) -> &Route {
@@ -380,11 +402,7 @@ impl<'a> Validator<'a> {
     /// Checks every section; returns the config only when nothing at all was wrong.
     pub fn validate(mut self, parts: RawParts) -> Result<Config, Vec<ConfigError>> {
         let server = parts.server.as_ref().map(|s| self.server(s));
-        let defaults_origins = parts
-            .defaults
-            .origins
-            .clone()
-            .unwrap_or_else(|| vec!["*".into()]);
+        let defaults_origins = parts.defaults.origins.clone().unwrap_or_default();
         self.origins("defaults.origins", &defaults_origins);
         let defaults_keepalive = self.keepalive(
             "defaults.keepalive",
@@ -556,6 +574,54 @@ impl<'a> Validator<'a> {
         }
     }
 
+    fn cors(&mut self, at: &str, raw: Option<&RawCors>, origins: &[String]) -> Cors {
+        let mut headers = |key: &str, list: Option<&Vec<String>>, default: &[&str]| {
+            let names: Vec<String> = match list {
+                Some(l) => l.clone(),
+                None => default.iter().map(|s| s.to_string()).collect(),
+            };
+            let mut out = Vec::new();
+            for (i, n) in names.iter().enumerate() {
+                match http::HeaderName::from_bytes(n.as_bytes()) {
+                    Ok(h) => out.push(h),
+                    Err(_) => self.err(
+                        format!("{at}.{key}[{i}]"),
+                        format!("{n:?} is not a valid header name"),
+                    ),
+                }
+            }
+            out
+        };
+        let allow_headers = headers(
+            "allow_headers",
+            raw.and_then(|r| r.allow_headers.as_ref()),
+            &DEFAULT_CORS_ALLOW_HEADERS,
+        );
+        let expose_headers = headers(
+            "expose_headers",
+            raw.and_then(|r| r.expose_headers.as_ref()),
+            &[],
+        );
+        let credentials = raw.and_then(|r| r.credentials).unwrap_or(false);
+        if credentials && origins.iter().any(|o| o == "*") {
+            self.err(
+                format!("{at}.credentials"),
+                "cors.credentials: true with origins: [\"*\"] would let every web page read answers made with your users' cookies: list the origins instead",
+            );
+        }
+        let max_age = self.duration(
+            format!("{at}.max_age"),
+            &raw.and_then(|r| r.max_age.clone()),
+            DEFAULT_CORS_MAX_AGE,
+        );
+        Cors {
+            credentials,
+            max_age,
+            allow_headers,
+            expose_headers,
+        }
+    }
+
     fn keepalive(&mut self, at: &str, raw: Option<&RawKeepalive>, base: &Keepalive) -> Keepalive {
         let Some(raw) = raw else { return base.clone() };
         let k = Keepalive {
@@ -719,6 +785,7 @@ impl<'a> Validator<'a> {
             }
             None => origins.to_vec(),
         };
+        let cors = self.cors(&format!("{at}.cors"), raw.cors.as_ref(), &origins);
         let keepalive = self.keepalive(
             &format!("{at}.keepalive"),
             raw.keepalive.as_ref(),
@@ -759,6 +826,8 @@ impl<'a> Validator<'a> {
             }
         }
         Some(Route {
+            allow_no_origin: raw.allow_no_origin.unwrap_or(true),
+            cors,
             name: raw.name.clone(),
             host,
             path,

@@ -2,6 +2,9 @@
 //! right after routing; a refusal is answered here and counted by reason.
 //!
 //! - [`origin`]: the route's `origins` allowlist (Cross-Site WebSocket Hijacking, RFC 6455
-//!   section 10.2). Applied to bridged routes, where switchyard terminates the client.
+//!   section 10.2): every request of a bridged route, and WebSocket upgrades of pass-through
+//!   ones.
+//! - [`cors`]: preflights answered at the edge and CORS headers for allowed origins.
 
+pub mod cors;
 pub mod origin;

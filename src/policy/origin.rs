@@ -41,32 +41,96 @@ pub fn allowed(allowlist: &[String], origin: &str) -> bool {
     })
 }
 
-/// Refuses a request whose `Origin` the route does not allow: 403, before any backend is
-/// contacted.
-pub fn check(req: &RequestHeader, allowlist: &[String]) -> Result<(), Reject> {
-    let Some(origin) = req.headers.get(http::header::ORIGIN) else {
-        let cross_site = req
-            .headers
-            .get("sec-fetch-site")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
-        if cross_site && !allowlist.iter().any(|a| a == "*") {
-            return Err(Reject::new(
-                403,
-                "origin_not_allowed",
-                "a cross-site request without Origin is not allowed on this route",
-            ));
-        }
-        return Ok(());
+/// Where a request comes from, as its `Origin` tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// No `Origin`: not a browser, or a browser's same-origin GET.
+    Absent,
+    /// The gateway's own origin (scheme and `Host` of the request).
+    Same,
+    /// An origin the route lists: cross-origin answers get CORS headers for it.
+    Allowed(http::HeaderValue),
+    /// An origin the route does not list.
+    Refused(String),
+}
+
+/// `scheme://host[:port]` without the scheme's default port, lowercased.
+fn normalized(origin: &str) -> String {
+    let o = origin.trim().to_ascii_lowercase();
+    o.strip_suffix(":80")
+        .filter(|_| o.starts_with("http://"))
+        .or_else(|| o.strip_suffix(":443").filter(|_| o.starts_with("https://")))
+        .unwrap_or(&o)
+        .to_owned()
+}
+
+/// Classifies the request's `Origin` against the route's allowlist. An empty allowlist (the
+/// default) allows only the gateway's own origin.
+pub fn classify(req: &RequestHeader, allowlist: &[String], tls: bool) -> Origin {
+    let Some(value) = req.headers.get(http::header::ORIGIN) else {
+        return Origin::Absent;
     };
-    let origin = origin.to_str().unwrap_or("");
-    if allowed(allowlist, origin) {
-        return Ok(());
+    let origin = value.to_str().unwrap_or("");
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let own = format!("{}://{host}", if tls { "https" } else { "http" });
+    if !host.is_empty() && normalized(origin) == normalized(&own) {
+        return Origin::Same;
     }
-    Err(Reject::new(
-        403,
-        "origin_not_allowed",
-        format!("origin {origin:?} is not allowed on this route"),
-    ))
+    if allowed(allowlist, origin) {
+        Origin::Allowed(value.clone())
+    } else {
+        Origin::Refused(origin.to_owned())
+    }
+}
+
+/// Admits a request under the route's origin policy, or refuses it with 403 before any backend
+/// is contacted. `enforce` is false for plain requests of pass-through routes: those are not
+/// refused (CORS decides what a page may read), only classified.
+pub fn admit(
+    req: &RequestHeader,
+    allowlist: &[String],
+    allow_no_origin: bool,
+    tls: bool,
+    enforce: bool,
+) -> Result<Origin, Reject> {
+    let origin = classify(req, allowlist, tls);
+    if !enforce {
+        return Ok(origin);
+    }
+    match &origin {
+        Origin::Refused(o) => Err(Reject::new(
+            403,
+            "origin_not_allowed",
+            format!("origin {o:?} is not allowed on this route"),
+        )),
+        Origin::Absent => {
+            let cross_site = req
+                .headers
+                .get("sec-fetch-site")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+            if cross_site && !allowlist.iter().any(|a| a == "*") {
+                return Err(Reject::new(
+                    403,
+                    "origin_not_allowed",
+                    "a cross-site request without Origin is not allowed on this route",
+                ));
+            }
+            if !allow_no_origin {
+                return Err(Reject::new(
+                    403,
+                    "origin_required",
+                    "this route only admits browser requests with an allowed Origin",
+                ));
+            }
+            Ok(origin)
+        }
+        _ => Ok(origin),
+    }
 }
 
 #[cfg(test)]
@@ -112,6 +176,41 @@ mod tests {
         assert!(
             !allowed(&l, "https://\u{e9}.example.org\u{e9}"),
             "no panic on non-ASCII"
+        );
+    }
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/x", None).unwrap();
+        for (k, v) in headers {
+            r.insert_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn the_gateways_own_origin_is_always_allowed() {
+        let r = req(&[
+            ("host", "gw.example:8080"),
+            ("origin", "http://GW.example:8080"),
+        ]);
+        assert_eq!(classify(&r, &[], false), Origin::Same);
+        assert!(
+            matches!(classify(&r, &[], true), Origin::Refused(_)),
+            "scheme counts"
+        );
+        let r = req(&[("host", "gw.example"), ("origin", "https://gw.example:443")]);
+        assert_eq!(classify(&r, &[], true), Origin::Same, "default port");
+        let r = req(&[("host", "gw.example"), ("origin", "https://evil.example")]);
+        assert!(admit(&r, &[], true, true, true).is_err());
+        assert!(
+            admit(&r, &[], true, true, false).is_ok(),
+            "classified, not refused"
+        );
+        let r = req(&[("host", "gw.example")]);
+        assert_eq!(admit(&r, &[], true, false, true).unwrap(), Origin::Absent);
+        assert_eq!(
+            admit(&r, &[], false, false, true).unwrap_err().reason,
+            "origin_required"
         );
     }
 }
