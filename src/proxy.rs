@@ -18,7 +18,7 @@ use crate::router::Router;
 use crate::transport;
 use crate::upstream::pool::{Lease, UpstreamSet};
 use async_trait::async_trait;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -33,6 +33,8 @@ pub enum Target {
 pub struct RouteRuntime {
     pub route: Arc<Route>,
     pub target: Target,
+    /// Clients the route serves now, against `max_clients` and `max_clients_per_ip`.
+    pub occupancy: Arc<policy::limits::Occupancy>,
 }
 
 impl AsRef<Route> for RouteRuntime {
@@ -63,7 +65,11 @@ impl GatewayState {
                     }
                     RouteKind::Bridge(b) => Target::Bridge(Box::new(Bridge::new(route.clone(), b))),
                 };
-                Arc::new(RouteRuntime { route, target })
+                Arc::new(RouteRuntime {
+                    route,
+                    target,
+                    occupancy: Arc::default(),
+                })
             })
             .collect();
         Self {
@@ -80,6 +86,8 @@ pub struct Gateway {
 #[derive(Default)]
 pub struct RequestCtx {
     route: Option<Arc<RouteRuntime>>,
+    /// This request's place on its route, held until the request (or its tunnel) ends.
+    slot: Option<policy::limits::Slot>,
     /// Members of the upstream set this request already failed to connect to.
     tried: Vec<usize>,
     lease: Option<Lease>,
@@ -120,6 +128,19 @@ fn route_methods(rt: &RouteRuntime) -> &'static str {
 /// preflight).
 async fn policy_refused(session: &mut Session, rt: &RouteRuntime) -> Result<bool> {
     let route = &rt.route;
+    let head = policy::hygiene::head_size(session.req_header(), route.limits.max_header_bytes);
+    // A pass-through WebSocket handshake is checked here as a terminated one would be (RFC
+    // 6455 section 4.2.1), so a bad one never reaches the backend.
+    let bad_handshake = match &rt.target {
+        Target::Proxy(_) if transport::ws::is_upgrade(session.req_header()) => {
+            transport::ws::accept_key(session.req_header()).err()
+        }
+        _ => None,
+    };
+    if let Some(reject) = head.err().or(bad_handshake) {
+        reject.send(session, &route.name).await?;
+        return Ok(true);
+    }
     let enforce = matches!(rt.target, Target::Bridge(_)) || session.is_upgrade_req();
     let preflight = policy::cors::is_preflight(session.req_header());
     let origin = policy::origin::admit(
@@ -200,6 +221,32 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        // Before routing: shapes no route may see.
+        let framing = match session.as_http1() {
+            Some(h1) => {
+                let head = h1.get_headers_raw_bytes();
+                policy::hygiene::framing(
+                    &policy::hygiene::raw_fields(&head),
+                    session.req_header().version,
+                )
+            }
+            None => {
+                let req = session.req_header();
+                let fields: Vec<(&[u8], &[u8])> = req
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
+                    .collect();
+                policy::hygiene::framing(&fields, req.version)
+            }
+        };
+        if let Err(reject) = framing {
+            reject.send(session, "-").await?;
+            return Ok(true);
+        }
+        if policy::hygiene::strip_h2c(session.req_header_mut()) {
+            log::debug!("removed an h2c upgrade offer");
+        }
         let req = session.req_header();
         let found = self
             .state
@@ -216,6 +263,21 @@ impl ProxyHttp for Gateway {
         ctx.route = Some(rt.clone());
         if policy_refused(session, &rt).await? {
             return Ok(true);
+        }
+        let limits = &rt.route.limits;
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        match rt
+            .occupancy
+            .admit(ip, limits.max_clients, limits.max_clients_per_ip)
+        {
+            Ok(slot) => ctx.slot = Some(slot),
+            Err(reject) => {
+                reject.send(session, &rt.route.name).await?;
+                return Ok(true);
+            }
         }
         match &rt.target {
             Target::Bridge(bridge) => {
@@ -316,6 +378,44 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// Nothing is tunnelled until the backend's real 101 (RFC 6455 section 4.1): `Upgrade:
+    /// websocket` and the `Sec-WebSocket-Accept` that matches the client's key; anything else is
+    /// a 502 and the connection is never upgraded.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(());
+        }
+        let req = session.req_header();
+        let expected = req
+            .headers
+            .get("sec-websocket-key")
+            .map(|k| tungstenite::handshake::derive_accept_key(k.as_bytes()));
+        let upgrade_ok = upstream_response
+            .headers
+            .get(http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+        let accept_ok = match (
+            &expected,
+            upstream_response.headers.get("sec-websocket-accept"),
+        ) {
+            (Some(e), Some(got)) => got.as_bytes() == e.as_bytes(),
+            _ => false,
+        };
+        if transport::ws::is_upgrade(req) && upgrade_ok && accept_ok {
+            return Ok(());
+        }
+        Error::e_explain(
+            ErrorType::Custom("bad_upgrade_answer"),
+            "the upstream's 101 does not complete the client's WebSocket handshake",
+        )
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -331,6 +431,11 @@ impl ProxyHttp for Gateway {
                 *code,
                 "http_error",
                 format!("request failed with status {code}"),
+            )),
+            ErrorType::Custom("bad_upgrade_answer") => Some(Reject::new(
+                502,
+                "bad_upgrade_answer",
+                format!("502 Bad Gateway: the upstream of route {route} answered the WebSocket handshake wrongly"),
             )),
             ErrorType::Custom("no_upstream") => Some(Reject::new(
                 502,

@@ -72,6 +72,7 @@ pub struct RawKeepalive {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_message: Option<Scalar>,
+    pub max_header_bytes: Option<Scalar>,
     pub send_queue: Option<usize>,
     pub max_clients: Option<usize>,
     pub max_clients_per_ip: Option<usize>,

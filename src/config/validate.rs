@@ -68,6 +68,8 @@ pub struct Limits {
     pub max_clients: usize,
     /// Zero means no per-IP cap.
     pub max_clients_per_ip: usize,
+    /// The largest request head (request line and headers) accepted; 431 above.
+    pub max_header_bytes: usize,
 }
 
 impl Default for Limits {
@@ -77,6 +79,7 @@ impl Default for Limits {
             send_queue: 1024,
             max_clients: 10_000,
             max_clients_per_ip: 0,
+            max_header_bytes: 32 << 10,
         }
     }
 }
@@ -689,6 +692,23 @@ impl<'a> Validator<'a> {
                 }
             },
         };
+        let max_header_bytes = match &raw.max_header_bytes {
+            None => base.max_header_bytes,
+            Some(v) => match parse_size(&v.0) {
+                Ok(n) if (1024..=(1 << 20)).contains(&n) => n as usize,
+                Ok(n) => {
+                    self.err(
+                        format!("{at}.max_header_bytes"),
+                        format!("max_header_bytes must be between 1KiB and 1MiB (pingora's own cap), got {n}"),
+                    );
+                    base.max_header_bytes
+                }
+                Err(e) => {
+                    self.err(format!("{at}.max_header_bytes"), e);
+                    base.max_header_bytes
+                }
+            },
+        };
         let send_queue = raw.send_queue.unwrap_or(base.send_queue);
         if send_queue == 0 || send_queue > MAX_SEND_QUEUE {
             self.err(
@@ -705,6 +725,7 @@ impl<'a> Validator<'a> {
             send_queue,
             max_clients,
             max_clients_per_ip: raw.max_clients_per_ip.unwrap_or(base.max_clients_per_ip),
+            max_header_bytes,
         }
     }
 

@@ -86,9 +86,9 @@ pub fn preflight(
     for (k, v) in response_headers(route, origin) {
         resp.insert_header(k, v).ok()?;
     }
-    resp.append_header(
+    resp.insert_header(
         http::header::VARY,
-        "Access-Control-Request-Method, Access-Control-Request-Headers",
+        "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
     )
     .ok()?;
     resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_METHODS, methods)

@@ -5,6 +5,10 @@
 //!   section 10.2): every request of a bridged route, and WebSocket upgrades of pass-through
 //!   ones.
 //! - [`cors`]: preflights answered at the edge and CORS headers for allowed origins.
+//! - [`hygiene`]: request smuggling shapes, h2c upgrades, oversized heads.
+//! - [`limits`]: clients per route and per address.
 
 pub mod cors;
+pub mod hygiene;
+pub mod limits;
 pub mod origin;

@@ -335,6 +335,9 @@ impl HttpBackend {
                                     "host": hdr("host"),
                                     "x-forwarded-for": hdr("x-forwarded-for"),
                                     "x-forwarded-proto": hdr("x-forwarded-proto"),
+                                    "upgrade": hdr("upgrade"),
+                                    "http2-settings": hdr("http2-settings"),
+                                    "connection": hdr("connection"),
                                 });
                                 Ok(hyper::Response::builder()
                                     .header("content-type", "application/json")

@@ -1,0 +1,110 @@
+//! How many clients a route serves at once: `limits.max_clients` in all (503 when full) and
+//! `limits.max_clients_per_ip` from one address (429), both with `Retry-After`. A [`Slot`] is
+//! held for as long as the request (or the stream, tunnel or poll it became) lasts.
+
+use crate::error::Reject;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Seconds a refused client is asked to wait.
+const RETRY_AFTER: &str = "5";
+
+#[derive(Default)]
+pub struct Occupancy {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One client's place on a route, given back when dropped.
+pub struct Slot {
+    occupancy: Arc<Occupancy>,
+    ip: Option<IpAddr>,
+}
+
+impl Occupancy {
+    /// Takes a place for a client from `ip`, or says why not.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: Option<IpAddr>,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<Slot, Reject> {
+        let taken = self
+            .total
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max_total).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return Err(Reject::new(
+                503,
+                "max_clients",
+                format!("this route serves at most {max_total} clients at once (max_clients); try again later"),
+            )
+            .header("retry-after", RETRY_AFTER));
+        }
+        let ip = ip.filter(|_| max_per_ip > 0);
+        if let Some(ip) = ip {
+            let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(ip).or_insert(0);
+            if *n >= max_per_ip {
+                drop(map);
+                self.total.fetch_sub(1, Ordering::SeqCst);
+                return Err(Reject::new(
+                    429,
+                    "max_clients_per_ip",
+                    format!("at most {max_per_ip} clients per address on this route (max_clients_per_ip); try again later"),
+                )
+                .header("retry-after", RETRY_AFTER));
+            }
+            *n += 1;
+        }
+        Ok(Slot {
+            occupancy: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            let mut map = self
+                .occupancy
+                .per_ip
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+        self.occupancy.total.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_and_per_address_places_come_back() {
+        let o = Arc::new(Occupancy::default());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = o.admit(Some(a), 3, 2).unwrap();
+        let _s2 = o.admit(Some(a), 3, 2).unwrap();
+        assert_eq!(o.admit(Some(a), 3, 2).err().unwrap().status, 429);
+        let _s3 = o.admit(Some(b), 3, 2).unwrap();
+        assert_eq!(o.admit(Some(b), 3, 2).err().unwrap().status, 503);
+        drop(s1);
+        assert!(o.admit(Some(a), 3, 2).is_ok());
+        assert!(
+            o.per_ip.lock().unwrap().len() <= 2,
+            "no entry outlives its clients"
+        );
+    }
+}

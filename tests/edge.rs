@@ -1,0 +1,463 @@
+//! Edge policy over real sockets: Origin allowlists and CORS, limits, protocol hygiene and
+//! keepalive. Each test names the RFC section or advisory it guards and ends by checking that
+//! the gateway still serves a normal client.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+fn ws_handshake(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut h = vec![
+        ("upgrade", "websocket"),
+        ("connection", "Upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", KEY),
+    ];
+    h.extend_from_slice(extra);
+    h
+}
+
+/// A normal client still gets its answer: a clock event over SSE.
+async fn still_serves(gw: &Gateway) {
+    let mut sse = SseReader::open(gw.addr, "/clock", &[]).await;
+    let e = sse.next_data_event().await;
+    assert!(
+        !e.data.is_empty(),
+        "the gateway still serves a normal client"
+    );
+}
+
+const CLOCK: &str = "  - name: clock\n    path: /clock\n    backend: { builtin: clock }\n";
+
+/// Sends raw bytes and reads the answer head (up to the blank line) or what came before EOF.
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+            if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DEADLINE, read).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// RFC 6455 section 10.2 (Cross-Site WebSocket Hijacking): a pass-through WebSocket route only
+/// tunnels handshakes from its own origin or listed ones; others get 403 and the backend never
+/// sees them.
+#[tokio::test]
+async fn pass_through_websocket_upgrades_follow_the_origin_allowlist() {
+    let backend = WsBackend::start().await;
+    let routes = format!(
+        "{CLOCK}  - name: ws\n    path: /ws\n    origins: [\"https://app.example\"]\n    proxy: {{ upstreams: [\"{}\"] }}\n  - name: strict\n    path: /strict\n    allow_no_origin: false\n    origins: [\"https://app.example\"]\n    proxy: {{ upstreams: [\"{}\"] }}\n",
+        backend.addr, backend.addr
+    );
+    let gw = Gateway::start(&routes).await;
+    for origin in ["https://evil.example", "null", "https://app.example.evil"] {
+        let mut h = ws_handshake(&[]);
+        h.push(("origin", origin));
+        let r = http_get(gw.addr, "/ws", &h).await;
+        assert_eq!(r.status, 403, "{origin}");
+    }
+    let r = http_get(gw.addr, "/strict", &ws_handshake(&[])).await;
+    assert_eq!(
+        r.status, 403,
+        "allow_no_origin: false refuses a client without Origin"
+    );
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no refused handshake reached the backend"
+    );
+    gw.expect_metric(
+        r#"switchyard_rejections_total{reason="origin_not_allowed",route="ws"}"#,
+        3.0,
+    )
+    .await;
+    gw.expect_metric(
+        r#"switchyard_rejections_total{reason="origin_required",route="strict"}"#,
+        1.0,
+    )
+    .await;
+    // The listed origin, the gateway's own, and a client without Origin are tunnelled.
+    let own = format!("http://{}", gw.addr);
+    for origin in ["https://app.example", own.as_str(), ""] {
+        let mut req = gw.ws_url("/ws").into_client_request().unwrap();
+        if !origin.is_empty() {
+            req.headers_mut().insert("origin", origin.parse().unwrap());
+        }
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        ws.send(Message::text("hi")).await.unwrap();
+        let echo = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), "hi", "{origin:?}");
+    }
+    still_serves(&gw).await;
+}
+
+/// Fetch standard, "CORS protocol": preflights are answered at the edge; allowed origins are
+/// echoed (never `*`) with `Vary: Origin`; credentials only where configured; refused origins
+/// get no CORS headers.
+#[tokio::test]
+async fn cors_preflights_are_answered_at_the_edge_for_allowed_origins_only() {
+    let api = HttpBackend::start("api").await;
+    let routes = format!(
+        "{CLOCK}  - name: feed\n    path: /feed\n    origins: [\"https://*.example.com\"]\n    cors: {{ credentials: true, max_age: 5m, expose_headers: [x-request-id] }}\n    backend: {{ builtin: clock }}\n  - name: api\n    path: /api\n    origins: [\"*\"]\n    proxy: {{ upstreams: [\"{}\"] }}\n",
+        api.addr
+    );
+    let gw = Gateway::start(&routes).await;
+    let pre = http_request(
+        gw.addr,
+        "OPTIONS",
+        "/feed?transport=poll",
+        &[
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "GET"),
+            (
+                "access-control-request-headers",
+                "Last-Event-ID, X-Not-Allowed",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(pre.status, 204);
+    assert_eq!(
+        pre.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(pre.header("access-control-allow-methods"), Some("GET"));
+    assert_eq!(
+        pre.header("access-control-allow-headers"),
+        Some("last-event-id")
+    );
+    assert_eq!(pre.header("access-control-max-age"), Some("300"));
+    assert_eq!(pre.header("access-control-allow-credentials"), Some("true"));
+    assert!(pre.header("vary").is_some_and(|v| v.contains("Origin")));
+    // A method the route does not take, and an origin it does not list.
+    let r = http_request(
+        gw.addr,
+        "OPTIONS",
+        "/feed",
+        &[
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "PUT"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = http_request(
+        gw.addr,
+        "OPTIONS",
+        "/feed",
+        &[
+            ("origin", "https://example.com.evil"),
+            ("access-control-request-method", "GET"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+
+    // The real request: the allowed origin is echoed with Vary and the exposed headers.
+    let mut sse = SseReader::open(gw.addr, "/feed", &[("origin", "https://a.example.com")]).await;
+    assert!(
+        sse.head
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://a.example.com"),
+        "{}",
+        sse.head
+    );
+    assert!(
+        sse.head
+            .to_ascii_lowercase()
+            .contains("access-control-expose-headers: x-request-id"),
+        "{}",
+        sse.head
+    );
+    assert!(
+        sse.head.contains("Vary: Origin") || sse.head.to_ascii_lowercase().contains("vary: origin"),
+        "{}",
+        sse.head
+    );
+    sse.next_data_event().await;
+
+    // A pass-through route's preflight never reaches its backend; `*` routes still echo the
+    // one origin, without credentials.
+    let pre = http_request(
+        gw.addr,
+        "OPTIONS",
+        "/api/x",
+        &[
+            ("origin", "https://any.example"),
+            ("access-control-request-method", "POST"),
+        ],
+    )
+    .await;
+    assert_eq!(pre.status, 204);
+    assert_eq!(
+        pre.header("access-control-allow-origin"),
+        Some("https://any.example")
+    );
+    assert_eq!(pre.header("access-control-allow-credentials"), None);
+    assert_eq!(api.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let r = http_get(gw.addr, "/api/x", &[("origin", "https://any.example")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://any.example")
+    );
+    // Same-origin requests need no CORS headers.
+    let own = format!("http://{}", gw.addr);
+    let r = http_get(gw.addr, "/api/x", &[("origin", own.as_str())]).await;
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    still_serves(&gw).await;
+}
+
+/// A gateway with the clock route and a pass-through route `/api` to `upstream`.
+async fn api_gateway(upstream: std::net::SocketAddr, extra: &str) -> Gateway {
+    Gateway::start(&format!(
+        "{CLOCK}  - name: api\n    path: /api\n    proxy: {{ upstreams: [\"{upstream}\"] }}\n{extra}"
+    ))
+    .await
+}
+
+/// RFC 9112 sections 6.1 and 6.3 (and the request-smuggling class of CVEs): ambiguous message
+/// framing is refused at the edge, never normalised and passed on.
+#[tokio::test]
+async fn request_smuggling_shapes_are_refused() {
+    let api = HttpBackend::start("api").await;
+    let gw = api_gateway(api.addr, "").await;
+    let shapes: [&[u8]; 6] = [
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ];
+    for shape in shapes {
+        let answer = raw(gw.addr, shape).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{:?} got {answer:?}",
+            String::from_utf8_lossy(shape)
+        );
+    }
+    assert_eq!(
+        api.hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no ambiguous request reached the upstream"
+    );
+    let ok = raw(
+        gw.addr,
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    still_serves(&gw).await;
+}
+
+/// RFC 9113 section 3.1 removed h2c upgrades; "h2c smuggling" uses them to tunnel past an
+/// edge's rules. The offer is stripped, so the upstream never sees it.
+#[tokio::test]
+async fn h2c_upgrade_offers_are_stripped() {
+    let api = HttpBackend::start("api").await;
+    let gw = api_gateway(api.addr, "").await;
+    let r = http_get(
+        gw.addr,
+        "/api/x",
+        &[
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ("connection", "Upgrade, HTTP2-Settings"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let seen: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(seen["upgrade"], "");
+    assert_eq!(seen["http2-settings"], "");
+    assert!(!seen["connection"]
+        .as_str()
+        .unwrap()
+        .to_ascii_lowercase()
+        .contains("upgrade"));
+    still_serves(&gw).await;
+}
+
+/// RFC 6455 section 4.1: the client must fail a handshake whose 101 lacks `Upgrade: websocket`
+/// or the right `Sec-WebSocket-Accept`; at the edge that means nothing is tunnelled and the
+/// client gets 502.
+#[tokio::test]
+async fn a_pass_through_upgrade_needs_the_backends_real_101() {
+    for answer in [
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: d3Jvbmc=\r\n\r\nTUNNELLED",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\nTUNNELLED",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nTUNNELLED",
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        let fake = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read(&mut b).await.unwrap() == 0 {
+                    return;
+                }
+                head.push(b[0]);
+            }
+            s.write_all(answer.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        });
+        let gw = api_gateway(upstream, "").await;
+        let mut req = format!("GET /api/ws HTTP/1.1\r\nHost: {}\r\n", gw.addr);
+        for (k, v) in ws_handshake(&[]) {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got)).await;
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 502"), "{answer:?} -> {got:?}");
+        assert!(!got.contains("TUNNELLED"), "nothing tunnelled: {got:?}");
+        fake.abort();
+        still_serves(&gw).await;
+    }
+}
+
+/// RFC 6455 section 4.2.1 on pass-through: a bad handshake is answered at the edge (426 with
+/// `Sec-WebSocket-Version: 13`, 400, 405) and never reaches the backend.
+#[tokio::test]
+async fn bad_pass_through_handshakes_are_answered_at_the_edge() {
+    let backend = WsBackend::start().await;
+    let gw = api_gateway(backend.addr, "").await;
+    let mut v12 = ws_handshake(&[]);
+    v12.retain(|(k, _)| *k != "sec-websocket-version");
+    v12.push(("sec-websocket-version", "12"));
+    let r = http_get(gw.addr, "/api/ws", &v12).await;
+    assert_eq!(r.status, 426);
+    assert_eq!(r.header("sec-websocket-version"), Some("13"));
+    let mut no_key = ws_handshake(&[]);
+    no_key.retain(|(k, _)| *k != "sec-websocket-key");
+    assert_eq!(http_get(gw.addr, "/api/ws", &no_key).await.status, 400);
+    let r = http_request(
+        gw.addr,
+        "POST",
+        "/api/ws",
+        &ws_handshake(&[("content-length", "0")]),
+    )
+    .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    still_serves(&gw).await;
+}
+
+/// RFC 6585 section 5: an oversized request head is 431, whatever pingora's own 1 MiB cap.
+#[tokio::test]
+async fn oversized_request_heads_get_431() {
+    let api = HttpBackend::start("api").await;
+    let gw = api_gateway(api.addr, "    limits: { max_header_bytes: 4KiB }\n").await;
+    let cookie = "c=".to_owned() + &"x".repeat(5000);
+    let r = http_get(gw.addr, "/api/x", &[("cookie", cookie.as_str())]).await;
+    assert_eq!(r.status, 431);
+    assert_eq!(
+        http_get(gw.addr, "/api/x", &[("cookie", "c=small")])
+            .await
+            .status,
+        200
+    );
+    still_serves(&gw).await;
+}
+
+/// Connects from a chosen loopback source address.
+async fn connect_from(source: &str, to: std::net::SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
+/// Limits with `Retry-After` (RFC 9110 section 10.2.3): a route at `max_clients` answers 503
+/// and one address at `max_clients_per_ip` 429; places come back when clients leave.
+#[tokio::test]
+async fn max_clients_and_max_clients_per_ip() {
+    let gw = Gateway::start(&format!(
+        "{CLOCK}  - name: feed\n    path: /feed\n    backend: {{ builtin: clock }}\n    limits: {{ max_clients: 3, max_clients_per_ip: 2 }}\n"
+    ))
+    .await;
+    let sse_from = |source: &'static str| {
+        let addr = gw.addr;
+        async move {
+            let mut s = connect_from(source, addr).await;
+            s.write_all(
+                format!("GET /feed HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+            SseReader::from_stream(s).await
+        }
+    };
+    let a1 = sse_from("127.0.0.1").await;
+    let _a2 = sse_from("127.0.0.1").await;
+    assert!(a1.head.starts_with("HTTP/1.1 200"), "{}", a1.head);
+    let a3 = sse_from("127.0.0.1").await;
+    assert!(a3.head.starts_with("HTTP/1.1 429"), "{}", a3.head);
+    assert!(
+        a3.head.to_ascii_lowercase().contains("retry-after: 5"),
+        "{}",
+        a3.head
+    );
+    let _b1 = sse_from("127.0.0.2").await;
+    let b2 = sse_from("127.0.0.3").await;
+    assert!(b2.head.starts_with("HTTP/1.1 503"), "{}", b2.head);
+    assert!(
+        b2.head.to_ascii_lowercase().contains("retry-after: 5"),
+        "{}",
+        b2.head
+    );
+    drop(a1);
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let again = sse_from("127.0.0.4").await;
+        if again.head.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < until, "the place never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.expect_metric(
+        r#"switchyard_rejections_total{reason="max_clients_per_ip",route="feed"}"#,
+        1.0,
+    )
+    .await;
+    still_serves(&gw).await;
+}
