@@ -35,12 +35,7 @@ impl Reject {
         metrics::REJECTIONS
             .with_label_values(&[route, self.reason])
             .inc();
-        log::debug!(
-            "route {route}: {} {}: {}",
-            self.status,
-            self.reason,
-            self.message
-        );
+        log_refusal(route, self.reason, self.status, &self.message);
         let body = Bytes::from(format!("{}\n", self.message));
         let mut resp = ResponseHeader::build(self.status, Some(4))?;
         resp.insert_header("content-type", "text/plain; charset=utf-8")?;
@@ -53,5 +48,23 @@ impl Reject {
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await?;
         Ok(())
+    }
+}
+
+/// Logs a refusal without flooding: the first of each (route, reason) at info, the rest at
+/// debug. Every one is counted in `switchyard_rejections_total` either way. The set is bounded:
+/// routes come from the config and reasons from the code.
+pub fn log_refusal(route: &str, reason: &'static str, status: u16, message: &str) {
+    static SEEN: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashSet<(String, &'static str)>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let first = SEEN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert((route.to_owned(), reason));
+    if first {
+        log::info!("route {route}: refused {status} {reason}: {message} (further {reason} refusals are logged at debug level and counted in switchyard_rejections_total)");
+    } else {
+        log::debug!("route {route}: {status} {reason}: {message}");
     }
 }

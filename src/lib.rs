@@ -2,7 +2,7 @@
 //! them to plain WebSocket/SSE backends, or proxies HTTP and WebSocket straight through.
 //!
 //! ```text
-//! server (listeners, TLS, admin)
+//! server (listeners, TLS, admin) -> listener (request-head deadline)
 //!   -> proxy (pingora hook) -> router -> policy
 //!        -> bridged route:  transport (ws | sse | longpoll) <-> bridge (hub, replay) <-> upstream (builtin, ...)
 //!        -> proxy route:    upstream::pool (balance, health) -> pingora proxy path
@@ -12,6 +12,7 @@
 pub mod bridge;
 pub mod config;
 pub mod error;
+pub mod listener;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

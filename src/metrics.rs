@@ -73,6 +73,14 @@ pub static BACKEND_POSTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static ACCEPTS_PACED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "switchyard_accepts_paced_total",
+        "Connections whose accept waited for server.accept_rate (reconnect storms)"
+    )
+    .expect("metric registers once")
+});
+
 pub static REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchyard_rejections_total",

@@ -3,6 +3,7 @@
 //! drain coordinator.
 
 use crate::config::Config;
+use crate::listener::{AcceptPacer, Edge};
 use crate::metrics;
 use crate::proxy::{Gateway, GatewayState};
 use crate::shutdown::{self, DrainOnShutdown};
@@ -81,13 +82,21 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
 
     let state = Arc::new(GatewayState::new(config));
     metrics::CONFIG_GENERATION.set(1);
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let app = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway {
             state: state.clone(),
         },
-        "switchyard",
     );
+    let edge = Edge {
+        inner: Arc::new(app),
+        header_timeout: config.server.header_timeout,
+    };
+    let mut proxy = Service::new("switchyard".into(), edge);
+    proxy.set_connection_filter(Arc::new(AcceptPacer::new(
+        config.server.accept_rate,
+        config.server.accept_burst,
+    )));
     for l in &config.server.listen {
         let addr = l.addr.to_string();
         match &l.tls {

@@ -352,3 +352,65 @@ async fn chromium_talks_to_a_websocket_backend_over_sse_plus_post_and_xhr_long_p
         "one backend connection per session"
     );
 }
+
+/// The Origin allowlist and CORS in a real browser: a page from an allowed origin opens an
+/// EventSource (a CORS request) and a WebSocket to the gateway and both work; the same page from
+/// an origin the routes do not list is refused (EventSource error, WebSocket failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_pages_from_allowed_origins_work_and_others_are_refused() {
+    let allowed_port = free_port();
+    let refused_port = free_port();
+    let listen = format!(
+        "    - addr: \"127.0.0.1:{allowed_port}\"\n    - addr: \"127.0.0.1:{refused_port}\"\n"
+    );
+    let origins = format!("[\"http://127.0.0.1:{allowed_port}\"]");
+    let routes = format!(
+        "  - name: demo\n    path: /\n    backend: {{ builtin: demo }}\n  - name: clock\n    path: /clock\n    origins: {origins}\n    backend: {{ builtin: clock }}\n  - name: echo\n    path: /echo\n    origins: {origins}\n    backend: {{ builtin: echo }}\n"
+    );
+    let gw = Gateway::start_full(&listen, &routes, "").await;
+    // The page and the gateway's main listener are different origins (different ports).
+    let probe = format!(
+        "window.result = {{}}; \
+         const es = new EventSource('http://{0}/clock'); \
+         es.onmessage = e => {{ result.sse = 'ok'; es.close(); }}; \
+         es.onerror = () => {{ if (!result.sse) result.sse = 'error'; es.close(); }}; \
+         const ws = new WebSocket('ws://{0}/echo'); \
+         ws.onopen = () => ws.send('hello'); \
+         ws.onmessage = e => {{ result.ws = e.data; ws.close(); }}; \
+         ws.onerror = () => {{ result.ws = 'error'; }}; true",
+        gw.addr
+    );
+    for (port, want_sse, want_ws) in [
+        (allowed_port, "ok", "hello"),
+        (refused_port, "error", "error"),
+    ] {
+        let (_browser, mut cdp) = open_page(&format!("http://127.0.0.1:{port}/")).await;
+        let mut id = 0;
+        wait_true(
+            &mut cdp,
+            &mut id,
+            "document.readyState === 'complete'",
+            "the page loading",
+        )
+        .await;
+        eval(&mut cdp, &mut id, &probe).await;
+        wait_true(
+            &mut cdp,
+            &mut id,
+            "result.sse !== undefined && result.ws !== undefined",
+            "both probes finishing",
+        )
+        .await;
+        let result = eval(&mut cdp, &mut id, "result").await;
+        assert_eq!(
+            result,
+            serde_json::json!({ "sse": want_sse, "ws": want_ws }),
+            "page from port {port}"
+        );
+    }
+    gw.wait_metric(
+        "switchyard_rejections_total{reason=\"origin_not_allowed\",route=\"echo\"}",
+        1.0,
+    )
+    .await;
+}

@@ -461,3 +461,209 @@ async fn max_clients_and_max_clients_per_ip() {
     .await;
     still_serves(&gw).await;
 }
+
+/// Slowloris: 500 connections trickling a request head one header at a time neither starve a
+/// normal client (served within 1 s) nor live past `server.header_timeout`, however steadily
+/// they trickle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_cut_at_header_timeout_and_starve_no_one() {
+    let api = HttpBackend::start("api").await;
+    // Server-level keys go where extra listeners would (two-space indent ends the list).
+    let gw = Gateway::start_full(
+        "  header_timeout: 2s\n",
+        &format!(
+            "{CLOCK}  - name: api\n    path: /api\n    proxy: {{ upstreams: [\"{}\"] }}\n",
+            api.addr
+        ),
+        "",
+    )
+    .await;
+    let started = Instant::now();
+    let mut lorises = Vec::new();
+    for _ in 0..500 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /api/x HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .unwrap();
+        lorises.push(s);
+    }
+    // They keep trickling: one header line every 300 ms.
+    let trickle = tokio::spawn(async move {
+        let mut cut_at = vec![None; lorises.len()];
+        let mut buf = [0u8; 64];
+        while cut_at.iter().any(Option::is_none) && started.elapsed() < Duration::from_secs(10) {
+            for (i, s) in lorises.iter_mut().enumerate() {
+                if cut_at[i].is_some() {
+                    continue;
+                }
+                let alive = s.write_all(b"X-Slow: 1\r\n").await.is_ok()
+                    && !matches!(s.try_read(&mut buf), Ok(0));
+                if !alive {
+                    cut_at[i] = Some(started.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        cut_at
+    });
+    // Meanwhile a normal client is served at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    let r = http_get(gw.addr, "/api/x", &[]).await;
+    let served_in = asked.elapsed();
+    assert_eq!(r.status, 200);
+    assert!(
+        served_in < Duration::from_secs(1),
+        "served in {served_in:?}"
+    );
+    let cut_at = trickle.await.unwrap();
+    let cut = cut_at.iter().filter(|c| c.is_some()).count();
+    assert_eq!(cut, 500, "every slowloris connection was cut");
+    let latest = cut_at.iter().flatten().max().unwrap();
+    assert!(
+        *latest < Duration::from_secs(5),
+        "cut by {latest:?}, with header_timeout 2s"
+    );
+    eprintln!(
+        "500 slowloris connections: normal client served in {served_in:?}; all cut by {latest:?}"
+    );
+    gw.wait_metric(
+        r#"switchyard_rejections_total{reason="header_timeout",route="-"}"#,
+        500.0,
+    )
+    .await;
+    still_serves(&gw).await;
+}
+
+/// RFC 6455 section 5.5.2: with keepalive on, a quiet WebSocket (terminated or passed through)
+/// and a quiet SSE stream stay open for 3 minutes, far past pingora's hidden 60 s read timeout,
+/// and still carry messages afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_connections_stay_open_for_three_minutes() {
+    let ws_backend = WsBackend::start().await;
+    let sse_backend = SseBackend::start().await;
+    let gw = Gateway::start(&format!(
+        "{CLOCK}  - name: echo\n    path: /echo\n    backend: {{ builtin: echo }}\n  - name: tunnel\n    path: /tunnel\n    proxy: {{ upstreams: [\"{}\"] }}\n  - name: quiet\n    path: /quiet\n    backend: {{ sse: \"{}\" }}\n",
+        ws_backend.addr,
+        sse_backend.url("/events"),
+    ))
+    .await;
+    // Each client reads all the time (so it answers the gateway's pings, as browsers do).
+    let mut clients = Vec::new();
+    for path in ["/echo", "/tunnel"] {
+        let (ws, _) = tokio_tungstenite::connect_async(gw.ws_url(path))
+            .await
+            .unwrap();
+        let (tx, mut rx) = ws.split();
+        let (got_tx, got) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = rx.next().await {
+                let _ = got_tx.send(m);
+            }
+        });
+        clients.push((path, tx, got));
+    }
+    let mut sse = SseReader::open(gw.addr, "/quiet", &[]).await;
+    sse_backend.wait_connections(1).await;
+    let quiet = Duration::from_secs(180);
+    let heartbeats = tokio::spawn(async move {
+        let until = Instant::now() + quiet;
+        let mut beats = 0;
+        while Instant::now() < until {
+            let e = sse.next_event().await;
+            if e.comments.iter().any(|c| c == "heartbeat") {
+                beats += 1;
+            }
+        }
+        (sse, beats)
+    });
+    tokio::time::sleep(quiet).await;
+    for (path, tx, got) in clients.iter_mut() {
+        tx.send(Message::text("still here")).await.unwrap();
+        let m = loop {
+            let m = tokio::time::timeout(DEADLINE, got.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if m.is_text() {
+                break m;
+            }
+        };
+        assert_eq!(m.into_text().unwrap().as_str(), "still here", "{path}");
+    }
+    let (mut sse, beats) = heartbeats.await.unwrap();
+    assert!(beats >= 10, "SSE heartbeats kept the stream alive: {beats}");
+    sse_backend.write("data: after three minutes\n\n");
+    assert_eq!(sse.next_data_event().await.data, "after three minutes");
+    still_serves(&gw).await;
+}
+
+/// RFC 6455 section 5.5.2: a client that stops answering pings is closed (1011) within
+/// `ping_interval + pong_timeout`.
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_closed_in_time() {
+    let gw = Gateway::start(&format!(
+        "{CLOCK}  - name: echo\n    path: /echo\n    backend: {{ builtin: echo }}\n    keepalive: {{ ping_interval: 1s, pong_timeout: 1s }}\n"
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut req = format!("GET /echo HTTP/1.1\r\nHost: {}\r\n", gw.addr);
+    for (k, v) in ws_handshake(&[]) {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let opened = Instant::now();
+    // Read everything (pings included) but never answer.
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut got)).await;
+    let closed_after = opened.elapsed();
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"));
+    let pings = got.windows(2).filter(|w| w == &[0x89, 0x00]).count();
+    assert!(pings >= 1, "pinged");
+    let close = got
+        .windows(4)
+        .position(|w| w[0] == 0x88 && w[2..4] == 1011u16.to_be_bytes());
+    assert!(close.is_some(), "closed with 1011");
+    assert!(
+        closed_after <= Duration::from_millis(2600),
+        "closed {closed_after:?} after opening; ping_interval + pong_timeout is 2s"
+    );
+    still_serves(&gw).await;
+}
+
+/// A reconnect storm is paced by `server.accept_rate` (a token bucket in the accept loop): 200
+/// clients at once are all served, none dropped, no faster than the configured rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_is_paced_not_dropped() {
+    let api = HttpBackend::start("api").await;
+    let gw = Gateway::start_full(
+        "  accept_rate: 100\n  accept_burst: 20\n",
+        &format!(
+            "{CLOCK}  - name: api\n    path: /api\n    proxy: {{ upstreams: [\"{}\"] }}\n",
+            api.addr
+        ),
+        "",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the bucket refill
+    let started = Instant::now();
+    let storm: Vec<_> = (0..200)
+        .map(|_| {
+            let addr = gw.addr;
+            tokio::spawn(async move { http_get(addr, "/api/x", &[]).await.status })
+        })
+        .collect();
+    for c in storm {
+        assert_eq!(c.await.unwrap(), 200, "every client of the storm is served");
+    }
+    let took = started.elapsed();
+    eprintln!("200 connections with accept_rate 100/s, burst 20: all served in {took:?}");
+    assert!(took >= Duration::from_millis(1400), "paced: {took:?}");
+    let m = gw.metrics().await;
+    assert!(
+        metric(&m, "switchyard_accepts_paced_total").unwrap_or(0.0) >= 150.0,
+        "{m}"
+    );
+    still_serves(&gw).await;
+}

@@ -15,6 +15,13 @@ pub struct RawServer {
     pub threads: Option<usize>,
     #[serde(default)]
     pub shutdown_grace: Option<Scalar>,
+    #[serde(default)]
+    pub header_timeout: Option<Scalar>,
+    /// New connections accepted per second, after a burst of `accept_burst`.
+    #[serde(default)]
+    pub accept_rate: Option<u32>,
+    #[serde(default)]
+    pub accept_burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

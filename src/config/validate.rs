@@ -23,6 +23,11 @@ pub struct ServerConfig {
     pub admin: Option<SocketAddr>,
     pub threads: usize,
     pub shutdown_grace: Duration,
+    /// A connection's first request head must be complete within this (slowloris).
+    pub header_timeout: Duration,
+    /// Accepts per second once `accept_burst` is spent (reconnect storms wait in the backlog).
+    pub accept_rate: u32,
+    pub accept_burst: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -530,11 +535,33 @@ impl<'a> Validator<'a> {
             &s.shutdown_grace,
             Duration::from_secs(10),
         );
+        let header_timeout = self.duration(
+            "server.header_timeout".into(),
+            &s.header_timeout,
+            Duration::from_secs(10),
+        );
+        if header_timeout.is_zero() || header_timeout > Duration::from_secs(300) {
+            self.err(
+                "server.header_timeout",
+                "header_timeout must be above 0s and at most 5m",
+            );
+        }
+        let accept_rate = s.accept_rate.unwrap_or(2000);
+        let accept_burst = s.accept_burst.unwrap_or(500);
+        if accept_rate == 0 || accept_burst == 0 {
+            self.err(
+                "server.accept_rate",
+                "accept_rate and accept_burst must be above 0",
+            );
+        }
         ServerConfig {
             listen,
             admin,
             threads,
             shutdown_grace,
+            header_timeout,
+            accept_rate,
+            accept_burst,
         }
     }
 
