@@ -667,3 +667,164 @@ async fn a_reconnect_storm_is_paced_not_dropped() {
     );
     still_serves(&gw).await;
 }
+
+/// Opens a terminated WebSocket on `path` over a raw socket and returns it after the 101.
+async fn raw_ws(gw: &Gateway, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n", gw.addr);
+    for (k, v) in ws_handshake(&[]) {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).await.unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    s
+}
+
+/// A masked client frame (RFC 6455 section 5.3) with `first` as its first byte.
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut out = vec![first];
+    if payload.len() < 126 {
+        out.push(0x80 | payload.len() as u8);
+    } else {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// RFC 6455 sections 5.1 (masking), 5.5 (control frames), 8.1 (UTF-8) and 7.4.1 (1009): each
+/// violation gets its close code, and the gateway goes on serving everyone else.
+#[tokio::test]
+async fn websocket_protocol_violations_get_their_close_codes() {
+    let gw = Gateway::start(&format!(
+        "{CLOCK}  - name: echo\n    path: /echo\n    backend: {{ builtin: echo }}\n    limits: {{ max_message: 1KiB }}\n"
+    ))
+    .await;
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("unmasked frame (5.1)", vec![0x81, 0x02, b'h', b'i'], 1002),
+        (
+            "invalid UTF-8 text (8.1)",
+            masked(0x81, &[0xff, 0xfe]),
+            1007,
+        ),
+        (
+            "control frame over 125 bytes (5.5)",
+            masked(0x89, &[0u8; 126]),
+            1002,
+        ),
+        ("fragmented control frame (5.5)", masked(0x09, b"x"), 1002),
+        (
+            "message over max_message (7.4.1)",
+            masked(0x82, &[0u8; 2000]),
+            1009,
+        ),
+    ];
+    for (what, frame, code) in cases {
+        let mut s = raw_ws(&gw, "/echo").await;
+        s.write_all(&frame).await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut got)).await;
+        let close = got.windows(2).position(|w| w[0] == 0x88);
+        let at = close.unwrap_or_else(|| panic!("{what}: no close frame in {got:02x?}"));
+        let sent = u16::from_be_bytes([got[at + 2], got[at + 3]]);
+        assert_eq!(sent, code, "{what}");
+    }
+    // A well-behaved client on the same route is still echoed.
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/echo"))
+        .await
+        .unwrap();
+    ws.send(Message::text("fine")).await.unwrap();
+    let m = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.into_text().unwrap().as_str(), "fine");
+    gw.expect_metric(
+        r#"switchyard_rejections_total{reason="ws_protocol",route="echo"}"#,
+        5.0,
+    )
+    .await;
+    still_serves(&gw).await;
+}
+
+/// RFC 6455 section 5.5.2 toward backends: a backend that completes the handshake and then
+/// never answers a ping is dropped within `ping_interval + pong_timeout`, its clients are told
+/// (1012), and the feed reconnects.
+#[tokio::test]
+async fn a_backend_that_stops_answering_pings_is_dropped_in_time() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (dropped_tx, mut dropped) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let dropped_tx = dropped_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let key = text
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("sec-websocket-key: ")
+                            .or_else(|| l.strip_prefix("Sec-WebSocket-Key: "))
+                    })
+                    .unwrap()
+                    .trim()
+                    .to_owned();
+                let accept =
+                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+                s.write_all(resp.as_bytes()).await.unwrap();
+                let opened = Instant::now();
+                // Mute: read (pings arrive) but never answer.
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink).await;
+                let _ = dropped_tx.send(opened.elapsed());
+            });
+        }
+    });
+    let gw = Gateway::start(&format!(
+        "{CLOCK}  - name: feed\n    path: /feed\n    backend: {{ websocket: \"ws://{backend}/\", reconnect: {{ initial: 50ms, max: 100ms }} }}\n    keepalive: {{ ping_interval: 1s, pong_timeout: 1s }}\n"
+    ))
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/feed"))
+        .await
+        .unwrap();
+    let lived = tokio::time::timeout(DEADLINE, dropped.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        lived <= Duration::from_millis(2600),
+        "dropped {lived:?} after the handshake; ping_interval + pong_timeout is 2s"
+    );
+    let code = loop {
+        match tokio::time::timeout(DEADLINE, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 1012);
+    still_serves(&gw).await;
+}
