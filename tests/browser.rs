@@ -370,14 +370,14 @@ async fn chromium_pages_from_allowed_origins_work_and_others_are_refused() {
     let gw = Gateway::start_full(&listen, &routes, "").await;
     // The page and the gateway's main listener are different origins (different ports).
     let probe = format!(
-        "window.result = {{}}; \
+        "window.result = {{}}; (() => {{ \
          const es = new EventSource('http://{0}/clock'); \
          es.onmessage = e => {{ result.sse = 'ok'; es.close(); }}; \
          es.onerror = () => {{ if (!result.sse) result.sse = 'error'; es.close(); }}; \
          const ws = new WebSocket('ws://{0}/echo'); \
          ws.onopen = () => ws.send('hello'); \
          ws.onmessage = e => {{ result.ws = e.data; ws.close(); }}; \
-         ws.onerror = () => {{ result.ws = 'error'; }}; true",
+         ws.onerror = () => {{ result.ws = 'error'; }}; }})(); true",
         gw.addr
     );
     for (port, want_sse, want_ws) in [
@@ -389,19 +389,24 @@ async fn chromium_pages_from_allowed_origins_work_and_others_are_refused() {
         wait_true(
             &mut cdp,
             &mut id,
-            "document.readyState === 'complete'",
+            "location.protocol === 'http:' && document.readyState === 'complete'",
             "the page loading",
         )
         .await;
-        eval(&mut cdp, &mut id, &probe).await;
-        wait_true(
-            &mut cdp,
-            &mut id,
-            "result.sse !== undefined && result.ws !== undefined",
-            "both probes finishing",
-        )
-        .await;
-        let result = eval(&mut cdp, &mut id, "result").await;
+        let started = eval(&mut cdp, &mut id, &probe).await;
+        assert_eq!(started, true, "the probe script runs: {probe}");
+        let until = Instant::now() + DEADLINE;
+        let result = loop {
+            let r = eval(&mut cdp, &mut id, "result").await;
+            if r.get("sse").is_some() && r.get("ws").is_some() {
+                break r;
+            }
+            assert!(
+                Instant::now() < until,
+                "page from port {port}: probes stuck at {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert_eq!(
             result,
             serde_json::json!({ "sse": want_sse, "ws": want_ws }),
