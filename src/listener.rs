@@ -20,6 +20,7 @@ use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -48,46 +49,64 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
     }
 }
 
-/// A stream whose first request head must arrive within a deadline.
+/// A stream whose request heads must arrive within a deadline: the first one counted from
+/// the accept, each later one (keep-alive) from its first byte, so an idle keep-alive
+/// connection is left to pingora's keep-alive timeout while a trickled head is not.
 #[derive(Debug)]
 pub struct HeaderDeadline {
     inner: Stream,
-    /// Running until the end of the first head is seen.
+    limit: Duration,
+    /// Running until the end of the current head is seen.
     deadline: Option<Pin<Box<Sleep>>>,
     end: HeadEnd,
+    /// Set when a request finished on a connection that stays open: the next bytes start a
+    /// new head.
+    rearm: AtomicBool,
+    timed_out: bool,
 }
 
-/// Finds the blank line that ends a request head, across reads.
+/// Finds the empty line that ends a request head, across reads. Like the HTTP parser, it
+/// skips empty lines before the request line and takes LF or CRLF as a line end.
 #[derive(Debug, Default)]
 struct HeadEnd {
-    /// How much of `\r\n\r\n` the bytes so far end with.
-    matched: usize,
+    /// The request line has begun.
+    started: bool,
+    /// Bytes other than CR in the current line.
+    line_len: usize,
 }
 
 impl HeaderDeadline {
     pub fn new(inner: Stream, limit: Duration) -> Self {
         Self {
             inner,
+            limit,
             deadline: Some(Box::pin(tokio::time::sleep(limit))),
             end: HeadEnd::default(),
+            rearm: AtomicBool::new(false),
+            timed_out: false,
         }
+    }
+
+    /// The request on this connection is done and the connection stays open: the next request
+    /// head gets its own deadline, from its first byte.
+    pub fn next_request(&self) {
+        self.rearm.store(true, Ordering::Relaxed);
     }
 }
 
 impl HeadEnd {
-    /// Feeds bytes to the matcher; true once `\r\n\r\n` went by.
+    /// Feeds bytes to the matcher; true once the empty line after the head went by.
     fn scan(&mut self, bytes: &[u8]) -> bool {
-        const END: &[u8] = b"\r\n\r\n";
         for &b in bytes {
-            self.matched = if b == END[self.matched] {
-                self.matched + 1
-            } else if b == b'\r' {
-                1
-            } else {
-                0
-            };
-            if self.matched == END.len() {
-                return true;
+            match b {
+                b'\r' => {}
+                b'\n' if !self.started => {}
+                b'\n' if self.line_len == 0 => return true,
+                b'\n' => self.line_len = 0,
+                _ => {
+                    self.started = true;
+                    self.line_len += 1;
+                }
             }
         }
         false
@@ -101,8 +120,19 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let too_slow = || {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head not complete within header_timeout",
+            )
+        };
+        if this.timed_out {
+            return Poll::Ready(Err(too_slow()));
+        }
         if let Some(deadline) = this.deadline.as_mut() {
             if deadline.as_mut().poll(cx).is_ready() {
+                this.timed_out = true;
+                this.deadline = None;
                 crate::metrics::REJECTIONS
                     .with_label_values(&["-", "header_timeout"])
                     .inc();
@@ -112,19 +142,22 @@ impl AsyncRead for HeaderDeadline {
                     408,
                     "request head not complete within header_timeout; connection dropped",
                 );
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "request head not complete within header_timeout",
-                )));
+                return Poll::Ready(Err(too_slow()));
             }
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if this.deadline.is_some() {
-            if let Poll::Ready(Ok(())) = &result {
-                if this.end.scan(&buf.filled()[before..]) {
-                    this.deadline = None;
-                }
+        if let Poll::Ready(Ok(())) = &result {
+            let fresh = &buf.filled()[before..];
+            if !fresh.is_empty()
+                && this.deadline.is_none()
+                && this.rearm.swap(false, Ordering::Relaxed)
+            {
+                this.deadline = Some(Box::pin(tokio::time::sleep(this.limit)));
+                this.end = HeadEnd::default();
+            }
+            if this.deadline.is_some() && this.end.scan(fresh) {
+                this.deadline = None;
             }
         }
         result
@@ -280,8 +313,8 @@ impl pingora::listeners::ConnectionFilter for AcceptPacer {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_bucket_allows_a_burst_then_the_rate() {
+    #[tokio::test(start_paused = true)]
+    async fn the_bucket_allows_a_burst_then_the_rate() {
         let p = AcceptPacer::new(100, 3);
         assert!(p.wait().is_zero());
         assert!(p.wait().is_zero());
@@ -302,6 +335,13 @@ mod tests {
         assert!(!e.scan(b"\n\r"));
         assert!(e.scan(b"\n"));
         let mut e = HeadEnd::default();
-        assert!(!e.scan(b"a\r\n\r\r\n"), "a stray CR restarts the match");
+        assert!(
+            !e.scan(b"\r\n\r\n\r\n"),
+            "empty lines before the request line do not count"
+        );
+        assert!(!e.scan(b"GET / HTTP/1.1\r\n"));
+        assert!(e.scan(b"\r\n"));
+        let mut e = HeadEnd::default();
+        assert!(e.scan(b"GET / HTTP/1.1\nHost: a\n\n"), "bare LF line ends");
     }
 }

@@ -194,13 +194,16 @@ async fn policy_refused(session: &mut Session, rt: &RouteRuntime) -> Result<bool
         }
         return Ok(true);
     }
-    if let Some(o) = cross.filter(|_| matches!(origin, policy::origin::Origin::Allowed(_))) {
-        if let Some(m) = session
-            .downstream_modules_ctx
-            .get_mut::<policy::cors::CorsHeaders>()
-        {
-            m.headers = policy::cors::response_headers(route, &o);
-        }
+    // Every answer varies by Origin (CORS headers depend on it), so caches keep them apart.
+    let headers = match cross.filter(|_| matches!(origin, policy::origin::Origin::Allowed(_))) {
+        Some(o) => policy::cors::response_headers(route, &o),
+        None => vec![(http::header::VARY, http::HeaderValue::from_static("Origin"))],
+    };
+    if let Some(m) = session
+        .downstream_modules_ctx
+        .get_mut::<policy::cors::CorsHeaders>()
+    {
+        m.headers = headers;
     }
     Ok(false)
 }
@@ -387,6 +390,16 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         _ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // CORS is the edge's: an upstream's own CORS headers would bypass the route's policy.
+        let upstream_cors: Vec<http::HeaderName> = upstream_response
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("access-control-"))
+            .cloned()
+            .collect();
+        for name in upstream_cors {
+            upstream_response.remove_header(&name);
+        }
         if upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS {
             return Ok(());
         }
@@ -478,6 +491,17 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+        // The next request on a kept-alive connection gets its own head deadline.
+        if !session.was_upgraded() {
+            if let Some(stream) = session.stream() {
+                if let Some(d) = (**stream)
+                    .as_any()
+                    .downcast_ref::<crate::listener::HeaderDeadline>()
+                {
+                    d.next_request();
+                }
+            }
+        }
         let class = match session.response_written().map(|r| r.status.as_u16()) {
             Some(s) => match s / 100 {
                 1 => "1xx",

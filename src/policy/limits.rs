@@ -11,6 +11,21 @@ use std::sync::{Arc, Mutex};
 /// Seconds a refused client is asked to wait.
 const RETRY_AFTER: &str = "5";
 
+/// The address a per-client limit counts by: IPv4 as is, IPv6 by its /64 (one subscriber's
+/// network), so rotating addresses inside it does not multiply the allowance.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 #[derive(Default)]
 pub struct Occupancy {
     total: AtomicUsize,
@@ -44,7 +59,7 @@ impl Occupancy {
             )
             .header("retry-after", RETRY_AFTER));
         }
-        let ip = ip.filter(|_| max_per_ip > 0);
+        let ip = ip.filter(|_| max_per_ip > 0).map(client_key);
         if let Some(ip) = ip {
             let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let n = map.entry(ip).or_insert(0);

@@ -113,7 +113,13 @@ pub fn admit(
                 .headers
                 .get("sec-fetch-site")
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
-            if cross_site && !allowlist.iter().any(|a| a == "*") {
+            // A link followed from another site is a navigation, not a hijack.
+            let navigation = req
+                .headers
+                .get("sec-fetch-mode")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"navigate"))
+                && req.method == http::Method::GET;
+            if cross_site && !navigation && !allowlist.iter().any(|a| a == "*") {
                 return Err(Reject::new(
                     403,
                     "origin_not_allowed",
