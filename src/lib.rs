@@ -16,6 +16,7 @@ pub mod listener;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod shutdown;

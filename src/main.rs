@@ -61,6 +61,7 @@ fn main() -> ExitCode {
     let run = server::RunOptions {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
+        config_path: Some(cli.config.clone()),
     };
     match server::build(&cfg, &run) {
         Ok(s) => {

@@ -163,6 +163,43 @@ pub static CONNECTION_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_bytes_total",
+        "Payload bytes through terminated client connections; direction is in (from clients) or out (to clients), framing included",
+        &["route", "transport", "direction"]
+    )
+    .expect("metric registers once")
+});
+
+pub static REPLAY: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_replay_total",
+        "Resumes from a position (SSE Last-Event-ID, long-poll cursor): hit when everything after it was still held, miss when messages were lost",
+        &["route", "result"]
+    )
+    .expect("metric registers once")
+});
+
+pub static DELIVERY_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "switchyard_delivery_latency_seconds",
+        "Time from a backend message reaching the gateway to its write to a client (long-poll: to the poll that takes it)",
+        &["route", "transport"],
+        vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+    )
+    .expect("metric registers once")
+});
+
+pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_config_reloads_total",
+        "Config reloads (SIGHUP), by outcome (success or failure)",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
 pub static CONFIG_GENERATION: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "switchyard_config_generation",

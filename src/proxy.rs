@@ -46,21 +46,58 @@ impl AsRef<Route> for RouteRuntime {
 /// Everything built from one config generation.
 pub struct GatewayState {
     pub router: Router<RouteRuntime>,
+    pub routes: Vec<Arc<RouteRuntime>>,
     pub upstream_sets: Vec<Arc<UpstreamSet>>,
+}
+
+/// What a reload changed.
+#[derive(Default)]
+pub struct Changes {
+    pub kept: usize,
+    pub changed: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Upstream sets that are new in this generation (their health checks must start).
+    pub new_sets: Vec<Arc<UpstreamSet>>,
 }
 
 impl GatewayState {
     pub fn new(config: &Config) -> Self {
+        Self::rebuild(config, None).0
+    }
+
+    /// Builds the state for `config`. A route whose name and settings are unchanged from
+    /// `previous` keeps its runtime (hub, sessions, upstream health, client counts), so its
+    /// connections carry on untouched; a changed route gets a fresh runtime for new clients
+    /// while its old clients finish on the old one; a removed route is retired (its streaming
+    /// clients are told to go, its health checks stop).
+    pub fn rebuild(config: &Config, previous: Option<&GatewayState>) -> (Self, Changes) {
+        let mut changes = Changes::default();
         let mut upstream_sets = Vec::new();
+        let old =
+            |name: &str| previous.and_then(|p| p.routes.iter().find(|rt| rt.route.name == name));
         let routes: Vec<Arc<RouteRuntime>> = config
             .routes
             .iter()
             .map(|r| {
+                if let Some(rt) = old(&r.name).filter(|rt| *rt.route == *r) {
+                    changes.kept += 1;
+                    if let Target::Proxy(set) = &rt.target {
+                        upstream_sets.push(set.clone());
+                    }
+                    return rt.clone();
+                }
+                match old(&r.name) {
+                    Some(_) => changes.changed.push(r.name.clone()),
+                    None if previous.is_some() => changes.added.push(r.name.clone()),
+                    None => {}
+                }
                 let route = Arc::new(r.clone());
                 let target = match &r.kind {
                     RouteKind::Proxy(p) => {
                         let set = Arc::new(UpstreamSet::new(&r.name, p));
                         upstream_sets.push(set.clone());
+                        changes.new_sets.push(set.clone());
                         Target::Proxy(set)
                     }
                     RouteKind::Bridge(b) => Target::Bridge(Box::new(Bridge::new(route.clone(), b))),
@@ -72,15 +109,61 @@ impl GatewayState {
                 })
             })
             .collect();
-        Self {
-            router: Router::new(&routes),
-            upstream_sets,
+        if let Some(p) = previous {
+            for rt in &p.routes {
+                let kept = routes.iter().any(|n| Arc::ptr_eq(n, rt));
+                if kept {
+                    continue;
+                }
+                let renamed_or_gone = !routes.iter().any(|n| n.route.name == rt.route.name);
+                match &rt.target {
+                    Target::Proxy(set) => set
+                        .retired
+                        .store(true, std::sync::atomic::Ordering::Relaxed),
+                    Target::Bridge(b) if renamed_or_gone => b.retire(),
+                    Target::Bridge(_) => {}
+                }
+                if renamed_or_gone {
+                    changes.removed.push(rt.route.name.clone());
+                }
+            }
         }
+        let state = Self {
+            router: Router::new(&routes),
+            routes,
+            upstream_sets,
+        };
+        (state, changes)
+    }
+}
+
+/// The state in force, swapped whole by a reload. Each request takes the generation current
+/// when it arrives and keeps it to the end.
+pub struct Live {
+    current: std::sync::RwLock<Arc<GatewayState>>,
+}
+
+impl Live {
+    pub fn new(state: GatewayState) -> Self {
+        Self {
+            current: std::sync::RwLock::new(Arc::new(state)),
+        }
+    }
+
+    pub fn load(&self) -> Arc<GatewayState> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn store(&self, state: GatewayState) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
     }
 }
 
 pub struct Gateway {
-    pub state: Arc<GatewayState>,
+    pub state: Arc<Live>,
 }
 
 #[derive(Default)]
@@ -253,6 +336,7 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let found = self
             .state
+            .load()
             .router
             .find(request_host(req), req.uri.path())
             .cloned();

@@ -5,7 +5,8 @@
 use crate::config::Config;
 use crate::listener::{AcceptPacer, Edge};
 use crate::metrics;
-use crate::proxy::{Gateway, GatewayState};
+use crate::proxy::{Gateway, GatewayState, Live};
+use crate::reload::Reloader;
 use crate::shutdown::{self, DrainOnShutdown};
 use crate::upstream::health::HealthChecker;
 use async_trait::async_trait;
@@ -57,6 +58,8 @@ pub struct RunOptions {
     /// Take over the listening sockets of a running instance (zero-downtime binary upgrade).
     pub upgrade: bool,
     pub daemon: bool,
+    /// The config file, read again on SIGHUP.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
@@ -80,7 +83,7 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let state = Arc::new(GatewayState::new(config));
+    let state = Arc::new(Live::new(GatewayState::new(config)));
     metrics::CONFIG_GENERATION.set(1);
     let app = pingora::proxy::http_proxy(
         &server.configuration,
@@ -121,9 +124,24 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
     server.add_service(background_service(
         "upstream health checks",
         HealthChecker {
-            sets: state.upstream_sets.clone(),
+            sets: state.load().upstream_sets.clone(),
         },
     ));
-    server.add_service(background_service("drain coordinator", DrainOnShutdown));
+    server.add_service(background_service(
+        "drain coordinator",
+        DrainOnShutdown {
+            grace: config.server.shutdown_grace,
+        },
+    ));
+    if let Some(path) = &run.config_path {
+        server.add_service(background_service(
+            "config reload (SIGHUP)",
+            Reloader {
+                path: path.clone(),
+                live: state.clone(),
+                server: config.server.clone(),
+            },
+        ));
+    }
     Ok(server)
 }

@@ -22,14 +22,33 @@ pub async fn wait() {
     let _ = rx.wait_for(|d| *d).await;
 }
 
-/// A pingora background service that starts the drain when pingora begins its shutdown.
-pub struct DrainOnShutdown;
+/// A pingora background service that starts the drain when pingora begins its shutdown, then
+/// ends the process as soon as no client request is left (or `grace` has passed). pingora on
+/// its own would always sleep its whole grace period, however quickly clients left.
+pub struct DrainOnShutdown {
+    pub grace: std::time::Duration,
+}
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for DrainOnShutdown {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         let _ = shutdown.changed().await;
-        log::info!("shutdown requested: draining client connections");
+        let open = crate::policy::limits::in_flight();
+        log::info!(
+            "shutdown requested: draining {open} client request(s) for up to {:?}",
+            self.grace
+        );
         begin();
+        let until = tokio::time::Instant::now() + self.grace;
+        while crate::policy::limits::in_flight() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let left = crate::policy::limits::in_flight();
+        if left > 0 {
+            log::warn!("shutdown_grace over with {left} client request(s) still open; exiting");
+        } else {
+            log::info!("drained; exiting");
+        }
+        std::process::exit(0);
     }
 }

@@ -20,6 +20,8 @@ pub struct Message {
     pub binary: bool,
     /// The SSE event name, when an SSE backend gave one (other than the default `message`).
     pub event: Option<Box<str>>,
+    /// When the gateway received it from the backend (delivery latency is measured from here).
+    pub received: std::time::Instant,
     sse: OnceLock<Bytes>,
     ws: OnceLock<Bytes>,
     json: OnceLock<Bytes>,
@@ -36,6 +38,7 @@ impl Message {
             payload,
             binary,
             event,
+            received: std::time::Instant::now(),
             sse: OnceLock::new(),
             ws: OnceLock::new(),
             json: OnceLock::new(),

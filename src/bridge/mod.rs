@@ -37,6 +37,8 @@ pub struct Bridge {
     pub route: Arc<Route>,
     pub spec: BridgeRoute,
     pub feed: Feed,
+    /// Set when a reload removed the route: its clients are asked to go, as on shutdown.
+    retired: tokio::sync::watch::Sender<bool>,
 }
 
 /// A client that joined a shared feed: what it asked to replay, then its live position.
@@ -75,6 +77,23 @@ impl Bridge {
             route,
             spec: spec.clone(),
             feed,
+            retired: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// The route was removed by a reload: its open clients are closed as on shutdown (WS 1001,
+    /// SSE final `retry:`, polls answered), and they reconnect to whatever serves the path now.
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
+    }
+
+    /// Resolves when this route's clients must go: the gateway is draining or the route was
+    /// removed.
+    pub async fn closing(&self) {
+        let mut retired = self.retired.subscribe();
+        tokio::select! {
+            _ = crate::shutdown::wait() => {}
+            _ = retired.wait_for(|r| *r) => {}
         }
     }
 
@@ -101,6 +120,12 @@ impl Bridge {
             .hub()
             .expect("subscribe is only called on shared feeds");
         let sub = hub.subscribe(after);
+        if after.is_some() {
+            let result = if sub.gap { "miss" } else { "hit" };
+            crate::metrics::REPLAY
+                .with_label_values(&[&self.route.name, result])
+                .inc();
+        }
         match &self.spec.backend {
             BackendSpec::Builtin(Builtin::Clock) => builtin::ensure_clock(hub),
             BackendSpec::WebSocket(_) | BackendSpec::Sse(_) => {

@@ -17,7 +17,7 @@ pub struct Config {
     pub routes: Vec<Route>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: Vec<Listener>,
     pub admin: Option<SocketAddr>,
@@ -30,13 +30,13 @@ pub struct ServerConfig {
     pub accept_burst: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     pub addr: SocketAddr,
     pub tls: Option<TlsFiles>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -98,7 +98,7 @@ pub enum HostPattern {
     Suffix(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     pub name: String,
     pub host: HostPattern,
@@ -138,7 +138,7 @@ impl AsRef<Route> for Route {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RouteKind {
     Proxy(ProxyRoute),
     Bridge(Box<BridgeRoute>),
@@ -151,14 +151,14 @@ pub enum Balance {
     HashClientIp,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     /// As written in the config, for logs and metrics.
     pub name: String,
     pub addr: SocketAddr,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
     pub interval: Duration,
     /// HTTP GET this path and expect a 2xx; without a path the check is a TCP connect.
@@ -166,7 +166,7 @@ pub struct HealthCheck {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProxyRoute {
     pub upstreams: Vec<Upstream>,
     pub balance: Balance,
@@ -269,7 +269,7 @@ pub struct ClientTransports {
     pub long_poll: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BridgeRoute {
     pub backend: BackendSpec,
     pub clients: ClientTransports,

@@ -199,6 +199,9 @@ async fn send(
         }
     };
     let body = read_body(session, bridge.route.limits.max_message as usize).await?;
+    metrics::BYTES
+        .with_label_values(&[route, transport, "in"])
+        .inc_by(body.len() as u64);
     let content_type = session
         .req_header()
         .headers

@@ -20,7 +20,6 @@ use crate::bridge::{Bridge, Event, Message};
 use crate::config::BinaryPolicy;
 use crate::error::Reject;
 use crate::metrics;
-use crate::shutdown;
 use crate::upstream::private;
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -105,7 +104,7 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
                     Err(RecvError::Closed) => break,
                 },
                 _ = &mut deadline => break,
-                _ = shutdown::wait() => break,
+                _ = bridge.closing() => break,
             }
         }
         // Take whatever else is already queued, without waiting.
@@ -170,6 +169,14 @@ fn answer(
     metrics::MESSAGES
         .with_label_values(&[route, "long_poll", "out"])
         .inc_by(sent);
+    let now = std::time::Instant::now();
+    let latency = metrics::DELIVERY_LATENCY.with_label_values(&[route, "long_poll"]);
+    for m in batch {
+        latency.observe(now.saturating_duration_since(m.received).as_secs_f64());
+    }
+    metrics::BYTES
+        .with_label_values(&[route, "long_poll", "out"])
+        .inc_by(body.len() as u64);
     body.freeze()
 }
 
@@ -227,7 +234,7 @@ async fn serve_session(
         tokio::select! {
             _ = conv.outbox.wait_after(cursor) => {}
             _ = tokio::time::sleep(bridge.route.keepalive.poll_timeout) => {}
-            _ = shutdown::wait() => {}
+            _ = bridge.closing() => {}
         }
         batch = conv.outbox.after(cursor, MAX_BATCH);
     }

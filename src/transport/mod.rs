@@ -95,13 +95,20 @@ pub const BURST_BYTES: usize = 32 * 1024;
 
 /// Gathers what to write for a message and any others already queued behind it. A lone message
 /// goes out as its shared encoding (no copy); a burst is joined into one buffer so it costs
-/// one write. `frame` gives a message's encoding, or None to skip it. Returns the bytes (None
-/// when every message was skipped) and how many messages they carry.
+/// one write. `frame` gives a message's encoding, or None to skip it; each message's delivery
+/// latency goes into `latency`. Returns the bytes (None when every message was skipped) and how
+/// many messages they carry.
 pub fn gather_burst(
     first: &Message,
     consumer: &mut Consumer,
+    latency: &prometheus::Histogram,
     mut frame: impl FnMut(&Message) -> Option<Bytes>,
 ) -> (Option<Bytes>, u64) {
+    let now = std::time::Instant::now();
+    let mut frame = |m: &Message| {
+        latency.observe(now.saturating_duration_since(m.received).as_secs_f64());
+        frame(m)
+    };
     let mut single = frame(first);
     let mut count = u64::from(single.is_some());
     let mut joined: Option<BytesMut> = None;

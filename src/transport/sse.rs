@@ -21,7 +21,6 @@ use crate::bridge::session::{EndReason, Session as BridgeSession, Sessions};
 use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Joined, Message};
 use crate::config::BinaryPolicy;
 use crate::metrics;
-use crate::shutdown;
 use crate::upstream::private;
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -211,6 +210,8 @@ async fn stream(
     let _open = metrics::OpenConnection::new(route, "sse");
     session.set_read_timeout(None);
     let messages_out = metrics::MESSAGES.with_label_values(&[route, "sse", "out"]);
+    let bytes_out = metrics::BYTES.with_label_values(&[route, "sse", "out"]);
+    let latency = metrics::DELIVERY_LATENCY.with_label_values(&[route, "sse"]);
     let binary = bridge.spec.binary;
     let frame = |m: &Message| -> Option<Bytes> {
         if m.binary && binary == BinaryPolicy::Drop {
@@ -233,6 +234,7 @@ async fn stream(
             }
         }
         let chunk = std::mem::take(&mut first).freeze();
+        bytes_out.inc_by(chunk.len() as u64);
         if super::write_chunk(session, chunk, &consumer).await.is_err() {
             super::abandon(session);
             return Ok(());
@@ -253,7 +255,7 @@ async fn stream(
     loop {
         let chunk = tokio::select! {
             delivery = consumer.next() => match delivery {
-                Delivery::Message(m) => match super::gather_burst(&m, &mut consumer, frame) {
+                Delivery::Message(m) => match super::gather_burst(&m, &mut consumer, &latency, frame) {
                     (Some(bytes), _) => bytes,
                     (None, _) => continue,
                 },
@@ -292,7 +294,7 @@ async fn stream(
                 Err(_) => return Ok(()),
                 Ok(_) => { watching_client = false; continue }
             },
-            _ = shutdown::wait() => {
+            _ = bridge.closing() => {
                 if super::write_chunk(session, Bytes::from(retry_field() + "\n"), &consumer).await.is_err() {
                     super::abandon(session);
                     return Ok(());
@@ -300,6 +302,7 @@ async fn stream(
                 break;
             }
         };
+        bytes_out.inc_by(chunk.len() as u64);
         if super::write_chunk(session, chunk, &consumer).await.is_err() {
             super::abandon(session);
             return Ok(());

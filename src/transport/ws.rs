@@ -14,7 +14,6 @@ use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Feed};
 use crate::config::BackendSpec;
 use crate::error::Reject;
 use crate::metrics;
-use crate::shutdown;
 use crate::upstream::private;
 use bytes::{Buf, Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -438,6 +437,9 @@ async fn run(
     let mut client_closed = false;
     let messages_in = metrics::MESSAGES.with_label_values(&[route, "websocket", "in"]);
     let messages_out = metrics::MESSAGES.with_label_values(&[route, "websocket", "out"]);
+    let bytes_in = metrics::BYTES.with_label_values(&[route, "websocket", "in"]);
+    let bytes_out = metrics::BYTES.with_label_values(&[route, "websocket", "out"]);
+    let latency = metrics::DELIVERY_LATENCY.with_label_values(&[route, "websocket"]);
     let far = Duration::from_secs(86_400 * 365);
     let every = |d: Duration| if d.is_zero() { far } else { d };
     let mut next_ping = Instant::now() + every(keepalive.ping_interval);
@@ -451,6 +453,7 @@ async fn run(
         tokio::select! {
             read = session.read_request_body(), if in_flight.len() < UPLINK_QUEUE => {
                 let Ok(Some(data)) = read else { break None };
+                bytes_in.inc_by(data.len() as u64);
                 idle_at = Instant::now() + every(keepalive.idle_timeout);
                 decoder.push(&data);
                 let mut reply: Vec<Bytes> = Vec::new();
@@ -535,9 +538,10 @@ async fn run(
                 let consumer = consumer.as_mut().expect("checked above");
                 match delivery {
                     Delivery::Message(m) => {
-                        let (bytes, count) = super::gather_burst(&m, consumer, |m| Some(m.ws_frame()));
+                        let (bytes, count) = super::gather_burst(&m, consumer, &latency, |m| Some(m.ws_frame()));
                         messages_out.inc_by(count);
                         let bytes = bytes.expect("WebSocket clients take every message");
+                        bytes_out.inc_by(bytes.len() as u64);
                         if super::write_chunk(session, bytes, consumer).await.is_err() {
                             super::abandon(session);
                             return Ok(());
@@ -574,7 +578,7 @@ async fn run(
                     }
                 }
             }
-            _ = shutdown::wait() => break Some((close::GOING_AWAY, "server shutting down".into())),
+            _ = bridge.closing() => break Some((close::GOING_AWAY, "server shutting down or route removed".into())),
         }
     };
     if client_closed {

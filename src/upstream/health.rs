@@ -52,7 +52,9 @@ fn probe_for(set: &UpstreamSet) -> Option<Box<dyn Probe + Send + Sync>> {
     })
 }
 
-async fn run_set(set: Arc<UpstreamSet>, mut shutdown: ShutdownWatch) {
+/// Checks one upstream set's members every `health_check.interval` until shutdown or until a
+/// reload retires the set.
+pub async fn run_set(set: Arc<UpstreamSet>, mut shutdown: ShutdownWatch) {
     let Some(probe) = probe_for(&set) else { return };
     let interval = set
         .spec
@@ -71,6 +73,9 @@ async fn run_set(set: Arc<UpstreamSet>, mut shutdown: ShutdownWatch) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
+        }
+        if set.retired.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
         }
         let checks = backends.iter().map(|b| probe.check(b));
         let results = futures_util::future::join_all(checks).await;

@@ -26,6 +26,8 @@ pub struct UpstreamSet {
     pub spec: ProxyRoute,
     pub members: Vec<Member>,
     next: AtomicUsize,
+    /// Set when a reload replaced or removed the route: its health checks stop.
+    pub retired: std::sync::atomic::AtomicBool,
 }
 
 /// Holds one in-flight count on a member for as long as the request uses it.
@@ -63,6 +65,7 @@ impl UpstreamSet {
             spec: spec.clone(),
             members,
             next: AtomicUsize::new(0),
+            retired: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -46,6 +46,8 @@ pub struct Gateway {
     _dir: tempfile::TempDir,
     pub config_path: PathBuf,
     log_path: PathBuf,
+    /// The config up to `routes:`, kept for [`Self::rewrite_routes`].
+    head: String,
 }
 
 impl Gateway {
@@ -72,9 +74,10 @@ impl Gateway {
                     .replace("{ADMIN}", &admin.to_string())
             };
             let (routes_yaml, defaults_yaml) = (fill(routes_yaml), fill(defaults_yaml));
-            let yaml = format!(
-                "server:\n  listen:\n    - addr: \"{addr}\"\n{extra_listen}  admin: \"{admin}\"\n  threads: 2\n  shutdown_grace: 1s\n{defaults_yaml}\nroutes:\n{routes_yaml}\n"
+            let head = format!(
+                "server:\n  listen:\n    - addr: \"{addr}\"\n{extra_listen}  admin: \"{admin}\"\n  threads: 2\n  shutdown_grace: 1s\n{defaults_yaml}\nroutes:\n"
             );
+            let yaml = format!("{head}{routes_yaml}\n");
             let dir = tempfile::tempdir().unwrap();
             let config_path = dir.path().join("gateway.yaml");
             std::fs::write(&config_path, &yaml).unwrap();
@@ -96,6 +99,7 @@ impl Gateway {
                 _dir: dir,
                 config_path,
                 log_path,
+                head,
             };
             let until = Instant::now() + DEADLINE;
             loop {
@@ -114,6 +118,41 @@ impl Gateway {
             last_log = gw.log();
         }
         panic!("gateway failed to start three times; last log:\n{last_log}");
+    }
+
+    /// Writes a new `routes:` list into the config file, keeping everything else.
+    pub fn rewrite_routes(&self, routes_yaml: &str) {
+        std::fs::write(&self.config_path, format!("{}{routes_yaml}\n", self.head)).unwrap();
+    }
+
+    /// Writes `text` as the whole config file (for a config that must not validate).
+    pub fn rewrite_config(&self, text: &str) {
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, ...) to the gateway process.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit status, or None if it still runs.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,189 @@
+//! Operations over real sockets and real signals: hot reload (SIGHUP) under live connections,
+//! a refused reload, and the graceful drain on SIGTERM.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+fn feed_route(backend: &FeedBackend) -> String {
+    format!(
+        "  - name: feed\n    path: /feed\n    backend: {{ websocket: \"{}\" }}\n    limits: {{ send_queue: 4096 }}\n",
+        backend.url("/stream")
+    )
+}
+
+const GONE: &str = "  - name: gone\n    path: /gone\n    backend: { builtin: clock }\n";
+const CHANGED_BEFORE: &str =
+    "  - name: changed\n    path: /changed\n    backend: { builtin: clock }\n    keepalive: { sse_heartbeat: 15s }\n";
+const CHANGED_AFTER: &str =
+    "  - name: changed\n    path: /changed\n    backend: { builtin: clock }\n    keepalive: { sse_heartbeat: 5s }\n";
+const ADDED: &str = "  - name: added\n    path: /added\n    backend: { builtin: clock }\n";
+
+/// A reload under 1,000 live SSE and WebSocket connections on an unchanged route drops none of
+/// them (they keep their shared backend connection and keep receiving); a removed route's
+/// clients are drained; an added route serves; then an invalid config is refused, counted, and
+/// the running generation keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_unchanged_routes_live_and_refuses_bad_configs() {
+    let backend = FeedBackend::start().await;
+    let gw = Gateway::start(&format!("{}{GONE}{CHANGED_BEFORE}", feed_route(&backend))).await;
+    let mut sse = Vec::new();
+    let mut ws = Vec::new();
+    for _ in 0..500 {
+        sse.push(SseReader::open(gw.addr, "/feed", &[]).await);
+        let (w, _) = tokio_tungstenite::connect_async(gw.ws_url("/feed"))
+            .await
+            .unwrap();
+        ws.push(w);
+    }
+    gw.wait_metric(
+        r#"switchyard_client_connections_open{route="feed",transport="sse"}"#,
+        500.0,
+    )
+    .await;
+    gw.wait_metric(
+        r#"switchyard_client_connections_open{route="feed",transport="websocket"}"#,
+        500.0,
+    )
+    .await;
+    let mut gone = SseReader::open(gw.addr, "/gone", &[]).await;
+    gone.next_data_event().await;
+
+    gw.rewrite_routes(&format!("{}{CHANGED_AFTER}{ADDED}", feed_route(&backend)));
+    let reloaded = Instant::now();
+    gw.signal("HUP");
+    gw.wait_metric("switchyard_config_generation", 2.0).await;
+    eprintln!(
+        "reload applied {:?} after SIGHUP with 1,000 live connections",
+        reloaded.elapsed()
+    );
+    gw.expect_metric(r#"switchyard_config_reloads_total{outcome="success"}"#, 1.0)
+        .await;
+
+    // Every connection on the unchanged route is still there and still served.
+    backend.send_numbered(1..=1, 0, 1, Duration::ZERO);
+    for (i, r) in sse.iter_mut().enumerate() {
+        let e = r.next_data_event().await;
+        assert_eq!(number_of(&e.data), 1, "sse client {i}");
+    }
+    for (i, w) in ws.iter_mut().enumerate() {
+        let m = loop {
+            match tokio::time::timeout(DEADLINE, w.next()).await.unwrap() {
+                Some(Ok(Message::Text(t))) => break t,
+                Some(Ok(_)) => continue,
+                other => panic!("websocket client {i} lost: {other:?}"),
+            }
+        };
+        assert_eq!(number_of(&m), 1, "websocket client {i}");
+    }
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the unchanged route kept its one backend connection"
+    );
+    // The removed route's client was drained: its stream ends with a fresh retry.
+    let mut saw_retry = false;
+    while let Some(e) = gone.next_event_or_end().await {
+        saw_retry |= e.retry.is_some();
+    }
+    assert!(saw_retry, "the drained stream got a retry: before its end");
+    assert_eq!(
+        http_get(gw.addr, "/gone", &[("accept", "text/event-stream")])
+            .await
+            .status,
+        404
+    );
+    let mut added = SseReader::open(gw.addr, "/added", &[]).await;
+    added.next_data_event().await;
+    assert!(
+        gw.log()
+            .contains("changed: [changed], added: [added], removed: [gone]"),
+        "{}",
+        gw.log()
+    );
+
+    // An invalid config is refused with its errors, and generation 2 keeps serving.
+    gw.rewrite_config(
+        "server:\n  listen: []\nroutes:\n  - name: x\n    path: nope\n    colour: blue\n",
+    );
+    gw.signal("HUP");
+    gw.wait_metric(r#"switchyard_config_reloads_total{outcome="failure"}"#, 1.0)
+        .await;
+    gw.expect_metric("switchyard_config_generation", 2.0).await;
+    let log = gw.log();
+    assert!(log.contains("refused; generation 2 keeps serving"), "{log}");
+    assert!(
+        log.contains("routes[0].colour"),
+        "every error is logged: {log}"
+    );
+    let mut still = SseReader::open(gw.addr, "/added", &[]).await;
+    still.next_data_event().await;
+    backend.send_numbered(2..=2, 0, 1, Duration::ZERO);
+    assert_eq!(number_of(&sse[0].next_data_event().await.data), 2);
+    let w = ws.last_mut().unwrap();
+    w.send(Message::text("ignored")).await.unwrap();
+}
+
+/// SIGTERM: `/readyz` and new work stop, long-lived clients are told (WebSocket 1001, SSE a
+/// final jittered `retry:` and the end of the stream, a waiting poll answered at once), and the
+/// process exits within `shutdown_grace` once they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_tells_every_client_and_exits_within_shutdown_grace() {
+    let backend = FeedBackend::start().await;
+    let mut gw = Gateway::start(&feed_route(&backend)).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/feed"))
+        .await
+        .unwrap();
+    let mut sse = SseReader::open(gw.addr, "/feed", &[]).await;
+    let first = sse.next_event().await;
+    assert!(first.retry.is_some());
+    let addr = gw.addr;
+    let poll = tokio::spawn(async move {
+        let asked = Instant::now();
+        let r = http_get(addr, "/feed?transport=poll&cursor=0", &[]).await;
+        (r.status, asked.elapsed())
+    });
+    gw.wait_metric(
+        r#"switchyard_client_connections_open{route="feed",transport="long_poll"}"#,
+        1.0,
+    )
+    .await;
+    let term = Instant::now();
+    gw.signal("TERM");
+
+    let code = loop {
+        match tokio::time::timeout(DEADLINE, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 1001, "going away");
+    let mut retry = None;
+    while let Some(e) = sse.next_event_or_end().await {
+        retry = e.retry.or(retry);
+    }
+    let retry = retry.expect("a final retry: before the stream ends");
+    assert!((1000..=3000).contains(&retry), "jittered retry {retry}");
+    let (status, waited) = poll.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        waited < Duration::from_secs(5),
+        "the poll was answered at once, not at poll_timeout"
+    );
+
+    let status = gw.wait_exit(Duration::from_secs(5)).await;
+    let exited = term.elapsed();
+    assert!(status.is_some(), "the process exited");
+    eprintln!("SIGTERM with WS, SSE and poll clients: exited {exited:?} after the signal");
+    // shutdown_grace is 1s in the test config; the clients left at once.
+    assert!(
+        exited < Duration::from_millis(1500),
+        "exited {exited:?} after SIGTERM"
+    );
+}
