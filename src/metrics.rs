@@ -208,6 +208,33 @@ pub static CONFIG_GENERATION: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Registers every metric at start, so each is on `/metrics` from the first scrape (counters
+/// without labels as 0) instead of appearing on first use.
+pub fn init() {
+    LazyLock::force(&HTTP_REQUESTS);
+    LazyLock::force(&CLIENT_CONNECTIONS_OPEN);
+    LazyLock::force(&CLIENT_CONNECTIONS);
+    LazyLock::force(&MESSAGES);
+    LazyLock::force(&SESSIONS_OPEN);
+    LazyLock::force(&SESSIONS_ENDED);
+    LazyLock::force(&BACKEND_POSTS);
+    LazyLock::force(&ACCEPTS_PACED);
+    LazyLock::force(&REJECTIONS);
+    LazyLock::force(&UPSTREAM_HEALTHY);
+    LazyLock::force(&UPSTREAM_CONNECT_FAILURES);
+    LazyLock::force(&BACKEND_CONNECTED);
+    LazyLock::force(&BACKEND_CONNECTS);
+    LazyLock::force(&BACKEND_MESSAGES);
+    LazyLock::force(&SLOW_CONSUMERS);
+    LazyLock::force(&DROPPED_MESSAGES);
+    LazyLock::force(&CONNECTION_DURATION);
+    LazyLock::force(&BYTES);
+    LazyLock::force(&REPLAY);
+    LazyLock::force(&DELIVERY_LATENCY);
+    LazyLock::force(&CONFIG_RELOADS);
+    LazyLock::force(&CONFIG_GENERATION);
+}
+
 /// Counts one open client connection for its lifetime.
 pub struct OpenConnection {
     route: String,

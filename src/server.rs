@@ -84,6 +84,7 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
     server.bootstrap();
 
     let state = Arc::new(Live::new(GatewayState::new(config)));
+    metrics::init();
     metrics::CONFIG_GENERATION.set(1);
     let app = pingora::proxy::http_proxy(
         &server.configuration,

@@ -1,26 +1,52 @@
-//! The Grafana dashboard only queries metrics the gateway really exports: after a little real
-//! traffic of every kind, each `switchyard_*` name in grafana/switchyard.json is on /metrics.
+//! The Grafana dashboard and the alert rules only query metrics the gateway really exports:
+//! after real traffic of every kind (including a reload), each `switchyard_*` name in
+//! `grafana/switchyard.json` and `grafana/alerts.yml` is on /metrics, and the live scrape passes
+//! `promtool check metrics`.
 
 mod common;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-#[tokio::test]
-async fn every_dashboard_metric_is_exported() {
+fn queried_names(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("switchyard_"))
+        .map(|w| w.trim_end_matches("_bucket").to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_and_alert_metric_is_exported_and_promtool_is_happy() {
     let dead = dead_port();
+    let api = HttpBackend::start("api").await;
     let sse = common::chat::SsePostBackend::start().await;
+    let feed = FeedBackend::start().await;
     let routes = format!(
-        "  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n  - name: echo\n    path: /echo\n    backend: {{ builtin: echo }}\n  - name: api\n    path: /api\n    proxy: {{ upstreams: [\"{}\"] }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"https://app.example\"]\n    backend: {{ sse: \"{}\", post: \"{}\" }}\n",
+        "  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n  - name: echo\n    path: /echo\n    backend: {{ builtin: echo }}\n  - name: api\n    path: /api\n    proxy: {{ upstreams: [\"{}\"] }}\n  - name: checked\n    path: /checked\n    proxy: {{ upstreams: [\"{}\"], health_check: {{ interval: 200ms, path: /healthz }} }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"https://app.example\"]\n    backend: {{ sse: \"{}\", post: \"{}\" }}\n  - name: feed\n    path: /feed\n    backend: {{ websocket: \"{}\" }}\n    slow_consumer: drop_oldest\n    binary: drop\n    limits: {{ send_queue: 1 }}\n",
         dead.addr,
+        api.addr,
         sse.url("/events"),
         sse.url("/send"),
+        feed.url("/"),
     );
     let gw = Gateway::start(&routes).await;
-    let mut sse = SseReader::open(gw.addr, "/clock", &[]).await;
-    sse.next_data_event().await;
-    drop(sse);
+    let mut clock = SseReader::open(gw.addr, "/clock", &[]).await;
+    let tick = clock.next_data_event().await;
+    drop(clock);
+    // Resume: a replay hit.
+    let mut again = SseReader::open(
+        gw.addr,
+        "/clock",
+        &[("last-event-id", tick.id.as_deref().unwrap())],
+    )
+    .await;
+    again.next_data_event().await;
     let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/echo"))
         .await
         .unwrap();
@@ -28,6 +54,15 @@ async fn every_dashboard_metric_is_exported() {
     ws.next().await.unwrap().unwrap();
     ws.close(None).await.unwrap();
     assert_eq!(http_get(gw.addr, "/api", &[]).await.status, 502);
+    assert_eq!(http_get(gw.addr, "/missing", &[]).await.status, 404);
+    gw.wait_metric(
+        &format!(
+            "switchyard_upstream_healthy{{route=\"checked\",upstream=\"{}\"}}",
+            api.addr
+        ),
+        1.0,
+    )
+    .await;
     // A per-client session that posts one message and is closed.
     let mut c = common::chat::Client::connect(gw.addr).await;
     let open = c.get("/chat?transport=poll", &[]).await.json();
@@ -40,27 +75,64 @@ async fn every_dashboard_metric_is_exported() {
         1.0,
     )
     .await;
-    assert_eq!(http_get(gw.addr, "/missing", &[]).await.status, 404);
+    // A feed that outruns its client (send_queue 1, drop_oldest) and sends binary to SSE.
+    let mut fed = SseReader::open(gw.addr, "/feed", &[]).await;
+    feed.wait_open(1).await;
+    feed.send(FeedCmd::Send {
+        messages: std::sync::Arc::new(vec![Message::binary(vec![1u8, 2, 3])]),
+        batch: 1,
+        pause: Duration::ZERO,
+    });
+    feed.send_numbered(1..=2000, 64, 2000, Duration::ZERO);
+    fed.next_data_event().await;
+    gw.wait_metric(
+        r#"switchyard_slow_consumer_total{action="drop",route="feed",transport="sse"}"#,
+        1.0,
+    )
+    .await;
+    // A reload.
+    gw.signal("HUP");
+    gw.wait_metric(r#"switchyard_config_reloads_total{outcome="success"}"#, 1.0)
+        .await;
 
-    let dashboard = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/grafana/switchyard.json"
-    ))
-    .unwrap();
-    let _: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is valid JSON");
-    let mut names: Vec<String> = dashboard
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("switchyard_"))
-        .map(|w| w.trim_end_matches("_bucket").to_owned())
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dashboard = std::fs::read_to_string(format!("{root}/grafana/switchyard.json")).unwrap();
+    let parsed: serde_json::Value =
+        serde_json::from_str(&dashboard).expect("dashboard is valid JSON");
+    let vars: Vec<&str> = parsed["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
         .collect();
+    assert_eq!(vars, ["datasource", "route", "transport"]);
+    let alerts = std::fs::read_to_string(format!("{root}/grafana/alerts.yml")).unwrap();
+    let mut names = queried_names(&dashboard);
+    names.extend(queried_names(&alerts));
     names.sort();
     names.dedup();
-    assert!(names.len() >= 6, "{names:?}");
+    assert!(names.len() >= 20, "{names:?}");
     let metrics = gw.metrics().await;
-    for name in names {
+    for name in &names {
         assert!(
             metrics.contains(&format!("# TYPE {name} ")),
-            "dashboard queries {name}, which /metrics does not export:\n{metrics}"
+            "the dashboard or an alert queries {name}, which /metrics does not export:\n{metrics}"
         );
     }
+
+    // The live scrape passes promtool's checks (naming, units, help).
+    let dir = tempfile::tempdir().unwrap();
+    let scrape = dir.path().join("metrics.txt");
+    std::fs::write(&scrape, &metrics).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&scrape).unwrap())
+        .output()
+        .expect("promtool is installed (scripts/install-deps.sh --test)");
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

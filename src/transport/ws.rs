@@ -503,6 +503,7 @@ async fn run(
                     if frame[0] & 0x0f != OP_PONG {
                         messages_out.inc();
                     }
+                    bytes_out.inc_by(frame.len() as u64);
                     if session.write_response_body(Some(frame), false).await.is_err() {
                         return Ok(());
                     }
