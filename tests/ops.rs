@@ -187,3 +187,24 @@ async fn sigterm_tells_every_client_and_exits_within_shutdown_grace() {
         "exited {exited:?} after SIGTERM"
     );
 }
+
+/// `--probe` (the container health check) exits 0 on a 200 from the admin listener and
+/// non-zero otherwise.
+#[tokio::test]
+async fn probe_checks_a_running_gateway() {
+    let gw = Gateway::start("  - name: clock\n    path: /clock\n    backend: { builtin: clock }\n")
+        .await;
+    let run = |target: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["--probe", &target])
+            .output()
+            .unwrap()
+    };
+    assert!(run(format!("{}/healthz", gw.admin)).status.success());
+    assert!(run(format!("{}/readyz", gw.admin)).status.success());
+    let missing = run(format!("{}/nope", gw.admin));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+    let dead = dead_port();
+    assert!(!run(format!("{}/healthz", dead.addr)).status.success());
+}
