@@ -17,9 +17,9 @@ fn feed_route(backend: &FeedBackend) -> String {
 
 const GONE: &str = "  - name: gone\n    path: /gone\n    backend: { builtin: clock }\n";
 const CHANGED_BEFORE: &str =
-    "  - name: changed\n    path: /changed\n    backend: { builtin: clock }\n    keepalive: { sse_heartbeat: 15s }\n";
+    "  - name: changed\n    path: /changed\n    backend: { builtin: clock }\n    clients: [sse, websocket]\n";
 const CHANGED_AFTER: &str =
-    "  - name: changed\n    path: /changed\n    backend: { builtin: clock }\n    keepalive: { sse_heartbeat: 5s }\n";
+    "  - name: changed\n    path: /changed\n    backend: { builtin: clock }\n    clients: [sse]\n";
 const ADDED: &str = "  - name: added\n    path: /added\n    backend: { builtin: clock }\n";
 
 /// A reload under 1,000 live SSE and WebSocket connections on an unchanged route drops none of
@@ -51,6 +51,9 @@ async fn reload_keeps_unchanged_routes_live_and_refuses_bad_configs() {
     .await;
     let mut gone = SseReader::open(gw.addr, "/gone", &[]).await;
     gone.next_data_event().await;
+    let (mut changed_ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/changed"))
+        .await
+        .unwrap();
 
     gw.rewrite_routes(&format!("{}{CHANGED_AFTER}{ADDED}", feed_route(&backend)));
     let reloaded = Instant::now();
@@ -100,6 +103,26 @@ async fn reload_keeps_unchanged_routes_live_and_refuses_bad_configs() {
     );
     let mut added = SseReader::open(gw.addr, "/added", &[]).await;
     added.next_data_event().await;
+    // A changed route: new connections get the new settings (no more WebSocket), while the
+    // one opened before the reload finishes on the old settings and keeps its ticks coming.
+    let r = http_get(
+        gw.addr,
+        "/changed",
+        &[
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 406, "{}", r.body_text());
+    for _ in 0..2 {
+        let m = tokio::time::timeout(DEADLINE, changed_ws.next())
+            .await
+            .unwrap();
+        assert!(matches!(m, Some(Ok(Message::Text(_)))), "{m:?}");
+    }
     assert!(
         gw.log()
             .contains("changed: [changed], added: [added], removed: [gone]"),
@@ -207,4 +230,71 @@ async fn probe_checks_a_running_gateway() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
     let dead = dead_port();
     assert!(!run(format!("{}/healthz", dead.addr)).status.success());
+}
+
+/// pingora's zero-downtime binary upgrade: a new process started with `--upgrade` takes the
+/// listening sockets from the old one on SIGQUIT; a client hammering the gateway throughout
+/// sees no refused or failed request, and the old process drains and exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_upgrade_hands_over_without_refusing_a_connection() {
+    let mut old =
+        Gateway::start("  - name: demo\n    path: /\n    backend: { builtin: demo }\n").await;
+    let addr = old.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match tokio::time::timeout(DEADLINE, async {
+                    let mut s = tokio::net::TcpStream::connect(addr).await?;
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                        .await?;
+                    let mut out = Vec::new();
+                    s.read_to_end(&mut out).await?;
+                    Ok::<_, std::io::Error>(out)
+                })
+                .await
+                {
+                    Ok(Ok(out)) if out.starts_with(b"HTTP/1.1 200") => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = std::fs::File::create(old.config_path.with_extension("new.log")).unwrap();
+    let mut new = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(&old.config_path)
+        .arg("--upgrade")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // The new process waits on the upgrade socket; then the old one hands over.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    old.signal("QUIT");
+    let exited = old.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        exited.is_some(),
+        "the old process drained and exited:\n{}",
+        old.log()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = hammer.await.unwrap();
+    let new_log = std::fs::read_to_string(old.config_path.with_extension("new.log")).unwrap();
+    let _ = new.kill();
+    let _ = new.wait();
+    eprintln!(
+        "binary upgrade: {ok} requests served during the handover, {} failed",
+        failed.len()
+    );
+    assert!(ok > 20, "{ok} requests");
+    assert!(
+        failed.is_empty(),
+        "failed during the upgrade: {failed:?}\nnew process log:\n{new_log}"
+    );
 }
