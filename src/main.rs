@@ -69,6 +69,17 @@ fn main() -> ExitCode {
     if let Some(target) = &cli.probe {
         return probe(target);
     }
+    // SIGHUP means "reload" here, never "terminate": take it over before anything else, so a
+    // reload sent while the server is still starting is harmless. (tokio's handler stays
+    // installed for the life of the process; the reload service listens on it later.)
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    {
+        rt.block_on(async {
+            let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        });
+    }
     env_logger::Builder::new()
         .parse_filters(&cli.log_level)
         .parse_env("RUST_LOG")
@@ -100,7 +111,10 @@ fn main() -> ExitCode {
     let run = server::RunOptions {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
-        config_path: Some(cli.config.clone()),
+        // Absolute, so a reload finds it after --daemon changes the working directory.
+        config_path: Some(
+            std::fs::canonicalize(&cli.config).unwrap_or_else(|_| cli.config.clone()),
+        ),
     };
     match server::build(&cfg, &run) {
         Ok(s) => {

@@ -211,6 +211,10 @@ pub static CONFIG_GENERATION: LazyLock<IntGauge> = LazyLock::new(|| {
 /// Registers every metric at start, so each is on `/metrics` from the first scrape (counters
 /// without labels as 0) instead of appearing on first use.
 pub fn init() {
+    // Both outcomes exist from the start, so increase() sees the first failure.
+    for outcome in ["success", "failure"] {
+        CONFIG_RELOADS.with_label_values(&[outcome]);
+    }
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&CLIENT_CONNECTIONS_OPEN);
     LazyLock::force(&CLIENT_CONNECTIONS);

@@ -80,14 +80,15 @@ impl GatewayState {
             .routes
             .iter()
             .map(|r| {
-                if let Some(rt) = old(&r.name).filter(|rt| *rt.route == *r) {
+                let before = old(&r.name);
+                if let Some(rt) = before.filter(|rt| *rt.route == *r) {
                     changes.kept += 1;
                     if let Target::Proxy(set) = &rt.target {
                         upstream_sets.push(set.clone());
                     }
                     return rt.clone();
                 }
-                match old(&r.name) {
+                match before {
                     Some(_) => changes.changed.push(r.name.clone()),
                     None if previous.is_some() => changes.added.push(r.name.clone()),
                     None => {}
@@ -100,12 +101,20 @@ impl GatewayState {
                         changes.new_sets.push(set.clone());
                         Target::Proxy(set)
                     }
-                    RouteKind::Bridge(b) => Target::Bridge(Box::new(Bridge::new(route.clone(), b))),
+                    RouteKind::Bridge(b) => {
+                        let carried = match before.map(|rt| &rt.target) {
+                            Some(Target::Bridge(prev)) => Bridge::carried(route.clone(), b, prev),
+                            _ => None,
+                        };
+                        let bridge = carried.unwrap_or_else(|| Bridge::new(route.clone(), b));
+                        Target::Bridge(Box::new(bridge))
+                    }
                 };
                 Arc::new(RouteRuntime {
                     route,
                     target,
-                    occupancy: Arc::default(),
+                    // A changed route keeps counting its open clients against its limits.
+                    occupancy: before.map_or_else(Arc::default, |rt| rt.occupancy.clone()),
                 })
             })
             .collect();
@@ -115,15 +124,40 @@ impl GatewayState {
                 if kept {
                     continue;
                 }
-                let renamed_or_gone = !routes.iter().any(|n| n.route.name == rt.route.name);
+                let successor = routes.iter().find(|n| n.route.name == rt.route.name);
                 match &rt.target {
-                    Target::Proxy(set) => set
-                        .retired
-                        .store(true, std::sync::atomic::Ordering::Relaxed),
-                    Target::Bridge(b) if renamed_or_gone => b.retire(),
-                    Target::Bridge(_) => {}
+                    Target::Proxy(set) => {
+                        set.retired
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        // Gauges of members no live set reports any more are removed.
+                        for m in &set.members {
+                            let still = routes.iter().any(|n| match &n.target {
+                                Target::Proxy(s) => {
+                                    s.route == set.route
+                                        && s.members
+                                            .iter()
+                                            .any(|x| x.upstream.name == m.upstream.name)
+                                }
+                                Target::Bridge(_) => false,
+                            });
+                            if !still {
+                                let _ = crate::metrics::UPSTREAM_HEALTHY
+                                    .remove_label_values(&[&set.route, &m.upstream.name]);
+                            }
+                        }
+                    }
+                    Target::Bridge(b) => {
+                        // Its feed lives on in the successor unless that has a feed of its own.
+                        let carried = match successor.map(|n| &n.target) {
+                            Some(Target::Bridge(nb)) => b.shares_feed_with(nb),
+                            _ => false,
+                        };
+                        if !carried {
+                            b.retire();
+                        }
+                    }
                 }
-                if renamed_or_gone {
+                if successor.is_none() {
                     changes.removed.push(rt.route.name.clone());
                 }
             }

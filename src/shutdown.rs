@@ -40,12 +40,13 @@ impl pingora::services::background::BackgroundService for DrainOnShutdown {
         );
         begin();
         let until = tokio::time::Instant::now() + self.grace;
-        while crate::policy::limits::in_flight() > 0 && tokio::time::Instant::now() < until {
+        let busy = || crate::policy::limits::in_flight() + crate::bridge::session::live();
+        while busy() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let left = crate::policy::limits::in_flight();
+        let left = busy();
         if left > 0 {
-            log::warn!("shutdown_grace over with {left} client request(s) still open; exiting");
+            log::warn!("shutdown_grace over with {left} client request(s) or session(s) still open; exiting");
         } else {
             log::info!("drained; exiting");
         }

@@ -298,3 +298,45 @@ async fn binary_upgrade_hands_over_without_refusing_a_connection() {
         "failed during the upgrade: {failed:?}\nnew process log:\n{new_log}"
     );
 }
+
+/// A reload that changes a per-client route but not its feed carries the sessions over (polls
+/// and POSTs go on over the same backend connection); a reload that removes the route closes
+/// its sessions and their backend connections.
+#[tokio::test]
+async fn reloads_carry_sessions_over_and_removal_closes_them() {
+    let backend = common::chat::ChatBackend::start().await;
+    let route = |ttl: &str| {
+        format!(
+            "  - name: chat\n    path: /chat\n    fanout: per_client\n    session_ttl: {ttl}\n    origins: [\"https://app.example\"]\n    backend: {{ websocket: \"{}\" }}\n    keepalive: {{ poll_timeout: 2s }}\n",
+            backend.url("/chat")
+        )
+    };
+    let clock = "  - name: clock\n    path: /clock\n    backend: { builtin: clock }\n";
+    let gw = Gateway::start(&route("60s")).await;
+    let mut c = common::chat::Client::connect(gw.addr).await;
+    let id = c.get("/chat?transport=poll", &[]).await.json()["session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let post = format!("/chat?transport=poll&session={id}");
+    assert_eq!(c.request("POST", &post, &[], "a").await.status, 204);
+    let poll = |cursor: u64| format!("/chat?transport=poll&session={id}&cursor={cursor}");
+    assert_eq!(c.get(&poll(0), &[]).await.json()["messages"][0], "1:1:a");
+
+    gw.rewrite_routes(&format!("{}{clock}", route("30s")));
+    gw.signal("HUP");
+    gw.wait_metric("switchyard_config_generation", 2.0).await;
+    assert_eq!(
+        c.request("POST", &post, &[], "b").await.status,
+        204,
+        "the session lives on"
+    );
+    assert_eq!(c.get(&poll(1), &[]).await.json()["messages"][0], "1:2:b");
+    assert_eq!(backend.conns().len(), 1, "same backend connection");
+
+    gw.rewrite_routes(clock);
+    gw.signal("HUP");
+    gw.wait_metric("switchyard_config_generation", 3.0).await;
+    let closed = backend.wait_ended(1).await;
+    assert_eq!(closed.closed_with, Some(1001), "closed as going away");
+}

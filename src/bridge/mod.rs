@@ -38,7 +38,8 @@ pub struct Bridge {
     pub spec: BridgeRoute,
     pub feed: Feed,
     /// Set when a reload removed the route: its clients are asked to go, as on shutdown.
-    retired: tokio::sync::watch::Sender<bool>,
+    /// Shared with the bridges a feed was carried to, so clients of every generation hear it.
+    retired: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// A client that joined a shared feed: what it asked to replay, then its live position.
@@ -62,6 +63,32 @@ pub fn write_deadline(k: &Keepalive) -> Duration {
 }
 
 impl Bridge {
+    /// The bridge for a changed route: when its feed is the same (backend, fanout, and the
+    /// ring sizes), the running feed (hub or sessions) is carried over, so open clients and
+    /// sessions go on and new clients join them with the new settings. None when the feed
+    /// itself changed: the old bridge must then be retired.
+    pub fn carried(route: Arc<Route>, spec: &BridgeRoute, previous: &Bridge) -> Option<Self> {
+        let same_feed = previous.spec.backend == spec.backend
+            && previous.spec.fanout == spec.fanout
+            && previous.spec.replay == spec.replay
+            && previous.route.limits.send_queue == route.limits.send_queue;
+        if !same_feed {
+            return None;
+        }
+        let feed = match &previous.feed {
+            Feed::Shared(h) => Feed::Shared(h.clone()),
+            Feed::PerClient(s) => Feed::PerClient(s.clone()),
+            Feed::Echo => Feed::Echo,
+            Feed::DemoPage => Feed::DemoPage,
+        };
+        Some(Self {
+            route,
+            spec: spec.clone(),
+            feed,
+            retired: previous.retired.clone(),
+        })
+    }
+
     pub fn new(route: Arc<Route>, spec: &BridgeRoute) -> Self {
         let feed = match spec.backend {
             _ if spec.fanout == Fanout::PerClient => Feed::PerClient(Arc::default()),
@@ -77,7 +104,7 @@ impl Bridge {
             route,
             spec: spec.clone(),
             feed,
-            retired: tokio::sync::watch::Sender::new(false),
+            retired: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
 
@@ -85,6 +112,19 @@ impl Bridge {
     /// SSE final `retry:`, polls answered), and they reconnect to whatever serves the path now.
     pub fn retire(&self) {
         self.retired.send_replace(true);
+        if let Feed::PerClient(sessions) = &self.feed {
+            sessions.close_all(session::EndReason::Shutdown);
+        }
+    }
+
+    /// True when `other` runs on this bridge's feed (carried over by a reload).
+    pub fn shares_feed_with(&self, other: &Bridge) -> bool {
+        match (&self.feed, &other.feed) {
+            (Feed::Shared(a), Feed::Shared(b)) => Arc::ptr_eq(a, b),
+            (Feed::PerClient(a), Feed::PerClient(b)) => Arc::ptr_eq(a, b),
+            (Feed::Echo, Feed::Echo) | (Feed::DemoPage, Feed::DemoPage) => true,
+            _ => false,
+        }
     }
 
     /// Resolves when this route's clients must go: the gateway is draining or the route was
@@ -104,6 +144,16 @@ impl Bridge {
         }
     }
 
+    /// Counts a resume from a position the client gave: `missed` when messages were lost.
+    pub fn count_replay(&self, missed: bool) {
+        crate::metrics::REPLAY
+            .with_label_values(&[
+                self.route.name.as_str(),
+                if missed { "miss" } else { "hit" },
+            ])
+            .inc();
+    }
+
     pub fn hub(&self) -> Option<&Arc<Hub>> {
         match &self.feed {
             Feed::Shared(h) => Some(h),
@@ -120,12 +170,6 @@ impl Bridge {
             .hub()
             .expect("subscribe is only called on shared feeds");
         let sub = hub.subscribe(after);
-        if after.is_some() {
-            let result = if sub.gap { "miss" } else { "hit" };
-            crate::metrics::REPLAY
-                .with_label_values(&[&self.route.name, result])
-                .inc();
-        }
         match &self.spec.backend {
             BackendSpec::Builtin(Builtin::Clock) => builtin::ensure_clock(hub),
             BackendSpec::WebSocket(_) | BackendSpec::Sse(_) => {

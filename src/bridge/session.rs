@@ -413,12 +413,21 @@ pub struct Sessions {
     live: AtomicUsize,
 }
 
+/// Sessions live on every route: a drain waits for their backend connections to close.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// How many sessions (and so per-client backend connections) are live now.
+pub fn live() -> usize {
+    LIVE.load(Ordering::SeqCst)
+}
+
 /// A place among a route's live sessions, given back when dropped.
 pub struct Slot(Arc<Sessions>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.live.fetch_sub(1, Ordering::SeqCst);
+        LIVE.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -430,7 +439,10 @@ impl Sessions {
                 (n < max).then_some(n + 1)
             })
             .ok()
-            .map(|_| Slot(self.clone()))
+            .map(|_| {
+                LIVE.fetch_add(1, Ordering::SeqCst);
+                Slot(self.clone())
+            })
     }
 
     pub fn insert(&self, s: &Arc<Session>) {
@@ -458,6 +470,20 @@ impl Sessions {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+    }
+
+    /// Ends every listed session (their route was removed).
+    pub fn close_all(&self, why: EndReason) {
+        let all: Vec<Arc<Session>> = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for s in all {
+            s.close(why);
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -84,6 +84,13 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     let mut sub = bridge.subscribe(Some(after));
     let mut batch: Vec<Arc<Message>> = sub.backlog;
     let mut missed = sub.gap || from_before_restart;
+    // A poll that finds messages held for it (or finds them lost) resumed from the ring.
+    if cursor.is_some() && (missed || !batch.is_empty()) {
+        bridge.count_replay(missed);
+    }
+    // Delivery latency counts messages that arrive while the poll waits, not held ones
+    // (those measure how long the client took to poll again).
+    let live_from = batch.len();
     if batch.is_empty() {
         let deadline = tokio::time::sleep(bridge.route.keepalive.poll_timeout);
         tokio::pin!(deadline);
@@ -121,6 +128,7 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     batch.truncate(MAX_BATCH);
     let next_cursor = batch.last().map_or(after, |m| m.seq);
     let body = answer(bridge, None, next_cursor, &batch, missed, None);
+    observe_latency(bridge, batch.get(live_from..).unwrap_or_default());
     respond(session, body).await
 }
 
@@ -169,15 +177,24 @@ fn answer(
     metrics::MESSAGES
         .with_label_values(&[route, "long_poll", "out"])
         .inc_by(sent);
-    let now = std::time::Instant::now();
-    let latency = metrics::DELIVERY_LATENCY.with_label_values(&[route, "long_poll"]);
-    for m in batch {
-        latency.observe(now.saturating_duration_since(m.received).as_secs_f64());
-    }
     metrics::BYTES
         .with_label_values(&[route, "long_poll", "out"])
         .inc_by(body.len() as u64);
     body.freeze()
+}
+
+/// Delivery latency of messages a waiting poll took live (binary ones dropped by policy left
+/// out).
+fn observe_latency(bridge: &Bridge, live: &[Arc<Message>]) {
+    if live.is_empty() {
+        return;
+    }
+    let drop_binary = bridge.spec.binary == BinaryPolicy::Drop;
+    let now = std::time::Instant::now();
+    let latency = metrics::DELIVERY_LATENCY.with_label_values(&[&bridge.route.name, "long_poll"]);
+    for m in live.iter().filter(|m| !(m.binary && drop_binary)) {
+        latency.observe(now.saturating_duration_since(m.received).as_secs_f64());
+    }
 }
 
 async fn respond(session: &mut Session, body: Bytes) -> pingora::Result<()> {
@@ -230,7 +247,8 @@ async fn serve_session(
     let _busy = conv.busy();
     conv.outbox.ack(cursor);
     let mut batch = conv.outbox.after(cursor, MAX_BATCH);
-    if batch.messages.is_empty() && batch.ended.is_none() {
+    let waited = batch.messages.is_empty() && batch.ended.is_none();
+    if waited {
         tokio::select! {
             _ = conv.outbox.wait_after(cursor) => {}
             _ = tokio::time::sleep(bridge.route.keepalive.poll_timeout) => {}
@@ -243,6 +261,9 @@ async fn serve_session(
         conv.close(EndReason::Client);
     }
     let next_cursor = batch.messages.last().map_or(cursor, |m| m.seq);
+    if waited {
+        observe_latency(bridge, &batch.messages);
+    }
     let body = answer(
         bridge,
         Some(&conv.id),

@@ -106,8 +106,11 @@ pub fn gather_burst(
 ) -> (Option<Bytes>, u64) {
     let now = std::time::Instant::now();
     let mut frame = |m: &Message| {
-        latency.observe(now.saturating_duration_since(m.received).as_secs_f64());
-        frame(m)
+        let f = frame(m);
+        if f.is_some() {
+            latency.observe(now.saturating_duration_since(m.received).as_secs_f64());
+        }
+        f
     };
     let mut single = frame(first);
     let mut count = u64::from(single.is_some());

@@ -117,6 +117,9 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     if gap || foreign_id {
         first.put_slice(GAP_EVENT);
     }
+    if last_id.is_some() {
+        bridge.count_replay(gap || foreign_id);
+    }
     stream(session, bridge, &hub.epoch, first, &backlog, consumer, None).await
 }
 

@@ -79,6 +79,10 @@ pub async fn run_set(set: Arc<UpstreamSet>, mut shutdown: ShutdownWatch) {
         }
         let checks = backends.iter().map(|b| probe.check(b));
         let results = futures_util::future::join_all(checks).await;
+        // Replaced while probing: the new set's checks own the gauge now.
+        if set.retired.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         for (i, result) in results.into_iter().enumerate() {
             let healthy = result.is_ok();
             if set.set_healthy(i, healthy) {

@@ -72,11 +72,11 @@ impl UpstreamSet {
     pub fn set_healthy(&self, index: usize, healthy: bool) -> bool {
         let m = &self.members[index];
         let was = m.healthy.swap(healthy, Ordering::Relaxed);
-        if was != healthy {
-            metrics::UPSTREAM_HEALTHY
-                .with_label_values(&[&self.route, &m.upstream.name])
-                .set(healthy as i64);
-        }
+        // Always written: a set replaced by a reload shares these labels and must not leave
+        // its last value behind.
+        metrics::UPSTREAM_HEALTHY
+            .with_label_values(&[&self.route, &m.upstream.name])
+            .set(healthy as i64);
         was != healthy
     }
 
