@@ -340,3 +340,58 @@ async fn reloads_carry_sessions_over_and_removal_closes_them() {
     let closed = backend.wait_ended(1).await;
     assert_eq!(closed.closed_with, Some(1001), "closed as going away");
 }
+
+/// During a drain the gateway is unready at once (pingora closes every listener, the admin one
+/// with `/readyz` included, so probes fail) and takes no new connections; a client that does
+/// not leave (a pass-through tunnel) holds the drain open at most `shutdown_grace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unready_at_once_and_shutdown_grace_bounds_the_drain() {
+    let backend = WsBackend::start().await;
+    let mut gw = Gateway::start(&format!(
+        "  - name: tunnel\n    path: /tunnel\n    proxy: {{ upstreams: [\"{}\"] }}\n",
+        backend.addr
+    ))
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/tunnel"))
+        .await
+        .unwrap();
+    ws.send(Message::text("hold")).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    assert_eq!(http_get(gw.admin, "/readyz", &[]).await.status, 200);
+    let term = Instant::now();
+    gw.signal("TERM");
+    // Ready means answering 200 on /readyz; refused connections and 503 both mean not ready.
+    let ready = |addr: std::net::SocketAddr| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["--probe", &format!("{addr}/readyz")])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let until = Instant::now() + Duration::from_millis(800);
+    let mut unready_after = None;
+    while Instant::now() < until {
+        if !ready(gw.admin) {
+            unready_after = Some(term.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let unready_after = unready_after.expect("unready during the drain");
+    assert!(
+        tokio::net::TcpStream::connect(gw.addr).await.is_err(),
+        "no new connections during the drain"
+    );
+    let status = gw.wait_exit(Duration::from_secs(5)).await;
+    let exited = term.elapsed();
+    assert!(status.is_some());
+    eprintln!(
+        "SIGTERM with an open tunnel: unready after {unready_after:?}, exited after {exited:?}"
+    );
+    // shutdown_grace is 1s in the test config.
+    assert!(
+        exited >= Duration::from_millis(900) && exited < Duration::from_millis(2500),
+        "the open tunnel held the drain for shutdown_grace: {exited:?}"
+    );
+}
