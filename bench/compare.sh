@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Side-by-side benchmarks: switchyard vs Nchan (nginx) vs nginx's WebSocket proxy vs a direct
+# connection, in one run, on loopback, the server pinned to core 0 and the load generator
+# (switchyard-bench) to core 1. Writes docs/BENCHMARKS.md.
+#
+#   bench/compare.sh            # everything (several minutes)
+#   QUICK=1 bench/compare.sh    # smaller client counts, for a smoke run
+#
+# Installs nginx and libnginx-mod-nchan from Debian when missing. Needs 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+OUT=docs/BENCHMARKS.md
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; sleep 0.5; rm -rf "$WORK"' EXIT
+ulimit -n 19500
+
+IDLE=${IDLE:-10000}
+PASS_IDLE=${PASS_IDLE:-5000}   # two sockets each: a process holds < 20k
+FAN=${FAN:-5000}
+RATES=${RATES:-"20 50 100 200"}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+if [ -n "${QUICK:-}" ]; then IDLE=1000; PASS_IDLE=500; FAN=500; RATES="20 100"; SECONDS_PER_RUN=3; fi
+
+if ! [ -f /usr/share/nginx/modules-available/mod-http-nchan.conf ] && ! ls /usr/lib/nginx/modules/ngx_nchan_module.so >/dev/null 2>&1; then
+  sudo_=(); [ "$(id -u)" -ne 0 ] && sudo_=(sudo)
+  "${sudo_[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -qq --no-install-recommends nginx libnginx-mod-nchan >/dev/null
+fi
+
+cargo build --release --locked --bins -q
+BENCH="taskset -c 1 $ROOT/target/release/switchyard-bench"
+SY=$ROOT/target/release/switchyard
+
+# The benchmark backend: a quiet feed (idle runs), then feeds at each rate; /echo always.
+start_backend() { # rate
+  taskset -c 1 "$ROOT/target/release/switchyard-bench" serve --listen 127.0.0.1:9001 --rate "$1" >"$WORK/backend.log" 2>&1 &
+  BACKEND=$!
+  sleep 0.3
+}
+stop_backend() { kill "$BACKEND" 2>/dev/null || true; wait "$BACKEND" 2>/dev/null || true; }
+
+start_switchyard() {
+  cat >"$WORK/gw.yaml" <<EOF
+server:
+  listen:
+    - addr: "127.0.0.1:8080"
+  admin: "127.0.0.1:9100"
+  threads: 1
+  accept_rate: 100000
+  accept_burst: 20000
+defaults:
+  limits: { max_clients: 50000, send_queue: 4096 }
+routes:
+  - name: feed
+    path: /feed
+    backend: { websocket: "ws://127.0.0.1:9001/feed" }
+  - name: tunnel
+    path: /echo
+    proxy: { upstreams: ["127.0.0.1:9001"] }
+EOF
+  taskset -c 0 "$SY" --config "$WORK/gw.yaml" --log-level warn >"$WORK/gw.log" 2>&1 &
+  GW=$!
+  for _ in $(seq 50); do curl -s -o /dev/null 127.0.0.1:9100/healthz && break; sleep 0.1; done
+}
+stop_switchyard() { kill -INT "$GW" 2>/dev/null || true; wait "$GW" 2>/dev/null || true; }
+
+start_nginx() {
+  mkdir -p "$WORK/nginx"
+  cat >"$WORK/nginx/nginx.conf" <<EOF
+load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
+worker_processes 1;
+worker_rlimit_nofile 19500;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 19000; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx;
+  proxy_temp_path $WORK/nginx;
+  fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx;
+  scgi_temp_path $WORK/nginx;
+  server {
+    listen 127.0.0.1:8081;
+    location = /sub { nchan_subscriber; nchan_channel_id test; nchan_subscriber_first_message newest; }
+    location = /pub { nchan_publisher; nchan_channel_id test; }
+    location /echo {
+      proxy_pass http://127.0.0.1:9001;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_read_timeout 300s;
+    }
+  }
+}
+EOF
+  taskset -c 0 nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' >"$WORK/nginx/out.log" 2>&1 &
+  NGINX=$!
+  for _ in $(seq 50); do curl -s -o /dev/null -m 1 127.0.0.1:8081/pub && break; sleep 0.1; done
+}
+stop_nginx() { kill -QUIT "$NGINX" 2>/dev/null || true; wait "$NGINX" 2>/dev/null || true; }
+# The master and its workers (workers hold the connections).
+nginx_pids() { { echo "$NGINX"; pgrep -P "$NGINX"; } | paste -sd, -; }
+
+field() { # json key
+  python3 -c 'import json,sys; print(json.loads(sys.stdin.readlines()[-1])[sys.argv[1]])' "$1"
+}
+run() { # label, command...
+  local label=$1; shift
+  local json
+  json=$("$@" --json | tail -1)
+  echo "$label $json" | tee -a "$WORK/results.txt" >&2
+  echo "$json"
+}
+
+echo "== idle density" >&2
+start_backend 0
+start_switchyard
+SY_SSE=$(run "switchyard idle sse" $BENCH idle --url http://127.0.0.1:8080/feed --transport sse --clients "$IDLE" --pids "$GW")
+stop_switchyard; start_switchyard
+SY_WS=$(run "switchyard idle ws" $BENCH idle --url ws://127.0.0.1:8080/feed --transport ws --clients "$IDLE" --pids "$GW")
+stop_switchyard; start_switchyard
+SY_POLL=$(run "switchyard idle poll" $BENCH idle --url http://127.0.0.1:8080/feed --transport poll --clients "$IDLE" --pids "$GW")
+stop_switchyard; start_switchyard
+SY_PASS=$(run "switchyard idle pass-through ws" $BENCH idle --url ws://127.0.0.1:8080/echo --transport ws --clients "$PASS_IDLE" --pids "$GW")
+stop_switchyard
+start_nginx
+NC_SSE=$(run "nchan idle sse" $BENCH idle --url http://127.0.0.1:8081/sub --transport sse --clients "$IDLE" --pids "$(nginx_pids)")
+stop_nginx; start_nginx
+NC_WS=$(run "nchan idle ws" $BENCH idle --url ws://127.0.0.1:8081/sub --transport ws --clients "$IDLE" --pids "$(nginx_pids)")
+stop_nginx; start_nginx
+NG_PASS=$(run "nginx idle pass-through ws" $BENCH idle --url ws://127.0.0.1:8081/echo --transport ws --clients "$PASS_IDLE" --pids "$(nginx_pids)")
+stop_nginx
+stop_backend
+
+echo "== fan-out" >&2
+FAN_ROWS=""
+for rate in $RATES; do
+  start_backend "$rate"; start_switchyard
+  S=$(run "switchyard fanout sse $rate/s" $BENCH fanout --url http://127.0.0.1:8080/feed --transport sse --clients "$FAN" --rate "$rate" --seconds "$SECONDS_PER_RUN")
+  stop_switchyard; stop_backend
+  start_nginx
+  taskset -c 1 "$ROOT/target/release/switchyard-bench" publish --url ws://127.0.0.1:8081/pub --rate "$rate" >"$WORK/pub.log" 2>&1 &
+  PUB=$!
+  N=$(run "nchan fanout sse $rate/s" $BENCH fanout --url http://127.0.0.1:8081/sub --transport sse --clients "$FAN" --rate "$rate" --seconds "$SECONDS_PER_RUN")
+  kill "$PUB" 2>/dev/null || true; wait "$PUB" 2>/dev/null || true
+  stop_nginx
+  row() { echo "$1" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%d/s | %.4f | %d | %d | %.1f | %.1f | %.1f" % (d["deliveries_per_s"], d["delivered_ratio"], d["gaps"], d["duplicates"], d["p50_ms"], d["p99_ms"], d["max_ms"]))'; }
+  FAN_ROWS+="| $rate msg/s | switchyard | $(row "$S") |"$'\n'
+  FAN_ROWS+="| $rate msg/s | nchan | $(row "$N") |"$'\n'
+done
+
+echo "== pass-through WebSocket echo" >&2
+start_backend 0; start_switchyard; start_nginx
+E_DIRECT=$(run "direct echo" $BENCH echo --url ws://127.0.0.1:9001/echo --clients 100 --seconds "$SECONDS_PER_RUN")
+E_SY=$(run "switchyard echo" $BENCH echo --url ws://127.0.0.1:8080/echo --clients 100 --seconds "$SECONDS_PER_RUN")
+E_NG=$(run "nginx echo" $BENCH echo --url ws://127.0.0.1:8081/echo --clients 100 --seconds "$SECONDS_PER_RUN")
+stop_nginx; stop_switchyard; stop_backend
+
+kib() { echo "$1" | field kib_per_client; }
+cpu() { echo "$1" | field cpu_share_of_one_core; }
+rt() { printf '%.0f' "$(echo "$1" | field round_trips_per_s)"; }
+p99() { printf '%.2f' "$(echo "$1" | field p99_ms)"; }
+p50() { printf '%.2f' "$(echo "$1" | field p50_ms)"; }
+ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print('%.2f' % (a/b if b else 0))" "$1" "$2"; }
+
+mkdir -p docs
+{
+  echo "# Benchmarks"
+  echo
+  echo "Produced by \`bench/compare.sh\` in one run on $(date -u +%Y-%m-%d) ($(nproc) cores, $(uname -m)): the server"
+  echo "pinned to core 0, \`switchyard-bench\` (load generator and backend) to core 1, loopback only."
+  echo "Every subscriber verifies what it receives (one feed, in order, no duplicates, counted gaps)."
+  echo "Absolute figures on a shared 2-core machine are noise; compare within a run."
+  echo
+  echo "Reproduce: \`bench/compare.sh\` (or \`QUICK=1 bench/compare.sh\` for a smoke run)."
+  echo
+  echo "## Idle density (RSS growth per client, \`/proc/PID/smaps_rollup\`; CPU with heartbeats on)"
+  echo
+  echo "| clients | switchyard | nchan | nginx proxy |"
+  echo "|---|---|---|---|"
+  echo "| SSE, $IDLE idle | $(kib "$SY_SSE") KiB, $(cpu "$SY_SSE") core | $(kib "$NC_SSE") KiB, $(cpu "$NC_SSE") core | - |"
+  echo "| WebSocket (terminated), $IDLE idle | $(kib "$SY_WS") KiB, $(cpu "$SY_WS") core | $(kib "$NC_WS") KiB, $(cpu "$NC_WS") core | - |"
+  echo "| long-poll, $IDLE waiting | $(kib "$SY_POLL") KiB, $(cpu "$SY_POLL") core | - | - |"
+  echo "| WebSocket pass-through, $PASS_IDLE idle (2 sockets each) | $(kib "$SY_PASS") KiB, $(cpu "$SY_PASS") core | - | $(kib "$NG_PASS") KiB, $(cpu "$NG_PASS") core |"
+  echo
+  echo "## Fan-out: one feed, $FAN SSE subscribers, ~100-byte messages, ${SECONDS_PER_RUN}s per run"
+  echo
+  echo "Nchan gets the same messages through its WebSocket publisher endpoint."
+  echo
+  echo "| publish rate | server | deliveries | delivered / expected | gaps | duplicates | p50 ms | p99 ms | max ms |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  printf '%s' "$FAN_ROWS"
+  echo
+  echo "## Pass-through WebSocket echo, 100 clients, ${SECONDS_PER_RUN}s"
+  echo
+  echo "| path | round trips/s | vs direct | p50 ms | p99 ms |"
+  echo "|---|---|---|---|---|"
+  echo "| direct to the backend | $(rt "$E_DIRECT") | 1.00 | $(p50 "$E_DIRECT") | $(p99 "$E_DIRECT") |"
+  echo "| switchyard | $(rt "$E_SY") | $(ratio "$(rt "$E_SY")" "$(rt "$E_DIRECT")") | $(p50 "$E_SY") | $(p99 "$E_SY") |"
+  echo "| nginx | $(rt "$E_NG") | $(ratio "$(rt "$E_NG")" "$(rt "$E_DIRECT")") | $(p50 "$E_NG") | $(p99 "$E_NG") |"
+  echo
+  echo "switchyard / nginx round trips: $(ratio "$(rt "$E_SY")" "$(rt "$E_NG")")"
+  echo
+  echo "## Raw results"
+  echo
+  echo '```'
+  cat "$WORK/results.txt"
+  echo '```'
+} >"$OUT"
+echo "wrote $OUT" >&2

@@ -1,0 +1,643 @@
+//! switchyard-bench: the load generator and benchmark backend behind `bench/compare.sh`.
+//!
+//! - `serve`: a WebSocket backend. `/feed` publishes numbered, timestamped messages at `--rate`
+//!   to every connection; `/echo` echoes.
+//! - `publish`: the same feed as a WebSocket *client* of a publish endpoint (Nchan).
+//! - `fanout`: N SSE or WebSocket subscribers from several 127.0.0.x source addresses; every
+//!   client checks what it gets (one feed, in order, no duplicates, no gaps) and delivery
+//!   latency is measured from the timestamp in each message.
+//! - `echo`: N WebSocket clients doing round trips as fast as they can.
+//! - `idle`: N idle clients held open while the server's RSS (`/proc/PID/smaps_rollup`, every
+//!   process given) and CPU time are measured.
+//!
+//! Every command prints a table line and, with `--json`, one JSON object.
+
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser)]
+#[command(version, about = "switchyard's load generator and benchmark backend")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// Print the result as one JSON object too.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// WebSocket backend: /feed publishes at --rate, /echo echoes.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Message size in bytes (padded).
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+    },
+    /// Publish the feed to a WebSocket publish endpoint (e.g. Nchan's).
+    Publish {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+    },
+    /// Subscribers that verify and time every message.
+    Fanout {
+        #[arg(long)]
+        url: String,
+        /// sse or ws
+        #[arg(long, default_value = "sse")]
+        transport: String,
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Seconds to measure after everyone is connected.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Source addresses 127.0.0.1 .. 127.0.0.N.
+        #[arg(long, default_value_t = 4)]
+        sources: u8,
+        /// The publish rate, to report the expected deliveries.
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+    },
+    /// WebSocket echo round trips.
+    Echo {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Idle clients held while the server's memory and CPU are measured.
+    Idle {
+        #[arg(long)]
+        url: String,
+        /// sse, ws or poll
+        #[arg(long, default_value = "sse")]
+        transport: String,
+        #[arg(long, default_value_t = 10000)]
+        clients: usize,
+        /// The server's process ids (comma-separated): RSS is summed over them.
+        #[arg(long)]
+        pids: String,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        sources: u8,
+    },
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A message: `SEQ TS_NS` padded with `.` to `size` bytes.
+fn message(seq: u64, size: usize) -> String {
+    let mut m = format!("{seq} {}", now_ns());
+    while m.len() < size {
+        m.push('.');
+    }
+    m
+}
+
+fn parse(m: &str) -> Option<(u64, u64)> {
+    let mut it = m.split([' ', '.']);
+    let seq = it.next()?.parse().ok()?;
+    let ts = it.next()?.parse().ok()?;
+    Some((seq, ts))
+}
+
+/// A latency histogram with about 5% resolution, in microseconds.
+struct Histogram {
+    buckets: Vec<AtomicU64>,
+    max: AtomicU64,
+}
+
+const GROWTH: f64 = 1.05;
+
+impl Histogram {
+    fn new() -> Self {
+        Self {
+            buckets: (0..600).map(|_| AtomicU64::new(0)).collect(),
+            max: AtomicU64::new(0),
+        }
+    }
+    fn record(&self, us: u64) {
+        let i = if us <= 1 {
+            0
+        } else {
+            ((us as f64).ln() / GROWTH.ln()) as usize
+        };
+        self.buckets[i.min(599)].fetch_add(1, Ordering::Relaxed);
+        self.max.fetch_max(us, Ordering::Relaxed);
+    }
+    fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+    /// The upper bound of the bucket holding quantile `q`, in milliseconds.
+    fn quantile_ms(&self, q: f64) -> f64 {
+        let total = self.count();
+        if total == 0 {
+            return 0.0;
+        }
+        let target = (total as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b.load(Ordering::Relaxed);
+            if seen >= target {
+                return GROWTH.powi(i as i32 + 1) / 1000.0;
+            }
+        }
+        self.max.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+}
+
+#[derive(Default)]
+struct Verdict {
+    received: AtomicU64,
+    gaps: AtomicU64,
+    duplicates: AtomicU64,
+    connected: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Per-client order check: after the first message, each one must be the next seq.
+struct Order {
+    last: Option<u64>,
+}
+
+impl Order {
+    fn see(&mut self, seq: u64, v: &Verdict) {
+        if let Some(last) = self.last {
+            if seq <= last {
+                v.duplicates.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if seq > last + 1 {
+                v.gaps.fetch_add(seq - last - 1, Ordering::Relaxed);
+            }
+        }
+        self.last = Some(seq);
+    }
+}
+
+async fn connect_from(source: u8, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::from(([127, 0, 0, source], 0)))?;
+    let s = sock.connect(to).await?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+/// `http://host:port/path` or `ws://...` -> (address, path).
+fn split_url(url: &str) -> (SocketAddr, String) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
+        .expect("a host:port address")
+        .next()
+        .expect("an address");
+    (addr, format!("/{path}"))
+}
+
+/// One SSE subscriber over a raw socket: reads `data:` lines and hands each payload to `on`.
+async fn sse_client(stream: TcpStream, host: &str, path: &str, mut on: impl FnMut(&str)) {
+    let mut s = stream;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+    );
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending = Vec::new();
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        // Lines are what matter; chunk-size lines and headers are not `data:` lines.
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line = String::from_utf8_lossy(&pending[..end]).into_owned();
+            pending.drain(..=end);
+            if let Some(data) = line.trim_end_matches('\r').strip_prefix("data: ") {
+                on(data);
+            }
+        }
+    }
+}
+
+async fn serve(listen: SocketAddr, rate: u32, size: usize) {
+    let listener = TcpListener::bind(listen).await.expect("bind");
+    let (tx, _) = tokio::sync::broadcast::channel::<Arc<str>>(65536);
+    let publisher = tx.clone();
+    // Rate 0: a quiet feed (idle-density runs).
+    let quiet = rate == 0;
+    tokio::spawn(async move {
+        if quiet {
+            return;
+        }
+        let mut seq = 0u64;
+        let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        loop {
+            tick.tick().await;
+            seq += 1;
+            let _ = publisher.send(message(seq, size).into());
+        }
+    });
+    eprintln!("serving /feed at {rate} msg/s and /echo on {listen}");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let mut rx = tx.subscribe();
+        tokio::spawn(async move {
+            let path = Arc::new(std::sync::Mutex::new(String::new()));
+            let p = path.clone();
+            #[allow(clippy::result_large_err)]
+            let record = move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                               resp| {
+                *p.lock().unwrap() = req.uri().path().to_owned();
+                Ok(resp)
+            };
+            let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
+                return;
+            };
+            let path = path.lock().unwrap().clone();
+            if path.starts_with("/echo") {
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            loop {
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Ok(m) => if ws.send(Message::text(&*m)).await.is_err() { return },
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return,
+                    },
+                    r = ws.next() => if !matches!(r, Some(Ok(_))) { return },
+                }
+            }
+        });
+    }
+}
+
+async fn publish(url: &str, rate: u32, size: usize) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect to the publish endpoint");
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut seq = 0u64;
+    eprintln!("publishing to {url} at {rate} msg/s");
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                seq += 1;
+                if ws.send(Message::text(message(seq, size))).await.is_err() {
+                    eprintln!("publish connection lost");
+                    return;
+                }
+            }
+            m = ws.next() => if !matches!(m, Some(Ok(_))) { eprintln!("publish connection closed"); return },
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fanout(
+    url: &str,
+    transport: &str,
+    clients: usize,
+    seconds: u64,
+    sources: u8,
+    rate: u32,
+    json: bool,
+) {
+    let (addr, path) = split_url(url);
+    let host = addr.to_string();
+    let verdict = Arc::new(Verdict::default());
+    let hist = Arc::new(Histogram::new());
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let source = 1 + (i % sources.max(1) as usize) as u8;
+        let (v, h, m) = (verdict.clone(), hist.clone(), measuring.clone());
+        let (host, path, url, transport) = (
+            host.clone(),
+            path.clone(),
+            url.to_owned(),
+            transport.to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let stream = match connect_from(source, addr).await {
+                Ok(s) => s,
+                Err(_) => {
+                    v.failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            v.connected.fetch_add(1, Ordering::Relaxed);
+            let mut order = Order { last: None };
+            let mut on = |data: &str| {
+                let Some((seq, ts)) = parse(data) else { return };
+                if !m.load(Ordering::Relaxed) {
+                    order.last = Some(seq);
+                    return;
+                }
+                v.received.fetch_add(1, Ordering::Relaxed);
+                order.see(seq, &v);
+                h.record(now_ns().saturating_sub(ts) / 1000);
+            };
+            if transport == "ws" {
+                let Ok((mut ws, _)) = tokio_tungstenite::client_async(url, stream).await else {
+                    v.failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let Message::Text(t) = msg {
+                        on(&t);
+                    }
+                }
+            } else {
+                sse_client(stream, &host, &path, on).await;
+            }
+        }));
+        if i % 200 == 199 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Let everyone connect and settle, then measure.
+    let until = Instant::now() + Duration::from_secs(30);
+    while verdict.connected.load(Ordering::Relaxed) + verdict.failed.load(Ordering::Relaxed)
+        < clients as u64
+        && Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let took = started.elapsed().as_secs_f64();
+    let received = verdict.received.load(Ordering::Relaxed);
+    let expected = f64::from(rate) * took * clients as f64;
+    let result = serde_json::json!({
+        "scenario": "fanout",
+        "url": url,
+        "transport": transport,
+        "clients": clients,
+        "connected": verdict.connected.load(Ordering::Relaxed),
+        "failed": verdict.failed.load(Ordering::Relaxed),
+        "rate": rate,
+        "deliveries_per_s": (received as f64 / took).round(),
+        "delivered_ratio": if expected > 0.0 { received as f64 / expected } else { 0.0 },
+        "gaps": verdict.gaps.load(Ordering::Relaxed),
+        "duplicates": verdict.duplicates.load(Ordering::Relaxed),
+        "p50_ms": hist.quantile_ms(0.5),
+        "p99_ms": hist.quantile_ms(0.99),
+        "max_ms": hist.max.load(Ordering::Relaxed) as f64 / 1000.0,
+    });
+    report(&result, json);
+    for t in tasks {
+        t.abort();
+    }
+}
+
+async fn echo(url: &str, clients: usize, seconds: u64, json: bool) {
+    let hist = Arc::new(Histogram::new());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let wrong = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (h, s, w, url) = (hist.clone(), stop.clone(), wrong.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
+                w.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let mut seq = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                seq += 1;
+                let sent = Instant::now();
+                let text = format!("{seq} echo");
+                if ws.send(Message::text(text.clone())).await.is_err() {
+                    return;
+                }
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) if *t == *text => {
+                        h.record(sent.elapsed().as_micros() as u64)
+                    }
+                    _ => {
+                        w.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = hist.count();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let trips = hist.count() - before;
+    let took = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let result = serde_json::json!({
+        "scenario": "echo",
+        "url": url,
+        "clients": clients,
+        "round_trips_per_s": (trips as f64 / took).round(),
+        "wrong_or_failed": wrong.load(Ordering::Relaxed),
+        "p50_ms": hist.quantile_ms(0.5),
+        "p99_ms": hist.quantile_ms(0.99),
+    });
+    report(&result, json);
+    for t in tasks {
+        t.abort();
+    }
+}
+
+/// Summed `Rss` (KiB) of `/proc/PID/smaps_rollup` over `pids`.
+fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
+        .filter_map(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Rss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Summed user+system CPU ticks of `pids`.
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|t| {
+            let after = t.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn idle(
+    url: &str,
+    transport: &str,
+    clients: usize,
+    pids: &str,
+    seconds: u64,
+    sources: u8,
+    json: bool,
+) {
+    let pids: Vec<u32> = pids
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    let (addr, path) = split_url(url);
+    let host = addr.to_string();
+    let before = rss_kib(&pids);
+    let open = Arc::new(AtomicU64::new(0));
+    let mut held = Vec::new();
+    for i in 0..clients {
+        let source = 1 + (i % sources.max(1) as usize) as u8;
+        let Ok(mut s) = connect_from(source, addr).await else {
+            continue;
+        };
+        match transport {
+            "ws" => {
+                let open = open.clone();
+                let url = url.to_owned();
+                held.push(tokio::spawn(async move {
+                    if let Ok((mut ws, _)) = tokio_tungstenite::client_async(url, s).await {
+                        open.fetch_add(1, Ordering::Relaxed);
+                        // Reading answers the server's pings.
+                        while let Some(Ok(_)) = ws.next().await {}
+                    }
+                }));
+            }
+            _ => {
+                let query = if transport == "poll" {
+                    "?transport=poll"
+                } else {
+                    ""
+                };
+                let accept = if transport == "poll" {
+                    "*/*"
+                } else {
+                    "text/event-stream"
+                };
+                let req = format!(
+                    "GET {path}{query} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\n\r\n"
+                );
+                if s.write_all(req.as_bytes()).await.is_err() {
+                    continue;
+                }
+                let open = open.clone();
+                held.push(tokio::spawn(async move {
+                    open.fetch_add(1, Ordering::Relaxed);
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                }));
+            }
+        }
+        if i % 500 == 499 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu_before = cpu_ticks(&pids);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let cpu = (cpu_ticks(&pids) - cpu_before) as f64 / 100.0 / started.elapsed().as_secs_f64();
+    let after = rss_kib(&pids);
+    let n = open.load(Ordering::Relaxed).max(1);
+    let result = serde_json::json!({
+        "scenario": "idle",
+        "url": url,
+        "transport": transport,
+        "clients": open.load(Ordering::Relaxed),
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_client": (after.saturating_sub(before) as f64 / n as f64 * 10.0).round() / 10.0,
+        "cpu_share_of_one_core": (cpu * 1000.0).round() / 1000.0,
+    });
+    report(&result, json);
+    for t in held {
+        t.abort();
+    }
+}
+
+fn report(result: &serde_json::Value, json: bool) {
+    let fields: Vec<String> = result
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!("{}", fields.join(" "));
+    if json {
+        println!("{result}");
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve { listen, rate, size } => serve(listen, rate, size).await,
+        Cmd::Publish { url, rate, size } => publish(&url, rate, size).await,
+        Cmd::Fanout {
+            url,
+            transport,
+            clients,
+            seconds,
+            sources,
+            rate,
+        } => fanout(&url, &transport, clients, seconds, sources, rate, cli.json).await,
+        Cmd::Echo {
+            url,
+            clients,
+            seconds,
+        } => echo(&url, clients, seconds, cli.json).await,
+        Cmd::Idle {
+            url,
+            transport,
+            clients,
+            pids,
+            seconds,
+            sources,
+        } => idle(&url, &transport, clients, &pids, seconds, sources, cli.json).await,
+    }
+}
