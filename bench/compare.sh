@@ -124,6 +124,8 @@ stop_switchyard; start_switchyard
 SY_POLL=$(run "switchyard idle poll" $BENCH idle --url http://127.0.0.1:8080/feed --transport poll --clients "$IDLE" --pids "$GW")
 stop_switchyard; start_switchyard
 SY_PASS=$(run "switchyard idle pass-through ws" $BENCH idle --url ws://127.0.0.1:8080/echo --transport ws --clients "$PASS_IDLE" --pids "$GW")
+stop_switchyard; start_switchyard
+SY_RAW=$(run "switchyard idle raw connection" $BENCH idle --url http://127.0.0.1:8080/feed --transport raw --clients "$IDLE" --pids "$GW")
 stop_switchyard
 start_nginx
 NC_SSE=$(run "nchan idle sse" $BENCH idle --url http://127.0.0.1:8081/sub --transport sse --clients "$IDLE" --pids "$(nginx_pids)")
@@ -136,6 +138,8 @@ stop_backend
 
 echo "== fan-out" >&2
 FAN_ROWS=""
+FAN_JSON_FILE="$WORK/fanout.jsonl"
+: >"$FAN_JSON_FILE"
 for rate in $RATES; do
   start_backend "$rate"; start_switchyard
   S=$(run "switchyard fanout sse $rate/s" $BENCH fanout --url http://127.0.0.1:8080/feed --transport sse --clients "$FAN" --rate "$rate" --seconds "$SECONDS_PER_RUN")
@@ -146,6 +150,8 @@ for rate in $RATES; do
   N=$(run "nchan fanout sse $rate/s" $BENCH fanout --url http://127.0.0.1:8081/sub --transport sse --clients "$FAN" --rate "$rate" --seconds "$SECONDS_PER_RUN")
   kill "$PUB" 2>/dev/null || true; wait "$PUB" 2>/dev/null || true
   stop_nginx
+  echo "$S" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["server"]="switchyard"; print(json.dumps(d))' >>"$FAN_JSON_FILE"
+  echo "$N" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["server"]="nchan"; print(json.dumps(d))' >>"$FAN_JSON_FILE"
   row() { echo "$1" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%d/s | %.4f | %d | %d | %.1f | %.1f | %.1f" % (d["deliveries_per_s"], d["delivered_ratio"], d["gaps"], d["duplicates"], d["p50_ms"], d["p99_ms"], d["max_ms"]))'; }
   FAN_ROWS+="| $rate msg/s | switchyard | $(row "$S") |"$'\n'
   FAN_ROWS+="| $rate msg/s | nchan | $(row "$N") |"$'\n'
@@ -184,6 +190,7 @@ mkdir -p docs
   echo "| WebSocket (terminated), $IDLE idle | $(kib "$SY_WS") KiB, $(cpu "$SY_WS") core | $(kib "$NC_WS") KiB, $(cpu "$NC_WS") core | - |"
   echo "| long-poll, $IDLE waiting | $(kib "$SY_POLL") KiB, $(cpu "$SY_POLL") core | - | - |"
   echo "| WebSocket pass-through, $PASS_IDLE idle (2 sockets each) | $(kib "$SY_PASS") KiB, $(cpu "$SY_PASS") core | - | $(kib "$NG_PASS") KiB, $(cpu "$NG_PASS") core |"
+  echo "| accepted connection that sent nothing, $IDLE | $(kib "$SY_RAW") KiB | - | - |"
   echo
   echo "## Fan-out: one feed, $FAN SSE subscribers, ~100-byte messages, ${SECONDS_PER_RUN}s per run"
   echo
@@ -202,6 +209,33 @@ mkdir -p docs
   echo "| nginx | $(rt "$E_NG") | $(ratio "$(rt "$E_NG")" "$(rt "$E_DIRECT")") | $(p50 "$E_NG") | $(p99 "$E_NG") |"
   echo
   echo "switchyard / nginx round trips: $(ratio "$(rt "$E_SY")" "$(rt "$E_NG")")"
+  echo
+  echo "## Targets"
+  echo
+  python3 - "$SY_SSE" "$SY_WS" "$SY_POLL" "$FAN_JSON_FILE" "$E_SY" "$E_NG" "$FAN" <<'PY'
+import json, sys
+sse, ws, poll = (json.loads(a) for a in sys.argv[1:4])
+fan = [json.loads(l) for l in open(sys.argv[4])]
+esy, eng = json.loads(sys.argv[5]), json.loads(sys.argv[6])
+subs = sys.argv[7]
+def ok(b): return "met" if b else "**not met**"
+def sustained(server):
+    rows = [r for r in fan if r["server"] == server and r["gaps"] == 0 and r["duplicates"] == 0 and r["connected"] == r["clients"] and r["delivered_ratio"] >= 0.99]
+    return max(rows, key=lambda r: r["deliveries_per_s"], default=None)
+sy, nc = sustained("switchyard"), sustained("nchan")
+sy_d = sy["deliveries_per_s"] if sy else 0
+nc_d = nc["deliveries_per_s"] if nc else 0
+print("| target | figure | verdict |")
+print("|---|---|---|")
+print(f"| idle SSE client <= 16 KiB | {sse['kib_per_client']} KiB | {ok(sse['kib_per_client'] <= 16)} |")
+print(f"| terminated idle WebSocket <= 24 KiB | {ws['kib_per_client']} KiB | {ok(ws['kib_per_client'] <= 24)} |")
+print(f"| fan-out deliveries/s >= 2x Nchan (highest rate each delivers fully) | switchyard {sy_d:.0f}/s at {sy['rate'] if sy else '-'} msg/s, Nchan {nc_d:.0f}/s at {nc['rate'] if nc else '-'} msg/s: {sy_d / nc_d if nc_d else 0:.2f}x (switchyard's figure is the highest rate tried, not its limit) | {ok(nc_d and sy_d >= 2 * nc_d)} |")
+p99 = sy["p99_ms"] if sy else 0
+print(f"| fan-out p99 < 100 ms | {p99:.1f} ms at {subs} subscribers (the target says 10,000) | {ok(sy and p99 < 100)} |")
+print(f"| pass-through WS round trips/s >= nginx's, p99 <= nginx's | {esy['round_trips_per_s']:.0f}/s vs {eng['round_trips_per_s']:.0f}/s, p99 {esy['p99_ms']:.2f} vs {eng['p99_ms']:.2f} ms | {ok(esy['round_trips_per_s'] >= eng['round_trips_per_s'] and esy['p99_ms'] <= eng['p99_ms'])} |")
+cpu = max(sse["cpu_share_of_one_core"], ws["cpu_share_of_one_core"], poll["cpu_share_of_one_core"])
+print(f"| idle clients cost < 5% of one core | {cpu * 100:.1f}% (worst of SSE, WS, long-poll) | {ok(cpu < 0.05)} |")
+PY
   echo
   echo "## Raw results"
   echo

@@ -85,7 +85,7 @@ enum Cmd {
     Idle {
         #[arg(long)]
         url: String,
-        /// sse, ws or poll
+        /// sse, ws, poll, or raw (connected, nothing sent)
         #[arg(long, default_value = "sse")]
         transport: String,
         #[arg(long, default_value_t = 10000)]
@@ -532,6 +532,15 @@ async fn idle(
             continue;
         };
         match transport {
+            // Connected, nothing sent: the server's cost of an accepted connection alone.
+            "raw" => {
+                let open = open.clone();
+                held.push(tokio::spawn(async move {
+                    open.fetch_add(1, Ordering::Relaxed);
+                    let mut buf = [0u8; 64];
+                    let _ = s.read(&mut buf).await;
+                }));
+            }
             "ws" => {
                 let open = open.clone();
                 let url = url.to_owned();
