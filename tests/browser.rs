@@ -98,12 +98,10 @@ async fn open_page(url: &str) -> (Browser, Cdp) {
     (browser, cdp)
 }
 
-/// Evaluates `expr` in the page and returns its value.
-/// Starts the gateway with `routes` (which serve the demo page at `/`) and Chromium on that
-/// page, loaded; returns them with the next DevTools message id.
-async fn gateway_page(routes: &str) -> (Gateway, Browser, Cdp, u64) {
-    let gw = Gateway::start(routes).await;
-    let (browser, mut cdp) = open_page(&gw.url("/")).await;
+/// Opens `url` in Chromium and waits until that page (not the initial about:blank) has
+/// loaded; returns the browser, its DevTools socket and the next message id.
+async fn loaded_page(url: &str) -> (Browser, Cdp, u64) {
+    let (browser, mut cdp) = open_page(url).await;
     let mut id = 0;
     wait_true(
         &mut cdp,
@@ -112,9 +110,18 @@ async fn gateway_page(routes: &str) -> (Gateway, Browser, Cdp, u64) {
         "the page loading",
     )
     .await;
+    (browser, cdp, id)
+}
+
+/// Starts the gateway with `routes` (which serve the demo page at `/`) and Chromium on that
+/// page, loaded.
+async fn gateway_page(routes: &str) -> (Gateway, Browser, Cdp, u64) {
+    let gw = Gateway::start(routes).await;
+    let (browser, cdp, id) = loaded_page(&gw.url("/")).await;
     (gw, browser, cdp, id)
 }
 
+/// Evaluates `expr` in the page and returns its value.
 async fn eval(cdp: &mut Cdp, id: &mut u64, expr: &str) -> serde_json::Value {
     *id += 1;
     let call = serde_json::json!({"id": *id, "method": "Runtime.evaluate", "params": {"expression": expr, "returnByValue": true}});
@@ -384,15 +391,7 @@ async fn chromium_pages_from_allowed_origins_work_and_others_are_refused() {
         (allowed_port, "ok", "hello"),
         (refused_port, "error", "error"),
     ] {
-        let (_browser, mut cdp) = open_page(&format!("http://127.0.0.1:{port}/")).await;
-        let mut id = 0;
-        wait_true(
-            &mut cdp,
-            &mut id,
-            "location.protocol === 'http:' && document.readyState === 'complete'",
-            "the page loading",
-        )
-        .await;
+        let (_browser, mut cdp, mut id) = loaded_page(&format!("http://127.0.0.1:{port}/")).await;
         let started = eval(&mut cdp, &mut id, &probe).await;
         assert_eq!(started, true, "the probe script runs: {probe}");
         let until = Instant::now() + DEADLINE;
