@@ -40,12 +40,36 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let _open = OpenConnection::new();
         let stream: Stream = Box::new(HeaderDeadline::new(stream, self.header_timeout));
         self.inner.process_new(stream, shutdown).await
     }
 
     async fn cleanup(&self) {
         self.inner.cleanup().await
+    }
+}
+
+/// Client connections accepted and not yet closed, whatever stage they are at (a request
+/// still arriving included): what a drain waits for before the process may exit.
+static OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn open_connections() -> usize {
+    OPEN.load(Ordering::SeqCst)
+}
+
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        OPEN.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -23,7 +23,8 @@ pub async fn wait() {
 }
 
 /// A pingora background service that starts the drain when pingora begins its shutdown, then
-/// ends the process as soon as no client request is left (or `grace` has passed). pingora on
+/// ends the process as soon as no client connection or session is left (or `grace` has
+/// passed). pingora on
 /// its own would always sleep its whole grace period, however quickly clients left.
 pub struct DrainOnShutdown {
     pub grace: std::time::Duration,
@@ -33,20 +34,22 @@ pub struct DrainOnShutdown {
 impl pingora::services::background::BackgroundService for DrainOnShutdown {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         let _ = shutdown.changed().await;
-        let open = crate::policy::limits::in_flight();
+        let open = crate::listener::open_connections();
         log::info!(
-            "shutdown requested: draining {open} client request(s) for up to {:?}",
+            "shutdown requested: draining {open} client connection(s) for up to {:?}",
             self.grace
         );
         begin();
         let until = tokio::time::Instant::now() + self.grace;
-        let busy = || crate::policy::limits::in_flight() + crate::bridge::session::live();
+        // Connections, not requests: one accepted just before the listeners closed may not
+        // have a request yet, and exiting under it would reset it.
+        let busy = || crate::listener::open_connections() + crate::bridge::session::live();
         while busy() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         let left = busy();
         if left > 0 {
-            log::warn!("shutdown_grace over with {left} client request(s) or session(s) still open; exiting");
+            log::warn!("shutdown_grace over with {left} client connection(s) or session(s) still open; exiting");
         } else {
             log::info!("drained; exiting");
         }

@@ -8,14 +8,6 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Client requests in flight on every route: what a drain waits for.
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-
-/// How many client requests (streams and tunnels included) are open now.
-pub fn in_flight() -> usize {
-    IN_FLIGHT.load(Ordering::SeqCst)
-}
-
 /// Seconds a refused client is asked to wait.
 const RETRY_AFTER: &str = "5";
 
@@ -83,7 +75,6 @@ impl Occupancy {
             }
             *n += 1;
         }
-        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
         Ok(Slot {
             occupancy: self.clone(),
             ip,
@@ -107,7 +98,6 @@ impl Drop for Slot {
             }
         }
         self.occupancy.total.fetch_sub(1, Ordering::SeqCst);
-        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
