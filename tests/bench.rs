@@ -11,10 +11,19 @@ fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_switchyard-bench"))
 }
 
-fn last_json(out: &std::process::Output) -> serde_json::Value {
+/// Runs `switchyard-bench ARGS --json` off the async runtime and returns its JSON result.
+async fn run(args: Vec<String>) -> serde_json::Value {
+    let out =
+        tokio::task::spawn_blocking(move || bench().args(&args).arg("--json").output().unwrap())
+            .await
+            .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or_default();
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
 }
 
 struct Killed(std::process::Child);
@@ -53,24 +62,20 @@ async fn the_load_generator_verifies_fanout_and_echo_through_the_gateway() {
     for transport in ["sse", "ws"] {
         let scheme = if transport == "sse" { "http" } else { "ws" };
         let url = format!("{scheme}://{}/feed", gw.addr);
-        let out = tokio::task::spawn_blocking(move || {
-            bench()
-                .args(["fanout", "--url", &url, "--transport", transport])
-                .args([
-                    "--clients",
-                    "20",
-                    "--seconds",
-                    "2",
-                    "--rate",
-                    "50",
-                    "--json",
-                ])
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
-        let r = last_json(&out);
+        let r = run(args(&[
+            "fanout",
+            "--url",
+            &url,
+            "--transport",
+            transport,
+            "--clients",
+            "20",
+            "--seconds",
+            "2",
+            "--rate",
+            "50",
+        ]))
+        .await;
         assert_eq!(r["connected"], 20, "{transport}: {r}");
         assert_eq!(r["gaps"], 0, "{transport}: {r}");
         assert_eq!(r["duplicates"], 0, "{transport}: {r}");
@@ -79,24 +84,16 @@ async fn the_load_generator_verifies_fanout_and_echo_through_the_gateway() {
         assert!(r["p99_ms"].as_f64().unwrap() > 0.0);
     }
     let url = format!("ws://{}/echo", gw.addr);
-    let out = tokio::task::spawn_blocking(move || {
-        bench()
-            .args([
-                "echo",
-                "--url",
-                &url,
-                "--clients",
-                "5",
-                "--seconds",
-                "1",
-                "--json",
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let r = last_json(&out);
+    let r = run(args(&[
+        "echo",
+        "--url",
+        &url,
+        "--clients",
+        "5",
+        "--seconds",
+        "1",
+    ]))
+    .await;
     assert_eq!(r["wrong_or_failed"], 0, "{r}");
     assert!(r["round_trips_per_s"].as_f64().unwrap() > 100.0, "{r}");
 }

@@ -485,14 +485,6 @@ impl Sessions {
             s.close(why);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Counts a session in `switchyard_sessions_open` for as long as its backend task runs.
