@@ -2,9 +2,9 @@
 //! short body that tells the client what went wrong.
 
 use crate::metrics;
+use crate::transport::Downstream;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
 
 #[derive(Debug, Clone)]
 pub struct Reject {
@@ -31,7 +31,7 @@ impl Reject {
     }
 
     /// Counts the rejection and answers it; the connection closes afterwards.
-    pub async fn send(self, session: &mut Session, route: &str) -> pingora::Result<()> {
+    pub async fn send<D: Downstream>(self, session: &mut D, route: &str) -> pingora::Result<()> {
         metrics::REJECTIONS
             .with_label_values(&[route, self.reason])
             .inc();

@@ -8,14 +8,19 @@
 //!
 //! Slow TLS handshakes happen before this stage (in pingora's listener) and are not covered.
 
+use crate::proxy::{self, Gateway, Live};
+use crate::transport::conn;
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use bytes::{Buf, Bytes, BytesMut};
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::SslDigest;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
+use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
@@ -27,29 +32,162 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-/// Wraps an app (the proxy) so that every connection gets a request-head deadline.
-pub struct Edge<A> {
-    pub inner: Arc<A>,
+/// The listener's app: every connection gets a request-head deadline, and each request head
+/// is read here first. A bridged GET asking for a stream is served over the gateway's own lean
+/// connection ([`crate::transport::conn`]), in a task of its own; anything else is replayed to
+/// pingora's proxy unchanged. HTTP/2 (TLS with ALPN `h2`) goes to pingora directly.
+pub struct Edge {
+    pub proxy: Arc<HttpProxy<Gateway>>,
+    pub state: Arc<Live>,
     pub header_timeout: Duration,
 }
 
+/// How long a kept-alive connection may wait for its next request (pingora's default).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
+impl ServerApp for Edge {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let _open = OpenConnection::new();
-        let stream: Stream = Box::new(HeaderDeadline::new(stream, self.header_timeout));
-        self.inner.process_new(stream, shutdown).await
+        let open = OpenConnection::new();
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let stream: Stream = Box::new(HeaderDeadline::new(stream, self.header_timeout));
+            let _open = open;
+            return self.proxy.process_new(stream, shutdown).await;
+        }
+        let client = Client {
+            ip: stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())),
+            tls: stream.get_ssl_digest().is_some(),
+        };
+        let io = Box::new(HeaderDeadline::new(stream, self.header_timeout));
+        self.serve_connection(io, BytesMut::new(), client, open, shutdown.clone(), false)
+            .await;
+        None
     }
 
     async fn cleanup(&self) {
-        self.inner.cleanup().await
+        self.proxy.cleanup().await
     }
 }
 
+#[derive(Clone, Copy)]
+struct Client {
+    ip: Option<std::net::IpAddr>,
+    tls: bool,
+}
+
+impl Edge {
+    /// [`Self::serve_connection`] as a task of its own. The boxed, named future type breaks the
+    /// cycle (the connection loop spawns itself) that would keep the compiler from seeing the
+    /// loop is `Send`.
+    fn in_own_task(
+        self: Arc<Self>,
+        io: Box<HeaderDeadline>,
+        bytes: BytesMut,
+        client: Client,
+        open: OpenConnection,
+        shutdown: ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            self.serve_connection(io, bytes, client, open, shutdown, true)
+                .await
+        })
+    }
+
+    /// Serves the requests of one HTTP/1 connection, each over the lean path or pingora's.
+    /// `own_task`: this runs in a task of its own, not in pingora's connection task.
+    async fn serve_connection(
+        self: &Arc<Self>,
+        mut io: Box<HeaderDeadline>,
+        mut carry: BytesMut,
+        client: Client,
+        open: OpenConnection,
+        shutdown: ShutdownWatch,
+        own_task: bool,
+    ) {
+        let mut first = true;
+        loop {
+            if !first {
+                if carry.is_empty() {
+                    // Idle between requests: the next head's deadline starts at its first byte.
+                    io.next_request();
+                } else {
+                    io.arm_now(&carry);
+                }
+            }
+            let waiting = carry.is_empty() && !first;
+            let head = conn::read_head(&mut io, carry);
+            let head = if waiting {
+                let mut down = shutdown.clone();
+                tokio::select! {
+                    h = tokio::time::timeout(KEEPALIVE_IDLE, head) => match h {
+                        Ok(h) => h,
+                        Err(_) => return,
+                    },
+                    // A draining gateway closes idle kept-alive connections.
+                    _ = down.wait_for(|s| *s) => return,
+                }
+            } else {
+                head.await
+            };
+            first = false;
+            let route = match &head {
+                conn::Head::Parsed { req, .. } => proxy::stream_route(&self.state.load(), req),
+                _ => None,
+            };
+            match (head, route) {
+                (conn::Head::Closed, _) => return,
+                (conn::Head::Parsed { bytes, .. }, Some(_)) if !own_task => {
+                    // Leave pingora's connection task (sized for a TLS handshake and its HTTP
+                    // machinery) behind: a stream may last hours. The new task reads the head
+                    // again from `bytes`.
+                    tokio::spawn(self.clone().in_own_task(io, bytes, client, open, shutdown));
+                    return;
+                }
+                (conn::Head::Parsed { req, bytes, len }, Some(rt)) => {
+                    let rest = conn::after_head(&bytes, len);
+                    drop(bytes);
+                    let mut conn = conn::Conn::new(io, req, rest, client.ip, client.tls);
+                    proxy::serve_stream(&mut conn, &rt).await;
+                    match conn.into_reusable() {
+                        Some((next, rest)) => {
+                            io = next;
+                            carry = rest;
+                            continue;
+                        }
+                        None => return,
+                    }
+                }
+                // pingora reads the head again and answers it as it would have.
+                (conn::Head::Parsed { bytes, .. }, None) | (conn::Head::Other(bytes), _) => {
+                    io.replay(bytes.freeze())
+                }
+            }
+            let mut session = ServerSession::new_http1(io);
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            } else {
+                session.set_keepalive(Some(KEEPALIVE_IDLE.as_secs()));
+            }
+            let Some(reused) = self.proxy.process_new_http(session, &shutdown).await else {
+                return;
+            };
+            // Its settings hold the keep-alive timeout set above and pipelined bytes, which
+            // stay off (pingora's default), so there is nothing to carry over.
+            let (stream, _) = reused.consume();
+            io = match stream.into_any().downcast::<HeaderDeadline>() {
+                Ok(io) => io,
+                Err(_) => return,
+            };
+            carry = BytesMut::new();
+        }
+    }
+}
 /// Client connections accepted and not yet closed, whatever stage they are at (a request
 /// still arriving included): what a drain waits for before the process may exit.
 static OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -87,6 +225,8 @@ pub struct HeaderDeadline {
     /// new head.
     rearm: AtomicBool,
     timed_out: bool,
+    /// Bytes the listener read and handed back, served before the socket's.
+    replay: Bytes,
 }
 
 /// Finds the empty line that ends a request head, across reads. Like the HTTP parser, it
@@ -108,7 +248,21 @@ impl HeaderDeadline {
             end: HeadEnd::default(),
             rearm: AtomicBool::new(false),
             timed_out: false,
+            replay: Bytes::new(),
         }
+    }
+
+    /// Puts bytes already read back in front of the stream (they were seen by the deadline
+    /// already, so they do not count again).
+    pub fn replay(&mut self, bytes: Bytes) {
+        self.replay = bytes;
+    }
+
+    /// A head has begun in bytes already read (`started`): its deadline runs from now.
+    pub fn arm_now(&mut self, started: &[u8]) {
+        self.rearm.store(false, Ordering::Relaxed);
+        self.end = HeadEnd::default();
+        self.deadline = (!self.end.scan(started)).then(|| Box::pin(tokio::time::sleep(self.limit)));
     }
 
     /// The request on this connection is done and the connection stays open: the next request
@@ -168,6 +322,12 @@ impl AsyncRead for HeaderDeadline {
                 );
                 return Poll::Ready(Err(too_slow()));
             }
+        }
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.advance(n);
+            return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);

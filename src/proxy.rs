@@ -15,7 +15,7 @@ use crate::error::Reject;
 use crate::metrics;
 use crate::policy;
 use crate::router::Router;
-use crate::transport;
+use crate::transport::{self, Downstream};
 use crate::upstream::pool::{Lease, UpstreamSet};
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -216,15 +216,11 @@ impl RequestCtx {
     }
 }
 
-fn request_host(req: &RequestHeader) -> Option<&str> {
+pub fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.host())
-}
-
-fn is_tls(session: &Session) -> bool {
-    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
 /// The methods a route takes, as a preflight answer lists them.
@@ -241,9 +237,13 @@ fn route_methods(rt: &RouteRuntime) -> &'static str {
 
 /// Applies the edge policy after routing: the origin allowlist (every request of a bridged
 /// route, WebSocket upgrades of a pass-through one), CORS preflights answered here, and CORS
-/// headers for allowed cross-origin answers. True when the request was answered (refused, or a
-/// preflight).
-async fn policy_refused(session: &mut Session, rt: &RouteRuntime) -> Result<bool> {
+/// headers for allowed cross-origin answers. `None` when the request was answered (refused, or a
+/// preflight); otherwise the headers (CORS, `Vary`) its answer must carry.
+async fn policy_refused<D: Downstream>(
+    session: &mut D,
+    rt: &RouteRuntime,
+    upgrade: bool,
+) -> Result<Option<CorsFields>> {
     let route = &rt.route;
     let head = policy::hygiene::head_size(session.req_header(), route.limits.max_header_bytes);
     // A pass-through WebSocket handshake is checked here as a terminated one would be (RFC
@@ -256,22 +256,22 @@ async fn policy_refused(session: &mut Session, rt: &RouteRuntime) -> Result<bool
     };
     if let Some(reject) = head.err().or(bad_handshake) {
         reject.send(session, &route.name).await?;
-        return Ok(true);
+        return Ok(None);
     }
-    let enforce = matches!(rt.target, Target::Bridge(_)) || session.is_upgrade_req();
+    let enforce = matches!(rt.target, Target::Bridge(_)) || upgrade;
     let preflight = policy::cors::is_preflight(session.req_header());
     let origin = policy::origin::admit(
         session.req_header(),
         &route.origins,
         route.allow_no_origin,
-        is_tls(session),
+        session.is_tls(),
         enforce || preflight,
     );
     let origin = match origin {
         Ok(o) => o,
         Err(reject) => {
             reject.send(session, &route.name).await?;
-            return Ok(true);
+            return Ok(None);
         }
     };
     let cross = match &origin {
@@ -309,20 +309,79 @@ async fn policy_refused(session: &mut Session, rt: &RouteRuntime) -> Result<bool
                 .await?
             }
         }
-        return Ok(true);
+        return Ok(None);
     }
     // Every answer varies by Origin (CORS headers depend on it), so caches keep them apart.
     let headers = match cross.filter(|_| matches!(origin, policy::origin::Origin::Allowed(_))) {
         Some(o) => policy::cors::response_headers(route, &o),
         None => vec![(http::header::VARY, http::HeaderValue::from_static("Origin"))],
     };
-    if let Some(m) = session
-        .downstream_modules_ctx
-        .get_mut::<policy::cors::CorsHeaders>()
-    {
-        m.headers = headers;
+    Ok(Some(headers))
+}
+
+type CorsFields = Vec<(http::HeaderName, http::HeaderValue)>;
+
+/// The route of a request the listener may serve over its own lean connection
+/// ([`transport::conn`]): a bridged route (not the demo page) and a request for one of its
+/// streaming transports. Everything else goes through pingora.
+pub fn stream_route(state: &GatewayState, req: &RequestHeader) -> Option<Arc<RouteRuntime>> {
+    let rt = state.router.find(request_host(req), req.uri.path())?;
+    match &rt.target {
+        Target::Bridge(b)
+            if !matches!(b.feed, crate::bridge::Feed::DemoPage)
+                && transport::requested(req).is_some() =>
+        {
+            Some(rt.clone())
+        }
+        _ => None,
     }
-    Ok(false)
+}
+
+/// Serves a request [`stream_route`] took, with the same policy and limits as
+/// [`Gateway::request_filter`] applies to the requests pingora parses.
+pub async fn serve_stream(conn: &mut transport::conn::Conn, rt: &RouteRuntime) {
+    let Target::Bridge(bridge) = &rt.target else {
+        return;
+    };
+    let route = rt.route.name.as_str();
+    let served: Result<()> = async {
+        match policy_refused(conn, rt, true).await? {
+            None => return Ok(()),
+            Some(headers) => conn.cors.headers = headers,
+        }
+        let limits = &rt.route.limits;
+        let _slot = match rt.occupancy.admit(
+            conn.client_ip(),
+            limits.max_clients,
+            limits.max_clients_per_ip,
+        ) {
+            Ok(slot) => slot,
+            Err(reject) => return reject.send(conn, route).await,
+        };
+        transport::serve(conn, bridge).await
+    }
+    .await;
+    if let Err(e) = served {
+        log::debug!("route {route}: stream ended: {e}");
+    }
+    count_request(route, conn.status);
+}
+
+/// Counts an answered request in `switchyard_http_requests_total` by status class.
+fn count_request(route: &str, status: Option<u16>) {
+    let class = match status {
+        Some(s) => match s / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        },
+        None => "none",
+    };
+    metrics::HTTP_REQUESTS
+        .with_label_values(&[route, class])
+        .inc();
 }
 
 #[async_trait]
@@ -382,8 +441,17 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         ctx.route = Some(rt.clone());
-        if policy_refused(session, &rt).await? {
-            return Ok(true);
+        let upgrade = session.is_upgrade_req();
+        match policy_refused(session, &rt, upgrade).await? {
+            None => return Ok(true),
+            Some(headers) => {
+                if let Some(m) = session
+                    .downstream_modules_ctx
+                    .get_mut::<policy::cors::CorsHeaders>()
+                {
+                    m.headers = headers;
+                }
+            }
         }
         let limits = &rt.route.limits;
         let ip = session
@@ -491,7 +559,11 @@ impl ProxyHttp for Gateway {
         {
             upstream_request.insert_header("x-forwarded-for", ip.to_string())?;
         }
-        let proto = if is_tls(session) { "https" } else { "http" };
+        let proto = if Downstream::is_tls(session) {
+            "https"
+        } else {
+            "http"
+        };
         upstream_request.insert_header("x-forwarded-proto", proto)?;
         if let Some(host) = request_host(session.req_header()).map(str::to_owned) {
             upstream_request.insert_header("x-forwarded-host", host)?;
@@ -620,19 +692,10 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        let class = match session.response_written().map(|r| r.status.as_u16()) {
-            Some(s) => match s / 100 {
-                1 => "1xx",
-                2 => "2xx",
-                3 => "3xx",
-                4 => "4xx",
-                _ => "5xx",
-            },
-            None => "none",
-        };
-        metrics::HTTP_REQUESTS
-            .with_label_values(&[ctx.route_name(), class])
-            .inc();
+        count_request(
+            ctx.route_name(),
+            session.response_written().map(|r| r.status.as_u16()),
+        );
         ctx.lease = None;
     }
 }

@@ -12,6 +12,7 @@ use crate::upstream::health::HealthChecker;
 use async_trait::async_trait;
 use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -93,7 +94,8 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
         },
     );
     let edge = Edge {
-        inner: Arc::new(app),
+        proxy: Arc::new(app),
+        state: state.clone(),
         header_timeout: config.server.header_timeout,
     };
     let mut proxy = Service::new("switchyard".into(), edge);
@@ -104,7 +106,13 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
     for l in &config.server.listen {
         let addr = l.addr.to_string();
         match &l.tls {
-            None => proxy.add_tcp(&addr),
+            // No L4 read buffer on plain listeners: pingora's HTTP reader and the lean
+            // connection read into buffers of their own, and a 64 KiB one per connection is
+            // the largest thing an idle stream would otherwise hold. TLS keeps pingora's
+            // default, so record reads stay few.
+            None => proxy.add_listener(
+                ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0)),
+            ),
             Some(tls) => {
                 let cert = tls.cert.to_string_lossy();
                 let key = tls.key.to_string_lossy();

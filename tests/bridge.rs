@@ -275,3 +275,88 @@ async fn demo_page_and_admin_endpoints_answer() {
     assert!(m.header("content-type").unwrap().starts_with("text/plain"));
     assert!(m.body_text().contains("switchyard_config_generation 1"));
 }
+
+/// Reads one `Content-Length` response from `s`, keeping bytes past it in `buf`.
+async fn read_one(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Response {
+    loop {
+        if let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or_else(|| panic!("a Content-Length answer, got {head}"));
+            if buf.len() >= split + 4 + len {
+                let rest = buf.split_off(split + 4 + len);
+                let one = std::mem::replace(buf, rest);
+                return parse_response(&one);
+            }
+        }
+        let mut chunk = [0u8; 16384];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed with {:?}",
+            String::from_utf8_lossy(buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn one_kept_alive_connection_carries_streams_and_proxied_requests_in_turn() {
+    // Streaming requests are served by the listener's own connection, everything else by
+    // pingora; a keep-alive connection goes back and forth, pipelined requests included.
+    let gw = Gateway::start(ROUTES).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let host = gw.addr;
+    let poll = format!("GET /clock?transport=poll HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let page = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let mut buf = Vec::new();
+    for round in 0..3 {
+        // Two requests in one write: the second waits in the buffer while the first is served.
+        s.write_all(format!("{poll}{page}").as_bytes())
+            .await
+            .unwrap();
+        let a = read_one(&mut s, &mut buf).await;
+        assert_eq!(a.status, 200, "round {round}: {}", a.body_text());
+        let j: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        assert!(j["cursor"].is_string() || j["cursor"].is_number(), "{j}");
+        assert_eq!(j["messages"].as_array().map(Vec::len), Some(1), "{j}");
+        let b = read_one(&mut s, &mut buf).await;
+        assert_eq!(b.status, 200);
+        assert!(
+            b.body_text().contains("<html"),
+            "round {round}: the demo page"
+        );
+        // Then the other order, one at a time.
+        s.write_all(page.as_bytes()).await.unwrap();
+        assert_eq!(read_one(&mut s, &mut buf).await.status, 200);
+        s.write_all(poll.as_bytes()).await.unwrap();
+        assert_eq!(read_one(&mut s, &mut buf).await.status, 200);
+    }
+    assert!(buf.is_empty());
+    // Last, the same connection turns into an SSE stream.
+    s.write_all(
+        format!("GET /clock HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut sse = SseReader::from_stream(s).await;
+    assert!(sse.head.starts_with("HTTP/1.1 200"), "{}", sse.head);
+    let e = sse.next_data_event().await;
+    assert_eq!(e.data.len(), 20, "{e:?}");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_http_requests_total{class=\"2xx\",route=\"clock\"}"
+        ),
+        Some(6.0),
+        "every answered poll is counted"
+    );
+}

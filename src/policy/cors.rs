@@ -115,13 +115,9 @@ pub struct CorsHeaders {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-#[async_trait]
-impl HttpModule for CorsHeaders {
-    async fn response_header_filter(
-        &mut self,
-        resp: &mut ResponseHeader,
-        _end_of_stream: bool,
-    ) -> pingora::Result<()> {
+impl CorsHeaders {
+    /// Adds the headers to an answer (`Vary` alongside any the answer has).
+    pub fn apply(&self, resp: &mut ResponseHeader) -> pingora::Result<()> {
         for (k, v) in &self.headers {
             if k == http::header::VARY {
                 resp.append_header(k.clone(), v.clone())?;
@@ -130,6 +126,17 @@ impl HttpModule for CorsHeaders {
             }
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl HttpModule for CorsHeaders {
+    async fn response_header_filter(
+        &mut self,
+        resp: &mut ResponseHeader,
+        _end_of_stream: bool,
+    ) -> pingora::Result<()> {
+        self.apply(resp)
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -17,6 +17,7 @@
 //! `DELETE path?transport=poll|sse&session=ID` ends a session and closes its backend socket: 204.
 
 use super::longpoll::session_gone;
+use super::Downstream;
 use crate::bridge::session::{EndReason, Outgoing, UplinkError};
 use crate::bridge::Bridge;
 use crate::error::Reject;
@@ -25,7 +26,6 @@ use crate::upstream::{post::POST_DEADLINE, private};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::oneshot;
 
@@ -98,7 +98,7 @@ pub fn parse_body(content_type: &str, body: Bytes) -> Result<Vec<Inbound>, Strin
 }
 
 /// Reads the whole request body, refusing it past `max` bytes.
-async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, Reject> {
+async fn read_body<D: Downstream>(session: &mut D, max: usize) -> Result<Bytes, Reject> {
     let too_big = || {
         Reject::new(
             413,
@@ -138,13 +138,13 @@ async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, Reject> {
     }
 }
 
-fn session_param(session: &Session) -> Option<String> {
+fn session_param<D: Downstream>(session: &D) -> Option<String> {
     super::query_param(session.req_header(), "session")
 }
 
 /// Answers a POST: relays its messages to the backend in order.
-pub async fn post(
-    session: &mut Session,
+pub async fn post<D: Downstream>(
+    session: &mut D,
     bridge: &Bridge,
     transport: &'static str,
 ) -> pingora::Result<()> {
@@ -159,8 +159,8 @@ pub async fn post(
     }
 }
 
-async fn send(
-    session: &mut Session,
+async fn send<D: Downstream>(
+    session: &mut D,
     bridge: &Bridge,
     transport: &'static str,
 ) -> Result<(), Reject> {
@@ -284,7 +284,7 @@ fn refused(i: usize, count: usize, e: UplinkError, route: &str) -> Reject {
 }
 
 /// Answers a DELETE: ends the session and closes its backend connection.
-pub async fn delete(session: &mut Session, bridge: &Bridge) -> pingora::Result<()> {
+pub async fn delete<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
     let Some(sessions) = bridge.sessions() else {
         return Reject::new(

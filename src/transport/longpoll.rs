@@ -14,6 +14,7 @@
 //! first poll opens it, later ones carry `session=ID&cursor=N` and acknowledge up to N, and
 //! the answer names the session. An unknown or ended session is 410.
 
+use super::Downstream;
 use crate::bridge::hub::Gone;
 use crate::bridge::session::{EndReason, Sessions};
 use crate::bridge::{Bridge, Event, Message};
@@ -24,7 +25,6 @@ use crate::upstream::private;
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -47,7 +47,7 @@ pub fn encode_message(m: &Message) -> Bytes {
 }
 
 /// The `cursor` query parameter: None when absent, Err when it is not a number.
-fn cursor_param(session: &Session) -> Result<Option<u64>, Reject> {
+fn cursor_param<D: Downstream>(session: &D) -> Result<Option<u64>, Reject> {
     match super::query_param(session.req_header(), "cursor") {
         None => Ok(None),
         Some(c) => c.parse::<u64>().map(Some).map_err(|_| {
@@ -60,7 +60,7 @@ fn cursor_param(session: &Session) -> Result<Option<u64>, Reject> {
     }
 }
 
-pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()> {
+pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
     if let Some(sessions) = bridge.sessions() {
         return serve_session(session, bridge, sessions).await;
@@ -197,7 +197,7 @@ fn observe_latency(bridge: &Bridge, live: &[Arc<Message>]) {
     }
 }
 
-async fn respond(session: &mut Session, body: Bytes) -> pingora::Result<()> {
+async fn respond<D: Downstream>(session: &mut D, body: Bytes) -> pingora::Result<()> {
     let mut resp = ResponseHeader::build(200, Some(3))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("cache-control", "no-store")?;
@@ -211,8 +211,8 @@ async fn respond(session: &mut Session, body: Bytes) -> pingora::Result<()> {
 /// backend cannot be reached) and answers `{"session": ID, "cursor": 0, "messages": []}`. With
 /// `session=ID&cursor=N`, acknowledges everything up to N and answers what follows, waiting up
 /// to `poll_timeout` for it. An unknown or ended session is 410.
-async fn serve_session(
-    session: &mut Session,
+async fn serve_session<D: Downstream>(
+    session: &mut D,
     bridge: &Bridge,
     sessions: &Arc<Sessions>,
 ) -> pingora::Result<()> {

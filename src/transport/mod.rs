@@ -5,6 +5,8 @@
 //! it does. On two-way routes, SSE and long-poll clients send with POST and end their session
 //! with DELETE ([`inbound`]).
 
+pub mod conn;
+pub mod downstream;
 pub mod inbound;
 pub mod longpoll;
 pub mod sse;
@@ -14,8 +16,8 @@ use crate::bridge::{Bridge, Consumer, Feed, Message};
 use crate::error::Reject;
 use crate::upstream::private::{ClientInfo, OpenError};
 use bytes::{Bytes, BytesMut};
+pub use downstream::Downstream;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::Session;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,8 +154,8 @@ pub enum WriteFailed {
 
 /// Writes one chunk to a streaming client. A client that stops reading is let go, per the
 /// route's slow-consumer policy, instead of being waited for.
-pub async fn write_chunk(
-    session: &mut Session,
+pub async fn write_chunk<D: Downstream>(
+    session: &mut D,
     chunk: Bytes,
     consumer: &Consumer,
 ) -> Result<(), WriteFailed> {
@@ -166,26 +168,23 @@ pub async fn write_chunk(
 
 /// Prepares a streaming session that is being dropped mid-body: pingora's finish step would
 /// otherwise wait for a client that does not read to take the last chunk.
-pub fn abandon(session: &mut Session) {
+pub fn abandon<D: Downstream>(session: &mut D) {
     session.set_keepalive(None);
     session.set_write_timeout(Some(Duration::from_millis(1)));
 }
 
 /// Who the client is, for the headers a per-client backend connection carries.
-pub fn client_info(session: &Session) -> ClientInfo {
+pub fn client_info<D: Downstream>(session: &D) -> ClientInfo {
     ClientInfo {
-        ip: session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip()),
-        tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        ip: session.client_ip(),
+        tls: session.is_tls(),
     }
 }
 
 /// The answer for a client whose session could not be opened: 503 with `Retry-After` when the
 /// route is at `max_clients` sessions, 502 when its backend could not be reached.
-pub async fn session_refused(
-    session: &mut Session,
+pub async fn session_refused<D: Downstream>(
+    session: &mut D,
     route: &str,
     why: OpenError,
 ) -> pingora::Result<()> {
@@ -209,7 +208,7 @@ pub async fn session_refused(
 
 const DEMO_PAGE: &str = include_str!("../upstream/demo.html");
 
-async fn serve_page(session: &mut Session, bridge: &Bridge) -> pingora::Result<()> {
+async fn serve_page<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
     let req = session.req_header();
     if req.uri.path() != bridge.route.path
@@ -239,7 +238,7 @@ async fn serve_page(session: &mut Session, bridge: &Bridge) -> pingora::Result<(
 }
 
 /// Serves a request on a bridged route with the transport it asks for.
-pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()> {
+pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::Result<()> {
     if let Feed::DemoPage = bridge.feed {
         return serve_page(session, bridge).await;
     }

@@ -17,6 +17,7 @@
 //! On a `per_client` route each stream is a session: `event: session` first, ids `SESSION-SEQ`,
 //! and a reconnect with `Last-Event-ID` reattaches to the session while it lives.
 
+use super::Downstream;
 use crate::bridge::session::{EndReason, Session as BridgeSession, Sessions};
 use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Joined, Message};
 use crate::config::BinaryPolicy;
@@ -25,7 +26,6 @@ use crate::upstream::private;
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
 use std::sync::Arc;
 
 /// How long browsers wait before reconnecting, sent on connect.
@@ -89,7 +89,7 @@ pub fn resume_position(last_event_id: &str, epoch: &str) -> Option<u64> {
     seq.parse().ok()
 }
 
-pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()> {
+pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::Result<()> {
     if let Some(sessions) = bridge.sessions() {
         return serve_session(session, bridge, sessions).await;
     }
@@ -129,8 +129,8 @@ const GAP_EVENT: &[u8] = b"event: gap\ndata: messages before this point were mis
 /// `SESSION-SEQ` reattaches to that session while it lives, after SEQ; otherwise a new session
 /// is opened (502 when its backend cannot be reached). Its id comes first, as
 /// `event: session`; the client sends with `POST path?transport=sse&session=ID`.
-async fn serve_session(
-    session: &mut Session,
+async fn serve_session<D: Downstream>(
+    session: &mut D,
     bridge: &Bridge,
     sessions: &Arc<Sessions>,
 ) -> pingora::Result<()> {
@@ -179,7 +179,7 @@ async fn serve_session(
     stream(session, bridge, &conv.id, first, &[], consumer, Some(&conv)).await
 }
 
-fn last_event_id(session: &Session) -> Option<String> {
+fn last_event_id<D: Downstream>(session: &D) -> Option<String> {
     session
         .req_header()
         .headers
@@ -192,8 +192,8 @@ fn last_event_id(session: &Session) -> Option<String> {
 /// Writes the event stream: headers, `first`, the backlog, then live messages with heartbeats
 /// until the client, the backend or the gateway ends it. `conv` is the client's own session on a
 /// per-client route: its end is told as `event: closed` and closes the session.
-async fn stream(
-    session: &mut Session,
+async fn stream<D: Downstream>(
+    session: &mut D,
     bridge: &Bridge,
     epoch: &str,
     mut first: BytesMut,

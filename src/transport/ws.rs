@@ -6,6 +6,7 @@
 //! a server must enforce on top: masking, reserved bits, control-frame rules, fragmentation
 //! order, UTF-8 of text, and the message size cap, each mapped to its close code.
 
+use super::Downstream;
 use crate::bridge::hub::Gone;
 use crate::bridge::session::{
     EndReason, Outgoing, Session as BridgeSession, UplinkError, UPLINK_QUEUE,
@@ -17,7 +18,6 @@ use crate::metrics;
 use crate::upstream::private;
 use bytes::{Buf, Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::Session;
 use std::collections::VecDeque;
 use std::io::Cursor;
 use std::sync::Arc;
@@ -251,7 +251,7 @@ fn parse_close(payload: &[u8]) -> Result<Incoming, Violation> {
     }
 }
 
-fn header_has_token(req: &RequestHeader, name: &str, token: &str) -> bool {
+pub(crate) fn header_has_token(req: &RequestHeader, name: &str, token: &str) -> bool {
     req.headers.get_all(name).iter().any(|v| {
         v.to_str()
             .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
@@ -338,7 +338,7 @@ pub fn choose_subprotocol(
 }
 
 /// Serves one WebSocket client of a bridged route until either side ends it.
-pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()> {
+pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
     let accept = match accept_key(session.req_header()) {
         Ok(a) => a,
@@ -411,8 +411,8 @@ pub async fn serve(session: &mut Session, bridge: &Bridge) -> pingora::Result<()
     result
 }
 
-async fn run(
-    session: &mut Session,
+async fn run<D: Downstream>(
+    session: &mut D,
     bridge: &Bridge,
     mut consumer: Option<&mut Consumer>,
     uplink: Option<mpsc::Sender<Outgoing>>,

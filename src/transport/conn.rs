@@ -1,0 +1,429 @@
+//! The gateway's own HTTP/1.1 server side, for the requests that become long-lived streams.
+//!
+//! pingora keeps a full per-request state machine (its boxed proxy future, the HTTP session
+//! with its buffers, the connection task sized for a TLS handshake) alive for as long as a
+//! request lasts. For a proxied request that is a few milliseconds; for an SSE or WebSocket
+//! client it is hours, and it made an idle client cost about 50 KiB. The listener therefore reads
+//! each request head itself ([`read_head`]); a bridged GET that asks for a stream is served over
+//! a [`Conn`] (head parsed once, then only the socket and what the transport holds), and
+//! everything else is handed to pingora with the head replayed, unchanged.
+//!
+//! [`Conn`] speaks just what those answers need: a response head, a body framed by
+//! `Content-Length` or `chunked`, a `101` after which the socket carries WebSocket frames, and
+//! keep-alive back to the listener when the answer was complete.
+
+use super::Downstream;
+use crate::listener::HeaderDeadline;
+use crate::policy::cors::CorsHeaders;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::{Error, ErrorType, OrErr};
+use std::future::Future;
+use std::io::IoSlice;
+use std::net::IpAddr;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Heads longer than this, or with more fields than [`HEAD_FIELDS`], are left to pingora (which
+/// answers them, `431` included); the streaming requests this path serves are far smaller.
+pub const HEAD_MAX: usize = 8 * 1024;
+const HEAD_FIELDS: usize = 48;
+
+/// A request head read by the listener.
+pub enum Head {
+    /// A complete HTTP/1.1 head without a body: the request, and every byte read (the head is
+    /// the first `len`).
+    Parsed {
+        req: Box<RequestHeader>,
+        bytes: BytesMut,
+        len: usize,
+    },
+    /// Anything else (HTTP/1.0, a body, a head too large, bytes that do not parse): every byte
+    /// read so far, for pingora to read again and answer.
+    Other(BytesMut),
+    /// The client closed (or never spoke) before a head began.
+    Closed,
+}
+
+/// The bytes after a head, in a buffer of their own (so the head's can be freed).
+pub fn after_head(bytes: &BytesMut, len: usize) -> BytesMut {
+    if bytes.len() > len {
+        BytesMut::from(&bytes[len..])
+    } else {
+        BytesMut::new()
+    }
+}
+
+/// Reads one request head. `buf` holds bytes already read (pipelined after the last request).
+pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, mut buf: BytesMut) -> Head {
+    loop {
+        match parse(&buf) {
+            Parse::Complete(req, len) => {
+                return Head::Parsed {
+                    req,
+                    bytes: buf,
+                    len,
+                }
+            }
+            Parse::Other => return Head::Other(buf),
+            Parse::Partial if buf.len() >= HEAD_MAX => return Head::Other(buf),
+            Parse::Partial => {}
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(2048);
+        }
+        match io.read_buf(&mut buf).await {
+            Ok(0) | Err(_) if buf.iter().all(|b| b.is_ascii_whitespace()) => return Head::Closed,
+            // Closed mid-head, or the head deadline passed: pingora gets what came and answers.
+            Ok(0) | Err(_) => return Head::Other(buf),
+            Ok(_) => {}
+        }
+    }
+}
+
+enum Parse {
+    Complete(Box<RequestHeader>, usize),
+    Partial,
+    Other,
+}
+
+/// Parses a head that this path may serve: HTTP/1.1, GET, no body framing, no upgrade other
+/// than WebSocket. Kept out of the async reader so the field array lives on the stack only.
+fn parse(buf: &[u8]) -> Parse {
+    let mut fields = [httparse::EMPTY_HEADER; HEAD_FIELDS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(_) => return Parse::Other,
+    };
+    if req.version != Some(1) || req.method != Some("GET") {
+        return Parse::Other;
+    }
+    let refused = |name: &str| {
+        name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("http2-settings")
+    };
+    if req.headers.iter().any(|h| refused(h.name)) {
+        return Parse::Other;
+    }
+    let Ok(mut head) = RequestHeader::build("GET", req.path.unwrap_or("/").as_bytes(), None) else {
+        return Parse::Other;
+    };
+    for h in req.headers.iter() {
+        let Ok(value) = http::HeaderValue::from_bytes(h.value) else {
+            return Parse::Other;
+        };
+        if head.append_header(h.name.to_owned(), value).is_err() {
+            return Parse::Other;
+        }
+    }
+    if head.headers.contains_key(http::header::UPGRADE) && !super::ws::is_upgrade(&head) {
+        return Parse::Other;
+    }
+    Parse::Complete(Box::new(head), len)
+}
+
+/// How the body of the answer being written is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// No head written yet.
+    Pending,
+    Length(u64),
+    Chunked,
+    /// Delimited by closing the connection.
+    UntilClose,
+    /// After a `101`: the socket is the client's WebSocket.
+    Upgraded,
+    Done,
+}
+
+/// One request on a connection the listener serves itself. See the module docs.
+pub struct Conn {
+    io: Box<HeaderDeadline>,
+    req: Box<RequestHeader>,
+    /// Bytes read past what was consumed: the start of the next request, or early frames.
+    pending: BytesMut,
+    client_ip: Option<IpAddr>,
+    tls: bool,
+    /// The CORS headers (and `Vary`) every answer to this request carries, set by the policy.
+    pub cors: CorsHeaders,
+    body: Body,
+    keepalive: bool,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    /// The status answered, for the request metric.
+    pub status: Option<u16>,
+}
+
+impl Conn {
+    pub fn new(
+        io: Box<HeaderDeadline>,
+        req: Box<RequestHeader>,
+        pending: BytesMut,
+        client_ip: Option<IpAddr>,
+        tls: bool,
+    ) -> Self {
+        let keepalive = !super::ws::header_has_token(&req, "connection", "close");
+        Self {
+            io,
+            req,
+            pending,
+            client_ip,
+            tls,
+            cors: CorsHeaders::default(),
+            body: Body::Pending,
+            keepalive,
+            read_timeout: None,
+            write_timeout: None,
+            status: None,
+        }
+    }
+
+    /// The connection and any bytes read past this request, when the answer is complete and
+    /// the connection may carry another request; `None` when it must close.
+    pub fn into_reusable(self) -> Option<(Box<HeaderDeadline>, BytesMut)> {
+        (self.keepalive && self.body == Body::Done).then_some((self.io, self.pending))
+    }
+
+    fn head_bytes(&self, resp: &ResponseHeader) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(resp.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(
+            resp.status
+                .canonical_reason()
+                .unwrap_or("Status")
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in resp.headers.iter() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+}
+
+/// Runs an I/O step under an optional deadline; running out is a `TimedOut` error.
+async fn timed<T>(
+    limit: Option<Duration>,
+    step: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    match limit {
+        Some(t) => tokio::time::timeout(t, step)
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?,
+        None => step.await,
+    }
+}
+
+/// Writes all of `parts` with as few writes as the stream allows.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    parts: &[&[u8]],
+) -> std::io::Result<()> {
+    let mut index = 0;
+    let mut offset = 0;
+    while index < parts.len() {
+        let slices: Vec<IoSlice<'_>> = std::iter::once(&parts[index][offset..])
+            .chain(parts[index + 1..].iter().copied())
+            .map(IoSlice::new)
+            .collect();
+        let mut n = io.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while index < parts.len() && n >= parts[index].len() - offset {
+            n -= parts[index].len() - offset;
+            index += 1;
+            offset = 0;
+        }
+        offset += n;
+    }
+    io.flush().await
+}
+
+impl Downstream for Conn {
+    fn req_header(&self) -> &RequestHeader {
+        &self.req
+    }
+
+    fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    fn is_http2(&self) -> bool {
+        false
+    }
+
+    async fn write_response_header(
+        &mut self,
+        mut resp: Box<ResponseHeader>,
+        end: bool,
+    ) -> pingora::Result<()> {
+        if self.body != Body::Pending {
+            return Error::e_explain(ErrorType::InternalError, "response head already written");
+        }
+        self.cors.apply(&mut resp)?;
+        let status = resp.status.as_u16();
+        let has_token = |name: http::HeaderName, token: &str| {
+            resp.headers.get_all(name).iter().any(|v| {
+                v.to_str()
+                    .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            })
+        };
+        self.body = if status == 101 {
+            Body::Upgraded
+        } else if end || status < 200 || status == 204 || status == 304 {
+            Body::Done
+        } else if has_token(http::header::TRANSFER_ENCODING, "chunked") {
+            Body::Chunked
+        } else if let Some(len) = resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+        {
+            Body::Length(len)
+        } else {
+            self.keepalive = false;
+            Body::UntilClose
+        };
+        if has_token(http::header::CONNECTION, "close") {
+            self.keepalive = false;
+        }
+        if !self.keepalive && status != 101 && !has_token(http::header::CONNECTION, "close") {
+            resp.insert_header(http::header::CONNECTION, "close")?;
+        }
+        self.status = Some(status);
+        let head = self.head_bytes(&resp);
+        timed(
+            self.write_timeout,
+            write_all_vectored(&mut self.io, &[&head]),
+        )
+        .await
+        .or_err(ErrorType::WriteError, "writing the response head")
+    }
+
+    async fn write_response_body(&mut self, body: Option<Bytes>, end: bool) -> pingora::Result<()> {
+        let data = body.unwrap_or_default();
+        let framing = self.body;
+        let chunk_head;
+        let parts: Vec<&[u8]> = match framing {
+            Body::Pending => {
+                return Error::e_explain(ErrorType::InternalError, "body before the response head")
+            }
+            Body::Done if data.is_empty() => return Ok(()),
+            Body::Done => {
+                return Error::e_explain(ErrorType::InternalError, "body after the answer ended")
+            }
+            Body::Chunked => {
+                chunk_head = format!("{:x}\r\n", data.len());
+                let mut parts = Vec::with_capacity(4);
+                if !data.is_empty() {
+                    parts.extend([chunk_head.as_bytes(), &data[..], b"\r\n"]);
+                }
+                if end {
+                    parts.push(b"0\r\n\r\n");
+                }
+                parts
+            }
+            Body::Length(left) => {
+                if data.len() as u64 > left {
+                    return Error::e_explain(
+                        ErrorType::InternalError,
+                        "body longer than its length",
+                    );
+                }
+                self.body = Body::Length(left - data.len() as u64);
+                vec![&data[..]]
+            }
+            Body::UntilClose | Body::Upgraded => vec![&data[..]],
+        };
+        if end && framing != Body::Upgraded {
+            if matches!(self.body, Body::Length(n) if n > 0) {
+                self.keepalive = false;
+            }
+            self.body = Body::Done;
+        }
+        if parts.iter().all(|p| p.is_empty()) {
+            return Ok(());
+        }
+        timed(self.write_timeout, write_all_vectored(&mut self.io, &parts))
+            .await
+            .or_err(ErrorType::WriteError, "writing the response body")
+    }
+
+    async fn read_request_body(&mut self) -> pingora::Result<Option<Bytes>> {
+        // Only bodiless GETs come this way; after a 101 the "body" is the WebSocket stream.
+        if self.body != Body::Upgraded {
+            return Ok(None);
+        }
+        if !self.pending.is_empty() {
+            return Ok(Some(self.pending.split().freeze()));
+        }
+        // Waiting costs a small buffer; once bytes arrive, whatever else is already there is
+        // taken in the same turn.
+        let mut buf = BytesMut::with_capacity(512);
+        let n = timed(self.read_timeout, self.io.read_buf(&mut buf))
+            .await
+            .or_err(ErrorType::ReadError, "reading from the client")?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve(16 * 1024);
+            use futures_util::FutureExt;
+            while buf.len() < 64 * 1024 {
+                match self.io.read_buf(&mut buf).now_or_never() {
+                    Some(Ok(n)) if n > 0 && buf.len() == buf.capacity() => buf.reserve(16 * 1024),
+                    _ => break,
+                }
+            }
+        }
+        Ok(Some(buf.freeze()))
+    }
+
+    async fn read_body_or_idle(
+        &mut self,
+        no_body_expected: bool,
+    ) -> pingora::Result<Option<Bytes>> {
+        if !no_body_expected || self.body == Body::Upgraded {
+            return self.read_request_body().await;
+        }
+        let mut probe = [0u8; 1];
+        match self.io.read(&mut probe).await {
+            Ok(0) => Error::e_explain(ErrorType::ConnectionClosed, "client closed the connection"),
+            Ok(_) => {
+                // Not ours to interpret (pipelined bytes): keep them for whatever reads next.
+                self.pending.extend_from_slice(&probe);
+                self.keepalive = false;
+                Ok(Some(Bytes::new()))
+            }
+            Err(e) => Err(e).or_err(ErrorType::ReadError, "waiting on the client"),
+        }
+    }
+
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+    }
+
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) {
+        self.write_timeout = timeout;
+    }
+
+    fn set_keepalive(&mut self, seconds: Option<u64>) {
+        if seconds.is_none() {
+            self.keepalive = false;
+        }
+    }
+}

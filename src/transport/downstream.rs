@@ -1,0 +1,117 @@
+//! The client side of one request, as the transports see it. Two kinds implement it:
+//!
+//! - pingora's proxy [`Session`], for whatever pingora parsed (HTTP/2, requests with a body,
+//!   pass-through routes, and every request the lean path does not take);
+//! - [`super::conn::Conn`], the gateway's own HTTP/1 connection for the bridged GETs that turn
+//!   into long-lived streams (SSE, terminated WebSocket, long-poll). It holds a connection for a
+//!   fraction of the memory pingora's per-request state machine does (see `listener.rs`).
+//!
+//! The methods mirror pingora's so a transport reads the same over either.
+
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::Duration;
+
+pub trait Downstream: Send {
+    fn req_header(&self) -> &RequestHeader;
+
+    /// The client's address, when it is an IP one.
+    fn client_ip(&self) -> Option<IpAddr>;
+
+    /// The client came over TLS.
+    fn is_tls(&self) -> bool;
+
+    fn is_http2(&self) -> bool;
+
+    /// Sends the response head. `end` means there is no body.
+    fn write_response_header(
+        &mut self,
+        resp: Box<ResponseHeader>,
+        end: bool,
+    ) -> impl Future<Output = pingora::Result<()>> + Send;
+
+    /// Sends a piece of the body (framed as the response head said), flushed; `end` finishes it.
+    fn write_response_body(
+        &mut self,
+        body: Option<Bytes>,
+        end: bool,
+    ) -> impl Future<Output = pingora::Result<()>> + Send;
+
+    /// The next piece of the request body, or after a `101`, the next bytes of the upgraded
+    /// stream. `Ok(None)` at the end.
+    fn read_request_body(&mut self) -> impl Future<Output = pingora::Result<Option<Bytes>>> + Send;
+
+    /// With `no_body_expected`, waits until the client closes (an error) or sends something it
+    /// should not have (`Ok`); used to notice a streaming client leave before the next write.
+    fn read_body_or_idle(
+        &mut self,
+        no_body_expected: bool,
+    ) -> impl Future<Output = pingora::Result<Option<Bytes>>> + Send;
+
+    fn set_read_timeout(&mut self, timeout: Option<Duration>);
+
+    fn set_write_timeout(&mut self, timeout: Option<Duration>);
+
+    /// `None`: close the connection after this response.
+    fn set_keepalive(&mut self, seconds: Option<u64>);
+}
+
+impl Downstream for Session {
+    fn req_header(&self) -> &RequestHeader {
+        (**self).req_header()
+    }
+
+    fn client_ip(&self) -> Option<IpAddr> {
+        self.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+    }
+
+    fn is_tls(&self) -> bool {
+        self.digest().is_some_and(|d| d.ssl_digest.is_some())
+    }
+
+    fn is_http2(&self) -> bool {
+        (**self).is_http2()
+    }
+
+    fn write_response_header(
+        &mut self,
+        resp: Box<ResponseHeader>,
+        end: bool,
+    ) -> impl Future<Output = pingora::Result<()>> + Send {
+        Session::write_response_header(self, resp, end)
+    }
+
+    fn write_response_body(
+        &mut self,
+        body: Option<Bytes>,
+        end: bool,
+    ) -> impl Future<Output = pingora::Result<()>> + Send {
+        Session::write_response_body(self, body, end)
+    }
+
+    fn read_request_body(&mut self) -> impl Future<Output = pingora::Result<Option<Bytes>>> + Send {
+        (**self).read_request_body()
+    }
+
+    fn read_body_or_idle(
+        &mut self,
+        no_body_expected: bool,
+    ) -> impl Future<Output = pingora::Result<Option<Bytes>>> + Send {
+        (**self).read_body_or_idle(no_body_expected)
+    }
+
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        (**self).set_read_timeout(timeout)
+    }
+
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) {
+        (**self).set_write_timeout(timeout)
+    }
+
+    fn set_keepalive(&mut self, seconds: Option<u64>) {
+        (**self).set_keepalive(seconds)
+    }
+}
