@@ -3,9 +3,12 @@
 //! - `serve`: a WebSocket backend. `/feed` publishes numbered, timestamped messages at `--rate`
 //!   to every connection; `/echo` echoes.
 //! - `publish`: the same feed as a WebSocket *client* of a publish endpoint (Nchan).
-//! - `fanout`: N SSE or WebSocket subscribers from several 127.0.0.x source addresses; every
-//!   client checks what it gets (one feed, in order, no duplicates, no gaps) and delivery
-//!   latency is measured from the timestamp in each message.
+//! - `fanout`: N SSE, WebSocket or long-poll subscribers from several 127.0.0.x source
+//!   addresses; every client checks what it gets (one feed, in order, no duplicates, no gaps)
+//!   and delivery latency is measured from the timestamp in each message. Long-poll speaks
+//!   switchyard's protocol (`poll`: `?transport=poll&cursor=N`, JSON batches) or Nchan's
+//!   (`nchan-poll`: one message per answer, the next asked for with `If-Modified-Since` and
+//!   `If-None-Match`); completed polls per second are reported too.
 //! - `echo`: N WebSocket clients doing round trips as fast as they can.
 //! - `idle`: N idle clients held open while the server's RSS (`/proc/PID/smaps_rollup`, every
 //!   process given) and CPU time are measured.
@@ -57,7 +60,7 @@ enum Cmd {
     Fanout {
         #[arg(long)]
         url: String,
-        /// sse or ws
+        /// sse, ws, poll (switchyard's long-poll) or nchan-poll (Nchan's)
         #[arg(long, default_value = "sse")]
         transport: String,
         #[arg(long, default_value_t = 1000)]
@@ -174,6 +177,8 @@ struct Verdict {
     duplicates: AtomicU64,
     connected: AtomicU64,
     failed: AtomicU64,
+    /// Long-poll answers received while measuring.
+    polls: AtomicU64,
 }
 
 /// Per-client order check: after the first message, each one must be the next seq.
@@ -238,6 +243,110 @@ async fn sse_client(stream: TcpStream, host: &str, path: &str, mut on: impl FnMu
             pending.drain(..=end);
             if let Some(data) = line.trim_end_matches('\r').strip_prefix("data: ") {
                 on(data);
+            }
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 response (`Content-Length` or chunked body): status, headers, body.
+async fn read_response(
+    s: &mut tokio::io::BufReader<TcpStream>,
+) -> Option<(u16, Vec<(String, String)>, Vec<u8>)> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    if s.read_line(&mut line).await.ok()? == 0 {
+        return None;
+    }
+    let status = line.split(' ').nth(1)?.parse().ok()?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if s.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':')?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+    }
+    let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    let mut body = Vec::new();
+    if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(len, 0);
+        s.read_exact(&mut body).await.ok()?;
+    } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            line.clear();
+            s.read_line(&mut line).await.ok()?;
+            let len = usize::from_str_radix(line.trim().split(';').next()?, 16).ok()?;
+            let start = body.len();
+            body.resize(start + len + 2, 0);
+            s.read_exact(&mut body[start..]).await.ok()?;
+            body.truncate(start + len);
+            if len == 0 {
+                break;
+            }
+        }
+    }
+    Some((status, headers, body))
+}
+
+/// One long-poll subscriber over a kept-alive connection; each message goes to `on`, and
+/// `polls` counts answers.
+async fn poll_client(
+    stream: TcpStream,
+    host: &str,
+    path: &str,
+    nchan: bool,
+    polls: impl Fn(),
+    mut on: impl FnMut(&str),
+) {
+    let mut s = tokio::io::BufReader::new(stream);
+    let mut cursor: Option<u64> = None;
+    let mut since: Option<(String, String)> = None;
+    loop {
+        let req = if nchan {
+            let cond = since.as_ref().map_or(String::new(), |(lm, etag)| {
+                format!("If-Modified-Since: {lm}\r\nIf-None-Match: {etag}\r\n")
+            });
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{cond}\r\n")
+        } else {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let at = cursor.map_or(String::new(), |c| format!("&cursor={c}"));
+            format!("GET {path}{sep}transport=poll{at} HTTP/1.1\r\nHost: {host}\r\n\r\n")
+        };
+        if s.get_mut().write_all(req.as_bytes()).await.is_err() {
+            return;
+        }
+        let Some((status, headers, body)) = read_response(&mut s).await else {
+            return;
+        };
+        polls();
+        if status != 200 {
+            // Nchan answers a poll that timed out with 304/408: ask again.
+            continue;
+        }
+        if nchan {
+            let get = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            since = Some((get("last-modified"), get("etag")));
+            on(&String::from_utf8_lossy(&body));
+        } else {
+            let Ok(answer) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                return;
+            };
+            cursor = answer["cursor"].as_u64();
+            for m in answer["messages"].as_array().into_iter().flatten() {
+                if let Some(text) = m.as_str() {
+                    on(text);
+                }
             }
         }
     }
@@ -383,6 +492,13 @@ async fn fanout(
                         on(&t);
                     }
                 }
+            } else if transport == "poll" || transport == "nchan-poll" {
+                let polls = || {
+                    if m.load(Ordering::Relaxed) {
+                        v.polls.fetch_add(1, Ordering::Relaxed);
+                    }
+                };
+                poll_client(stream, &host, &path, transport == "nchan-poll", polls, on).await;
             } else {
                 sse_client(stream, &host, &path, on).await;
             }
@@ -416,6 +532,7 @@ async fn fanout(
         "failed": verdict.failed.load(Ordering::Relaxed),
         "rate": rate,
         "deliveries_per_s": (received as f64 / took).round(),
+        "polls_per_s": (verdict.polls.load(Ordering::Relaxed) as f64 / took).round(),
         "delivered_ratio": if expected > 0.0 { received as f64 / expected } else { 0.0 },
         "gaps": verdict.gaps.load(Ordering::Relaxed),
         "duplicates": verdict.duplicates.load(Ordering::Relaxed),
