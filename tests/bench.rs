@@ -1,5 +1,5 @@
 //! The load generator checks itself: `switchyard-bench serve` feeds a real gateway, and
-//! `fanout` and `echo` report verified figures (every subscriber connected, nothing missing,
+//! `fanout` (SSE, WebSocket and long-poll) and `echo` report verified figures (every subscriber connected, nothing missing,
 //! nothing twice, every echo right) as JSON.
 
 mod common;
@@ -59,8 +59,8 @@ async fn the_load_generator_verifies_fanout_and_echo_through_the_gateway() {
         "  - name: feed\n    path: /feed\n    backend: {{ websocket: \"ws://127.0.0.1:{port}/feed\" }}\n  - name: tunnel\n    path: /echo\n    proxy: {{ upstreams: [\"127.0.0.1:{port}\"] }}\n"
     ))
     .await;
-    for transport in ["sse", "ws"] {
-        let scheme = if transport == "sse" { "http" } else { "ws" };
+    for transport in ["sse", "ws", "poll"] {
+        let scheme = if transport == "ws" { "ws" } else { "http" };
         let url = format!("{scheme}://{}/feed", gw.addr);
         let r = run(args(&[
             "fanout",
@@ -82,6 +82,12 @@ async fn the_load_generator_verifies_fanout_and_echo_through_the_gateway() {
         let ratio = r["delivered_ratio"].as_f64().unwrap();
         assert!(ratio > 0.9 && ratio < 1.1, "{transport}: {r}");
         assert!(r["p99_ms"].as_f64().unwrap() > 0.0);
+        if transport == "poll" {
+            // At 50 msg/s each poll finds one or a few messages: between 1 and 50 polls a
+            // second per client, and every one counted.
+            let polls = r["polls_per_s"].as_f64().unwrap();
+            assert!((20.0..=20.0 * 55.0).contains(&polls), "{r}");
+        }
     }
     let url = format!("ws://{}/echo", gw.addr);
     let r = run(args(&[
