@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
@@ -113,28 +114,31 @@ impl Edge {
         let mut first = true;
         loop {
             if !first {
-                if carry.is_empty() {
-                    // Idle between requests: the next head's deadline starts at its first byte.
+                if carry.iter().all(u8::is_ascii_whitespace) {
+                    // Idle between requests: the next head's deadline starts at its first
+                    // byte; the wait for that byte is bounded by the keep-alive limit and
+                    // ended by a drain.
                     io.next_request();
+                    while carry.iter().all(u8::is_ascii_whitespace) {
+                        carry.reserve(1024);
+                        let mut down = shutdown.clone();
+                        let more = tokio::select! {
+                            r = tokio::time::timeout(KEEPALIVE_IDLE, io.read_buf(&mut carry)) => {
+                                matches!(r, Ok(Ok(n)) if n > 0)
+                            }
+                            _ = down.wait_for(|s| *s) => false,
+                        };
+                        if !more {
+                            return;
+                        }
+                    }
                 } else {
+                    // Pipelined: the next head began already.
                     io.arm_now(&carry);
                 }
             }
-            let waiting = carry.is_empty() && !first;
-            let head = conn::read_head(&mut io, carry);
-            let head = if waiting {
-                let mut down = shutdown.clone();
-                tokio::select! {
-                    h = tokio::time::timeout(KEEPALIVE_IDLE, head) => match h {
-                        Ok(h) => h,
-                        Err(_) => return,
-                    },
-                    // A draining gateway closes idle kept-alive connections.
-                    _ = down.wait_for(|s| *s) => return,
-                }
-            } else {
-                head.await
-            };
+            let head = conn::read_head(&mut io, carry).await;
+            carry = BytesMut::new();
             first = false;
             let route = match &head {
                 conn::Head::Parsed { req, .. } => proxy::stream_route(&self.state.load(), req),
@@ -152,7 +156,8 @@ impl Edge {
                 (conn::Head::Parsed { req, bytes, len }, Some(rt)) => {
                     let rest = conn::after_head(&bytes, len);
                     drop(bytes);
-                    let mut conn = conn::Conn::new(io, req, rest, client.ip, client.tls);
+                    let draining = *shutdown.borrow();
+                    let mut conn = conn::Conn::new(io, req, rest, client.ip, client.tls, draining);
                     proxy::serve_stream(&mut conn, &rt).await;
                     match conn.into_reusable() {
                         Some((next, rest)) => {
@@ -163,10 +168,14 @@ impl Edge {
                         None => return,
                     }
                 }
-                // pingora reads the head again and answers it as it would have.
-                (conn::Head::Parsed { bytes, .. }, None) | (conn::Head::Other(bytes), _) => {
-                    io.replay(bytes.freeze())
+                // pingora reads the head again and answers it as it would have; bytes after a
+                // bodiless head are the next request's, kept here for after pingora is done.
+                (conn::Head::Parsed { mut bytes, len, .. }, None) => {
+                    carry = conn::after_head(&bytes, len);
+                    bytes.truncate(len);
+                    io.replay(bytes.freeze());
                 }
+                (conn::Head::Other(bytes), _) => io.replay(bytes.freeze()),
             }
             let mut session = ServerSession::new_http1(io);
             if *shutdown.borrow() {
@@ -184,7 +193,6 @@ impl Edge {
                 Ok(io) => io,
                 Err(_) => return,
             };
-            carry = BytesMut::new();
         }
     }
 }

@@ -363,6 +363,12 @@ pub async fn serve_stream(conn: &mut transport::conn::Conn, rt: &RouteRuntime) {
     .await;
     if let Err(e) = served {
         log::debug!("route {route}: stream ended: {e}");
+        if conn.status.is_none() {
+            // Failed before answering (pingora would have sent its 500 here too).
+            let _ = Reject::new(500, "internal_error", format!("route {route}: {e}"))
+                .send(conn, route)
+                .await;
+        }
     }
     count_request(route, conn.status);
 }

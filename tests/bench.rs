@@ -19,7 +19,11 @@ async fn run(args: Vec<String>) -> serde_json::Value {
             .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {text}"))
+    let mut result: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {text}"));
+    // What the tool said about any failure, for the assertion messages.
+    result["stderr"] = String::from_utf8_lossy(&out.stderr).into_owned().into();
+    result
 }
 
 fn args(list: &[&str]) -> Vec<String> {

@@ -360,3 +360,34 @@ async fn one_kept_alive_connection_carries_streams_and_proxied_requests_in_turn(
         "every answered poll is counted"
     );
 }
+
+#[tokio::test]
+async fn stream_requests_get_the_same_head_checks_as_everything_else() {
+    // The listener serves streaming GETs itself; a head pingora would refuse (RFC 9112
+    // section 3.2: one Host, no userinfo, an absolute-form target that agrees with Host)
+    // is refused the same way.
+    let gw = Gateway::start(ROUTES).await;
+    let host = gw.addr;
+    for head in [
+        format!(
+            "GET /clock?transport=poll HTTP/1.1\r\nHost: {host}\r\nHost: other.example\r\n\r\n"
+        ),
+        format!("GET /clock?transport=poll HTTP/1.1\r\nHost: user@{host}\r\n\r\n"),
+        format!("GET http://{host}/clock?transport=poll HTTP/1.1\r\nHost: other.example\r\n\r\n"),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw)).await;
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with("HTTP/1.1 400"), "{head:?} -> {text}");
+    }
+    // A well-formed one is served, with a Date like every other answer.
+    let r = http_get(gw.addr, "/clock?transport=poll", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("date").is_some_and(|d| d.ends_with(" GMT")),
+        "{:?}",
+        r.header("date")
+    );
+}

@@ -554,9 +554,13 @@ async fn echo(url: &str, clients: usize, seconds: u64, json: bool) {
     for _ in 0..clients {
         let (h, s, w, url) = (hist.clone(), stop.clone(), wrong.clone(), url.to_owned());
         tasks.push(tokio::spawn(async move {
-            let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
-                w.fetch_add(1, Ordering::Relaxed);
-                return;
+            let mut ws = match tokio_tungstenite::connect_async(url).await {
+                Ok((ws, _)) => ws,
+                Err(e) => {
+                    eprintln!("echo client: handshake failed: {e}");
+                    w.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
             };
             let mut seq = 0u64;
             while !s.load(Ordering::Relaxed) {
@@ -570,7 +574,8 @@ async fn echo(url: &str, clients: usize, seconds: u64, json: bool) {
                     Some(Ok(Message::Text(t))) if *t == *text => {
                         h.record(sent.elapsed().as_micros() as u64)
                     }
-                    _ => {
+                    other => {
+                        eprintln!("echo client: sent {text:?}, got {other:?}");
                         w.fetch_add(1, Ordering::Relaxed);
                         return;
                     }

@@ -122,6 +122,11 @@ fn parse(buf: &[u8]) -> Parse {
     if head.headers.contains_key(http::header::UPGRADE) && !super::ws::is_upgrade(&head) {
         return Parse::Other;
     }
+    // The same authority checks pingora makes (one Host, no userinfo, an absolute-form target
+    // that agrees with Host): a head it refuses is left to it to refuse.
+    if pingora::protocols::http::authority::validate_request_authority(&head).is_err() {
+        return Parse::Other;
+    }
     Parse::Complete(Box::new(head), len)
 }
 
@@ -164,8 +169,11 @@ impl Conn {
         pending: BytesMut,
         client_ip: Option<IpAddr>,
         tls: bool,
+        draining: bool,
     ) -> Self {
-        let keepalive = !super::ws::header_has_token(&req, "connection", "close");
+        // A draining gateway answers and closes, so the client does not reuse a connection
+        // that is about to go.
+        let keepalive = !draining && !super::ws::header_has_token(&req, "connection", "close");
         Self {
             io,
             req,
@@ -185,6 +193,18 @@ impl Conn {
     /// the connection may carry another request; `None` when it must close.
     pub fn into_reusable(self) -> Option<(Box<HeaderDeadline>, BytesMut)> {
         (self.keepalive && self.body == Body::Done).then_some((self.io, self.pending))
+    }
+
+    /// Writes and flushes `parts`. Until that completes the connection counts as not
+    /// reusable, so a write that fails, times out or is cancelled half-way (leaving the
+    /// client's framing broken) is never followed by another request.
+    async fn write_parts(&mut self, parts: &[&[u8]], what: &'static str) -> pingora::Result<()> {
+        let keepalive = std::mem::replace(&mut self.keepalive, false);
+        timed(self.write_timeout, write_all_vectored(&mut self.io, parts))
+            .await
+            .or_err(ErrorType::WriteError, what)?;
+        self.keepalive = keepalive;
+        Ok(())
     }
 
     fn head_bytes(&self, resp: &ResponseHeader) -> Vec<u8> {
@@ -304,14 +324,14 @@ impl Downstream for Conn {
         if !self.keepalive && status != 101 && !has_token(http::header::CONNECTION, "close") {
             resp.insert_header(http::header::CONNECTION, "close")?;
         }
+        resp.insert_header(
+            http::header::DATE,
+            pingora::protocols::http::date::get_cached_date(),
+        )?;
         self.status = Some(status);
         let head = self.head_bytes(&resp);
-        timed(
-            self.write_timeout,
-            write_all_vectored(&mut self.io, &[&head]),
-        )
-        .await
-        .or_err(ErrorType::WriteError, "writing the response head")
+        self.write_parts(&[&head], "writing the response head")
+            .await
     }
 
     async fn write_response_body(&mut self, body: Option<Bytes>, end: bool) -> pingora::Result<()> {
@@ -358,9 +378,7 @@ impl Downstream for Conn {
         if parts.iter().all(|p| p.is_empty()) {
             return Ok(());
         }
-        timed(self.write_timeout, write_all_vectored(&mut self.io, &parts))
-            .await
-            .or_err(ErrorType::WriteError, "writing the response body")
+        self.write_parts(&parts, "writing the response body").await
     }
 
     async fn read_request_body(&mut self) -> pingora::Result<Option<Bytes>> {
