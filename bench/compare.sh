@@ -289,6 +289,11 @@ def sustained(server):
 sy, nc = sustained("switchyard"), sustained("nchan")
 sy_d = sy["deliveries_per_s"] if sy else 0
 nc_d = nc["deliveries_per_s"] if nc else 0
+if not nc:
+    # Nchan delivered fully at no rate tried: compare with the most it delivered anywhere.
+    best = max((r for r in fan if r["server"] == "nchan" and r["transport"] == "sse"), key=lambda r: r["deliveries_per_s"], default=None)
+    nc = dict(best, rate=f"{best['rate']} (incomplete: {best['delivered_ratio']:.0%} delivered)") if best else None
+    nc_d = best["deliveries_per_s"] if best else 0
 print("| target | figure | verdict |")
 print("|---|---|---|")
 print(f"| idle SSE client <= 16 KiB | {sse['kib_per_client']} KiB | {ok(sse['kib_per_client'] <= 16)} |")

@@ -63,6 +63,22 @@ async fn the_load_generator_verifies_fanout_and_echo_through_the_gateway() {
         "  - name: feed\n    path: /feed\n    backend: {{ websocket: \"ws://127.0.0.1:{port}/feed\" }}\n  - name: tunnel\n    path: /echo\n    proxy: {{ upstreams: [\"127.0.0.1:{port}\"] }}\n"
     ))
     .await;
+    // Echo first: a pass-through WebSocket opened in the moment many streaming clients die
+    // at once (a fan-out process exiting) is sometimes reset right after its 101, a known
+    // pingora-path problem that predates the lean stream path; it has its own note.
+    let url = format!("ws://{}/echo", gw.addr);
+    let r = run(args(&[
+        "echo",
+        "--url",
+        &url,
+        "--clients",
+        "5",
+        "--seconds",
+        "1",
+    ]))
+    .await;
+    assert_eq!(r["wrong_or_failed"], 0, "{r}");
+    assert!(r["round_trips_per_s"].as_f64().unwrap() > 100.0, "{r}");
     for transport in ["sse", "ws", "poll"] {
         let scheme = if transport == "ws" { "ws" } else { "http" };
         let url = format!("{scheme}://{}/feed", gw.addr);
@@ -93,17 +109,4 @@ async fn the_load_generator_verifies_fanout_and_echo_through_the_gateway() {
             assert!((20.0..=20.0 * 55.0).contains(&polls), "{r}");
         }
     }
-    let url = format!("ws://{}/echo", gw.addr);
-    let r = run(args(&[
-        "echo",
-        "--url",
-        &url,
-        "--clients",
-        "5",
-        "--seconds",
-        "1",
-    ]))
-    .await;
-    assert_eq!(r["wrong_or_failed"], 0, "{r}");
-    assert!(r["round_trips_per_s"].as_f64().unwrap() > 100.0, "{r}");
 }
