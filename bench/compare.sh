@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Side-by-side benchmarks: switchyard vs Nchan (nginx) vs nginx's and haproxy's WebSocket proxying
-# vs a direct connection, in one run, on loopback, the server pinned to core 0 and the load generator
+# Side-by-side benchmarks: switchyard vs Nchan (nginx) vs Pushpin vs nginx's and haproxy's
+# WebSocket proxying vs a direct connection, in one run, on loopback, the server pinned to core 0 and the load generator
 # (switchyard-bench) to core 1. Writes docs/BENCHMARKS.md.
 #
 #   bench/compare.sh            # everything (several minutes)
 #   QUICK=1 bench/compare.sh    # smaller client counts, for a smoke run
 #
-# Installs nginx, libnginx-mod-nchan and haproxy from Debian when missing. Needs 2 cores.
+# Installs nginx, libnginx-mod-nchan, pushpin, zurl and haproxy from Debian when missing.
+# Needs 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -25,10 +26,10 @@ POLL_RATE=${POLL_RATE:-20}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 if [ -n "${QUICK:-}" ]; then IDLE=1000; PASS_IDLE=500; FAN=500; POLLERS=200; RATES="20 100"; SECONDS_PER_RUN=3; fi
 
-if ! ls /usr/lib/nginx/modules/ngx_nchan_module.so >/dev/null 2>&1 || ! command -v haproxy >/dev/null; then
+if ! ls /usr/lib/nginx/modules/ngx_nchan_module.so >/dev/null 2>&1 || ! command -v haproxy >/dev/null || ! command -v pushpin >/dev/null || ! command -v zurl >/dev/null; then
   sudo_=(); [ "$(id -u)" -ne 0 ] && sudo_=(sudo)
   "${sudo_[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -qq --no-install-recommends nginx libnginx-mod-nchan haproxy >/dev/null
+  DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -qq --no-install-recommends nginx libnginx-mod-nchan haproxy pushpin zurl >/dev/null
 fi
 
 cargo build --release --locked --bins -q
@@ -37,7 +38,7 @@ SY=$ROOT/target/release/switchyard
 
 # The benchmark backend: a quiet feed (idle runs), then feeds at each rate; /echo always.
 start_backend() { # rate
-  taskset -c 1 "$ROOT/target/release/switchyard-bench" serve --listen 127.0.0.1:9001 --rate "$1" >"$WORK/backend.log" 2>&1 &
+  taskset -c 1 "$ROOT/target/release/switchyard-bench" serve --listen 127.0.0.1:9001 --rate "$1" --grip-listen 127.0.0.1:9002 >"$WORK/backend.log" 2>&1 &
   BACKEND=$!
   sleep 0.3
 }
@@ -129,6 +130,38 @@ EOF
 }
 stop_haproxy() { kill "$HAPROXY" 2>/dev/null || true; wait "$HAPROXY" 2>/dev/null || true; }
 
+# Pushpin with its own run and log folders, its message rate limits raised (the default
+# message_rate=2500 would cap deliveries), and its own zurl allowed to reach 127.* (Debian's
+# denies it) for the GRIP origin on :9002 that `switchyard-bench serve --grip-listen` runs.
+start_pushpin() {
+  local d=$WORK/pushpin
+  mkdir -p "$d/run" "$d/log"
+  sed "s|ipc:///var/run/zurl/|ipc://$d/run/zurl-|" /usr/lib/pushpin/internal.conf >"$d/internal.conf"
+  sed -e "s|^include=.*|include=$d/internal.conf|" -e "s|^rundir=.*|rundir=$d/run|" \
+      -e "s|^logdir=.*|logdir=$d/log|" -e "s|^routesfile=.*|routesfile=$d/routes|" \
+      -e 's|^message_rate=.*|message_rate=100000000|' -e 's|^message_hwm=.*|message_hwm=100000000|' \
+      /etc/pushpin/pushpin.conf >"$d/pushpin.conf"
+  echo "* 127.0.0.1:9002" >"$d/routes"
+  sed -e "s|ipc:///var/run/zurl/|ipc://$d/run/zurl-|" -e 's|^deny=.*|deny=|' \
+      -e 's|^max_open_requests=.*|max_open_requests=20000|' /etc/zurl.conf >"$d/zurl.conf"
+  taskset -c 0 zurl --config="$d/zurl.conf" >"$d/zurl.log" 2>&1 &
+  ZURL=$!
+  taskset -c 0 pushpin --config "$d/pushpin.conf" >"$d/out.log" 2>&1 &
+  PUSHPIN=$!
+  for _ in $(seq 50); do curl -s -o /dev/null -m 1 127.0.0.1:7999/ && break; sleep 0.1; done
+  sleep 0.5
+}
+stop_pushpin() { kill "$PUSHPIN" "$ZURL" 2>/dev/null || true; wait "$PUSHPIN" "$ZURL" 2>/dev/null || true; }
+# Every Pushpin process (its runner starts condure, the proxy and the handler) and its zurl.
+pushpin_pids() {
+  local all=$PUSHPIN next=$PUSHPIN kids
+  while [ -n "$next" ]; do
+    kids=$(for p in $next; do pgrep -P "$p"; done | paste -sd' ' -)
+    all="$all $kids"; next=$kids
+  done
+  echo "$all $ZURL" | tr -s ' ' ',' | sed 's/^,//; s/,$//'
+}
+
 # One fan-out measurement per server at `rate`: switchyard through its bridged route, Nchan fed
 # the same messages through its WebSocket publisher. Sets S and N, appends JSON lines.
 fan_pair() { # transport (sse|ws|poll) clients rate
@@ -145,7 +178,18 @@ fan_pair() { # transport (sse|ws|poll) clients rate
   N=$(run "nchan fanout $transport $clients@$rate/s" $BENCH fanout --url "$url_nc" --transport "$nchan_transport" --clients "$clients" --rate "$rate" --seconds "$SECONDS_PER_RUN")
   kill "$PUB" 2>/dev/null || true; wait "$PUB" 2>/dev/null || true
   stop_nginx
-  for pair in "switchyard:$S" "nchan:$N"; do
+  # Pushpin serves SSE subscribers (its WebSocket and long-poll modes need other GRIP origins).
+  P=""
+  if [ "$transport" = sse ]; then
+    start_backend 0; start_pushpin
+    taskset -c 1 "$ROOT/target/release/switchyard-bench" publish --url http://127.0.0.1:5561/publish/ --rate "$rate" >"$WORK/pub.log" 2>&1 &
+    PUB=$!
+    # Pushpin refuses some connections opened in large bursts: 20 at a time.
+    P=$(run "pushpin fanout $transport $clients@$rate/s" $BENCH fanout --url http://127.0.0.1:7999/feed --transport sse --clients "$clients" --rate "$rate" --seconds "$SECONDS_PER_RUN" --batch 20)
+    kill "$PUB" 2>/dev/null || true; wait "$PUB" 2>/dev/null || true
+    stop_pushpin; stop_backend
+  fi
+  for pair in "switchyard:$S" "nchan:$N" ${P:+"pushpin:$P"}; do
     echo "${pair#*:}" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["server"]=sys.argv[1]; print(json.dumps(d))' "${pair%%:*}" >>"$FAN_JSON_FILE"
   done
 }
@@ -184,6 +228,9 @@ NC_WS=$(run "nchan idle ws" $BENCH idle --url ws://127.0.0.1:8081/sub --transpor
 stop_nginx; start_nginx
 NG_PASS=$(run "nginx idle pass-through ws" $BENCH idle --url ws://127.0.0.1:8081/echo --transport ws --clients "$PASS_IDLE" --pids "$(nginx_pids)")
 stop_nginx
+start_pushpin
+PP_SSE=$(run "pushpin idle sse" $BENCH idle --url http://127.0.0.1:7999/feed --transport sse --clients "$IDLE" --pids "$(pushpin_pids)" --batch 20)
+stop_pushpin
 stop_backend
 
 echo "== fan-out" >&2
@@ -194,6 +241,7 @@ for rate in $RATES; do
   fan_pair sse "$FAN" "$rate"
   FAN_ROWS+="| $rate msg/s | switchyard | $(fan_row "$S") |"$'\n'
   FAN_ROWS+="| $rate msg/s | nchan | $(fan_row "$N") |"$'\n'
+  FAN_ROWS+="| $rate msg/s | pushpin | $(fan_row "$P") |"$'\n'
 done
 fan_pair ws "$FAN" "$WS_RATE"
 WS_ROWS="| $WS_RATE msg/s | switchyard | $(fan_row "$S") |"$'\n'
@@ -231,17 +279,19 @@ mkdir -p docs
   echo
   echo "## Idle density (RSS growth per client, \`/proc/PID/smaps_rollup\`; CPU with heartbeats on)"
   echo
-  echo "| clients | switchyard | nchan | nginx proxy |"
-  echo "|---|---|---|---|"
-  echo "| SSE, $IDLE idle | $(kib "$SY_SSE") KiB, $(cpu "$SY_SSE") core | $(kib "$NC_SSE") KiB, $(cpu "$NC_SSE") core | - |"
-  echo "| WebSocket (terminated), $IDLE idle | $(kib "$SY_WS") KiB, $(cpu "$SY_WS") core | $(kib "$NC_WS") KiB, $(cpu "$NC_WS") core | - |"
-  echo "| long-poll, $IDLE waiting | $(kib "$SY_POLL") KiB, $(cpu "$SY_POLL") core | - | - |"
-  echo "| WebSocket pass-through, $PASS_IDLE idle (2 sockets each) | $(kib "$SY_PASS") KiB, $(cpu "$SY_PASS") core | - | $(kib "$NG_PASS") KiB, $(cpu "$NG_PASS") core |"
-  echo "| accepted connection that sent nothing, $IDLE | $(kib "$SY_RAW") KiB | - | - |"
+  echo "| clients | switchyard | nchan | pushpin (all its processes) | nginx proxy |"
+  echo "|---|---|---|---|---|"
+  echo "| SSE, $IDLE idle | $(kib "$SY_SSE") KiB, $(cpu "$SY_SSE") core | $(kib "$NC_SSE") KiB, $(cpu "$NC_SSE") core | $(kib "$PP_SSE") KiB, $(cpu "$PP_SSE") core | - |"
+  echo "| WebSocket (terminated), $IDLE idle | $(kib "$SY_WS") KiB, $(cpu "$SY_WS") core | $(kib "$NC_WS") KiB, $(cpu "$NC_WS") core | - | - |"
+  echo "| long-poll, $IDLE waiting | $(kib "$SY_POLL") KiB, $(cpu "$SY_POLL") core | - | - | - |"
+  echo "| WebSocket pass-through, $PASS_IDLE idle (2 sockets each) | $(kib "$SY_PASS") KiB, $(cpu "$SY_PASS") core | - | - | $(kib "$NG_PASS") KiB, $(cpu "$NG_PASS") core |"
+  echo "| accepted connection that sent nothing, $IDLE | $(kib "$SY_RAW") KiB | - | - | - |"
   echo
   echo "## Fan-out: one feed, $FAN SSE subscribers, ~100-byte messages, ${SECONDS_PER_RUN}s per run"
   echo
-  echo "Nchan gets the same messages through its WebSocket publisher endpoint."
+  echo "Nchan gets the same messages through its WebSocket publisher endpoint, Pushpin through its HTTP"
+  echo "publish API (one POST per message; its subscribers reach it through a GRIP origin that holds"
+  echo "every request on channel test; opened 20 at a time, as it refuses larger bursts)."
   echo
   echo "| publish rate | server | deliveries | delivered / expected | gaps | duplicates | p50 ms | p99 ms | max ms |"
   echo "|---|---|---|---|---|---|---|---|---|"

@@ -2,7 +2,11 @@
 //!
 //! - `serve`: a WebSocket backend. `/feed` publishes numbered, timestamped messages at `--rate`
 //!   to every connection; `/echo` echoes.
-//! - `publish`: the same feed as a WebSocket *client* of a publish endpoint (Nchan).
+//!   With `--grip-listen`, also a GRIP origin for Pushpin: every request is answered with
+//!   `Grip-Hold: stream` on channel `test`.
+//! - `publish`: the same feed to a publish endpoint: a `ws://` URL as a WebSocket client
+//!   (Nchan), an `http://` URL as Pushpin's HTTP publish API (one POST per message, SSE
+//!   format, over a kept-alive connection).
 //! - `fanout`: N SSE, WebSocket or long-poll subscribers from several 127.0.0.x source
 //!   addresses; every client checks what it gets (one feed, in order, no duplicates, no gaps)
 //!   and delivery latency is measured from the timestamp in each message. Long-poll speaks
@@ -46,8 +50,11 @@ enum Cmd {
         /// Message size in bytes (padded).
         #[arg(long, default_value_t = 100)]
         size: usize,
+        /// Also serve a GRIP origin here (for Pushpin).
+        #[arg(long)]
+        grip_listen: Option<SocketAddr>,
     },
-    /// Publish the feed to a WebSocket publish endpoint (e.g. Nchan's).
+    /// Publish the feed to Nchan's WebSocket publisher (`ws://`) or Pushpin's HTTP API (`http://`).
     Publish {
         #[arg(long)]
         url: String,
@@ -74,6 +81,9 @@ enum Cmd {
         /// The publish rate, to report the expected deliveries.
         #[arg(long, default_value_t = 0)]
         rate: u32,
+        /// Clients opened between 20 ms pauses.
+        #[arg(long, default_value_t = 200)]
+        batch: usize,
     },
     /// WebSocket echo round trips.
     Echo {
@@ -100,6 +110,9 @@ enum Cmd {
         seconds: u64,
         #[arg(long, default_value_t = 4)]
         sources: u8,
+        /// Clients opened between 20 ms pauses.
+        #[arg(long, default_value_t = 200)]
+        batch: usize,
     },
 }
 
@@ -230,19 +243,97 @@ async fn sse_client(stream: TcpStream, host: &str, path: &str, mut on: impl FnMu
         return;
     }
     let mut buf = vec![0u8; 64 * 1024];
+    let mut body = Body::default();
     let mut pending = Vec::new();
     loop {
         let n = match s.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        pending.extend_from_slice(&buf[..n]);
-        // Lines are what matter; chunk-size lines and headers are not `data:` lines.
+        if !body.feed(&buf[..n], &mut pending) {
+            return;
+        }
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line = String::from_utf8_lossy(&pending[..end]).into_owned();
             pending.drain(..=end);
             if let Some(data) = line.trim_end_matches('\r').strip_prefix("data: ") {
                 on(data);
+            }
+        }
+    }
+}
+
+/// A streamed response body as it arrives: the head is skipped, and a chunked body is
+/// de-chunked (a server may cut chunks anywhere, mid-line included).
+#[derive(Default)]
+struct Body {
+    raw: Vec<u8>,
+    head_done: bool,
+    chunked: bool,
+    /// Bytes left in the current chunk; None while a size line is due.
+    left: Option<usize>,
+    /// The CRLF after a chunk's data is still to be skipped.
+    crlf: bool,
+}
+
+impl Body {
+    /// Adds received bytes; appends the body bytes they complete to `out`. False once the
+    /// body has ended or cannot be parsed.
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> bool {
+        self.raw.extend_from_slice(bytes);
+        if !self.head_done {
+            let Some(end) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return true;
+            };
+            let head = String::from_utf8_lossy(&self.raw[..end]).to_ascii_lowercase();
+            self.chunked = head
+                .lines()
+                .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+            self.raw.drain(..end + 4);
+            self.head_done = true;
+        }
+        if !self.chunked {
+            out.append(&mut self.raw);
+            return true;
+        }
+        loop {
+            if self.crlf {
+                if self.raw.len() < 2 {
+                    return true;
+                }
+                self.raw.drain(..2);
+                self.crlf = false;
+            }
+            match self.left {
+                None => {
+                    let Some(end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                        return true;
+                    };
+                    let line = String::from_utf8_lossy(&self.raw[..end]).into_owned();
+                    let Ok(size) =
+                        usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                    else {
+                        return false;
+                    };
+                    self.raw.drain(..end + 2);
+                    if size == 0 {
+                        return false;
+                    }
+                    self.left = Some(size);
+                }
+                Some(left) => {
+                    if self.raw.is_empty() {
+                        return true;
+                    }
+                    let n = left.min(self.raw.len());
+                    out.extend(self.raw.drain(..n));
+                    if n == left {
+                        self.left = None;
+                        self.crlf = true;
+                    } else {
+                        self.left = Some(left - n);
+                    }
+                }
             }
         }
     }
@@ -414,7 +505,92 @@ async fn serve(listen: SocketAddr, rate: u32, size: usize) {
     }
 }
 
+/// A GRIP origin for Pushpin: every request on every kept-alive connection is answered with
+/// an empty `text/event-stream` held open on channel `test`.
+async fn grip_origin(listen: SocketAddr) {
+    let listener = TcpListener::bind(listen)
+        .await
+        .expect("bind the GRIP origin");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut s = tokio::io::BufReader::new(stream);
+            let mut line = String::new();
+            loop {
+                // Skip the request head (GETs: no body).
+                loop {
+                    line.clear();
+                    match tokio::io::AsyncBufReadExt::read_line(&mut s, &mut line).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if line.trim().is_empty() => break,
+                        Ok(_) => {}
+                    }
+                }
+                let answer = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nGrip-Hold: stream\r\nGrip-Channel: test\r\nContent-Length: 0\r\n\r\n";
+                if s.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Publishes to Pushpin's HTTP API: one POST per message (an SSE event on channel `test`).
+async fn publish_http(url: &str, rate: u32, size: usize) {
+    let (addr, path) = split_url(url);
+    let connect = || async {
+        TcpStream::connect(addr)
+            .await
+            .map(tokio::io::BufReader::new)
+            .expect("connect to the publish endpoint")
+    };
+    let mut s = connect().await;
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut seq = 0u64;
+    eprintln!("publishing to {url} at {rate} msg/s");
+    loop {
+        tick.tick().await;
+        seq += 1;
+        let item = serde_json::json!({ "items": [{ "channel": "test", "formats": {
+            "http-stream": { "content": format!("data: {}\n\n", message(seq, size)) } } }] });
+        let body = item.to_string();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        // A connection the server closed after its last answer is replaced, and the message
+        // sent again on the new one (once).
+        let mut answer = None;
+        for _ in 0..2 {
+            if s.get_mut().write_all(req.as_bytes()).await.is_ok() {
+                answer = read_response(&mut s).await;
+            }
+            let close = answer.as_ref().is_none_or(|(_, headers, _)| {
+                headers
+                    .iter()
+                    .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"))
+            });
+            if close {
+                s = connect().await;
+            }
+            if answer.is_some() {
+                break;
+            }
+        }
+        if !matches!(answer, Some((200, _, _))) {
+            eprintln!("publish {seq} failed: {:?}", answer.map(|r| r.0));
+        }
+    }
+}
+
 async fn publish(url: &str, rate: u32, size: usize) {
+    if url.starts_with("http://") {
+        return publish_http(url, rate, size).await;
+    }
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .expect("connect to the publish endpoint");
@@ -437,16 +613,31 @@ async fn publish(url: &str, rate: u32, size: usize) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn fanout(
-    url: &str,
-    transport: &str,
+/// How a run's clients are opened: how many, from how many source addresses, how many
+/// between 20 ms pauses.
+#[derive(Clone, Copy)]
+struct Shape {
     clients: usize,
-    seconds: u64,
     sources: u8,
-    rate: u32,
-    json: bool,
-) {
+    batch: usize,
+}
+
+impl Shape {
+    /// Client `i`'s source address (127.0.0.1 ..= 127.0.0.N).
+    fn source(&self, i: usize) -> u8 {
+        1 + (i % self.sources.max(1) as usize) as u8
+    }
+
+    /// Paces opening: a short pause after every `batch` clients.
+    async fn pace(&self, i: usize) {
+        if self.batch > 0 && i % self.batch == self.batch - 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn fanout(url: &str, transport: &str, shape: Shape, seconds: u64, rate: u32, json: bool) {
+    let clients = shape.clients;
     let (addr, path) = split_url(url);
     let host = addr.to_string();
     let verdict = Arc::new(Verdict::default());
@@ -454,7 +645,7 @@ async fn fanout(
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     for i in 0..clients {
-        let source = 1 + (i % sources.max(1) as usize) as u8;
+        let source = shape.source(i);
         let (v, h, m) = (verdict.clone(), hist.clone(), measuring.clone());
         let (host, path, url, transport) = (
             host.clone(),
@@ -503,9 +694,7 @@ async fn fanout(
                 sse_client(stream, &host, &path, on).await;
             }
         }));
-        if i % 200 == 199 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        shape.pace(i).await;
     }
     // Let everyone connect and settle, then measure.
     let until = Instant::now() + Duration::from_secs(30);
@@ -630,15 +819,8 @@ fn cpu_ticks(pids: &[u32]) -> u64 {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn idle(
-    url: &str,
-    transport: &str,
-    clients: usize,
-    pids: &str,
-    seconds: u64,
-    sources: u8,
-    json: bool,
-) {
+async fn idle(url: &str, transport: &str, shape: Shape, pids: &str, seconds: u64, json: bool) {
+    let clients = shape.clients;
     let pids: Vec<u32> = pids
         .split(',')
         .filter_map(|p| p.trim().parse().ok())
@@ -649,8 +831,8 @@ async fn idle(
     let open = Arc::new(AtomicU64::new(0));
     let mut held = Vec::new();
     for i in 0..clients {
-        let source = 1 + (i % sources.max(1) as usize) as u8;
-        let Ok(mut s) = connect_from(source, addr).await else {
+        shape.pace(i).await;
+        let Ok(mut s) = connect_from(shape.source(i), addr).await else {
             continue;
         };
         match transport {
@@ -747,7 +929,17 @@ fn report(result: &serde_json::Value, json: bool) {
 async fn main() {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Serve { listen, rate, size } => serve(listen, rate, size).await,
+        Cmd::Serve {
+            listen,
+            rate,
+            size,
+            grip_listen,
+        } => {
+            if let Some(addr) = grip_listen {
+                tokio::spawn(grip_origin(addr));
+            }
+            serve(listen, rate, size).await
+        }
         Cmd::Publish { url, rate, size } => publish(&url, rate, size).await,
         Cmd::Fanout {
             url,
@@ -756,7 +948,15 @@ async fn main() {
             seconds,
             sources,
             rate,
-        } => fanout(&url, &transport, clients, seconds, sources, rate, cli.json).await,
+            batch,
+        } => {
+            let shape = Shape {
+                clients,
+                sources,
+                batch,
+            };
+            fanout(&url, &transport, shape, seconds, rate, cli.json).await
+        }
         Cmd::Echo {
             url,
             clients,
@@ -769,6 +969,35 @@ async fn main() {
             pids,
             seconds,
             sources,
-        } => idle(&url, &transport, clients, &pids, seconds, sources, cli.json).await,
+            batch,
+        } => {
+            let shape = Shape {
+                clients,
+                sources,
+                batch,
+            };
+            idle(&url, &transport, shape, &pids, seconds, cli.json).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_are_dechunked_wherever_the_chunks_are_cut() {
+        let stream = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ndata: \r\n4\r\n1 2\n\r\nc\r\n\ndata: 2 3\n\n\r\n0\r\n\r\n";
+        // Fed whole, then a byte at a time: the same body.
+        for step in [stream.len(), 1] {
+            let mut body = Body::default();
+            let mut out = Vec::new();
+            for piece in stream.chunks(step) {
+                if !body.feed(piece, &mut out) {
+                    break;
+                }
+            }
+            assert_eq!(String::from_utf8_lossy(&out), "data: 1 2\n\ndata: 2 3\n\n");
+        }
     }
 }
