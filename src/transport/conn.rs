@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{Error, ErrorType, OrErr};
 use std::future::Future;
-use std::io::IoSlice;
+use std::io::{IoSlice, Write};
 use std::net::IpAddr;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -251,11 +251,16 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     let mut index = 0;
     let mut offset = 0;
     while index < parts.len() {
-        let slices: Vec<IoSlice<'_>> = std::iter::once(&parts[index][offset..])
-            .chain(parts[index + 1..].iter().copied())
-            .map(IoSlice::new)
-            .collect();
-        let mut n = io.write_vectored(&slices).await?;
+        // Up to four slices a call, on the stack; the loop goes on with the rest.
+        let mut slices = [IoSlice::new(&[]); 4];
+        let rest =
+            std::iter::once(&parts[index][offset..]).chain(parts[index + 1..].iter().copied());
+        let mut used = 0;
+        for (slot, part) in slices.iter_mut().zip(rest) {
+            *slot = IoSlice::new(part);
+            used += 1;
+        }
+        let mut n = io.write_vectored(&slices[..used]).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -337,8 +342,11 @@ impl Downstream for Conn {
     async fn write_response_body(&mut self, body: Option<Bytes>, end: bool) -> pingora::Result<()> {
         let data = body.unwrap_or_default();
         let framing = self.body;
-        let chunk_head;
-        let parts: Vec<&[u8]> = match framing {
+        // Built on the stack: this runs once per message per streaming client.
+        let mut chunk_head = [0u8; 20];
+        let mut parts: [&[u8]; 4] = [&[]; 4];
+        let mut count = 0;
+        match framing {
             Body::Pending => {
                 return Error::e_explain(ErrorType::InternalError, "body before the response head")
             }
@@ -347,15 +355,17 @@ impl Downstream for Conn {
                 return Error::e_explain(ErrorType::InternalError, "body after the answer ended")
             }
             Body::Chunked => {
-                chunk_head = format!("{:x}\r\n", data.len());
-                let mut parts = Vec::with_capacity(4);
                 if !data.is_empty() {
-                    parts.extend([chunk_head.as_bytes(), &data[..], b"\r\n"]);
+                    let mut line = &mut chunk_head[..];
+                    let _ = write!(line, "{:x}\r\n", data.len());
+                    let len = 20 - line.len();
+                    parts[..3].copy_from_slice(&[&chunk_head[..len], &data[..], b"\r\n"]);
+                    count = 3;
                 }
                 if end {
-                    parts.push(b"0\r\n\r\n");
+                    parts[count] = b"0\r\n\r\n";
+                    count += 1;
                 }
-                parts
             }
             Body::Length(left) => {
                 if data.len() as u64 > left {
@@ -365,20 +375,25 @@ impl Downstream for Conn {
                     );
                 }
                 self.body = Body::Length(left - data.len() as u64);
-                vec![&data[..]]
+                parts[0] = &data[..];
+                count = 1;
             }
-            Body::UntilClose | Body::Upgraded => vec![&data[..]],
-        };
+            Body::UntilClose | Body::Upgraded => {
+                parts[0] = &data[..];
+                count = 1;
+            }
+        }
         if end && framing != Body::Upgraded {
             if matches!(self.body, Body::Length(n) if n > 0) {
                 self.keepalive = false;
             }
             self.body = Body::Done;
         }
+        let parts = &parts[..count];
         if parts.iter().all(|p| p.is_empty()) {
             return Ok(());
         }
-        self.write_parts(&parts, "writing the response body").await
+        self.write_parts(parts, "writing the response body").await
     }
 
     async fn read_request_body(&mut self) -> pingora::Result<Option<Bytes>> {

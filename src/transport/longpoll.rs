@@ -94,6 +94,8 @@ pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::
     if batch.is_empty() {
         let deadline = tokio::time::sleep(bridge.route.keepalive.poll_timeout);
         tokio::pin!(deadline);
+        let closing = bridge.closing();
+        tokio::pin!(closing);
         loop {
             tokio::select! {
                 event = sub.live.recv() => match event {
@@ -111,7 +113,7 @@ pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::
                     Err(RecvError::Closed) => break,
                 },
                 _ = &mut deadline => break,
-                _ = bridge.closing() => break,
+                _ = &mut closing => break,
             }
         }
         // Take whatever else is already queued, without waiting.

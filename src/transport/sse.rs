@@ -255,6 +255,9 @@ async fn stream<D: Downstream>(
     });
     beat.reset();
     let mut watching_client = true;
+    // Made once, not per message: each making subscribes to the drain and retire signals.
+    let closing = bridge.closing();
+    tokio::pin!(closing);
     loop {
         let chunk = tokio::select! {
             delivery = consumer.next() => match delivery {
@@ -297,7 +300,7 @@ async fn stream<D: Downstream>(
                 Err(_) => return Ok(()),
                 Ok(_) => { watching_client = false; continue }
             },
-            _ = bridge.closing() => {
+            _ = &mut closing => {
                 if super::write_chunk(session, Bytes::from(retry_field() + "\n"), &consumer).await.is_err() {
                     super::abandon(session);
                     return Ok(());

@@ -446,10 +446,20 @@ async fn run<D: Downstream>(
     let mut pong_due: Option<Instant> = None;
     let mut idle_at = Instant::now() + every(keepalive.idle_timeout);
 
+    // The keepalive timer and the closing signal are made once, not per message: a new timer
+    // or signal subscription on every delivery costs more than the delivery's own bookkeeping.
+    let timer = sleep_until(next_ping.min(idle_at));
+    tokio::pin!(timer);
+    let closing = bridge.closing();
+    tokio::pin!(closing);
+
     let outcome: Option<(u16, String)> = loop {
         let wake = pong_due
             .map_or(next_ping, |p| p.min(next_ping))
             .min(idle_at);
+        if timer.deadline() != wake {
+            timer.as_mut().reset(wake);
+        }
         tokio::select! {
             read = session.read_request_body(), if in_flight.len() < UPLINK_QUEUE => {
                 let Ok(Some(data)) = read else { break None };
@@ -560,7 +570,7 @@ async fn run<D: Downstream>(
                     Delivery::Closed => break Some((close::SERVICE_RESTART, "route removed".into())),
                 }
             }
-            _ = sleep_until(wake) => {
+            _ = &mut timer => {
                 let now = Instant::now();
                 if now >= idle_at {
                     break Some((close::GOING_AWAY, "idle timeout".into()));
@@ -579,7 +589,7 @@ async fn run<D: Downstream>(
                     }
                 }
             }
-            _ = bridge.closing() => break Some((close::GOING_AWAY, "server shutting down or route removed".into())),
+            _ = &mut closing => break Some((close::GOING_AWAY, "server shutting down or route removed".into())),
         }
     };
     if client_closed {
