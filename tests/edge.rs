@@ -556,7 +556,7 @@ async fn quiet_connections_stay_open_for_three_minutes() {
     let ws_backend = WsBackend::start().await;
     let sse_backend = SseBackend::start().await;
     let gw = Gateway::start(&format!(
-        "{CLOCK}  - name: echo\n    path: /echo\n    backend: {{ builtin: echo }}\n  - name: tunnel\n    path: /tunnel\n    proxy: {{ upstreams: [\"{}\"] }}\n  - name: quiet\n    path: /quiet\n    backend: {{ sse: \"{}\" }}\n",
+        "{CLOCK}  - name: echo\n    path: /echo\n    backend: {{ builtin: echo }}\n  - name: tunnel\n    path: /tunnel\n    proxy: {{ upstreams: [\"{}\"] }}\n  - name: quiet\n    path: /quiet\n    backend: {{ sse: \"{}\" }}\n    keepalive: {{ sse_heartbeat: 10s }}\n",
         ws_backend.addr,
         sse_backend.url("/events"),
     ))
@@ -576,6 +576,9 @@ async fn quiet_connections_stay_open_for_three_minutes() {
         });
         clients.push((path, tx, got));
     }
+    // Heartbeats every 10 s: well inside the reader's 15 s wait for each event (with the
+    // default 15 s period the two deadlines raced, and a heartbeat a millisecond late failed
+    // the test).
     let mut sse = SseReader::open(gw.addr, "/quiet", &[]).await;
     sse_backend.wait_connections(1).await;
     let quiet = Duration::from_secs(180);
