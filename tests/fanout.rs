@@ -258,7 +258,10 @@ async fn run_fast_clients(gw: &Gateway, backend: &FeedBackend, first: u64, n: u6
     }
     backend.wait_open(1).await;
     let started = Instant::now();
-    backend.send_numbered(first..=first + n - 1, 1024, 100, Duration::from_millis(10));
+    // 2,000 messages/s: a rate the debug-built gateway and these 20 debug-built readers keep
+    // up with on a slow 2-core machine (at 10,000/s they could not, and fast readers fell
+    // `send_queue` behind too). The stalled client falls behind whatever the rate.
+    backend.send_numbered(first..=first + n - 1, 1024, 20, Duration::from_millis(10));
     let mut tasks = tokio::task::JoinSet::new();
     for mut ws in ws_clients {
         tasks.spawn(async move { ws_expect_numbers(&mut ws, first, n).await });
