@@ -1,24 +1,32 @@
 //! switchyard: an edge gateway that terminates WebSocket, SSE and long-poll clients and bridges
 //! them to plain WebSocket/SSE backends, or proxies HTTP and WebSocket straight through.
 //!
+//! The modules form a DAG, bottom up (a module imports only those above it in this list):
+//!
 //! ```text
-//! server (listeners, TLS, admin) -> listener (request-head deadline)
-//!   -> proxy (pingora hook) -> router -> policy
-//!        -> bridged route:  transport (ws | sse | longpoll) <-> bridge (hub, replay) <-> upstream (builtin, ...)
-//!        -> proxy route:    upstream::pool (balance, health) -> pingora proxy path
+//! 0  config, metrics, drain, wire     typed config; metric names; the drain signal; pure framing
+//! 1  router, policy                   route lookup; origin, CORS, hygiene, limits, refusals as data
+//! 2  bridge                           hub, replay ring, consumers, sessions; backends injected
+//! 3  upstream                         backend connectors, pools, health (implements bridge::Backends)
+//! 4  transport                        ws, sse, long-poll endpoints over a Downstream
+//! 5  edge                             accept, head deadline, lean HTTP/1 connection, replay to pingora
+//! 6  gateway                          state, admission (one admit()), pingora hooks; implements edge::LeanStreams
+//! 7  server                           the pingora Server: listeners, admin, drain service, reload
 //! ```
+//!
+//! A connection flows edge -> admission -> transport -> bridge <- upstream; `docs/ARCHITECTURE.md`
+//! follows one from accept to close.
 #![forbid(unsafe_code)]
 
 pub mod bridge;
 pub mod config;
-pub mod error;
-pub mod listener;
+pub mod drain;
+pub mod edge;
+pub mod gateway;
 pub mod metrics;
 pub mod policy;
-pub mod proxy;
-pub mod reload;
 pub mod router;
 pub mod server;
-pub mod shutdown;
 pub mod transport;
 pub mod upstream;
+pub mod wire;

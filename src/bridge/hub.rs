@@ -48,14 +48,28 @@ impl Message {
     /// The long-poll JSON value for this message, encoded once.
     pub fn json(&self) -> Bytes {
         self.json
-            .get_or_init(|| crate::transport::longpoll::encode_message(self))
+            .get_or_init(|| {
+                crate::wire::longpoll::encode_message(
+                    &self.payload,
+                    self.binary,
+                    self.event.as_deref(),
+                )
+            })
             .clone()
     }
 
     /// The SSE event for this message, encoded once.
     pub fn sse_frame(&self, epoch: &str) -> Bytes {
         self.sse
-            .get_or_init(|| crate::transport::sse::encode_event(epoch, self))
+            .get_or_init(|| {
+                crate::wire::sse::encode_event(
+                    epoch,
+                    self.seq,
+                    self.event.as_deref(),
+                    &self.payload,
+                    self.binary,
+                )
+            })
             .clone()
     }
 
@@ -64,11 +78,11 @@ impl Message {
         self.ws
             .get_or_init(|| {
                 let op = if self.binary {
-                    crate::transport::ws::OP_BINARY
+                    crate::wire::ws::OP_BINARY
                 } else {
-                    crate::transport::ws::OP_TEXT
+                    crate::wire::ws::OP_TEXT
                 };
-                crate::transport::ws::encode_frame(op, &self.payload)
+                crate::wire::ws::encode_frame(op, &self.payload)
             })
             .clone()
     }

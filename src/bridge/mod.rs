@@ -8,6 +8,11 @@
 //!                                  one per route     |                        (ws, sse, poll)
 //!                                                    +-- replay ring (resume, long-poll cursors)
 //! ```
+//!
+//! The bridge does not know how backends are reached: the gateway injects a [`Backends`] (the
+//! `upstream` layer implements it) when it builds a bridge, and the bridge calls it to start a
+//! shared feed's producer or to open a client's own session. Transports reach backends only
+//! through the bridge.
 
 pub mod consumer;
 pub mod hub;
@@ -17,9 +22,56 @@ pub use consumer::{Consumer, Delivery};
 pub use hub::{Event, Hub, Message, Subscription};
 
 use crate::config::{BackendSpec, BridgeRoute, Builtin, Fanout, Keepalive, Route};
-use crate::upstream::{builtin, feed};
+use pingora::http::RequestHeader;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Who the client is, as a backend should learn it (forwarded headers).
+pub struct ClientInfo {
+    pub ip: Option<IpAddr>,
+    pub tls: bool,
+}
+
+/// Why a per-client session could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The route already has `max_clients` sessions.
+    Full(usize),
+    /// The backend could not be reached (or refused the handshake).
+    Unreachable(String),
+}
+
+/// The backend side of a bridge, injected by the gateway (implemented by `upstream`), so the
+/// bridge layer never imports the connectors.
+#[async_trait::async_trait]
+pub trait Backends: Send + Sync {
+    /// Starts the producer of a shared feed (its backend connection, or the builtin clock)
+    /// unless it is running already.
+    fn ensure_feed(&self, hub: &Arc<Hub>, route: &Arc<Route>, spec: &BridgeRoute);
+
+    /// Opens a session for a client of a `per_client` route: its own backend connection, with
+    /// its forwarded headers, run in a task until either side ends it. With `listed`, the
+    /// session is in the route's registry (for polls, POSTs and SSE reattach) until it ends.
+    async fn open_session(
+        &self,
+        bridge: &Bridge,
+        req: &RequestHeader,
+        client: &ClientInfo,
+        transport: &'static str,
+        listed: bool,
+    ) -> Result<Arc<session::Session>, OpenError>;
+
+    /// Where a client of a shared `sse:` route with `post:` sends its messages; None when the
+    /// backend takes none.
+    fn client_poster(
+        &self,
+        bridge: &Bridge,
+        req: &RequestHeader,
+        client: &ClientInfo,
+    ) -> Option<mpsc::Sender<session::Outgoing>>;
+}
 
 /// Where a bridged route's messages come from.
 pub enum Feed {
@@ -40,6 +92,7 @@ pub struct Bridge {
     /// Set when a reload removed the route: its clients are asked to go, as on shutdown.
     /// Shared with the bridges a feed was carried to, so clients of every generation hear it.
     retired: Arc<tokio::sync::watch::Sender<bool>>,
+    backends: Arc<dyn Backends>,
 }
 
 /// A client that joined a shared feed: what it asked to replay, then its live position.
@@ -67,7 +120,12 @@ impl Bridge {
     /// ring sizes), the running feed (hub or sessions) is carried over, so open clients and
     /// sessions go on and new clients join them with the new settings. None when the feed
     /// itself changed: the old bridge must then be retired.
-    pub fn carried(route: Arc<Route>, spec: &BridgeRoute, previous: &Bridge) -> Option<Self> {
+    pub fn carried(
+        route: Arc<Route>,
+        spec: &BridgeRoute,
+        previous: &Bridge,
+        backends: Arc<dyn Backends>,
+    ) -> Option<Self> {
         let same_feed = previous.spec.backend == spec.backend
             && previous.spec.fanout == spec.fanout
             && previous.spec.replay == spec.replay
@@ -86,10 +144,11 @@ impl Bridge {
             spec: spec.clone(),
             feed,
             retired: previous.retired.clone(),
+            backends,
         })
     }
 
-    pub fn new(route: Arc<Route>, spec: &BridgeRoute) -> Self {
+    pub fn new(route: Arc<Route>, spec: &BridgeRoute, backends: Arc<dyn Backends>) -> Self {
         let feed = match spec.backend {
             _ if spec.fanout == Fanout::PerClient => Feed::PerClient(Arc::default()),
             BackendSpec::Builtin(Builtin::Clock)
@@ -105,6 +164,7 @@ impl Bridge {
             spec: spec.clone(),
             feed,
             retired: Arc::new(tokio::sync::watch::Sender::new(false)),
+            backends,
         }
     }
 
@@ -132,8 +192,18 @@ impl Bridge {
     pub async fn closing(&self) {
         let mut retired = self.retired.subscribe();
         tokio::select! {
-            _ = crate::shutdown::wait() => {}
+            _ = crate::drain::wait() => {}
             _ = retired.wait_for(|r| *r) => {}
+        }
+    }
+
+    /// The methods the route's clients use: GET to receive, POST to send on two-way routes,
+    /// DELETE to end a session on `per_client` ones.
+    pub fn methods(&self) -> &'static str {
+        match (self.spec.two_way(), self.sessions().is_some()) {
+            (true, true) => "GET, POST, DELETE",
+            (true, false) => "GET, POST",
+            _ => "GET",
         }
     }
 
@@ -170,14 +240,30 @@ impl Bridge {
             .hub()
             .expect("subscribe is only called on shared feeds");
         let sub = hub.subscribe(after);
-        match &self.spec.backend {
-            BackendSpec::Builtin(Builtin::Clock) => builtin::ensure_clock(hub),
-            BackendSpec::WebSocket(_) | BackendSpec::Sse(_) => {
-                feed::ensure_running(hub, &self.route, &self.spec)
-            }
-            BackendSpec::Builtin(_) => {}
-        }
+        self.backends.ensure_feed(hub, &self.route, &self.spec);
         sub
+    }
+
+    /// Opens this client's own session (see [`Backends::open_session`]).
+    pub async fn open_session(
+        &self,
+        req: &RequestHeader,
+        client: &ClientInfo,
+        transport: &'static str,
+        listed: bool,
+    ) -> Result<Arc<session::Session>, OpenError> {
+        self.backends
+            .open_session(self, req, client, transport, listed)
+            .await
+    }
+
+    /// See [`Backends::client_poster`].
+    pub fn client_poster(
+        &self,
+        req: &RequestHeader,
+        client: &ClientInfo,
+    ) -> Option<mpsc::Sender<session::Outgoing>> {
+        self.backends.client_poster(self, req, client)
     }
 
     /// Subscribes a streaming client (`transport` labels its metrics) after position `after`.

@@ -49,6 +49,9 @@ pub enum UplinkError {
 /// How many client messages may wait for the backend before senders wait.
 pub const UPLINK_QUEUE: usize = 256;
 
+/// The longest a backend may take to answer one POSTed client message.
+pub const POST_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Why a session ended, as told to its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
@@ -387,7 +390,7 @@ impl Session {
             tokio::select! {
                 _ = stop.changed() => {}
                 _ = tokio::time::sleep(check) => {}
-                _ = crate::shutdown::wait() => return EndReason::Shutdown,
+                _ = crate::drain::wait() => return EndReason::Shutdown,
             }
         }
     }

@@ -11,7 +11,7 @@
 //! - Oversized request heads: more than `limits.max_header_bytes` in all is 431 (RFC 6585
 //!   section 5); pingora's own cap is 1 MiB.
 
-use crate::error::Reject;
+use super::reject::Reject;
 use pingora::http::RequestHeader;
 
 /// The header fields of a raw HTTP/1 request head, as sent (before pingora drops a
@@ -34,6 +34,15 @@ pub fn raw_fields(head: &[u8]) -> Vec<(&[u8], &[u8])> {
             Some((&line[..colon], &value[start..end.max(start)]))
         })
         .collect()
+}
+
+/// Header fields that put a request head out of the edge's lean reader: body framing (judged by
+/// [`framing`] and read by pingora's full parser) and h2c offers (removed by [`strip_h2c`]). A
+/// head with none of them has nothing these rules could refuse or change.
+pub fn needs_full_parser(name: &str) -> bool {
+    ["transfer-encoding", "content-length", "http2-settings"]
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f))
 }
 
 /// Refuses request-smuggling shapes among `fields` (name, value) of a request of `version`.

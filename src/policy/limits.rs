@@ -2,7 +2,7 @@
 //! `limits.max_clients_per_ip` from one address (429), both with `Retry-After`. A [`Slot`] is
 //! held for as long as the request (or the stream, tunnel or poll it became) lasts.
 
-use crate::error::Reject;
+use super::reject::Reject;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -12,7 +12,7 @@
 //! request that carries no `Origin` (an `<img>` or `<script>` GET) still says
 //! `Sec-Fetch-Site: cross-site`, and is refused unless the route allows `"*"`.
 
-use crate::error::Reject;
+use super::reject::Reject;
 use pingora::http::RequestHeader;
 
 /// True when `origin` (the header's value) is allowed by `allowlist`.

@@ -2,12 +2,14 @@
 //!
 //! - pingora's proxy [`Session`], for whatever pingora parsed (HTTP/2, requests with a body,
 //!   pass-through routes, and every request the lean path does not take);
-//! - [`super::conn::Conn`], the gateway's own HTTP/1 connection for the bridged GETs that turn
-//!   into long-lived streams (SSE, terminated WebSocket, long-poll). It holds a connection for a
-//!   fraction of the memory pingora's per-request state machine does (see `listener.rs`).
+//! - the edge's own HTTP/1 connection (`edge::http1::Connection`), for the bridged GETs that
+//!   turn into long-lived streams (SSE, terminated WebSocket, long-poll). It holds a connection
+//!   for a fraction of the memory pingora's per-request state machine does (see `edge`).
 //!
-//! The methods mirror pingora's so a transport reads the same over either.
+//! The methods mirror pingora's so a transport reads the same over either. [`Respond`] renders a
+//! policy refusal on either.
 
+use crate::policy::reject::Reject;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
@@ -113,5 +115,26 @@ impl Downstream for Session {
 
     fn set_keepalive(&mut self, seconds: Option<u64>) {
         (**self).set_keepalive(seconds)
+    }
+}
+
+/// Renders a refusal on the socket that owns the request: counted, logged once per route and
+/// reason, answered, and the connection closes afterwards.
+pub trait Respond {
+    fn send<D: Downstream>(
+        self,
+        session: &mut D,
+        route: &str,
+    ) -> impl Future<Output = pingora::Result<()>> + Send;
+}
+
+impl Respond for Reject {
+    async fn send<D: Downstream>(self, session: &mut D, route: &str) -> pingora::Result<()> {
+        self.count(route);
+        let (resp, body) = self.response()?;
+        session.set_keepalive(None);
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(())
     }
 }

@@ -18,11 +18,12 @@
 
 use super::longpoll::session_gone;
 use super::Downstream;
+use super::Respond;
+use crate::bridge::session::POST_DEADLINE;
 use crate::bridge::session::{EndReason, Outgoing, UplinkError};
 use crate::bridge::Bridge;
-use crate::error::Reject;
 use crate::metrics;
-use crate::upstream::{post::POST_DEADLINE, private};
+use crate::policy::reject::Reject;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
@@ -193,7 +194,8 @@ async fn send<D: Downstream>(
         }
         None => {
             let client = super::client_info(session);
-            let relay = private::client_poster(bridge, session.req_header(), &client)
+            let relay = bridge
+                .client_poster(session.req_header(), &client)
                 .expect("two-way shared routes have post");
             (relay, None)
         }

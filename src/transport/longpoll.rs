@@ -15,14 +15,13 @@
 //! the answer names the session. An unknown or ended session is 410.
 
 use super::Downstream;
+use super::Respond;
 use crate::bridge::hub::Gone;
 use crate::bridge::session::{EndReason, Sessions};
 use crate::bridge::{Bridge, Event, Message};
 use crate::config::BinaryPolicy;
-use crate::error::Reject;
 use crate::metrics;
-use crate::upstream::private;
-use base64::Engine;
+use crate::policy::reject::Reject;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use std::sync::Arc;
@@ -30,21 +29,6 @@ use tokio::sync::broadcast::error::RecvError;
 
 /// A poll answers with at most this many messages; the client polls again for the rest.
 const MAX_BATCH: usize = 1000;
-
-/// One message as a JSON value: a string for text, `{"binary": "<base64>"}` for binary, and
-/// `{"event": NAME, "data": TEXT}` for a named event from an SSE backend.
-pub fn encode_message(m: &Message) -> Bytes {
-    let value = if m.binary {
-        serde_json::json!({ "binary": base64::engine::general_purpose::STANDARD.encode(&m.payload) })
-    } else {
-        let text = String::from_utf8_lossy(&m.payload);
-        match &m.event {
-            Some(name) => serde_json::json!({ "event": &**name, "data": text }),
-            None => serde_json::Value::String(text.into_owned()),
-        }
-    };
-    Bytes::from(value.to_string())
-}
 
 /// The `cursor` query parameter: None when absent, Err when it is not a number.
 fn cursor_param<D: Downstream>(session: &D) -> Result<Option<u64>, Reject> {
@@ -225,7 +209,9 @@ async fn serve_session<D: Downstream>(
     };
     let Some(id) = super::query_param(session.req_header(), "session") else {
         let client = super::client_info(session);
-        let opened = private::open(bridge, session.req_header(), &client, "long_poll", true).await;
+        let opened = bridge
+            .open_session(session.req_header(), &client, "long_poll", true)
+            .await;
         return match opened {
             Ok(conv) => respond(session, answer(bridge, Some(&conv.id), 0, &[], false, None)).await,
             Err(why) => super::session_refused(session, route, why).await,

@@ -5,18 +5,17 @@
 //! it does. On two-way routes, SSE and long-poll clients send with POST and end their session
 //! with DELETE ([`inbound`]).
 
-pub mod conn;
 pub mod downstream;
 pub mod inbound;
 pub mod longpoll;
 pub mod sse;
 pub mod ws;
 
-use crate::bridge::{Bridge, Consumer, Feed, Message};
-use crate::error::Reject;
-use crate::upstream::private::{ClientInfo, OpenError};
+use crate::bridge::{Bridge, ClientInfo, Consumer, Feed, Message, OpenError};
+use crate::policy::reject::Reject;
+pub use crate::wire::http::query_param;
 use bytes::{Bytes, BytesMut};
-pub use downstream::Downstream;
+pub use downstream::{Downstream, Respond};
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::time::Duration;
 
@@ -37,44 +36,9 @@ impl ClientTransport {
     }
 }
 
-/// The value of query parameter `name`, percent-decoded.
-pub fn query_param(req: &RequestHeader, name: &str) -> Option<String> {
-    let query = req.uri.query()?;
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
 /// Which transport the request asks for, if any.
 pub fn requested(req: &RequestHeader) -> Option<ClientTransport> {
-    if ws::is_upgrade(req) {
+    if crate::wire::ws::is_upgrade(req) {
         return Some(ClientTransport::WebSocket);
     }
     match query_param(req, "transport").as_deref() {
@@ -206,7 +170,7 @@ pub async fn session_refused<D: Downstream>(
     reject.send(session, route).await
 }
 
-const DEMO_PAGE: &str = include_str!("../upstream/demo.html");
+const DEMO_PAGE: &str = include_str!("demo.html");
 
 async fn serve_page<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
@@ -294,11 +258,7 @@ pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::
             }
             http::Method::DELETE if sessions => return inbound::delete(session, bridge).await,
             _ => {
-                let allow = match (two_way, sessions) {
-                    (true, true) => "GET, POST, DELETE",
-                    (true, false) => "GET, POST",
-                    _ => "GET",
-                };
+                let allow = bridge.methods();
                 return Reject::new(
                     405,
                     "bad_method",
@@ -348,19 +308,5 @@ mod tests {
             Some(ClientTransport::LongPoll)
         );
         assert_eq!(requested(&req("/c", &[("accept", "text/html")])), None);
-    }
-
-    #[test]
-    fn query_values_are_percent_decoded() {
-        let r = req(
-            "/c?lastEventId=ab%2D12&x=%zz&y=a+b&z=%4&u=%\u{e9}\u{e9}",
-            &[],
-        );
-        assert_eq!(query_param(&r, "lastEventId").as_deref(), Some("ab-12"));
-        assert_eq!(query_param(&r, "x").as_deref(), Some("%zz"));
-        assert_eq!(query_param(&r, "y").as_deref(), Some("a b"));
-        assert_eq!(query_param(&r, "z").as_deref(), Some("%4"));
-        assert_eq!(query_param(&r, "u").as_deref(), Some("%\u{e9}\u{e9}"));
-        assert_eq!(query_param(&r, "missing"), None);
     }
 }

@@ -22,72 +22,13 @@ use crate::bridge::session::{EndReason, Session as BridgeSession, Sessions};
 use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Joined, Message};
 use crate::config::BinaryPolicy;
 use crate::metrics;
-use crate::upstream::private;
-use base64::Engine;
+use crate::wire::sse::resume_position;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use std::sync::Arc;
 
 /// How long browsers wait before reconnecting, sent on connect.
 pub const RETRY_MS: u64 = 2000;
-
-pub fn encode_event(epoch: &str, msg: &Message) -> Bytes {
-    let mut out = BytesMut::with_capacity(msg.payload.len() + 48);
-    out.put_slice(format!("id: {epoch}-{}\n", msg.seq).as_bytes());
-    if let (Some(name), false) = (&msg.event, msg.binary) {
-        out.put_slice(b"event: ");
-        out.put_slice(name.as_bytes());
-        out.put_u8(b'\n');
-    }
-    if msg.binary {
-        out.put_slice(b"event: binary\ndata: ");
-        out.put_slice(
-            base64::engine::general_purpose::STANDARD
-                .encode(&msg.payload)
-                .as_bytes(),
-        );
-        out.put_u8(b'\n');
-    } else {
-        put_data_lines(&mut out, &msg.payload);
-    }
-    out.put_u8(b'\n');
-    out.freeze()
-}
-
-/// Splits a payload on CRLF, CR or LF into `data:` lines; the client joins them back with LF.
-fn put_data_lines(out: &mut BytesMut, payload: &[u8]) {
-    let mut rest = payload;
-    loop {
-        let end = rest.iter().position(|b| *b == b'\n' || *b == b'\r');
-        out.put_slice(b"data: ");
-        match end {
-            None => {
-                out.put_slice(rest);
-                out.put_u8(b'\n');
-                return;
-            }
-            Some(i) => {
-                out.put_slice(&rest[..i]);
-                out.put_u8(b'\n');
-                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
-                    2
-                } else {
-                    1
-                };
-                rest = &rest[i + skip..];
-            }
-        }
-    }
-}
-
-/// Parses `EPOCH-SEQ` when EPOCH is the hub's current one.
-pub fn resume_position(last_event_id: &str, epoch: &str) -> Option<u64> {
-    let (e, seq) = last_event_id.trim().rsplit_once('-')?;
-    if e != epoch {
-        return None;
-    }
-    seq.parse().ok()
-}
 
 pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::Result<()> {
     if let Some(sessions) = bridge.sessions() {
@@ -156,7 +97,9 @@ async fn serve_session<D: Downstream>(
         }
         None => {
             let client = super::client_info(session);
-            let opened = private::open(bridge, session.req_header(), &client, "sse", true).await;
+            let opened = bridge
+                .open_session(session.req_header(), &client, "sse", true)
+                .await;
             match opened {
                 Ok(conv) => {
                     first.put_slice(
@@ -325,76 +268,4 @@ async fn stream<D: Downstream>(
 fn retry_field() -> String {
     let ms = RETRY_MS / 2 + fastrand::u64(0..=RETRY_MS);
     format!("retry: {ms}\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn multi_line_payloads_become_several_data_lines() {
-        let m = Message::new(3, Bytes::from_static(b"a\nb\r\nc\rd"), false);
-        assert_eq!(
-            &encode_event("e", &m)[..],
-            b"id: e-3\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
-        );
-        let m = Message::new(4, Bytes::from_static(b""), false);
-        assert_eq!(&encode_event("e", &m)[..], b"id: e-4\ndata: \n\n");
-    }
-
-    #[test]
-    fn binary_is_base64_with_its_own_event_name() {
-        let m = Message::new(1, Bytes::from_static(&[0, 255]), true);
-        assert_eq!(
-            &encode_event("e", &m)[..],
-            b"id: e-1\nevent: binary\ndata: AP8=\n\n"
-        );
-    }
-
-    #[test]
-    fn event_names_from_an_sse_backend_are_kept() {
-        let m = Message::named(5, Some("tick".into()), Bytes::from_static(b"a\nb"), false);
-        assert_eq!(
-            &encode_event("e", &m)[..],
-            b"id: e-5\nevent: tick\ndata: a\ndata: b\n\n"
-        );
-        // A payload that looks like fields stays data: every line gets its own `data: `.
-        let m = Message::new(6, Bytes::from_static(b"id: 9\n\nevent: x\n"), false);
-        assert_eq!(
-            &encode_event("e", &m)[..],
-            b"id: e-6\ndata: id: 9\ndata: \ndata: event: x\ndata: \n\n"
-        );
-    }
-
-    #[test]
-    fn encoder_output_parses_back_to_the_payload() {
-        use crate::upstream::sse::SseParser;
-        for payload in [
-            "",
-            "one",
-            "a\nb",
-            "a\r\nb\rc",
-            "\n\n",
-            " lead",
-            "h\u{e9}llo \u{1F600}",
-            "data: x",
-            ":colon",
-        ] {
-            let m = Message::new(1, Bytes::from(payload), false);
-            let mut p = SseParser::new(1 << 20);
-            let mut out = Vec::new();
-            p.push(&encode_event("e", &m), &mut out);
-            let want = payload.replace("\r\n", "\n").replace('\r', "\n");
-            assert_eq!(out.len(), 1, "{payload:?}");
-            assert_eq!(out[0].data, want, "{payload:?}");
-            assert_eq!(p.last_event_id(), "e-1");
-        }
-    }
-
-    #[test]
-    fn resume_only_within_the_same_epoch() {
-        assert_eq!(resume_position("abc-41", "abc"), Some(41));
-        assert_eq!(resume_position("old-41", "abc"), None);
-        assert_eq!(resume_position("garbage", "abc"), None);
-    }
 }

@@ -1,14 +1,64 @@
 //! The backend side. [`pool`] is the load-balanced upstream set of a pass-through route and
 //! [`health`] its active checks. Bridged routes read a feed: [`feed`] runs the shared backend
 //! connection (opened on demand, reconnected with backoff), speaking [`ws`] or [`sse`] to the
-//! backend. `fanout: per_client` routes give each client its own connection ([`private`]), and
-//! client messages to an `sse:` backend go out as POSTs ([`post`]); [`builtin`] holds the demo backends that need nothing running.
+//! backend. `fanout: per_client` routes give each client its own connection ([`per_client`]),
+//! and client messages to an `sse:` backend go out as POSTs ([`post`]); [`builtin`] holds the
+//! demo backends that need nothing running.
+//!
+//! [`Connectors`] is how the bridge reaches all of this: the gateway hands it to every bridge
+//! it builds ([`crate::bridge::Backends`]).
 
 pub mod builtin;
 pub mod feed;
 pub mod health;
+pub mod per_client;
 pub mod pool;
 pub mod post;
-pub mod private;
 pub mod sse;
 pub mod ws;
+
+use crate::bridge::session::{Outgoing, Session, UPLINK_QUEUE};
+use crate::bridge::{Backends, Bridge, ClientInfo, Hub, OpenError};
+use crate::config::{BackendSpec, BridgeRoute, Builtin, Route};
+use pingora::http::RequestHeader;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// The backend connectors, as the bridge sees them.
+pub struct Connectors;
+
+#[async_trait::async_trait]
+impl Backends for Connectors {
+    fn ensure_feed(&self, hub: &Arc<Hub>, route: &Arc<Route>, spec: &BridgeRoute) {
+        match &spec.backend {
+            BackendSpec::Builtin(Builtin::Clock) => builtin::ensure_clock(hub),
+            BackendSpec::WebSocket(_) | BackendSpec::Sse(_) => {
+                feed::ensure_running(hub, route, spec)
+            }
+            BackendSpec::Builtin(_) => {}
+        }
+    }
+
+    async fn open_session(
+        &self,
+        bridge: &Bridge,
+        req: &RequestHeader,
+        client: &ClientInfo,
+        transport: &'static str,
+        listed: bool,
+    ) -> Result<Arc<Session>, OpenError> {
+        per_client::open(bridge, req, client, transport, listed).await
+    }
+
+    fn client_poster(
+        &self,
+        bridge: &Bridge,
+        req: &RequestHeader,
+        client: &ClientInfo,
+    ) -> Option<mpsc::Sender<Outgoing>> {
+        let feed = bridge.spec.feed()?;
+        let (tx, rx) = mpsc::channel(UPLINK_QUEUE);
+        let headers = per_client::forwarded_headers(feed, req, client);
+        per_client::spawn_poster(bridge, feed, headers, rx).then_some(tx)
+    }
+}

@@ -6,7 +6,7 @@
 //! A request that was never written (the kept-alive connection had closed) is retried once on a
 //! new connection; one that may have reached the backend is not, since a POST is not idempotent.
 
-use crate::bridge::session::{Outgoing, UplinkError};
+use crate::bridge::session::{Outgoing, UplinkError, POST_DEADLINE};
 use crate::config::Endpoint;
 use crate::metrics;
 use bytes::Bytes;
@@ -18,8 +18,6 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-/// The longest the backend may take to answer one POST.
-pub const POST_DEADLINE: Duration = Duration::from_secs(30);
 /// A response body is read (and dropped) up to this size; a larger one ends the connection.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
 

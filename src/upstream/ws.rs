@@ -6,12 +6,12 @@
 //! that sends nothing at all, not even a pong, for that long is dropped and reconnected.
 
 use super::feed::{connect_tcp, within_connect_timeout, Connected, Link, Outcome};
-use super::private::SessionEnd;
+use super::per_client::SessionEnd;
 use crate::bridge::hub::Gone;
 use crate::bridge::session::{EndReason, Outgoing, Session, UplinkError};
 use crate::config::{BackendFeed, Keepalive};
 use crate::metrics;
-use crate::transport::ws::close;
+use crate::wire::ws::close;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};

@@ -1,8 +1,9 @@
-//! Refusals at the edge: one type that carries the HTTP status, a metric `reason` label and a
-//! short body that tells the client what went wrong.
+//! Refusals as plain data: the HTTP status, a metric `reason` label and a short body that tells
+//! the client what went wrong. Policy decides; whoever owns the socket renders the answer
+//! (`transport::Respond`).
 
 use crate::metrics;
-use crate::transport::Downstream;
+use crate::wire::ws::Handshake;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
@@ -30,24 +31,37 @@ impl Reject {
         self
     }
 
-    /// Counts the rejection and answers it; the connection closes afterwards.
-    pub async fn send<D: Downstream>(self, session: &mut D, route: &str) -> pingora::Result<()> {
+    /// Counts the refusal in `switchyard_rejections_total` and logs it (once per route and
+    /// reason at info level).
+    pub fn count(&self, route: &str) {
         metrics::REJECTIONS
             .with_label_values(&[route, self.reason])
             .inc();
         log_refusal(route, self.reason, self.status, &self.message);
+    }
+
+    /// The answer to send: a short text body that says what went wrong, and a head that closes
+    /// the connection afterwards is the renderer's business.
+    pub fn response(&self) -> pingora::Result<(ResponseHeader, Bytes)> {
         let body = Bytes::from(format!("{}\n", self.message));
         let mut resp = ResponseHeader::build(self.status, Some(4))?;
         resp.insert_header("content-type", "text/plain; charset=utf-8")?;
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;
-        for (k, v) in self.headers {
-            resp.insert_header(k, v)?;
+        for (k, v) in &self.headers {
+            resp.insert_header(*k, v)?;
         }
-        session.set_keepalive(None);
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await?;
-        Ok(())
+        Ok((resp, body))
+    }
+}
+
+impl From<Handshake> for Reject {
+    fn from(h: Handshake) -> Self {
+        let reject = Reject::new(h.status(), h.label(), h.message());
+        match h.header() {
+            Some((name, value)) => reject.header(name, value),
+            None => reject,
+        }
     }
 }
 

@@ -5,14 +5,13 @@
 use super::post::Poster;
 use super::{sse, ws};
 use crate::bridge::hub::Gone;
-use crate::bridge::session::{Driver, EndReason, OpenSession, Outgoing, Session, UPLINK_QUEUE};
-use crate::bridge::Bridge;
+use crate::bridge::session::{Driver, EndReason, OpenSession, Outgoing, Session};
+use crate::bridge::{Bridge, ClientInfo, OpenError};
 use crate::config::{BackendFeed, BackendSpec};
 use crate::metrics;
-use crate::transport::ws::close;
+use crate::wire::ws::close;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
-use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -22,12 +21,6 @@ pub enum SessionEnd {
     Backend(Gone),
     /// The client side ended the session; the backend was closed.
     Client(EndReason),
-}
-
-/// Who the client is, as the backend should learn it.
-pub struct ClientInfo {
-    pub ip: Option<IpAddr>,
-    pub tls: bool,
 }
 
 /// The request headers a backend gets for this client: the route's `forward_headers` copied
@@ -95,26 +88,6 @@ pub fn spawn_poster(
     };
     tokio::spawn(poster.run(rx));
     true
-}
-
-/// A poster for one WebSocket client of a shared `sse:` route with `post:`.
-pub fn client_poster(
-    bridge: &Bridge,
-    req: &RequestHeader,
-    client: &ClientInfo,
-) -> Option<mpsc::Sender<Outgoing>> {
-    let feed = bridge.spec.feed()?;
-    let (tx, rx) = mpsc::channel(UPLINK_QUEUE);
-    spawn_poster(bridge, feed, forwarded_headers(feed, req, client), rx).then_some(tx)
-}
-
-/// Why a session could not be opened.
-#[derive(Debug)]
-pub enum OpenError {
-    /// The route already has `max_clients` sessions.
-    Full(usize),
-    /// The backend could not be reached (or refused the handshake).
-    Unreachable(String),
 }
 
 /// Opens a session for a client of a per-client route: connects its own backend connection

@@ -2,14 +2,16 @@
 //! listeners, the admin listener (`/metrics`, `/healthz`, `/readyz`), the health checker and the
 //! drain coordinator.
 
+pub mod drain;
+pub mod reload;
+
 use crate::config::Config;
-use crate::listener::{AcceptPacer, Edge};
+use crate::edge::{AcceptPacer, Edge};
+use crate::gateway::{Gateway, GatewayState, Live};
 use crate::metrics;
-use crate::proxy::{Gateway, GatewayState, Live};
-use crate::reload::Reloader;
-use crate::shutdown::{self, DrainOnShutdown};
 use crate::upstream::health::HealthChecker;
 use async_trait::async_trait;
+use drain::DrainOnShutdown;
 use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -19,6 +21,7 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use prometheus::{Encoder, TextEncoder};
+use reload::Reloader;
 use std::sync::Arc;
 
 /// The admin listener's app.
@@ -36,7 +39,9 @@ impl ServeHttp for AdminApp {
                 (200, encoder.format_type().to_owned(), buf)
             }
             "/healthz" => (200, "text/plain".into(), b"ok\n".to_vec()),
-            "/readyz" if shutdown::draining() => (503, "text/plain".into(), b"draining\n".to_vec()),
+            "/readyz" if crate::drain::draining() => {
+                (503, "text/plain".into(), b"draining\n".to_vec())
+            }
             "/readyz" => (200, "text/plain".into(), b"ready\n".to_vec()),
             _ => (
                 404,
@@ -94,8 +99,10 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
         },
     );
     let edge = Edge {
-        proxy: Arc::new(app),
-        state: state.clone(),
+        pingora: Arc::new(app),
+        gateway: Arc::new(Gateway {
+            state: state.clone(),
+        }),
         header_timeout: config.server.header_timeout,
     };
     let mut proxy = Service::new("switchyard".into(), edge);

@@ -8,8 +8,8 @@
 //! changes are reported and wait for a restart or pingora's binary upgrade (`--upgrade`).
 
 use crate::config::{self, ServerConfig};
+use crate::gateway::{GatewayState, Live};
 use crate::metrics;
-use crate::proxy::{GatewayState, Live};
 use crate::upstream::health;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;

@@ -12,9 +12,11 @@
 //! `Content-Length` or `chunked`, a `101` after which the socket carries WebSocket frames, and
 //! keep-alive back to the listener when the answer was complete.
 
-use super::Downstream;
-use crate::listener::HeaderDeadline;
+use super::HeadDeadline;
 use crate::policy::cors::CorsHeaders;
+use crate::policy::hygiene;
+use crate::transport::Downstream;
+use crate::wire;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{Error, ErrorType, OrErr};
@@ -100,12 +102,11 @@ fn parse(buf: &[u8]) -> Parse {
     if req.version != Some(1) || req.method != Some("GET") {
         return Parse::Other;
     }
-    let refused = |name: &str| {
-        name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("content-length")
-            || name.eq_ignore_ascii_case("http2-settings")
-    };
-    if req.headers.iter().any(|h| refused(h.name)) {
+    if req
+        .headers
+        .iter()
+        .any(|h| hygiene::needs_full_parser(h.name))
+    {
         return Parse::Other;
     }
     let Ok(mut head) = RequestHeader::build("GET", req.path.unwrap_or("/").as_bytes(), None) else {
@@ -119,7 +120,7 @@ fn parse(buf: &[u8]) -> Parse {
             return Parse::Other;
         }
     }
-    if head.headers.contains_key(http::header::UPGRADE) && !super::ws::is_upgrade(&head) {
+    if head.headers.contains_key(http::header::UPGRADE) && !wire::ws::is_upgrade(&head) {
         return Parse::Other;
     }
     // The same authority checks pingora makes (one Host, no userinfo, an absolute-form target
@@ -145,8 +146,8 @@ enum Body {
 }
 
 /// One request on a connection the listener serves itself. See the module docs.
-pub struct Conn {
-    io: Box<HeaderDeadline>,
+pub struct Connection {
+    io: Box<HeadDeadline>,
     req: Box<RequestHeader>,
     /// Bytes read past what was consumed: the start of the next request, or early frames.
     pending: BytesMut,
@@ -162,9 +163,9 @@ pub struct Conn {
     pub status: Option<u16>,
 }
 
-impl Conn {
+impl Connection {
     pub fn new(
-        io: Box<HeaderDeadline>,
+        io: Box<HeadDeadline>,
         req: Box<RequestHeader>,
         pending: BytesMut,
         client_ip: Option<IpAddr>,
@@ -173,7 +174,7 @@ impl Conn {
     ) -> Self {
         // A draining gateway answers and closes, so the client does not reuse a connection
         // that is about to go.
-        let keepalive = !draining && !super::ws::header_has_token(&req, "connection", "close");
+        let keepalive = !draining && !wire::http::header_has_token(&req, "connection", "close");
         Self {
             io,
             req,
@@ -191,7 +192,11 @@ impl Conn {
 
     /// The connection and any bytes read past this request, when the answer is complete and
     /// the connection may carry another request; `None` when it must close.
-    pub fn into_reusable(self) -> Option<(Box<HeaderDeadline>, BytesMut)> {
+    pub fn req_header_mut(&mut self) -> &mut RequestHeader {
+        &mut self.req
+    }
+
+    pub fn into_reusable(self) -> Option<(Box<HeadDeadline>, BytesMut)> {
         (self.keepalive && self.body == Body::Done).then_some((self.io, self.pending))
     }
 
@@ -274,7 +279,7 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     io.flush().await
 }
 
-impl Downstream for Conn {
+impl Downstream for Connection {
     fn req_header(&self) -> &RequestHeader {
         &self.req
     }

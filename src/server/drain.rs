@@ -1,26 +1,6 @@
-//! The drain coordinator. pingora tells background services when the process is shutting down;
-//! long-lived client connections do not hear that by themselves, so this module turns it into a
-//! signal every transport loop selects on (WS close 1001, SSE end with `retry:`, empty poll).
-
-use std::sync::LazyLock;
-use tokio::sync::watch;
-
-static DRAIN: LazyLock<watch::Sender<bool>> = LazyLock::new(|| watch::channel(false).0);
-
-/// Starts the drain: every open client connection is asked to go.
-pub fn begin() {
-    DRAIN.send_replace(true);
-}
-
-pub fn draining() -> bool {
-    *DRAIN.borrow()
-}
-
-/// Resolves once the drain has begun.
-pub async fn wait() {
-    let mut rx = DRAIN.subscribe();
-    let _ = rx.wait_for(|d| *d).await;
-}
+//! The drain service: when pingora begins its shutdown, it raises the drain signal
+//! ([`crate::drain`]) and ends the process as soon as the edge has no connection and the bridge
+//! no session left, or when `shutdown_grace` runs out.
 
 /// A pingora background service that starts the drain when pingora begins its shutdown, then
 /// ends the process as soon as no client connection or session is left (or `grace` has
@@ -34,16 +14,16 @@ pub struct DrainOnShutdown {
 impl pingora::services::background::BackgroundService for DrainOnShutdown {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         let _ = shutdown.changed().await;
-        let open = crate::listener::open_connections();
+        let open = crate::edge::open_connections();
         log::info!(
             "shutdown requested: draining {open} client connection(s) for up to {:?}",
             self.grace
         );
-        begin();
+        crate::drain::begin();
         let until = tokio::time::Instant::now() + self.grace;
         // Connections, not requests: one accepted just before the listeners closed may not
         // have a request yet, and exiting under it would reset it.
-        let busy = || crate::listener::open_connections() + crate::bridge::session::live();
+        let busy = || crate::edge::open_connections() + crate::bridge::session::live();
         while busy() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }

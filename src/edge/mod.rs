@@ -1,0 +1,265 @@
+//! The edge: the first stage of the pipeline, every accepted connection before pingora parses a
+//! byte.
+//!
+//! ```text
+//! accept (pacer) -> HeadDeadline -> read_head (http1) -+-> lean stream: http1::Connection,
+//!                                                     |     served by the gateway (LeanStreams)
+//!                                                     +-> anything else: the head replayed to
+//!                                                           pingora (HttpServerApp), unchanged
+//! ```
+//!
+//! - [`pacer`]: accepts paced to `accept_rate` (reconnect storms).
+//! - [`deadline`]: the request-head deadline (slowloris), and the replay of bytes read ahead.
+//! - [`http1`]: the head reader, and the lean HTTP/1.1 connection long-lived streams run on.
+//!
+//! The edge reaches the gateway only through [`LeanStreams`], which the gateway implements (the
+//! way pingora-proxy implements pingora-core's `ServerApp`), and pingora through its
+//! `HttpServerApp`: it imports neither. It also counts the connections it holds, which is what
+//! a drain waits for ([`open_connections`]).
+//!
+//! Slow TLS handshakes happen before this stage (in pingora's listener) and are not covered.
+
+pub mod deadline;
+pub mod http1;
+pub mod pacer;
+
+pub use deadline::HeadDeadline;
+pub use pacer::AcceptPacer;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::http::RequestHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Stream, ALPN};
+use pingora::server::ShutdownWatch;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+/// What the edge needs from the layer above it: which requests it serves over its own lean
+/// connection, and serving them (admission included).
+pub trait LeanStreams: Send + Sync + 'static {
+    /// What serving a taken request needs (its route, in the generation that took it).
+    type Route: Send;
+
+    /// Some when the request is one the edge should serve itself (a long-lived stream).
+    fn stream_route(&self, req: &RequestHeader) -> Option<Self::Route>;
+
+    /// Serves one request on `conn`; `raw_head` is its head as the client sent it.
+    fn serve_stream(
+        &self,
+        conn: &mut http1::Connection,
+        route: Self::Route,
+        raw_head: &[u8],
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// The listener's app: every connection gets a request-head deadline, and each request head
+/// is read here first. A GET the gateway takes as a stream is served over the edge's own lean
+/// connection ([`http1::Connection`]), in a task of its own; anything else is replayed to
+/// pingora's app `P` unchanged. HTTP/2 (TLS with ALPN `h2`) goes to pingora directly.
+pub struct Edge<P, G> {
+    pub pingora: Arc<P>,
+    pub gateway: Arc<G>,
+    pub header_timeout: Duration,
+}
+
+/// How long a kept-alive connection may wait for its next request (pingora's default).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// Whitespace a client may send between two requests on a kept-alive connection (RFC 9112
+/// section 2.2 asks servers to skip at least one empty line); more closes the connection.
+pub const KEEPALIVE_WHITESPACE_MAX: usize = 1024;
+
+#[async_trait]
+impl<P, G> ServerApp for Edge<P, G>
+where
+    P: HttpServerApp + Send + Sync + 'static,
+    G: LeanStreams,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let open = OpenConnection::new();
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let stream: Stream = Box::new(HeadDeadline::new(stream, self.header_timeout));
+            let _open = open;
+            return self.pingora.process_new(stream, shutdown).await;
+        }
+        let client = Client {
+            ip: stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())),
+            tls: stream.get_ssl_digest().is_some(),
+        };
+        let io = Box::new(HeadDeadline::new(stream, self.header_timeout));
+        self.serve_connection(io, BytesMut::new(), client, open, shutdown.clone(), false)
+            .await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        ServerApp::cleanup(&*self.pingora).await
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Client {
+    ip: Option<std::net::IpAddr>,
+    tls: bool,
+}
+
+impl<P, G> Edge<P, G>
+where
+    P: HttpServerApp + Send + Sync + 'static,
+    G: LeanStreams,
+{
+    /// [`Self::serve_connection`] as a task of its own. The boxed, named future type breaks the
+    /// cycle (the connection loop spawns itself) that would keep the compiler from seeing the
+    /// loop is `Send`.
+    fn in_own_task(
+        self: Arc<Self>,
+        io: Box<HeadDeadline>,
+        bytes: BytesMut,
+        client: Client,
+        open: OpenConnection,
+        shutdown: ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            self.serve_connection(io, bytes, client, open, shutdown, true)
+                .await
+        })
+    }
+
+    /// Serves the requests of one HTTP/1 connection, each over the lean path or pingora's.
+    /// `own_task`: this runs in a task of its own, not in pingora's connection task.
+    async fn serve_connection(
+        self: &Arc<Self>,
+        mut io: Box<HeadDeadline>,
+        mut carry: BytesMut,
+        client: Client,
+        open: OpenConnection,
+        shutdown: ShutdownWatch,
+        own_task: bool,
+    ) {
+        let mut first = true;
+        loop {
+            if !first {
+                if carry.iter().all(u8::is_ascii_whitespace) {
+                    // Idle between requests: the next head's deadline starts at its first
+                    // byte; the wait for that byte is bounded by the keep-alive limit and
+                    // ended by a drain, and the whitespace before it by a byte cap.
+                    io.next_request();
+                    while carry.iter().all(u8::is_ascii_whitespace) {
+                        if carry.len() > KEEPALIVE_WHITESPACE_MAX {
+                            return;
+                        }
+                        carry.reserve(1024);
+                        let mut down = shutdown.clone();
+                        let more = tokio::select! {
+                            r = tokio::time::timeout(KEEPALIVE_IDLE, io.read_buf(&mut carry)) => {
+                                matches!(r, Ok(Ok(n)) if n > 0)
+                            }
+                            _ = down.wait_for(|s| *s) => false,
+                        };
+                        if !more {
+                            return;
+                        }
+                    }
+                } else {
+                    // Pipelined: the next head began already.
+                    io.arm_now(&carry);
+                }
+            }
+            let head = http1::read_head(&mut io, carry).await;
+            carry = BytesMut::new();
+            first = false;
+            let route = match &head {
+                http1::Head::Parsed { req, .. } => self.gateway.stream_route(req),
+                _ => None,
+            };
+            match (head, route) {
+                (http1::Head::Closed, _) => return,
+                (http1::Head::Parsed { bytes, .. }, Some(_)) if !own_task => {
+                    // Leave pingora's connection task (sized for a TLS handshake and its HTTP
+                    // machinery) behind: a stream may last hours. The new task reads the head
+                    // again from `bytes`.
+                    tokio::spawn(self.clone().in_own_task(io, bytes, client, open, shutdown));
+                    return;
+                }
+                (http1::Head::Parsed { req, bytes, len }, Some(route)) => {
+                    let rest = http1::after_head(&bytes, len);
+                    let draining = *shutdown.borrow();
+                    let mut conn =
+                        http1::Connection::new(io, req, rest, client.ip, client.tls, draining);
+                    self.gateway
+                        .serve_stream(&mut conn, route, &bytes[..len])
+                        .await;
+                    drop(bytes);
+                    match conn.into_reusable() {
+                        Some((next, rest)) => {
+                            io = next;
+                            carry = rest;
+                            continue;
+                        }
+                        None => return,
+                    }
+                }
+                // pingora reads the head again and answers it as it would have; bytes after a
+                // bodiless head are the next request's, kept here for after pingora is done.
+                (http1::Head::Parsed { mut bytes, len, .. }, None) => {
+                    carry = http1::after_head(&bytes, len);
+                    bytes.truncate(len);
+                    io.replay(bytes.freeze());
+                }
+                (http1::Head::Other(bytes), _) => io.replay(bytes.freeze()),
+            }
+            let mut session = ServerSession::new_http1(io);
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            } else {
+                session.set_keepalive(Some(KEEPALIVE_IDLE.as_secs()));
+            }
+            let Some(reused) = self.pingora.process_new_http(session, &shutdown).await else {
+                return;
+            };
+            // Its settings hold the keep-alive timeout set above and pipelined bytes, which
+            // stay off (pingora's default), so there is nothing to carry over.
+            let (stream, _) = reused.consume();
+            io = match stream.into_any().downcast::<HeadDeadline>() {
+                Ok(io) => io,
+                Err(_) => return,
+            };
+        }
+    }
+}
+
+/// Client connections accepted and not yet closed, whatever stage they are at (a request
+/// still arriving included): what a drain waits for before the process may exit.
+static OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn open_connections() -> usize {
+    OPEN.load(Ordering::SeqCst)
+}
+
+/// One accepted connection, counted while it lives.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        OPEN.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,177 @@
+//! Admission: the one place that decides whether a request goes on, for both entry points (the
+//! edge's lean connection and pingora's `request_filter`). Each entry point calls [`admit`] and
+//! only renders what it decided.
+//!
+//! ```text
+//! head shape (hygiene: smuggling, h2c)  -> 400
+//! route (router)                        -> 404 no_route
+//! head size                             -> 431
+//! WebSocket handshake (pass-through)    -> 405 / 400 / 426
+//! origin (bridged: all; proxy: upgrades)-> 403
+//! CORS preflight                        -> 204 answered here | 403
+//! limits (max_clients, per address)     -> 503 / 429, a Slot held while the request lives
+//! ```
+
+use super::state::{GatewayState, RouteRuntime, Target};
+use crate::policy::reject::Reject;
+use crate::policy::{self, limits::Slot, origin::Origin};
+use crate::wire;
+use http::{HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// The headers (CORS, `Vary`) an admitted request's answer carries.
+pub type CorsFields = Vec<(HeaderName, HeaderValue)>;
+
+/// What [`admit`] decided.
+pub enum Admission {
+    /// Refused: answer `reject`, counted under `route` (`-` when no route was found).
+    Refused { route: String, reject: Reject },
+    /// A CORS preflight from an allowed origin, answered here; it never reaches a backend.
+    Preflight(Box<ResponseHeader>),
+    /// Admitted: serve it.
+    Admitted(Admitted),
+}
+
+pub struct Admitted {
+    pub rt: Arc<RouteRuntime>,
+    /// The headers its answer carries.
+    pub cors: CorsFields,
+    /// Its place on the route, held until the request (or its stream or tunnel) ends.
+    pub slot: Slot,
+}
+
+/// Who is asking, and over what.
+pub struct Client<'a> {
+    /// The raw request head as sent, when the entry point has it (HTTP/1); framing is judged on
+    /// the raw fields, before any parser normalised them.
+    pub raw_head: Option<&'a [u8]>,
+    pub ip: Option<IpAddr>,
+    pub tls: bool,
+}
+
+/// Admits or refuses one request. `routed` is its route when the caller looked it up already
+/// (the edge does, to decide which path serves it); otherwise it is found here.
+pub fn admit(
+    state: &GatewayState,
+    req: &mut RequestHeader,
+    client: &Client,
+    routed: Option<Arc<RouteRuntime>>,
+) -> Admission {
+    let refused = |route: &str, reject: Reject| Admission::Refused {
+        route: route.to_owned(),
+        reject,
+    };
+    // Before routing: shapes no route may see.
+    let framing = match client.raw_head {
+        Some(raw) => policy::hygiene::framing(&policy::hygiene::raw_fields(raw), req.version),
+        None => {
+            let fields: Vec<(&[u8], &[u8])> = req
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
+                .collect();
+            policy::hygiene::framing(&fields, req.version)
+        }
+    };
+    if let Err(reject) = framing {
+        return refused("-", reject);
+    }
+    if policy::hygiene::strip_h2c(req) {
+        log::debug!("removed an h2c upgrade offer");
+    }
+    let found = routed.or_else(|| {
+        state
+            .router
+            .find(wire::http::request_host(req), req.uri.path())
+            .cloned()
+    });
+    let Some(rt) = found else {
+        let path = req.uri.path();
+        return refused(
+            "-",
+            Reject::new(404, "no_route", format!("no route for {path}")),
+        );
+    };
+    let route = &rt.route;
+    if let Err(reject) = policy::hygiene::head_size(req, route.limits.max_header_bytes) {
+        return refused(&route.name, reject);
+    }
+    // A pass-through WebSocket handshake is checked here as a terminated one would be (RFC
+    // 6455 section 4.2.1), so a bad one never reaches the backend.
+    if let (Target::Proxy(_), true) = (&rt.target, wire::ws::is_upgrade(req)) {
+        if let Err(h) = wire::ws::accept_key(req) {
+            return refused(&route.name, h.into());
+        }
+    }
+    let enforce = matches!(rt.target, Target::Bridge(_)) || wire::http::asks_upgrade(req);
+    let preflight = policy::cors::is_preflight(req);
+    let origin = match policy::origin::admit(
+        req,
+        &route.origins,
+        route.allow_no_origin,
+        client.tls,
+        enforce || preflight,
+    ) {
+        Ok(o) => o,
+        Err(reject) => return refused(&route.name, reject),
+    };
+    let cross = match &origin {
+        Origin::Allowed(v) => Some(v.clone()),
+        // The gateway's own origin needs no CORS headers, but a preflight still gets answered.
+        Origin::Same if preflight => req.headers.get(http::header::ORIGIN).cloned(),
+        _ => None,
+    };
+    if preflight {
+        let answer = cross
+            .as_ref()
+            .and_then(|o| policy::cors::preflight(req, route, rt.methods(), o));
+        return match answer {
+            Some(resp) => Admission::Preflight(Box::new(resp)),
+            None => refused(
+                &route.name,
+                Reject::new(
+                    403,
+                    "cors_method_not_allowed",
+                    format!(
+                        "route {} takes {} from other origins",
+                        route.name,
+                        rt.methods()
+                    ),
+                ),
+            ),
+        };
+    }
+    // Every answer varies by Origin (CORS headers depend on it), so caches keep them apart.
+    let cors = match cross.filter(|_| matches!(origin, Origin::Allowed(_))) {
+        Some(o) => policy::cors::response_headers(route, &o),
+        None => vec![(http::header::VARY, HeaderValue::from_static("Origin"))],
+    };
+    let limits = &route.limits;
+    let slot = match rt
+        .occupancy
+        .admit(client.ip, limits.max_clients, limits.max_clients_per_ip)
+    {
+        Ok(slot) => slot,
+        Err(reject) => return refused(&route.name, reject),
+    };
+    Admission::Admitted(Admitted { rt, cors, slot })
+}
+
+/// Counts an answered request in `switchyard_http_requests_total` by status class.
+pub fn count_request(route: &str, status: Option<u16>) {
+    let class = match status {
+        Some(s) => match s / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        },
+        None => "none",
+    };
+    crate::metrics::HTTP_REQUESTS
+        .with_label_values(&[route, class])
+        .inc();
+}

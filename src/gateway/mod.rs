@@ -1,0 +1,88 @@
+//! The gateway: the layer that knows routes, admission and both entry points.
+//!
+//! - [`state`]: the routes of one config generation with their runtimes, and [`Live`], the
+//!   generation in force.
+//! - [`admission`]: one `admit()` for every request, whichever path carries it.
+//! - [`hooks`]: pingora's `ProxyHttp` hooks, for the requests pingora parses.
+//! - [`LeanStreams`] for [`Gateway`]: the streams the edge serves over its own connection.
+
+pub mod admission;
+pub mod hooks;
+pub mod state;
+
+pub use state::{GatewayState, Live, RouteRuntime, Target};
+
+use crate::bridge::Feed;
+use crate::edge::{http1, LeanStreams};
+use crate::policy::reject::Reject;
+use crate::transport::{self, Downstream, Respond};
+use crate::wire;
+use admission::{admit, Admission, Admitted, Client};
+use pingora::http::RequestHeader;
+use std::sync::Arc;
+
+pub struct Gateway {
+    pub state: Arc<Live>,
+}
+
+impl LeanStreams for Gateway {
+    type Route = Arc<RouteRuntime>;
+
+    /// A bridged route (not the demo page) and a request for one of its streaming transports;
+    /// everything else goes through pingora.
+    fn stream_route(&self, req: &RequestHeader) -> Option<Self::Route> {
+        let state = self.state.load();
+        let rt = state
+            .router
+            .find(wire::http::request_host(req), req.uri.path())?;
+        match &rt.target {
+            Target::Bridge(b)
+                if !matches!(b.feed, Feed::DemoPage) && transport::requested(req).is_some() =>
+            {
+                Some(rt.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Serves a request [`Self::stream_route`] took, admitted as pingora's requests are.
+    async fn serve_stream(&self, conn: &mut http1::Connection, rt: Self::Route, raw_head: &[u8]) {
+        let route = rt.route.name.clone();
+        let served: pingora::Result<()> = async {
+            let client = Client {
+                raw_head: Some(raw_head),
+                ip: conn.client_ip(),
+                tls: conn.is_tls(),
+            };
+            let state = self.state.load();
+            let admitted = match admit(&state, conn.req_header_mut(), &client, Some(rt)) {
+                Admission::Refused { route, reject } => return reject.send(conn, &route).await,
+                Admission::Preflight(answer) => {
+                    return conn.write_response_header(answer, true).await
+                }
+                Admission::Admitted(a) => a,
+            };
+            let Admitted {
+                rt,
+                cors,
+                slot: _slot,
+            } = admitted;
+            conn.cors.headers = cors;
+            let Target::Bridge(bridge) = &rt.target else {
+                return Ok(());
+            };
+            transport::serve(conn, bridge).await
+        }
+        .await;
+        if let Err(e) = served {
+            log::debug!("route {route}: stream ended: {e}");
+            if conn.status.is_none() {
+                // Failed before answering (pingora would have sent its 500 here too).
+                let _ = Reject::new(500, "internal_error", format!("route {route}: {e}"))
+                    .send(conn, &route)
+                    .await;
+            }
+        }
+        admission::count_request(&route, conn.status);
+    }
+}

@@ -1,0 +1,82 @@
+//! HTTP/1 helpers shared by every layer that reads a request head: header tokens, the query
+//! string, the request's host. Pure: no I/O, no routes.
+
+use pingora::http::RequestHeader;
+
+/// True when a comma-separated header `name` carries `token` (case-insensitive), in any of its
+/// instances.
+pub fn header_has_token(req: &RequestHeader, name: &str, token: &str) -> bool {
+    req.headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// True when an HTTP/1.1 request asks to switch protocols (any `Upgrade`), as pingora judges it.
+pub fn asks_upgrade(req: &RequestHeader) -> bool {
+    req.version == ::http::Version::HTTP_11 && req.headers.contains_key(::http::header::UPGRADE)
+}
+
+/// The authority the request names: `Host`, else the host of an absolute-form target.
+pub fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
+}
+
+/// The value of query parameter `name`, percent-decoded.
+pub fn query_param(req: &RequestHeader, name: &str) -> Option<String> {
+    let query = req.uri.query()?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str) -> RequestHeader {
+        RequestHeader::build("GET", uri.as_bytes(), None).unwrap()
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let r = req("/c?lastEventId=ab%2D12&x=%zz&y=a+b&z=%4&u=%\u{e9}\u{e9}");
+        assert_eq!(query_param(&r, "lastEventId").as_deref(), Some("ab-12"));
+        assert_eq!(query_param(&r, "x").as_deref(), Some("%zz"));
+        assert_eq!(query_param(&r, "y").as_deref(), Some("a b"));
+        assert_eq!(query_param(&r, "z").as_deref(), Some("%4"));
+        assert_eq!(query_param(&r, "u").as_deref(), Some("%\u{e9}\u{e9}"));
+        assert_eq!(query_param(&r, "missing"), None);
+    }
+}

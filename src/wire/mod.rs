@@ -1,0 +1,12 @@
+//! Pure framing, at the bottom of the pipeline: no I/O, no routes, no config. Every byte format
+//! the gateway speaks is encoded and decoded here, once, and tested here.
+//!
+//! - [`ws`]: WebSocket frames, close codes, the client-frame decoder, the opening handshake
+//! - [`sse`]: the SSE event encoder and the WHATWG stream parser
+//! - [`longpoll`]: the long-poll answer's JSON
+//! - [`http`]: HTTP/1 header tokens, query parameters, the request's host
+
+pub mod http;
+pub mod longpoll;
+pub mod sse;
+pub mod ws;
