@@ -120,6 +120,8 @@ pub struct Hub {
     /// Changes when the feed restarts from scratch; part of every event id.
     pub epoch: String,
     ring: Mutex<Ring>,
+    /// Held by a publisher from stamping a message to sending it.
+    publishing: Mutex<()>,
     replay: usize,
     queue: usize,
     tx: broadcast::Sender<Event>,
@@ -148,6 +150,7 @@ impl Hub {
                 next_seq: 1,
                 held: VecDeque::with_capacity(replay.min(1024)),
             }),
+            publishing: Mutex::new(()),
             replay,
             queue: queue.max(1),
             tx,
@@ -176,24 +179,31 @@ impl Hub {
         payload: Bytes,
         binary: bool,
     ) -> Arc<Message> {
-        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        let msg = Arc::new(Message::named(ring.next_seq, event, payload, binary));
-        ring.next_seq += 1;
-        if self.replay > 0 {
-            if ring.held.len() == self.replay {
-                ring.held.pop_front();
+        // Publishers take turns, so live order always matches seq order; the ring itself is
+        // locked only to stamp and hold the message, not while the send wakes every receiver.
+        // A subscriber that comes in between sees the message in its backlog and again live,
+        // and consumers skip what they have by seq.
+        let _turn = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
+        let msg = {
+            let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+            let msg = Arc::new(Message::named(ring.next_seq, event, payload, binary));
+            ring.next_seq += 1;
+            if self.replay > 0 {
+                if ring.held.len() == self.replay {
+                    ring.held.pop_front();
+                }
+                ring.held.push_back(msg.clone());
             }
-            ring.held.push_back(msg.clone());
-        }
-        // Sent under the lock so that live order always matches seq order.
+            msg
+        };
         let _ = self.tx.send(Event::Message(msg.clone()));
         msg
     }
 
     /// Tells every subscriber that the backend connection ended (see [`Event::BackendGone`]).
     pub fn backend_gone(&self, code: u16, reason: String) {
-        // Held so the signal is ordered after every message published before it.
-        let _ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        // In turn with publishers, so the signal is ordered after every message before it.
+        let _turn = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
         let _ = self
             .tx
             .send(Event::BackendGone(Arc::new(Gone { code, reason })));
