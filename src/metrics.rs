@@ -6,7 +6,7 @@
 
 use prometheus::{
     register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
-    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 use std::sync::LazyLock;
 
@@ -269,5 +269,82 @@ impl Drop for OpenConnection {
         CONNECTION_DURATION
             .with_label_values(&labels)
             .observe(self.since.elapsed().as_secs_f64());
+    }
+}
+
+/// What one streaming client was sent, tallied on the connection and added to the shared
+/// families (messages and bytes out, delivery latency) at most once per [`Self::EVERY`] and
+/// when the connection ends: a fan-out of one message to many clients does not touch the same
+/// atomics and histogram buckets once per client.
+pub struct Delivered {
+    messages: IntCounter,
+    bytes: IntCounter,
+    latency: Histogram,
+    /// Latency observations not yet flushed; made at the first delivery, so an idle client
+    /// holds none.
+    local: Option<prometheus::local::LocalHistogram>,
+    pending_messages: u64,
+    pending_bytes: u64,
+    last_flush: std::time::Instant,
+}
+
+impl Delivered {
+    /// How stale the shared families may be, at most, for a client that is being delivered to.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub fn new(route: &str, transport: &'static str) -> Self {
+        Self {
+            messages: MESSAGES.with_label_values(&[route, transport, "out"]),
+            bytes: BYTES.with_label_values(&[route, transport, "out"]),
+            latency: DELIVERY_LATENCY.with_label_values(&[route, transport]),
+            local: None,
+            pending_messages: 0,
+            pending_bytes: 0,
+            last_flush: std::time::Instant::now(),
+        }
+    }
+
+    /// A message delivered `latency` after the gateway received it.
+    pub fn message(&mut self, latency: std::time::Duration) {
+        self.pending_messages += 1;
+        self.local
+            .get_or_insert_with(|| self.latency.local())
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Messages sent that carry no delivery latency (pings' answers, an echo).
+    pub fn untimed(&mut self, messages: u64) {
+        self.pending_messages += messages;
+    }
+
+    pub fn bytes(&mut self, n: usize) {
+        self.pending_bytes += n as u64;
+    }
+
+    /// Flushes when the last flush is [`Self::EVERY`] old.
+    pub fn tick(&mut self, now: std::time::Instant) {
+        if now.saturating_duration_since(self.last_flush) >= Self::EVERY {
+            self.flush();
+            self.last_flush = now;
+        }
+    }
+
+    pub fn flush(&mut self) {
+        if self.pending_messages > 0 {
+            self.messages
+                .inc_by(std::mem::take(&mut self.pending_messages));
+        }
+        if self.pending_bytes > 0 {
+            self.bytes.inc_by(std::mem::take(&mut self.pending_bytes));
+        }
+        if let Some(l) = &self.local {
+            l.flush();
+        }
+    }
+}
+
+impl Drop for Delivered {
+    fn drop(&mut self) {
+        self.flush();
     }
 }

@@ -212,6 +212,78 @@ impl Connection {
         Ok(())
     }
 
+    /// Writes `data` as one piece of the body, framed as the response head said (one chunk
+    /// for all of it when chunked), with one vectored write where the socket takes it.
+    async fn write_body(&mut self, data: &[Bytes], end: bool) -> pingora::Result<()> {
+        let total: usize = data.iter().map(Bytes::len).sum();
+        let framing = self.body;
+        // A lone piece (once per message per streaming client) is framed on the stack; a
+        // burst of several gets its slice list on the heap, freed after the write.
+        let mut chunk_head = [0u8; 20];
+        let mut small: [&[u8]; 4] = [&[]; 4];
+        let mut many: Vec<&[u8]> = Vec::new();
+        let parts: &[&[u8]] = {
+            match framing {
+                Body::Pending => {
+                    return Error::e_explain(
+                        ErrorType::InternalError,
+                        "body before the response head",
+                    )
+                }
+                Body::Done if total == 0 => return Ok(()),
+                Body::Done => {
+                    return Error::e_explain(
+                        ErrorType::InternalError,
+                        "body after the answer ended",
+                    )
+                }
+                Body::Length(left) if total as u64 > left => {
+                    return Error::e_explain(
+                        ErrorType::InternalError,
+                        "body longer than its length",
+                    )
+                }
+                Body::Length(left) => self.body = Body::Length(left - total as u64),
+                Body::Chunked | Body::UntilClose | Body::Upgraded => {}
+            }
+            let chunked = framing == Body::Chunked;
+            let head_len = if chunked && total > 0 {
+                let mut line = &mut chunk_head[..];
+                let _ = write!(line, "{total:x}\r\n");
+                20 - line.len()
+            } else {
+                0
+            };
+            let tail: &[u8] = match (chunked, total > 0, end) {
+                (true, true, true) => b"\r\n0\r\n\r\n",
+                (true, true, false) => b"\r\n",
+                (true, false, true) => b"0\r\n\r\n",
+                _ => b"",
+            };
+            if data.len() <= 1 {
+                let body = data.first().map_or(&[][..], |d| &d[..]);
+                small[..3].copy_from_slice(&[&chunk_head[..head_len], body, tail]);
+                &small[..3]
+            } else {
+                many.reserve_exact(data.len() + 2);
+                many.push(&chunk_head[..head_len]);
+                many.extend(data.iter().map(|d| &d[..]));
+                many.push(tail);
+                &many
+            }
+        };
+        if end && framing != Body::Upgraded {
+            if matches!(self.body, Body::Length(n) if n > 0) {
+                self.keepalive = false;
+            }
+            self.body = Body::Done;
+        }
+        if parts.iter().all(|p| p.is_empty()) {
+            return Ok(());
+        }
+        self.write_parts(parts, "writing the response body").await
+    }
+
     fn head_bytes(&self, resp: &ResponseHeader) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -256,8 +328,8 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     let mut index = 0;
     let mut offset = 0;
     while index < parts.len() {
-        // Up to four slices a call, on the stack; the loop goes on with the rest.
-        let mut slices = [IoSlice::new(&[]); 4];
+        // Up to sixteen slices a call, on the stack; the loop goes on with the rest.
+        let mut slices = [IoSlice::new(&[]); 16];
         let rest =
             std::iter::once(&parts[index][offset..]).chain(parts[index + 1..].iter().copied());
         let mut used = 0;
@@ -346,59 +418,11 @@ impl Downstream for Connection {
 
     async fn write_response_body(&mut self, body: Option<Bytes>, end: bool) -> pingora::Result<()> {
         let data = body.unwrap_or_default();
-        let framing = self.body;
-        // Built on the stack: this runs once per message per streaming client.
-        let mut chunk_head = [0u8; 20];
-        let mut parts: [&[u8]; 4] = [&[]; 4];
-        let mut count = 0;
-        match framing {
-            Body::Pending => {
-                return Error::e_explain(ErrorType::InternalError, "body before the response head")
-            }
-            Body::Done if data.is_empty() => return Ok(()),
-            Body::Done => {
-                return Error::e_explain(ErrorType::InternalError, "body after the answer ended")
-            }
-            Body::Chunked => {
-                if !data.is_empty() {
-                    let mut line = &mut chunk_head[..];
-                    let _ = write!(line, "{:x}\r\n", data.len());
-                    let len = 20 - line.len();
-                    parts[..3].copy_from_slice(&[&chunk_head[..len], &data[..], b"\r\n"]);
-                    count = 3;
-                }
-                if end {
-                    parts[count] = b"0\r\n\r\n";
-                    count += 1;
-                }
-            }
-            Body::Length(left) => {
-                if data.len() as u64 > left {
-                    return Error::e_explain(
-                        ErrorType::InternalError,
-                        "body longer than its length",
-                    );
-                }
-                self.body = Body::Length(left - data.len() as u64);
-                parts[0] = &data[..];
-                count = 1;
-            }
-            Body::UntilClose | Body::Upgraded => {
-                parts[0] = &data[..];
-                count = 1;
-            }
-        }
-        if end && framing != Body::Upgraded {
-            if matches!(self.body, Body::Length(n) if n > 0) {
-                self.keepalive = false;
-            }
-            self.body = Body::Done;
-        }
-        let parts = &parts[..count];
-        if parts.iter().all(|p| p.is_empty()) {
-            return Ok(());
-        }
-        self.write_parts(parts, "writing the response body").await
+        self.write_body(std::slice::from_ref(&data), end).await
+    }
+
+    async fn write_body_parts(&mut self, parts: &[Bytes]) -> pingora::Result<()> {
+        self.write_body(parts, false).await
     }
 
     async fn read_request_body(&mut self) -> pingora::Result<Option<Bytes>> {

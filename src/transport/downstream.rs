@@ -10,7 +10,7 @@
 //! policy refusal on either.
 
 use crate::policy::reject::Reject;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use std::future::Future;
@@ -41,6 +41,25 @@ pub trait Downstream: Send {
         body: Option<Bytes>,
         end: bool,
     ) -> impl Future<Output = pingora::Result<()>> + Send;
+
+    /// Sends several pieces as one piece of the body (one chunk, one write where the stream
+    /// allows), flushed. The default joins them; a connection that can write vectored should.
+    fn write_body_parts(
+        &mut self,
+        parts: &[Bytes],
+    ) -> impl Future<Output = pingora::Result<()>> + Send {
+        let joined = match parts {
+            [one] => one.clone(),
+            _ => {
+                let mut all = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+                for p in parts {
+                    all.extend_from_slice(p);
+                }
+                all.freeze()
+            }
+        };
+        self.write_response_body(Some(joined), false)
+    }
 
     /// The next piece of the request body, or after a `101`, the next bytes of the upgraded
     /// stream. `Ok(None)` at the end.

@@ -12,9 +12,10 @@ pub mod sse;
 pub mod ws;
 
 use crate::bridge::{Bridge, ClientInfo, Consumer, Feed, Message, OpenError};
+use crate::metrics;
 use crate::policy::reject::Reject;
 pub use crate::wire::http::query_param;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 pub use downstream::{Downstream, Respond};
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::time::Duration;
@@ -55,56 +56,83 @@ pub fn requested(req: &RequestHeader) -> Option<ClientTransport> {
     accepts_sse.then_some(ClientTransport::Sse)
 }
 
-/// Messages already queued for a client are sent together, up to about this many bytes per
-/// write: one syscall for a burst instead of one per message.
+/// Messages already queued for a client are sent together, up to about this many bytes (and
+/// [`BURST_PARTS`] messages) per write: one syscall for a burst instead of one per message.
 pub const BURST_BYTES: usize = 32 * 1024;
+pub const BURST_PARTS: usize = 64;
 
-/// Gathers what to write for a message and any others already queued behind it. A lone message
-/// goes out as its shared encoding (no copy); a burst is joined into one buffer so it costs
-/// one write. `frame` gives a message's encoding, or None to skip it; each message's delivery
-/// latency goes into `latency`. Returns the bytes (None when every message was skipped) and how
-/// many messages they carry.
+/// What one write to a streaming client carries: a lone message's shared encoding, or a burst
+/// of them. Either way the parts are the messages' shared `Bytes`, written with one vectored
+/// write: nothing is copied per client.
+pub enum Burst {
+    One(Bytes),
+    Many(Vec<Bytes>),
+}
+
+impl Burst {
+    pub fn parts(&self) -> &[Bytes] {
+        match self {
+            Self::One(b) => std::slice::from_ref(b),
+            Self::Many(v) => v,
+        }
+    }
+
+    /// Bytes in all.
+    pub fn len(&self) -> usize {
+        self.parts().iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(self, next: Bytes) -> Self {
+        match self {
+            Self::One(first) => {
+                let mut v = Vec::with_capacity(8);
+                v.push(first);
+                v.push(next);
+                Self::Many(v)
+            }
+            Self::Many(mut v) => {
+                v.push(next);
+                Self::Many(v)
+            }
+        }
+    }
+}
+
+/// Gathers what to write for a message and any others already queued behind it. `frame` gives
+/// a message's encoding, or None to skip it. Each message gathered is tallied in `delivered`
+/// with its delivery latency (the caller counts the bytes it writes). None when every message
+/// was skipped.
 pub fn gather_burst(
     first: &Message,
     consumer: &mut Consumer,
-    latency: &prometheus::Histogram,
+    delivered: &mut metrics::Delivered,
     mut frame: impl FnMut(&Message) -> Option<Bytes>,
-) -> (Option<Bytes>, u64) {
+) -> Option<Burst> {
     let now = std::time::Instant::now();
-    let mut frame = |m: &Message| {
-        let f = frame(m);
-        if f.is_some() {
-            latency.observe(now.saturating_duration_since(m.received).as_secs_f64());
-        }
-        f
+    let mut take = |m: &Message| {
+        let f = frame(m)?;
+        delivered.message(now.saturating_duration_since(m.received));
+        Some(f)
     };
-    let mut single = frame(first);
-    let mut count = u64::from(single.is_some());
-    let mut joined: Option<BytesMut> = None;
-    loop {
-        let len = match (&joined, &single) {
-            (Some(j), _) => j.len(),
-            (None, Some(s)) => s.len(),
-            (None, None) => 0,
-        };
-        if len >= BURST_BYTES {
-            break;
-        }
+    let mut burst = take(first).map(Burst::One);
+    let mut len = burst.as_ref().map_or(0, |b| b.parts()[0].len());
+    let mut parts = usize::from(burst.is_some());
+    while len < BURST_BYTES && parts < BURST_PARTS {
         let Some(m) = consumer.ready() else { break };
-        let Some(f) = frame(&m) else { continue };
-        count += 1;
-        match (&mut joined, single.take()) {
-            (Some(j), _) => j.extend_from_slice(&f),
-            (None, Some(s)) => {
-                let mut j = BytesMut::with_capacity(BURST_BYTES.max(s.len() + f.len()));
-                j.extend_from_slice(&s);
-                j.extend_from_slice(&f);
-                joined = Some(j);
-            }
-            (None, None) => single = Some(f),
-        }
+        let Some(f) = take(&m) else { continue };
+        len += f.len();
+        parts += 1;
+        burst = Some(match burst {
+            None => Burst::One(f),
+            Some(b) => b.push(f),
+        });
     }
-    (joined.map(BytesMut::freeze).or(single), count)
+    delivered.tick(now);
+    burst
 }
 
 /// Why a write to a streaming client did not complete.
@@ -123,9 +151,18 @@ pub async fn write_chunk<D: Downstream>(
     chunk: Bytes,
     consumer: &Consumer,
 ) -> Result<(), WriteFailed> {
+    write_burst(session, &Burst::One(chunk), consumer).await
+}
+
+/// [`write_chunk`] for a burst: its parts go out as one piece of the body.
+pub async fn write_burst<D: Downstream>(
+    session: &mut D,
+    burst: &Burst,
+    consumer: &Consumer,
+) -> Result<(), WriteFailed> {
     tokio::select! {
         biased;
-        r = session.write_response_body(Some(chunk), false) => r.map_err(|_| WriteFailed::Gone),
+        r = session.write_body_parts(burst.parts()) => r.map_err(|_| WriteFailed::Gone),
         _ = consumer.stalled() => Err(WriteFailed::TooSlow),
     }
 }

@@ -17,7 +17,7 @@
 //! On a `per_client` route each stream is a session: `event: session` first, ids `SESSION-SEQ`,
 //! and a reconnect with `Last-Event-ID` reattaches to the session while it lives.
 
-use super::Downstream;
+use super::{Burst, Downstream};
 use crate::bridge::session::{EndReason, Session as BridgeSession, Sessions};
 use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Joined, Message};
 use crate::config::BinaryPolicy;
@@ -155,9 +155,7 @@ async fn stream<D: Downstream>(
     session.write_response_header(Box::new(resp), false).await?;
     let _open = metrics::OpenConnection::new(route, "sse");
     session.set_read_timeout(None);
-    let messages_out = metrics::MESSAGES.with_label_values(&[route, "sse", "out"]);
-    let bytes_out = metrics::BYTES.with_label_values(&[route, "sse", "out"]);
-    let latency = metrics::DELIVERY_LATENCY.with_label_values(&[route, "sse"]);
+    let mut delivered = metrics::Delivered::new(route, "sse");
     let binary = bridge.spec.binary;
     let frame = |m: &Message| -> Option<Bytes> {
         if m.binary && binary == BinaryPolicy::Drop {
@@ -166,7 +164,6 @@ async fn stream<D: Downstream>(
                 .inc();
             return None;
         }
-        messages_out.inc();
         Some(m.sse_frame(epoch))
     };
 
@@ -177,10 +174,11 @@ async fn stream<D: Downstream>(
             let Some(m) = backlog.next() else { break };
             if let Some(f) = frame(m) {
                 first.put_slice(&f);
+                delivered.untimed(1);
             }
         }
         let chunk = std::mem::take(&mut first).freeze();
-        bytes_out.inc_by(chunk.len() as u64);
+        delivered.bytes(chunk.len());
         if super::write_chunk(session, chunk, &consumer).await.is_err() {
             super::abandon(session);
             return Ok(());
@@ -204,13 +202,13 @@ async fn stream<D: Downstream>(
     loop {
         let chunk = tokio::select! {
             delivery = consumer.next() => match delivery {
-                Delivery::Message(m) => match super::gather_burst(&m, &mut consumer, &latency, frame) {
-                    (Some(bytes), _) => bytes,
-                    (None, _) => continue,
+                Delivery::Message(m) => match super::gather_burst(&m, &mut consumer, &mut delivered, frame) {
+                    Some(burst) => burst,
+                    None => continue,
                 },
-                Delivery::Dropped(n) => Bytes::from(format!(
+                Delivery::Dropped(n) => Burst::One(Bytes::from(format!(
                     "event: gap\ndata: {n} messages dropped: this client fell behind\n\n"
-                )),
+                ))),
                 Delivery::TooSlow => {
                     super::abandon(session);
                     return Ok(());
@@ -237,7 +235,10 @@ async fn stream<D: Downstream>(
                 }
                 Delivery::Closed => break,
             },
-            _ = beat.tick(), if !heartbeat.is_zero() => Bytes::from_static(b": heartbeat\n\n"),
+            _ = beat.tick(), if !heartbeat.is_zero() => {
+                delivered.tick(std::time::Instant::now());
+                Burst::One(Bytes::from_static(b": heartbeat\n\n"))
+            }
             idle = session.read_body_or_idle(true), if watching_client => match idle {
                 // The client closed its side: stop now instead of at the next write.
                 Err(_) => return Ok(()),
@@ -251,8 +252,11 @@ async fn stream<D: Downstream>(
                 break;
             }
         };
-        bytes_out.inc_by(chunk.len() as u64);
-        if super::write_chunk(session, chunk, &consumer).await.is_err() {
+        delivered.bytes(chunk.len());
+        if super::write_burst(session, &chunk, &consumer)
+            .await
+            .is_err()
+        {
             super::abandon(session);
             return Ok(());
         }

@@ -125,10 +125,8 @@ async fn run<D: Downstream>(
     let mut queued: VecDeque<Outgoing> = VecDeque::new();
     let mut client_closed = false;
     let messages_in = metrics::MESSAGES.with_label_values(&[route, "websocket", "in"]);
-    let messages_out = metrics::MESSAGES.with_label_values(&[route, "websocket", "out"]);
+    let mut delivered = metrics::Delivered::new(route, "websocket");
     let bytes_in = metrics::BYTES.with_label_values(&[route, "websocket", "in"]);
-    let bytes_out = metrics::BYTES.with_label_values(&[route, "websocket", "out"]);
-    let latency = metrics::DELIVERY_LATENCY.with_label_values(&[route, "websocket"]);
     let far = Duration::from_secs(86_400 * 365);
     let every = |d: Duration| if d.is_zero() { far } else { d };
     let mut next_ping = Instant::now() + every(keepalive.ping_interval);
@@ -200,9 +198,9 @@ async fn run<D: Downstream>(
                 }
                 for frame in reply {
                     if frame[0] & 0x0f != OP_PONG {
-                        messages_out.inc();
+                        delivered.untimed(1);
                     }
-                    bytes_out.inc_by(frame.len() as u64);
+                    delivered.bytes(frame.len());
                     if session.write_response_body(Some(frame), false).await.is_err() {
                         return Ok(());
                     }
@@ -238,11 +236,10 @@ async fn run<D: Downstream>(
                 let consumer = consumer.as_mut().expect("checked above");
                 match delivery {
                     Delivery::Message(m) => {
-                        let (bytes, count) = super::gather_burst(&m, consumer, &latency, |m| Some(m.ws_frame()));
-                        messages_out.inc_by(count);
-                        let bytes = bytes.expect("WebSocket clients take every message");
-                        bytes_out.inc_by(bytes.len() as u64);
-                        if super::write_chunk(session, bytes, consumer).await.is_err() {
+                        let burst = super::gather_burst(&m, consumer, &mut delivered, |m| Some(m.ws_frame()))
+                            .expect("WebSocket clients take every message");
+                        delivered.bytes(burst.len());
+                        if super::write_burst(session, &burst, consumer).await.is_err() {
                             super::abandon(session);
                             return Ok(());
                         }
@@ -261,6 +258,7 @@ async fn run<D: Downstream>(
             }
             _ = &mut timer => {
                 let now = Instant::now();
+                delivered.tick(now.into_std());
                 if now >= idle_at {
                     break Some((close::GOING_AWAY, "idle timeout".into()));
                 }
