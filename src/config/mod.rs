@@ -1,17 +1,29 @@
-//! `gateway.yaml`: the stable, user-facing shape ([`raw`]) and the typed config the gateway runs
-//! on ([`validate`]).
+//! `gateway.yaml` in, the typed [`Config`] the gateway runs on out.
 //!
-//! `text -> serde_yaml::Value -> raw::* (each section and each route on its own) -> Config`
+//! ```text
+//! text -> serde_yaml::Value -> raw::* (per section, per route) -> validate -> model::Config
+//! ```
 //!
-//! Sections and routes are deserialized one by one, and an unknown key is reported and then set
-//! aside, so a single run lists every problem in the file, each with its YAML path and line.
+//! - [`raw`] is the stable UI: a serde mirror of `gateway.yaml`, every struct denying unknown
+//!   keys. A change there is a change to what operators write.
+//! - [`validate`] checks every value and how keys combine, fills in defaults and builds the
+//!   model.
+//! - [`model`] is what the code uses: `crate::config::{Config, Route, BackendSpec, ..}` are
+//!   re-exported from it. It is the buffer between the YAML and the gateway's internals, free to
+//!   change shape without any config file changing.
+//! - [`locate`] turns a YAML path back into a line; [`units`] parses `20s` and `1MiB`.
+//!
+//! [`load_file`] and [`load_str`] run the chain. Sections and routes are deserialized one by one,
+//! and an unknown key is reported and then set aside, so a single run lists every problem in the
+//! file, each with its YAML path and line.
 
 pub mod locate;
+pub mod model;
 pub mod raw;
 pub mod units;
 pub mod validate;
 
-pub use validate::*;
+pub use model::*;
 
 use locate::LineIndex;
 use serde::de::DeserializeOwned;
