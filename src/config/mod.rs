@@ -1,17 +1,29 @@
-//! `gateway.yaml`: the stable, user-facing shape ([`raw`]) and the typed config the gateway runs
-//! on ([`validate`]).
+//! `gateway.yaml` in, the typed [`Config`] the gateway runs on out.
 //!
-//! `text -> serde_yaml::Value -> raw::* (each section and each route on its own) -> Config`
+//! ```text
+//! text -> serde_yaml::Value -> raw::* (per section, per route) -> validate -> model::Config
+//! ```
 //!
-//! Sections and routes are deserialized one by one, and an unknown key is reported and then set
-//! aside, so a single run lists every problem in the file, each with its YAML path and line.
+//! - [`raw`] is the stable UI: a serde mirror of `gateway.yaml`, every struct denying unknown
+//!   keys. A change there is a change to what operators write.
+//! - [`validate`] checks every value and how keys combine, fills in defaults and builds the
+//!   model.
+//! - [`model`] is what the code uses: `crate::config::{Config, Route, BackendSpec, ..}` are
+//!   re-exported from it. It is the buffer between the YAML and the gateway's internals, free to
+//!   change shape without any config file changing.
+//! - [`locate`] turns a YAML path back into a line; [`units`] parses `20s` and `1MiB`.
+//!
+//! [`load_file`] and [`load_str`] run the chain. Sections and routes are deserialized one by one,
+//! and an unknown key is reported and then set aside, so a single run lists every problem in the
+//! file, each with its YAML path and line.
 
 pub mod locate;
+pub mod model;
 pub mod raw;
 pub mod units;
 pub mod validate;
 
-pub use validate::*;
+pub use model::*;
 
 use locate::LineIndex;
 use serde::de::DeserializeOwned;
@@ -321,145 +333,5 @@ routes:
             text.contains("t.yaml:12: routes[1].path: duplicate route"),
             "{text}"
         );
-    }
-}
-
-#[cfg(test)]
-mod bridge_config_tests {
-    use super::*;
-    use crate::config::{BackendSpec, RouteKind, SlowConsumer};
-
-    fn route(body: &str) -> Result<Config, ConfigErrors> {
-        let yaml = format!(
-            "server:\n  listen:\n    - addr: \"127.0.0.1:0\"\nroutes:\n  - name: feed\n    path: /feed\n{body}"
-        );
-        load_str(&yaml, Path::new("."), "t.yaml")
-    }
-
-    fn errors(body: &str) -> String {
-        route(body).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn websocket_and_sse_backends_with_their_settings() {
-        let c = route("    backend: { websocket: \"ws://feed.internal:9000/v1/stream?x=1\", subprotocols: [v1], headers: { Authorization: \"Bearer t\" }, reconnect: { initial: 200ms, max: 5s } }\n    backend_linger: 1m\n    slow_consumer: drop_oldest\n    binary: drop\n").unwrap();
-        let RouteKind::Bridge(b) = &c.routes[0].kind else {
-            panic!("a bridged route")
-        };
-        let BackendSpec::WebSocket(f) = &b.backend else {
-            panic!("a websocket backend")
-        };
-        assert_eq!((f.host.as_str(), f.port), ("feed.internal", 9000));
-        assert_eq!(f.path, "/v1/stream?x=1");
-        assert_eq!(f.authority, "feed.internal:9000");
-        assert_eq!(f.subprotocols, ["v1"]);
-        assert_eq!(f.headers[0].0, "authorization");
-        assert_eq!(f.reconnect.max, std::time::Duration::from_secs(5));
-        assert_eq!(b.linger, std::time::Duration::from_secs(60));
-        assert_eq!(b.slow_consumer, SlowConsumer::DropOldest);
-        assert!(b.clients.websocket && b.clients.sse && b.clients.long_poll);
-        assert!(
-            route("    backend: { websocket: \"WS://x/\" }\n").is_ok(),
-            "schemes ignore case"
-        );
-        let c = route("    backend: { sse: \"http://[::1]/events\" }\n").unwrap();
-        let RouteKind::Bridge(b) = &c.routes[0].kind else {
-            panic!()
-        };
-        let BackendSpec::Sse(f) = &b.backend else {
-            panic!()
-        };
-        assert_eq!(
-            (f.host.as_str(), f.port, f.path.as_str()),
-            ("::1", 80, "/events")
-        );
-        assert_eq!(b.slow_consumer, SlowConsumer::Disconnect, "the default");
-    }
-
-    #[test]
-    fn per_client_sessions_and_post() {
-        let c = route("    fanout: per_client\n    origins: [\"https://app.example\"]\n    session_ttl: 2m\n    backend: { websocket: \"ws://chat:9000/c\", forward_headers: [Cookie, X-Tenant] }\n").unwrap();
-        let RouteKind::Bridge(b) = &c.routes[0].kind else {
-            panic!("a bridged route")
-        };
-        assert_eq!(b.fanout, crate::config::Fanout::PerClient);
-        assert_eq!(b.session_ttl, std::time::Duration::from_secs(120));
-        assert!(b.two_way());
-        let f = b.feed().unwrap();
-        assert_eq!(f.forward_headers, ["cookie", "x-tenant"]);
-        let c = route(
-            "    origins: [\"https://app.example\"]\n    backend: { sse: \"http://feed/events\", post: \"http://feed:8080/send?x=1\" }\n",
-        )
-        .unwrap();
-        let RouteKind::Bridge(b) = &c.routes[0].kind else {
-            panic!()
-        };
-        let f = b.feed().unwrap();
-        let post = f.post.as_ref().unwrap();
-        assert_eq!(
-            (post.authority.as_str(), post.path.as_str()),
-            ("feed:8080", "/send?x=1")
-        );
-        assert_eq!(
-            f.forward_headers,
-            ["cookie", "authorization"],
-            "the default list"
-        );
-        assert!(
-            b.two_way(),
-            "a shared SSE feed with post takes client messages"
-        );
-        let c = route("    backend: { sse: \"http://feed/events\" }\n").unwrap();
-        let RouteKind::Bridge(b) = &c.routes[0].kind else {
-            panic!()
-        };
-        assert!(!b.two_way());
-    }
-
-    #[test]
-    fn bad_backend_settings_are_named_with_their_path() {
-        let cases = [
-            ("    backend: { websocket: \"http://x/\" }\n", "routes[0].backend.websocket: \"http://x/\" must start with ws://"),
-            ("    backend: { websocket: \"wss://x/\" }\n", "routes[0].backend.websocket: wss:// backends"),
-            ("    backend: { sse: \"ws://x/\" }\n", "routes[0].backend.sse: \"ws://x/\" must start with http://"),
-            ("    backend: { websocket: \"ws://x/\", headers: { Host: y } }\n", "routes[0].backend.headers.Host: Host is set by the gateway"),
-            ("    backend: { websocket: \"ws://x/\", subprotocols: [\"a b\"] }\n", "routes[0].backend.subprotocols[0]: \"a b\" is not a valid subprotocol"),
-            ("    backend: { sse: \"http://x/\", subprotocols: [a] }\n", "routes[0].backend.subprotocols: subprotocols are a WebSocket feature"),
-            ("    backend: { websocket: \"ws://x/\", reconnect: { initial: 5s, max: 1s } }\n", "routes[0].backend.reconnect: reconnect.initial must be above 0s and at most reconnect.max"),
-            ("    backend: { builtin: clock, connect_timeout: 1s }\n", "routes[0].backend.connect_timeout: `connect_timeout` applies to `websocket:` and `sse:` backends"),
-            ("    backend: { builtin: clock }\n    fanout: per_client\n", "routes[0].fanout: fanout: per_client opens one backend connection per client"),
-            ("    backend: { websocket: \"ws://x/\" }\n    fanout: everyone\n", "routes[0].fanout: unknown fanout \"everyone\": use shared or per_client"),
-            ("    backend: { websocket: \"ws://x/\", post: \"http://x/\" }\n", "routes[0].backend.post: `post` gives an `sse:` backend"),
-            ("    backend: { sse: \"http://x/\", post: \"https://x/\" }\n", "routes[0].backend.post: https:// backends"),
-            ("    backend: { sse: \"http://x/\", forward_headers: [cookie] }\n", "routes[0].backend.forward_headers: a shared feed is one connection for every client"),
-            ("    backend: { websocket: \"ws://x/\", forward_headers: [host] }\n    fanout: per_client\n", "routes[0].backend.forward_headers[0]: host is hop-by-hop or written by the gateway"),
-            ("    backend: { websocket: \"ws://x/\", forward_headers: [X-Forwarded-For] }\n    fanout: per_client\n", "forward_headers[0]: X-Forwarded-For is hop-by-hop or written by the gateway"),
-            ("    backend: { websocket: \"ws://x/\", headers: { authorization: t }, forward_headers: [authorization] }\n    fanout: per_client\n", "routes[0].backend.forward_headers: authorization is both set in `headers` and forwarded"),
-            ("    backend: { websocket: \"ws://x/\" }\n    session_ttl: 1m\n", "routes[0].session_ttl: `session_ttl` applies to `fanout: per_client` routes"),
-            ("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n    session_ttl: 0s\n", "routes[0].session_ttl: session_ttl must be above 0s"),
-            ("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n    replay: 10\n", "routes[0].replay: `replay` applies to shared feeds"),
-            ("    backend: { websocket: \"ws://x/\", reconnect: { max: 1s } }\n    fanout: per_client\n", "routes[0].backend.reconnect: `reconnect` applies to shared feeds"),
-            ("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n    origins: [\"*\"]\n", "routes[0].origins: this route forwards client cookies to its backend, so `origins: [\"*\"]` would let any web page act as your users"),
-            ("    backend: { builtin: clock }\n    origins: [\"https://*example.com\"]\n", "routes[0].origins[0]: invalid origin"),
-            ("    backend: { builtin: clock }\n    origins: [\"https://app.*.com\"]\n", "routes[0].origins[0]: invalid origin"),
-            ("    backend: { builtin: clock }\n    origins: [\"https://*.\"]\n", "routes[0].origins[0]: invalid origin"),
-            ("    backend: { builtin: clock }\n    origins: [\"*\"]\n    cors: { credentials: true }\n", "routes[0].cors.credentials: cors.credentials: true with origins: [\"*\"]"),
-            ("    backend: { builtin: clock }\n    cors: { expose_headers: [\"bad header\"] }\n", "routes[0].cors.expose_headers[0]: \"bad header\" is not a valid header name"),
-            ("    proxy: { upstreams: [\"127.0.0.1:1\"] }\n    session_ttl: 1s\n", "routes[0].session_ttl: `session_ttl` applies to bridged routes"),
-            ("    backend: { websocket: \"ws://x/\" }\n    slow_consumer: wait\n", "routes[0].slow_consumer: unknown slow_consumer policy \"wait\""),
-            ("    backend: { websocket: \"ws://x/\" }\n    binary: hex\n", "routes[0].binary: unknown binary policy \"hex\""),
-            ("    backend: { websocket: \"ws://x/\" }\n    backend_linger: soon\n", "routes[0].backend_linger: "),
-            ("    backend: { builtin: echo }\n    slow_consumer: disconnect\n", "routes[0].slow_consumer: `slow_consumer` applies to routes with a feed"),
-            ("    proxy: { upstreams: [\"127.0.0.1:1\"] }\n    backend_linger: 1s\n", "routes[0].backend_linger: `backend_linger` applies to bridged routes"),
-            ("    backend: { websocket: \"ws://x:0/\" }\n", "routes[0].backend.websocket: \"ws://x:0/\": port 0"),
-            ("    backend: { sse: \"http://x/\", headers: { Accept: a } }\n", "routes[0].backend.headers.Accept: Accept is set by the gateway"),
-            ("    backend: { sse: \"http://x/\", headers: { X-A: a, x-a: b } }\n", "is listed twice"),
-            ("    backend: { sse: \"http://x/\" }\n    backend_linger: 0s\n", "routes[0].backend_linger: backend_linger: 0s drops the backend"),
-            ("    backend: { sse: \"http://x/\" }\n    backend_linger: 9999h\n", "above the 30-day cap"),
-        ];
-        for (body, want) in cases {
-            let text = errors(body);
-            assert!(text.contains(want), "{body}\nwanted {want:?} in:\n{text}");
-        }
     }
 }

@@ -1,0 +1,314 @@
+//! The typed config: what the rest of the gateway reads, as `crate::config::Config`, `Route`,
+//! `BackendSpec` and so on. Every value here has been checked by [`super::validate`]: durations
+//! and sizes are parsed, addresses resolved, defaults filled in, so the code that uses it never
+//! looks at the YAML again.
+//!
+//! This is the buffer between the stable UI ([`super::raw`], the shape of `gateway.yaml`) and the
+//! gateway's internals: a field can be renamed or reshaped here without touching a config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: Vec<Listener>,
+    pub admin: Option<SocketAddr>,
+    pub threads: usize,
+    pub shutdown_grace: Duration,
+    /// A connection's first request head must be complete within this (slowloris).
+    pub header_timeout: Duration,
+    /// Accepts per second once `accept_burst` is spent (reconnect storms wait in the backlog).
+    pub accept_rate: u32,
+    pub accept_burst: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keepalive {
+    /// WebSocket ping period; zero disables pings.
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    /// SSE comment period; zero disables heartbeats.
+    pub sse_heartbeat: Duration,
+    pub poll_timeout: Duration,
+    /// Close a connection with no traffic at all for this long; zero disables.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(10),
+            sse_heartbeat: Duration::from_secs(15),
+            poll_timeout: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_message: u64,
+    pub send_queue: usize,
+    pub max_clients: usize,
+    /// Zero means no per-IP cap.
+    pub max_clients_per_ip: usize,
+    /// The largest request head (request line and headers) accepted; 431 above.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message: 1 << 20,
+            send_queue: 1024,
+            max_clients: 10_000,
+            max_clients_per_ip: 0,
+            max_header_bytes: 32 << 10,
+        }
+    }
+}
+
+/// Which `Host` values a route answers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    Any,
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`; matches one or more labels in front.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: String,
+    pub host: HostPattern,
+    /// Normalised: starts with `/`, no trailing `/` except the root itself.
+    pub path: String,
+    /// Allowed browser origins; empty means the gateway's own origin only.
+    pub origins: Vec<String>,
+    /// Whether requests without `Origin` (non-browser clients) are let in.
+    pub allow_no_origin: bool,
+    pub cors: Cors,
+    pub keepalive: Keepalive,
+    pub limits: Limits,
+    pub kind: RouteKind,
+}
+
+/// How cross-origin requests from allowed origins are answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    /// `Access-Control-Allow-Credentials: true` (never with `origins: ["*"]`).
+    pub credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    pub max_age: Duration,
+    /// Request headers a cross-origin request may carry.
+    pub allow_headers: Vec<http::HeaderName>,
+    /// Response headers a cross-origin page may read.
+    pub expose_headers: Vec<http::HeaderName>,
+}
+
+pub const DEFAULT_CORS_MAX_AGE: Duration = Duration::from_secs(600);
+/// Request headers cross-origin clients may send unless `cors.allow_headers` says otherwise.
+pub const DEFAULT_CORS_ALLOW_HEADERS: [&str; 3] =
+    ["content-type", "last-event-id", "authorization"];
+
+impl AsRef<Route> for Route {
+    fn as_ref(&self) -> &Route {
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteKind {
+    Proxy(ProxyRoute),
+    Bridge(Box<BridgeRoute>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    HashClientIp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    /// As written in the config, for logs and metrics.
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub interval: Duration,
+    /// HTTP GET this path and expect a 2xx; without a path the check is a TCP connect.
+    pub path: Option<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyRoute {
+    pub upstreams: Vec<Upstream>,
+    pub balance: Balance,
+    pub health_check: Option<HealthCheck>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// One message a second carrying the current time, shared by every client.
+    Clock,
+    /// Echoes every message a client sends, per client.
+    Echo,
+    /// The demo page (HTML) that shows the clock over SSE and the echo over WebSocket.
+    DemoPage,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendSpec {
+    Builtin(Builtin),
+    /// A plain WebSocket server; each message it sends is one message to clients.
+    WebSocket(BackendFeed),
+    /// A `text/event-stream` endpoint; each event is one message, its `event:` name kept.
+    Sse(BackendFeed),
+}
+
+/// Where and how the gateway connects to a streaming backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendFeed {
+    /// As written in the config, for logs.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// The `Host` header: `host[:port]` as written.
+    pub authority: String,
+    /// Path and query sent in the request line.
+    pub path: String,
+    pub subprotocols: Vec<String>,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub connect_timeout: Duration,
+    pub reconnect: Reconnect,
+    /// For an `sse:` backend: where each client message is POSTed.
+    pub post: Option<Endpoint>,
+    /// Client request headers passed on to the backend by per-client sessions and `post:`.
+    pub forward_headers: Vec<http::HeaderName>,
+}
+
+/// A plain-HTTP address the gateway sends requests to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// As written in the config, for logs.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// The `Host` header: `host[:port]` as written.
+    pub authority: String,
+    /// Path and query sent in the request line.
+    pub path: String,
+}
+
+/// Exponential backoff between backend connection attempts, with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+/// How a route's clients share backend connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fanout {
+    /// One backend connection per route, opened on the first client.
+    Shared,
+    /// One backend connection per client session, opened with the client's own headers.
+    PerClient,
+}
+
+/// What happens to a client that falls more than `send_queue` messages behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// Close it (WS 1008, SSE end of stream); SSE and long-poll clients resume from the replay ring.
+    Disconnect,
+    /// Skip the oldest undelivered messages and tell the client how many it missed.
+    DropOldest,
+}
+
+/// How binary backend messages reach text-only clients (SSE, long-poll).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryPolicy {
+    /// SSE `event: binary` with base64 data; long-poll `{"binary": "<base64>"}`.
+    Base64,
+    /// Not delivered to text-only clients; counted in metrics.
+    Drop,
+}
+
+/// The client transports a bridged route terminates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientTransports {
+    pub websocket: bool,
+    pub sse: bool,
+    pub long_poll: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BridgeRoute {
+    pub backend: BackendSpec,
+    pub clients: ClientTransports,
+    /// How many recent messages are kept for SSE resume and long-poll cursors.
+    pub replay: usize,
+    pub fanout: Fanout,
+    /// How long a shared backend connection stays open after its last client left.
+    pub linger: Duration,
+    pub slow_consumer: SlowConsumer,
+    pub binary: BinaryPolicy,
+    /// `per_client`: how long a session lives with no poll and no attached client.
+    pub session_ttl: Duration,
+}
+
+impl BridgeRoute {
+    /// The backend feed behind a `websocket:` or `sse:` route.
+    pub fn feed(&self) -> Option<&BackendFeed> {
+        match &self.backend {
+            BackendSpec::WebSocket(f) | BackendSpec::Sse(f) => Some(f),
+            BackendSpec::Builtin(_) => None,
+        }
+    }
+
+    /// True when clients can send messages to the backend: per-client sessions on a WebSocket
+    /// backend, echo, or an `sse:` backend with `post:`.
+    pub fn two_way(&self) -> bool {
+        match &self.backend {
+            BackendSpec::WebSocket(_) => self.fanout == Fanout::PerClient,
+            BackendSpec::Sse(f) => f.post.is_some(),
+            BackendSpec::Builtin(b) => *b == Builtin::Echo,
+        }
+    }
+}
+
+pub const DEFAULT_REPLAY: usize = 64;
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(60);
+/// Passed to the backend when `forward_headers` is not set.
+pub const DEFAULT_FORWARD_HEADERS: [&str; 2] = ["cookie", "authorization"];
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
+pub const DEFAULT_RECONNECT: Reconnect = Reconnect {
+    initial: Duration::from_millis(100),
+    max: Duration::from_secs(10),
+};

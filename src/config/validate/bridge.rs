@@ -1,0 +1,411 @@
+//! A bridged route (`backend:`): which backend, which client transports, and the feed keys
+//! (`replay`, `fanout`, `session_ttl`, `backend_linger`, `slow_consumer`, `binary`) with the
+//! routes each of them applies to.
+
+use super::Validator;
+use crate::config::model::{
+    BackendSpec, BinaryPolicy, BridgeRoute, Builtin, ClientTransports, Fanout, SlowConsumer,
+    DEFAULT_LINGER, DEFAULT_REPLAY, DEFAULT_SESSION_TTL,
+};
+use crate::config::raw::{RawBackend, RawRoute};
+
+const MAX_REPLAY: usize = 1 << 20;
+
+fn shared_feed_backend(b: &BackendSpec) -> bool {
+    matches!(
+        b,
+        BackendSpec::WebSocket(_) | BackendSpec::Sse(_) | BackendSpec::Builtin(Builtin::Clock)
+    )
+}
+
+/// The route keys that only mean something for a route with a feed.
+pub(super) fn feed_keys(raw: &RawRoute) -> [(&'static str, bool); 6] {
+    [
+        ("replay", raw.replay.is_some()),
+        ("session_ttl", raw.session_ttl.is_some()),
+        ("fanout", raw.fanout.is_some()),
+        ("backend_linger", raw.backend_linger.is_some()),
+        ("slow_consumer", raw.slow_consumer.is_some()),
+        ("binary", raw.binary.is_some()),
+    ]
+}
+
+impl Validator<'_> {
+    pub(super) fn bridge(
+        &mut self,
+        at: &str,
+        b: &RawBackend,
+        raw: &RawRoute,
+    ) -> Option<BridgeRoute> {
+        let kinds = [b.builtin.is_some(), b.websocket.is_some(), b.sse.is_some()];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            self.err(
+                format!("{at}.backend"),
+                "a backend has exactly one of `builtin: clock|echo|demo`, `websocket: ws://..` or `sse: http://..`",
+            );
+            return None;
+        }
+        let backend = if let Some(name) = &b.builtin {
+            match name.as_str() {
+                "clock" => BackendSpec::Builtin(Builtin::Clock),
+                "echo" => BackendSpec::Builtin(Builtin::Echo),
+                "demo" => BackendSpec::Builtin(Builtin::DemoPage),
+                other => {
+                    self.err(
+                        format!("{at}.backend.builtin"),
+                        format!("unknown builtin {other:?}: use clock, echo or demo"),
+                    );
+                    return None;
+                }
+            }
+        } else if let Some(url) = &b.websocket {
+            BackendSpec::WebSocket(self.backend_feed(
+                &format!("{at}.backend"),
+                "websocket",
+                url,
+                b,
+            )?)
+        } else if let Some(url) = &b.sse {
+            BackendSpec::Sse(self.backend_feed(&format!("{at}.backend"), "sse", url, b)?)
+        } else {
+            unreachable!("exactly one backend kind is set")
+        };
+        if let BackendSpec::Builtin(_) = backend {
+            self.misplaced(
+                &format!("{at}.backend"),
+                &[
+                    ("subprotocols", b.subprotocols.is_some()),
+                    ("headers", b.headers.is_some()),
+                    ("connect_timeout", b.connect_timeout.is_some()),
+                    ("reconnect", b.reconnect.is_some()),
+                    ("post", b.post.is_some()),
+                    ("forward_headers", b.forward_headers.is_some()),
+                ],
+                "applies to `websocket:` and `sse:` backends, not to builtins",
+            );
+        }
+        if let (BackendSpec::Sse(_), Some(_)) = (&backend, &b.subprotocols) {
+            self.err(
+                format!("{at}.backend.subprotocols"),
+                "subprotocols are a WebSocket feature; an `sse:` backend has none",
+            );
+        }
+        let clients = match &raw.clients {
+            None => match backend {
+                BackendSpec::Builtin(Builtin::Echo) => ClientTransports {
+                    websocket: true,
+                    ..Default::default()
+                },
+                BackendSpec::Builtin(Builtin::Clock)
+                | BackendSpec::WebSocket(_)
+                | BackendSpec::Sse(_) => ClientTransports {
+                    websocket: true,
+                    sse: true,
+                    long_poll: true,
+                },
+                BackendSpec::Builtin(Builtin::DemoPage) => ClientTransports::default(),
+            },
+            Some(_) if backend == BackendSpec::Builtin(Builtin::DemoPage) => {
+                self.err(
+                    format!("{at}.clients"),
+                    "builtin demo is a plain HTML page: remove `clients`",
+                );
+                ClientTransports::default()
+            }
+            Some(list) => {
+                let mut c = ClientTransports::default();
+                if list.is_empty() {
+                    self.err(
+                        format!("{at}.clients"),
+                        "clients is empty: list at least one of sse, websocket, long_poll",
+                    );
+                }
+                for (i, name) in list.iter().enumerate() {
+                    let slot = match name.as_str() {
+                        "websocket" => &mut c.websocket,
+                        "sse" => &mut c.sse,
+                        "long_poll" => &mut c.long_poll,
+                        other => {
+                            self.err(format!("{at}.clients[{i}]"), format!("unknown client transport {other:?}: use sse, websocket or long_poll"));
+                            continue;
+                        }
+                    };
+                    if *slot {
+                        self.err(
+                            format!("{at}.clients[{i}]"),
+                            format!("{name} is listed twice"),
+                        );
+                    }
+                    *slot = true;
+                }
+                c
+            }
+        };
+        if backend == BackendSpec::Builtin(Builtin::Echo) && (clients.sse || clients.long_poll) {
+            self.err(
+                format!("{at}.clients"),
+                "builtin echo answers what a client sends, so it needs a two-way client: list only websocket",
+            );
+        }
+        let replay = raw.replay.unwrap_or(DEFAULT_REPLAY);
+        if replay > MAX_REPLAY {
+            self.err(
+                format!("{at}.replay"),
+                format!("replay must be at most {MAX_REPLAY}"),
+            );
+        }
+        let fanout = match raw.fanout.as_deref() {
+            None | Some("shared") => Fanout::Shared,
+            Some("per_client") if matches!(backend, BackendSpec::Builtin(_)) => {
+                self.err(
+                    format!("{at}.fanout"),
+                    "fanout: per_client opens one backend connection per client: it needs a `websocket:` or `sse:` backend",
+                );
+                Fanout::Shared
+            }
+            Some("per_client") => Fanout::PerClient,
+            Some(other) => {
+                self.err(
+                    format!("{at}.fanout"),
+                    format!("unknown fanout {other:?}: use shared or per_client"),
+                );
+                Fanout::Shared
+            }
+        };
+        let session_ttl = self.duration(
+            format!("{at}.session_ttl"),
+            &raw.session_ttl,
+            DEFAULT_SESSION_TTL,
+        );
+        if fanout == Fanout::PerClient {
+            if session_ttl.is_zero() {
+                self.err(
+                    format!("{at}.session_ttl"),
+                    "session_ttl must be above 0s: it is how long a session waits for its next poll",
+                );
+            }
+            self.misplaced(
+                at,
+                &[
+                    ("replay", raw.replay.is_some()),
+                    ("backend_linger", raw.backend_linger.is_some()),
+                    ("slow_consumer", raw.slow_consumer.is_some()),
+                ],
+                "applies to shared feeds; a per_client session holds up to limits.send_queue unacknowledged messages and then stops reading its backend",
+            );
+            self.misplaced(
+                &format!("{at}.backend"),
+                &[("reconnect", b.reconnect.is_some())],
+                "applies to shared feeds; a per_client session ends with its backend connection",
+            );
+        } else {
+            self.misplaced(
+                at,
+                &[("session_ttl", raw.session_ttl.is_some())],
+                "applies to `fanout: per_client` routes",
+            );
+            if b.forward_headers.is_some() && b.post.is_none() {
+                self.err(
+                    format!("{at}.backend.forward_headers"),
+                    "a shared feed is one connection for every client, so no client's headers are forwarded: use `fanout: per_client`, or `post:` for client messages",
+                );
+            }
+        }
+        let linger = self.duration(
+            format!("{at}.backend_linger"),
+            &raw.backend_linger,
+            DEFAULT_LINGER,
+        );
+        if linger.is_zero()
+            && clients.long_poll
+            && shared_feed_backend(&backend)
+            && fanout == Fanout::Shared
+        {
+            self.err(
+                format!("{at}.backend_linger"),
+                "backend_linger: 0s drops the backend between two polls of a long-poll client; give it at least a few seconds",
+            );
+        }
+        let slow_consumer = match raw.slow_consumer.as_deref() {
+            None | Some("disconnect") => SlowConsumer::Disconnect,
+            Some("drop_oldest") => SlowConsumer::DropOldest,
+            Some(other) => {
+                self.err(
+                    format!("{at}.slow_consumer"),
+                    format!(
+                        "unknown slow_consumer policy {other:?}: use disconnect or drop_oldest"
+                    ),
+                );
+                SlowConsumer::Disconnect
+            }
+        };
+        let binary = match raw.binary.as_deref() {
+            None | Some("base64") => BinaryPolicy::Base64,
+            Some("drop") => BinaryPolicy::Drop,
+            Some(other) => {
+                self.err(
+                    format!("{at}.binary"),
+                    format!("unknown binary policy {other:?}: use base64 or drop"),
+                );
+                BinaryPolicy::Base64
+            }
+        };
+        if !shared_feed_backend(&backend) {
+            self.misplaced(
+                at,
+                &feed_keys(raw),
+                "applies to routes with a feed (websocket, sse or clock backends)",
+            );
+        }
+        Some(BridgeRoute {
+            backend,
+            clients,
+            replay,
+            fanout,
+            linger,
+            slow_consumer,
+            binary,
+            session_ttl,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load_str, BackendSpec, Config, ConfigErrors, RouteKind, SlowConsumer};
+    use std::path::Path;
+
+    fn route(body: &str) -> Result<Config, ConfigErrors> {
+        let yaml = format!(
+            "server:\n  listen:\n    - addr: \"127.0.0.1:0\"\nroutes:\n  - name: feed\n    path: /feed\n{body}"
+        );
+        load_str(&yaml, Path::new("."), "t.yaml")
+    }
+
+    fn errors(body: &str) -> String {
+        route(body).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn websocket_and_sse_backends_with_their_settings() {
+        let c = route("    backend: { websocket: \"ws://feed.internal:9000/v1/stream?x=1\", subprotocols: [v1], headers: { Authorization: \"Bearer t\" }, reconnect: { initial: 200ms, max: 5s } }\n    backend_linger: 1m\n    slow_consumer: drop_oldest\n    binary: drop\n").unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!("a bridged route")
+        };
+        let BackendSpec::WebSocket(f) = &b.backend else {
+            panic!("a websocket backend")
+        };
+        assert_eq!((f.host.as_str(), f.port), ("feed.internal", 9000));
+        assert_eq!(f.path, "/v1/stream?x=1");
+        assert_eq!(f.authority, "feed.internal:9000");
+        assert_eq!(f.subprotocols, ["v1"]);
+        assert_eq!(f.headers[0].0, "authorization");
+        assert_eq!(f.reconnect.max, std::time::Duration::from_secs(5));
+        assert_eq!(b.linger, std::time::Duration::from_secs(60));
+        assert_eq!(b.slow_consumer, SlowConsumer::DropOldest);
+        assert!(b.clients.websocket && b.clients.sse && b.clients.long_poll);
+        assert!(
+            route("    backend: { websocket: \"WS://x/\" }\n").is_ok(),
+            "schemes ignore case"
+        );
+        let c = route("    backend: { sse: \"http://[::1]/events\" }\n").unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!()
+        };
+        let BackendSpec::Sse(f) = &b.backend else {
+            panic!()
+        };
+        assert_eq!(
+            (f.host.as_str(), f.port, f.path.as_str()),
+            ("::1", 80, "/events")
+        );
+        assert_eq!(b.slow_consumer, SlowConsumer::Disconnect, "the default");
+    }
+
+    #[test]
+    fn per_client_sessions_and_post() {
+        let c = route("    fanout: per_client\n    origins: [\"https://app.example\"]\n    session_ttl: 2m\n    backend: { websocket: \"ws://chat:9000/c\", forward_headers: [Cookie, X-Tenant] }\n").unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!("a bridged route")
+        };
+        assert_eq!(b.fanout, crate::config::Fanout::PerClient);
+        assert_eq!(b.session_ttl, std::time::Duration::from_secs(120));
+        assert!(b.two_way());
+        let f = b.feed().unwrap();
+        assert_eq!(f.forward_headers, ["cookie", "x-tenant"]);
+        let c = route(
+            "    origins: [\"https://app.example\"]\n    backend: { sse: \"http://feed/events\", post: \"http://feed:8080/send?x=1\" }\n",
+        )
+        .unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!()
+        };
+        let f = b.feed().unwrap();
+        let post = f.post.as_ref().unwrap();
+        assert_eq!(
+            (post.authority.as_str(), post.path.as_str()),
+            ("feed:8080", "/send?x=1")
+        );
+        assert_eq!(
+            f.forward_headers,
+            ["cookie", "authorization"],
+            "the default list"
+        );
+        assert!(
+            b.two_way(),
+            "a shared SSE feed with post takes client messages"
+        );
+        let c = route("    backend: { sse: \"http://feed/events\" }\n").unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!()
+        };
+        assert!(!b.two_way());
+    }
+
+    #[test]
+    fn bad_backend_settings_are_named_with_their_path() {
+        let cases = [
+            ("    backend: { websocket: \"http://x/\" }\n", "routes[0].backend.websocket: \"http://x/\" must start with ws://"),
+            ("    backend: { websocket: \"wss://x/\" }\n", "routes[0].backend.websocket: wss:// backends"),
+            ("    backend: { sse: \"ws://x/\" }\n", "routes[0].backend.sse: \"ws://x/\" must start with http://"),
+            ("    backend: { websocket: \"ws://x/\", headers: { Host: y } }\n", "routes[0].backend.headers.Host: Host is set by the gateway"),
+            ("    backend: { websocket: \"ws://x/\", subprotocols: [\"a b\"] }\n", "routes[0].backend.subprotocols[0]: \"a b\" is not a valid subprotocol"),
+            ("    backend: { sse: \"http://x/\", subprotocols: [a] }\n", "routes[0].backend.subprotocols: subprotocols are a WebSocket feature"),
+            ("    backend: { websocket: \"ws://x/\", reconnect: { initial: 5s, max: 1s } }\n", "routes[0].backend.reconnect: reconnect.initial must be above 0s and at most reconnect.max"),
+            ("    backend: { builtin: clock, connect_timeout: 1s }\n", "routes[0].backend.connect_timeout: `connect_timeout` applies to `websocket:` and `sse:` backends"),
+            ("    backend: { builtin: clock }\n    fanout: per_client\n", "routes[0].fanout: fanout: per_client opens one backend connection per client"),
+            ("    backend: { websocket: \"ws://x/\" }\n    fanout: everyone\n", "routes[0].fanout: unknown fanout \"everyone\": use shared or per_client"),
+            ("    backend: { websocket: \"ws://x/\", post: \"http://x/\" }\n", "routes[0].backend.post: `post` gives an `sse:` backend"),
+            ("    backend: { sse: \"http://x/\", post: \"https://x/\" }\n", "routes[0].backend.post: https:// backends"),
+            ("    backend: { sse: \"http://x/\", forward_headers: [cookie] }\n", "routes[0].backend.forward_headers: a shared feed is one connection for every client"),
+            ("    backend: { websocket: \"ws://x/\", forward_headers: [host] }\n    fanout: per_client\n", "routes[0].backend.forward_headers[0]: host is hop-by-hop or written by the gateway"),
+            ("    backend: { websocket: \"ws://x/\", forward_headers: [X-Forwarded-For] }\n    fanout: per_client\n", "forward_headers[0]: X-Forwarded-For is hop-by-hop or written by the gateway"),
+            ("    backend: { websocket: \"ws://x/\", headers: { authorization: t }, forward_headers: [authorization] }\n    fanout: per_client\n", "routes[0].backend.forward_headers: authorization is both set in `headers` and forwarded"),
+            ("    backend: { websocket: \"ws://x/\" }\n    session_ttl: 1m\n", "routes[0].session_ttl: `session_ttl` applies to `fanout: per_client` routes"),
+            ("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n    session_ttl: 0s\n", "routes[0].session_ttl: session_ttl must be above 0s"),
+            ("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n    replay: 10\n", "routes[0].replay: `replay` applies to shared feeds"),
+            ("    backend: { websocket: \"ws://x/\", reconnect: { max: 1s } }\n    fanout: per_client\n", "routes[0].backend.reconnect: `reconnect` applies to shared feeds"),
+            ("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n    origins: [\"*\"]\n", "routes[0].origins: this route forwards client cookies to its backend, so `origins: [\"*\"]` would let any web page act as your users"),
+            ("    backend: { builtin: clock }\n    origins: [\"https://*example.com\"]\n", "routes[0].origins[0]: invalid origin"),
+            ("    backend: { builtin: clock }\n    origins: [\"https://app.*.com\"]\n", "routes[0].origins[0]: invalid origin"),
+            ("    backend: { builtin: clock }\n    origins: [\"https://*.\"]\n", "routes[0].origins[0]: invalid origin"),
+            ("    backend: { builtin: clock }\n    origins: [\"*\"]\n    cors: { credentials: true }\n", "routes[0].cors.credentials: cors.credentials: true with origins: [\"*\"]"),
+            ("    backend: { builtin: clock }\n    cors: { expose_headers: [\"bad header\"] }\n", "routes[0].cors.expose_headers[0]: \"bad header\" is not a valid header name"),
+            ("    proxy: { upstreams: [\"127.0.0.1:1\"] }\n    session_ttl: 1s\n", "routes[0].session_ttl: `session_ttl` applies to bridged routes"),
+            ("    backend: { websocket: \"ws://x/\" }\n    slow_consumer: wait\n", "routes[0].slow_consumer: unknown slow_consumer policy \"wait\""),
+            ("    backend: { websocket: \"ws://x/\" }\n    binary: hex\n", "routes[0].binary: unknown binary policy \"hex\""),
+            ("    backend: { websocket: \"ws://x/\" }\n    backend_linger: soon\n", "routes[0].backend_linger: "),
+            ("    backend: { builtin: echo }\n    slow_consumer: disconnect\n", "routes[0].slow_consumer: `slow_consumer` applies to routes with a feed"),
+            ("    proxy: { upstreams: [\"127.0.0.1:1\"] }\n    backend_linger: 1s\n", "routes[0].backend_linger: `backend_linger` applies to bridged routes"),
+            ("    backend: { websocket: \"ws://x:0/\" }\n", "routes[0].backend.websocket: \"ws://x:0/\": port 0"),
+            ("    backend: { sse: \"http://x/\", headers: { Accept: a } }\n", "routes[0].backend.headers.Accept: Accept is set by the gateway"),
+            ("    backend: { sse: \"http://x/\", headers: { X-A: a, x-a: b } }\n", "is listed twice"),
+            ("    backend: { sse: \"http://x/\" }\n    backend_linger: 0s\n", "routes[0].backend_linger: backend_linger: 0s drops the backend"),
+            ("    backend: { sse: \"http://x/\" }\n    backend_linger: 9999h\n", "above the 30-day cap"),
+        ];
+        for (body, want) in cases {
+            let text = errors(body);
+            assert!(text.contains(want), "{body}\nwanted {want:?} in:\n{text}");
+        }
+    }
+}

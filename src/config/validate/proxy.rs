@@ -1,0 +1,87 @@
+//! `proxy:`: a pass-through route's upstreams, balancing, health check and connect timeout.
+
+use super::Validator;
+use crate::config::model::{Balance, HealthCheck, ProxyRoute, Upstream};
+use crate::config::raw::RawProxy;
+use std::net::ToSocketAddrs;
+use std::time::Duration;
+
+impl Validator<'_> {
+    pub(super) fn proxy(&mut self, at: &str, p: &RawProxy) -> Option<ProxyRoute> {
+        if p.upstreams.is_empty() {
+            self.err(
+                format!("{at}.upstreams"),
+                "no upstreams: list at least one \"host:port\"",
+            );
+        }
+        let mut upstreams = Vec::new();
+        for (i, u) in p.upstreams.iter().enumerate() {
+            match u.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+                Some(addr) => upstreams.push(Upstream {
+                    name: u.clone(),
+                    addr,
+                }),
+                None => self.err(
+                    format!("{at}.upstreams[{i}]"),
+                    format!("invalid upstream {u:?}: expected host:port that resolves, e.g. \"127.0.0.1:3000\""),
+                ),
+            }
+        }
+        let balance = match p.balance.as_deref().unwrap_or("round_robin") {
+            "round_robin" => Balance::RoundRobin,
+            "least_conn" => Balance::LeastConn,
+            "hash_client_ip" => Balance::HashClientIp,
+            other => {
+                self.err(
+                    format!("{at}.balance"),
+                    format!(
+                        "unknown balance {other:?}: use round_robin, least_conn or hash_client_ip"
+                    ),
+                );
+                Balance::RoundRobin
+            }
+        };
+        let health_check = p.health_check.as_ref().map(|h| {
+            let interval = self.duration(
+                format!("{at}.health_check.interval"),
+                &Some(h.interval.clone()),
+                Duration::from_secs(5),
+            );
+            if interval < Duration::from_millis(100) {
+                self.err(
+                    format!("{at}.health_check.interval"),
+                    "health_check.interval must be at least 100ms",
+                );
+            }
+            if let Some(path) = &h.path {
+                if !path.starts_with('/') {
+                    self.err(
+                        format!("{at}.health_check.path"),
+                        format!("health check path {path:?} must start with '/'"),
+                    );
+                }
+            }
+            let timeout = self.duration(
+                format!("{at}.health_check.timeout"),
+                &h.timeout,
+                Duration::from_secs(1).min(interval),
+            );
+            HealthCheck {
+                interval,
+                path: h.path.clone(),
+                timeout,
+            }
+        });
+        let connect_timeout = self.duration(
+            format!("{at}.connect_timeout"),
+            &p.connect_timeout,
+            Duration::from_secs(3),
+        );
+        Some(ProxyRoute {
+            upstreams,
+            balance,
+            health_check,
+            connect_timeout,
+        })
+    }
+}
