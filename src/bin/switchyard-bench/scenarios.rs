@@ -5,7 +5,7 @@
 
 use crate::clients::{connect_from, echo_client, poll_client, split_url, sse_client, ws_client};
 use crate::feed::{now_ns, parse};
-use crate::stats::{report, Histogram, Order, Verdict};
+use crate::stats::{report, Latencies, Order, Verdict};
 use futures_util::StreamExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,7 +43,7 @@ pub async fn fanout(url: &str, transport: &str, shape: Shape, seconds: u64, rate
     let (addr, path) = split_url(url);
     let host = addr.to_string();
     let verdict = Arc::new(Verdict::default());
-    let hist = Arc::new(Histogram::new());
+    let hist = Arc::new(Latencies::new());
     let measuring = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for i in 0..clients {
@@ -118,7 +118,7 @@ pub async fn fanout(url: &str, transport: &str, shape: Shape, seconds: u64, rate
         "duplicates": verdict.duplicates.load(Ordering::Relaxed),
         "p50_ms": hist.quantile_ms(0.5),
         "p99_ms": hist.quantile_ms(0.99),
-        "max_ms": hist.max.load(Ordering::Relaxed) as f64 / 1000.0,
+        "max_ms": hist.max_ms(),
     });
     report(&result, json);
     for t in tasks {
@@ -129,7 +129,7 @@ pub async fn fanout(url: &str, transport: &str, shape: Shape, seconds: u64, rate
 /// `clients` WebSocket echo clients on `url`; after a second's warm-up, `seconds` of round
 /// trips are counted.
 pub async fn echo(url: &str, clients: usize, seconds: u64, json: bool) {
-    let hist = Arc::new(Histogram::new());
+    let hist = Arc::new(Latencies::new());
     let stop = Arc::new(AtomicBool::new(false));
     let wrong = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
