@@ -28,3 +28,21 @@ pub fn parse(m: &str) -> Option<(u64, u64)> {
     let ts = it.next()?.parse().ok()?;
     Some((seq, ts))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_carries_its_seq_and_send_time_at_any_size() {
+        let before = now_ns();
+        let m = message(7, 100);
+        assert_eq!(m.len(), 100);
+        let (seq, ts) = parse(&m).unwrap();
+        assert_eq!(seq, 7);
+        assert!((before..=now_ns()).contains(&ts));
+        // A size below the header's length pads nothing.
+        assert_eq!(parse(&message(8, 0)).map(|(seq, _)| seq), Some(8));
+        assert_eq!(parse("hello"), None);
+    }
+}

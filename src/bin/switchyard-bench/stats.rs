@@ -111,6 +111,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn order_counts_each_missing_seq_as_a_gap_and_each_old_one_as_a_duplicate() {
+        let v = Verdict::default();
+        let mut order = Order { last: None };
+        for seq in [5, 6, 6, 4, 9, 10] {
+            order.see(seq, &v);
+        }
+        assert_eq!(v.duplicates.load(Ordering::Relaxed), 2, "6 again, then 4");
+        assert_eq!(v.gaps.load(Ordering::Relaxed), 2, "7 and 8");
+        assert_eq!(order.last, Some(10));
+    }
+
+    #[test]
     fn latencies_are_recorded_in_microseconds_and_reported_in_milliseconds() {
         let l = Latencies::new();
         assert_eq!((l.quantile_ms(0.5), l.max_ms(), l.count()), (0.0, 0.0, 0));
