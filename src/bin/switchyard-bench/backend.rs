@@ -1,0 +1,188 @@
+//! The server side of a benchmark and its publishers: `serve` (a WebSocket backend whose
+//! `/feed` publishes the numbered feed at a fixed rate to every connection and whose `/echo`
+//! echoes), the GRIP origin that lets Pushpin hold SSE streams on channel `test`, and
+//! `publish`, the same feed pushed to Nchan's WebSocket publisher or Pushpin's HTTP publish API.
+
+use crate::clients::{read_response, split_url};
+use crate::feed::message;
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The WebSocket backend on `listen`: `/feed` sends every connection the feed (`rate` messages
+/// a second of `size` bytes; rate 0 is a quiet feed), `/echo` echoes.
+pub async fn serve(listen: SocketAddr, rate: u32, size: usize) {
+    let listener = TcpListener::bind(listen).await.expect("bind");
+    let (tx, _) = tokio::sync::broadcast::channel::<Arc<str>>(65536);
+    let publisher = tx.clone();
+    // Rate 0: a quiet feed (idle-density runs).
+    let quiet = rate == 0;
+    tokio::spawn(async move {
+        if quiet {
+            return;
+        }
+        let mut seq = 0u64;
+        let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        loop {
+            tick.tick().await;
+            seq += 1;
+            let _ = publisher.send(message(seq, size).into());
+        }
+    });
+    eprintln!("serving /feed at {rate} msg/s and /echo on {listen}");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let mut rx = tx.subscribe();
+        tokio::spawn(async move {
+            let path = Arc::new(std::sync::Mutex::new(String::new()));
+            let p = path.clone();
+            #[allow(clippy::result_large_err)]
+            let record = move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                               resp| {
+                *p.lock().unwrap() = req.uri().path().to_owned();
+                Ok(resp)
+            };
+            let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
+                return;
+            };
+            let path = path.lock().unwrap().clone();
+            if path.starts_with("/echo") {
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            loop {
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Ok(m) => if ws.send(Message::text(&*m)).await.is_err() { return },
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return,
+                    },
+                    r = ws.next() => if !matches!(r, Some(Ok(_))) { return },
+                }
+            }
+        });
+    }
+}
+
+/// A GRIP origin for Pushpin: every request on every kept-alive connection is answered with
+/// an empty `text/event-stream` held open on channel `test`.
+pub async fn grip_origin(listen: SocketAddr) {
+    let listener = TcpListener::bind(listen)
+        .await
+        .expect("bind the GRIP origin");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut s = tokio::io::BufReader::new(stream);
+            let mut line = String::new();
+            loop {
+                // Skip the request head (GETs: no body).
+                loop {
+                    line.clear();
+                    match tokio::io::AsyncBufReadExt::read_line(&mut s, &mut line).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if line.trim().is_empty() => break,
+                        Ok(_) => {}
+                    }
+                }
+                let answer = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nGrip-Hold: stream\r\nGrip-Channel: test\r\nContent-Length: 0\r\n\r\n";
+                if s.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Publishes to Pushpin's HTTP API: one POST per message (an SSE event on channel `test`).
+async fn publish_http(url: &str, rate: u32, size: usize) {
+    let (addr, path) = split_url(url);
+    let connect = || async {
+        TcpStream::connect(addr)
+            .await
+            .map(tokio::io::BufReader::new)
+            .expect("connect to the publish endpoint")
+    };
+    let mut s = connect().await;
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut seq = 0u64;
+    eprintln!("publishing to {url} at {rate} msg/s");
+    loop {
+        tick.tick().await;
+        seq += 1;
+        let item = serde_json::json!({ "items": [{ "channel": "test", "formats": {
+            "http-stream": { "content": format!("data: {}\n\n", message(seq, size)) } } }] });
+        let body = item.to_string();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        // A connection the server closed after its last answer is replaced, and the message
+        // sent again on the new one (once).
+        let mut answer = None;
+        for _ in 0..2 {
+            if s.get_mut().write_all(req.as_bytes()).await.is_ok() {
+                answer = read_response(&mut s).await;
+            }
+            let close = answer.as_ref().is_none_or(|(_, headers, _)| {
+                headers
+                    .iter()
+                    .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"))
+            });
+            if close {
+                s = connect().await;
+            }
+            if answer.is_some() {
+                break;
+            }
+        }
+        if !matches!(answer, Some((200, _, _))) {
+            eprintln!("publish {seq} failed: {:?}", answer.map(|r| r.0));
+        }
+    }
+}
+
+/// Publishes the feed to `url`: a `ws://` URL over one WebSocket (Nchan's publisher), an
+/// `http://` URL through Pushpin's HTTP publish API.
+pub async fn publish(url: &str, rate: u32, size: usize) {
+    if url.starts_with("http://") {
+        return publish_http(url, rate, size).await;
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect to the publish endpoint");
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut seq = 0u64;
+    eprintln!("publishing to {url} at {rate} msg/s");
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                seq += 1;
+                if ws.send(Message::text(message(seq, size))).await.is_err() {
+                    eprintln!("publish connection lost");
+                    return;
+                }
+            }
+            m = ws.next() => if !matches!(m, Some(Ok(_))) { eprintln!("publish connection closed"); return },
+        }
+    }
+}

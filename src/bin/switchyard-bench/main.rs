@@ -1,0 +1,184 @@
+//! switchyard-bench: the load generator and benchmark backend behind `bench/compare.sh`.
+//!
+//! - `serve`: a WebSocket backend. `/feed` publishes numbered, timestamped messages at `--rate`
+//!   to every connection; `/echo` echoes.
+//!   With `--grip-listen`, also a GRIP origin for Pushpin: every request is answered with
+//!   `Grip-Hold: stream` on channel `test`.
+//! - `publish`: the same feed to a publish endpoint: a `ws://` URL as a WebSocket client
+//!   (Nchan), an `http://` URL as Pushpin's HTTP publish API (one POST per message, SSE
+//!   format, over a kept-alive connection).
+//! - `fanout`: N SSE, WebSocket or long-poll subscribers from several 127.0.0.x source
+//!   addresses; every client checks what it gets (one feed, in order, no duplicates, no gaps)
+//!   and delivery latency is measured from the timestamp in each message. Long-poll speaks
+//!   switchyard's protocol (`poll`: `?transport=poll&cursor=N`, JSON batches) or Nchan's
+//!   (`nchan-poll`: one message per answer, the next asked for with `If-Modified-Since` and
+//!   `If-None-Match`); completed polls per second are reported too.
+//! - `echo`: N WebSocket clients doing round trips as fast as they can.
+//! - `idle`: N idle clients held open while the server's RSS (`/proc/PID/smaps_rollup`, every
+//!   process given) and CPU time are measured.
+//!
+//! Every command prints a table line and, with `--json`, one JSON object.
+//!
+//! This file is the command line; the work is done in
+//! ```text
+//! backend.rs    serve (feed and echo backend), the GRIP origin, publish
+//! scenarios.rs  fanout, echo, idle: open the clients, settle, measure, report
+//! clients.rs    SSE, WebSocket and long-poll subscribers, echo clients
+//! stats.rs      latency histogram, verdict and order checks, the report
+//! feed.rs       the message format both sides share: `SEQ TS_NS` padded
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod backend;
+mod clients;
+mod feed;
+mod scenarios;
+mod stats;
+
+use clap::{Parser, Subcommand};
+use scenarios::Shape;
+use std::net::SocketAddr;
+
+#[derive(Parser)]
+#[command(version, about = "switchyard's load generator and benchmark backend")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// Print the result as one JSON object too.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// WebSocket backend: /feed publishes at --rate, /echo echoes.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Message size in bytes (padded).
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Also serve a GRIP origin here (for Pushpin).
+        #[arg(long)]
+        grip_listen: Option<SocketAddr>,
+    },
+    /// Publish the feed to Nchan's WebSocket publisher (`ws://`) or Pushpin's HTTP API (`http://`).
+    Publish {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+    },
+    /// Subscribers that verify and time every message.
+    Fanout {
+        #[arg(long)]
+        url: String,
+        /// sse, ws, poll (switchyard's long-poll) or nchan-poll (Nchan's)
+        #[arg(long, default_value = "sse")]
+        transport: String,
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Seconds to measure after everyone is connected.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Source addresses 127.0.0.1 .. 127.0.0.N.
+        #[arg(long, default_value_t = 4)]
+        sources: u8,
+        /// The publish rate, to report the expected deliveries.
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+        /// Clients opened between 20 ms pauses.
+        #[arg(long, default_value_t = 200)]
+        batch: usize,
+    },
+    /// WebSocket echo round trips.
+    Echo {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Idle clients held while the server's memory and CPU are measured.
+    Idle {
+        #[arg(long)]
+        url: String,
+        /// sse, ws, poll, or raw (connected, nothing sent)
+        #[arg(long, default_value = "sse")]
+        transport: String,
+        #[arg(long, default_value_t = 10000)]
+        clients: usize,
+        /// The server's process ids (comma-separated): RSS is summed over them.
+        #[arg(long)]
+        pids: String,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        sources: u8,
+        /// Clients opened between 20 ms pauses.
+        #[arg(long, default_value_t = 200)]
+        batch: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve {
+            listen,
+            rate,
+            size,
+            grip_listen,
+        } => {
+            if let Some(addr) = grip_listen {
+                tokio::spawn(backend::grip_origin(addr));
+            }
+            backend::serve(listen, rate, size).await
+        }
+        Cmd::Publish { url, rate, size } => backend::publish(&url, rate, size).await,
+        Cmd::Fanout {
+            url,
+            transport,
+            clients,
+            seconds,
+            sources,
+            rate,
+            batch,
+        } => {
+            let shape = Shape {
+                clients,
+                sources,
+                batch,
+            };
+            scenarios::fanout(&url, &transport, shape, seconds, rate, cli.json).await
+        }
+        Cmd::Echo {
+            url,
+            clients,
+            seconds,
+        } => scenarios::echo(&url, clients, seconds, cli.json).await,
+        Cmd::Idle {
+            url,
+            transport,
+            clients,
+            pids,
+            seconds,
+            sources,
+            batch,
+        } => {
+            let shape = Shape {
+                clients,
+                sources,
+                batch,
+            };
+            scenarios::idle(&url, &transport, shape, &pids, seconds, cli.json).await
+        }
+    }
+}

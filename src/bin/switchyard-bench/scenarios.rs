@@ -1,0 +1,285 @@
+//! The measuring commands: `fanout` (subscribers that check and time every message), `echo`
+//! (round trips as fast as they go) and `idle` (clients held open while the server's RSS and
+//! CPU time are read from `/proc`). Each opens its clients, lets them settle, measures for the
+//! given seconds, and reports one result.
+
+use crate::clients::{connect_from, echo_client, poll_client, split_url, sse_client, ws_client};
+use crate::feed::{now_ns, parse};
+use crate::stats::{report, Latencies, Order, Verdict};
+use futures_util::StreamExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How a run's clients are opened: how many, from how many source addresses, how many
+/// between 20 ms pauses.
+#[derive(Clone, Copy)]
+pub struct Shape {
+    pub clients: usize,
+    pub sources: u8,
+    pub batch: usize,
+}
+
+impl Shape {
+    /// Client `i`'s source address (127.0.0.1 ..= 127.0.0.N).
+    fn source(&self, i: usize) -> u8 {
+        1 + (i % self.sources.max(1) as usize) as u8
+    }
+
+    /// Paces opening: a short pause after every `batch` clients.
+    async fn pace(&self, i: usize) {
+        if self.batch > 0 && i % self.batch == self.batch - 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// `shape.clients` subscribers to `url` over `transport`, each checking and timing every
+/// message; once all are connected and have settled for 2 s, `seconds` are measured. `rate`
+/// (the publish rate) gives the expected deliveries.
+pub async fn fanout(url: &str, transport: &str, shape: Shape, seconds: u64, rate: u32, json: bool) {
+    let clients = shape.clients;
+    let (addr, path) = split_url(url);
+    let host = addr.to_string();
+    let verdict = Arc::new(Verdict::default());
+    let hist = Arc::new(Latencies::new());
+    let measuring = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let source = shape.source(i);
+        let (v, h, m) = (verdict.clone(), hist.clone(), measuring.clone());
+        let (host, path, transport) = (host.clone(), path.clone(), transport.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let stream = match connect_from(source, addr).await {
+                Ok(s) => s,
+                Err(_) => {
+                    v.failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            v.connected.fetch_add(1, Ordering::Relaxed);
+            let mut order = Order { last: None };
+            let on = |data: &str| {
+                let Some((seq, ts)) = parse(data) else { return };
+                if !m.load(Ordering::Relaxed) {
+                    order.last = Some(seq);
+                    return;
+                }
+                v.received.fetch_add(1, Ordering::Relaxed);
+                order.see(seq, &v);
+                h.record(now_ns().saturating_sub(ts) / 1000);
+            };
+            if transport == "ws" {
+                if !ws_client(stream, &host, &path, on).await {
+                    v.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            } else if transport == "poll" || transport == "nchan-poll" {
+                let polls = || {
+                    if m.load(Ordering::Relaxed) {
+                        v.polls.fetch_add(1, Ordering::Relaxed);
+                    }
+                };
+                poll_client(stream, &host, &path, transport == "nchan-poll", polls, on).await;
+            } else {
+                sse_client(stream, &host, &path, on).await;
+            }
+        }));
+        shape.pace(i).await;
+    }
+    // Let everyone connect and settle, then measure.
+    let until = Instant::now() + Duration::from_secs(30);
+    while verdict.connected.load(Ordering::Relaxed) + verdict.failed.load(Ordering::Relaxed)
+        < clients as u64
+        && Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let took = started.elapsed().as_secs_f64();
+    let received = verdict.received.load(Ordering::Relaxed);
+    let expected = f64::from(rate) * took * clients as f64;
+    let result = serde_json::json!({
+        "scenario": "fanout",
+        "url": url,
+        "transport": transport,
+        "clients": clients,
+        "connected": verdict.connected.load(Ordering::Relaxed),
+        "failed": verdict.failed.load(Ordering::Relaxed),
+        "rate": rate,
+        "deliveries_per_s": (received as f64 / took).round(),
+        "polls_per_s": (verdict.polls.load(Ordering::Relaxed) as f64 / took).round(),
+        "delivered_ratio": if expected > 0.0 { received as f64 / expected } else { 0.0 },
+        "gaps": verdict.gaps.load(Ordering::Relaxed),
+        "duplicates": verdict.duplicates.load(Ordering::Relaxed),
+        "p50_ms": hist.quantile_ms(0.5),
+        "p99_ms": hist.quantile_ms(0.99),
+        "max_ms": hist.max_ms(),
+    });
+    report(&result, json);
+    for t in tasks {
+        t.abort();
+    }
+}
+
+/// `clients` WebSocket echo clients on `url`; after a second's warm-up, `seconds` of round
+/// trips are counted.
+pub async fn echo(url: &str, clients: usize, seconds: u64, json: bool) {
+    let hist = Arc::new(Latencies::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let wrong = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (h, s, w, url) = (hist.clone(), stop.clone(), wrong.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let trip = |took: Duration| h.record(took.as_micros() as u64);
+            if let Err(e) = echo_client(&url, &s, trip).await {
+                eprintln!("echo client: {e}");
+                w.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = hist.count();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let trips = hist.count() - before;
+    let took = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let result = serde_json::json!({
+        "scenario": "echo",
+        "url": url,
+        "clients": clients,
+        "round_trips_per_s": (trips as f64 / took).round(),
+        "wrong_or_failed": wrong.load(Ordering::Relaxed),
+        "p50_ms": hist.quantile_ms(0.5),
+        "p99_ms": hist.quantile_ms(0.99),
+    });
+    report(&result, json);
+    for t in tasks {
+        t.abort();
+    }
+}
+
+/// Summed `Rss` (KiB) of `/proc/PID/smaps_rollup` over `pids`.
+fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
+        .filter_map(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Rss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Summed user+system CPU ticks of `pids`.
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|t| {
+            let after = t.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+/// `shape.clients` idle clients held on `url` over `transport`; the summed RSS of `pids`
+/// (comma-separated) before and after, and their CPU share over `seconds`.
+pub async fn idle(url: &str, transport: &str, shape: Shape, pids: &str, seconds: u64, json: bool) {
+    let clients = shape.clients;
+    let pids: Vec<u32> = pids
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    let (addr, path) = split_url(url);
+    let host = addr.to_string();
+    let before = rss_kib(&pids);
+    let open = Arc::new(AtomicU64::new(0));
+    let mut held = Vec::new();
+    for i in 0..clients {
+        shape.pace(i).await;
+        let Ok(mut s) = connect_from(shape.source(i), addr).await else {
+            continue;
+        };
+        match transport {
+            // Connected, nothing sent: the server's cost of an accepted connection alone.
+            "raw" => {
+                let open = open.clone();
+                held.push(tokio::spawn(async move {
+                    open.fetch_add(1, Ordering::Relaxed);
+                    let mut buf = [0u8; 64];
+                    let _ = s.read(&mut buf).await;
+                }));
+            }
+            "ws" => {
+                let open = open.clone();
+                let url = url.to_owned();
+                held.push(tokio::spawn(async move {
+                    if let Ok((mut ws, _)) = tokio_tungstenite::client_async(url, s).await {
+                        open.fetch_add(1, Ordering::Relaxed);
+                        // Reading answers the server's pings.
+                        while let Some(Ok(_)) = ws.next().await {}
+                    }
+                }));
+            }
+            _ => {
+                let query = if transport == "poll" {
+                    "?transport=poll"
+                } else {
+                    ""
+                };
+                let accept = if transport == "poll" {
+                    "*/*"
+                } else {
+                    "text/event-stream"
+                };
+                let req = format!(
+                    "GET {path}{query} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\n\r\n"
+                );
+                if s.write_all(req.as_bytes()).await.is_err() {
+                    continue;
+                }
+                let open = open.clone();
+                held.push(tokio::spawn(async move {
+                    open.fetch_add(1, Ordering::Relaxed);
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                }));
+            }
+        }
+        if i % 500 == 499 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu_before = cpu_ticks(&pids);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let cpu = (cpu_ticks(&pids) - cpu_before) as f64 / 100.0 / started.elapsed().as_secs_f64();
+    let after = rss_kib(&pids);
+    let n = open.load(Ordering::Relaxed).max(1);
+    let result = serde_json::json!({
+        "scenario": "idle",
+        "url": url,
+        "transport": transport,
+        "clients": open.load(Ordering::Relaxed),
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_client": (after.saturating_sub(before) as f64 / n as f64 * 10.0).round() / 10.0,
+        "cpu_share_of_one_core": (cpu * 1000.0).round() / 1000.0,
+    });
+    report(&result, json);
+    for t in held {
+        t.abort();
+    }
+}
