@@ -287,3 +287,72 @@ mod tests {
         assert!(e.scan(b"GET / HTTP/1.1\nHost: a\n\n"), "bare LF line ends");
     }
 }
+
+#[cfg(test)]
+mod io_tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Reads from `d` until `want` bytes came or the stream fails.
+    async fn read(d: &mut HeadDeadline, want: usize) -> io::Result<Vec<u8>> {
+        let mut out = vec![0u8; want];
+        d.read_exact(&mut out).await?;
+        Ok(out)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_head_is_cut_at_the_deadline() {
+        let io = tokio_test::io::Builder::new()
+            .read(b"GET / HTTP/1.1\r\n")
+            .wait(Duration::from_secs(3))
+            .read(b"Host: a\r\n")
+            .wait(Duration::from_secs(3))
+            .build();
+        let mut d = HeadDeadline::new(Box::new(io), Duration::from_secs(5));
+        let err = read(&mut d, 64).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_complete_head_stops_the_clock_and_later_heads_get_their_own() {
+        let io = tokio_test::io::Builder::new()
+            .read(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .wait(Duration::from_secs(60))
+            .read(b"body")
+            .read(b"GET /2 HTTP/1.1\r\n")
+            .wait(Duration::from_secs(6))
+            .build();
+        let mut d = HeadDeadline::new(Box::new(io), Duration::from_secs(5));
+        read(&mut d, 27).await.unwrap();
+        assert_eq!(
+            read(&mut d, 4).await.unwrap(),
+            b"body",
+            "no deadline after the head"
+        );
+        d.next_request();
+        read(&mut d, 17).await.unwrap();
+        let err = read(&mut d, 1).await.unwrap_err();
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::TimedOut,
+            "the next head has its own deadline"
+        );
+    }
+
+    #[tokio::test]
+    async fn replayed_bytes_come_first_and_are_let_go_once_read() {
+        let io = tokio_test::io::Builder::new()
+            .read(b" and the socket")
+            .build();
+        let mut d = HeadDeadline::new(Box::new(io), Duration::from_secs(5));
+        let head = Bytes::from(b"GET / HTTP/1.1\r\n\r\n".to_vec());
+        d.replay(head.clone());
+        assert!(!head.is_unique(), "held while not yet read");
+        assert_eq!(read(&mut d, 18).await.unwrap(), b"GET / HTTP/1.1\r\n\r\n");
+        assert!(
+            head.is_unique(),
+            "the connection keeps no copy of a replayed head"
+        );
+        assert_eq!(read(&mut d, 15).await.unwrap(), b" and the socket");
+    }
+}

@@ -489,3 +489,215 @@ impl Downstream for Connection {
         }
     }
 }
+
+/// The head reader and the lean connection over in-memory I/O: a parsing or framing bug shows
+/// here without a gateway process.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    fn parsed(head: &Head) -> (&RequestHeader, usize) {
+        match head {
+            Head::Parsed { req, len, .. } => (req, *len),
+            Head::Other(b) => panic!("left to pingora: {:?}", String::from_utf8_lossy(b)),
+            Head::Closed => panic!("closed"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_split_across_reads_is_parsed_and_what_follows_is_kept() {
+        let mut io = tokio_test::io::Builder::new()
+            .read(b"GET /feed?transport=sse HT")
+            .read(b"TP/1.1\r\nHost: gw\r\n")
+            .read(b"Accept: text/event-stream\r\n\r\nGET /next")
+            .build();
+        let head = read_head(&mut io, BytesMut::new()).await;
+        let (req, len) = parsed(&head);
+        assert_eq!(req.uri.path(), "/feed");
+        assert_eq!(req.headers["accept"], "text/event-stream");
+        let Head::Parsed { bytes, .. } = &head else {
+            unreachable!()
+        };
+        assert_eq!(&after_head(bytes, len)[..], b"GET /next");
+    }
+
+    #[tokio::test]
+    async fn heads_this_path_does_not_judge_are_left_to_pingora_whole() {
+        let cases: [&[u8]; 7] = [
+            b"POST /feed HTTP/1.1\r\nHost: gw\r\n\r\n",
+            b"GET /feed HTTP/1.0\r\nHost: gw\r\n\r\n",
+            b"GET /feed HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n",
+            b"GET /feed HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /feed HTTP/1.1\r\nHost: gw\r\nUpgrade: h2c\r\nHTTP2-Settings: AAA\r\n\r\n",
+            b"GET /feed HTTP/1.1\r\nHost: gw\r\nHost: other\r\n\r\n",
+            b"GET /feed HTTP/1.1\r\nHost: gw\r\nBad Header\r\n\r\n",
+        ];
+        for raw in cases {
+            let mut io = tokio_test::io::Builder::new().read(raw).build();
+            match read_head(&mut io, BytesMut::new()).await {
+                Head::Other(bytes) => assert_eq!(&bytes[..], raw, "replayed byte for byte"),
+                _ => panic!("taken: {:?}", String::from_utf8_lossy(raw)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn eof_before_a_head_is_closed_and_inside_one_is_left_to_pingora() {
+        let mut io = tokio_test::io::Builder::new().read(b"\r\n").build();
+        assert!(matches!(
+            read_head(&mut io, BytesMut::new()).await,
+            Head::Closed
+        ));
+        let mut io = tokio_test::io::Builder::new()
+            .read(b"GET / HTTP/1.1\r\nHo")
+            .build();
+        assert!(
+            matches!(read_head(&mut io, BytesMut::new()).await, Head::Other(b) if &b[..] == b"GET / HTTP/1.1\r\nHo")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_head_past_the_lean_bound_is_left_to_pingora() {
+        let big = format!("GET / HTTP/1.1\r\nX-Fill: {}\r\n", "a".repeat(HEAD_MAX));
+        let (mut io, mut client) = tokio::io::duplex(64 * 1024);
+        client.write_all(big.as_bytes()).await.unwrap();
+        match read_head(&mut io, BytesMut::new()).await {
+            Head::Other(b) => assert!(
+                b.len() >= HEAD_MAX && b.len() < big.len(),
+                "stops reading at the bound"
+            ),
+            _ => panic!("taken"),
+        }
+    }
+
+    /// A lean connection for `head`, and the client's end of the socket.
+    fn connection(head: &str) -> (Connection, DuplexStream) {
+        let (server, client) = tokio::io::duplex(64 * 1024);
+        let io = Box::new(HeadDeadline::new(Box::new(server), Duration::from_secs(5)));
+        let Parse::Complete(req, _) = parse(head.as_bytes()) else {
+            panic!("head does not parse")
+        };
+        let conn = Connection::new(io, req, BytesMut::new(), None, false, false);
+        (conn, client)
+    }
+
+    /// Everything the client received, once the server side is gone.
+    async fn received(mut client: DuplexStream) -> String {
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn head(status: u16, fields: &[(&str, &str)]) -> Box<ResponseHeader> {
+        let mut resp = ResponseHeader::build(status, None).unwrap();
+        for (k, v) in fields {
+            resp.insert_header(k.to_string(), *v).unwrap();
+        }
+        Box::new(resp)
+    }
+
+    #[tokio::test]
+    async fn a_chunked_stream_frames_each_write_and_a_burst_as_one_chunk() {
+        let (mut conn, client) = connection("GET /s HTTP/1.1\r\nHost: gw\r\n\r\n");
+        conn.write_response_header(head(200, &[("transfer-encoding", "chunked")]), false)
+            .await
+            .unwrap();
+        conn.write_response_body(Some(Bytes::from_static(b"id: 1\n\n")), false)
+            .await
+            .unwrap();
+        let burst = [
+            Bytes::from_static(b"id: 2\n\n"),
+            Bytes::from_static(b"id: 3\n\n"),
+        ];
+        conn.write_body_parts(&burst).await.unwrap();
+        conn.write_response_body(None, true).await.unwrap();
+        assert_eq!(conn.status, Some(200));
+        let reusable = conn.into_reusable();
+        assert!(
+            reusable.is_some(),
+            "a complete chunked answer keeps the connection"
+        );
+        drop(reusable);
+        let text = received(client).await;
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("\r\ndate: "), "{head}");
+        assert_eq!(
+            body,
+            "7\r\nid: 1\n\n\r\ne\r\nid: 2\n\nid: 3\n\n\r\n0\r\n\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_asks_to_close_gets_connection_close_and_no_reuse() {
+        let (mut conn, client) =
+            connection("GET /s HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+        conn.write_response_header(head(200, &[("content-length", "2")]), false)
+            .await
+            .unwrap();
+        conn.write_response_body(Some(Bytes::from_static(b"ok")), true)
+            .await
+            .unwrap();
+        assert!(conn.into_reusable().is_none());
+        let text = received(client).await;
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_its_length_is_refused_and_a_short_one_ends_keep_alive() {
+        let (mut conn, _client) = connection("GET /s HTTP/1.1\r\nHost: gw\r\n\r\n");
+        conn.write_response_header(head(200, &[("content-length", "3")]), false)
+            .await
+            .unwrap();
+        let too_long = [Bytes::from_static(b"ab"), Bytes::from_static(b"cd")];
+        assert!(conn.write_body_parts(&too_long).await.is_err());
+        conn.write_response_body(Some(Bytes::from_static(b"a")), true)
+            .await
+            .unwrap();
+        assert!(
+            conn.into_reusable().is_none(),
+            "the client still waits for 2 bytes"
+        );
+    }
+
+    #[tokio::test]
+    async fn after_a_101_the_socket_carries_the_websocket_both_ways() {
+        let (mut conn, mut client) = connection(
+            "GET /ws HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        );
+        assert_eq!(
+            conn.read_request_body().await.unwrap(),
+            None,
+            "no body before the 101"
+        );
+        conn.write_response_header(head(101, &[("upgrade", "websocket")]), false)
+            .await
+            .unwrap();
+        client.write_all(b"\x81\x85frame").await.unwrap();
+        let got = conn.read_request_body().await.unwrap().unwrap();
+        assert_eq!(&got[..], b"\x81\x85frame");
+        conn.write_body_parts(&[
+            Bytes::from_static(b"\x81\x01a"),
+            Bytes::from_static(b"\x81\x01b"),
+        ])
+        .await
+        .unwrap();
+        assert!(
+            conn.into_reusable().is_none(),
+            "an upgraded connection is never reused"
+        );
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        assert!(
+            out.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"),
+            "{out:?}"
+        );
+        assert!(out.ends_with(b"\r\n\r\n\x81\x01a\x81\x01b"), "{out:?}");
+    }
+}
