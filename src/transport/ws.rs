@@ -84,14 +84,16 @@ pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::
     };
     // The session lives as long as this connection: it never expires under it.
     let busy = conv.as_ref().map(|c| c.busy());
-    let result = run(
-        session,
-        bridge,
-        consumer.as_mut(),
-        uplink,
-        conv.as_ref(),
-        Box::new(resp),
-    )
+    let result = async {
+        session.write_response_header(Box::new(resp), false).await?;
+        let _open = metrics::OpenConnection::new(route, "websocket");
+        // The endpoint runs its own keepalive; pingora's per-read timeout would cut idle clients.
+        session.set_read_timeout(None);
+        Endpoint::new(session, bridge, uplink, conv.as_ref())
+            .run(consumer.as_mut())
+            .await;
+        Ok(())
+    }
     .await;
     drop(busy);
     if let Some(c) = conv {
@@ -100,215 +102,348 @@ pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::
     result
 }
 
-async fn run<D: Downstream>(
-    session: &mut D,
-    bridge: &Bridge,
-    mut consumer: Option<&mut Consumer>,
+/// What an event means for the connection.
+enum Step {
+    /// Go on.
+    Go,
+    /// End with this close frame to the client.
+    Close(u16, String),
+    /// End without a close frame (the client's side ended first).
+    Finish,
+    /// End now: the client is gone or was dropped (nothing more can be written).
+    Gone,
+}
+
+/// Keepalive deadlines: the next ping, the pong awaited, and the idle cut.
+struct Keepalive {
+    ping_every: Duration,
+    pong_timeout: Duration,
+    idle_for: Duration,
+    next_ping: Instant,
+    pong_due: Option<Instant>,
+    idle_at: Instant,
+}
+
+impl Keepalive {
+    fn new(k: &crate::config::Keepalive) -> Self {
+        let far = Duration::from_secs(86_400 * 365);
+        let every = |d: Duration| if d.is_zero() { far } else { d };
+        let now = Instant::now();
+        Self {
+            ping_every: every(k.ping_interval),
+            pong_timeout: k.pong_timeout,
+            idle_for: every(k.idle_timeout),
+            next_ping: now + every(k.ping_interval),
+            pong_due: None,
+            idle_at: now + every(k.idle_timeout),
+        }
+    }
+
+    /// When the timer must next wake.
+    fn wake(&self) -> Instant {
+        self.pong_due
+            .map_or(self.next_ping, |p| p.min(self.next_ping))
+            .min(self.idle_at)
+    }
+}
+
+/// One terminated WebSocket client, between its `101` and its close. Each event the loop in
+/// [`Endpoint::run`] waits for has a method of its own.
+struct Endpoint<'a, D> {
+    session: &'a mut D,
+    bridge: &'a Bridge,
+    route: &'a str,
     uplink: Option<mpsc::Sender<Outgoing>>,
-    conv: Option<&Arc<BridgeSession>>,
-    resp: Box<ResponseHeader>,
-) -> pingora::Result<()> {
-    let route = bridge.route.name.as_str();
-    session.write_response_header(resp, false).await?;
-    let _open = metrics::OpenConnection::new(route, "websocket");
-    // The endpoint runs its own keepalive; pingora's per-read timeout would cut idle clients.
-    session.set_read_timeout(None);
+    conv: Option<&'a Arc<BridgeSession>>,
+    decoder: Decoder,
+    /// The route is the builtin echo: client messages come back.
+    echo: bool,
+    /// Messages on their way to the backend, each with the news of whether it got there.
+    /// While UPLINK_QUEUE are in flight, the client is not read: backpressure, not buffering.
+    in_flight: VecDeque<oneshot::Receiver<Result<(), UplinkError>>>,
+    /// Decoded client messages not yet handed to the uplink (it may be full); never awaited
+    /// while reading, so a full uplink cannot stop deliveries to this client.
+    queued: VecDeque<Outgoing>,
+    client_closed: bool,
+    keepalive: Keepalive,
+    messages_in: prometheus::IntCounter,
+    bytes_in: prometheus::IntCounter,
+    delivered: metrics::Delivered,
+}
 
-    let keepalive = &bridge.route.keepalive;
-    let mut decoder = Decoder::new(bridge.route.limits.max_message as usize);
-    let echo = matches!(bridge.feed, Feed::Echo);
-    // Messages on their way to the backend, each with the news of whether it got there. While
-    // UPLINK_QUEUE are in flight, the client is not read: backpressure, not buffering.
-    let mut in_flight: VecDeque<oneshot::Receiver<Result<(), UplinkError>>> = VecDeque::new();
-    // Decoded client messages not yet handed to the uplink (it may be full); never awaited
-    // inside the read branch, so a full uplink cannot stop deliveries to this client.
-    let mut queued: VecDeque<Outgoing> = VecDeque::new();
-    let mut client_closed = false;
-    let messages_in = metrics::MESSAGES.with_label_values(&[route, "websocket", "in"]);
-    let mut delivered = metrics::Delivered::new(route, "websocket");
-    let bytes_in = metrics::BYTES.with_label_values(&[route, "websocket", "in"]);
-    let far = Duration::from_secs(86_400 * 365);
-    let every = |d: Duration| if d.is_zero() { far } else { d };
-    let mut next_ping = Instant::now() + every(keepalive.ping_interval);
-    let mut pong_due: Option<Instant> = None;
-    let mut idle_at = Instant::now() + every(keepalive.idle_timeout);
+impl<'a, D: Downstream> Endpoint<'a, D> {
+    fn new(
+        session: &'a mut D,
+        bridge: &'a Bridge,
+        uplink: Option<mpsc::Sender<Outgoing>>,
+        conv: Option<&'a Arc<BridgeSession>>,
+    ) -> Self {
+        let route = bridge.route.name.as_str();
+        Self {
+            session,
+            bridge,
+            route,
+            uplink,
+            conv,
+            decoder: Decoder::new(bridge.route.limits.max_message as usize),
+            echo: matches!(bridge.feed, Feed::Echo),
+            in_flight: VecDeque::new(),
+            queued: VecDeque::new(),
+            client_closed: false,
+            keepalive: Keepalive::new(&bridge.route.keepalive),
+            messages_in: metrics::MESSAGES.with_label_values(&[route, "websocket", "in"]),
+            bytes_in: metrics::BYTES.with_label_values(&[route, "websocket", "in"]),
+            delivered: metrics::Delivered::new(route, "websocket"),
+        }
+    }
 
-    // The keepalive timer and the closing signal are made once, not per message: a new timer
-    // or signal subscription on every delivery costs more than the delivery's own bookkeeping.
-    let timer = sleep_until(next_ping.min(idle_at));
-    tokio::pin!(timer);
-    let closing = bridge.closing();
-    tokio::pin!(closing);
+    /// Runs the connection until either side ends it. `consumer` is where backend messages
+    /// come from (none on the echo route).
+    async fn run(mut self, mut consumer: Option<&mut Consumer>) {
+        // The keepalive timer and the closing signal are made once, not per message: a new
+        // timer or signal subscription on every delivery costs more than the delivery's own
+        // bookkeeping.
+        let timer = sleep_until(self.keepalive.wake());
+        tokio::pin!(timer);
+        let closing = self.bridge.closing();
+        tokio::pin!(closing);
+        loop {
+            let wake = self.keepalive.wake();
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
+            let step = tokio::select! {
+                read = self.session.read_request_body(), if self.in_flight.len() < UPLINK_QUEUE => {
+                    self.on_client_bytes(read).await
+                }
+                // An owned permit (on a clone of the sender), so the output borrows nothing.
+                permit = async { self.uplink.clone().expect("messages are queued only with an uplink").reserve_owned().await }, if !self.queued.is_empty() => {
+                    match permit {
+                        Ok(permit) => {
+                            permit.send(self.queued.pop_front().expect("checked non-empty"));
+                        }
+                        // The session is over; its end reaches this client through the consumer.
+                        Err(_) => self.queued.clear(),
+                    }
+                    Step::Go
+                }
+                heard = async { self.in_flight.front_mut().expect("enabled only with messages in flight").await }, if !self.in_flight.is_empty() => {
+                    self.in_flight.pop_front();
+                    Self::on_uplink_heard(heard)
+                }
+                delivery = async { consumer.as_mut().expect("enabled only with a feed").next().await }, if consumer.is_some() => {
+                    let consumer = consumer.as_mut().expect("checked above");
+                    self.on_delivery(delivery, consumer).await
+                }
+                _ = &mut timer => self.on_timer().await,
+                _ = &mut closing => Step::Close(close::GOING_AWAY, "server shutting down or route removed".into()),
+            };
+            match step {
+                Step::Go => {}
+                Step::Gone => return,
+                Step::Finish => return self.finish(None).await,
+                Step::Close(code, reason) => return self.finish(Some((code, reason))).await,
+            }
+        }
+    }
 
-    let outcome: Option<(u16, String)> = loop {
-        let wake = pong_due
-            .map_or(next_ping, |p| p.min(next_ping))
-            .min(idle_at);
-        if timer.deadline() != wake {
-            timer.as_mut().reset(wake);
-        }
-        tokio::select! {
-            read = session.read_request_body(), if in_flight.len() < UPLINK_QUEUE => {
-                let Ok(Some(data)) = read else { break None };
-                bytes_in.inc_by(data.len() as u64);
-                idle_at = Instant::now() + every(keepalive.idle_timeout);
-                decoder.push(&data);
-                let mut reply: Vec<Bytes> = Vec::new();
-                let mut end = None;
-                loop {
-                    match decoder.next_message() {
-                        Ok(None) => break,
-                        // On a one-way route, what clients send is counted, not forwarded.
-                        Ok(Some(m @ (Incoming::Text(_) | Incoming::Binary(_)))) if uplink.is_some() => {
-                            messages_in.inc();
-                            let (payload, binary) = match m {
-                                Incoming::Binary(b) => (b, true),
-                                Incoming::Text(t) => (t, false),
-                                _ => unreachable!("matched above"),
-                            };
-                            let (done, heard) = oneshot::channel();
-                            queued.push_back(Outgoing { payload, binary, done: Some(done) });
-                            in_flight.push_back(heard);
-                        }
-                        Ok(Some(Incoming::Text(t))) => {
-                            messages_in.inc();
-                            if echo {
-                                reply.push(encode_frame(OP_TEXT, &t));
-                            }
-                        }
-                        Ok(Some(Incoming::Binary(b))) => {
-                            messages_in.inc();
-                            if echo {
-                                reply.push(encode_frame(OP_BINARY, &b));
-                            }
-                        }
-                        Ok(Some(Incoming::Ping(p))) => reply.push(encode_frame(OP_PONG, &p)),
-                        Ok(Some(Incoming::Pong(_))) => pong_due = None,
-                        Ok(Some(Incoming::Close(code))) => {
-                            client_closed = true;
-                            end = Some((code.unwrap_or(close::NORMAL), String::new()));
-                            break;
-                        }
-                        Err(v) => {
-                            metrics::REJECTIONS.with_label_values(&[route, "ws_protocol"]).inc();
-                            end = Some((v.code, v.reason.to_owned()));
-                            break;
-                        }
-                    }
-                }
-                for frame in reply {
-                    if frame[0] & 0x0f != OP_PONG {
-                        delivered.untimed(1);
-                    }
-                    delivered.bytes(frame.len());
-                    if session.write_response_body(Some(frame), false).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                if end.is_some() {
-                    break end;
-                }
-            }
-            permit = async { uplink.as_ref().expect("messages are queued only with an uplink").reserve().await }, if !queued.is_empty() => {
-                match permit {
-                    Ok(permit) => permit.send(queued.pop_front().expect("checked non-empty")),
-                    // The session is over; its end reaches this client through the consumer.
-                    Err(_) => queued.clear(),
-                }
-            }
-            heard = async { in_flight.front_mut().expect("branch enabled only with messages in flight").await }, if !in_flight.is_empty() => {
-                in_flight.pop_front();
-                match heard {
-                    // An ended session is told by the consumer, with the backend's own close.
-                    Ok(Ok(())) | Ok(Err(UplinkError::Ended)) | Err(_) => {}
-                    Ok(Err(UplinkError::Refused(status))) if (400..500).contains(&status) => {
-                        break Some((close::POLICY, format!("the backend refused a message (HTTP {status})")));
-                    }
-                    Ok(Err(UplinkError::Refused(status))) => {
-                        break Some((close::INTERNAL_ERROR, format!("the backend failed a message (HTTP {status})")));
-                    }
-                    Ok(Err(UplinkError::Unreachable(why))) => {
-                        break Some((close::INTERNAL_ERROR, format!("the backend could not be reached: {why}")));
-                    }
-                }
-            }
-            delivery = async { consumer.as_mut().expect("branch enabled only with a feed").next().await }, if consumer.is_some() => {
-                let consumer = consumer.as_mut().expect("checked above");
-                match delivery {
-                    Delivery::Message(m) => {
-                        let burst = super::gather_burst(&m, consumer, &mut delivered, |m| Some(m.ws_frame()))
-                            .expect("WebSocket clients take every message");
-                        delivered.bytes(burst.len());
-                        if super::write_burst(session, &burst, consumer).await.is_err() {
-                            super::abandon(session);
-                            return Ok(());
-                        }
-                    }
-                    // drop_oldest: WebSocket messages carry no ids, so the skip is only counted.
-                    Delivery::Dropped(_) => {}
-                    Delivery::TooSlow => {
-                        super::abandon(session);
-                        // Delivered only if there is room; the client is cut either way.
-                        let _ = session.write_response_body(Some(encode_close(close::POLICY, "too slow: fell behind the feed")), false).await;
-                        return Ok(());
-                    }
-                    Delivery::BackendGone(g) => break Some((g.code, g.reason.clone())),
-                    Delivery::Closed => break Some((close::SERVICE_RESTART, "route removed".into())),
-                }
-            }
-            _ = &mut timer => {
-                let now = Instant::now();
-                delivered.tick(now.into_std());
-                if now >= idle_at {
-                    break Some((close::GOING_AWAY, "idle timeout".into()));
-                }
-                if pong_due.is_some_and(|due| now >= due) {
-                    metrics::REJECTIONS.with_label_values(&[route, "pong_timeout"]).inc();
-                    break Some((close::INTERNAL_ERROR, "keepalive: no pong".into()));
-                }
-                if now >= next_ping {
-                    next_ping = now + every(keepalive.ping_interval);
-                    if pong_due.is_none() {
-                        pong_due = Some(now + keepalive.pong_timeout);
-                    }
-                    if session.write_response_body(Some(encode_frame(OP_PING, b"")), false).await.is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-            _ = &mut closing => break Some((close::GOING_AWAY, "server shutting down or route removed".into())),
-        }
-    };
-    if client_closed {
-        // Nothing more goes to this client, so its session stops holding backend messages
-        // (a full outbox would stop the backend from reading what follows).
-        if let Some(c) = conv {
-            c.outbox.end(Gone {
-                code: close::NORMAL,
-                reason: "client closed".into(),
-            });
-        }
-        // What the client sent before its close still reaches the backend (bounded wait).
-        let deliver = async {
-            if let Some(up) = &uplink {
-                for out in queued.drain(..) {
-                    if up.send(out).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            for heard in in_flight.drain(..) {
-                let _ = heard.await;
-            }
+    /// Bytes from the client: every complete frame in them is handled; replies (pongs, echoes)
+    /// go out before the next read.
+    async fn on_client_bytes(&mut self, read: pingora::Result<Option<Bytes>>) -> Step {
+        let Ok(Some(data)) = read else {
+            return Step::Finish;
         };
-        let _ = tokio::time::timeout(Duration::from_secs(5), deliver).await;
+        self.bytes_in.inc_by(data.len() as u64);
+        self.keepalive.idle_at = Instant::now() + self.keepalive.idle_for;
+        self.decoder.push(&data);
+        let mut reply: Vec<Bytes> = Vec::new();
+        let mut end = None;
+        loop {
+            match self.decoder.next_message() {
+                Ok(None) => break,
+                // On a one-way route, what clients send is counted, not forwarded.
+                Ok(Some(m @ (Incoming::Text(_) | Incoming::Binary(_))))
+                    if self.uplink.is_some() =>
+                {
+                    self.messages_in.inc();
+                    let (payload, binary) = match m {
+                        Incoming::Binary(b) => (b, true),
+                        Incoming::Text(t) => (t, false),
+                        _ => unreachable!("matched above"),
+                    };
+                    let (done, heard) = oneshot::channel();
+                    self.queued.push_back(Outgoing {
+                        payload,
+                        binary,
+                        done: Some(done),
+                    });
+                    self.in_flight.push_back(heard);
+                }
+                Ok(Some(Incoming::Text(t))) => {
+                    self.messages_in.inc();
+                    if self.echo {
+                        reply.push(encode_frame(OP_TEXT, &t));
+                    }
+                }
+                Ok(Some(Incoming::Binary(b))) => {
+                    self.messages_in.inc();
+                    if self.echo {
+                        reply.push(encode_frame(OP_BINARY, &b));
+                    }
+                }
+                Ok(Some(Incoming::Ping(p))) => reply.push(encode_frame(OP_PONG, &p)),
+                Ok(Some(Incoming::Pong(_))) => self.keepalive.pong_due = None,
+                Ok(Some(Incoming::Close(code))) => {
+                    self.client_closed = true;
+                    end = Some((code.unwrap_or(close::NORMAL), String::new()));
+                    break;
+                }
+                Err(v) => {
+                    metrics::REJECTIONS
+                        .with_label_values(&[self.route, "ws_protocol"])
+                        .inc();
+                    end = Some((v.code, v.reason.to_owned()));
+                    break;
+                }
+            }
+        }
+        for frame in reply {
+            if frame[0] & 0x0f != OP_PONG {
+                self.delivered.untimed(1);
+            }
+            self.delivered.bytes(frame.len());
+            if self
+                .session
+                .write_response_body(Some(frame), false)
+                .await
+                .is_err()
+            {
+                return Step::Gone;
+            }
+        }
+        match end {
+            Some((code, reason)) => Step::Close(code, reason),
+            None => Step::Go,
+        }
     }
-    if let Some((code, reason)) = outcome {
-        // A client that does not read cannot hold the task on its close frame.
-        session.set_write_timeout(Some(Duration::from_secs(5)));
-        let _ = session
-            .write_response_body(Some(encode_close(code, &reason)), false)
-            .await;
+
+    /// The backend's word on a client message: an ended session is told by the consumer, with
+    /// the backend's own close; a refusal ends the connection.
+    fn on_uplink_heard(heard: Result<Result<(), UplinkError>, oneshot::error::RecvError>) -> Step {
+        match heard {
+            Ok(Ok(())) | Ok(Err(UplinkError::Ended)) | Err(_) => Step::Go,
+            Ok(Err(UplinkError::Refused(status))) if (400..500).contains(&status) => Step::Close(
+                close::POLICY,
+                format!("the backend refused a message (HTTP {status})"),
+            ),
+            Ok(Err(UplinkError::Refused(status))) => Step::Close(
+                close::INTERNAL_ERROR,
+                format!("the backend failed a message (HTTP {status})"),
+            ),
+            Ok(Err(UplinkError::Unreachable(why))) => Step::Close(
+                close::INTERNAL_ERROR,
+                format!("the backend could not be reached: {why}"),
+            ),
+        }
     }
-    Ok(())
+
+    /// Something from the feed or the session: messages (with any queued behind them, in one
+    /// write), a skip, or the end.
+    async fn on_delivery(&mut self, delivery: Delivery, consumer: &mut Consumer) -> Step {
+        match delivery {
+            Delivery::Message(m) => {
+                let burst =
+                    super::gather_burst(&m, consumer, &mut self.delivered, |m| Some(m.ws_frame()))
+                        .expect("WebSocket clients take every message");
+                self.delivered.bytes(burst.len());
+                if super::write_burst(self.session, &burst, consumer)
+                    .await
+                    .is_err()
+                {
+                    super::abandon(self.session);
+                    return Step::Gone;
+                }
+                Step::Go
+            }
+            // drop_oldest: WebSocket messages carry no ids, so the skip is only counted.
+            Delivery::Dropped(_) => Step::Go,
+            Delivery::TooSlow => {
+                super::abandon(self.session);
+                // Delivered only if there is room; the client is cut either way.
+                let bye = encode_close(close::POLICY, "too slow: fell behind the feed");
+                let _ = self.session.write_response_body(Some(bye), false).await;
+                Step::Gone
+            }
+            Delivery::BackendGone(g) => Step::Close(g.code, g.reason.clone()),
+            Delivery::Closed => Step::Close(close::SERVICE_RESTART, "route removed".into()),
+        }
+    }
+
+    /// A keepalive deadline: idle cut, a pong that did not come, or the next ping.
+    async fn on_timer(&mut self) -> Step {
+        let now = Instant::now();
+        self.delivered.tick(now.into_std());
+        let k = &mut self.keepalive;
+        if now >= k.idle_at {
+            return Step::Close(close::GOING_AWAY, "idle timeout".into());
+        }
+        if k.pong_due.is_some_and(|due| now >= due) {
+            metrics::REJECTIONS
+                .with_label_values(&[self.route, "pong_timeout"])
+                .inc();
+            return Step::Close(close::INTERNAL_ERROR, "keepalive: no pong".into());
+        }
+        if now >= k.next_ping {
+            k.next_ping = now + k.ping_every;
+            if k.pong_due.is_none() {
+                k.pong_due = Some(now + k.pong_timeout);
+            }
+            let ping = encode_frame(OP_PING, b"");
+            if self
+                .session
+                .write_response_body(Some(ping), false)
+                .await
+                .is_err()
+            {
+                return Step::Gone;
+            }
+        }
+        Step::Go
+    }
+
+    /// The end: what the client sent before its close still reaches the backend (bounded
+    /// wait), then the close frame, if there is one to send.
+    async fn finish(mut self, outcome: Option<(u16, String)>) {
+        if self.client_closed {
+            // Nothing more goes to this client, so its session stops holding backend messages
+            // (a full outbox would stop the backend from reading what follows).
+            if let Some(c) = self.conv {
+                c.outbox.end(Gone {
+                    code: close::NORMAL,
+                    reason: "client closed".into(),
+                });
+            }
+            let deliver = async {
+                if let Some(up) = &self.uplink {
+                    for out in self.queued.drain(..) {
+                        if up.send(out).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                for heard in self.in_flight.drain(..) {
+                    let _ = heard.await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), deliver).await;
+        }
+        if let Some((code, reason)) = outcome {
+            // A client that does not read cannot hold the task on its close frame.
+            self.session.set_write_timeout(Some(Duration::from_secs(5)));
+            let _ = self
+                .session
+                .write_response_body(Some(encode_close(code, &reason)), false)
+                .await;
+        }
+    }
 }
