@@ -597,7 +597,13 @@ async fn quiet_connections_outlive_the_60_second_timers() {
     });
     tokio::time::sleep(quiet).await;
     for (path, tx, got) in clients.iter_mut() {
-        tx.send(Message::text("still here")).await.unwrap();
+        if let Err(e) = tx.send(Message::text("still here")).await {
+            let mut seen = Vec::new();
+            while let Ok(m) = got.try_recv() {
+                seen.push(m);
+            }
+            panic!("{path} was closed while quiet ({e}); it received {seen:?}");
+        }
         let m = loop {
             let m = tokio::time::timeout(DEADLINE, got.recv())
                 .await

@@ -74,7 +74,7 @@ pub trait Backends: Send + Sync {
 }
 
 /// Where a bridged route's messages come from.
-pub enum Feed {
+pub enum Source {
     /// One backend stream shared by every client of the route.
     Shared(Arc<Hub>),
     /// Each client talks to its own echo.
@@ -88,7 +88,7 @@ pub enum Feed {
 pub struct Bridge {
     pub route: Arc<Route>,
     pub spec: BridgeRoute,
-    pub feed: Feed,
+    pub source: Source,
     /// Set when a reload removed the route: its clients are asked to go, as on shutdown.
     /// Shared with the bridges a feed was carried to, so clients of every generation hear it.
     retired: Arc<tokio::sync::watch::Sender<bool>>,
@@ -133,36 +133,36 @@ impl Bridge {
         if !same_feed {
             return None;
         }
-        let feed = match &previous.feed {
-            Feed::Shared(h) => Feed::Shared(h.clone()),
-            Feed::PerClient(s) => Feed::PerClient(s.clone()),
-            Feed::Echo => Feed::Echo,
-            Feed::DemoPage => Feed::DemoPage,
+        let source = match &previous.source {
+            Source::Shared(h) => Source::Shared(h.clone()),
+            Source::PerClient(s) => Source::PerClient(s.clone()),
+            Source::Echo => Source::Echo,
+            Source::DemoPage => Source::DemoPage,
         };
         Some(Self {
             route,
             spec: spec.clone(),
-            feed,
+            source,
             retired: previous.retired.clone(),
             backends,
         })
     }
 
     pub fn new(route: Arc<Route>, spec: &BridgeRoute, backends: Arc<dyn Backends>) -> Self {
-        let feed = match spec.backend {
-            _ if spec.fanout == Fanout::PerClient => Feed::PerClient(Arc::default()),
+        let source = match spec.backend {
+            _ if spec.fanout == Fanout::PerClient => Source::PerClient(Arc::default()),
             BackendSpec::Builtin(Builtin::Clock)
             | BackendSpec::WebSocket(_)
             | BackendSpec::Sse(_) => {
-                Feed::Shared(Arc::new(Hub::new(route.limits.send_queue, spec.replay)))
+                Source::Shared(Arc::new(Hub::new(route.limits.send_queue, spec.replay)))
             }
-            BackendSpec::Builtin(Builtin::Echo) => Feed::Echo,
-            BackendSpec::Builtin(Builtin::DemoPage) => Feed::DemoPage,
+            BackendSpec::Builtin(Builtin::Echo) => Source::Echo,
+            BackendSpec::Builtin(Builtin::DemoPage) => Source::DemoPage,
         };
         Self {
             route,
             spec: spec.clone(),
-            feed,
+            source,
             retired: Arc::new(tokio::sync::watch::Sender::new(false)),
             backends,
         }
@@ -172,17 +172,17 @@ impl Bridge {
     /// SSE final `retry:`, polls answered), and they reconnect to whatever serves the path now.
     pub fn retire(&self) {
         self.retired.send_replace(true);
-        if let Feed::PerClient(sessions) = &self.feed {
+        if let Source::PerClient(sessions) = &self.source {
             sessions.close_all(session::EndReason::Shutdown);
         }
     }
 
     /// True when `other` runs on this bridge's feed (carried over by a reload).
     pub fn shares_feed_with(&self, other: &Bridge) -> bool {
-        match (&self.feed, &other.feed) {
-            (Feed::Shared(a), Feed::Shared(b)) => Arc::ptr_eq(a, b),
-            (Feed::PerClient(a), Feed::PerClient(b)) => Arc::ptr_eq(a, b),
-            (Feed::Echo, Feed::Echo) | (Feed::DemoPage, Feed::DemoPage) => true,
+        match (&self.source, &other.source) {
+            (Source::Shared(a), Source::Shared(b)) => Arc::ptr_eq(a, b),
+            (Source::PerClient(a), Source::PerClient(b)) => Arc::ptr_eq(a, b),
+            (Source::Echo, Source::Echo) | (Source::DemoPage, Source::DemoPage) => true,
             _ => false,
         }
     }
@@ -208,8 +208,8 @@ impl Bridge {
     }
 
     pub fn sessions(&self) -> Option<&Arc<session::Sessions>> {
-        match &self.feed {
-            Feed::PerClient(s) => Some(s),
+        match &self.source {
+            Source::PerClient(s) => Some(s),
             _ => None,
         }
     }
@@ -225,8 +225,8 @@ impl Bridge {
     }
 
     pub fn hub(&self) -> Option<&Arc<Hub>> {
-        match &self.feed {
-            Feed::Shared(h) => Some(h),
+        match &self.source {
+            Source::Shared(h) => Some(h),
             _ => None,
         }
     }

@@ -187,14 +187,14 @@ pub enum Builtin {
 pub enum BackendSpec {
     Builtin(Builtin),
     /// A plain WebSocket server; each message it sends is one message to clients.
-    WebSocket(BackendFeed),
+    WebSocket(RemoteBackend),
     /// A `text/event-stream` endpoint; each event is one message, its `event:` name kept.
-    Sse(BackendFeed),
+    Sse(RemoteBackend),
 }
 
 /// Where and how the gateway connects to a streaming backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendFeed {
+pub struct RemoteBackend {
     /// As written in the config, for logs.
     pub url: String,
     pub host: String,
@@ -285,7 +285,7 @@ pub struct BridgeRoute {
 
 impl BridgeRoute {
     /// The backend feed behind a `websocket:` or `sse:` route.
-    pub fn feed(&self) -> Option<&BackendFeed> {
+    pub fn remote(&self) -> Option<&RemoteBackend> {
         match &self.backend {
             BackendSpec::WebSocket(f) | BackendSpec::Sse(f) => Some(f),
             BackendSpec::Builtin(_) => None,

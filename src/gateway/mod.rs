@@ -12,7 +12,7 @@ pub mod state;
 
 pub use state::{GatewayState, Live, RouteRuntime, Target};
 
-use crate::bridge::Feed;
+use crate::bridge::Source;
 use crate::edge::{http1, LeanStreams};
 use crate::policy::reject::Reject;
 use crate::transport::{self, Downstream, Respond};
@@ -37,7 +37,7 @@ impl LeanStreams for Gateway {
             .find(wire::http::request_host(req), req.uri.path())?;
         match &rt.target {
             Target::Bridge(b)
-                if !matches!(b.feed, Feed::DemoPage) && transport::requested(req).is_some() =>
+                if !matches!(b.source, Source::DemoPage) && transport::requested(req).is_some() =>
             {
                 Some(rt.clone())
             }

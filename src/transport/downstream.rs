@@ -6,7 +6,9 @@
 //!   turn into long-lived streams (SSE, terminated WebSocket, long-poll). It holds a connection
 //!   for a fraction of the memory pingora's per-request state machine does (see `edge`).
 //!
-//! The methods mirror pingora's so a transport reads the same over either. [`Respond`] renders a
+//! The methods mirror pingora's so a transport reads the same over either. Transports call a
+//! request's `Downstream` `down`; "session" always means a bridged client session
+//! (`bridge::session`), never the HTTP exchange. [`Respond`] renders a
 //! policy refusal on either.
 
 use crate::policy::reject::Reject;
@@ -142,18 +144,18 @@ impl Downstream for Session {
 pub trait Respond {
     fn send<D: Downstream>(
         self,
-        session: &mut D,
+        down: &mut D,
         route: &str,
     ) -> impl Future<Output = pingora::Result<()>> + Send;
 }
 
 impl Respond for Reject {
-    async fn send<D: Downstream>(self, session: &mut D, route: &str) -> pingora::Result<()> {
+    async fn send<D: Downstream>(self, down: &mut D, route: &str) -> pingora::Result<()> {
         self.count(route);
         let (resp, body) = self.response()?;
-        session.set_keepalive(None);
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await?;
+        down.set_keepalive(None);
+        down.write_response_header(Box::new(resp), false).await?;
+        down.write_response_body(Some(body), true).await?;
         Ok(())
     }
 }

@@ -99,7 +99,7 @@ pub fn parse_body(content_type: &str, body: Bytes) -> Result<Vec<Inbound>, Strin
 }
 
 /// Reads the whole request body, refusing it past `max` bytes.
-async fn read_body<D: Downstream>(session: &mut D, max: usize) -> Result<Bytes, Reject> {
+async fn read_body<D: Downstream>(down: &mut D, max: usize) -> Result<Bytes, Reject> {
     let too_big = || {
         Reject::new(
             413,
@@ -107,7 +107,7 @@ async fn read_body<D: Downstream>(session: &mut D, max: usize) -> Result<Bytes, 
             format!("the body exceeds max_message ({max} bytes)"),
         )
     };
-    let declared = session
+    let declared = down
         .req_header()
         .headers
         .get(http::header::CONTENT_LENGTH)
@@ -118,7 +118,7 @@ async fn read_body<D: Downstream>(session: &mut D, max: usize) -> Result<Bytes, 
     }
     let mut body = BytesMut::new();
     loop {
-        let chunk = tokio::time::timeout(POST_DEADLINE, session.read_request_body()).await;
+        let chunk = tokio::time::timeout(POST_DEADLINE, down.read_request_body()).await;
         match chunk {
             Err(_) => {
                 return Err(Reject::new(
@@ -139,29 +139,29 @@ async fn read_body<D: Downstream>(session: &mut D, max: usize) -> Result<Bytes, 
     }
 }
 
-fn session_param<D: Downstream>(session: &D) -> Option<String> {
-    super::query_param(session.req_header(), "session")
+fn session_param<D: Downstream>(down: &D) -> Option<String> {
+    super::query_param(down.req_header(), "session")
 }
 
 /// Answers a POST: relays its messages to the backend in order.
 pub async fn post<D: Downstream>(
-    session: &mut D,
+    down: &mut D,
     bridge: &Bridge,
     transport: &'static str,
 ) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
-    match send(session, bridge, transport).await {
+    match send(down, bridge, transport).await {
         Ok(()) => {
             let mut resp = ResponseHeader::build(204, Some(1))?;
             resp.insert_header("cache-control", "no-store")?;
-            session.write_response_header(Box::new(resp), true).await
+            down.write_response_header(Box::new(resp), true).await
         }
-        Err(reject) => reject.send(session, route).await,
+        Err(reject) => reject.send(down, route).await,
     }
 }
 
 async fn send<D: Downstream>(
-    session: &mut D,
+    down: &mut D,
     bridge: &Bridge,
     transport: &'static str,
 ) -> Result<(), Reject> {
@@ -178,7 +178,7 @@ async fn send<D: Downstream>(
     // costs nothing.
     let (uplink, busy) = match bridge.sessions() {
         Some(sessions) => {
-            let Some(id) = session_param(session) else {
+            let Some(id) = session_param(down) else {
                 return Err(Reject::new(
                     400,
                     "missing_session",
@@ -193,18 +193,18 @@ async fn send<D: Downstream>(
             )
         }
         None => {
-            let client = super::client_info(session);
+            let client = super::client_info(down);
             let relay = bridge
-                .client_poster(session.req_header(), &client)
+                .client_poster(down.req_header(), &client)
                 .expect("two-way shared routes have post");
             (relay, None)
         }
     };
-    let body = read_body(session, bridge.route.limits.max_message as usize).await?;
+    let body = read_body(down, bridge.route.limits.max_message as usize).await?;
     metrics::BYTES
         .with_label_values(&[route, transport, "in"])
         .inc_by(body.len() as u64);
-    let content_type = session
+    let content_type = down
         .req_header()
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -286,7 +286,7 @@ fn refused(i: usize, count: usize, e: UplinkError, route: &str) -> Reject {
 }
 
 /// Answers a DELETE: ends the session and closes its backend connection.
-pub async fn delete<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::Result<()> {
+pub async fn delete<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
     let Some(sessions) = bridge.sessions() else {
         return Reject::new(
@@ -295,16 +295,16 @@ pub async fn delete<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora:
             format!("route {route} has no sessions to end"),
         )
         .header("allow", "GET")
-        .send(session, route)
+        .send(down, route)
         .await;
     };
-    let Some(conv) = session_param(session).and_then(|id| sessions.get(&id)) else {
-        return session_gone(route).send(session, route).await;
+    let Some(conv) = session_param(down).and_then(|id| sessions.get(&id)) else {
+        return session_gone(route).send(down, route).await;
     };
     conv.close(EndReason::Client);
     let mut resp = ResponseHeader::build(204, Some(1))?;
     resp.insert_header("cache-control", "no-store")?;
-    session.write_response_header(Box::new(resp), true).await
+    down.write_response_header(Box::new(resp), true).await
 }
 
 #[cfg(test)]

@@ -31,8 +31,8 @@ use tokio::sync::broadcast::error::RecvError;
 const MAX_BATCH: usize = 1000;
 
 /// The `cursor` query parameter: None when absent, Err when it is not a number.
-fn cursor_param<D: Downstream>(session: &D) -> Result<Option<u64>, Reject> {
-    match super::query_param(session.req_header(), "cursor") {
+fn cursor_param<D: Downstream>(down: &D) -> Result<Option<u64>, Reject> {
+    match super::query_param(down.req_header(), "cursor") {
         None => Ok(None),
         Some(c) => c.parse::<u64>().map(Some).map_err(|_| {
             Reject::new(
@@ -44,17 +44,17 @@ fn cursor_param<D: Downstream>(session: &D) -> Result<Option<u64>, Reject> {
     }
 }
 
-pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::Result<()> {
+pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
     if let Some(sessions) = bridge.sessions() {
-        return serve_session(session, bridge, sessions).await;
+        return serve_session(down, bridge, sessions).await;
     }
     let hub = bridge
         .hub()
         .expect("long-poll clients of a route without sessions read its hub");
-    let cursor = match cursor_param(session) {
+    let cursor = match cursor_param(down) {
         Ok(c) => c,
-        Err(reject) => return reject.send(session, route).await,
+        Err(reject) => return reject.send(down, route).await,
     };
     let head = hub.head();
     // A cursor ahead of the feed comes from before a restart: start over from what is held.
@@ -115,7 +115,7 @@ pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::
     let next_cursor = batch.last().map_or(after, |m| m.seq);
     let body = answer(bridge, None, next_cursor, &batch, missed, None);
     observe_latency(bridge, batch.get(live_from..).unwrap_or_default());
-    respond(session, body).await
+    respond(down, body).await
 }
 
 /// Builds a poll answer: `{"session"?, "cursor", "messages", "missed"?, "closed"?}`.
@@ -183,13 +183,13 @@ fn observe_latency(bridge: &Bridge, live: &[Arc<Message>]) {
     }
 }
 
-async fn respond<D: Downstream>(session: &mut D, body: Bytes) -> pingora::Result<()> {
+async fn respond<D: Downstream>(down: &mut D, body: Bytes) -> pingora::Result<()> {
     let mut resp = ResponseHeader::build(200, Some(3))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("cache-control", "no-store")?;
     resp.insert_header("content-length", body.len().to_string())?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await?;
+    down.write_response_header(Box::new(resp), false).await?;
+    down.write_response_body(Some(body), true).await?;
     Ok(())
 }
 
@@ -198,27 +198,27 @@ async fn respond<D: Downstream>(session: &mut D, body: Bytes) -> pingora::Result
 /// `session=ID&cursor=N`, acknowledges everything up to N and answers what follows, waiting up
 /// to `poll_timeout` for it. An unknown or ended session is 410.
 async fn serve_session<D: Downstream>(
-    session: &mut D,
+    down: &mut D,
     bridge: &Bridge,
     sessions: &Arc<Sessions>,
 ) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
-    let cursor = match cursor_param(session) {
+    let cursor = match cursor_param(down) {
         Ok(c) => c.unwrap_or(0),
-        Err(reject) => return reject.send(session, route).await,
+        Err(reject) => return reject.send(down, route).await,
     };
-    let Some(id) = super::query_param(session.req_header(), "session") else {
-        let client = super::client_info(session);
+    let Some(id) = super::query_param(down.req_header(), "session") else {
+        let client = super::client_info(down);
         let opened = bridge
-            .open_session(session.req_header(), &client, "long_poll", true)
+            .open_session(down.req_header(), &client, "long_poll", true)
             .await;
         return match opened {
-            Ok(conv) => respond(session, answer(bridge, Some(&conv.id), 0, &[], false, None)).await,
-            Err(why) => super::session_refused(session, route, why).await,
+            Ok(conv) => respond(down, answer(bridge, Some(&conv.id), 0, &[], false, None)).await,
+            Err(why) => super::session_refused(down, route, why).await,
         };
     };
     let Some(conv) = sessions.get(&id) else {
-        return session_gone(route).send(session, route).await;
+        return session_gone(route).send(down, route).await;
     };
     if cursor > conv.outbox.head() {
         return Reject::new(
@@ -228,7 +228,7 @@ async fn serve_session<D: Downstream>(
                 "cursor {cursor} is ahead of this session: use the `cursor` of the previous answer"
             ),
         )
-        .send(session, route)
+        .send(down, route)
         .await;
     }
     let _open = metrics::OpenConnection::new(route, "long_poll");
@@ -260,7 +260,7 @@ async fn serve_session<D: Downstream>(
         batch.gap,
         batch.ended.as_deref(),
     );
-    respond(session, body).await
+    respond(down, body).await
 }
 
 /// The answer for a session id that is not (or no longer) live on this route.

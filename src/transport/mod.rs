@@ -11,7 +11,7 @@ pub mod longpoll;
 pub mod sse;
 pub mod ws;
 
-use crate::bridge::{Bridge, ClientInfo, Consumer, Feed, Message, OpenError};
+use crate::bridge::{Bridge, ClientInfo, Consumer, Message, OpenError, Source};
 use crate::metrics;
 use crate::policy::reject::Reject;
 pub use crate::wire::http::query_param;
@@ -147,45 +147,45 @@ pub enum WriteFailed {
 /// Writes one chunk to a streaming client. A client that stops reading is let go, per the
 /// route's slow-consumer policy, instead of being waited for.
 pub async fn write_chunk<D: Downstream>(
-    session: &mut D,
+    down: &mut D,
     chunk: Bytes,
     consumer: &Consumer,
 ) -> Result<(), WriteFailed> {
-    write_burst(session, &Burst::One(chunk), consumer).await
+    write_burst(down, &Burst::One(chunk), consumer).await
 }
 
 /// [`write_chunk`] for a burst: its parts go out as one piece of the body.
 pub async fn write_burst<D: Downstream>(
-    session: &mut D,
+    down: &mut D,
     burst: &Burst,
     consumer: &Consumer,
 ) -> Result<(), WriteFailed> {
     tokio::select! {
         biased;
-        r = session.write_body_parts(burst.parts()) => r.map_err(|_| WriteFailed::Gone),
+        r = down.write_body_parts(burst.parts()) => r.map_err(|_| WriteFailed::Gone),
         _ = consumer.stalled() => Err(WriteFailed::TooSlow),
     }
 }
 
-/// Prepares a streaming session that is being dropped mid-body: pingora's finish step would
+/// Prepares a streaming answer that is being dropped mid-body: pingora's finish step would
 /// otherwise wait for a client that does not read to take the last chunk.
-pub fn abandon<D: Downstream>(session: &mut D) {
-    session.set_keepalive(None);
-    session.set_write_timeout(Some(Duration::from_millis(1)));
+pub fn abandon<D: Downstream>(down: &mut D) {
+    down.set_keepalive(None);
+    down.set_write_timeout(Some(Duration::from_millis(1)));
 }
 
 /// Who the client is, for the headers a per-client backend connection carries.
-pub fn client_info<D: Downstream>(session: &D) -> ClientInfo {
+pub fn client_info<D: Downstream>(down: &D) -> ClientInfo {
     ClientInfo {
-        ip: session.client_ip(),
-        tls: session.is_tls(),
+        ip: down.client_ip(),
+        tls: down.is_tls(),
     }
 }
 
 /// The answer for a client whose session could not be opened: 503 with `Retry-After` when the
 /// route is at `max_clients` sessions, 502 when its backend could not be reached.
 pub async fn session_refused<D: Downstream>(
-    session: &mut D,
+    down: &mut D,
     route: &str,
     why: OpenError,
 ) -> pingora::Result<()> {
@@ -204,25 +204,25 @@ pub async fn session_refused<D: Downstream>(
             format!("route {route}: the backend could not be reached: {why}"),
         ),
     };
-    reject.send(session, route).await
+    reject.send(down, route).await
 }
 
 const DEMO_PAGE: &str = include_str!("demo.html");
 
-async fn serve_page<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::Result<()> {
+async fn serve_page<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
-    let req = session.req_header();
+    let req = down.req_header();
     if req.uri.path() != bridge.route.path
         && req.uri.path() != format!("{}/", bridge.route.path.trim_end_matches('/'))
     {
         return Reject::new(404, "no_route", format!("no route for {}", req.uri.path()))
-            .send(session, route)
+            .send(down, route)
             .await;
     }
     if req.method != http::Method::GET && req.method != http::Method::HEAD {
         return Reject::new(405, "bad_method", "the demo page answers GET")
             .header("allow", "GET, HEAD")
-            .send(session, route)
+            .send(down, route)
             .await;
     }
     let body = Bytes::from_static(DEMO_PAGE.as_bytes());
@@ -231,17 +231,17 @@ async fn serve_page<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora:
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-cache")?;
     let head = req.method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head).await?;
+    down.write_response_header(Box::new(resp), head).await?;
     if !head {
-        session.write_response_body(Some(body), true).await?;
+        down.write_response_body(Some(body), true).await?;
     }
     Ok(())
 }
 
 /// Serves a request on a bridged route with the transport it asks for.
-pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::Result<()> {
-    if let Feed::DemoPage = bridge.feed {
-        return serve_page(session, bridge).await;
+pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Result<()> {
+    if let Source::DemoPage = bridge.source {
+        return serve_page(down, bridge).await;
     }
     let route = bridge.route.name.as_str();
     let offered = bridge.spec.clients;
@@ -258,13 +258,13 @@ pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::
     .map(|(_, s)| *s)
     .collect::<Vec<_>>()
     .join(", ");
-    let Some(transport) = requested(session.req_header()) else {
+    let Some(transport) = requested(down.req_header()) else {
         return Reject::new(
             406,
             "no_transport",
             format!("route {route} streams messages; ask for one of: {list}"),
         )
-        .send(session, route)
+        .send(down, route)
         .await;
     };
     let allowed = match transport {
@@ -281,19 +281,19 @@ pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::
                 transport.label()
             ),
         )
-        .send(session, route)
+        .send(down, route)
         .await;
     }
     if transport != ClientTransport::WebSocket {
-        let method = session.req_header().method.clone();
+        let method = down.req_header().method.clone();
         let two_way = bridge.spec.two_way();
         let sessions = bridge.sessions().is_some();
         match method {
             http::Method::GET => {}
             http::Method::POST if two_way => {
-                return inbound::post(session, bridge, transport.label()).await
+                return inbound::post(down, bridge, transport.label()).await
             }
-            http::Method::DELETE if sessions => return inbound::delete(session, bridge).await,
+            http::Method::DELETE if sessions => return inbound::delete(down, bridge).await,
             _ => {
                 let allow = bridge.methods();
                 return Reject::new(
@@ -302,15 +302,15 @@ pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::
                     format!("{} clients of route {route} use {allow}", transport.label()),
                 )
                 .header("allow", allow)
-                .send(session, route)
+                .send(down, route)
                 .await;
             }
         }
     }
     match transport {
-        ClientTransport::WebSocket => ws::serve(session, bridge).await,
-        ClientTransport::Sse => sse::serve(session, bridge).await,
-        ClientTransport::LongPoll => longpoll::serve(session, bridge).await,
+        ClientTransport::WebSocket => ws::serve(down, bridge).await,
+        ClientTransport::Sse => sse::serve(down, bridge).await,
+        ClientTransport::LongPoll => longpoll::serve(down, bridge).await,
     }
 }
 

@@ -18,7 +18,7 @@
 //! and a reconnect with `Last-Event-ID` reattaches to the session while it lives.
 
 use super::{Burst, Downstream};
-use crate::bridge::session::{EndReason, Session as BridgeSession, Sessions};
+use crate::bridge::session::{EndReason, Session, Sessions};
 use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Joined, Message};
 use crate::config::BinaryPolicy;
 use crate::metrics;
@@ -30,14 +30,14 @@ use std::sync::Arc;
 /// How long browsers wait before reconnecting, sent on connect.
 pub const RETRY_MS: u64 = 2000;
 
-pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::Result<()> {
+pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Result<()> {
     if let Some(sessions) = bridge.sessions() {
-        return serve_session(session, bridge, sessions).await;
+        return serve_session(down, bridge, sessions).await;
     }
     let hub = bridge
         .hub()
         .expect("SSE clients of a route without sessions read its hub");
-    let last_id = last_event_id(session);
+    let last_id = last_event_id(down);
     // An id from another epoch means the feed restarted: replay all that is held, with a gap mark.
     // So is a position ahead of the feed's head (a forged or corrupted id).
     let head = hub.head();
@@ -61,7 +61,7 @@ pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::
     if last_id.is_some() {
         bridge.count_replay(gap || foreign_id);
     }
-    stream(session, bridge, &hub.epoch, first, &backlog, consumer, None).await
+    stream(down, bridge, &hub.epoch, first, &backlog, consumer, None).await
 }
 
 const GAP_EVENT: &[u8] = b"event: gap\ndata: messages before this point were missed\n\n";
@@ -71,12 +71,12 @@ const GAP_EVENT: &[u8] = b"event: gap\ndata: messages before this point were mis
 /// is opened (502 when its backend cannot be reached). Its id comes first, as
 /// `event: session`; the client sends with `POST path?transport=sse&session=ID`.
 async fn serve_session<D: Downstream>(
-    session: &mut D,
+    down: &mut D,
     bridge: &Bridge,
     sessions: &Arc<Sessions>,
 ) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
-    let last_id = last_event_id(session);
+    let last_id = last_event_id(down);
     let resumed = last_id.as_deref().and_then(|id| {
         let (sid, seq) = id.trim().rsplit_once('-')?;
         let s = sessions.get(sid)?;
@@ -96,9 +96,9 @@ async fn serve_session<D: Downstream>(
             (conv, after)
         }
         None => {
-            let client = super::client_info(session);
+            let client = super::client_info(down);
             let opened = bridge
-                .open_session(session.req_header(), &client, "sse", true)
+                .open_session(down.req_header(), &client, "sse", true)
                 .await;
             match opened {
                 Ok(conv) => {
@@ -107,7 +107,7 @@ async fn serve_session<D: Downstream>(
                     );
                     (conv, 0)
                 }
-                Err(why) => return super::session_refused(session, route, why).await,
+                Err(why) => return super::session_refused(down, route, why).await,
             }
         }
     };
@@ -119,42 +119,41 @@ async fn serve_session<D: Downstream>(
         after,
         write_deadline(&bridge.route.keepalive),
     );
-    stream(session, bridge, &conv.id, first, &[], consumer, Some(&conv)).await
+    stream(down, bridge, &conv.id, first, &[], consumer, Some(&conv)).await
 }
 
-fn last_event_id<D: Downstream>(session: &D) -> Option<String> {
-    session
-        .req_header()
+fn last_event_id<D: Downstream>(down: &D) -> Option<String> {
+    down.req_header()
         .headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| super::query_param(session.req_header(), "lastEventId"))
+        .or_else(|| super::query_param(down.req_header(), "lastEventId"))
 }
 
 /// Writes the event stream: headers, `first`, the backlog, then live messages with heartbeats
 /// until the client, the backend or the gateway ends it. `conv` is the client's own session on a
 /// per-client route: its end is told as `event: closed` and closes the session.
 async fn stream<D: Downstream>(
-    session: &mut D,
+    down: &mut D,
     bridge: &Bridge,
     epoch: &str,
     mut first: BytesMut,
     backlog: &[Arc<Message>],
     mut consumer: Consumer,
-    conv: Option<&Arc<BridgeSession>>,
+    conv: Option<&Arc<Session>>,
 ) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
     let mut resp = ResponseHeader::build(200, Some(6))?;
     resp.insert_header("content-type", "text/event-stream")?;
     resp.insert_header("cache-control", "no-cache")?;
     resp.insert_header("x-accel-buffering", "no")?;
-    if !session.is_http2() {
+    if !down.is_http2() {
         resp.insert_header("transfer-encoding", "chunked")?;
     }
-    session.write_response_header(Box::new(resp), false).await?;
+    down.write_response_header(Box::new(resp), false).await?;
     let _open = metrics::OpenConnection::new(route, "sse");
-    session.set_read_timeout(None);
+    down.set_read_timeout(None);
     let mut delivered = metrics::Delivered::new(route, "sse");
     let binary = bridge.spec.binary;
     let frame = |m: &Message| -> Option<Bytes> {
@@ -179,8 +178,8 @@ async fn stream<D: Downstream>(
         }
         let chunk = std::mem::take(&mut first).freeze();
         delivered.bytes(chunk.len());
-        if super::write_chunk(session, chunk, &consumer).await.is_err() {
-            super::abandon(session);
+        if super::write_chunk(down, chunk, &consumer).await.is_err() {
+            super::abandon(down);
             return Ok(());
         }
         if backlog.peek().is_none() {
@@ -210,7 +209,7 @@ async fn stream<D: Downstream>(
                     "event: gap\ndata: {n} messages dropped: this client fell behind\n\n"
                 ))),
                 Delivery::TooSlow => {
-                    super::abandon(session);
+                    super::abandon(down);
                     return Ok(());
                 }
                 Delivery::BackendGone(g) if conv.is_some() => {
@@ -218,7 +217,7 @@ async fn stream<D: Downstream>(
                     // EventSource), and let the session go.
                     let closed = serde_json::json!({ "code": g.code, "reason": g.reason });
                     let bye = format!("event: closed\ndata: {closed}\n\n");
-                    let _ = super::write_chunk(session, Bytes::from(bye), &consumer).await;
+                    let _ = super::write_chunk(down, Bytes::from(bye), &consumer).await;
                     if let Some(c) = conv {
                         c.close(EndReason::Client);
                     }
@@ -227,8 +226,8 @@ async fn stream<D: Downstream>(
                 Delivery::BackendGone(g) => {
                     // EventSource reconnects after `retry:` and resumes with Last-Event-ID.
                     let bye = format!(": backend went away ({}); reconnect to resume\n{}\n", g.reason.replace(['\r', '\n'], " "), retry_field());
-                    if super::write_chunk(session, Bytes::from(bye), &consumer).await.is_err() {
-                        super::abandon(session);
+                    if super::write_chunk(down, Bytes::from(bye), &consumer).await.is_err() {
+                        super::abandon(down);
                         return Ok(());
                     }
                     break;
@@ -239,31 +238,28 @@ async fn stream<D: Downstream>(
                 delivered.tick(std::time::Instant::now());
                 Burst::One(Bytes::from_static(b": heartbeat\n\n"))
             }
-            idle = session.read_body_or_idle(true), if watching_client => match idle {
+            idle = down.read_body_or_idle(true), if watching_client => match idle {
                 // The client closed its side: stop now instead of at the next write.
                 Err(_) => return Ok(()),
                 Ok(_) => { watching_client = false; continue }
             },
             _ = &mut closing => {
-                if super::write_chunk(session, Bytes::from(retry_field() + "\n"), &consumer).await.is_err() {
-                    super::abandon(session);
+                if super::write_chunk(down, Bytes::from(retry_field() + "\n"), &consumer).await.is_err() {
+                    super::abandon(down);
                     return Ok(());
                 }
                 break;
             }
         };
         delivered.bytes(chunk.len());
-        if super::write_burst(session, &chunk, &consumer)
-            .await
-            .is_err()
-        {
-            super::abandon(session);
+        if super::write_burst(down, &chunk, &consumer).await.is_err() {
+            super::abandon(down);
             return Ok(());
         }
     }
     // The end of the body must not wait on a client that stopped reading.
-    session.set_write_timeout(Some(std::time::Duration::from_secs(5)));
-    let _ = session.write_response_body(None, true).await;
+    down.set_write_timeout(Some(std::time::Duration::from_secs(5)));
+    let _ = down.write_response_body(None, true).await;
     Ok(())
 }
 

@@ -4,10 +4,8 @@
 
 use super::{Downstream, Respond};
 use crate::bridge::hub::Gone;
-use crate::bridge::session::{
-    EndReason, Outgoing, Session as BridgeSession, UplinkError, UPLINK_QUEUE,
-};
-use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Feed};
+use crate::bridge::session::{EndReason, Outgoing, Session, UplinkError, UPLINK_QUEUE};
+use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Source};
 use crate::config::BackendSpec;
 use crate::metrics;
 use crate::policy::reject::Reject;
@@ -24,11 +22,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
 /// Serves one WebSocket client of a bridged route until either side ends it.
-pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::Result<()> {
+pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
-    let accept = match accept_key(session.req_header()) {
+    let accept = match accept_key(down.req_header()) {
         Ok(a) => a,
-        Err(h) => return Reject::from(h).send(session, route).await,
+        Err(h) => return Reject::from(h).send(down, route).await,
     };
     let configured: &[String] = match &bridge.spec.backend {
         BackendSpec::WebSocket(f) => &f.subprotocols,
@@ -38,13 +36,13 @@ pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::
     // unreachable backend is an HTTP 502 the client can see.
     let conv = match bridge.sessions() {
         Some(_) => {
-            let client = super::client_info(session);
+            let client = super::client_info(down);
             match bridge
-                .open_session(session.req_header(), &client, "websocket", false)
+                .open_session(down.req_header(), &client, "websocket", false)
                 .await
             {
                 Ok(c) => Some(c),
-                Err(why) => return super::session_refused(session, route, why).await,
+                Err(why) => return super::session_refused(down, route, why).await,
             }
         }
         None => None,
@@ -53,11 +51,7 @@ pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::
         Some(c) => c.backend_protocol.clone(),
         None => bridge.hub().and_then(|h| h.backend_protocol()),
     };
-    let protocol = choose_subprotocol(
-        session.req_header(),
-        configured,
-        backend_protocol.as_deref(),
-    );
+    let protocol = choose_subprotocol(down.req_header(), configured, backend_protocol.as_deref());
     let mut resp = ResponseHeader::build(101, Some(5))?;
     resp.insert_header("upgrade", "websocket")?;
     resp.insert_header("connection", "Upgrade")?;
@@ -66,7 +60,7 @@ pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::
         resp.insert_header("sec-websocket-protocol", p)?;
     }
     // Subscribed before the 101 goes out: a client that saw the handshake misses nothing after it.
-    let mut consumer = match (&bridge.feed, &conv) {
+    let mut consumer = match (&bridge.source, &conv) {
         (_, Some(c)) => Some(Consumer::for_session(
             c.clone(),
             c.attach(),
@@ -74,22 +68,22 @@ pub async fn serve<D: Downstream>(session: &mut D, bridge: &Bridge) -> pingora::
             0,
             write_deadline(&bridge.route.keepalive),
         )),
-        (Feed::Shared(_), None) => Some(bridge.join(None, "websocket").consumer),
+        (Source::Shared(_), None) => Some(bridge.join(None, "websocket").consumer),
         _ => None,
     };
     // Where this client's messages go: its session's backend, or `post:` for an SSE feed.
     let uplink = match &conv {
         Some(c) => c.uplink(),
-        None => bridge.client_poster(session.req_header(), &super::client_info(session)),
+        None => bridge.client_poster(down.req_header(), &super::client_info(down)),
     };
     // The session lives as long as this connection: it never expires under it.
     let busy = conv.as_ref().map(|c| c.busy());
     let result = async {
-        session.write_response_header(Box::new(resp), false).await?;
+        down.write_response_header(Box::new(resp), false).await?;
         let _open = metrics::OpenConnection::new(route, "websocket");
         // The endpoint runs its own keepalive; pingora's per-read timeout would cut idle clients.
-        session.set_read_timeout(None);
-        Endpoint::new(session, bridge, uplink, conv.as_ref())
+        down.set_read_timeout(None);
+        Endpoint::new(down, bridge, uplink, conv.as_ref())
             .run(consumer.as_mut())
             .await;
         Ok(())
@@ -150,11 +144,11 @@ impl Keepalive {
 /// One terminated WebSocket client, between its `101` and its close. Each event the loop in
 /// [`Endpoint::run`] waits for has a method of its own.
 struct Endpoint<'a, D> {
-    session: &'a mut D,
+    down: &'a mut D,
     bridge: &'a Bridge,
     route: &'a str,
     uplink: Option<mpsc::Sender<Outgoing>>,
-    conv: Option<&'a Arc<BridgeSession>>,
+    conv: Option<&'a Arc<Session>>,
     decoder: Decoder,
     /// The route is the builtin echo: client messages come back.
     echo: bool,
@@ -173,20 +167,20 @@ struct Endpoint<'a, D> {
 
 impl<'a, D: Downstream> Endpoint<'a, D> {
     fn new(
-        session: &'a mut D,
+        down: &'a mut D,
         bridge: &'a Bridge,
         uplink: Option<mpsc::Sender<Outgoing>>,
-        conv: Option<&'a Arc<BridgeSession>>,
+        conv: Option<&'a Arc<Session>>,
     ) -> Self {
         let route = bridge.route.name.as_str();
         Self {
-            session,
+            down,
             bridge,
             route,
             uplink,
             conv,
             decoder: Decoder::new(bridge.route.limits.max_message as usize),
-            echo: matches!(bridge.feed, Feed::Echo),
+            echo: matches!(bridge.source, Source::Echo),
             in_flight: VecDeque::new(),
             queued: VecDeque::new(),
             client_closed: false,
@@ -213,7 +207,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                 timer.as_mut().reset(wake);
             }
             let step = tokio::select! {
-                read = self.session.read_request_body(), if self.in_flight.len() < UPLINK_QUEUE => {
+                read = self.down.read_request_body(), if self.in_flight.len() < UPLINK_QUEUE => {
                     self.on_client_bytes(read).await
                 }
                 // An owned permit (on a clone of the sender), so the output borrows nothing.
@@ -313,7 +307,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
             }
             self.delivered.bytes(frame.len());
             if self
-                .session
+                .down
                 .write_response_body(Some(frame), false)
                 .await
                 .is_err()
@@ -356,11 +350,11 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                     super::gather_burst(&m, consumer, &mut self.delivered, |m| Some(m.ws_frame()))
                         .expect("WebSocket clients take every message");
                 self.delivered.bytes(burst.len());
-                if super::write_burst(self.session, &burst, consumer)
+                if super::write_burst(self.down, &burst, consumer)
                     .await
                     .is_err()
                 {
-                    super::abandon(self.session);
+                    super::abandon(self.down);
                     return Step::Gone;
                 }
                 Step::Go
@@ -368,10 +362,10 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
             // drop_oldest: WebSocket messages carry no ids, so the skip is only counted.
             Delivery::Dropped(_) => Step::Go,
             Delivery::TooSlow => {
-                super::abandon(self.session);
+                super::abandon(self.down);
                 // Delivered only if there is room; the client is cut either way.
                 let bye = encode_close(close::POLICY, "too slow: fell behind the feed");
-                let _ = self.session.write_response_body(Some(bye), false).await;
+                let _ = self.down.write_response_body(Some(bye), false).await;
                 Step::Gone
             }
             Delivery::BackendGone(g) => Step::Close(g.code, g.reason.clone()),
@@ -400,7 +394,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
             }
             let ping = encode_frame(OP_PING, b"");
             if self
-                .session
+                .down
                 .write_response_body(Some(ping), false)
                 .await
                 .is_err()
@@ -439,9 +433,9 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
         }
         if let Some((code, reason)) = outcome {
             // A client that does not read cannot hold the task on its close frame.
-            self.session.set_write_timeout(Some(Duration::from_secs(5)));
+            self.down.set_write_timeout(Some(Duration::from_secs(5)));
             let _ = self
-                .session
+                .down
                 .write_response_body(Some(encode_close(code, &reason)), false)
                 .await;
         }

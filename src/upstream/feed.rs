@@ -9,7 +9,7 @@
 
 use super::{sse, ws};
 use crate::bridge::Hub;
-use crate::config::{BackendFeed, BackendSpec, BridgeRoute, Reconnect, Route};
+use crate::config::{BackendSpec, BridgeRoute, Reconnect, RemoteBackend, Route};
 use crate::metrics;
 use std::sync::Arc;
 use std::time::Duration;
@@ -188,7 +188,7 @@ impl Backoff {
 }
 
 /// Opens the TCP connection to a feed backend.
-pub async fn connect_tcp(feed: &BackendFeed) -> Result<TcpStream, String> {
+pub async fn connect_tcp(feed: &RemoteBackend) -> Result<TcpStream, String> {
     let tcp = TcpStream::connect((feed.host.as_str(), feed.port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -198,7 +198,7 @@ pub async fn connect_tcp(feed: &BackendFeed) -> Result<TcpStream, String> {
 
 /// Runs a connect-and-handshake future within the backend's `connect_timeout`.
 pub async fn within_connect_timeout<T>(
-    feed: &BackendFeed,
+    feed: &RemoteBackend,
     attempt: impl std::future::Future<Output = Result<T, String>>,
 ) -> Result<T, Outcome> {
     match tokio::time::timeout(feed.connect_timeout, attempt).await {

@@ -56,7 +56,7 @@ impl Backends for Connectors {
         req: &RequestHeader,
         client: &ClientInfo,
     ) -> Option<mpsc::Sender<Outgoing>> {
-        let feed = bridge.spec.feed()?;
+        let feed = bridge.spec.remote()?;
         let (tx, rx) = mpsc::channel(UPLINK_QUEUE);
         let headers = per_client::forwarded_headers(feed, req, client);
         per_client::spawn_poster(bridge, feed, headers, rx).then_some(tx)

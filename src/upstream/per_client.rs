@@ -7,7 +7,7 @@ use super::{sse, ws};
 use crate::bridge::hub::Gone;
 use crate::bridge::session::{Driver, EndReason, OpenSession, Outgoing, Session};
 use crate::bridge::{Bridge, ClientInfo, OpenError};
-use crate::config::{BackendFeed, BackendSpec};
+use crate::config::{BackendSpec, RemoteBackend};
 use crate::metrics;
 use crate::wire::ws::close;
 use http::{HeaderName, HeaderValue};
@@ -28,7 +28,7 @@ pub enum SessionEnd {
 /// `-Proto` and `-Host` written by the gateway. The client's own `X-Forwarded-*` are not
 /// trusted: switchyard is the edge.
 pub fn forwarded_headers(
-    feed: &BackendFeed,
+    feed: &RemoteBackend,
     req: &RequestHeader,
     client: &ClientInfo,
 ) -> Vec<(HeaderName, HeaderValue)> {
@@ -73,7 +73,7 @@ pub fn forwarded_headers(
 /// backend has no `post:`.
 pub fn spawn_poster(
     bridge: &Bridge,
-    feed: &BackendFeed,
+    feed: &RemoteBackend,
     headers: Vec<(HeaderName, HeaderValue)>,
     rx: mpsc::Receiver<Outgoing>,
 ) -> bool {
@@ -107,7 +107,9 @@ pub async fn open(
     let max = bridge.route.limits.max_clients;
     let slot = sessions.reserve(max).ok_or(OpenError::Full(max))?;
     let registry = listed.then(|| sessions.clone());
-    let feed = spec.feed().expect("per_client routes have a backend feed");
+    let feed = spec
+        .remote()
+        .expect("per_client routes have a backend feed");
     let headers = forwarded_headers(feed, req, client);
     let cap = bridge.route.limits.send_queue;
     let max_message = bridge.route.limits.max_message as usize;

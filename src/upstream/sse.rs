@@ -8,7 +8,7 @@ use super::feed::{connect_tcp, within_connect_timeout, Connected, Link, Outcome}
 use super::per_client::SessionEnd;
 use crate::bridge::hub::Gone;
 use crate::bridge::session::Session;
-use crate::config::BackendFeed;
+use crate::config::RemoteBackend;
 use crate::metrics;
 use crate::wire::sse::SseParser;
 use crate::wire::ws::close;
@@ -35,7 +35,7 @@ pub struct Opened {
 /// forwarded headers), resuming after `last_id` when it is not empty. Only a 200 with
 /// `text/event-stream` counts as open.
 pub async fn connect(
-    feed: &BackendFeed,
+    feed: &RemoteBackend,
     extra: &[(HeaderName, HeaderValue)],
     last_id: &str,
 ) -> Result<Opened, Outcome> {
@@ -94,7 +94,7 @@ pub async fn connect(
     })
 }
 
-pub async fn session(link: &Link, feed: &BackendFeed, resume: &mut Resume) -> Outcome {
+pub async fn session(link: &Link, feed: &RemoteBackend, resume: &mut Resume) -> Outcome {
     let route = link.route_name();
     let opened = match connect(feed, &[], &resume.last_id).await {
         Ok(o) => o,

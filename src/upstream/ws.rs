@@ -9,7 +9,7 @@ use super::feed::{connect_tcp, within_connect_timeout, Connected, Link, Outcome}
 use super::per_client::SessionEnd;
 use crate::bridge::hub::Gone;
 use crate::bridge::session::{EndReason, Outgoing, Session, UplinkError};
-use crate::config::{BackendFeed, Keepalive};
+use crate::config::{Keepalive, RemoteBackend};
 use crate::metrics;
 use crate::wire::ws::close;
 use bytes::Bytes;
@@ -54,7 +54,7 @@ pub type Stream = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 /// Opens the backend WebSocket with the configured headers plus `extra` (a client's forwarded
 /// headers), within `connect_timeout`. Returns the stream and the subprotocol it chose.
 pub async fn connect(
-    feed: &BackendFeed,
+    feed: &RemoteBackend,
     extra: &[(HeaderName, HeaderValue)],
     max_message: usize,
 ) -> Result<(Stream, Option<String>), Outcome> {
@@ -91,7 +91,7 @@ pub async fn connect(
     Ok((stream, protocol))
 }
 
-pub async fn session(link: &Link, feed: &BackendFeed) -> Outcome {
+pub async fn session(link: &Link, feed: &RemoteBackend) -> Outcome {
     let route = link.route_name();
     let max = link.route.limits.max_message as usize;
     let (mut stream, protocol) = match connect(feed, &[], max).await {

@@ -3,7 +3,7 @@
 
 use super::Validator;
 use crate::config::model::{
-    BackendFeed, Endpoint, Reconnect, DEFAULT_FORWARD_HEADERS, DEFAULT_RECONNECT,
+    Endpoint, Reconnect, RemoteBackend, DEFAULT_FORWARD_HEADERS, DEFAULT_RECONNECT,
 };
 use crate::config::raw::RawBackend;
 use std::time::Duration;
@@ -114,7 +114,7 @@ impl Validator<'_> {
         key: &str,
         url: &str,
         b: &RawBackend,
-    ) -> Option<BackendFeed> {
+    ) -> Option<RemoteBackend> {
         let (plain, tls) = if key == "websocket" {
             ("ws", "wss")
         } else {
@@ -259,7 +259,7 @@ impl Validator<'_> {
                 "reconnect.initial must be above 0s and at most reconnect.max",
             );
         }
-        Some(BackendFeed {
+        Some(RemoteBackend {
             url,
             host,
             port,

@@ -331,7 +331,7 @@ mod tests {
         assert_eq!(b.fanout, crate::config::Fanout::PerClient);
         assert_eq!(b.session_ttl, std::time::Duration::from_secs(120));
         assert!(b.two_way());
-        let f = b.feed().unwrap();
+        let f = b.remote().unwrap();
         assert_eq!(f.forward_headers, ["cookie", "x-tenant"]);
         let c = route(
             "    origins: [\"https://app.example\"]\n    backend: { sse: \"http://feed/events\", post: \"http://feed:8080/send?x=1\" }\n",
@@ -340,7 +340,7 @@ mod tests {
         let RouteKind::Bridge(b) = &c.routes[0].kind else {
             panic!()
         };
-        let f = b.feed().unwrap();
+        let f = b.remote().unwrap();
         let post = f.post.as_ref().unwrap();
         assert_eq!(
             (post.authority.as_str(), post.path.as_str()),

@@ -113,7 +113,7 @@ impl Validator<'_> {
             }
         };
         if let RouteKind::Bridge(b) = &kind {
-            let forwards_cookies = b.feed().is_some_and(|f| {
+            let forwards_cookies = b.remote().is_some_and(|f| {
                 (b.fanout == Fanout::PerClient || f.post.is_some())
                     && f.forward_headers.contains(&http::header::COOKIE)
             });
