@@ -284,6 +284,54 @@ impl Connection {
         self.write_parts(parts, "writing the response body").await
     }
 
+    /// Decides how the answer's body is framed (and whether the connection can carry another
+    /// request after it), and returns the head's bytes.
+    fn prepare_head(
+        &mut self,
+        mut resp: Box<ResponseHeader>,
+        end: bool,
+    ) -> pingora::Result<Vec<u8>> {
+        if self.body != Body::Pending {
+            return Error::e_explain(ErrorType::InternalError, "response head already written");
+        }
+        self.cors.apply(&mut resp)?;
+        let status = resp.status.as_u16();
+        let has_token = |name: http::HeaderName, token: &str| {
+            resp.headers.get_all(name).iter().any(|v| {
+                v.to_str()
+                    .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            })
+        };
+        self.body = if status == 101 {
+            Body::Upgraded
+        } else if end || status < 200 || status == 204 || status == 304 {
+            Body::Done
+        } else if has_token(http::header::TRANSFER_ENCODING, "chunked") {
+            Body::Chunked
+        } else if let Some(len) = resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+        {
+            Body::Length(len)
+        } else {
+            self.keepalive = false;
+            Body::UntilClose
+        };
+        if has_token(http::header::CONNECTION, "close") {
+            self.keepalive = false;
+        }
+        if !self.keepalive && status != 101 && !has_token(http::header::CONNECTION, "close") {
+            resp.insert_header(http::header::CONNECTION, "close")?;
+        }
+        resp.insert_header(
+            http::header::DATE,
+            pingora::protocols::http::date::get_cached_date(),
+        )?;
+        self.status = Some(status);
+        Ok(self.head_bytes(&resp))
+    }
+
     fn head_bytes(&self, resp: &ResponseHeader) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -370,50 +418,33 @@ impl Downstream for Connection {
 
     async fn write_response_header(
         &mut self,
-        mut resp: Box<ResponseHeader>,
+        resp: Box<ResponseHeader>,
         end: bool,
     ) -> pingora::Result<()> {
-        if self.body != Body::Pending {
-            return Error::e_explain(ErrorType::InternalError, "response head already written");
-        }
-        self.cors.apply(&mut resp)?;
-        let status = resp.status.as_u16();
-        let has_token = |name: http::HeaderName, token: &str| {
-            resp.headers.get_all(name).iter().any(|v| {
-                v.to_str()
-                    .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            })
-        };
-        self.body = if status == 101 {
-            Body::Upgraded
-        } else if end || status < 200 || status == 204 || status == 304 {
-            Body::Done
-        } else if has_token(http::header::TRANSFER_ENCODING, "chunked") {
-            Body::Chunked
-        } else if let Some(len) = resp
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-        {
-            Body::Length(len)
-        } else {
-            self.keepalive = false;
-            Body::UntilClose
-        };
-        if has_token(http::header::CONNECTION, "close") {
-            self.keepalive = false;
-        }
-        if !self.keepalive && status != 101 && !has_token(http::header::CONNECTION, "close") {
-            resp.insert_header(http::header::CONNECTION, "close")?;
-        }
-        resp.insert_header(
-            http::header::DATE,
-            pingora::protocols::http::date::get_cached_date(),
-        )?;
-        self.status = Some(status);
-        let head = self.head_bytes(&resp);
+        let head = self.prepare_head(resp, end)?;
         self.write_parts(&[&head], "writing the response head")
             .await
+    }
+
+    async fn write_answer(
+        &mut self,
+        resp: Box<ResponseHeader>,
+        body: Bytes,
+    ) -> pingora::Result<()> {
+        let head = self.prepare_head(resp, false)?;
+        match self.body {
+            // The usual case (a poll's answer, a refusal): head and body in one write.
+            Body::Length(len) if len == body.len() as u64 => {
+                self.body = Body::Done;
+                self.write_parts(&[&head, &body], "writing the response")
+                    .await
+            }
+            _ => {
+                self.write_parts(&[&head], "writing the response head")
+                    .await?;
+                self.write_body(std::slice::from_ref(&body), true).await
+            }
+        }
     }
 
     async fn write_response_body(&mut self, body: Option<Bytes>, end: bool) -> pingora::Result<()> {
@@ -626,6 +657,34 @@ mod tests {
         assert_eq!(
             body,
             "7\r\nid: 1\n\n\r\ne\r\nid: 2\n\nid: 3\n\n\r\n0\r\n\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_whole_answer_is_framed_by_its_length_and_keeps_the_connection() {
+        let (server, mut client) = tokio::io::duplex(64 * 1024);
+        let io = Box::new(HeadDeadline::new(Box::new(server), Duration::from_secs(5)));
+        let Parse::Complete(req, _) = parse(b"GET /p HTTP/1.1\r\nHost: gw\r\n\r\n") else {
+            panic!("head does not parse")
+        };
+        let mut conn = Connection::new(io, req, BytesMut::new(), None, false, false);
+        conn.write_answer(
+            head(200, &[("content-length", "13")]),
+            Bytes::from_static(b"{\"cursor\":1}\n"),
+        )
+        .await
+        .unwrap();
+        assert!(
+            conn.into_reusable().is_some(),
+            "complete: the next request may come"
+        );
+        let mut got = vec![0u8; 4096];
+        let n = client.read(&mut got).await.unwrap();
+        let text = String::from_utf8_lossy(&got[..n]);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(
+            text.ends_with("\r\n\r\n{\"cursor\":1}\n"),
+            "the head, then the body: {text}"
         );
     }
 

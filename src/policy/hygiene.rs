@@ -135,7 +135,17 @@ pub fn strip_h2c(req: &mut RequestHeader) -> bool {
 
 /// Refuses a request head larger than `max` bytes (request line and every header line).
 pub fn head_size(req: &RequestHeader, max: usize) -> Result<(), Reject> {
-    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    /// Counts what would be written, without writing it anywhere.
+    struct Len(usize);
+    impl std::fmt::Write for Len {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 += s.len();
+            Ok(())
+        }
+    }
+    let mut uri = Len(0);
+    let _ = std::fmt::Write::write_fmt(&mut uri, format_args!("{}", req.uri));
+    let line = req.method.as_str().len() + uri.0 + 12;
     let headers: usize = req
         .headers
         .iter()

@@ -44,6 +44,19 @@ pub trait Downstream: Send {
         end: bool,
     ) -> impl Future<Output = pingora::Result<()>> + Send;
 
+    /// Sends a whole answer: its head and a body of `Content-Length` bytes (one write where
+    /// the connection allows).
+    fn write_answer(
+        &mut self,
+        resp: Box<ResponseHeader>,
+        body: Bytes,
+    ) -> impl Future<Output = pingora::Result<()>> + Send {
+        async move {
+            self.write_response_header(resp, false).await?;
+            self.write_response_body(Some(body), true).await
+        }
+    }
+
     /// Sends several pieces as one piece of the body (one chunk, one write where the stream
     /// allows), flushed. The default joins them; a connection that can write vectored should.
     fn write_body_parts(
@@ -154,8 +167,6 @@ impl Respond for Reject {
         self.count(route);
         let (resp, body) = self.response()?;
         down.set_keepalive(None);
-        down.write_response_header(Box::new(resp), false).await?;
-        down.write_response_body(Some(body), true).await?;
-        Ok(())
+        down.write_answer(Box::new(resp), body).await
     }
 }

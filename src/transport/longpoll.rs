@@ -188,9 +188,7 @@ async fn respond<D: Downstream>(down: &mut D, body: Bytes) -> pingora::Result<()
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("cache-control", "no-store")?;
     resp.insert_header("content-length", body.len().to_string())?;
-    down.write_response_header(Box::new(resp), false).await?;
-    down.write_response_body(Some(body), true).await?;
-    Ok(())
+    down.write_answer(Box::new(resp), body).await
 }
 
 /// A long-poll client of a `per_client` route. Without `session`, opens a session (502 when its

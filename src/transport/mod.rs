@@ -245,24 +245,27 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
     }
     let route = bridge.route.name.as_str();
     let offered = bridge.spec.clients;
-    let list = [
-        (
-            offered.sse,
-            "sse (Accept: text/event-stream or ?transport=sse)",
-        ),
-        (offered.websocket, "websocket (Upgrade: websocket)"),
-        (offered.long_poll, "long_poll (?transport=poll)"),
-    ]
-    .iter()
-    .filter(|(on, _)| *on)
-    .map(|(_, s)| *s)
-    .collect::<Vec<_>>()
-    .join(", ");
+    // Named in refusals only: built when one is sent, not for every request.
+    let list = || {
+        [
+            (
+                offered.sse,
+                "sse (Accept: text/event-stream or ?transport=sse)",
+            ),
+            (offered.websocket, "websocket (Upgrade: websocket)"),
+            (offered.long_poll, "long_poll (?transport=poll)"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, s)| *s)
+        .collect::<Vec<_>>()
+        .join(", ")
+    };
     let Some(transport) = requested(down.req_header()) else {
         return Reject::new(
             406,
             "no_transport",
-            format!("route {route} streams messages; ask for one of: {list}"),
+            format!("route {route} streams messages; ask for one of: {}", list()),
         )
         .send(down, route)
         .await;
@@ -277,8 +280,9 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
             406,
             "transport_not_offered",
             format!(
-                "route {route} does not offer {}; it offers: {list}",
-                transport.label()
+                "route {route} does not offer {}; it offers: {}",
+                transport.label(),
+                list()
             ),
         )
         .send(down, route)
