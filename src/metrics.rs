@@ -282,7 +282,7 @@ pub struct Delivered {
     latency: Histogram,
     /// Latency observations not yet flushed; made at the first delivery, so an idle client
     /// holds none.
-    local: Option<prometheus::local::LocalHistogram>,
+    local: Option<Box<prometheus::local::LocalHistogram>>,
     pending_messages: u64,
     pending_bytes: u64,
     last_flush: std::time::Instant,
@@ -308,7 +308,7 @@ impl Delivered {
     pub fn message(&mut self, latency: std::time::Duration) {
         self.pending_messages += 1;
         self.local
-            .get_or_insert_with(|| self.latency.local())
+            .get_or_insert_with(|| Box::new(self.latency.local()))
             .observe(latency.as_secs_f64());
     }
 

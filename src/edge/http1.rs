@@ -376,8 +376,9 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     let mut index = 0;
     let mut offset = 0;
     while index < parts.len() {
-        // Up to sixteen slices a call, on the stack; the loop goes on with the rest.
-        let mut slices = [IoSlice::new(&[]); 16];
+        // Up to four slices a call, on the stack (this array lives in every streaming client's
+        // task while a write waits); the loop goes on with the rest.
+        let mut slices = [IoSlice::new(&[]); 4];
         let rest =
             std::iter::once(&parts[index][offset..]).chain(parts[index + 1..].iter().copied());
         let mut used = 0;

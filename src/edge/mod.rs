@@ -49,12 +49,13 @@ pub trait LeanStreams: Send + Sync + 'static {
     /// Some when the request is one the edge should serve itself (a long-lived stream).
     fn stream_route(&self, req: &RequestHeader) -> Option<Self::Route>;
 
-    /// Serves one request on `conn`; `raw_head` is its head as the client sent it.
+    /// Serves one request on `conn`; `raw_head` is its head as the client sent it, to be
+    /// dropped as soon as it has been judged (a stream may last hours).
     fn serve_stream(
         &self,
         conn: &mut http1::Connection,
         route: Self::Route,
-        raw_head: &[u8],
+        raw_head: BytesMut,
     ) -> impl Future<Output = ()> + Send;
 }
 
@@ -193,15 +194,20 @@ where
                     tokio::spawn(self.clone().in_own_task(io, bytes, client, open, shutdown));
                     return;
                 }
-                (http1::Head::Parsed { req, bytes, len }, Some(route)) => {
+                (
+                    http1::Head::Parsed {
+                        req,
+                        mut bytes,
+                        len,
+                    },
+                    Some(route),
+                ) => {
                     let rest = http1::after_head(&bytes, len);
+                    bytes.truncate(len);
                     let draining = *shutdown.borrow();
                     let mut conn =
                         http1::Connection::new(io, req, rest, client.ip, client.tls, draining);
-                    self.gateway
-                        .serve_stream(&mut conn, route, &bytes[..len])
-                        .await;
-                    drop(bytes);
+                    self.gateway.serve_stream(&mut conn, route, bytes).await;
                     match conn.into_reusable() {
                         Some((next, rest)) => {
                             io = next;

@@ -18,6 +18,7 @@ use crate::policy::reject::Reject;
 use crate::transport::{self, Downstream, Respond};
 use crate::wire;
 use admission::{admit, Admission, Admitted, Client};
+use bytes::BytesMut;
 use pingora::http::RequestHeader;
 use std::sync::Arc;
 
@@ -46,16 +47,24 @@ impl LeanStreams for Gateway {
     }
 
     /// Serves a request [`Self::stream_route`] took, admitted as pingora's requests are.
-    async fn serve_stream(&self, conn: &mut http1::Connection, rt: Self::Route, raw_head: &[u8]) {
+    async fn serve_stream(
+        &self,
+        conn: &mut http1::Connection,
+        rt: Self::Route,
+        raw_head: BytesMut,
+    ) {
         let route = rt.route.name.clone();
         let served: pingora::Result<()> = async {
             let client = Client {
-                raw_head: Some(raw_head),
+                raw_head: Some(&raw_head),
                 ip: conn.client_ip(),
                 tls: conn.is_tls(),
             };
             let state = self.state.load();
-            let admitted = match admit(&state, conn.req_header_mut(), &client, Some(rt)) {
+            let admission = admit(&state, conn.req_header_mut(), &client, Some(rt));
+            // Judged: neither the head's buffer nor the generation is held for the stream.
+            drop((raw_head, state));
+            let admitted = match admission {
                 Admission::Refused { route, reject } => return reject.send(conn, &route).await,
                 Admission::Preflight(answer) => {
                     return conn.write_response_header(answer, true).await
