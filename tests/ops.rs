@@ -265,6 +265,9 @@ async fn binary_upgrade_hands_over_without_refusing_a_connection() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // The new process listens on the upgrade socket; the old one hands over once it is there.
+    let upgrade_sock = format!("/tmp/switchyard-{}.upgrade.sock", old.addr.port());
+    let _ = std::fs::remove_file(&upgrade_sock);
     let log = std::fs::File::create(old.config_path.with_extension("new.log")).unwrap();
     let mut new = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("--config")
@@ -273,8 +276,14 @@ async fn binary_upgrade_hands_over_without_refusing_a_connection() {
         .stderr(log)
         .spawn()
         .unwrap();
-    // The new process waits on the upgrade socket; then the old one hands over.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let until = std::time::Instant::now() + DEADLINE;
+    while !std::path::Path::new(&upgrade_sock).exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the new process never listened on {upgrade_sock}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     old.signal("QUIT");
     let exited = old.wait_exit(Duration::from_secs(10)).await;
     assert!(
