@@ -914,3 +914,37 @@ async fn header_deadline_covers_leading_empty_lines_and_kept_alive_connections()
     );
     still_serves(&gw).await;
 }
+
+/// RFC 6454 sections 6.1 and 7.3: an `Origin` is a whole origin, and a request has one. A value
+/// with a path, query or userinfo is not an origin a wildcard could match
+/// (`https://evil.example/.example.com` against `https://*.example.com`), and two `Origin`
+/// headers are two claims: both are refused before any backend is contacted.
+#[tokio::test]
+async fn only_whole_single_origins_are_admitted() {
+    let gw = Gateway::start(&format!(
+        "{CLOCK}  - name: feed\n    path: /feed\n    backend: {{ builtin: clock }}\n    origins: [\"https://*.example.com\"]\n"
+    ))
+    .await;
+    let sse = ("accept", "text/event-stream");
+    for origin in [
+        "https://evil.example/.example.com",
+        "https://evil.example?.example.com",
+        "https://user@a.example.com",
+        "https://a.example.com/path",
+    ] {
+        let r = http_get(gw.addr, "/feed", &[sse, ("origin", origin)]).await;
+        assert_eq!(r.status, 403, "{origin}");
+    }
+    let two = [
+        sse,
+        ("origin", "https://a.example.com"),
+        ("origin", "https://evil.example"),
+    ];
+    assert_eq!(http_get(gw.addr, "/feed", &two).await.status, 403);
+    let mut ok = SseReader::open(gw.addr, "/feed", &[("origin", "https://a.example.com")]).await;
+    assert!(
+        !ok.next_data_event().await.data.is_empty(),
+        "a listed subdomain is served"
+    );
+    still_serves(&gw).await;
+}

@@ -15,9 +15,40 @@
 use super::reject::Reject;
 use pingora::http::RequestHeader;
 
+/// True when `origin` is a whole serialized origin (RFC 6454 section 6.1): `null`, or
+/// `scheme://host[:port]` with nothing else. A path, query, fragment or userinfo is not part of
+/// an origin, and `https://evil.example/.example.com` must not pass for a subdomain of
+/// `example.com`.
+pub fn well_formed(origin: &str) -> bool {
+    if origin.eq_ignore_ascii_case("null") {
+        return true;
+    }
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    // An IPv6 literal keeps its colons inside brackets; a port follows the last one.
+    let (host, port) = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => (&authority[..i], Some(&authority[i + 1..])),
+        _ => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
+        });
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    scheme_ok && host_ok && port_ok
+}
+
 /// True when `origin` (the header's value) is allowed by `allowlist`.
 pub fn allowed(allowlist: &[String], origin: &str) -> bool {
     let origin = origin.trim();
+    if !well_formed(origin) {
+        return false;
+    }
     if origin.eq_ignore_ascii_case("null") {
         return allowlist.iter().any(|a| a == "null");
     }
@@ -67,10 +98,15 @@ fn normalized(origin: &str) -> String {
 /// Classifies the request's `Origin` against the route's allowlist. An empty allowlist (the
 /// default) allows only the gateway's own origin.
 pub fn classify(req: &RequestHeader, allowlist: &[String], tls: bool) -> Origin {
-    let Some(value) = req.headers.get(http::header::ORIGIN) else {
+    let mut values = req.headers.get_all(http::header::ORIGIN).iter();
+    let Some(value) = values.next() else {
         return Origin::Absent;
     };
     let origin = value.to_str().unwrap_or("");
+    // A request has one origin (RFC 6454 section 7.3): two headers are two claims, refused.
+    if values.next().is_some() || !well_formed(origin.trim()) {
+        return Origin::Refused(origin.to_owned());
+    }
     let host = req
         .headers
         .get(http::header::HOST)
@@ -145,6 +181,48 @@ mod tests {
 
     fn list(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_whole_origins_pass() {
+        let l = list(&["https://*.example.com", "https://app.example.org", "*"]);
+        for bad in [
+            "https://evil.example/.example.com",
+            "https://evil.example?.example.com",
+            "https://evil.example#.example.com",
+            "https://user@a.example.com",
+            "https://a.example.com/",
+            "https://a.example.com:",
+            "https://a.example.com:80x",
+            "https:// a.example.com",
+            "a.example.com",
+            "://a.example.com",
+        ] {
+            assert!(!well_formed(bad), "{bad}");
+            assert!(
+                !allowed(&l, bad),
+                "{bad} is not an origin, whatever the list"
+            );
+        }
+        for good in [
+            "https://a.example.com",
+            "http://localhost:8080",
+            "http://[::1]:8080",
+            "null",
+            "chrome-extension://abc",
+        ] {
+            assert!(well_formed(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn two_origin_headers_are_refused() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("origin", "https://app.example.org")
+            .unwrap();
+        req.append_header("origin", "https://evil.example").unwrap();
+        let l = list(&["https://app.example.org"]);
+        assert!(matches!(classify(&req, &l, false), Origin::Refused(_)));
     }
 
     #[test]
