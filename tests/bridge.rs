@@ -391,3 +391,58 @@ async fn stream_requests_get_the_same_head_checks_as_everything_else() {
         r.header("date")
     );
 }
+
+/// RFC 6455 section 8.1: a backend that sends a text frame that is not UTF-8 has broken the
+/// protocol. Its clients are closed with 1011 (an internal error of the feed), not 1012 (which
+/// says the backend merely went away and a reconnect will do).
+#[tokio::test]
+async fn a_backend_that_sends_invalid_utf8_closes_clients_with_1011() {
+    // A hand-written backend: the handshake, then one text frame with bytes that are not UTF-8.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut b).await.unwrap(), 1, "the gateway's handshake");
+            head.push(b[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let key = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("sec-websocket-key:")
+                    .then(|| l.split_once(':').unwrap().1.trim().to_owned())
+            })
+            .unwrap();
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        s.write_all(
+            format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        s.write_all(b"\x81\x02\xff\xfe").await.unwrap();
+        // Held open: the close must come from the gateway's judgement, not from an EOF.
+        tokio::time::sleep(DEADLINE).await;
+        drop(s);
+    });
+    let gw = Gateway::start(&format!(
+        "  - name: feed\n    path: /feed\n    backend: {{ websocket: \"ws://{backend}/\" }}\n    clients: [websocket]\n"
+    ))
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/feed"))
+        .await
+        .unwrap();
+    let close = loop {
+        match tokio::time::timeout(DEADLINE, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(f))) => break f,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let close = close.expect("a close code");
+    assert_eq!(close.code, CloseCode::Error, "{close:?}");
+    task.abort();
+}

@@ -144,6 +144,9 @@ pub async fn session(link: &Link, feed: &RemoteBackend) -> Outcome {
                         let _ = stream.close(Some(CloseFrame { code: CloseCode::Size, reason: "message too big".into() })).await;
                         return Outcome::Ended { code: close::INTERNAL_ERROR, reason: format!("backend sent {e}"), messages };
                     }
+                    Some(Err(e)) if broke_protocol(&e) => {
+                        return Outcome::Ended { code: close::INTERNAL_ERROR, reason: format!("backend broke the protocol: {e}"), messages };
+                    }
                     Some(Err(e)) => {
                         return Outcome::Ended { code: close::SERVICE_RESTART, reason: format!("backend connection lost: {e}"), messages };
                     }
@@ -174,6 +177,16 @@ pub async fn session(link: &Link, feed: &RemoteBackend) -> Outcome {
             }
         }
     }
+}
+
+/// True when a backend's stream failed because the backend broke RFC 6455 (a malformed frame,
+/// text that is not UTF-8): clients are closed with `1011`, as for any other internal error,
+/// not `1012`, which says the link merely went away.
+fn broke_protocol(e: &tungstenite::Error) -> bool {
+    matches!(
+        e,
+        tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_)
+    )
 }
 
 /// The close code a per-client session's client gets for its backend's close: the session ends
@@ -253,6 +266,12 @@ pub async fn drive_session(
                     return SessionEnd::Backend(Gone {
                         code: close::INTERNAL_ERROR,
                         reason: format!("backend sent {e}"),
+                    });
+                }
+                Some(Err(e)) if broke_protocol(&e) => {
+                    return SessionEnd::Backend(Gone {
+                        code: close::INTERNAL_ERROR,
+                        reason: format!("backend broke the protocol: {e}"),
                     });
                 }
                 Some(Err(e)) => return lost(format!("backend connection lost: {e}")),
