@@ -182,3 +182,35 @@ async fn both_paths_refuse_alike_and_count_alike() {
         "pingora's path admits again once the tunnel is gone"
     );
 }
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request without `Host` is 400 on both paths, before
+/// routing, also when its target is in absolute form (a proxy must not take the host from it).
+#[tokio::test]
+async fn a_request_without_host_is_refused_on_both_paths() {
+    let backend = WsBackend::start().await;
+    let gw = Gateway::start(&routes(backend.addr)).await;
+    let before = gw.metrics().await;
+    let heads = [
+        format!("GET /s-ip HTTP/1.1\r\nOrigin: {GOOD}\r\nAccept: text/event-stream\r\n"),
+        format!(
+            "GET http://{}/s-ip HTTP/1.1\r\nOrigin: {GOOD}\r\nAccept: text/event-stream\r\n",
+            gw.addr
+        ),
+        ask("/p-ip", GOOD, "13").replace("Host: gw\r\n", ""),
+        format!("GET http://{}/p-ip HTTP/1.1\r\n", gw.addr),
+    ];
+    for head in &heads {
+        assert_eq!(status_of(gw.addr, head).await, 400, "{head:?}");
+    }
+    let after = gw.metrics().await;
+    let counted =
+        rejections(&after, "-", "missing_host") - rejections(&before, "-", "missing_host");
+    assert_eq!(counted, heads.len() as f64);
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the upstream"
+    );
+}

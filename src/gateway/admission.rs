@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! head shape (hygiene: smuggling, h2c)  -> 400
+//! HTTP/1.1 without Host                 -> 400
 //! route (router)                        -> 404 no_route
 //! head size                             -> 431
 //! WebSocket handshake (pass-through)    -> 405 / 400 / 426
@@ -76,6 +77,9 @@ pub fn admit(
         }
     };
     if let Err(reject) = framing {
+        return refused("-", reject);
+    }
+    if let Err(reject) = policy::hygiene::host_present(req) {
         return refused("-", reject);
     }
     if policy::hygiene::strip_h2c(req) {

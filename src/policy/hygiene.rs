@@ -8,6 +8,7 @@
 //! - h2c upgrades (RFC 9113 section 3.1 removed them; "h2c smuggling" tunnels past the edge's
 //!   rules): `Upgrade: h2c` and `HTTP2-Settings` are removed before anything else sees the
 //!   request.
+//! - HTTP/1.1 requests without `Host` (RFC 9112 section 3.2) are 400.
 //! - Oversized request heads: more than `limits.max_header_bytes` in all is 431 (RFC 6585
 //!   section 5); pingora's own cap is 1 MiB.
 
@@ -131,6 +132,20 @@ pub fn strip_h2c(req: &mut RequestHeader) -> bool {
         let _ = req.insert_header(http::header::CONNECTION, kept.join(", "));
     }
     true
+}
+
+/// Refuses an HTTP/1.1 request without `Host` (RFC 9112 section 3.2: "A server MUST respond with
+/// a 400 (Bad Request) status code to any HTTP/1.1 request message that lacks a Host header
+/// field"), whatever its target says: a proxy must not make one up from an absolute-form URI.
+pub fn host_present(req: &RequestHeader) -> Result<(), Reject> {
+    if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
+        return Err(Reject::new(
+            400,
+            "missing_host",
+            "an HTTP/1.1 request must carry Host (RFC 9112 section 3.2)",
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses a request head larger than `max` bytes (request line and every header line).
