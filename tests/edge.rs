@@ -948,3 +948,29 @@ async fn only_whole_single_origins_are_admitted() {
     );
     still_serves(&gw).await;
 }
+
+/// A client's malformed request is its own failure: each is answered `400` and counted, and
+/// the log gets one line per route and reason, not one ERROR line per request (a client could
+/// write thousands).
+#[tokio::test]
+async fn malformed_bodies_are_counted_and_logged_once() {
+    let api = HttpBackend::start("api").await;
+    let gw = api_gateway(api.addr, "").await;
+    for _ in 0..20 {
+        let answer = raw(
+            gw.addr,
+            b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    }
+    gw.wait_metric(
+        r#"switchyard_rejections_total{reason="bad_request",route="api"}"#,
+        20.0,
+    )
+    .await;
+    let log = gw.log();
+    assert_eq!(log.matches("ERROR").count(), 0, "{log}");
+    assert_eq!(log.matches("refused 400 bad_request").count(), 1, "{log}");
+    still_serves(&gw).await;
+}

@@ -300,6 +300,15 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// A client's own failure (a malformed body, a client that went away) is not the
+    /// gateway's error: [`Self::fail_to_proxy`] answered and counted it in
+    /// `switchyard_rejections_total`, logged once per route and reason, so pingora's ERROR line
+    /// per request (one client could write thousands) is left out. Upstream and internal
+    /// failures are still logged.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
+        matches!(error.esource(), ErrorSource::Downstream)
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
         // The next request on a kept-alive connection gets its own head deadline.
         if !session.was_upgraded() {
