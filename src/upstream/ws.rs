@@ -183,10 +183,25 @@ pub async fn session(link: &Link, feed: &RemoteBackend) -> Outcome {
 /// text that is not UTF-8): clients are closed with `1011`, as for any other internal error,
 /// not `1012`, which says the link merely went away.
 fn broke_protocol(e: &tungstenite::Error) -> bool {
-    matches!(
-        e,
-        tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_)
-    )
+    use tungstenite::error::ProtocolError as P;
+    match e {
+        tungstenite::Error::Utf8(_) => true,
+        // A connection dropped without a close frame is a lost link, not a broken protocol.
+        tungstenite::Error::Protocol(p) => matches!(
+            p,
+            P::NonZeroReservedBits
+                | P::MaskedFrameFromServer
+                | P::FragmentedControlFrame
+                | P::ControlFrameTooBig
+                | P::UnknownControlFrameType(_)
+                | P::UnknownDataFrameType(_)
+                | P::UnexpectedContinueFrame
+                | P::ExpectedFragment(_)
+                | P::InvalidOpcode(_)
+                | P::InvalidCloseSequence
+        ),
+        _ => false,
+    }
 }
 
 /// The close code a per-client session's client gets for its backend's close: the session ends
