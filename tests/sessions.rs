@@ -865,3 +865,95 @@ async fn foreign_origins_never_reach_a_per_client_backend() {
         .await;
     assert_eq!(r.status, 403);
 }
+
+/// A backend that completes WebSocket handshakes and then never reads: every client message
+/// sent to it can only pile up in the gateway.
+async fn stalled_backend() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read(&mut b).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(b[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let Some(key) = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| v.trim().to_owned())
+            }) else {
+                continue;
+            };
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+            if s.write_all(answer.as_bytes()).await.is_ok() {
+                held.push(s);
+            }
+        }
+    });
+    (addr, task)
+}
+
+/// A per-client session whose backend stops reading: each client may have only a couple of
+/// `max_message` in flight towards it (the rest waits in TCP, unread), not hundreds, and the
+/// gateway keeps serving everyone else. Three clients sending 1 MiB frames as fast as they can
+/// took the gateway past 800 MB when the bound was 256 messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_backend_holds_client_messages_bounded_in_bytes() {
+    let (backend, task) = stalled_backend().await;
+    let gw = Gateway::start(&format!(
+        "  - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ websocket: \"ws://{backend}/\" }}\n    limits: {{ max_message: 1MiB }}\n  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n"
+    ))
+    .await;
+    let before = gw.rss_kib();
+    let mut senders = Vec::new();
+    for _ in 0..3 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/chat"))
+            .await
+            .unwrap();
+        senders.push(tokio::spawn(async move {
+            let frame = Message::binary(vec![7u8; 1 << 20]);
+            let mut sent = 0usize;
+            // Sends until TCP pushes back for good; the gateway must stop reading long before
+            // 256 messages.
+            while let Ok(Ok(())) =
+                tokio::time::timeout(Duration::from_secs(2), ws.send(frame.clone())).await
+            {
+                sent += 1;
+                if sent == 300 {
+                    break;
+                }
+            }
+            (sent, ws)
+        }));
+    }
+    let mut held = Vec::new();
+    for s in senders {
+        let (sent, ws) = s.await.unwrap();
+        eprintln!("a client got {sent} MiB out before TCP pushed back");
+        assert!(
+            sent < 100,
+            "the gateway kept reading: {sent} MiB taken from one client"
+        );
+        held.push(ws);
+    }
+    let grew_mib = gw.rss_kib().saturating_sub(before) / 1024;
+    eprintln!("three stalled clients: the gateway grew by {grew_mib} MiB");
+    assert!(
+        grew_mib < 64,
+        "three stalled clients grew the gateway by {grew_mib} MiB"
+    );
+    // Everyone else is still served.
+    let mut sse = SseReader::open(gw.addr, "/clock", &[]).await;
+    assert!(!sse.next_data_event().await.data.is_empty());
+    drop(held);
+    task.abort();
+}

@@ -96,6 +96,11 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
     result
 }
 
+/// A client's messages on their way to its backend may hold at most this many times
+/// `max_message` bytes (besides the one the decoder is assembling): beyond it the client is not
+/// read, and TCP holds the rest.
+const UPLINK_BUDGET_MESSAGES: usize = 2;
+
 /// What an event means for the connection.
 enum Step {
     /// Go on.
@@ -152,9 +157,14 @@ struct Endpoint<'a, D> {
     decoder: Decoder,
     /// The route is the builtin echo: client messages come back.
     echo: bool,
-    /// Messages on their way to the backend, each with the news of whether it got there.
-    /// While UPLINK_QUEUE are in flight, the client is not read: backpressure, not buffering.
-    in_flight: VecDeque<oneshot::Receiver<Result<(), UplinkError>>>,
+    /// Messages on their way to the backend (their size, and the news of whether they got
+    /// there). While UPLINK_QUEUE of them or `uplink_budget` bytes are in flight, no more is
+    /// decoded and the client is not read: backpressure, not buffering.
+    in_flight: VecDeque<(usize, oneshot::Receiver<Result<(), UplinkError>>)>,
+    in_flight_bytes: usize,
+    uplink_budget: usize,
+    /// The decoder may hold complete frames that were left for want of room in the uplink.
+    undecoded: bool,
     /// Decoded client messages not yet handed to the uplink (it may be full); never awaited
     /// while reading, so a full uplink cannot stop deliveries to this client.
     queued: VecDeque<Outgoing>,
@@ -182,6 +192,9 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
             decoder: Decoder::new(bridge.route.limits.max_message as usize),
             echo: matches!(bridge.source, Source::Echo),
             in_flight: VecDeque::new(),
+            in_flight_bytes: 0,
+            uplink_budget: UPLINK_BUDGET_MESSAGES * bridge.route.limits.max_message as usize,
+            undecoded: false,
             queued: VecDeque::new(),
             client_closed: false,
             keepalive: Keepalive::new(&bridge.route.keepalive),
@@ -207,7 +220,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                 timer.as_mut().reset(wake);
             }
             let step = tokio::select! {
-                read = self.down.read_request_body(), if self.in_flight.len() < UPLINK_QUEUE => {
+                read = self.down.read_request_body(), if !self.undecoded && self.uplink_room() => {
                     self.on_client_bytes(read).await
                 }
                 // An owned permit (on a clone of the sender), so the output borrows nothing.
@@ -221,9 +234,14 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                     }
                     Step::Go
                 }
-                heard = async { self.in_flight.front_mut().expect("enabled only with messages in flight").await }, if !self.in_flight.is_empty() => {
-                    self.in_flight.pop_front();
-                    Self::on_uplink_heard(heard)
+                heard = async { (&mut self.in_flight.front_mut().expect("enabled only with messages in flight").1).await }, if !self.in_flight.is_empty() => {
+                    let (len, _) = self.in_flight.pop_front().expect("checked non-empty");
+                    self.in_flight_bytes -= len;
+                    match Self::on_uplink_heard(heard) {
+                        // Room again: what the decoder still holds comes next.
+                        Step::Go if self.undecoded => self.decode().await,
+                        step => step,
+                    }
                 }
                 delivery = async { consumer.as_mut().expect("enabled only with a feed").next().await }, if consumer.is_some() => {
                     let consumer = consumer.as_mut().expect("checked above");
@@ -241,8 +259,14 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
         }
     }
 
-    /// Bytes from the client: every complete frame in them is handled; replies (pongs, echoes)
-    /// go out before the next read.
+    /// Room for another client message on its way to the backend (always, on a route that
+    /// forwards none).
+    fn uplink_room(&self) -> bool {
+        self.uplink.is_none()
+            || (self.in_flight.len() < UPLINK_QUEUE && self.in_flight_bytes < self.uplink_budget)
+    }
+
+    /// Bytes from the client, handed to the decoder.
     async fn on_client_bytes(&mut self, read: pingora::Result<Option<Bytes>>) -> Step {
         let Ok(Some(data)) = read else {
             return Step::Finish;
@@ -250,11 +274,25 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
         self.bytes_in.inc_by(data.len() as u64);
         self.keepalive.idle_at = Instant::now() + self.keepalive.idle_for;
         self.decoder.push(&data);
+        self.decode().await
+    }
+
+    /// Handles the complete frames the decoder holds, while the uplink has room (what is left
+    /// waits there, and the client is not read meanwhile); replies (pongs, echoes) go out before
+    /// anything else is read.
+    async fn decode(&mut self) -> Step {
         let mut reply: Vec<Bytes> = Vec::new();
         let mut end = None;
         loop {
+            if !self.uplink_room() {
+                self.undecoded = true;
+                break;
+            }
             match self.decoder.next_message() {
-                Ok(None) => break,
+                Ok(None) => {
+                    self.undecoded = false;
+                    break;
+                }
                 // On a one-way route, what clients send is counted, not forwarded.
                 Ok(Some(m @ (Incoming::Text(_) | Incoming::Binary(_))))
                     if self.uplink.is_some() =>
@@ -266,12 +304,13 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                         _ => unreachable!("matched above"),
                     };
                     let (done, heard) = oneshot::channel();
+                    self.in_flight_bytes += payload.len();
+                    self.in_flight.push_back((payload.len(), heard));
                     self.queued.push_back(Outgoing {
                         payload,
                         binary,
                         done: Some(done),
                     });
-                    self.in_flight.push_back(heard);
                 }
                 Ok(Some(Incoming::Text(t))) => {
                     self.messages_in.inc();
@@ -425,7 +464,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                         }
                     }
                 }
-                for heard in self.in_flight.drain(..) {
+                for (_, heard) in self.in_flight.drain(..) {
                     let _ = heard.await;
                 }
             };

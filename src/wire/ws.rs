@@ -141,8 +141,9 @@ impl Decoder {
                     len as usize
                 }
             };
+            // Nothing is reserved for an announced length: the buffer grows only as the payload
+            // arrives, so a header that claims max_message costs nothing by itself.
             if self.buf.len() < header_len + len {
-                self.buf.reserve(header_len + len - self.buf.len());
                 return Ok(None);
             }
             self.buf.advance(header_len);
