@@ -866,9 +866,14 @@ async fn foreign_origins_never_reach_a_per_client_backend() {
     assert_eq!(r.status, 403);
 }
 
-/// A backend that completes WebSocket handshakes and then never reads: every client message
-/// sent to it can only pile up in the gateway.
+/// A backend that completes WebSocket handshakes and then never reads (every client message
+/// sent to it can only pile up in the gateway), or with `flood` sends 1 MiB binary frames for
+/// as long as the gateway takes them.
 async fn stalled_backend() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    handshaking_backend(false).await
+}
+
+async fn handshaking_backend(flood: bool) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -894,8 +899,21 @@ async fn stalled_backend() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>
             let accept =
                 tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
             let answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
-            if s.write_all(answer.as_bytes()).await.is_ok() {
-                held.push(s);
+            if s.write_all(answer.as_bytes()).await.is_err() {
+                continue;
+            }
+            if flood {
+                held.push(tokio::spawn(async move {
+                    let mut frame = vec![0x82u8, 127];
+                    frame.extend_from_slice(&(1u64 << 20).to_be_bytes());
+                    frame.extend(std::iter::repeat_n(7u8, 1 << 20));
+                    while s.write_all(&frame).await.is_ok() {}
+                }));
+            } else {
+                held.push(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    drop(s);
+                }));
             }
         }
     });
@@ -952,6 +970,46 @@ async fn a_stalled_backend_holds_client_messages_bounded_in_bytes() {
         "three stalled clients grew the gateway by {grew_mib} MiB"
     );
     // Everyone else is still served.
+    let mut sse = SseReader::open(gw.addr, "/clock", &[]).await;
+    assert!(!sse.next_data_event().await.data.is_empty());
+    drop(held);
+    task.abort();
+}
+
+/// A per-client session whose client stops reading while its backend floods it: the session
+/// holds at most a couple of `max_message` for the client (then stops reading the backend), not
+/// `send_queue` (1,024) of them, and the gateway keeps serving everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_backend_messages_bounded_in_bytes() {
+    let (backend, task) = handshaking_backend(true).await;
+    let gw = Gateway::start(&format!(
+        "  - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ websocket: \"ws://{backend}/\" }}\n    limits: {{ max_message: 1MiB }}\n  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n"
+    ))
+    .await;
+    let before = gw.rss_kib();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/chat"))
+            .await
+            .unwrap();
+        held.push(ws);
+    }
+    // Let the backends write until the gateway stops taking their bytes.
+    let mut last = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = gw.rss_kib();
+        if now.abs_diff(last) < 1024 {
+            break;
+        }
+        last = now;
+    }
+    let grew_mib = gw.rss_kib().saturating_sub(before) / 1024;
+    eprintln!("three clients that do not read: the gateway grew by {grew_mib} MiB");
+    assert!(
+        grew_mib < 64,
+        "three clients that do not read grew the gateway by {grew_mib} MiB"
+    );
     let mut sse = SseReader::open(gw.addr, "/clock", &[]).await;
     assert!(!sse.next_data_event().await.data.is_empty());
     drop(held);

@@ -49,6 +49,11 @@ pub enum UplinkError {
 /// How many client messages may wait for the backend before senders wait.
 pub const UPLINK_QUEUE: usize = 256;
 
+/// A session's messages in either direction may hold at most this many times `max_message`
+/// bytes (besides the one being assembled): beyond it, the side that sends is not read and TCP
+/// holds the rest. Bounds in messages alone let one client pin `send_queue` x `max_message`.
+pub const BYTE_BUDGET_MESSAGES: usize = 2;
+
 /// The longest a backend may take to answer one POSTed client message.
 pub const POST_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -78,6 +83,8 @@ impl EndReason {
 
 struct State {
     held: VecDeque<Arc<Message>>,
+    /// Payload bytes of `held`.
+    held_bytes: usize,
     next_seq: u64,
     acked: u64,
     ended: Option<Arc<Gone>>,
@@ -87,6 +94,8 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     cap: usize,
+    /// At most this many payload bytes are held (one message more, when it alone is larger).
+    max_bytes: usize,
     /// Bumped on every change readers may wait for: a message, the end, a new attachment.
     version: watch::Sender<u64>,
     /// Wakes a producer waiting for room.
@@ -103,15 +112,17 @@ pub struct Batch {
 }
 
 impl Outbox {
-    fn new(cap: usize) -> Self {
+    fn new(cap: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State {
                 held: VecDeque::with_capacity(cap.min(64)),
+                held_bytes: 0,
                 next_seq: 1,
                 acked: 0,
                 ended: None,
             }),
             cap: cap.max(1),
+            max_bytes,
             version: watch::Sender::new(0),
             room: Notify::new(),
         }
@@ -125,7 +136,8 @@ impl Outbox {
         self.version.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// Adds a backend message, waiting while `cap` unacknowledged messages are held.
+    /// Adds a backend message, waiting while `cap` unacknowledged messages (or `max_bytes` of
+    /// them) are held.
     pub async fn push(&self, event: Option<Box<str>>, payload: Bytes, binary: bool) {
         let mut msg = (event, payload, binary);
         loop {
@@ -149,15 +161,20 @@ impl Outbox {
         if st.ended.is_some() {
             return Ok(());
         }
-        // Held seqs are contiguous, so the acknowledged ones are a prefix of known length.
-        let first = st.held.front().map_or(st.next_seq, |m| m.seq);
-        let acked_held = (st.acked + 1).saturating_sub(first) as usize;
-        if st.held.len() >= self.cap && acked_held == 0 {
+        // Acknowledged messages stay while there is room (a poll retried with its old cursor
+        // gets the same answer); they make way, oldest first, for a new one.
+        let full = |st: &State| {
+            !st.held.is_empty()
+                && (st.held.len() >= self.cap || st.held_bytes + payload.len() > self.max_bytes)
+        };
+        while full(&st) && st.held.front().is_some_and(|m| m.seq <= st.acked) {
+            let gone = st.held.pop_front().expect("checked non-empty");
+            st.held_bytes -= gone.payload.len();
+        }
+        if full(&st) {
             return Err((event, payload, binary));
         }
-        if st.held.len() >= self.cap {
-            st.held.pop_front();
-        }
+        st.held_bytes += payload.len();
         let seq = st.next_seq;
         st.next_seq += 1;
         st.held
@@ -304,6 +321,7 @@ impl Session {
         route: &str,
         transport: &'static str,
         cap: usize,
+        max_bytes: usize,
         ttl: Duration,
         backend_protocol: Option<String>,
     ) -> Driver {
@@ -312,7 +330,7 @@ impl Session {
             id: new_id(),
             route: route.into(),
             transport,
-            outbox: Outbox::new(cap),
+            outbox: Outbox::new(cap, max_bytes),
             uplink: tx,
             ttl,
             activity: Mutex::new(Activity {
@@ -528,7 +546,7 @@ mod tests {
 
     #[tokio::test]
     async fn held_until_acknowledged_then_room_is_made() {
-        let o = Arc::new(Outbox::new(2));
+        let o = Arc::new(Outbox::new(2, usize::MAX));
         o.push(None, Bytes::from_static(b"a"), false).await;
         o.push(None, Bytes::from_static(b"b"), false).await;
         // Full of unacknowledged messages: the producer waits.
@@ -550,8 +568,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bytes_bound_what_is_held_as_well_as_messages() {
+        // Room for 100 messages but only 10 bytes.
+        let o = Arc::new(Outbox::new(100, 10));
+        o.push(None, Bytes::from_static(b"123456"), false).await;
+        let full = o.try_push((None, Bytes::from_static(b"12345"), false));
+        assert!(full.is_err(), "6 + 5 bytes would pass the bound");
+        assert!(o
+            .try_push((None, Bytes::from_static(b"1234"), false))
+            .is_ok());
+        // Acknowledged messages make way for a new one.
+        o.ack(1);
+        assert!(o
+            .try_push((None, Bytes::from_static(b"12345"), false))
+            .is_ok());
+        assert_eq!(text(&o.after(0, 10).messages), ["1234", "12345"]);
+        // A message larger than the bound alone still goes through on an empty outbox.
+        let big = Outbox::new(100, 10);
+        assert!(big
+            .try_push((None, Bytes::from(vec![0u8; 64]), false))
+            .is_ok());
+    }
+
+    #[tokio::test]
     async fn end_is_seen_after_the_last_message() {
-        let o = Outbox::new(4);
+        let o = Outbox::new(4, usize::MAX);
         o.push(None, Bytes::from_static(b"a"), false).await;
         o.end(Gone {
             code: 4001,

@@ -4,7 +4,9 @@
 
 use super::{Downstream, Respond};
 use crate::bridge::hub::Gone;
-use crate::bridge::session::{EndReason, Outgoing, Session, UplinkError, UPLINK_QUEUE};
+use crate::bridge::session::{
+    EndReason, Outgoing, Session, UplinkError, BYTE_BUDGET_MESSAGES, UPLINK_QUEUE,
+};
 use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Source};
 use crate::config::BackendSpec;
 use crate::metrics;
@@ -95,11 +97,6 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
     }
     result
 }
-
-/// A client's messages on their way to its backend may hold at most this many times
-/// `max_message` bytes (besides the one the decoder is assembling): beyond it the client is not
-/// read, and TCP holds the rest.
-const UPLINK_BUDGET_MESSAGES: usize = 2;
 
 /// What an event means for the connection.
 enum Step {
@@ -193,7 +190,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
             echo: matches!(bridge.source, Source::Echo),
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
-            uplink_budget: UPLINK_BUDGET_MESSAGES * bridge.route.limits.max_message as usize,
+            uplink_budget: BYTE_BUDGET_MESSAGES * bridge.route.limits.max_message as usize,
             undecoded: false,
             queued: VecDeque::new(),
             client_closed: false,

@@ -5,7 +5,9 @@
 use super::post::Poster;
 use super::{sse, ws};
 use crate::bridge::hub::Gone;
-use crate::bridge::session::{Driver, EndReason, OpenSession, Outgoing, Session};
+use crate::bridge::session::{
+    Driver, EndReason, OpenSession, Outgoing, Session, BYTE_BUDGET_MESSAGES,
+};
 use crate::bridge::{Bridge, ClientInfo, OpenError};
 use crate::config::{BackendSpec, RemoteBackend};
 use crate::metrics;
@@ -113,6 +115,7 @@ pub async fn open(
     let headers = forwarded_headers(feed, req, client);
     let cap = bridge.route.limits.send_queue;
     let max_message = bridge.route.limits.max_message as usize;
+    let max_bytes = BYTE_BUDGET_MESSAGES * max_message;
     let failed = |why: String| {
         metrics::BACKEND_CONNECTS
             .with_label_values(&[route, "failed"])
@@ -132,14 +135,15 @@ pub async fn open(
             let (stream, protocol) = ws::connect(feed, &headers, max_message)
                 .await
                 .map_err(|o| failed(ended_as(o)))?;
-            let driver = Session::create(route, transport, cap, spec.session_ttl, protocol);
+            let driver =
+                Session::create(route, transport, cap, max_bytes, spec.session_ttl, protocol);
             (Backend::WebSocket(Box::new(stream)), driver)
         }
         BackendSpec::Sse(feed) => {
             let opened = sse::connect(feed, &headers, "")
                 .await
                 .map_err(|o| failed(ended_as(o)))?;
-            let driver = Session::create(route, transport, cap, spec.session_ttl, None);
+            let driver = Session::create(route, transport, cap, max_bytes, spec.session_ttl, None);
             (Backend::Sse(opened), driver)
         }
         BackendSpec::Builtin(_) => unreachable!("per_client needs a websocket or sse backend"),
