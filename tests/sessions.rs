@@ -195,6 +195,11 @@ async fn sessions_are_isolated_polls_are_idempotent_and_unknown_sessions_get_410
     // Malformed bodies are refused and nothing reaches the backend.
     let r = post(&mut c, &a, "application/json", "{\"not\": \"an array\"}").await;
     assert_eq!(r.status, 400, "{}", r.body);
+    // A body of many tiny messages (here 200,000 empty strings in 600 KB) is refused whole:
+    // one POST cannot become hundreds of thousands of queued messages.
+    let many = format!("[{}]", vec!["\"\""; 200_000].join(","));
+    let r = post(&mut c, &a, "application/json", &many).await;
+    assert_eq!(r.status, 413, "{}", r.body);
 
     // DELETE ends the session and closes its backend socket.
     let r = c

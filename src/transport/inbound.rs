@@ -11,7 +11,7 @@
 //!
 //! The answer comes once the backend took every message (written to its WebSocket, or 2xx from
 //! `post:`): 204. Messages of one POST keep their order, and so do sequential POSTs. A body over
-//! `max_message` is 413; a malformed one 400; an unknown session 410; a backend that refused a
+//! `max_message` (or of more than [`MAX_MESSAGES_PER_POST`] messages) is 413; a malformed one 400; an unknown session 410; a backend that refused a
 //! message passes its 4xx on, and one that could not be reached is 502.
 //!
 //! `DELETE path?transport=poll|sse&session=ID` ends a session and closes its backend socket: 204.
@@ -37,8 +37,60 @@ pub struct Inbound {
     pub binary: bool,
 }
 
+/// At most this many messages in one POST body: a 1 MiB array of empty strings would otherwise
+/// become hundreds of thousands of queued messages, each with its own bookkeeping.
+pub const MAX_MESSAGES_PER_POST: usize = 1000;
+
+/// Why a POST body was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// Malformed for its content type (400).
+    Malformed(String),
+    /// More than [`MAX_MESSAGES_PER_POST`] messages (413).
+    TooMany,
+}
+
+/// A JSON body's items, counted as they are read: parsing stops at the first item past
+/// [`MAX_MESSAGES_PER_POST`], before the rest is built.
+struct Items;
+
+impl<'de> serde::de::Visitor<'de> for Items {
+    type Value = Vec<serde_json::Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of messages (or one string)")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<serde_json::Value>()? {
+            if items.len() == MAX_MESSAGES_PER_POST {
+                return Err(serde::de::Error::custom(TOO_MANY));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(vec![serde_json::Value::String(s.to_owned())])
+    }
+}
+
+const TOO_MANY: &str = "too many messages in one body";
+
 /// Splits a POST body into messages by its content type (see the module docs).
-pub fn parse_body(content_type: &str, body: Bytes) -> Result<Vec<Inbound>, String> {
+pub fn parse_body(content_type: &str, body: Bytes) -> Result<Vec<Inbound>, BodyError> {
+    parse_messages(content_type, body).map_err(|why| {
+        if why.contains(TOO_MANY) {
+            BodyError::TooMany
+        } else {
+            BodyError::Malformed(why)
+        }
+    })
+}
+
+fn parse_messages(content_type: &str, body: Bytes) -> Result<Vec<Inbound>, String> {
     let media = content_type
         .split(';')
         .next()
@@ -47,13 +99,16 @@ pub fn parse_body(content_type: &str, body: Bytes) -> Result<Vec<Inbound>, Strin
         .to_ascii_lowercase();
     match media.as_str() {
         "application/json" => {
-            let value: serde_json::Value =
-                serde_json::from_slice(&body).map_err(|e| format!("body is not JSON: {e}"))?;
-            let items = match value {
-                serde_json::Value::Array(items) => items,
-                s @ serde_json::Value::String(_) => vec![s],
-                _ => return Err("a JSON body is an array of messages (or one string)".into()),
-            };
+            let mut de = serde_json::Deserializer::from_slice(&body);
+            let items = serde::Deserializer::deserialize_any(&mut de, Items)
+                .and_then(|items| de.end().map(|()| items))
+                .map_err(|e| {
+                    if e.is_data() && !e.to_string().contains(TOO_MANY) {
+                        "a JSON body is an array of messages (or one string)".to_owned()
+                    } else {
+                        format!("body is not JSON: {e}")
+                    }
+                })?;
             items
                 .into_iter()
                 .enumerate()
@@ -211,8 +266,14 @@ async fn send<D: Downstream>(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let messages =
-        parse_body(&content_type, body).map_err(|why| Reject::new(400, "bad_body", why))?;
+    let messages = parse_body(&content_type, body).map_err(|e| match e {
+        BodyError::Malformed(why) => Reject::new(400, "bad_body", why),
+        BodyError::TooMany => Reject::new(
+            413,
+            "too_many_messages",
+            format!("at most {MAX_MESSAGES_PER_POST} messages in one body"),
+        ),
+    })?;
     let count = messages.len();
     metrics::MESSAGES
         .with_label_values(&[route, transport, "in"])
@@ -349,5 +410,25 @@ mod tests {
         )
         .is_err());
         assert!(parse_body("text/plain", Bytes::from_static(b"\xff")).is_err());
+        assert!(matches!(
+            parse_body("application/json", Bytes::from_static(b"[\"a\"] trailing")),
+            Err(BodyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_body_holds_a_bounded_number_of_messages() {
+        let array = |n: usize| Bytes::from(format!("[{}]", vec!["\"\""; n].join(",")));
+        let most = parse_body("application/json", array(MAX_MESSAGES_PER_POST)).unwrap();
+        assert_eq!(most.len(), MAX_MESSAGES_PER_POST);
+        assert_eq!(
+            parse_body("application/json", array(MAX_MESSAGES_PER_POST + 1)),
+            Err(BodyError::TooMany)
+        );
+        // A megabyte of empty strings is refused at the first item too many.
+        assert_eq!(
+            parse_body("application/json", array(300_000)),
+            Err(BodyError::TooMany)
+        );
     }
 }
