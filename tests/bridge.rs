@@ -402,27 +402,11 @@ async fn a_backend_that_sends_invalid_utf8_closes_clients_with_1011() {
     let backend = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(s.read(&mut b).await.unwrap(), 1, "the gateway's handshake");
-            head.push(b[0]);
-        }
-        let head = String::from_utf8(head).unwrap();
-        let key = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .starts_with("sec-websocket-key:")
-                    .then(|| l.split_once(':').unwrap().1.trim().to_owned())
-            })
-            .unwrap();
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-        s.write_all(
-            format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+        let head = read_request_head(&mut s)
+            .await
+            .expect("the gateway's handshake");
+        let answer = ws_switching_protocols(&head).expect("a key");
+        s.write_all(answer.as_bytes()).await.unwrap();
         s.write_all(b"\x81\x02\xff\xfe").await.unwrap();
         // Held open: the close must come from the gateway's judgement, not from an EOF.
         tokio::time::sleep(DEADLINE).await;

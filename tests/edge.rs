@@ -797,27 +797,10 @@ async fn a_backend_that_stops_answering_pings_is_dropped_in_time() {
             };
             let dropped_tx = dropped_tx.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut b).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(b[0]);
-                }
-                let text = String::from_utf8_lossy(&head).to_string();
-                let key = text
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix("sec-websocket-key: ")
-                            .or_else(|| l.strip_prefix("Sec-WebSocket-Key: "))
-                    })
-                    .unwrap()
-                    .trim()
-                    .to_owned();
-                let accept =
-                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-                let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+                let Some(head) = read_request_head(&mut s).await else {
+                    return;
+                };
+                let resp = ws_switching_protocols(&head).expect("a WebSocket handshake");
                 s.write_all(resp.as_bytes()).await.unwrap();
                 let opened = Instant::now();
                 // Mute: read (pings arrive) but never answer.

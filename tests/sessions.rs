@@ -879,31 +879,18 @@ async fn stalled_backend() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>
 }
 
 async fn handshaking_backend(flood: bool) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((mut s, _)) = listener.accept().await {
-            let mut head = Vec::new();
-            let mut b = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                if s.read(&mut b).await.unwrap_or(0) == 0 {
-                    break;
-                }
-                head.push(b[0]);
-            }
-            let head = String::from_utf8_lossy(&head).into_owned();
-            let Some(key) = head.lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("sec-websocket-key")
-                    .then(|| v.trim().to_owned())
-            }) else {
+            let Some(answer) = read_request_head(&mut s)
+                .await
+                .and_then(|head| ws_switching_protocols(&head))
+            else {
                 continue;
             };
-            let accept =
-                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-            let answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
             if s.write_all(answer.as_bytes()).await.is_err() {
                 continue;
             }

@@ -943,3 +943,32 @@ impl Drop for SseBackend {
         self.task.abort();
     }
 }
+
+/// Reads a request head up to its blank line, a byte at a time (nothing past it is consumed),
+/// as a hand-written backend does. None when the peer closed first.
+pub async fn read_request_head(s: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(b[0]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// The `101` a WebSocket server answers a handshake `head` with (RFC 6455 section 4.2.2), for
+/// hand-written backends that then misbehave on purpose. None when the head has no key.
+pub fn ws_switching_protocols(head: &str) -> Option<String> {
+    let key = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("sec-websocket-key")
+            .then(|| v.trim().to_owned())
+    })?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    Some(format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    ))
+}
