@@ -100,7 +100,7 @@ where
             tls: stream.get_ssl_digest().is_some(),
         };
         let io = Box::new(HeadDeadline::new(stream, self.header_timeout));
-        self.serve_connection(io, BytesMut::new(), client, open, shutdown.clone(), false)
+        self.serve_connection(io, client, open, shutdown.clone())
             .await;
         None
     }
@@ -121,7 +121,7 @@ where
     P: HttpServerApp + Send + Sync + 'static,
     G: LeanStreams,
 {
-    /// [`Self::serve_connection`] as a task of its own. The boxed, named future type breaks the
+    /// [`Self::serve_own_task`] as a task of its own. The boxed, named future type breaks the
     /// cycle (the connection loop spawns itself) that would keep the compiler from seeing the
     /// loop is `Send`.
     fn in_own_task(
@@ -132,76 +132,69 @@ where
         open: OpenConnection,
         shutdown: ShutdownWatch,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            self.serve_connection(io, bytes, client, open, shutdown, true)
-                .await
-        })
+        Box::pin(async move { self.serve_own_task(io, bytes, client, open, shutdown).await })
     }
 
-    /// Serves the requests of one HTTP/1 connection, each over the lean path or pingora's.
-    /// `own_task`: this runs in a task of its own, not in pingora's connection task.
+    /// Serves the requests of one HTTP/1 connection in pingora's connection task: each head is
+    /// read here; a lean stream moves to a task of its own (a stream may last hours, and
+    /// pingora's task is sized for a TLS handshake and its HTTP machinery), anything else goes
+    /// to pingora. This loop never serves a stream itself, so a connection waiting for a head
+    /// holds only what that wait needs.
     async fn serve_connection(
+        self: &Arc<Self>,
+        mut io: Box<HeadDeadline>,
+        client: Client,
+        open: OpenConnection,
+        shutdown: ShutdownWatch,
+    ) {
+        let mut carry = BytesMut::new();
+        let mut first = true;
+        loop {
+            let Some(head) = next_head(&mut io, carry, first, &shutdown).await else {
+                return;
+            };
+            first = false;
+            match self.route_of(head) {
+                Next::Lean { bytes, .. } => {
+                    // The new task reads the head again from `bytes`.
+                    tokio::spawn(self.clone().in_own_task(io, bytes, client, open, shutdown));
+                    return;
+                }
+                Next::Pingora { replay, rest } => {
+                    io.replay(replay);
+                    carry = rest;
+                    match Box::pin(self.to_pingora(io, &shutdown)).await {
+                        Some(back) => io = back,
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves the requests of one HTTP/1 connection in a task of its own, once it carried a
+    /// lean stream: streams are served here, anything else still goes to pingora.
+    async fn serve_own_task(
         self: &Arc<Self>,
         mut io: Box<HeadDeadline>,
         mut carry: BytesMut,
         client: Client,
-        open: OpenConnection,
+        _open: OpenConnection,
         shutdown: ShutdownWatch,
-        own_task: bool,
     ) {
         let mut first = true;
         loop {
-            if !first {
-                if carry.iter().all(u8::is_ascii_whitespace) {
-                    // Idle between requests: the next head's deadline starts at its first
-                    // byte; the wait for that byte is bounded by the keep-alive limit and
-                    // ended by a drain, and the whitespace before it by a byte cap.
-                    io.next_request();
-                    while carry.iter().all(u8::is_ascii_whitespace) {
-                        if carry.len() > KEEPALIVE_WHITESPACE_MAX {
-                            return;
-                        }
-                        carry.reserve(1024);
-                        let mut down = shutdown.clone();
-                        let more = tokio::select! {
-                            r = tokio::time::timeout(KEEPALIVE_IDLE, io.read_buf(&mut carry)) => {
-                                matches!(r, Ok(Ok(n)) if n > 0)
-                            }
-                            _ = down.wait_for(|s| *s) => false,
-                        };
-                        if !more {
-                            return;
-                        }
-                    }
-                } else {
-                    // Pipelined: the next head began already.
-                    io.arm_now(&carry);
-                }
-            }
-            let head = http1::read_head(&mut io, carry).await;
-            carry = BytesMut::new();
-            first = false;
-            let route = match &head {
-                http1::Head::Parsed { req, .. } => self.gateway.stream_route(req),
-                _ => None,
+            let Some(head) = next_head(&mut io, carry, first, &shutdown).await else {
+                return;
             };
-            match (head, route) {
-                (http1::Head::Closed, _) => return,
-                (http1::Head::Parsed { bytes, .. }, Some(_)) if !own_task => {
-                    // Leave pingora's connection task (sized for a TLS handshake and its HTTP
-                    // machinery) behind: a stream may last hours. The new task reads the head
-                    // again from `bytes`.
-                    tokio::spawn(self.clone().in_own_task(io, bytes, client, open, shutdown));
-                    return;
-                }
-                (
-                    http1::Head::Parsed {
-                        req,
-                        mut bytes,
-                        len,
-                    },
-                    Some(route),
-                ) => {
+            first = false;
+            match self.route_of(head) {
+                Next::Lean {
+                    req,
+                    mut bytes,
+                    len,
+                    route,
+                } => {
                     let rest = http1::after_head(&bytes, len);
                     bytes.truncate(len);
                     let draining = *shutdown.borrow();
@@ -212,37 +205,123 @@ where
                         Some((next, rest)) => {
                             io = next;
                             carry = rest;
-                            continue;
                         }
                         None => return,
                     }
                 }
-                // pingora reads the head again and answers it as it would have; bytes after a
-                // bodiless head are the next request's, kept here for after pingora is done.
-                (http1::Head::Parsed { mut bytes, len, .. }, None) => {
-                    carry = http1::after_head(&bytes, len);
-                    bytes.truncate(len);
-                    io.replay(bytes.freeze());
+                Next::Pingora { replay, rest } => {
+                    io.replay(replay);
+                    carry = rest;
+                    match Box::pin(self.to_pingora(io, &shutdown)).await {
+                        Some(back) => io = back,
+                        None => return,
+                    }
                 }
-                (http1::Head::Other(bytes), _) => io.replay(bytes.freeze()),
             }
-            let mut session = ServerSession::new_http1(io);
-            if *shutdown.borrow() {
-                session.set_keepalive(None);
-            } else {
-                session.set_keepalive(Some(KEEPALIVE_IDLE.as_secs()));
-            }
-            let Some(reused) = self.pingora.process_new_http(session, &shutdown).await else {
-                return;
-            };
-            // Its settings hold the keep-alive timeout set above and pipelined bytes, which
-            // stay off (pingora's default), so there is nothing to carry over.
-            let (stream, _) = reused.consume();
-            io = match stream.into_any().downcast::<HeadDeadline>() {
-                Ok(io) => io,
-                Err(_) => return,
-            };
         }
+    }
+
+    /// Which path serves a head: the gateway's lean one, or pingora's (with the head to replay
+    /// and any bytes after a bodiless head, which are the next request's).
+    fn route_of(&self, head: http1::Head) -> Next<G::Route> {
+        match head {
+            http1::Head::Parsed { req, bytes, len } => match self.gateway.stream_route(&req) {
+                Some(route) => Next::Lean {
+                    req,
+                    bytes,
+                    len,
+                    route,
+                },
+                None => {
+                    let rest = http1::after_head(&bytes, len);
+                    let mut bytes = bytes;
+                    bytes.truncate(len);
+                    Next::Pingora {
+                        replay: bytes.freeze(),
+                        rest,
+                    }
+                }
+            },
+            http1::Head::Other(bytes) => Next::Pingora {
+                replay: bytes.freeze(),
+                rest: BytesMut::new(),
+            },
+            http1::Head::Closed => unreachable!("next_head returns no closed head"),
+        }
+    }
+
+    /// Hands the connection to pingora, which reads the head again and answers it as it would
+    /// have; the connection comes back when pingora may reuse it.
+    async fn to_pingora(
+        &self,
+        io: Box<HeadDeadline>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Box<HeadDeadline>> {
+        let mut session = ServerSession::new_http1(io);
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(KEEPALIVE_IDLE.as_secs()));
+        }
+        let reused = self.pingora.process_new_http(session, shutdown).await?;
+        // Its settings hold the keep-alive timeout set above and pipelined bytes, which stay
+        // off (pingora's default), so there is nothing to carry over.
+        let (stream, _) = reused.consume();
+        stream.into_any().downcast::<HeadDeadline>().ok()
+    }
+}
+
+/// What serves the next request of a connection.
+enum Next<R> {
+    Lean {
+        req: Box<RequestHeader>,
+        bytes: BytesMut,
+        len: usize,
+        route: R,
+    },
+    Pingora {
+        replay: bytes::Bytes,
+        rest: BytesMut,
+    },
+}
+
+/// Waits for and reads the next request head. Between requests (not `first`), the wait for
+/// its first byte is bounded by the keep-alive limit, ended by a drain, and the whitespace
+/// before it capped; the head's own deadline starts at that byte. None when the connection is
+/// done.
+async fn next_head(
+    io: &mut Box<HeadDeadline>,
+    mut carry: BytesMut,
+    first: bool,
+    shutdown: &ShutdownWatch,
+) -> Option<http1::Head> {
+    if !first {
+        if carry.iter().all(u8::is_ascii_whitespace) {
+            io.next_request();
+            while carry.iter().all(u8::is_ascii_whitespace) {
+                if carry.len() > KEEPALIVE_WHITESPACE_MAX {
+                    return None;
+                }
+                carry.reserve(1024);
+                let mut down = shutdown.clone();
+                let more = tokio::select! {
+                    r = tokio::time::timeout(KEEPALIVE_IDLE, io.read_buf(&mut carry)) => {
+                        matches!(r, Ok(Ok(n)) if n > 0)
+                    }
+                    _ = down.wait_for(|s| *s) => false,
+                };
+                if !more {
+                    return None;
+                }
+            }
+        } else {
+            // Pipelined: the next head began already.
+            io.arm_now(&carry);
+        }
+    }
+    match http1::read_head(io, carry).await {
+        http1::Head::Closed => None,
+        head => Some(head),
     }
 }
 
