@@ -161,12 +161,11 @@ where
                     return;
                 }
                 Next::Pingora { replay, rest } => {
-                    io.replay(replay);
                     carry = rest;
-                    match Box::pin(self.to_pingora(io, &shutdown)).await {
-                        Some(back) => io = back,
-                        None => return,
-                    }
+                    let Some(back) = Box::pin(self.to_pingora(io, replay, &shutdown)).await else {
+                        return;
+                    };
+                    io = back;
                 }
             }
         }
@@ -210,12 +209,11 @@ where
                     }
                 }
                 Next::Pingora { replay, rest } => {
-                    io.replay(replay);
                     carry = rest;
-                    match Box::pin(self.to_pingora(io, &shutdown)).await {
-                        Some(back) => io = back,
-                        None => return,
-                    }
+                    let Some(back) = Box::pin(self.to_pingora(io, replay, &shutdown)).await else {
+                        return;
+                    };
+                    io = back;
                 }
             }
         }
@@ -250,13 +248,16 @@ where
         }
     }
 
-    /// Hands the connection to pingora, which reads the head again and answers it as it would
-    /// have; the connection comes back when pingora may reuse it.
+    /// Hands the connection to pingora with the bytes read so far (`replay`), so it reads the
+    /// head again and answers it as it would have; the connection comes back when pingora may
+    /// reuse it.
     async fn to_pingora(
         &self,
-        io: Box<HeadDeadline>,
+        mut io: Box<HeadDeadline>,
+        replay: bytes::Bytes,
         shutdown: &ShutdownWatch,
     ) -> Option<Box<HeadDeadline>> {
+        io.replay(replay);
         let mut session = ServerSession::new_http1(io);
         if *shutdown.borrow() {
             session.set_keepalive(None);
