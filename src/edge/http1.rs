@@ -663,12 +663,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_whole_answer_is_framed_by_its_length_and_keeps_the_connection() {
-        let (server, mut client) = tokio::io::duplex(64 * 1024);
-        let io = Box::new(HeadDeadline::new(Box::new(server), Duration::from_secs(5)));
-        let Parse::Complete(req, _) = parse(b"GET /p HTTP/1.1\r\nHost: gw\r\n\r\n") else {
-            panic!("head does not parse")
-        };
-        let mut conn = Connection::new(io, req, BytesMut::new(), None, false, false);
+        let (mut conn, mut client) = connection("GET /p HTTP/1.1\r\nHost: gw\r\n\r\n");
         conn.write_answer(
             head(200, &[("content-length", "13")]),
             Bytes::from_static(b"{\"cursor\":1}\n"),

@@ -13,6 +13,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
+/// Ticks `rate` times a second; late ticks catch up at once, so the rate holds on average.
+fn ticker(rate: u32) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    tick
+}
+
 /// The WebSocket backend on `listen`: `/feed` sends every connection the feed (`rate` messages
 /// a second of `size` bytes; rate 0 is a quiet feed), `/echo` echoes.
 pub async fn serve(listen: SocketAddr, rate: u32, size: usize) {
@@ -26,9 +33,7 @@ pub async fn serve(listen: SocketAddr, rate: u32, size: usize) {
             return;
         }
         let mut seq = 0u64;
-        let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tick = ticker(rate);
         loop {
             tick.tick().await;
             seq += 1;
@@ -119,9 +124,7 @@ async fn publish_http(url: &str, rate: u32, size: usize) {
             .expect("connect to the publish endpoint")
     };
     let mut s = connect().await;
-    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tick = ticker(rate);
     let mut seq = 0u64;
     eprintln!("publishing to {url} at {rate} msg/s");
     loop {
@@ -168,9 +171,7 @@ pub async fn publish(url: &str, rate: u32, size: usize) {
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .expect("connect to the publish endpoint");
-    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tick = ticker(rate);
     let mut seq = 0u64;
     eprintln!("publishing to {url} at {rate} msg/s");
     loop {
