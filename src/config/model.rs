@@ -68,6 +68,8 @@ impl Default for Keepalive {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub max_message: u64,
+    /// `max_message` was set in the config (a pass-through tunnel applies it only then).
+    pub max_message_explicit: bool,
     pub send_queue: usize,
     pub max_clients: usize,
     /// Zero means no per-IP cap.
@@ -80,6 +82,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_message: 1 << 20,
+            max_message_explicit: false,
             send_queue: 1024,
             max_clients: 10_000,
             max_clients_per_ip: 0,

@@ -26,10 +26,16 @@ use std::net::IpAddr;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Heads longer than this, or with more fields than [`HEAD_FIELDS`], are left to pingora (which
-/// answers them, `431` included); the streaming requests this path serves are far smaller.
-pub const HEAD_MAX: usize = 8 * 1024;
+/// Heads longer than this, or with more fields than [`HEAD_FIELDS_MAX`], are left to pingora
+/// (which answers them, `431` included). Both are pingora's own caps, so every head pingora
+/// would take is read here too (a WebSocket handshake with large cookies must still reach the
+/// lean path: pingora's never carries a tunnel); a route's `max_header_bytes` is enforced by
+/// admission. The buffer grows only as bytes arrive.
+pub const HEAD_MAX: usize = 1 << 20;
+/// Fields parsed on the stack; a head with more is parsed again with [`HEAD_FIELDS_MAX`] on the
+/// heap.
 const HEAD_FIELDS: usize = 48;
+const HEAD_FIELDS_MAX: usize = 256;
 
 /// A request head read by the listener.
 pub enum Head {
@@ -58,8 +64,17 @@ pub fn after_head(bytes: &BytesMut, len: usize) -> BytesMut {
 
 /// Reads one request head. `buf` holds bytes already read (pipelined after the last request).
 pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, mut buf: BytesMut) -> Head {
+    // Past the first 8 KiB, a head is parsed again only when its end may have arrived, so a
+    // head trickled up to HEAD_MAX is not parsed once per read (quadratic work).
+    let mut seen: usize = 0;
     loop {
-        match parse(&buf) {
+        let may_end = buf.len() <= 8 * 1024
+            || buf[seen.saturating_sub(3)..]
+                .windows(2)
+                .any(|w| w == b"\n\n" || w == b"\n\r");
+        seen = buf.len();
+        let parsed = if may_end { parse(&buf) } else { Parse::Partial };
+        match parsed {
             Parse::Complete(req, len) => {
                 return Head::Parsed {
                     req,
@@ -93,12 +108,29 @@ enum Parse {
 /// than WebSocket. Kept out of the async reader so the field array lives on the stack only.
 fn parse(buf: &[u8]) -> Parse {
     let mut fields = [httparse::EMPTY_HEADER; HEAD_FIELDS];
-    let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Parse::Partial,
-        Err(_) => return Parse::Other,
+    match parse_with(buf, &mut fields) {
+        Err(httparse::Error::TooManyHeaders) => {
+            let mut fields = vec![httparse::EMPTY_HEADER; HEAD_FIELDS_MAX];
+            parse_with(buf, &mut fields).unwrap_or(Parse::Other)
+        }
+        parsed => parsed.unwrap_or(Parse::Other),
+    }
+}
+
+fn parse_with<'b>(
+    buf: &'b [u8],
+    fields: &mut [httparse::Header<'b>],
+) -> Result<Parse, httparse::Error> {
+    let mut req = httparse::Request::new(fields);
+    let len = match req.parse(buf)? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(Parse::Partial),
     };
+    Ok(judge(&req, len))
+}
+
+/// Builds the head of a parsed request this path may serve.
+fn judge(req: &httparse::Request, len: usize) -> Parse {
     if req.version != Some(1) || req.method != Some("GET") {
         return Parse::Other;
     }
@@ -194,6 +226,17 @@ impl Connection {
     /// the connection may carry another request; `None` when it must close.
     pub fn req_header_mut(&mut self) -> &mut RequestHeader {
         &mut self.req
+    }
+
+    /// After a `101`: the client's socket and the bytes it sent that were read already (the
+    /// start of its stream), for a tunnel that moves bytes itself. The request head is freed:
+    /// a tunnel may last hours. None before an upgrade.
+    pub fn upgraded(&mut self) -> Option<(&mut HeadDeadline, BytesMut)> {
+        if self.body != Body::Upgraded {
+            return None;
+        }
+        *self.req = RequestHeader::build_no_case("GET", b"/", Some(0)).ok()?;
+        Some((&mut self.io, std::mem::take(&mut self.pending)))
     }
 
     pub fn into_reusable(self) -> Option<(Box<HeadDeadline>, BytesMut)> {
@@ -593,14 +636,20 @@ mod tests {
     async fn a_head_past_the_lean_bound_is_left_to_pingora() {
         let big = format!("GET / HTTP/1.1\r\nX-Fill: {}\r\n", "a".repeat(HEAD_MAX));
         let (mut io, mut client) = tokio::io::duplex(64 * 1024);
-        client.write_all(big.as_bytes()).await.unwrap();
+        let writer = tokio::spawn(async move {
+            // The reader stops at the bound: the rest is never taken.
+            let _ = client.write_all(big.as_bytes()).await;
+            client
+        });
         match read_head(&mut io, BytesMut::new()).await {
             Head::Other(b) => assert!(
-                b.len() >= HEAD_MAX && b.len() < big.len(),
+                b.len() >= HEAD_MAX && b.len() < HEAD_MAX + 64 * 1024,
                 "stops reading at the bound"
             ),
             _ => panic!("taken"),
         }
+        drop(io);
+        let _ = writer.await;
     }
 
     /// A lean connection for `head`, and the client's end of the socket.

@@ -95,9 +95,19 @@ impl ProxyHttp for Gateway {
             }
             Target::Proxy(_) => {
                 if session.is_upgrade_req() {
-                    // A tunnelled WebSocket may stay quiet for long: only idle_timeout ends it.
-                    let idle = rt.route.keepalive.idle_timeout;
-                    session.set_read_timeout((!idle.is_zero()).then_some(idle));
+                    // Tunnels run on the edge's lean connection (super::tunnel), never here:
+                    // pingora-proxy 0.9.1 can end a tunnel right after its 101
+                    // (cloudflare/pingora#946). A handshake that reaches pingora is one the
+                    // lean reader does not take: it carries a body, or asks for another
+                    // protocol, or is not HTTP/1.1.
+                    Reject::new(
+                        400,
+                        "upgrade_refused",
+                        "400 Bad Request: only a bodiless HTTP/1.1 WebSocket handshake is tunnelled",
+                    )
+                    .send(session, &rt.route.name)
+                    .await?;
+                    return Ok(true);
                 }
                 Ok(false)
             }
@@ -133,10 +143,6 @@ impl ProxyHttp for Gateway {
         let member = &set.members[lease.index];
         let mut peer = HttpPeer::new(member.upstream.addr, false, String::new());
         peer.options.connection_timeout = Some(set.spec.connect_timeout);
-        if session.is_upgrade_req() {
-            let idle = rt.route.keepalive.idle_timeout;
-            peer.options.read_timeout = (!idle.is_zero()).then_some(idle);
-        }
         ctx.lease = Some(lease);
         Ok(Box::new(peer))
     }

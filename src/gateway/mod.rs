@@ -4,11 +4,14 @@
 //!   generation in force.
 //! - [`admission`]: one `admit()` for every request, whichever path carries it.
 //! - [`hooks`]: pingora's `ProxyHttp` hooks, for the requests pingora parses.
-//! - [`LeanStreams`] for [`Gateway`]: the streams the edge serves over its own connection.
+//! - [`tunnel`]: pass-through WebSocket tunnels, on the edge's lean connection.
+//! - [`LeanStreams`] for [`Gateway`]: the streams the edge serves over its own connection
+//!   (bridged streams and pass-through tunnels).
 
 pub mod admission;
 pub mod hooks;
 pub mod state;
+pub mod tunnel;
 
 pub use state::{GatewayState, Live, RouteRuntime, Target};
 
@@ -29,8 +32,8 @@ pub struct Gateway {
 impl LeanStreams for Gateway {
     type Route = Arc<RouteRuntime>;
 
-    /// A bridged route (not the demo page) and a request for one of its streaming transports;
-    /// everything else goes through pingora.
+    /// A bridged route (not the demo page) and a request for one of its streaming transports,
+    /// or a WebSocket handshake on a pass-through route; everything else goes through pingora.
     fn stream_route(&self, req: &RequestHeader) -> Option<Self::Route> {
         let state = self.state.load();
         let rt = state
@@ -42,6 +45,7 @@ impl LeanStreams for Gateway {
             {
                 Some(rt.clone())
             }
+            Target::Proxy(_) if wire::ws::is_upgrade(req) => Some(rt.clone()),
             _ => None,
         }
     }
@@ -77,10 +81,10 @@ impl LeanStreams for Gateway {
                 slot: _slot,
             } = admitted;
             conn.cors.headers = cors;
-            let Target::Bridge(bridge) = &rt.target else {
-                return Ok(());
-            };
-            transport::serve(conn, bridge).await
+            match &rt.target {
+                Target::Bridge(bridge) => transport::serve(conn, bridge).await,
+                Target::Proxy(set) => tunnel::serve(conn, &rt, set).await,
+            }
         }
         .await;
         if let Err(e) = served {

@@ -9,6 +9,7 @@ pub mod downstream;
 pub mod inbound;
 pub mod longpoll;
 pub mod sse;
+pub mod tunnel;
 pub mod ws;
 
 use crate::bridge::{Bridge, ClientInfo, Consumer, Message, OpenError, Source};

@@ -15,6 +15,7 @@ pub mod per_client;
 pub mod pool;
 pub mod post;
 pub mod sse;
+pub mod tunnel;
 pub mod ws;
 
 use crate::bridge::session::{Outgoing, Session, UPLINK_QUEUE};

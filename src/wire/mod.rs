@@ -2,10 +2,12 @@
 //! the gateway speaks is encoded and decoded here, once, and tested here.
 //!
 //! - [`ws`]: WebSocket frames, close codes, the client-frame decoder, the opening handshake
+//! - [`frames`]: frame boundaries in a relayed WebSocket stream (headers only), for tunnels
 //! - [`sse`]: the SSE event encoder and the WHATWG stream parser
 //! - [`longpoll`]: the long-poll answer's JSON
 //! - [`http`]: HTTP/1 header tokens, query parameters, the request's host
 
+pub mod frames;
 pub mod http;
 pub mod longpoll;
 pub mod sse;

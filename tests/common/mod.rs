@@ -83,7 +83,10 @@ impl Gateway {
             std::fs::write(&config_path, &yaml).unwrap();
             let log_path = dir.path().join("gateway.log");
             let log = std::fs::File::create(&log_path).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            // SWITCHYARD_BIN runs the same test against another build (an A/B of a fix).
+            let bin = std::env::var_os("SWITCHYARD_BIN")
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_switchyard").into());
+            let child = Command::new(bin)
                 .arg("--config")
                 .arg(&config_path)
                 .arg("--log-level")

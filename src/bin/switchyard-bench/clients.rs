@@ -103,7 +103,7 @@ pub async fn ws_client(
                         return opened;
                     }
                 }
-                Ok(Some(WsEvent::Close)) | Err(_) => return opened,
+                Ok(Some(WsEvent::Close(_))) | Err(_) => return opened,
             }
         }
     }
@@ -119,7 +119,8 @@ enum WsEvent {
     Open,
     Text(String),
     Ping(Vec<u8>),
-    Close,
+    /// A close frame, with its code when it has one.
+    Close(Option<u16>),
 }
 
 /// A server's side of a WebSocket connection as it arrives: the handshake answer, then frames
@@ -192,7 +193,11 @@ impl Frames {
                         )));
                     }
                 }
-                8 => return Ok(Some(WsEvent::Close)),
+                8 => {
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    return Ok(Some(WsEvent::Close(code)));
+                }
                 9 => return Ok(Some(WsEvent::Ping(payload))),
                 10 => {}
                 op => return Err(format!("opcode {op}")),
@@ -381,30 +386,117 @@ pub async fn poll_client(
     }
 }
 
-/// One WebSocket echo client: numbered round trips, one at a time, until `stop`; each one's
-/// time goes to `trip`. An error is a refused handshake or a wrong answer; a connection lost
-/// while sending just ends the client.
+/// How a held WebSocket ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldEnd {
+    /// The handshake failed.
+    Refused,
+    /// Closed by the server with a close frame (its code, 1005 when it had none).
+    Closed(u16),
+    /// The connection ended without a close frame (a cut, or a reset).
+    Cut,
+}
+
+/// A WebSocket opened and held, reading until the server ends it; a close frame is answered
+/// (masked, as a client's must be).
+pub async fn hold_client(stream: TcpStream, host: &str, path: &str) -> HoldEnd {
+    let mut s = stream;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return HoldEnd::Refused;
+    }
+    let mut buf = vec![0u8; 4096];
+    let mut frames = Frames::default();
+    let mut opened = false;
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(n) if n > 0 => n,
+            _ if opened => return HoldEnd::Cut,
+            _ => return HoldEnd::Refused,
+        };
+        frames.raw.extend_from_slice(&buf[..n]);
+        loop {
+            match frames.next() {
+                Ok(None) => break,
+                Ok(Some(WsEvent::Open)) => opened = true,
+                Ok(Some(WsEvent::Close(code))) => {
+                    let code = code.unwrap_or(1005);
+                    let mut answer = vec![0x88, 0x82, 0, 0, 0, 0];
+                    answer.extend_from_slice(&code.to_be_bytes());
+                    let _ = s.write_all(&answer).await;
+                    return HoldEnd::Closed(code);
+                }
+                Ok(Some(_)) => {}
+                Err(_) if opened => return HoldEnd::Cut,
+                Err(_) => return HoldEnd::Refused,
+            }
+        }
+    }
+}
+
+/// How an echo client failed.
+#[derive(Debug, Clone, Copy)]
+pub enum EchoFailure {
+    Handshake = 0,
+    Send = 1,
+    Read = 2,
+    Wrong = 3,
+}
+
+#[derive(Debug)]
+pub struct EchoError {
+    pub kind: EchoFailure,
+    pub why: String,
+}
+
+impl std::fmt::Display for EchoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.why)
+    }
+}
+
+/// One WebSocket echo client: numbered round trips, one at a time, until `stop`, then a close
+/// handshake; each trip's time goes to `trip`. A refused handshake, a failed send, a failed
+/// read (the connection lost, or closed by the server) and a wrong answer are each an error.
 pub async fn echo_client(
     url: &str,
     stop: &AtomicBool,
     mut trip: impl FnMut(Duration),
-) -> Result<(), String> {
+) -> Result<(), EchoError> {
+    let fail = |kind: EchoFailure, why: String| EchoError { kind, why };
     let mut ws = match tokio_tungstenite::connect_async(url).await {
         Ok((ws, _)) => ws,
-        Err(e) => return Err(format!("handshake failed: {e}")),
+        Err(e) => return Err(fail(EchoFailure::Handshake, e.to_string())),
     };
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
         seq += 1;
         let sent = Instant::now();
         let text = format!("{seq} echo");
-        if ws.send(Message::text(text.clone())).await.is_err() {
-            return Ok(());
+        if let Err(e) = ws.send(Message::text(text.clone())).await {
+            return Err(fail(EchoFailure::Send, format!("sending {text:?}: {e}")));
         }
         match ws.next().await {
             Some(Ok(Message::Text(t))) if *t == *text => trip(sent.elapsed()),
-            other => return Err(format!("sent {text:?}, got {other:?}")),
+            Some(Ok(other)) => {
+                return Err(fail(
+                    EchoFailure::Wrong,
+                    format!("sent {text:?}, got {other:?}"),
+                ))
+            }
+            Some(Err(e)) => return Err(fail(EchoFailure::Read, format!("after {text:?}: {e}"))),
+            None => {
+                return Err(fail(
+                    EchoFailure::Read,
+                    format!("after {text:?}: the connection ended"),
+                ))
+            }
         }
+    }
+    if let Err(e) = ws.close(None).await {
+        return Err(fail(EchoFailure::Send, format!("closing: {e}")));
     }
     Ok(())
 }
@@ -444,7 +536,7 @@ mod tests {
                 WsEvent::Ping(b"p".to_vec()),
                 WsEvent::Text("abcd".into()),
                 WsEvent::Text(long),
-                WsEvent::Close,
+                WsEvent::Close(None),
             ]
         );
     }

@@ -105,6 +105,17 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// WebSockets opened and held until the server ends them (or `seconds` pass): how each
+    /// ended (close code, cut without a close, still open). Signal the server meanwhile to see
+    /// how it drains.
+    Hold {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Idle clients held while the server's memory and CPU are measured.
     Idle {
         #[arg(long)]
@@ -164,6 +175,11 @@ async fn main() {
             clients,
             seconds,
         } => scenarios::echo(&url, clients, seconds, cli.json).await,
+        Cmd::Hold {
+            url,
+            clients,
+            seconds,
+        } => scenarios::hold(&url, clients, seconds, cli.json).await,
         Cmd::Idle {
             url,
             transport,

@@ -1,9 +1,13 @@
 //! The measuring commands: `fanout` (subscribers that check and time every message), `echo`
-//! (round trips as fast as they go) and `idle` (clients held open while the server's RSS and
-//! CPU time are read from `/proc`). Each opens its clients, lets them settle, measures for the
+//! (round trips as fast as they go), `hold` (WebSockets held until the server ends them, and
+//! how it did) and `idle` (clients held open while the server's RSS and CPU time are read from
+//! `/proc`). Each opens its clients, lets them settle, measures for the
 //! given seconds, and reports one result.
 
-use crate::clients::{connect_from, echo_client, poll_client, split_url, sse_client, ws_client};
+use crate::clients::{
+    connect_from, echo_client, hold_client, poll_client, split_url, sse_client, ws_client,
+    EchoFailure, HoldEnd,
+};
 use crate::feed::{now_ns, parse};
 use crate::stats::{report, Latencies, Order, Verdict};
 use futures_util::StreamExt;
@@ -70,8 +74,11 @@ pub async fn fanout(url: &str, transport: &str, shape: Shape, seconds: u64, rate
                 order.see(seq, &v);
                 h.record(now_ns().saturating_sub(ts) / 1000);
             };
+            // A subscriber runs until the run ends and aborts it: any return is a failure.
             if transport == "ws" {
-                if !ws_client(stream, &host, &path, on).await {
+                if ws_client(stream, &host, &path, on).await {
+                    v.lost.fetch_add(1, Ordering::Relaxed);
+                } else {
                     v.failed.fetch_add(1, Ordering::Relaxed);
                 }
             } else if transport == "poll" || transport == "nchan-poll" {
@@ -81,8 +88,10 @@ pub async fn fanout(url: &str, transport: &str, shape: Shape, seconds: u64, rate
                     }
                 };
                 poll_client(stream, &host, &path, transport == "nchan-poll", polls, on).await;
+                v.lost.fetch_add(1, Ordering::Relaxed);
             } else {
                 sse_client(stream, &host, &path, on).await;
+                v.lost.fetch_add(1, Ordering::Relaxed);
             }
         }));
         shape.pace(i).await;
@@ -110,6 +119,7 @@ pub async fn fanout(url: &str, transport: &str, shape: Shape, seconds: u64, rate
         "clients": clients,
         "connected": verdict.connected.load(Ordering::Relaxed),
         "failed": verdict.failed.load(Ordering::Relaxed),
+        "lost": verdict.lost.load(Ordering::Relaxed),
         "rate": rate,
         "deliveries_per_s": (received as f64 / took).round(),
         "polls_per_s": (verdict.polls.load(Ordering::Relaxed) as f64 / took).round(),
@@ -131,15 +141,18 @@ pub async fn fanout(url: &str, transport: &str, shape: Shape, seconds: u64, rate
 pub async fn echo(url: &str, clients: usize, seconds: u64, json: bool) {
     let hist = Arc::new(Latencies::new());
     let stop = Arc::new(AtomicBool::new(false));
-    let wrong = Arc::new(AtomicU64::new(0));
+    // Per kind of failure (EchoFailure's order): each one is counted and the first few shown.
+    let failures: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (h, s, w, url) = (hist.clone(), stop.clone(), wrong.clone(), url.to_owned());
+        let (h, s, f, url) = (hist.clone(), stop.clone(), failures.clone(), url.to_owned());
         tasks.push(tokio::spawn(async move {
             let trip = |took: Duration| h.record(took.as_micros() as u64);
             if let Err(e) = echo_client(&url, &s, trip).await {
-                eprintln!("echo client: {e}");
-                w.fetch_add(1, Ordering::Relaxed);
+                if f.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>() < 5 {
+                    eprintln!("echo client: {e}");
+                }
+                f[e.kind as usize].fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
@@ -150,12 +163,24 @@ pub async fn echo(url: &str, clients: usize, seconds: u64, json: bool) {
     let trips = hist.count() - before;
     let took = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
+    // Let every client finish the trip it is in, so a failure at the end is seen too.
+    let wait = tokio::time::timeout(Duration::from_secs(5), async {
+        for t in tasks.iter_mut() {
+            let _ = t.await;
+        }
+    });
+    let _ = wait.await;
+    let count = |k: EchoFailure| failures[k as usize].load(Ordering::Relaxed);
     let result = serde_json::json!({
         "scenario": "echo",
         "url": url,
         "clients": clients,
         "round_trips_per_s": (trips as f64 / took).round(),
-        "wrong_or_failed": wrong.load(Ordering::Relaxed),
+        "handshakes_failed": count(EchoFailure::Handshake),
+        "sends_failed": count(EchoFailure::Send),
+        "reads_failed": count(EchoFailure::Read),
+        "wrong": count(EchoFailure::Wrong),
+        "wrong_or_failed": failures.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>(),
         "p50_ms": hist.quantile_ms(0.5),
         "p99_ms": hist.quantile_ms(0.99),
     });
@@ -163,6 +188,54 @@ pub async fn echo(url: &str, clients: usize, seconds: u64, json: bool) {
     for t in tasks {
         t.abort();
     }
+}
+
+/// `clients` WebSockets held on `url` until the server ends them or `seconds` pass; reports
+/// how they ended.
+pub async fn hold(url: &str, clients: usize, seconds: u64, json: bool) {
+    let (addr, path) = split_url(url);
+    let host = addr.to_string();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (host, path) = (host.clone(), path.clone());
+        tasks.push(tokio::spawn(async move {
+            match connect_from(1, addr).await {
+                Ok(stream) => hold_client(stream, &host, &path).await,
+                Err(_) => HoldEnd::Refused,
+            }
+        }));
+    }
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let mut codes: std::collections::BTreeMap<u16, u64> = Default::default();
+    let (mut cut, mut refused, mut open) = (0u64, 0u64, 0u64);
+    let mut last_end = Duration::ZERO;
+    for t in tasks {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, t).await {
+            Ok(Ok(end)) => {
+                last_end = started.elapsed();
+                match end {
+                    HoldEnd::Closed(code) => *codes.entry(code).or_default() += 1,
+                    HoldEnd::Cut => cut += 1,
+                    HoldEnd::Refused => refused += 1,
+                }
+            }
+            _ => open += 1,
+        }
+    }
+    let result = serde_json::json!({
+        "scenario": "hold",
+        "url": url,
+        "clients": clients,
+        "closed_with": codes.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect::<serde_json::Map<_, _>>(),
+        "closed_1001": codes.get(&1001).copied().unwrap_or(0),
+        "cut_without_close": cut,
+        "refused": refused,
+        "still_open": open,
+        "last_end_s": last_end.as_secs_f64(),
+    });
+    report(&result, json);
 }
 
 /// Summed `Rss` (KiB) of `/proc/PID/smaps_rollup` over `pids`.

@@ -68,7 +68,11 @@ pub struct Verdict {
     pub gaps: AtomicU64,
     pub duplicates: AtomicU64,
     pub connected: AtomicU64,
+    /// Subscribers that never got their stream (connect or handshake failed).
     pub failed: AtomicU64,
+    /// Subscribers whose stream ended before the run did (the server closed it, a read
+    /// failed, or a message could not be parsed): every one is a failure.
+    pub lost: AtomicU64,
     /// Long-poll answers received while measuring.
     pub polls: AtomicU64,
 }

@@ -189,6 +189,7 @@ impl Validator<'_> {
         }
         Limits {
             max_message,
+            max_message_explicit: base.max_message_explicit || raw.max_message.is_some(),
             send_queue,
             max_clients,
             max_clients_per_ip: raw.max_clients_per_ip.unwrap_or(base.max_clients_per_ip),
