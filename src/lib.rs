@@ -4,7 +4,8 @@
 //! The modules form a DAG, bottom up (a module imports only those above it in this list):
 //!
 //! ```text
-//! 0  config, metrics, drain, wire     typed config; metric names; the drain signal; pure framing
+//! 0  config, metrics, drain, memory,  typed config; metric names; the drain signal; the
+//!    wire                             process-wide buffer budget; pure framing
 //! 1  router, policy                   route lookup; origin, CORS, hygiene, limits, refusals as data
 //! 2  bridge                           hub, replay ring, consumers, sessions; backends injected
 //! 3  upstream                         backend connectors, pools, health (implements bridge::Backends)
@@ -23,6 +24,7 @@ pub mod config;
 pub mod drain;
 pub mod edge;
 pub mod gateway;
+pub mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod router;

@@ -208,6 +208,31 @@ pub static CONFIG_GENERATION: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static MEMORY_LIMIT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "switchyard_memory_budget_bytes",
+        "The process-wide budget for message buffers (server.limits.memory)"
+    )
+    .expect("metric registers once")
+});
+
+pub static MEMORY_USED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "switchyard_memory_used_bytes",
+        "Bytes of message buffers held against the budget now"
+    )
+    .expect("metric registers once")
+});
+
+pub static MEMORY_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_memory_refusals_total",
+        "Messages or bodies refused because the memory budget was spent; what is ws_message, ws_partial or post_body",
+        &["what"]
+    )
+    .expect("metric registers once")
+});
+
 /// Registers every metric at start, so each is on `/metrics` from the first scrape (counters
 /// without labels as 0) instead of appearing on first use.
 pub fn init() {
@@ -237,6 +262,11 @@ pub fn init() {
     LazyLock::force(&DELIVERY_LATENCY);
     LazyLock::force(&CONFIG_RELOADS);
     LazyLock::force(&CONFIG_GENERATION);
+    LazyLock::force(&MEMORY_LIMIT);
+    LazyLock::force(&MEMORY_USED);
+    for what in ["ws_message", "ws_partial", "post_body"] {
+        MEMORY_REFUSALS.with_label_values(&[what]);
+    }
 }
 
 /// Counts one open client connection for its lifetime.

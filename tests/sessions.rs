@@ -968,6 +968,132 @@ async fn a_stalled_backend_holds_client_messages_bounded_in_bytes() {
     task.abort();
 }
 
+/// `server.limits.memory` bounds the sum over clients: fifty clients of a stalled backend,
+/// each sending 1 MiB frames for as long as the gateway reads them, cannot take the gateway
+/// past the budget plus a per-connection constant. Clients whose next message does not fit
+/// are closed with 1013 (try again later), the refusals are counted, and the gateway keeps
+/// serving everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_budget_bounds_what_all_clients_make_the_gateway_hold() {
+    let (backend, task) = stalled_backend().await;
+    let gw = Gateway::start_with(
+        &format!(
+            "  - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ websocket: \"ws://{backend}/\" }}\n    limits: {{ max_message: 1MiB, max_clients: 100 }}\n  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n"
+        ),
+        // Under `server:` (the test config's `defaults` slot follows its keys).
+        "  limits: { memory: 16MiB }\n",
+    )
+    .await;
+    let before = gw.rss_kib();
+    let mut senders = Vec::new();
+    for _ in 0..50 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/chat"))
+            .await
+            .unwrap();
+        senders.push(tokio::spawn(async move {
+            let frame = Message::binary(vec![7u8; 1 << 20]);
+            let mut sent = 0usize;
+            while let Ok(Ok(())) =
+                tokio::time::timeout(Duration::from_secs(2), ws.send(frame.clone())).await
+            {
+                sent += 1;
+                if sent == 100 {
+                    break;
+                }
+            }
+            // A client the budget refused was told so.
+            let closed = match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
+                Ok(Some(Ok(Message::Close(Some(f))))) => Some(u16::from(f.code)),
+                _ => None,
+            };
+            (sent, closed, ws)
+        }));
+    }
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for s in senders {
+        let (sent, closed, ws) = s.await.unwrap();
+        assert!(
+            sent < 100,
+            "the gateway kept reading: {sent} MiB from one client"
+        );
+        if closed == Some(1013) {
+            refused += 1;
+        }
+        held.push(ws);
+    }
+    let grew_mib = gw.rss_kib().saturating_sub(before) / 1024;
+    let metrics = gw.metrics().await;
+    let refusals: f64 = ["ws_message", "ws_partial"]
+        .iter()
+        .filter_map(|w| {
+            metric(
+                &metrics,
+                &format!("switchyard_memory_refusals_total{{what=\"{w}\"}}"),
+            )
+        })
+        .sum();
+    let used = metric(&metrics, "switchyard_memory_used_bytes").unwrap_or(-1.0);
+    eprintln!(
+        "fifty stalled clients, 16 MiB budget: the gateway grew by {grew_mib} MiB; {refused} clients closed with 1013; {refusals} refusals; {used} bytes charged"
+    );
+    assert!(refused > 0 && refusals > 0.0, "the budget refused someone");
+    assert!(
+        used <= (16 << 20) as f64,
+        "charged {used} bytes, over the budget"
+    );
+    // The budget plus a per-connection constant: with 1 MiB frames, about 0.6 MiB of
+    // allocator slack and read buffers per connection (29-37 MiB in all here), against
+    // 7-9 MiB per client with only the per-connection bound.
+    assert!(
+        grew_mib < 16 + 30,
+        "fifty stalled clients grew the gateway by {grew_mib} MiB"
+    );
+    let mut sse = SseReader::open(gw.addr, "/clock", &[]).await;
+    assert!(!sse.next_data_event().await.data.is_empty());
+    drop(held);
+    task.abort();
+}
+
+/// A POST whose announced body the memory budget cannot hold is refused at once with 503 and
+/// `Retry-After` (not 413: it is under `max_message`), before the client sends it; a body that
+/// fits still goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_body_over_the_memory_budget_is_503_before_it_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = ChatBackend::start().await;
+    let gw = Gateway::start_with(
+        &format!(
+            "  - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ websocket: \"{}\" }}\n    limits: {{ max_message: 4MiB }}\n",
+            backend.url("/chat")
+        ),
+        "  limits: { memory: 1MiB }\n",
+    )
+    .await;
+    let mut c = Client::connect(gw.addr).await;
+    let id = open_session(&mut c, &[]).await;
+    // The head only: the answer must come without the body.
+    let mut raw = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /chat?transport=poll&session={id} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        gw.addr,
+        3 << 19
+    );
+    raw.write_all(head.as_bytes()).await.unwrap();
+    let mut got = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut got))
+        .await
+        .expect("answered before the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got[..n]).to_lowercase();
+    assert!(text.starts_with("http/1.1 503"), "{text}");
+    assert!(text.contains("retry-after: 1"), "{text}");
+    gw.expect_metric(r#"switchyard_memory_refusals_total{what="post_body"}"#, 1.0)
+        .await;
+    let r = post(&mut c, &id, "text/plain", &"x".repeat(100_000)).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+}
+
 /// A per-client session whose client stops reading while its backend floods it: the session
 /// holds at most a couple of `max_message` for the client (then stops reading the backend), not
 /// `send_queue` (1,024) of them, and the gateway keeps serving everyone else.

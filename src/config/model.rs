@@ -27,6 +27,8 @@ pub struct ServerConfig {
     /// Accepts per second once `accept_burst` is spent (reconnect storms wait in the backlog).
     pub accept_rate: u32,
     pub accept_burst: u32,
+    /// The process-wide budget for message buffers, in bytes (`server.limits.memory`).
+    pub memory: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

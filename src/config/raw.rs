@@ -22,6 +22,17 @@ pub struct RawServer {
     pub accept_rate: Option<u32>,
     #[serde(default)]
     pub accept_burst: Option<u32>,
+    #[serde(default)]
+    pub limits: Option<RawServerLimits>,
+}
+
+/// Limits of the whole process (a route's own are under its `limits:`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerLimits {
+    /// The budget for message buffers, e.g. `1GiB`.
+    #[serde(default)]
+    pub memory: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

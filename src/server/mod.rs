@@ -105,6 +105,7 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
         }),
         header_timeout: config.server.header_timeout,
     };
+    crate::memory::set_limit(config.server.memory);
     let mut proxy = Service::new("switchyard".into(), edge);
     proxy.set_connection_filter(Arc::new(AcceptPacer::new(
         config.server.accept_rate,

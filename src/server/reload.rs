@@ -41,7 +41,11 @@ impl Reloader {
                 return false;
             }
         };
-        if config.server != self.server {
+        // The memory budget applies at once; the rest of `server` needs a restart.
+        crate::memory::set_limit(config.server.memory);
+        let mut server = config.server.clone();
+        server.memory = self.server.memory;
+        if server != self.server {
             log::warn!("reload of {path}: the `server` section changed; listeners, TLS, threads and timeouts there apply only after a restart or binary upgrade");
         }
         let previous = self.live.load();

@@ -153,8 +153,12 @@ fn parse_messages(content_type: &str, body: Bytes) -> Result<Vec<Inbound>, Strin
     }
 }
 
-/// Reads the whole request body, refusing it past `max` bytes.
-async fn read_body<D: Downstream>(down: &mut D, max: usize) -> Result<Bytes, Reject> {
+/// Reads the whole request body, refusing it past `max` bytes, or when the process's memory
+/// budget cannot hold it (503); the body's charge is held until its messages are delivered.
+async fn read_body<D: Downstream>(
+    down: &mut D,
+    max: usize,
+) -> Result<(Bytes, crate::memory::Charge), Reject> {
     let too_big = || {
         Reject::new(
             413,
@@ -171,7 +175,21 @@ async fn read_body<D: Downstream>(down: &mut D, max: usize) -> Result<Bytes, Rej
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_big());
     }
+    let over_budget = || {
+        Reject::new(
+            503,
+            "memory_budget",
+            "the gateway's memory budget is spent; try again shortly",
+        )
+        .header("retry-after", "1")
+    };
+    // A body that cannot fit now is refused before it is sent; one that could is charged as it
+    // arrives (a slow sender holds only what it sent).
+    if declared.is_some_and(|n| !crate::memory::would_fit(n as usize, "post_body")) {
+        return Err(over_budget());
+    }
     let mut body = BytesMut::new();
+    let mut charge = crate::memory::Charge::none();
     loop {
         let chunk = tokio::time::timeout(POST_DEADLINE, down.read_request_body()).await;
         match chunk {
@@ -183,10 +201,13 @@ async fn read_body<D: Downstream>(down: &mut D, max: usize) -> Result<Bytes, Rej
                 ))
             }
             Ok(Err(_)) => return Err(Reject::new(400, "bad_body", "the request body was cut")),
-            Ok(Ok(None)) => return Ok(body.freeze()),
+            Ok(Ok(None)) => return Ok((body.freeze(), charge)),
             Ok(Ok(Some(data))) => {
                 if body.len() + data.len() > max {
                     return Err(too_big());
+                }
+                if !charge.resize(body.len() + data.len(), "post_body") {
+                    return Err(over_budget());
                 }
                 body.extend_from_slice(&data);
             }
@@ -255,7 +276,8 @@ async fn send<D: Downstream>(
             (relay, None)
         }
     };
-    let body = read_body(down, bridge.route.limits.max_message as usize).await?;
+    // The body's charge is held until its messages were delivered (or refused).
+    let (body, _charge) = read_body(down, bridge.route.limits.max_message as usize).await?;
     metrics::BYTES
         .with_label_values(&[route, transport, "in"])
         .inc_by(body.len() as u64);

@@ -160,6 +160,10 @@ struct Endpoint<'a, D> {
     in_flight: VecDeque<(usize, oneshot::Receiver<Result<(), UplinkError>>)>,
     in_flight_bytes: usize,
     uplink_budget: usize,
+    /// What this client makes the gateway hold, charged to the process's memory budget: the
+    /// decoder's bytes, and the messages in flight.
+    held: crate::memory::Charge,
+    in_flight_charge: crate::memory::Charge,
     /// The decoder may hold complete frames that were left for want of room in the uplink.
     undecoded: bool,
     /// Decoded client messages not yet handed to the uplink (it may be full); never awaited
@@ -191,6 +195,8 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
             uplink_budget: BYTE_BUDGET_MESSAGES * bridge.route.limits.max_message as usize,
+            held: crate::memory::Charge::none(),
+            in_flight_charge: crate::memory::Charge::none(),
             undecoded: false,
             queued: VecDeque::new(),
             client_closed: false,
@@ -234,6 +240,8 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                 heard = async { (&mut self.in_flight.front_mut().expect("enabled only with messages in flight").1).await }, if !self.in_flight.is_empty() => {
                     let (len, _) = self.in_flight.pop_front().expect("checked non-empty");
                     self.in_flight_bytes -= len;
+                    self.in_flight_charge
+                        .resize(2 * self.in_flight_bytes, "ws_message");
                     match Self::on_uplink_heard(heard) {
                         // Room again: what the decoder still holds comes next.
                         Step::Go if self.undecoded => self.decode().await,
@@ -271,6 +279,9 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
         self.bytes_in.inc_by(data.len() as u64);
         self.keepalive.idle_at = Instant::now() + self.keepalive.idle_for;
         self.decoder.push(&data);
+        if !self.held.resize(self.decoder.held(), "ws_partial") {
+            return over_budget();
+        }
         self.decode().await
     }
 
@@ -300,6 +311,15 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                         Incoming::Text(t) => (t, false),
                         _ => unreachable!("matched above"),
                     };
+                    // Charged twice: the message, and its copy in the backend connection's
+                    // write buffer while the backend does not take it.
+                    if !self
+                        .in_flight_charge
+                        .resize(2 * (self.in_flight_bytes + payload.len()), "ws_message")
+                    {
+                        end = Some(over_budget_close());
+                        break;
+                    }
                     let (done, heard) = oneshot::channel();
                     self.in_flight_bytes += payload.len();
                     self.in_flight.push_back((payload.len(), heard));
@@ -337,6 +357,8 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                 }
             }
         }
+        // What was decoded left the decoder (shrinking a charge always succeeds).
+        self.held.resize(self.decoder.held(), "ws_partial");
         for frame in reply {
             if frame[0] & 0x0f != OP_PONG {
                 self.delivered.untimed(1);
@@ -476,4 +498,18 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                 .await;
         }
     }
+}
+
+/// The close for a client whose message the process's memory budget cannot hold (counted in
+/// `switchyard_memory_refusals_total`): 1013, try again later.
+fn over_budget_close() -> (u16, String) {
+    (
+        close::TRY_AGAIN_LATER,
+        "the gateway is over its memory budget".into(),
+    )
+}
+
+fn over_budget() -> Step {
+    let (code, reason) = over_budget_close();
+    Step::Close(code, reason)
 }

@@ -29,6 +29,8 @@ pub mod close {
     pub const INTERNAL_ERROR: u16 = 1011;
     /// The backend restarted or went away; the client may reconnect.
     pub const SERVICE_RESTART: u16 = 1012;
+    /// The server is overloaded (its memory budget is spent): try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// Encodes one unfragmented, unmasked (server-to-client) frame.
@@ -96,6 +98,13 @@ impl Decoder {
 
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes held: the buffers of what was received and not yet returned as messages (frames
+    /// still arriving, the fragments of a message in progress), counted by their capacity, which
+    /// is what they take from the allocator.
+    pub fn held(&self) -> usize {
+        self.buf.capacity() + self.partial.as_ref().map_or(0, |(_, p)| p.capacity())
     }
 
     /// The next complete message, `Ok(None)` when more bytes are needed.

@@ -98,6 +98,23 @@ impl Validator<'_> {
                 "accept_rate and accept_burst must be above 0",
             );
         }
+        let memory = match s.limits.as_ref().and_then(|l| l.memory.as_ref()) {
+            None => crate::memory::DEFAULT_LIMIT,
+            Some(v) => match super::super::units::parse_size(&v.0) {
+                Ok(n) if n >= 1 << 20 => n as usize,
+                Ok(n) => {
+                    self.err(
+                        "server.limits.memory",
+                        format!("memory must be at least 1MiB, got {n}"),
+                    );
+                    crate::memory::DEFAULT_LIMIT
+                }
+                Err(e) => {
+                    self.err("server.limits.memory", e);
+                    crate::memory::DEFAULT_LIMIT
+                }
+            },
+        };
         ServerConfig {
             listen,
             admin,
@@ -106,6 +123,7 @@ impl Validator<'_> {
             header_timeout,
             accept_rate,
             accept_burst,
+            memory,
         }
     }
 
