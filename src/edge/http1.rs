@@ -86,6 +86,23 @@ pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, mut buf: BytesMut) -> H
             Parse::Partial if buf.len() >= HEAD_MAX => return Head::Other(buf),
             Parse::Partial => {}
         }
+        if buf.is_empty() {
+            // The first bytes of a head are read on the stack and copied out: a connection
+            // that has sent nothing (or keeps a kept-alive connection idle) holds no buffer.
+            let first = std::future::poll_fn(|cx| {
+                let mut stack = [0u8; 2048];
+                let mut rb = tokio::io::ReadBuf::new(&mut stack);
+                std::pin::Pin::new(&mut *io)
+                    .poll_read(cx, &mut rb)
+                    .map_ok(|()| BytesMut::from(rb.filled()))
+            })
+            .await;
+            match first {
+                Ok(b) if !b.is_empty() => buf = b,
+                _ => return Head::Closed,
+            }
+            continue;
+        }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(2048);
         }
@@ -235,7 +252,7 @@ impl Connection {
         if self.body != Body::Upgraded {
             return None;
         }
-        *self.req = RequestHeader::build_no_case("GET", b"/", Some(0)).ok()?;
+        self.release_request();
         Some((&mut self.io, std::mem::take(&mut self.pending)))
     }
 
@@ -556,6 +573,12 @@ impl Downstream for Connection {
 
     fn set_write_timeout(&mut self, timeout: Option<Duration>) {
         self.write_timeout = timeout;
+    }
+
+    fn release_request(&mut self) {
+        if let Ok(bare) = RequestHeader::build_no_case("GET", b"/", Some(0)) {
+            *self.req = bare;
+        }
     }
 
     fn set_keepalive(&mut self, seconds: Option<u64>) {

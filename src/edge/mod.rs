@@ -2,11 +2,15 @@
 //! byte.
 //!
 //! ```text
-//! accept (pacer) -> HeadDeadline -> read_head (http1) -+-> lean stream: http1::Connection,
-//!                                                     |     served by the gateway (LeanStreams)
-//!                                                     +-> anything else: the head replayed to
-//!                                                           pingora (HttpServerApp), unchanged
+//! accept (pacer) -> own task: HeadDeadline -> read_head (http1) -+-> lean stream: http1::Connection,
+//!                                                                |     served by the gateway (LeanStreams)
+//!                                                                +-> anything else: the head replayed to
+//!                                                                      pingora (HttpServerApp), unchanged
 //! ```
+//!
+//! Each HTTP/1 connection leaves pingora's connection task at once for a task of its own, sized
+//! by what its own loop needs: a connection waiting for a head holds the head's buffer, not
+//! pingora's machinery.
 //!
 //! - [`pacer`]: accepts paced to `accept_rate` (reconnect storms).
 //! - [`deadline`]: the request-head deadline (slowloris), and the replay of bytes read ahead.
@@ -34,7 +38,6 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,8 +103,14 @@ where
             tls: stream.get_ssl_digest().is_some(),
         };
         let io = Box::new(HeadDeadline::new(stream, self.header_timeout));
-        self.serve_connection(io, client, open, shutdown.clone())
-            .await;
+        // The connection leaves pingora's task at once: that task is sized for a TLS handshake
+        // and pingora's HTTP machinery, and a connection waiting for its first head (or
+        // streaming for hours) should hold only what its own loop needs.
+        let (edge, shutdown) = (self.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            edge.serve_own_task(io, BytesMut::new(), client, open, shutdown)
+                .await
+        });
         None
     }
 
@@ -121,58 +130,9 @@ where
     P: HttpServerApp + Send + Sync + 'static,
     G: LeanStreams,
 {
-    /// [`Self::serve_own_task`] as a task of its own. The boxed, named future type breaks the
-    /// cycle (the connection loop spawns itself) that would keep the compiler from seeing the
-    /// loop is `Send`.
-    fn in_own_task(
-        self: Arc<Self>,
-        io: Box<HeadDeadline>,
-        bytes: BytesMut,
-        client: Client,
-        open: OpenConnection,
-        shutdown: ShutdownWatch,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(async move { self.serve_own_task(io, bytes, client, open, shutdown).await })
-    }
-
-    /// Serves the requests of one HTTP/1 connection in pingora's connection task: each head is
-    /// read here; a lean stream moves to a task of its own (a stream may last hours, and
-    /// pingora's task is sized for a TLS handshake and its HTTP machinery), anything else goes
-    /// to pingora. This loop never serves a stream itself, so a connection waiting for a head
-    /// holds only what that wait needs.
-    async fn serve_connection(
-        self: &Arc<Self>,
-        mut io: Box<HeadDeadline>,
-        client: Client,
-        open: OpenConnection,
-        shutdown: ShutdownWatch,
-    ) {
-        let mut carry = BytesMut::new();
-        let mut first = true;
-        loop {
-            let Some(head) = next_head(&mut io, carry, first, &shutdown).await else {
-                return;
-            };
-            first = false;
-            match self.route_of(head) {
-                Next::Lean { bytes, .. } => {
-                    // The new task reads the head again from `bytes`.
-                    tokio::spawn(self.clone().in_own_task(io, bytes, client, open, shutdown));
-                    return;
-                }
-                Next::Pingora { replay, rest } => {
-                    carry = rest;
-                    let Some(back) = Box::pin(self.to_pingora(io, replay, &shutdown)).await else {
-                        return;
-                    };
-                    io = back;
-                }
-            }
-        }
-    }
-
-    /// Serves the requests of one HTTP/1 connection in a task of its own, once it carried a
-    /// lean stream: streams are served here, anything else still goes to pingora.
+    /// Serves the requests of one HTTP/1 connection in a task of its own: each head is read
+    /// here; lean streams are served here, anything else goes to pingora with its head
+    /// replayed, and the connection comes back when pingora may reuse it.
     async fn serve_own_task(
         self: &Arc<Self>,
         mut io: Box<HeadDeadline>,

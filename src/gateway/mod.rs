@@ -69,9 +69,11 @@ impl LeanStreams for Gateway {
             // Judged: neither the head's buffer nor the generation is held for the stream.
             drop((raw_head, state));
             let admitted = match admission {
-                Admission::Refused { route, reject } => return reject.send(conn, &route).await,
+                Admission::Refused { route, reject } => {
+                    return Box::pin(reject.send(conn, &route)).await
+                }
                 Admission::Preflight(answer) => {
-                    return conn.write_response_header(answer, true).await
+                    return Box::pin(conn.write_response_header(answer, true)).await
                 }
                 Admission::Admitted(a) => a,
             };
@@ -83,7 +85,7 @@ impl LeanStreams for Gateway {
             conn.cors.headers = cors;
             match &rt.target {
                 Target::Bridge(bridge) => transport::serve(conn, bridge).await,
-                Target::Proxy(set) => tunnel::serve(conn, &rt, set).await,
+                Target::Proxy(set) => Box::pin(tunnel::serve(conn, &rt, set)).await,
             }
         }
         .await;

@@ -93,6 +93,10 @@ pub trait Downstream: Send {
 
     /// `None`: close the connection after this response.
     fn set_keepalive(&mut self, seconds: Option<u64>);
+
+    /// The request head will not be read again (a stream is under way): a connection that
+    /// can, frees it. A browser's head is a few KiB, held for as long as its stream lasts.
+    fn release_request(&mut self) {}
 }
 
 impl Downstream for Session {

@@ -239,10 +239,12 @@ async fn serve_page<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Re
     Ok(())
 }
 
-/// Serves a request on a bridged route with the transport it asks for.
+/// Serves a request on a bridged route with the transport it asks for. Every step but the
+/// chosen transport's own loop is boxed: the future of a connection is as large as its largest
+/// state, and a streaming client carries it for hours.
 pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Result<()> {
     if let Source::DemoPage = bridge.source {
-        return serve_page(down, bridge).await;
+        return Box::pin(serve_page(down, bridge)).await;
     }
     let route = bridge.route.name.as_str();
     let offered = bridge.spec.clients;
@@ -263,12 +265,14 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
         .join(", ")
     };
     let Some(transport) = requested(down.req_header()) else {
-        return Reject::new(
-            406,
-            "no_transport",
-            format!("route {route} streams messages; ask for one of: {}", list()),
+        return Box::pin(
+            Reject::new(
+                406,
+                "no_transport",
+                format!("route {route} streams messages; ask for one of: {}", list()),
+            )
+            .send(down, route),
         )
-        .send(down, route)
         .await;
     };
     let allowed = match transport {
@@ -277,16 +281,18 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
         ClientTransport::LongPoll => offered.long_poll,
     };
     if !allowed {
-        return Reject::new(
-            406,
-            "transport_not_offered",
-            format!(
-                "route {route} does not offer {}; it offers: {}",
-                transport.label(),
-                list()
-            ),
+        return Box::pin(
+            Reject::new(
+                406,
+                "transport_not_offered",
+                format!(
+                    "route {route} does not offer {}; it offers: {}",
+                    transport.label(),
+                    list()
+                ),
+            )
+            .send(down, route),
         )
-        .send(down, route)
         .await;
     }
     if transport != ClientTransport::WebSocket {
@@ -296,26 +302,32 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
         match method {
             http::Method::GET => {}
             http::Method::POST if two_way => {
-                return inbound::post(down, bridge, transport.label()).await
+                return Box::pin(inbound::post(down, bridge, transport.label())).await
             }
-            http::Method::DELETE if sessions => return inbound::delete(down, bridge).await,
+            http::Method::DELETE if sessions => {
+                return Box::pin(inbound::delete(down, bridge)).await
+            }
             _ => {
                 let allow = bridge.methods();
-                return Reject::new(
-                    405,
-                    "bad_method",
-                    format!("{} clients of route {route} use {allow}", transport.label()),
+                return Box::pin(
+                    Reject::new(
+                        405,
+                        "bad_method",
+                        format!("{} clients of route {route} use {allow}", transport.label()),
+                    )
+                    .header("allow", allow)
+                    .send(down, route),
                 )
-                .header("allow", allow)
-                .send(down, route)
                 .await;
             }
         }
     }
+    // Each boxed on its own: a client holds the state of its own transport, not of the
+    // largest of the three.
     match transport {
-        ClientTransport::WebSocket => ws::serve(down, bridge).await,
-        ClientTransport::Sse => sse::serve(down, bridge).await,
-        ClientTransport::LongPoll => longpoll::serve(down, bridge).await,
+        ClientTransport::WebSocket => Box::pin(ws::serve(down, bridge)).await,
+        ClientTransport::Sse => Box::pin(sse::serve(down, bridge)).await,
+        ClientTransport::LongPoll => Box::pin(longpoll::serve(down, bridge)).await,
     }
 }
 

@@ -97,9 +97,10 @@ async fn serve_session<D: Downstream>(
         }
         None => {
             let client = super::client_info(down);
-            let opened = bridge
-                .open_session(down.req_header(), &client, "sse", true)
-                .await;
+            // Boxed, as every step taken once before the stream: the connection's future is
+            // sized by its largest state, and these would otherwise be carried for hours.
+            let opened =
+                Box::pin(bridge.open_session(down.req_header(), &client, "sse", true)).await;
             match opened {
                 Ok(conv) => {
                     first.put_slice(
@@ -107,7 +108,7 @@ async fn serve_session<D: Downstream>(
                     );
                     (conv, 0)
                 }
-                Err(why) => return super::session_refused(down, route, why).await,
+                Err(why) => return Box::pin(super::session_refused(down, route, why)).await,
             }
         }
     };
@@ -151,7 +152,8 @@ async fn stream<D: Downstream>(
     if !down.is_http2() {
         resp.insert_header("transfer-encoding", "chunked")?;
     }
-    down.write_response_header(Box::new(resp), false).await?;
+    Box::pin(down.write_response_header(Box::new(resp), false)).await?;
+    down.release_request();
     let _open = metrics::OpenConnection::new(route, "sse");
     down.set_read_timeout(None);
     let mut delivered = metrics::Delivered::new(route, "sse");

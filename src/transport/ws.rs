@@ -28,7 +28,7 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
     let route = bridge.route.name.as_str();
     let accept = match accept_key(down.req_header()) {
         Ok(a) => a,
-        Err(h) => return Reject::from(h).send(down, route).await,
+        Err(h) => return Box::pin(Reject::from(h).send(down, route)).await,
     };
     let configured: &[String] = match &bridge.spec.backend {
         BackendSpec::WebSocket(f) => &f.subprotocols,
@@ -39,12 +39,13 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
     let conv = match bridge.sessions() {
         Some(_) => {
             let client = super::client_info(down);
-            match bridge
-                .open_session(down.req_header(), &client, "websocket", false)
+            // Boxed, as every step taken once before the loop: the connection's future is
+            // sized by its largest state, and these would otherwise be carried for hours.
+            match Box::pin(bridge.open_session(down.req_header(), &client, "websocket", false))
                 .await
             {
                 Ok(c) => Some(c),
-                Err(why) => return super::session_refused(down, route, why).await,
+                Err(why) => return Box::pin(super::session_refused(down, route, why)).await,
             }
         }
         None => None,
@@ -81,10 +82,11 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
     // The session lives as long as this connection: it never expires under it.
     let busy = conv.as_ref().map(|c| c.busy());
     let result = async {
-        down.write_response_header(Box::new(resp), false).await?;
+        Box::pin(down.write_response_header(Box::new(resp), false)).await?;
         let _open = metrics::OpenConnection::new(route, "websocket");
         // The endpoint runs its own keepalive; pingora's per-read timeout would cut idle clients.
         down.set_read_timeout(None);
+        down.release_request();
         Endpoint::new(down, bridge, uplink, conv.as_ref())
             .run(consumer.as_mut())
             .await;
@@ -252,14 +254,17 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                     let consumer = consumer.as_mut().expect("checked above");
                     self.on_delivery(delivery, consumer).await
                 }
-                _ = &mut timer => self.on_timer().await,
+                // Boxed (every ping interval, and at the end): not carried in the loop's state.
+                _ = &mut timer => Box::pin(self.on_timer()).await,
                 _ = &mut closing => Step::Close(close::GOING_AWAY, "server shutting down or route removed".into()),
             };
             match step {
                 Step::Go => {}
                 Step::Gone => return,
-                Step::Finish => return self.finish(None).await,
-                Step::Close(code, reason) => return self.finish(Some((code, reason))).await,
+                Step::Finish => return Box::pin(self.finish(None)).await,
+                Step::Close(code, reason) => {
+                    return Box::pin(self.finish(Some((code, reason)))).await
+                }
             }
         }
     }
