@@ -75,6 +75,7 @@ start_nginx() {
 load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
 worker_processes 1;
 worker_rlimit_nofile 19500;
+${SHUTDOWN_TIMEOUT:+worker_shutdown_timeout ${SHUTDOWN_TIMEOUT}s;}
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log warn;
 events { worker_connections 19000; }
@@ -259,6 +260,25 @@ E_NG=$(run "nginx echo" $BENCH echo --url ws://127.0.0.1:8081/echo --clients 100
 E_HA=$(run "haproxy echo" $BENCH echo --url ws://127.0.0.1:8082/echo --clients 100 --seconds "$SECONDS_PER_RUN")
 stop_haproxy; stop_nginx; stop_switchyard; stop_backend
 
+echo "== pass-through drain" >&2
+# Tunnels held through each proxy while it is told to stop gracefully: how each one ended.
+# nginx gets worker_shutdown_timeout 1s so its graceful stop ends at all (by default it waits
+# for every tunnel).
+HOLD=$((PASS_IDLE / 5))
+start_backend 0; start_switchyard
+$BENCH hold --url ws://127.0.0.1:8080/echo --clients "$HOLD" --seconds 8 --json >"$WORK/hold_sy.json" &
+HOLDER=$!
+sleep 3; kill -TERM "$GW"
+wait "$HOLDER"; wait "$GW" 2>/dev/null || true
+D_SY=$(tail -1 "$WORK/hold_sy.json"); echo "switchyard drain $D_SY" | tee -a "$WORK/results.txt" >&2
+SHUTDOWN_TIMEOUT=1 start_nginx
+$BENCH hold --url ws://127.0.0.1:8081/echo --clients "$HOLD" --seconds 8 --json >"$WORK/hold_ng.json" &
+HOLDER=$!
+sleep 3; kill -QUIT "$NGINX"
+wait "$HOLDER"; wait "$NGINX" 2>/dev/null || true
+D_NG=$(tail -1 "$WORK/hold_ng.json"); echo "nginx drain $D_NG" | tee -a "$WORK/results.txt" >&2
+stop_backend
+
 kib() { echo "$1" | field kib_per_client; }
 cpu() { echo "$1" | field cpu_share_of_one_core; }
 rt() { printf '%.0f' "$(echo "$1" | field round_trips_per_s)"; }
@@ -324,14 +344,27 @@ mkdir -p docs
   echo
   echo "switchyard / nginx round trips: $(ratio "$(rt "$E_SY")" "$(rt "$E_NG")"); switchyard / haproxy: $(ratio "$(rt "$E_SY")" "$(rt "$E_HA")")"
   echo
+  echo "## Pass-through drain: $HOLD idle tunnels, then a graceful stop"
+  echo
+  echo "switchyard gets SIGTERM (shutdown_grace 10s by default); nginx gets SIGQUIT with"
+  echo "worker_shutdown_timeout 1s. How each tunnel ended, as its client saw it:"
+  echo
+  echo "| proxy | close 1001 | other close codes | cut without a close frame | still open after 5 s |"
+  echo "|---|---|---|---|---|"
+  for pair in "switchyard:$D_SY" "nginx:$D_NG"; do
+    echo "${pair#*:}" | python3 -c 'import json,sys; d=json.load(sys.stdin); o={k:v for k,v in d["closed_with"].items() if k!="1001"}; print("| %s | %d | %s | %d | %d |" % (sys.argv[1], d["closed_1001"], o or "-", d["cut_without_close"], d["still_open"]))' "${pair%%:*}"
+  done
+  echo
   echo "## Targets"
   echo
-  python3 - "$SY_SSE" "$SY_WS" "$SY_POLL" "$FAN_JSON_FILE" "$E_SY" "$E_NG" "$FAN" <<'PY'
+  python3 - "$SY_SSE" "$SY_WS" "$SY_POLL" "$FAN_JSON_FILE" "$E_SY" "$E_NG" "$FAN" "$SY_PASS" "$NG_PASS" "$NC_SSE" "$NC_WS" "$D_SY" "$HOLD" <<'PY'
 import json, sys
 sse, ws, poll = (json.loads(a) for a in sys.argv[1:4])
 fan = [json.loads(l) for l in open(sys.argv[4])]
 esy, eng = json.loads(sys.argv[5]), json.loads(sys.argv[6])
 subs = sys.argv[7]
+spass, npass, nsse, nws, dsy = (json.loads(a) for a in sys.argv[8:13])
+hold = int(sys.argv[13])
 def ok(b): return "met" if b else "**not met**"
 def sustained(server):
     rows = [r for r in fan if r["server"] == server and r["transport"] == "sse" and r["gaps"] == 0 and r["duplicates"] == 0 and r["connected"] == r["clients"] and r["delivered_ratio"] >= 0.99]
@@ -352,6 +385,10 @@ print(f"| fan-out deliveries/s >= 2x Nchan (highest rate each delivers fully) | 
 p99 = sy["p99_ms"] if sy else 0
 print(f"| fan-out p99 < 100 ms at 10,000 subscribers | {p99:.1f} ms at {subs} subscribers | {ok(sy and p99 < 100 and int(subs) >= 10000)} |")
 print(f"| pass-through WS round trips/s >= nginx's, p99 <= nginx's | {esy['round_trips_per_s']:.0f}/s vs {eng['round_trips_per_s']:.0f}/s, p99 {esy['p99_ms']:.2f} vs {eng['p99_ms']:.2f} ms | {ok(esy['round_trips_per_s'] >= eng['round_trips_per_s'] and esy['p99_ms'] <= eng['p99_ms'])} |")
+print(f"| pass-through idle tunnel <= nginx's | {spass['kib_per_client']} KiB vs {npass['kib_per_client']} KiB | {ok(spass['kib_per_client'] <= npass['kib_per_client'])} |")
+print(f"| idle SSE client <= Nchan's | {sse['kib_per_client']} KiB vs {nsse['kib_per_client']} KiB | {ok(sse['kib_per_client'] <= nsse['kib_per_client'])} |")
+print(f"| idle terminated WebSocket <= Nchan's | {ws['kib_per_client']} KiB vs {nws['kib_per_client']} KiB | {ok(ws['kib_per_client'] <= nws['kib_per_client'])} |")
+print(f"| every tunnel closed with 1001 on a drain | {dsy['closed_1001']} of {hold} | {ok(dsy['closed_1001'] == hold)} |")
 cpu = max(sse["cpu_share_of_one_core"], ws["cpu_share_of_one_core"], poll["cpu_share_of_one_core"])
 print(f"| idle clients cost < 5% of one core | {cpu * 100:.1f}% (worst of SSE, WS, long-poll) | {ok(cpu < 0.05)} |")
 PY
