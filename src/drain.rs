@@ -4,18 +4,22 @@
 //! close 1001, SSE end with `retry:`, empty poll). It sits at the bottom of the module graph so
 //! that any layer may listen; only the server raises it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
 use tokio::sync::watch;
 
 static DRAIN: LazyLock<watch::Sender<bool>> = LazyLock::new(|| watch::channel(false).0);
+/// The same as a flag, for loops that check it on every wake-up.
+static BEGUN: AtomicBool = AtomicBool::new(false);
 
 /// Starts the drain: every open client connection is asked to go.
 pub fn begin() {
+    BEGUN.store(true, Ordering::SeqCst);
     DRAIN.send_replace(true);
 }
 
 pub fn draining() -> bool {
-    *DRAIN.borrow()
+    BEGUN.load(Ordering::SeqCst)
 }
 
 /// Resolves once the drain has begun.

@@ -90,8 +90,8 @@ pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, mut buf: BytesMut) -> H
             // The first bytes of a head are read on the stack and copied out: a connection
             // that has sent nothing (or keeps a kept-alive connection idle) holds no buffer.
             let first = std::future::poll_fn(|cx| {
-                let mut stack = [0u8; 2048];
-                let mut rb = tokio::io::ReadBuf::new(&mut stack);
+                let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+                let mut rb = tokio::io::ReadBuf::uninit(&mut stack);
                 std::pin::Pin::new(&mut *io)
                     .poll_read(cx, &mut rb)
                     .map_ok(|()| BytesMut::from(rb.filled()))

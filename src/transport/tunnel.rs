@@ -79,11 +79,17 @@ where
     });
     tokio::pin!(idle_sleep);
     let mut ended: Option<Ended> = None;
+    // The drain future is polled once to register this task, then only once the drain began
+    // (re-polling it on every wake-up costs a lock and a waker registration per read).
+    let mut drain_registered = false;
     let result = poll_fn(|cx| {
-        let mut buf = [0u8; READ_CHUNK];
+        // Not zeroed: a read only exposes what it filled.
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
         loop {
             if ended.is_none() {
-                if drain.as_mut().poll(cx).is_ready() {
+                let check = !drain_registered || crate::drain::draining();
+                drain_registered = true;
+                if check && drain.as_mut().poll(cx).is_ready() {
                     ended = Some(Ended::Drained);
                     up.close_with(close::GOING_AWAY, "the gateway is restarting");
                     down.close_with(close::GOING_AWAY, "the gateway is restarting");
@@ -216,7 +222,7 @@ impl Half {
     /// Scans bytes read from `src`; returns how many of them are to be forwarded.
     fn scan(&mut self, data: &[u8]) -> usize {
         let s = self.scanner.feed(data, self.close.is_some());
-        self.tally.add(s.messages, s.consumed);
+        self.tally.add(s.messages, s.consumed, self.last_read);
         if let Some(o) = s.oversize {
             self.oversize = true;
             self.stop = true;
@@ -236,7 +242,7 @@ impl Half {
         src: &mut S,
         dst: &mut D,
         cx: &mut Context<'_>,
-        buf: &mut [u8],
+        buf: &mut [std::mem::MaybeUninit<u8>],
     ) -> Poll<io::Result<()>>
     where
         S: AsyncRead + Unpin,
@@ -277,18 +283,18 @@ impl Half {
                 self.done = true;
                 continue;
             }
-            let mut rb = ReadBuf::new(buf);
+            let mut rb = ReadBuf::uninit(&mut *buf);
             ready!(Pin::new(&mut *src).poll_read(cx, &mut rb))?;
-            let n = rb.filled().len();
-            if n == 0 {
+            let read = rb.filled();
+            if read.is_empty() {
                 self.eof = true;
                 continue;
             }
             self.last_read = Instant::now();
-            let fwd = self.scan(&buf[..n]);
+            let fwd = self.scan(read);
             // Bytes past a boundary where the gateway's close is due are dropped with the rest
             // of what that peer sends.
-            let data = &buf[..fwd];
+            let data = &read[..fwd];
             if data.is_empty() {
                 continue;
             }
@@ -329,10 +335,10 @@ impl Tally {
         }
     }
 
-    fn add(&mut self, messages: u64, bytes: usize) {
+    fn add(&mut self, messages: u64, bytes: usize, now: Instant) {
         self.pending_messages += messages;
         self.pending_bytes += bytes as u64;
-        if self.last_flush.elapsed() >= metrics::Delivered::EVERY {
+        if now.saturating_duration_since(self.last_flush) >= metrics::Delivered::EVERY {
             self.flush();
         }
     }
