@@ -912,6 +912,25 @@ async fn handshaking_backend(flood: bool) -> (std::net::SocketAddr, tokio::task:
     (addr, task)
 }
 
+/// Sends 1 MiB binary frames until TCP pushes back for good (2 s without progress), the
+/// connection ends, or `max` went; returns how many went.
+async fn send_mib_frames<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, max: usize) -> usize
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let frame = Message::binary(vec![7u8; 1 << 20]);
+    let mut sent = 0usize;
+    while let Ok(Ok(())) =
+        tokio::time::timeout(Duration::from_secs(2), ws.send(frame.clone())).await
+    {
+        sent += 1;
+        if sent == max {
+            break;
+        }
+    }
+    sent
+}
+
 /// A per-client session whose backend stops reading: each client may have only a couple of
 /// `max_message` in flight towards it (the rest waits in TCP, unread), not hundreds, and the
 /// gateway keeps serving everyone else. Three clients sending 1 MiB frames as fast as they can
@@ -930,18 +949,8 @@ async fn a_stalled_backend_holds_client_messages_bounded_in_bytes() {
             .await
             .unwrap();
         senders.push(tokio::spawn(async move {
-            let frame = Message::binary(vec![7u8; 1 << 20]);
-            let mut sent = 0usize;
-            // Sends until TCP pushes back for good; the gateway must stop reading long before
-            // 256 messages.
-            while let Ok(Ok(())) =
-                tokio::time::timeout(Duration::from_secs(2), ws.send(frame.clone())).await
-            {
-                sent += 1;
-                if sent == 300 {
-                    break;
-                }
-            }
+            // The gateway must stop reading long before 256 messages.
+            let sent = send_mib_frames(&mut ws, 300).await;
             (sent, ws)
         }));
     }
@@ -991,16 +1000,7 @@ async fn the_memory_budget_bounds_what_all_clients_make_the_gateway_hold() {
             .await
             .unwrap();
         senders.push(tokio::spawn(async move {
-            let frame = Message::binary(vec![7u8; 1 << 20]);
-            let mut sent = 0usize;
-            while let Ok(Ok(())) =
-                tokio::time::timeout(Duration::from_secs(2), ws.send(frame.clone())).await
-            {
-                sent += 1;
-                if sent == 100 {
-                    break;
-                }
-            }
+            let sent = send_mib_frames(&mut ws, 100).await;
             // A client the budget refused was told so.
             let closed = match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
                 Ok(Some(Ok(Message::Close(Some(f))))) => Some(u16::from(f.code)),

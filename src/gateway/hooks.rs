@@ -219,24 +219,7 @@ impl ProxyHttp for Gateway {
         if upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS {
             return Ok(());
         }
-        let req = session.req_header();
-        let expected = req
-            .headers
-            .get("sec-websocket-key")
-            .map(|k| tungstenite::handshake::derive_accept_key(k.as_bytes()));
-        let upgrade_ok = upstream_response
-            .headers
-            .get(http::header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
-        let accept_ok = match (
-            &expected,
-            upstream_response.headers.get("sec-websocket-accept"),
-        ) {
-            (Some(e), Some(got)) => got.as_bytes() == e.as_bytes(),
-            _ => false,
-        };
-        if wire::ws::is_upgrade(req) && upgrade_ok && accept_ok {
+        if wire::ws::answer_completes(session.req_header(), upstream_response) {
             return Ok(());
         }
         Error::e_explain(

@@ -122,7 +122,7 @@ pub async fn open(
             }
         };
         let body = if answer.status.as_u16() == 101 {
-            if !completes_handshake(req, &answer) {
+            if !crate::wire::ws::answer_completes(req, &answer) {
                 return Err(OpenError::BadUpgrade);
             }
             BodyLeft::Done
@@ -227,25 +227,6 @@ fn parse_answer(buf: &[u8]) -> std::io::Result<Option<(Box<ResponseHeader>, usiz
             .map_err(|e| bad(&e.to_string()))?;
     }
     Ok(Some((Box::new(answer), len)))
-}
-
-/// True when a `101` completes the client's handshake: `Upgrade: websocket` and the accept
-/// value of the client's key.
-fn completes_handshake(req: &RequestHeader, answer: &ResponseHeader) -> bool {
-    let expected = req
-        .headers
-        .get("sec-websocket-key")
-        .map(|k| tungstenite::handshake::derive_accept_key(k.as_bytes()));
-    let upgrade_ok = answer
-        .headers
-        .get(http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
-    let accept_ok = match (&expected, answer.headers.get("sec-websocket-accept")) {
-        (Some(e), Some(got)) => got.as_bytes() == e.as_bytes(),
-        _ => false,
-    };
-    upgrade_ok && accept_ok
 }
 
 fn body_framing(answer: &ResponseHeader) -> BodyLeft {

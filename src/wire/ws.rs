@@ -333,6 +333,26 @@ pub fn accept_key(req: &RequestHeader) -> Result<String, Handshake> {
     Ok(tungstenite::handshake::derive_accept_key(key))
 }
 
+/// True when an upstream's `101` completes the client's handshake `req` (RFC 6455 section
+/// 4.1): `Upgrade: websocket` and the `Sec-WebSocket-Accept` of the client's key. A proxy
+/// tunnels nothing on any other answer.
+pub fn answer_completes(req: &RequestHeader, answer: &pingora::http::ResponseHeader) -> bool {
+    let expected = req
+        .headers
+        .get("sec-websocket-key")
+        .map(|k| tungstenite::handshake::derive_accept_key(k.as_bytes()));
+    let upgrade_ok = answer
+        .headers
+        .get(::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    let accept_ok = match (&expected, answer.headers.get("sec-websocket-accept")) {
+        (Some(e), Some(got)) => got.as_bytes() == e.as_bytes(),
+        _ => false,
+    };
+    is_upgrade(req) && upgrade_ok && accept_ok
+}
+
 /// Picks the subprotocol to answer with: the one the backend chose when the client offers it,
 /// else the first of the client's offers that the route's config lists (RFC 6455 section 4.2.2:
 /// the server answers with one of the client's values or none).
