@@ -95,6 +95,11 @@ panels = [
         ("sum by (outcome) (increase(switchyard_config_reloads_total[1h]))", "reloads {{outcome}} (1h)"),
         ("switchyard_config_generation", "generation"),
     ], 12, 48),
+    panel(15, "Memory budget (server.limits.memory): charged, budget, refusals per second", "bytes", [
+        ("switchyard_memory_used_bytes", "charged"),
+        ("switchyard_memory_budget_bytes", "budget"),
+        ("sum by (what) (rate(switchyard_memory_refusals_total[5m]))", "refused/s {{what}}"),
+    ], 0, 56),
 ]
 
 dashboard = {
