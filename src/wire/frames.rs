@@ -186,26 +186,8 @@ fn masked_close_with(code: u16, reason: &str, key: [u8; 4]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ws::tests::masked;
     use crate::wire::ws::{encode_frame, Decoder, Incoming, OP_BINARY, OP_PING, OP_TEXT};
-
-    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-        let key = [1, 2, 3, 4];
-        let mut out = vec![first];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n < 65536 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&key);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i & 3]));
-        out
-    }
 
     /// Frames of every header length, a fragmented message with a ping inside it, an empty
     /// frame and a close: fed whole and cut at every byte, the counts are the same.

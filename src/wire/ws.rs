@@ -380,10 +380,11 @@ pub fn choose_subprotocol(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    /// One masked (client-to-server) frame: `first` is its first byte (FIN and opcode).
+    pub(crate) fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
         let mask = [0x37, 0xfa, 0x21, 0x3d];
         let mut out = vec![first];
         match payload.len() {
