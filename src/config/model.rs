@@ -271,7 +271,80 @@ pub struct ClientTransports {
     pub websocket: bool,
     pub sse: bool,
     pub long_poll: bool,
+    /// The SockJS protocol under the route's path (its settings are `BridgeRoute::sockjs`).
+    pub sockjs: bool,
 }
+
+/// The SockJS receiving transports a route offers (each send URL follows its receiver:
+/// `xhr_send` with `xhr`, `jsonp_send` with `jsonp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockJsTransports {
+    pub websocket: bool,
+    pub xhr: bool,
+    pub xhr_streaming: bool,
+    pub eventsource: bool,
+    pub htmlfile: bool,
+    pub jsonp: bool,
+}
+
+impl SockJsTransports {
+    pub const NAMES: [&'static str; 6] = [
+        "websocket",
+        "xhr",
+        "xhr_streaming",
+        "eventsource",
+        "htmlfile",
+        "jsonp",
+    ];
+
+    /// Whether the receiving transport `name` (one of [`Self::NAMES`]) is offered.
+    pub fn offers(&self, name: &str) -> bool {
+        match name {
+            "websocket" => self.websocket,
+            "xhr" => self.xhr,
+            "xhr_streaming" => self.xhr_streaming,
+            "eventsource" => self.eventsource,
+            "htmlfile" => self.htmlfile,
+            "jsonp" => self.jsonp,
+            _ => false,
+        }
+    }
+
+    pub fn set(&mut self, name: &str, on: bool) -> bool {
+        let slot = match name {
+            "websocket" => &mut self.websocket,
+            "xhr" => &mut self.xhr,
+            "xhr_streaming" => &mut self.xhr_streaming,
+            "eventsource" => &mut self.eventsource,
+            "htmlfile" => &mut self.htmlfile,
+            "jsonp" => &mut self.jsonp,
+            _ => return false,
+        };
+        *slot = on;
+        true
+    }
+}
+
+/// A route's SockJS endpoint (`clients: [.., sockjs]`, settings under `sockjs:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SockJs {
+    /// Offer the WebSocket transports (`/info` says so; off: 404 on them).
+    pub websocket: bool,
+    /// Clients must carry a `JSESSIONID` cookie (for load balancers that stick on it).
+    pub cookie_needed: bool,
+    /// How often an idle receiver gets an `h` frame.
+    pub heartbeat: Duration,
+    /// How long a session lives without a receiver before it is closed.
+    pub disconnect_delay: Duration,
+    /// A streaming answer ends after this many bytes; the client opens the next one.
+    pub response_limit: usize,
+    /// Where `iframe.html` loads sockjs-client from.
+    pub client_url: String,
+    pub transports: SockJsTransports,
+}
+
+pub const DEFAULT_SOCKJS_CLIENT_URL: &str =
+    "https://cdn.jsdelivr.net/npm/sockjs-client@1/dist/sockjs.min.js";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BridgeRoute {
@@ -286,6 +359,8 @@ pub struct BridgeRoute {
     pub binary: BinaryPolicy,
     /// `per_client`: how long a session lives with no poll and no attached client.
     pub session_ttl: Duration,
+    /// Set when `clients` lists `sockjs`.
+    pub sockjs: Option<SockJs>,
 }
 
 impl BridgeRoute {

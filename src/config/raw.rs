@@ -121,6 +121,8 @@ pub struct RawRoute {
     pub binary: Option<String>,
     #[serde(default)]
     pub session_ttl: Option<Scalar>,
+    #[serde(default)]
+    pub sockjs: Option<RawSockJs>,
     /// Whether requests without `Origin` (non-browser clients) are let in.
     #[serde(default)]
     pub allow_no_origin: Option<bool>,
@@ -132,6 +134,25 @@ pub struct RawRoute {
     pub keepalive: Option<RawKeepalive>,
     #[serde(default)]
     pub limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSockJs {
+    #[serde(default)]
+    pub websocket: Option<bool>,
+    #[serde(default)]
+    pub cookie_needed: Option<bool>,
+    #[serde(default)]
+    pub heartbeat: Option<Scalar>,
+    #[serde(default)]
+    pub disconnect_delay: Option<Scalar>,
+    #[serde(default)]
+    pub response_limit: Option<Scalar>,
+    #[serde(default)]
+    pub client_url: Option<String>,
+    #[serde(default)]
+    pub transports: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

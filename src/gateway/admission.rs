@@ -110,14 +110,28 @@ pub fn admit(
         }
     }
     let enforce = matches!(rt.target, Target::Bridge(_)) || wire::http::asks_upgrade(req);
-    let preflight = policy::cors::is_preflight(req);
-    let origin = match policy::origin::admit(
-        req,
-        &route.origins,
-        route.allow_no_origin,
-        client.tls,
-        enforce || preflight,
-    ) {
+    // SockJS answers its own preflights (the spec fixes them), and judges the requests that
+    // cannot show an origin (JSONP, htmlfile) by the page their Referer names.
+    let sockjs = match &rt.target {
+        Target::Bridge(b) => crate::transport::sockjs::requested(b, req),
+        Target::Proxy(_) => false,
+    };
+    let preflight = policy::cors::is_preflight(req) && !sockjs;
+    let by_referer = if sockjs {
+        policy::origin::admit_any(req, &route.origins)
+            .or_else(|| policy::origin::admit_referer(req, &route.origins, client.tls))
+    } else {
+        None
+    };
+    let origin = match by_referer.unwrap_or_else(|| {
+        policy::origin::admit(
+            req,
+            &route.origins,
+            route.allow_no_origin,
+            client.tls,
+            enforce || preflight,
+        )
+    }) {
         Ok(o) => o,
         Err(reject) => return refused(&route.name, reject),
     };

@@ -41,7 +41,9 @@ impl LeanStreams for Gateway {
             .find(wire::http::request_host(req), req.uri.path())?;
         match &rt.target {
             Target::Bridge(b)
-                if !matches!(b.source, Source::DemoPage) && transport::requested(req).is_some() =>
+                if !matches!(b.source, Source::DemoPage)
+                    && (transport::requested(req).is_some()
+                        || transport::sockjs::requested(b, req)) =>
             {
                 Some(rt.clone())
             }

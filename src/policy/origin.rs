@@ -107,6 +107,17 @@ pub fn classify(req: &RequestHeader, allowlist: &[String], tls: bool) -> Origin 
     if values.next().is_some() || !well_formed(origin.trim()) {
         return Origin::Refused(origin.to_owned());
     }
+    classify_value(req, value, allowlist, tls)
+}
+
+/// Classifies one claimed origin `value` (well formed) for `req`.
+fn classify_value(
+    req: &RequestHeader,
+    value: &http::HeaderValue,
+    allowlist: &[String],
+    tls: bool,
+) -> Origin {
+    let origin = value.to_str().unwrap_or("");
     let host = req
         .headers
         .get(http::header::HOST)
@@ -122,6 +133,62 @@ pub fn classify(req: &RequestHeader, allowlist: &[String], tls: bool) -> Origin 
     } else {
         Origin::Refused(origin.to_owned())
     }
+}
+
+/// The origin of the page that made a request, from its `Referer` (`scheme://host[:port]`),
+/// for requests that cannot carry `Origin` (a `<script>` or iframe load): None without one, or
+/// when it is not a plain http(s) URL.
+pub fn referer_origin(req: &RequestHeader) -> Option<http::HeaderValue> {
+    let r = req.headers.get(http::header::REFERER)?.to_str().ok()?;
+    let (scheme, rest) = r.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let origin = format!("{scheme}://{authority}");
+    if authority.contains('@') || !well_formed(&origin) {
+        return None;
+    }
+    http::HeaderValue::from_str(&origin).ok()
+}
+
+/// Under a route open to every origin (`"*"`), a SockJS request's `Origin` is answered as sent,
+/// whatever its shape (the SockJS suite sends `Origin: test`): with `"*"` nothing is refused
+/// anyway, and a header value cannot carry anything but itself. `"null"` still needs listing,
+/// and two `Origin` headers are still two claims. None when this does not apply.
+pub fn admit_any(req: &RequestHeader, allowlist: &[String]) -> Option<Result<Origin, Reject>> {
+    if !allowlist.iter().any(|a| a == "*") {
+        return None;
+    }
+    let mut values = req.headers.get_all(http::header::ORIGIN).iter();
+    let value = values.next()?;
+    if values.next().is_some() || value.as_bytes().eq_ignore_ascii_case(b"null") {
+        return None;
+    }
+    Some(Ok(Origin::Allowed(value.clone())))
+}
+
+/// Judges a request that carries no `Origin` by the page its `Referer` names (SockJS's JSONP
+/// and htmlfile transports are `<script>` and iframe loads): `None` when it has no usable
+/// `Referer`, else the origin's verdict, refused with 403 when the route does not list it.
+pub fn admit_referer(
+    req: &RequestHeader,
+    allowlist: &[String],
+    tls: bool,
+) -> Option<Result<Origin, Reject>> {
+    if req.headers.contains_key(http::header::ORIGIN) {
+        return None;
+    }
+    let value = referer_origin(req)?;
+    Some(match classify_value(req, &value, allowlist, tls) {
+        Origin::Refused(o) => Err(Reject::new(
+            403,
+            "origin_not_allowed",
+            format!("the page at {o:?} (its Referer) is not an allowed origin of this route"),
+        )),
+        // Nothing to answer with CORS: the page reads the answer as a script or a frame.
+        _ => Ok(Origin::Absent),
+    })
 }
 
 /// Admits a request under the route's origin policy, or refuses it with 403 before any backend

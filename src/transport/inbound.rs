@@ -155,7 +155,7 @@ fn parse_messages(content_type: &str, body: Bytes) -> Result<Vec<Inbound>, Strin
 
 /// Reads the whole request body, refusing it past `max` bytes, or when the process's memory
 /// budget cannot hold it (503); the body's charge is held until its messages are delivered.
-async fn read_body<D: Downstream>(
+pub(super) async fn read_body<D: Downstream>(
     down: &mut D,
     max: usize,
 ) -> Result<(Bytes, crate::memory::Charge), Reject> {
@@ -296,12 +296,24 @@ async fn send<D: Downstream>(
             format!("at most {MAX_MESSAGES_PER_POST} messages in one body"),
         ),
     })?;
-    let count = messages.len();
     metrics::MESSAGES
         .with_label_values(&[route, transport, "in"])
-        .inc_by(count as u64);
-    // Queueing and delivery share one deadline. A message still queued when it passes is not
-    // sent later: the backend task skips messages whose sender stopped waiting.
+        .inc_by(messages.len() as u64);
+    let result = deliver(&uplink, messages, route).await;
+    drop(busy);
+    result
+}
+
+/// Hands client messages to the backend in order and waits until it took every one (written
+/// to its WebSocket, or 2xx from `post:`), within [`POST_DEADLINE`] for queueing and delivery
+/// together. A message still queued when it passes is not sent later: the backend task skips
+/// messages whose sender stopped waiting.
+pub(super) async fn deliver(
+    uplink: &tokio::sync::mpsc::Sender<Outgoing>,
+    messages: Vec<Inbound>,
+    route: &str,
+) -> Result<(), Reject> {
+    let count = messages.len();
     let delivered = AtomicUsize::new(0);
     let all = async {
         let mut pending = Vec::with_capacity(count);
@@ -326,7 +338,6 @@ async fn send<D: Downstream>(
         Ok(())
     };
     let result = tokio::time::timeout(POST_DEADLINE, all).await;
-    drop(busy);
     match result {
         Err(_) => Err(Reject::new(
             504,

@@ -1,4 +1,5 @@
-//! Client-side endpoints the gateway terminates itself: [`ws`], [`sse`] and [`longpoll`].
+//! Client-side endpoints the gateway terminates itself: [`ws`], [`sse`], [`longpoll`], and
+//! [`sockjs`] for the fallback library legacy clients use.
 //! [`serve`] picks one per request on the route's single path:
 //! `Upgrade: websocket` -> WebSocket; `Accept: text/event-stream` or `?transport=sse` -> SSE;
 //! `?transport=poll` -> long-poll. A transport the route does not list gets 406 naming the ones
@@ -8,6 +9,7 @@
 pub mod downstream;
 pub mod inbound;
 pub mod longpoll;
+pub mod sockjs;
 pub mod sse;
 pub mod tunnel;
 pub mod ws;
@@ -168,6 +170,25 @@ pub async fn write_burst<D: Downstream>(
     }
 }
 
+/// Frames a streaming answer whose length is not known: chunked for HTTP/1.1; for an HTTP/1.0
+/// client (which knows no chunks) the body ends when the connection closes. HTTP/2 frames it
+/// itself.
+pub fn unbounded_body<D: Downstream>(
+    down: &mut D,
+    resp: &mut ResponseHeader,
+) -> pingora::Result<()> {
+    if down.is_http2() {
+        return Ok(());
+    }
+    if down.req_header().version == http::Version::HTTP_10 {
+        down.set_keepalive(None);
+        resp.insert_header("connection", "close")?;
+        return Ok(());
+    }
+    resp.insert_header("transfer-encoding", "chunked")?;
+    Ok(())
+}
+
 /// Prepares a streaming answer that is being dropped mid-body: pingora's finish step would
 /// otherwise wait for a client that does not read to take the last chunk.
 pub fn abandon<D: Downstream>(down: &mut D) {
@@ -246,6 +267,11 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
     if let Source::DemoPage = bridge.source {
         return Box::pin(serve_page(down, bridge)).await;
     }
+    if let Some(opts) = &bridge.spec.sockjs {
+        if sockjs::requested(bridge, down.req_header()) {
+            return Box::pin(sockjs::serve(down, bridge, opts)).await;
+        }
+    }
     let route = bridge.route.name.as_str();
     let offered = bridge.spec.clients;
     // Named in refusals only: built when one is sent, not for every request.
@@ -257,6 +283,7 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
             ),
             (offered.websocket, "websocket (Upgrade: websocket)"),
             (offered.long_poll, "long_poll (?transport=poll)"),
+            (offered.sockjs, "sockjs (under the route's path)"),
         ]
         .iter()
         .filter(|(on, _)| *on)

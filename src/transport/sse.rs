@@ -149,9 +149,7 @@ async fn stream<D: Downstream>(
     resp.insert_header("content-type", "text/event-stream")?;
     resp.insert_header("cache-control", "no-cache")?;
     resp.insert_header("x-accel-buffering", "no")?;
-    if !down.is_http2() {
-        resp.insert_header("transfer-encoding", "chunked")?;
-    }
+    super::unbounded_body(down, &mut resp)?;
     Box::pin(down.write_response_header(Box::new(resp), false)).await?;
     down.release_request();
     let _open = metrics::OpenConnection::new(route, "sse");

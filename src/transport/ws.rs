@@ -11,6 +11,7 @@ use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Source};
 use crate::config::BackendSpec;
 use crate::metrics;
 use crate::policy::reject::Reject;
+use crate::wire::sockjs as sockjs_frame;
 use crate::wire::ws::{
     accept_key, choose_subprotocol, close, encode_close, encode_frame, Decoder, Incoming,
     OP_BINARY, OP_PING, OP_PONG, OP_TEXT,
@@ -25,6 +26,31 @@ use tokio::time::{sleep_until, Instant};
 
 /// Serves one WebSocket client of a bridged route until either side ends it.
 pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Result<()> {
+    serve_framed(down, bridge, None).await
+}
+
+/// A SockJS client over WebSocket (`base/S/ID/websocket`): the same endpoint, with SockJS
+/// frames inside the WebSocket's text messages (`o` first, `a[...]` messages, `h` every
+/// `heartbeat`, `c[code,"reason"]` before the close; the client sends JSON arrays of strings).
+pub async fn serve_sockjs<D: Downstream>(
+    down: &mut D,
+    bridge: &Bridge,
+    opts: &crate::config::SockJs,
+) -> pingora::Result<()> {
+    serve_framed(down, bridge, Some(opts.heartbeat)).await
+}
+
+/// `sockjs`: the heartbeat of SockJS framing, None for plain messages.
+async fn serve_framed<D: Downstream>(
+    down: &mut D,
+    bridge: &Bridge,
+    sockjs: Option<Duration>,
+) -> pingora::Result<()> {
+    let label = if sockjs.is_some() {
+        "sockjs-websocket"
+    } else {
+        "websocket"
+    };
     let route = bridge.route.name.as_str();
     let accept = match accept_key(down.req_header()) {
         Ok(a) => a,
@@ -41,9 +67,7 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
             let client = super::client_info(down);
             // Boxed, as every step taken once before the loop: the connection's future is
             // sized by its largest state, and these would otherwise be carried for hours.
-            match Box::pin(bridge.open_session(down.req_header(), &client, "websocket", false))
-                .await
-            {
+            match Box::pin(bridge.open_session(down.req_header(), &client, label, false)).await {
                 Ok(c) => Some(c),
                 Err(why) => return Box::pin(super::session_refused(down, route, why)).await,
             }
@@ -54,7 +78,11 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
         Some(c) => c.backend_protocol.clone(),
         None => bridge.hub().and_then(|h| h.backend_protocol()),
     };
-    let protocol = choose_subprotocol(down.req_header(), configured, backend_protocol.as_deref());
+    // SockJS clients speak no subprotocol of their own.
+    let protocol = match sockjs {
+        None => choose_subprotocol(down.req_header(), configured, backend_protocol.as_deref()),
+        Some(_) => None,
+    };
     let mut resp = ResponseHeader::build(101, Some(5))?;
     resp.insert_header("upgrade", "websocket")?;
     resp.insert_header("connection", "Upgrade")?;
@@ -67,11 +95,11 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
         (_, Some(c)) => Some(Consumer::for_session(
             c.clone(),
             c.attach(),
-            "websocket",
+            label,
             0,
             write_deadline(&bridge.route.keepalive),
         )),
-        (Source::Shared(_), None) => Some(bridge.join(None, "websocket").consumer),
+        (Source::Shared(_), None) => Some(bridge.join(None, label).consumer),
         _ => None,
     };
     // Where this client's messages go: its session's backend, or `post:` for an SSE feed.
@@ -83,11 +111,15 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
     let busy = conv.as_ref().map(|c| c.busy());
     let result = async {
         Box::pin(down.write_response_header(Box::new(resp), false)).await?;
-        let _open = metrics::OpenConnection::new(route, "websocket");
+        let _open = metrics::OpenConnection::new(route, label);
         // The endpoint runs its own keepalive; pingora's per-read timeout would cut idle clients.
         down.set_read_timeout(None);
         down.release_request();
-        Endpoint::new(down, bridge, uplink, conv.as_ref())
+        if sockjs.is_some() {
+            let open = encode_frame(OP_TEXT, sockjs_frame::OPEN);
+            Box::pin(down.write_response_body(Some(open), false)).await?;
+        }
+        Endpoint::new(down, bridge, uplink, conv.as_ref(), label, sockjs)
             .run(consumer.as_mut())
             .await;
         Ok(())
@@ -120,10 +152,12 @@ struct Keepalive {
     next_ping: Instant,
     pong_due: Option<Instant>,
     idle_at: Instant,
+    /// SockJS framing: an `h` frame this often.
+    heartbeat: Option<(Duration, Instant)>,
 }
 
 impl Keepalive {
-    fn new(k: &crate::config::Keepalive) -> Self {
+    fn new(k: &crate::config::Keepalive, heartbeat: Option<Duration>) -> Self {
         let far = Duration::from_secs(86_400 * 365);
         let every = |d: Duration| if d.is_zero() { far } else { d };
         let now = Instant::now();
@@ -134,14 +168,17 @@ impl Keepalive {
             next_ping: now + every(k.ping_interval),
             pong_due: None,
             idle_at: now + every(k.idle_timeout),
+            heartbeat: heartbeat.map(|h| (h, now + h)),
         }
     }
 
     /// When the timer must next wake.
     fn wake(&self) -> Instant {
-        self.pong_due
+        let at = self
+            .pong_due
             .map_or(self.next_ping, |p| p.min(self.next_ping))
-            .min(self.idle_at)
+            .min(self.idle_at);
+        self.heartbeat.map_or(at, |(_, h)| at.min(h))
     }
 }
 
@@ -176,6 +213,10 @@ struct Endpoint<'a, D> {
     messages_in: prometheus::IntCounter,
     bytes_in: prometheus::IntCounter,
     delivered: metrics::Delivered,
+    /// SockJS framing: client messages are JSON arrays of strings, deliveries `a[...]`.
+    sockjs: bool,
+    /// Under SockJS framing, the close is told in a `c[...]` frame first.
+    sockjs_close_frame: bool,
 }
 
 impl<'a, D: Downstream> Endpoint<'a, D> {
@@ -184,6 +225,8 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
         bridge: &'a Bridge,
         uplink: Option<mpsc::Sender<Outgoing>>,
         conv: Option<&'a Arc<Session>>,
+        label: &'static str,
+        sockjs: Option<Duration>,
     ) -> Self {
         let route = bridge.route.name.as_str();
         Self {
@@ -202,10 +245,12 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
             undecoded: false,
             queued: VecDeque::new(),
             client_closed: false,
-            keepalive: Keepalive::new(&bridge.route.keepalive),
-            messages_in: metrics::MESSAGES.with_label_values(&[route, "websocket", "in"]),
-            bytes_in: metrics::BYTES.with_label_values(&[route, "websocket", "in"]),
-            delivered: metrics::Delivered::new(route, "websocket"),
+            keepalive: Keepalive::new(&bridge.route.keepalive, sockjs),
+            messages_in: metrics::MESSAGES.with_label_values(&[route, label, "in"]),
+            bytes_in: metrics::BYTES.with_label_values(&[route, label, "in"]),
+            delivered: metrics::Delivered::new(route, label),
+            sockjs: sockjs.is_some(),
+            sockjs_close_frame: sockjs.is_some(),
         }
     }
 
@@ -310,29 +355,46 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                 Ok(Some(m @ (Incoming::Text(_) | Incoming::Binary(_))))
                     if self.uplink.is_some() =>
                 {
-                    self.messages_in.inc();
                     let (payload, binary) = match m {
                         Incoming::Binary(b) => (b, true),
                         Incoming::Text(t) => (t, false),
                         _ => unreachable!("matched above"),
                     };
-                    // Charged twice: the message, and its copy in the backend connection's
-                    // write buffer while the backend does not take it.
-                    if !self
-                        .in_flight_charge
-                        .resize(2 * (self.in_flight_bytes + payload.len()), "ws_message")
-                    {
+                    let items = match self.items(payload, binary) {
+                        Ok(items) => items,
+                        Err(close) => {
+                            // Broken framing ends the socket at once: no `c[...]` frame first,
+                            // as the reference server does.
+                            self.sockjs_close_frame = false;
+                            end = Some(close);
+                            break;
+                        }
+                    };
+                    self.messages_in.inc_by(items.len() as u64);
+                    let mut over = false;
+                    for (payload, binary) in items {
+                        // Charged twice: the message, and its copy in the backend connection's
+                        // write buffer while the backend does not take it.
+                        if !self
+                            .in_flight_charge
+                            .resize(2 * (self.in_flight_bytes + payload.len()), "ws_message")
+                        {
+                            over = true;
+                            break;
+                        }
+                        let (done, heard) = oneshot::channel();
+                        self.in_flight_bytes += payload.len();
+                        self.in_flight.push_back((payload.len(), heard));
+                        self.queued.push_back(Outgoing {
+                            payload,
+                            binary,
+                            done: Some(done),
+                        });
+                    }
+                    if over {
                         end = Some(over_budget_close());
                         break;
                     }
-                    let (done, heard) = oneshot::channel();
-                    self.in_flight_bytes += payload.len();
-                    self.in_flight.push_back((payload.len(), heard));
-                    self.queued.push_back(Outgoing {
-                        payload,
-                        binary,
-                        done: Some(done),
-                    });
                 }
                 Ok(Some(Incoming::Text(t))) => {
                     self.messages_in.inc();
@@ -384,6 +446,30 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
         }
     }
 
+    /// The messages one client WebSocket message carries: itself, or under SockJS framing the
+    /// strings of its JSON array (anything else closes the connection, as the reference server
+    /// does).
+    fn items(&self, payload: Bytes, binary: bool) -> Result<Vec<(Bytes, bool)>, (u16, String)> {
+        if !self.sockjs {
+            return Ok(vec![(payload, binary)]);
+        }
+        if binary {
+            return Err((close::UNSUPPORTED, "SockJS messages are text".into()));
+        }
+        if payload.is_empty() {
+            return Ok(Vec::new());
+        }
+        match sockjs_frame::parse_ws_messages(&payload, super::inbound::MAX_MESSAGES_PER_POST) {
+            Some(list) => Ok(list.into_iter().map(|m| (Bytes::from(m), false)).collect()),
+            None => {
+                metrics::REJECTIONS
+                    .with_label_values(&[self.route, "ws_protocol"])
+                    .inc();
+                Err((3000, "Broken framing.".into()))
+            }
+        }
+    }
+
     /// The backend's word on a client message: an ended session is told by the consumer, with
     /// the backend's own close; a refusal ends the connection.
     fn on_uplink_heard(heard: Result<Result<(), UplinkError>, oneshot::error::RecvError>) -> Step {
@@ -408,6 +494,25 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
     /// write), a skip, or the end.
     async fn on_delivery(&mut self, delivery: Delivery, consumer: &mut Consumer) -> Step {
         match delivery {
+            Delivery::Message(m) if self.sockjs => {
+                let drop_binary = self.bridge.spec.binary == crate::config::BinaryPolicy::Drop;
+                let Some(burst) = super::gather_burst(&m, consumer, &mut self.delivered, |m| {
+                    (!(m.binary && drop_binary)).then(|| m.sockjs())
+                }) else {
+                    return Step::Go;
+                };
+                let items = sockjs_frame::array_frame(burst.parts().iter().map(|b| &b[..]));
+                let f = encode_frame(OP_TEXT, &items);
+                self.delivered.bytes(f.len());
+                if super::write_burst(self.down, &super::Burst::One(f), consumer)
+                    .await
+                    .is_err()
+                {
+                    super::abandon(self.down);
+                    return Step::Gone;
+                }
+                Step::Go
+            }
             Delivery::Message(m) => {
                 let burst =
                     super::gather_burst(&m, consumer, &mut self.delivered, |m| Some(m.ws_frame()))
@@ -450,6 +555,15 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                 .inc();
             return Step::Close(close::INTERNAL_ERROR, "keepalive: no pong".into());
         }
+        if let Some((every, at)) = k.heartbeat.filter(|(_, at)| now >= *at) {
+            k.heartbeat = Some((every, now + every));
+            let _ = at;
+            let h = encode_frame(OP_TEXT, sockjs_frame::HEARTBEAT);
+            if self.down.write_response_body(Some(h), false).await.is_err() {
+                return Step::Gone;
+            }
+        }
+        let k = &mut self.keepalive;
         if now >= k.next_ping {
             k.next_ping = now + k.ping_every;
             if k.pong_due.is_none() {
@@ -497,6 +611,10 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
         if let Some((code, reason)) = outcome {
             // A client that does not read cannot hold the task on its close frame.
             self.down.set_write_timeout(Some(Duration::from_secs(5)));
+            if self.sockjs_close_frame && !self.client_closed {
+                let c = encode_frame(OP_TEXT, &sockjs_frame::close_frame(code, &reason));
+                let _ = self.down.write_response_body(Some(c), false).await;
+            }
             let _ = self
                 .down
                 .write_response_body(Some(encode_close(code, &reason)), false)

@@ -21,6 +21,7 @@ pub const OP_PONG: u8 = 0xA;
 
 pub mod close {
     pub const NORMAL: u16 = 1000;
+    pub const UNSUPPORTED: u16 = 1003;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
     pub const INVALID_PAYLOAD: u16 = 1007;

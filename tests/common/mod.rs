@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 pub mod chat;
+pub mod sockjs;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::Full;
 use std::collections::HashMap;
@@ -414,6 +415,8 @@ impl Drop for HttpBackend {
 }
 
 /// A real WebSocket echo backend (tokio-tungstenite) that counts connections.
+/// A WebSocket backend that echoes every text and binary message, except on `/close`, where it
+/// closes each connection at once with `3000 Go away!` (the SockJS suite's `close` service).
 pub struct WsBackend {
     pub addr: SocketAddr,
     pub connections: Arc<AtomicUsize>,
@@ -433,10 +436,29 @@ impl WsBackend {
                 };
                 let c = c.clone();
                 tokio::spawn(async move {
-                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+                    let path = Arc::new(std::sync::Mutex::new(String::new()));
+                    let p = path.clone();
+                    #[allow(clippy::result_large_err)]
+                    let record = move |req: &Request, resp: Response| {
+                        *p.lock().unwrap() = req.uri().path().to_owned();
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await
+                    else {
                         return;
                     };
                     c.fetch_add(1, Ordering::SeqCst);
+                    if *path.lock().unwrap() == "/close" {
+                        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+                        let bye = CloseFrame {
+                            code: 3000.into(),
+                            reason: "Go away!".into(),
+                        };
+                        let _ = ws.close(Some(bye)).await;
+                        while let Some(Ok(_)) = ws.next().await {}
+                        return;
+                    }
                     while let Some(Ok(msg)) = ws.next().await {
                         if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
                             return;

@@ -5,7 +5,8 @@
 use super::Validator;
 use crate::config::model::{
     BackendSpec, BinaryPolicy, BridgeRoute, Builtin, ClientTransports, Fanout, SlowConsumer,
-    DEFAULT_LINGER, DEFAULT_REPLAY, DEFAULT_SESSION_TTL,
+    SockJs, SockJsTransports, DEFAULT_LINGER, DEFAULT_REPLAY, DEFAULT_SESSION_TTL,
+    DEFAULT_SOCKJS_CLIENT_URL,
 };
 use crate::config::raw::{RawBackend, RawRoute};
 
@@ -102,6 +103,7 @@ impl Validator<'_> {
                     websocket: true,
                     sse: true,
                     long_poll: true,
+                    sockjs: false,
                 },
                 BackendSpec::Builtin(Builtin::DemoPage) => ClientTransports::default(),
             },
@@ -117,7 +119,7 @@ impl Validator<'_> {
                 if list.is_empty() {
                     self.err(
                         format!("{at}.clients"),
-                        "clients is empty: list at least one of sse, websocket, long_poll",
+                        "clients is empty: list at least one of sse, websocket, long_poll, sockjs",
                     );
                 }
                 for (i, name) in list.iter().enumerate() {
@@ -125,8 +127,9 @@ impl Validator<'_> {
                         "websocket" => &mut c.websocket,
                         "sse" => &mut c.sse,
                         "long_poll" => &mut c.long_poll,
+                        "sockjs" => &mut c.sockjs,
                         other => {
-                            self.err(format!("{at}.clients[{i}]"), format!("unknown client transport {other:?}: use sse, websocket or long_poll"));
+                            self.err(format!("{at}.clients[{i}]"), format!("unknown client transport {other:?}: use sse, websocket, long_poll or sockjs"));
                             continue;
                         }
                     };
@@ -141,7 +144,9 @@ impl Validator<'_> {
                 c
             }
         };
-        if backend == BackendSpec::Builtin(Builtin::Echo) && (clients.sse || clients.long_poll) {
+        if backend == BackendSpec::Builtin(Builtin::Echo)
+            && (clients.sse || clients.long_poll || clients.sockjs)
+        {
             self.err(
                 format!("{at}.clients"),
                 "builtin echo answers what a client sends, so it needs a two-way client: list only websocket",
@@ -257,6 +262,7 @@ impl Validator<'_> {
                 "applies to routes with a feed (websocket, sse or clock backends)",
             );
         }
+        let sockjs = self.sockjs(at, raw, &clients, &backend, fanout);
         Some(BridgeRoute {
             backend,
             clients,
@@ -266,6 +272,143 @@ impl Validator<'_> {
             slow_consumer,
             binary,
             session_ttl,
+            sockjs,
+        })
+    }
+}
+
+/// The SockJS keys, with their defaults.
+pub const DEFAULT_SOCKJS_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(25);
+pub const DEFAULT_SOCKJS_DISCONNECT_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+pub const DEFAULT_SOCKJS_RESPONSE_LIMIT: usize = 128 * 1024;
+
+impl Validator<'_> {
+    /// `sockjs:` settings for a route whose `clients` lists `sockjs`.
+    fn sockjs(
+        &mut self,
+        at: &str,
+        raw: &RawRoute,
+        clients: &ClientTransports,
+        backend: &BackendSpec,
+        fanout: Fanout,
+    ) -> Option<SockJs> {
+        if !clients.sockjs {
+            if raw.sockjs.is_some() {
+                self.err(
+                    format!("{at}.sockjs"),
+                    "`sockjs` settings need `sockjs` in the route's `clients`",
+                );
+            }
+            return None;
+        }
+        let r = raw.sockjs.as_ref();
+        let here = |k: &str| format!("{at}.sockjs.{k}");
+        let websocket = r.and_then(|r| r.websocket).unwrap_or(true);
+        let heartbeat = self.duration(
+            here("heartbeat"),
+            &r.and_then(|r| r.heartbeat.clone()),
+            DEFAULT_SOCKJS_HEARTBEAT,
+        );
+        if heartbeat.is_zero() {
+            self.err(here("heartbeat"), "heartbeat must be above 0s: an idle receiver gets an `h` frame this often, and proxies cut silent streams");
+        }
+        let disconnect_delay = self.duration(
+            here("disconnect_delay"),
+            &r.and_then(|r| r.disconnect_delay.clone()),
+            DEFAULT_SOCKJS_DISCONNECT_DELAY,
+        );
+        if disconnect_delay.is_zero() {
+            self.err(here("disconnect_delay"), "disconnect_delay must be above 0s: it is how long a session waits for its client's next request");
+        }
+        let response_limit = match r.and_then(|r| r.response_limit.as_ref()) {
+            None => DEFAULT_SOCKJS_RESPONSE_LIMIT,
+            Some(s) => match crate::config::units::parse_size(&s.0) {
+                Ok(n) if (1024..=(1 << 30)).contains(&n) => n as usize,
+                Ok(_) => {
+                    self.err(here("response_limit"), "response_limit must be between 1KiB and 1GiB: a streaming answer ends after that many bytes and the client opens another");
+                    DEFAULT_SOCKJS_RESPONSE_LIMIT
+                }
+                Err(e) => {
+                    self.err(here("response_limit"), e);
+                    DEFAULT_SOCKJS_RESPONSE_LIMIT
+                }
+            },
+        };
+        let client_url = r
+            .and_then(|r| r.client_url.clone())
+            .unwrap_or_else(|| DEFAULT_SOCKJS_CLIENT_URL.to_owned());
+        let url_ok = (client_url.starts_with("https://")
+            || client_url.starts_with("http://")
+            || client_url.starts_with('/'))
+            && !client_url
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b"\"<>'`".contains(&b));
+        if !url_ok {
+            self.err(
+                here("client_url"),
+                format!("client_url {client_url:?} is not a URL: give an http(s):// URL or a path where iframe.html loads sockjs-client from"),
+            );
+        }
+        // Routes that hand the client's credentials to the backend keep the transports that
+        // cannot show their origin (JSONP's <script>, htmlfile's iframe) off unless listed.
+        let remote = match backend {
+            BackendSpec::WebSocket(f) | BackendSpec::Sse(f) => Some(f),
+            BackendSpec::Builtin(_) => None,
+        };
+        let credentials = remote.is_some_and(|f| {
+            (fanout == Fanout::PerClient || f.post.is_some())
+                && f.forward_headers
+                    .iter()
+                    .any(|h| h == http::header::COOKIE || h == http::header::AUTHORIZATION)
+        });
+        let mut transports = SockJsTransports {
+            websocket,
+            xhr: true,
+            xhr_streaming: true,
+            eventsource: true,
+            htmlfile: !credentials,
+            jsonp: !credentials,
+        };
+        if let Some(list) = r.and_then(|r| r.transports.as_ref()) {
+            transports = SockJsTransports {
+                websocket: false,
+                xhr: false,
+                xhr_streaming: false,
+                eventsource: false,
+                htmlfile: false,
+                jsonp: false,
+            };
+            if list.is_empty() {
+                self.err(here("transports"), "transports is empty: list at least one of websocket, xhr, xhr_streaming, eventsource, htmlfile, jsonp");
+            }
+            for (i, name) in list.iter().enumerate() {
+                if transports.offers(name) {
+                    self.err(
+                        format!("{at}.sockjs.transports[{i}]"),
+                        format!("{name} is listed twice"),
+                    );
+                } else if !transports.set(name, true) {
+                    self.err(
+                        format!("{at}.sockjs.transports[{i}]"),
+                        format!("unknown SockJS transport {name:?}: use websocket, xhr, xhr_streaming, eventsource, htmlfile or jsonp"),
+                    );
+                }
+            }
+            if transports.websocket && !websocket {
+                self.err(
+                    here("transports"),
+                    "websocket is listed but `sockjs.websocket` is false",
+                );
+            }
+        }
+        Some(SockJs {
+            websocket: websocket && transports.websocket,
+            cookie_needed: r.and_then(|r| r.cookie_needed).unwrap_or(false),
+            heartbeat,
+            disconnect_delay,
+            response_limit,
+            client_url,
+            transports,
         })
     }
 }

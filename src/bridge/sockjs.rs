@@ -1,0 +1,354 @@
+//! SockJS sessions: a session outlives the HTTP requests that carry it (a poll, a stream that
+//! hit `response_limit`, a send), so it is kept here, per route, between them.
+//!
+//! ```text
+//! receiver request --attach--> SockSession { consumer, uplink } --detach--> (waits for the next)
+//!                                   |                                  disconnect_delay without a
+//!                                   +-- per_client: its own Session    receiver: closed, removed
+//!                                   +-- shared: a Consumer of the hub
+//! ```
+//!
+//! A SockJS session id is chosen by the client, so it proves nothing: a session is bound to the
+//! address that opened it (the /64 for IPv6) and to its `Origin` when the request carries one,
+//! and a request from elsewhere is answered as for an unknown session. One receiver at a time
+//! holds the session's [`Consumer`]; a second one is told `2010` and the first goes on.
+
+use super::session::{Busy, EndReason, Outgoing, Session};
+use super::{write_deadline, Bridge, ClientInfo, Consumer, OpenError};
+use pingora::http::RequestHeader;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+/// Who opened a session: requests from another address or another origin do not reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    net: Option<IpAddr>,
+    origin: Option<String>,
+}
+
+impl Owner {
+    /// The client's address (an IPv6 one by its /64, which one host may rotate through) and the
+    /// request's `Origin`, if it has one.
+    pub fn new(ip: Option<IpAddr>, origin: Option<&str>) -> Self {
+        let net = ip.map(|ip| match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let s = v6.segments();
+                    IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+                }
+            },
+            v4 => v4,
+        });
+        Self {
+            net,
+            origin: origin.map(|o| o.trim().to_ascii_lowercase()),
+        }
+    }
+
+    /// A request from `other` may use a session `self` opened: same address, and no other
+    /// origin (requests that carry none, such as same-origin GETs, are judged by address).
+    pub fn admits(&self, other: &Owner) -> bool {
+        self.net == other.net
+            && match (&self.origin, &other.origin) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+/// What a receiving request finds when it attaches.
+pub enum Attach {
+    /// The session's first receiver: it sends the open frame (and, polling, nothing else).
+    Opened(Consumer),
+    /// A later receiver: it takes the messages.
+    Resumed(Consumer),
+    /// Another receiver holds the session (`c[2010,...]`).
+    Busy,
+    /// The session is closed: its close frame again.
+    Closed(u16, String),
+}
+
+struct State {
+    opened: bool,
+    /// Held here between receivers; taken by the one attached.
+    consumer: Option<Consumer>,
+    receiving: bool,
+    closed: Option<(u16, String)>,
+    /// When the last receiver left (or the session opened).
+    last_seen: Instant,
+}
+
+pub struct SockSession {
+    pub id: Box<str>,
+    owner: Owner,
+    state: Mutex<State>,
+    /// Where the client's messages go; None on a route whose backend takes none.
+    pub uplink: Option<mpsc::Sender<Outgoing>>,
+    /// The per-client backend session, ended with this one.
+    backend: Option<Arc<Session>>,
+    /// Keeps the backend session from expiring on its own `session_ttl`: this session's
+    /// `disconnect_delay` decides.
+    _busy: Option<Busy>,
+    _slot: SockSlot,
+    /// Wakes the reaper when a receiver leaves.
+    wake: Notify,
+}
+
+impl SockSession {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    /// Attaches a receiver (see [`Attach`]).
+    pub fn attach(&self) -> Attach {
+        let mut st = self.lock();
+        if let Some((code, reason)) = &st.closed {
+            return Attach::Closed(*code, reason.clone());
+        }
+        if st.receiving {
+            return Attach::Busy;
+        }
+        let Some(consumer) = st.consumer.take() else {
+            return Attach::Busy;
+        };
+        st.receiving = true;
+        if st.opened {
+            Attach::Resumed(consumer)
+        } else {
+            st.opened = true;
+            Attach::Opened(consumer)
+        }
+    }
+
+    /// The receiver is done; the consumer waits for the next one. `interrupted`: its client went
+    /// away before the answer was complete, which closes the session (`c[1002,...]`), as the
+    /// reference server does: the messages it was given may not have arrived.
+    pub fn detach(&self, consumer: Consumer, interrupted: bool) {
+        {
+            let mut st = self.lock();
+            st.consumer = Some(consumer);
+            st.receiving = false;
+            st.last_seen = Instant::now();
+        }
+        if interrupted {
+            self.close(1002, "Connection interrupted", EndReason::Client);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Closes the session: every later receiver gets `c[code,"reason"]`, and the per-client
+    /// backend connection is closed. The session stays (to say so) until `disconnect_delay`
+    /// passes without a receiver.
+    pub fn close(&self, code: u16, reason: &str, why: EndReason) {
+        {
+            let mut st = self.lock();
+            if st.closed.is_none() {
+                st.closed = Some((code, reason.to_owned()));
+            }
+        }
+        if let Some(b) = &self.backend {
+            b.close(why);
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn closed(&self) -> Option<(u16, String)> {
+        self.lock().closed.clone()
+    }
+}
+
+/// The SockJS sessions of one route.
+#[derive(Default)]
+pub struct SockSessions {
+    map: Mutex<HashMap<Box<str>, Arc<SockSession>>>,
+    live: Arc<AtomicUsize>,
+}
+
+/// A place among a route's SockJS sessions, given back when the session is gone.
+struct SockSlot(Arc<AtomicUsize>);
+
+impl Drop for SockSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How many SockJS sessions of every route are live; the drain waits for their receivers like
+/// any stream, and their backend sessions are counted where those live.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+pub fn live() -> usize {
+    LIVE.load(Ordering::SeqCst)
+}
+
+struct Counted;
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl SockSessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<SockSession>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<SockSession>> {
+        self.lock().get(id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes every session (the gateway is draining or the route was removed).
+    pub fn close_all(&self, code: u16, reason: &str) {
+        let all: Vec<_> = self.lock().values().cloned().collect();
+        for s in all {
+            s.close(code, reason, EndReason::Shutdown);
+        }
+    }
+
+    /// Opens session `id` for a receiver: its own backend connection on a `per_client` route,
+    /// a place in the shared feed otherwise. At most `max` sessions per route (`max_clients`).
+    /// When a concurrent request opened the same id first, that session is returned.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn open(
+        self: &Arc<Self>,
+        bridge: &Bridge,
+        id: &str,
+        owner: Owner,
+        req: &RequestHeader,
+        client: &ClientInfo,
+        transport: &'static str,
+        disconnect_delay: Duration,
+    ) -> Result<Arc<SockSession>, OpenError> {
+        let max = bridge.route.limits.max_clients;
+        self.live
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| OpenError::Full(max))?;
+        let slot = SockSlot(self.live.clone());
+        let deadline = write_deadline(&bridge.route.keepalive);
+        let (consumer, uplink, backend, busy) = match bridge.sessions() {
+            Some(_) => {
+                let s = bridge.open_session(req, client, transport, false).await?;
+                let consumer = Consumer::for_session(s.clone(), s.attach(), transport, 0, deadline);
+                let busy = s.busy();
+                (consumer, s.uplink(), Some(s), Some(busy))
+            }
+            None => {
+                let consumer = bridge.join(None, transport).consumer;
+                (consumer, bridge.client_poster(req, client), None, None)
+            }
+        };
+        let session = Arc::new(SockSession {
+            id: id.into(),
+            owner,
+            state: Mutex::new(State {
+                opened: false,
+                consumer: Some(consumer),
+                receiving: false,
+                closed: None,
+                last_seen: Instant::now(),
+            }),
+            uplink,
+            backend,
+            _busy: busy,
+            _slot: slot,
+            wake: Notify::new(),
+        });
+        {
+            let mut map = self.lock();
+            if let Some(first) = map.get(id) {
+                let first = first.clone();
+                drop(map);
+                session.close(1000, "superseded", EndReason::Client);
+                return Ok(first);
+            }
+            map.insert(id.into(), session.clone());
+        }
+        LIVE.fetch_add(1, Ordering::SeqCst);
+        let counted = Counted;
+        let registry = self.clone();
+        let reaped = session.clone();
+        tokio::spawn(async move {
+            let _counted = counted;
+            reap(&reaped, disconnect_delay).await;
+            reaped.close(1001, "session expired", EndReason::Expired);
+            registry.lock().remove(&*reaped.id);
+        });
+        Ok(session)
+    }
+}
+
+/// Waits until `s` has had no receiver for `delay`.
+async fn reap(s: &SockSession, delay: Duration) {
+    loop {
+        let woken = s.wake.notified();
+        let due = {
+            let st = s.lock();
+            (!st.receiving).then(|| st.last_seen + delay)
+        };
+        match due {
+            None => woken.await,
+            Some(at) if Instant::now() >= at => return,
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = woken => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_are_an_address_and_an_origin() {
+        let a = Owner::new(
+            Some("10.0.0.1".parse().unwrap()),
+            Some("https://App.example"),
+        );
+        assert!(a.admits(&Owner::new(
+            Some("10.0.0.1".parse().unwrap()),
+            Some("https://app.example")
+        )));
+        // A request without Origin (a same-origin GET) is judged by its address.
+        assert!(a.admits(&Owner::new(Some("10.0.0.1".parse().unwrap()), None)));
+        assert!(!a.admits(&Owner::new(
+            Some("10.0.0.2".parse().unwrap()),
+            Some("https://app.example")
+        )));
+        assert!(!a.admits(&Owner::new(
+            Some("10.0.0.1".parse().unwrap()),
+            Some("https://evil.example")
+        )));
+        // One IPv6 host may move within its /64.
+        let v6 = Owner::new(Some("2001:db8:1:2::1".parse().unwrap()), None);
+        assert!(v6.admits(&Owner::new(
+            Some("2001:db8:1:2:ffff::9".parse().unwrap()),
+            None
+        )));
+        assert!(!v6.admits(&Owner::new(Some("2001:db8:1:3::1".parse().unwrap()), None)));
+    }
+}

@@ -1,0 +1,894 @@
+//! SockJS on bridged routes, over the wire: the behaviours the SockJS protocol suite
+//! (`sockjs-protocol.py`) checks, against the routes it expects (`/echo`, `/close`,
+//! `/disabled_websocket_echo`, `/cookie_needed_echo`) on a plain WebSocket backend; the same
+//! requests sent to the reference server (sockjs-node) and to switchyard, answer for answer;
+//! and the abuse a gateway must hold against (callbacks, stolen session ids, abandoned
+//! sessions, oversize and malformed bodies, clients that stop reading).
+
+mod common;
+
+use common::sockjs::*;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn suite_gateway() -> (Gateway, WsBackend) {
+    let backend = WsBackend::start().await;
+    let gw = Gateway::start_with(&suite_routes(&backend), SUITE_DEFAULTS).await;
+    (gw, backend)
+}
+
+const NO_CACHE: &str = "no-store, no-cache, no-transform, must-revalidate, max-age=0";
+
+async fn post(gw: &Gateway, path: &str, body: &str) -> Response {
+    request(gw.addr, "POST", path, &[], body.as_bytes()).await
+}
+
+async fn get(gw: &Gateway, path: &str) -> Response {
+    request(gw.addr, "GET", path, &[], b"").await
+}
+
+/// The messages of one SockJS frame (`a[...]`, bare or in a JSONP call), or none.
+fn messages_in(body: &str) -> Vec<String> {
+    let body = body.trim();
+    let frame = match body.strip_prefix("/**/") {
+        Some(call) => {
+            let arg = &call[call.find('(').unwrap() + 1..call.rfind(')').unwrap()];
+            serde_json::from_str::<String>(arg).unwrap()
+        }
+        None => body.to_owned(),
+    };
+    match frame.strip_prefix('a') {
+        Some(items) => serde_json::from_str(items).unwrap(),
+        None => panic!("not a message frame: {frame:?}"),
+    }
+}
+
+/// Polls (`xhr`, or `jsonp?c=cb`) until `n` messages came, however the answers split them.
+async fn poll_messages(gw: &Gateway, url: &str, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let r = if url.ends_with("/xhr") {
+            post(gw, url, "").await
+        } else {
+            get(gw, url).await
+        };
+        assert_eq!(r.status, 200);
+        got.extend(messages_in(&r.body_text()));
+    }
+    assert_eq!(got.len(), n, "{got:?}");
+    got
+}
+
+fn ctype(r: &Response) -> String {
+    r.header("content-type").unwrap_or("").replace(' ', "")
+}
+
+#[tokio::test]
+async fn greeting_info_and_iframe_answer_as_the_spec_says() {
+    let (gw, _b) = suite_gateway().await;
+    for path in ["/echo", "/echo/"] {
+        let r = get(&gw, path).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(ctype(&r), "text/plain;charset=UTF-8");
+        assert_eq!(r.body_text(), "Welcome to SockJS!\n");
+        assert!(r.header("set-cookie").is_none());
+    }
+    for suffix in ["/a", "/a.html", "//", "///", "/a/a", "/a/a/", "/a/"] {
+        assert_eq!(
+            get(&gw, &format!("/echo{suffix}")).await.status,
+            404,
+            "{suffix}"
+        );
+    }
+    // info: CORS for the origin, never cached, fresh entropy each time.
+    let r = request(gw.addr, "GET", "/echo/info", &[("Origin", "test")], b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(ctype(&r), "application/json;charset=UTF-8");
+    assert_eq!(r.header("cache-control"), Some(NO_CACHE));
+    assert_eq!(r.header("access-control-allow-origin"), Some("test"));
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    let info: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(info["websocket"], true);
+    assert_eq!(info["cookie_needed"], false);
+    assert_eq!(info["origins"], serde_json::json!(["*:*"]));
+    let again: serde_json::Value =
+        serde_json::from_slice(&get(&gw, "/echo/info").await.body).unwrap();
+    assert!(info["entropy"].is_u64() && again["entropy"].is_u64());
+    assert_ne!(info["entropy"], again["entropy"]);
+    let off: serde_json::Value =
+        serde_json::from_slice(&get(&gw, "/disabled_websocket_echo/info").await.body).unwrap();
+    assert_eq!(off["websocket"], false);
+    let cookie: serde_json::Value =
+        serde_json::from_slice(&get(&gw, "/cookie_needed_echo/info").await.body).unwrap();
+    assert_eq!(cookie["cookie_needed"], true);
+
+    // iframe.html and its versioned forms: strongly cached, one ETag, 304 on a match.
+    for suffix in [
+        "/iframe.html",
+        "/iframe-a.html",
+        "/iframe-.html",
+        "/iframe-0.1.2.html",
+        "/iframe-0.1.2abc-dirty.2144.html",
+        "/iframe-a.html?t=1234",
+    ] {
+        let r = get(&gw, &format!("/echo{suffix}")).await;
+        assert_eq!(r.status, 200, "{suffix}");
+        assert_eq!(ctype(&r), "text/html;charset=UTF-8");
+        assert!(r.header("cache-control").unwrap().contains("public"));
+        assert!(r
+            .header("cache-control")
+            .unwrap()
+            .contains("max-age=31536000"));
+        assert!(r.header("expires").is_some() && r.header("last-modified").is_none());
+        assert!(r.header("set-cookie").is_none());
+        let body = r.body_text();
+        assert!(
+            body.starts_with("<!DOCTYPE html>\n<html>\n<head>\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("<script src=\"/sockjs.min.js\"></script>"),
+            "{body}"
+        );
+        assert!(body.contains("SockJS.bootstrap_iframe();"));
+    }
+    for suffix in [
+        "/iframe.htm",
+        "/iframe",
+        "/IFRAME.HTML",
+        "/IFRAME",
+        "/iframe.HTML",
+        "/iframe.xml",
+        "/iframe-/.html",
+    ] {
+        assert_eq!(
+            get(&gw, &format!("/echo{suffix}")).await.status,
+            404,
+            "{suffix}"
+        );
+    }
+    let r1 = get(&gw, "/echo/iframe.html").await;
+    let r2 = get(&gw, "/echo/iframe.html").await;
+    let etag = r1.header("etag").unwrap().to_owned();
+    assert_eq!(Some(etag.as_str()), r2.header("etag"));
+    let r = request(
+        gw.addr,
+        "GET",
+        "/echo/iframe.html",
+        &[("If-None-Match", &etag)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 304);
+    assert!(r.header("content-type").is_none() && r.body.is_empty());
+}
+
+#[tokio::test]
+async fn preflights_are_answered_per_the_spec_and_cached_for_a_year() {
+    let (gw, _b) = suite_gateway().await;
+    for (path, methods) in [
+        ("/echo/info", "OPTIONS, GET"),
+        ("/echo/abc/abc/xhr", "OPTIONS, POST"),
+        ("/echo/abc/abc/xhr_send", "OPTIONS, POST"),
+        ("/echo/abc/abc/xhr_streaming", "OPTIONS, POST"),
+    ] {
+        for origin in ["test", "null", "https://app.example"] {
+            let r = request(
+                gw.addr,
+                "OPTIONS",
+                path,
+                &[
+                    ("Origin", origin),
+                    ("Access-Control-Request-Method", methods),
+                ],
+                b"",
+            )
+            .await;
+            assert_eq!(r.status, 204, "{path} {origin}");
+            assert_eq!(r.header("cache-control"), Some("public, max-age=31536000"));
+            assert!(r.header("expires").is_some());
+            assert_eq!(r.header("access-control-max-age"), Some("31536000"));
+            assert_eq!(r.header("access-control-allow-methods"), Some(methods));
+            assert_eq!(r.header("access-control-allow-origin"), Some(origin));
+            assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+            assert!(r.body.is_empty());
+        }
+    }
+    let asks = |h: &'static str| {
+        let addr = gw.addr;
+        async move {
+            request(
+                addr,
+                "OPTIONS",
+                &format!("/echo/000/{}/xhr", session_id()),
+                &[
+                    ("Origin", "test"),
+                    ("Access-Control-Request-Method", "POST"),
+                    ("Access-Control-Request-Headers", h),
+                ],
+                b"",
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        asks("a, b, c").await.header("access-control-allow-headers"),
+        Some("a, b, c")
+    );
+    assert_eq!(asks("").await.header("access-control-allow-headers"), None);
+}
+
+#[tokio::test]
+async fn xhr_polling_opens_echoes_and_closes_sessions() {
+    let (gw, _b) = suite_gateway().await;
+    let url = format!("/echo/000/{}", session_id());
+    let r = request(
+        gw.addr,
+        "POST",
+        &format!("{url}/xhr"),
+        &[("Origin", "test")],
+        b"",
+    )
+    .await;
+    assert_eq!((r.status, r.body_text().as_str()), (200, "o\n"));
+    assert_eq!(ctype(&r), "application/javascript;charset=UTF-8");
+    assert_eq!(r.header("cache-control"), Some(NO_CACHE));
+    assert_eq!(r.header("access-control-allow-origin"), Some("test"));
+    let r = request(
+        gw.addr,
+        "POST",
+        &format!("{url}/xhr_send"),
+        &[("Origin", "test")],
+        br#"["x"]"#,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert!(r.body.is_empty());
+    assert_eq!(ctype(&r), "text/plain;charset=UTF-8");
+    assert_eq!(r.header("cache-control"), Some(NO_CACHE));
+    // Without Origin: `*`, and no credentials.
+    let r = post(&gw, &format!("{url}/xhr"), "").await;
+    assert_eq!(r.body_text(), "a[\"x\"]\n");
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(r.header("access-control-allow-credentials"), None);
+
+    // The server id is ignored; the session id alone names the session.
+    assert_eq!(
+        post(&gw, &format!("{url}/xhr_send"), r#"["a"]"#)
+            .await
+            .status,
+        204
+    );
+    let other_server = url.replace("/000/", "/999/");
+    assert_eq!(
+        post(&gw, &format!("{other_server}/xhr"), "")
+            .await
+            .body_text(),
+        "a[\"a\"]\n"
+    );
+
+    // Sends to a session that does not exist: 404.
+    assert_eq!(
+        post(&gw, "/echo/000/bad_session/xhr_send", r#"["a"]"#)
+            .await
+            .status,
+        404
+    );
+    // Broken and missing payloads: 500 with the spec's words; the session goes on.
+    let r = post(&gw, &format!("{url}/xhr_send"), "[\"x").await;
+    assert_eq!(r.status, 500);
+    assert!(r.body_text().contains("Broken JSON encoding."));
+    let r = post(&gw, &format!("{url}/xhr_send"), "").await;
+    assert_eq!(r.status, 500);
+    assert!(r.body_text().contains("Payload expected."));
+    // Frames with no messages are allowed; every content type is taken.
+    assert_eq!(
+        post(&gw, &format!("{url}/xhr_send"), "[]").await.status,
+        204
+    );
+    let types = [
+        "text/plain",
+        "T",
+        "application/json",
+        "application/xml",
+        "",
+        "text/xml; charset=utf-8",
+    ];
+    for ct in types {
+        let h: Vec<(&str, &str)> = if ct.is_empty() {
+            vec![]
+        } else {
+            vec![("Content-Type", ct)]
+        };
+        let r = request(gw.addr, "POST", &format!("{url}/xhr_send"), &h, br#"["a"]"#).await;
+        assert_eq!(r.status, 204, "{ct}");
+    }
+    let got = poll_messages(&gw, &format!("{url}/xhr"), types.len()).await;
+    assert_eq!(got, vec!["a"; types.len()]);
+
+    // A second receiver while one waits: told 2010, and the first goes on.
+    let waiting = Stream::open(gw.addr, "POST", &format!("{url}/xhr"), &[]).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let r = post(&gw, &format!("{url}/xhr"), "").await;
+    assert_eq!(
+        (r.status, r.body_text().as_str()),
+        (200, "c[2010,\"Another connection still open\"]\n")
+    );
+    // The waiting poll is interrupted by its client: the session is closed.
+    waiting.abort();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = post(&gw, &format!("{url}/xhr"), "").await;
+    assert_eq!(r.body_text(), "c[1002,\"Connection interrupted\"]\n");
+
+    // A backend that closes: its code and reason, to this poll and every later one.
+    let url = format!("/close/000/{}", session_id());
+    assert_eq!(
+        post(&gw, &format!("{url}/xhr"), "").await.body_text(),
+        "o\n"
+    );
+    for _ in 0..2 {
+        let r = post(&gw, &format!("{url}/xhr"), "").await;
+        assert_eq!(
+            (r.status, r.body_text().as_str()),
+            (200, "c[3000,\"Go away!\"]\n")
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_session_urls_are_not_found_and_any_other_id_is_a_session() {
+    let (gw, _b) = suite_gateway().await;
+    for part in ["/a/a", "/_/_", "/1/1", "/abcdefgh_i-j%20/abcdefg_i-j%20"] {
+        let part = format!("{part}{}", session_id());
+        let r = post(&gw, &format!("/echo{part}/xhr"), "").await;
+        assert_eq!((r.status, r.body_text().as_str()), (200, "o\n"), "{part}");
+    }
+    for part in ["//", "/a./a", "/a/a.", "/./.", "/", "///"] {
+        assert_eq!(
+            get(&gw, &format!("/echo{part}/xhr")).await.status,
+            404,
+            "{part}"
+        );
+        assert_eq!(
+            post(&gw, &format!("/echo{part}/xhr"), "").await.status,
+            404,
+            "{part}"
+        );
+    }
+    // Methods a transport does not take: 405 with Allow, no body, no content type.
+    let r = get(&gw, &format!("/echo/000/{}/xhr", session_id())).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    assert!(r.header("content-type").is_none() && r.body.is_empty());
+}
+
+#[tokio::test]
+async fn streaming_transports_frame_messages_and_end_at_the_response_limit() {
+    let (gw, _b) = suite_gateway().await;
+    // xhr_streaming: the 2 KiB prelude, then frames; 4 KiB in all, then the answer ends.
+    let url = format!("/echo/000/{}", session_id());
+    let mut s = Stream::open(
+        gw.addr,
+        "POST",
+        &format!("{url}/xhr_streaming"),
+        &[("Origin", "test")],
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    assert_eq!(
+        s.header("content-type"),
+        Some("application/javascript; charset=UTF-8")
+    );
+    assert_eq!(s.header("cache-control"), Some(NO_CACHE));
+    assert_eq!(s.header("access-control-allow-origin"), Some("test"));
+    assert_eq!(s.chunk().await.unwrap(), format!("{}\n", "h".repeat(2048)));
+    assert_eq!(s.chunk().await.unwrap(), "o\n");
+    let msg = format!("\"{}\"", "x".repeat(128));
+    for _ in 0..31 {
+        assert_eq!(
+            post(&gw, &format!("{url}/xhr_send"), &format!("[{msg}]"))
+                .await
+                .status,
+            204
+        );
+        assert_eq!(s.chunk().await.unwrap(), format!("a[{msg}]\n"));
+    }
+    assert_eq!(s.chunk().await, None, "the answer ends past response_limit");
+    // The session goes on with the next request.
+    assert_eq!(
+        post(&gw, &format!("{url}/xhr_send"), "[\"next\"]")
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        post(&gw, &format!("{url}/xhr"), "").await.body_text(),
+        "a[\"next\"]\n"
+    );
+
+    // eventsource.
+    let url = format!("/echo/000/{}", session_id());
+    let mut s = Stream::open(gw.addr, "GET", &format!("{url}/eventsource"), &[]).await;
+    assert_eq!(s.header("content-type"), Some("text/event-stream"));
+    assert_eq!(s.header("cache-control"), Some(NO_CACHE));
+    assert_eq!(s.chunk().await.unwrap(), "\r\n");
+    assert_eq!(s.chunk().await.unwrap(), "data: o\r\n\r\n");
+    post(&gw, &format!("{url}/xhr_send"), "[\"x\"]").await;
+    assert_eq!(s.chunk().await.unwrap(), "data: a[\"x\"]\r\n\r\n");
+    post(&gw, &format!("{url}/xhr_send"), r#"["  \u0000\n\r "]"#).await;
+    assert_eq!(
+        s.chunk().await.unwrap(),
+        "data: a[\"  \\u0000\\n\\r \"]\r\n\r\n"
+    );
+    let big = format!("\"{}\"", "x".repeat(4096));
+    post(&gw, &format!("{url}/xhr_send"), &format!("[{big}]")).await;
+    assert_eq!(s.chunk().await.unwrap(), format!("data: a[{big}]\r\n\r\n"));
+    assert_eq!(s.chunk().await, None);
+
+    // htmlfile: the callback page (over 1 KiB), then one script per frame.
+    let url = format!("/echo/000/{}", session_id());
+    let mut s = Stream::open(gw.addr, "GET", &format!("{url}/htmlfile?c=%63allback"), &[]).await;
+    assert_eq!(s.header("content-type"), Some("text/html; charset=UTF-8"));
+    let page = s.chunk().await.unwrap();
+    assert!(page.len() > 1024);
+    assert!(page.trim().starts_with("<!doctype html>"));
+    assert!(page.contains("var c = parent.callback;"));
+    assert_eq!(
+        s.chunk().await.unwrap(),
+        "<script>\np(\"o\");\n</script>\r\n"
+    );
+    post(&gw, &format!("{url}/xhr_send"), "[\"x\"]").await;
+    assert_eq!(
+        s.chunk().await.unwrap(),
+        "<script>\np(\"a[\\\"x\\\"]\");\n</script>\r\n"
+    );
+    drop(s);
+
+    // A second streaming receiver gets 2010 and its answer ends; aborting the first closes
+    // the session.
+    let url = format!("/echo/000/{}", session_id());
+    let mut first = Stream::open(gw.addr, "POST", &format!("{url}/xhr_streaming"), &[]).await;
+    first.chunk().await;
+    assert_eq!(first.chunk().await.unwrap(), "o\n");
+    let mut second = Stream::open(gw.addr, "POST", &format!("{url}/xhr_streaming"), &[]).await;
+    second.chunk().await;
+    assert_eq!(
+        second.chunk().await.unwrap(),
+        "c[2010,\"Another connection still open\"]\n"
+    );
+    assert_eq!(second.chunk().await, None);
+    first.abort();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = Stream::open(gw.addr, "POST", &format!("{url}/xhr_streaming"), &[]).await;
+    third.chunk().await;
+    assert_eq!(
+        third.chunk().await.unwrap(),
+        "c[1002,\"Connection interrupted\"]\n"
+    );
+
+    // A closing backend ends every streaming answer after its close frame.
+    let url = format!("/close/000/{}", session_id());
+    let mut s = Stream::open(gw.addr, "POST", &format!("{url}/xhr_streaming"), &[]).await;
+    s.chunk().await;
+    assert_eq!(s.chunk().await.unwrap(), "o\n");
+    assert_eq!(s.chunk().await.unwrap(), "c[3000,\"Go away!\"]\n");
+    assert_eq!(s.chunk().await, None);
+}
+
+#[tokio::test]
+async fn jsonp_polling_calls_back_and_takes_form_and_raw_sends() {
+    let (gw, _b) = suite_gateway().await;
+    let url = format!("/echo/000/{}", session_id());
+    let r = get(&gw, &format!("{url}/jsonp?c=%63allback")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(ctype(&r), "application/javascript;charset=UTF-8");
+    assert_eq!(r.header("cache-control"), Some(NO_CACHE));
+    assert_eq!(r.body_text(), "/**/callback(\"o\");\r\n");
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let r = request(
+        gw.addr,
+        "POST",
+        &format!("{url}/jsonp_send"),
+        &form,
+        b"d=%5B%22x%22%5D",
+    )
+    .await;
+    assert_eq!((r.status, r.body_text().as_str()), (200, "ok"));
+    assert_eq!(ctype(&r), "text/plain;charset=UTF-8");
+    let r = request(
+        gw.addr,
+        "POST",
+        &format!("{url}/jsonp_send"),
+        &[("Content-Type", "text/plain")],
+        br#"["%61bc"]"#,
+    )
+    .await;
+    assert_eq!(r.body_text(), "ok");
+    let got = poll_messages(&gw, &format!("{url}/jsonp?c=callback"), 2).await;
+    assert_eq!(got, ["x", "%61bc"]);
+    for body in ["", "d=", "p=p"] {
+        let r = request(
+            gw.addr,
+            "POST",
+            &format!("{url}/jsonp_send"),
+            &form,
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 500, "{body:?}");
+        assert!(r.body_text().contains("Payload expected."));
+    }
+    let r = request(
+        gw.addr,
+        "POST",
+        &format!("{url}/jsonp_send"),
+        &form,
+        b"d=%5B%22x",
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    assert!(r.body_text().contains("Broken JSON encoding."));
+    // Callbacks: required, and nothing but [a-zA-Z0-9-_.] (no script through `c=`).
+    for t in ["jsonp", "htmlfile"] {
+        let r = get(&gw, &format!("/echo/a/a/{t}")).await;
+        assert_eq!(r.status, 500);
+        assert!(r.body_text().contains("\"callback\" parameter required"));
+        for bad in ["%20", "*", "abc(", "abc%28", "alert(1)//", "%3Cscript%3E"] {
+            let r = get(&gw, &format!("/echo/a/a/{t}?c={bad}")).await;
+            assert_eq!(r.status, 500, "{t} {bad}");
+            assert!(r.body_text().contains("invalid \"callback\" parameter"));
+        }
+    }
+    let url = format!("/close/000/{}", session_id());
+    assert_eq!(
+        get(&gw, &format!("{url}/jsonp?c=x")).await.body_text(),
+        "/**/x(\"o\");\r\n"
+    );
+    assert_eq!(
+        get(&gw, &format!("{url}/jsonp?c=x")).await.body_text(),
+        "/**/x(\"c[3000,\\\"Go away!\\\"]\");\r\n"
+    );
+}
+
+#[tokio::test]
+async fn websocket_transports_frame_raw_and_refuse_what_is_not_a_handshake() {
+    let (gw, _b) = suite_gateway().await;
+    let url = gw.ws_url(&format!("/echo/000/{}/websocket", session_id()));
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let next = |m: Option<Result<Message, _>>| m.unwrap().unwrap().into_text().unwrap().to_string();
+    assert_eq!(next(ws.next().await), "o");
+    ws.send(Message::text("")).await.unwrap();
+    ws.send(Message::text("[]")).await.unwrap();
+    ws.send(Message::text("[\"a\"]")).await.unwrap();
+    assert_eq!(next(ws.next().await), "a[\"a\"]");
+    // One JSON string is one message too.
+    ws.send(Message::text("\"b\"")).await.unwrap();
+    assert_eq!(next(ws.next().await), "a[\"b\"]");
+    // Broken framing: the connection is closed.
+    ws.send(Message::text("[\"a")).await.unwrap();
+    let mut closed = None;
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Close(f) = m {
+            closed = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+        }
+    }
+    assert_eq!(closed, Some((3000, "Broken framing.".into())));
+
+    // A session that the backend closes: the close frame, then the WebSocket close.
+    let url = gw.ws_url(&format!("/close/000/{}/websocket", session_id()));
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(next(ws.next().await), "o");
+    assert_eq!(next(ws.next().await), "c[3000,\"Go away!\"]");
+    match ws.next().await {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 3000),
+        other => panic!("expected a close, got {other:?}"),
+    }
+
+    // Raw WebSocket at base/websocket: plain messages both ways.
+    let (mut raw, _) = tokio_tungstenite::connect_async(gw.ws_url("/echo/websocket"))
+        .await
+        .unwrap();
+    raw.send(Message::text("Hello world!\u{ffff}"))
+        .await
+        .unwrap();
+    assert_eq!(next(raw.next().await), "Hello world!\u{ffff}");
+
+    // Not handshakes: 400 with the reference server's words; other methods 405.
+    let path = "/echo/0/0/websocket";
+    let r = get(&gw, path).await;
+    assert_eq!(r.status, 400);
+    assert!(r
+        .body_text()
+        .contains("Can \"Upgrade\" only to \"WebSocket\"."));
+    let r = request(
+        gw.addr,
+        "GET",
+        path,
+        &[("Upgrade", "WebSocket"), ("Connection", "close")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    for h in [
+        vec![("Upgrade", "WebSocket"), ("Connection", "Upgrade")],
+        vec![],
+    ] {
+        let r = request(gw.addr, "POST", path, &h, b"").await;
+        assert_eq!(r.status, 405);
+        assert!(r.header("content-type").is_none() && r.body.is_empty());
+        assert!(r.header("allow").is_some());
+    }
+    // A route without WebSocket: 404 on both WebSocket URLs.
+    for path in [
+        "/disabled_websocket_echo/websocket",
+        "/disabled_websocket_echo/0/0/websocket",
+    ] {
+        let r = request(
+            gw.addr,
+            "GET",
+            path,
+            &[
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade"),
+                ("Sec-WebSocket-Key", "x3JJHMbDL1EzLkh9GBhXDw=="),
+                ("Sec-WebSocket-Version", "13"),
+            ],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 404, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn cookie_needed_routes_set_jsessionid() {
+    let (gw, _b) = suite_gateway().await;
+    let check = |r: &Response, value: &str| {
+        let c = r.header("set-cookie").expect("Set-Cookie");
+        let mut parts = c.split(';');
+        assert_eq!(parts.next().unwrap().trim(), format!("JSESSIONID={value}"));
+        assert_eq!(parts.next().unwrap().trim().to_ascii_lowercase(), "path=/");
+    };
+    let url = format!("/cookie_needed_echo/000/{}", session_id());
+    let r = post(&gw, &format!("{url}/xhr"), "").await;
+    assert_eq!(r.body_text(), "o\n");
+    check(&r, "dummy");
+    let url = format!("/cookie_needed_echo/000/{}", session_id());
+    let r = request(
+        gw.addr,
+        "POST",
+        &format!("{url}/xhr"),
+        &[("Cookie", "JSESSIONID=abcdef")],
+        b"",
+    )
+    .await;
+    check(&r, "abcdef");
+    for t in ["eventsource", "htmlfile?c=x", "jsonp?c=x"] {
+        let url = format!("/cookie_needed_echo/000/{}/{t}", session_id());
+        let s = Stream::open(gw.addr, "GET", &url, &[]).await;
+        assert_eq!(
+            s.header("set-cookie"),
+            Some("JSESSIONID=dummy; path=/"),
+            "{t}"
+        );
+    }
+    assert!(get(&gw, "/cookie_needed_echo/info")
+        .await
+        .header("set-cookie")
+        .is_none());
+    assert!(post(&gw, &format!("/echo/000/{}/xhr", session_id()), "")
+        .await
+        .header("set-cookie")
+        .is_none());
+}
+
+#[tokio::test]
+async fn the_server_escapes_what_browsers_mangle_and_decodes_what_clients_escape() {
+    let (gw, _b) = suite_gateway().await;
+    let url = format!("/echo/000/{}", session_id());
+    post(&gw, &format!("{url}/xhr"), "").await;
+    // The suite's "server killer" code points, and one outside the BMP.
+    let killers: String = (0x200cu32..=0x200f)
+        .chain(0x2028..=0x202f)
+        .chain(0x2060..=0x206f)
+        .chain(0xfff0..=0xffff)
+        .filter_map(char::from_u32)
+        .chain(['\u{1f600}'])
+        .collect();
+    let body = serde_json::to_string(&[&killers]).unwrap();
+    assert_eq!(
+        post(&gw, &format!("{url}/xhr_send"), &body).await.status,
+        204
+    );
+    let got = post(&gw, &format!("{url}/xhr"), "").await.body_text();
+    let expected: String = killers
+        .encode_utf16()
+        .map(|u| format!("\\u{u:04x}"))
+        .collect();
+    assert_eq!(got, format!("a[\"{expected}\"]\n"));
+    // Escaped by the client, decoded by the server: the same text comes back.
+    let text = "\u{0}\u{1f}\u{7f}\u{ad}\u{600}\u{2000}\u{feff}é漢";
+    let escaped: String = text.encode_utf16().map(|u| format!("\\u{u:04x}")).collect();
+    post(&gw, &format!("{url}/xhr_send"), &format!("[\"{escaped}\"]")).await;
+    let got = post(&gw, &format!("{url}/xhr"), "").await.body_text();
+    let frame: Vec<String> = serde_json::from_str(got.trim().strip_prefix('a').unwrap()).unwrap();
+    assert_eq!(frame, [text]);
+}
+
+/// One request as both servers get it: a method, a path under the server, the body, and
+/// headers.
+struct Probe {
+    method: &'static str,
+    path: String,
+    headers: Vec<(&'static str, &'static str)>,
+    body: &'static str,
+}
+
+/// The headers the spec fixes, as both servers should send them.
+fn fixed_headers(r: &Response) -> Vec<(&'static str, Option<String>)> {
+    let names = [
+        "content-type",
+        "cache-control",
+        "access-control-allow-origin",
+        "access-control-allow-credentials",
+        "access-control-allow-methods",
+        "access-control-allow-headers",
+        "access-control-max-age",
+        "allow",
+        "set-cookie",
+    ];
+    let mut out: Vec<_> = names
+        .iter()
+        .map(|n| {
+            (
+                *n,
+                r.header(n).map(|v| v.replace(' ', "").to_ascii_lowercase()),
+            )
+        })
+        .collect();
+    out.push(("expires", r.header("expires").map(|_| "set".into())));
+    out.push(("etag", r.header("etag").map(|_| "set".into())));
+    out
+}
+
+#[tokio::test]
+async fn answers_match_the_reference_server() {
+    let (gw, _b) = suite_gateway().await;
+    let reference = Reference::start().await;
+    let sid = session_id();
+    let e = format!("/echo/000/{sid}");
+    let c = format!("/close/000/{}", session_id());
+    let k = format!("/cookie_needed_echo/000/{}", session_id());
+    let j = format!("/echo/000/{}", session_id());
+    let p = |method, path: &str, headers: Vec<(&'static str, &'static str)>, body| Probe {
+        method,
+        path: path.to_owned(),
+        headers,
+        body,
+    };
+    let form = || vec![("Content-Type", "application/x-www-form-urlencoded")];
+    let probes = vec![
+        p("GET", "/echo", vec![], ""),
+        p("GET", "/echo/", vec![], ""),
+        p("GET", "/echo/a/a", vec![], ""),
+        p("GET", "/echo/iframe.html", vec![], ""),
+        p("GET", "/echo/iframe-x.html?t=1", vec![], ""),
+        p("GET", "/echo/IFRAME.HTML", vec![], ""),
+        p(
+            "OPTIONS",
+            "/echo/info",
+            vec![("Origin", "test"), ("Access-Control-Request-Method", "GET")],
+            "",
+        ),
+        p(
+            "OPTIONS",
+            "/echo/info",
+            vec![("Origin", "null"), ("Access-Control-Request-Method", "GET")],
+            "",
+        ),
+        p(
+            "OPTIONS",
+            &format!("{e}/xhr"),
+            vec![
+                ("Origin", "test"),
+                ("Access-Control-Request-Method", "POST"),
+                ("Access-Control-Request-Headers", "a, b"),
+            ],
+            "",
+        ),
+        p(
+            "OPTIONS",
+            &format!("{e}/xhr_streaming"),
+            vec![
+                ("Origin", "null"),
+                ("Access-Control-Request-Method", "POST"),
+            ],
+            "",
+        ),
+        p("POST", &format!("{e}/xhr"), vec![("Origin", "test")], ""),
+        // One message per send: two echoes may come back in one answer or in two.
+        p(
+            "POST",
+            &format!("{e}/xhr_send"),
+            vec![("Origin", "test")],
+            r#"["aé\u2028😀\u0000"]"#,
+        ),
+        p("POST", &format!("{e}/xhr"), vec![], ""),
+        p("POST", &format!("{e}/xhr_send"), vec![], "[\"x"),
+        p("POST", &format!("{e}/xhr_send"), vec![], ""),
+        p("POST", &format!("{e}/xhr_send"), vec![], "{}"),
+        p("POST", &format!("{e}/xhr_send"), vec![], "[]"),
+        p("GET", &format!("{e}/xhr"), vec![], ""),
+        p(
+            "POST",
+            "/echo/000/no_such_session/xhr_send",
+            vec![],
+            "[\"a\"]",
+        ),
+        p("POST", "/echo/a./a/xhr", vec![], ""),
+        p("GET", &format!("{j}/jsonp"), vec![], ""),
+        p("GET", &format!("{j}/jsonp?c=a(b"), vec![], ""),
+        p("GET", &format!("{j}/jsonp?c=cb.x-1"), vec![], ""),
+        p(
+            "POST",
+            &format!("{j}/jsonp_send"),
+            form(),
+            "d=%5B%22x%2By%22%5D",
+        ),
+        p("POST", &format!("{j}/jsonp_send"), form(), "p=p"),
+        p("GET", &format!("{j}/jsonp?c=cb"), vec![], ""),
+        p(
+            "POST",
+            &format!("{j}/jsonp_send"),
+            vec![("Content-Type", "text/plain")],
+            "[\"z\"]",
+        ),
+        p("GET", &format!("{j}/jsonp?c=cb"), vec![], ""),
+        p("POST", &format!("{c}/xhr"), vec![], ""),
+        p("POST", &format!("{c}/xhr"), vec![], ""),
+        p("POST", &format!("{c}/xhr_streaming"), vec![], ""),
+        p("GET", &format!("{c}/eventsource"), vec![], ""),
+        p("GET", &format!("{c}/htmlfile?c=cb"), vec![], ""),
+        p(
+            "POST",
+            &format!("{k}/xhr"),
+            vec![("Cookie", "JSESSIONID=abc")],
+            "",
+        ),
+        p("GET", "/echo/0/0/websocket", vec![], ""),
+        p("POST", "/echo/0/0/websocket", vec![], ""),
+        p("GET", "/disabled_websocket_echo/websocket", vec![], ""),
+    ];
+    for probe in &probes {
+        let ask = |addr| {
+            request(
+                addr,
+                probe.method,
+                &probe.path,
+                &probe.headers,
+                probe.body.as_bytes(),
+            )
+        };
+        let (ours, theirs) = (ask(gw.addr).await, ask(reference.addr).await);
+        let what = format!(
+            "{} {} {:?} {:?}",
+            probe.method, probe.path, probe.headers, probe.body
+        );
+        assert_eq!(ours.status, theirs.status, "status of {what}");
+        // Error bodies are free text for the reference server's 4xx; the frames and the spec's
+        // words are not.
+        // Refusals: the status, and for 500 the spec's words; their headers are not the spec's.
+        if ours.status < 400 || ours.status == 500 {
+            assert_eq!(ours.body_text(), theirs.body_text(), "body of {what}");
+        }
+        if ours.status < 400 {
+            assert_eq!(
+                fixed_headers(&ours),
+                fixed_headers(&theirs),
+                "headers of {what}"
+            );
+        }
+    }
+}
