@@ -55,6 +55,15 @@ pub static SESSIONS_OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static SOCKJS_SESSIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "switchyard_sockjs_sessions_open",
+        "SockJS sessions held now (between their clients' requests too), by route",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
 pub static SESSIONS_ENDED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchyard_sessions_ended_total",
@@ -246,6 +255,7 @@ pub fn init() {
     LazyLock::force(&MESSAGES);
     LazyLock::force(&SESSIONS_OPEN);
     LazyLock::force(&SESSIONS_ENDED);
+    LazyLock::force(&SOCKJS_SESSIONS);
     LazyLock::force(&BACKEND_POSTS);
     LazyLock::force(&ACCEPTS_PACED);
     LazyLock::force(&REJECTIONS);

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::chat::ChatBackend;
 use common::sockjs::*;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
@@ -890,5 +891,471 @@ async fn answers_match_the_reference_server() {
                 "headers of {what}"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn a_session_belongs_to_the_address_and_origin_that_opened_it() {
+    let backend = WsBackend::start().await;
+    let routes = format!(
+        "  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"https://app.example\", \"https://other.example\"]\n    clients: [sockjs]\n    backend: {{ websocket: \"ws://{}/echo\", forward_headers: [] }}\n",
+        backend.addr
+    );
+    let gw = Gateway::start(&routes).await;
+    let url = format!("/chat/000/{}", session_id());
+    let app = [("Origin", "https://app.example")];
+    let r = request(gw.addr, "POST", &format!("{url}/xhr"), &app, b"").await;
+    assert_eq!(r.body_text(), "o\n");
+    let elsewhere: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    // Another address with the same id: as if there were no such session.
+    let r = request_from(
+        Some(elsewhere),
+        gw.addr,
+        "POST",
+        &format!("{url}/xhr_send"),
+        &app,
+        b"[\"stolen\"]",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let r = request_from(
+        Some(elsewhere),
+        gw.addr,
+        "POST",
+        &format!("{url}/xhr"),
+        &app,
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    // Another origin from the same address: the same.
+    let other = [("Origin", "https://other.example")];
+    let r = request(
+        gw.addr,
+        "POST",
+        &format!("{url}/xhr_send"),
+        &other,
+        b"[\"stolen\"]",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    // The owner goes on, and nothing the others sent reached its backend.
+    let r = request(
+        gw.addr,
+        "POST",
+        &format!("{url}/xhr_send"),
+        &app,
+        b"[\"mine\"]",
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let r = request(gw.addr, "POST", &format!("{url}/xhr"), &app, b"").await;
+    assert_eq!(r.body_text(), "a[\"mine\"]\n");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_rejections_total{reason=\"sockjs_session_owner\",route=\"chat\"}"
+        ),
+        Some(3.0),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn per_client_sessions_carry_closes_both_ways_and_end_after_disconnect_delay() {
+    let chat = ChatBackend::start().await;
+    let routes = format!(
+        "  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"*\"]\n    clients: [sockjs]\n    sockjs: {{ disconnect_delay: 1s }}\n    backend: {{ websocket: \"{}\", forward_headers: [] }}\n",
+        chat.url("/chat")
+    );
+    let gw = Gateway::start(&routes).await;
+    let url = format!("/chat/000/{}", session_id());
+    assert_eq!(
+        post(&gw, &format!("{url}/xhr"), "").await.body_text(),
+        "o\n"
+    );
+    post(&gw, &format!("{url}/xhr_send"), "[\"hi\",\"ü\"]").await;
+    assert_eq!(
+        poll_messages(&gw, &format!("{url}/xhr"), 2).await,
+        ["1:1:hi", "1:2:ü"]
+    );
+    assert_eq!(
+        chat.conns()[0].headers.get("x-forwarded-for").unwrap(),
+        "127.0.0.1"
+    );
+    // The backend closes with its own code and reason: the client is told, and told again.
+    post(&gw, &format!("{url}/xhr_send"), "[\"close:4001\"]").await;
+    for _ in 0..2 {
+        let r = post(&gw, &format!("{url}/xhr"), "").await;
+        assert_eq!(r.body_text(), "c[4001,\"closed by the backend\"]\n");
+    }
+    // A client that goes away: after disconnect_delay its backend connection is closed
+    // (1001), the session is gone, and its id opens a new one.
+    let url = format!("/chat/000/{}", session_id());
+    assert_eq!(
+        post(&gw, &format!("{url}/xhr"), "").await.body_text(),
+        "o\n"
+    );
+    gw.wait_metric("switchyard_sockjs_sessions_open{route=\"chat\"}", 1.0)
+        .await;
+    let ended = chat.wait_ended(2).await;
+    assert_eq!(ended.closed_with, Some(1001));
+    eventually("the session is freed", || async {
+        metric(
+            &gw.metrics().await,
+            "switchyard_sockjs_sessions_open{route=\"chat\"}",
+        ) == Some(0.0)
+    })
+    .await;
+    assert_eq!(
+        post(&gw, &format!("{url}/xhr"), "").await.body_text(),
+        "o\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_abandoned_sessions_are_all_freed_after_disconnect_delay() {
+    let routes = "  - name: echo\n    path: /echo\n    clients: [sockjs]\n    sockjs: { disconnect_delay: 5s }\n    limits: { max_clients: 20000 }\n    backend: { builtin: echo }\n";
+    let gw = Gateway::start(routes).await;
+    let rss_before = gw.rss_kib();
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let addr = gw.addr;
+        tasks.spawn(async move {
+            let mut c = common::chat::Client::connect(addr).await;
+            for i in 0..1250 {
+                let a = c
+                    .request("POST", &format!("/echo/000/w{worker}s{i}/xhr"), &[], "")
+                    .await;
+                assert_eq!(a.body, "o\n");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let took = started.elapsed();
+    let m = gw.metrics().await;
+    let open = metric(&m, "switchyard_sockjs_sessions_open{route=\"echo\"}").unwrap();
+    // Sessions opened more than disconnect_delay ago may be gone already.
+    if took < Duration::from_secs(4) {
+        assert_eq!(open, 10_000.0, "opened in {took:?}");
+    }
+    let rss_full = gw.rss_kib();
+    eventually("every abandoned session is freed", || async {
+        metric(
+            &gw.metrics().await,
+            "switchyard_sockjs_sessions_open{route=\"echo\"}",
+        ) == Some(0.0)
+    })
+    .await;
+    // A freed session's id is a new session.
+    assert_eq!(post(&gw, "/echo/000/w0s0/xhr", "").await.body_text(), "o\n");
+    eprintln!("RSS: {rss_before} KiB at start, {rss_full} KiB with 10,000 sessions (opened in {took:?}), {} KiB after", gw.rss_kib());
+}
+
+#[tokio::test]
+async fn sends_are_bounded_and_a_stream_that_is_not_read_is_let_go() {
+    let feed = FeedBackend::start().await;
+    let backend = WsBackend::start().await;
+    let routes = format!(
+        r#"  - name: echo
+    path: /echo
+    fanout: per_client
+    origins: ["*"]
+    clients: [sockjs]
+    limits: {{ max_message: 64KiB, max_clients: 3 }}
+    backend: {{ websocket: "ws://{b}/echo", forward_headers: [] }}
+  - name: feed
+    path: /feed
+    origins: ["*"]
+    clients: [sockjs]
+    sockjs: {{ response_limit: 256MiB }}
+    keepalive: {{ ping_interval: 1s, pong_timeout: 1s }}
+    limits: {{ send_queue: 64 }}
+    backend: {{ websocket: "ws://{f}/feed" }}
+"#,
+        b = backend.addr,
+        f = feed.addr
+    );
+    let gw = Gateway::start(&routes).await;
+    let url = format!("/echo/000/{}", session_id());
+    post(&gw, &format!("{url}/xhr"), "").await;
+    let big = format!("[\"{}\"]", "x".repeat(70 * 1024));
+    assert_eq!(
+        post(&gw, &format!("{url}/xhr_send"), &big).await.status,
+        413
+    );
+    let many = format!("[{}]", vec!["\"\""; 1001].join(","));
+    let r = post(&gw, &format!("{url}/xhr_send"), &many).await;
+    assert_eq!(r.status, 500);
+    assert!(r.body_text().contains("Broken JSON encoding."));
+    let r = post(&gw, &format!("{url}/xhr_send"), "{\"not\": \"a list\"}").await;
+    assert_eq!(
+        (r.status, r.body_text().as_str()),
+        (500, "Payload expected.")
+    );
+    // max_clients sessions, then 503 for a new one.
+    for _ in 0..2 {
+        post(&gw, &format!("/echo/000/{}/xhr", session_id()), "").await;
+    }
+    let r = post(&gw, &format!("/echo/000/{}/xhr", session_id()), "").await;
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+
+    // A streaming client that stops reading while the feed pours 64 MiB (its response_limit
+    // set far above that): cut within the write deadline, its session closed, the gateway's
+    // memory flat.
+    let sid = session_id();
+    let mut s = Stream::open(
+        gw.addr,
+        "POST",
+        &format!("/feed/000/{sid}/xhr_streaming"),
+        &[],
+    )
+    .await;
+    s.chunk().await;
+    assert_eq!(s.chunk().await.unwrap(), "o\n");
+    feed.wait_connections(1).await;
+    let rss_before = gw.rss_kib();
+    let payload = "y".repeat(32 * 1024);
+    let messages: Vec<Message> = (0..2048).map(|_| Message::text(payload.clone())).collect();
+    feed.send(FeedCmd::Send {
+        messages: std::sync::Arc::new(messages),
+        batch: 64,
+        pause: Duration::from_millis(5),
+    });
+    gw.wait_metric(
+        "switchyard_slow_consumer_total{action=\"disconnect\",route=\"feed\",transport=\"sockjs-xhr_streaming\"}",
+        1.0,
+    )
+    .await;
+    let grown = gw.rss_kib().saturating_sub(rss_before);
+    assert!(
+        grown < 32 * 1024,
+        "the gateway grew by {grown} KiB for one client that does not read"
+    );
+    let r = post(&gw, &format!("/feed/000/{sid}/xhr"), "").await;
+    assert_eq!(
+        r.body_text(),
+        "c[1008,\"Too slow: fell behind the feed\"]\n"
+    );
+    drop(s);
+}
+
+#[tokio::test]
+async fn transports_that_cannot_show_an_origin_are_judged_by_their_referer() {
+    let backend = WsBackend::start().await;
+    let b = backend.addr;
+    let routes = format!(
+        r#"  - name: creds
+    path: /creds
+    fanout: per_client
+    origins: ["https://app.example"]
+    clients: [sockjs]
+    backend: {{ websocket: "ws://{b}/echo" }}
+  - name: listed
+    path: /listed
+    fanout: per_client
+    origins: ["https://app.example"]
+    clients: [sockjs]
+    sockjs: {{ transports: [xhr, jsonp] }}
+    backend: {{ websocket: "ws://{b}/echo" }}
+  - name: open
+    path: /open
+    fanout: per_client
+    origins: ["https://app.example"]
+    clients: [sockjs]
+    backend: {{ websocket: "ws://{b}/echo", forward_headers: [] }}
+"#
+    );
+    let gw = Gateway::start(&routes).await;
+    let page = [("Referer", "https://app.example/page.html")];
+    // A route that forwards cookies: no JSONP, no htmlfile, unless listed.
+    let id = session_id();
+    for t in ["jsonp?c=cb", "htmlfile?c=cb"] {
+        let r = request(gw.addr, "GET", &format!("/creds/000/{id}/{t}"), &page, b"").await;
+        assert_eq!(r.status, 404, "{t}");
+    }
+    let r = request(
+        gw.addr,
+        "POST",
+        &format!("/creds/000/{id}/xhr"),
+        &[("Origin", "https://app.example")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.body_text(), "o\n");
+    let r = request(
+        gw.addr,
+        "GET",
+        &format!("/listed/000/{}/jsonp?c=cb", session_id()),
+        &page,
+        b"",
+    )
+    .await;
+    assert_eq!(r.body_text(), "/**/cb(\"o\");\r\n");
+    let r = request(
+        gw.addr,
+        "GET",
+        &format!("/listed/000/{}/eventsource", session_id()),
+        &page,
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let info: serde_json::Value =
+        serde_json::from_slice(&request(gw.addr, "GET", "/listed/info", &[], b"").await.body)
+            .unwrap();
+    assert_eq!(info["websocket"], false);
+    // Where no credentials are forwarded, they are offered, and judged by the page they come
+    // from: an allowed one, another one, a cross-site request that names none.
+    let jsonp = |headers: Vec<(&'static str, &'static str)>| {
+        let addr = gw.addr;
+        async move {
+            request(
+                addr,
+                "GET",
+                &format!("/open/000/{}/jsonp?c=cb", session_id()),
+                &headers,
+                b"",
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(jsonp(page.to_vec()).await, 200);
+    assert_eq!(
+        jsonp(vec![("Referer", "https://evil.example/x")]).await,
+        403
+    );
+    assert_eq!(
+        jsonp(vec![
+            ("Sec-Fetch-Site", "cross-site"),
+            ("Sec-Fetch-Mode", "no-cors")
+        ])
+        .await,
+        403
+    );
+    // An old browser sends neither: like any request without Origin, it is let in.
+    assert_eq!(jsonp(vec![]).await, 200);
+    let r = request(
+        gw.addr,
+        "GET",
+        &format!("/open/000/{}/htmlfile?c=cb", session_id()),
+        &[("Referer", "https://evil.example/")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn shared_feeds_reach_sockjs_sessions_and_sends_follow_the_route() {
+    let posts = common::chat::SsePostBackend::start().await;
+    let routes = format!(
+        r#"  - name: clock
+    path: /clock
+    origins: ["*"]
+    clients: [sse, sockjs]
+    backend: {{ builtin: clock }}
+  - name: board
+    path: /board
+    origins: ["*"]
+    clients: [sockjs]
+    backend: {{ sse: "http://{a}/events", post: "http://{a}/send", forward_headers: [] }}
+"#,
+        a = posts.addr
+    );
+    let gw = Gateway::start(&routes).await;
+    let url = format!("/clock/000/{}", session_id());
+    assert_eq!(
+        post(&gw, &format!("{url}/xhr"), "").await.body_text(),
+        "o\n"
+    );
+    let tick = post(&gw, &format!("{url}/xhr"), "").await.body_text();
+    let got = messages_in(&tick);
+    assert!(got[0].starts_with("20") && got[0].ends_with('Z'), "{tick}");
+    // A one-way feed takes nothing from clients.
+    assert_eq!(
+        post(&gw, &format!("{url}/xhr_send"), "[\"x\"]")
+            .await
+            .status,
+        405
+    );
+    // An SSE feed with post: sends are POSTed, and its answer comes back on the feed.
+    let url = format!("/board/000/{}", session_id());
+    assert_eq!(
+        post(&gw, &format!("{url}/xhr"), "").await.body_text(),
+        "o\n"
+    );
+    assert_eq!(
+        post(&gw, &format!("{url}/xhr_send"), "[\"hello\"]")
+            .await
+            .status,
+        204
+    );
+    assert_eq!(posts.posts.lock().unwrap()[0].body, "hello");
+    assert_eq!(
+        poll_messages(&gw, &format!("{url}/xhr"), 1).await,
+        ["echo:hello"]
+    );
+}
+
+#[tokio::test]
+async fn xdomainrequest_streams_and_sends_with_plain_text_and_no_cookie() {
+    // IE8/9's XDomainRequest: no custom headers, text/plain bodies, no cookies; it shows
+    // nothing until 2 KiB arrived, hence the prelude before the first frame.
+    let (gw, _b) = suite_gateway().await;
+    let url = format!("/echo/000/{}", session_id());
+    let xdr = [
+        ("Origin", "http://legacy.example"),
+        ("Content-Type", "text/plain"),
+    ];
+    let mut s = Stream::open(gw.addr, "POST", &format!("{url}/xhr_streaming"), &xdr).await;
+    assert_eq!(s.status, 200);
+    assert_eq!(
+        s.header("access-control-allow-origin"),
+        Some("http://legacy.example")
+    );
+    let prelude = s.chunk().await.unwrap();
+    assert_eq!(prelude.len(), 2049);
+    assert_eq!(s.chunk().await.unwrap(), "o\n");
+    let r = request(
+        gw.addr,
+        "POST",
+        &format!("{url}/xhr_send"),
+        &xdr,
+        "[\"from IE\"]".as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(s.chunk().await.unwrap(), "a[\"from IE\"]\n");
+    // XDomainRequest polling too.
+    let url = format!("/echo/000/{}", session_id());
+    let r = request(gw.addr, "POST", &format!("{url}/xhr"), &xdr, b"").await;
+    assert_eq!(r.body_text(), "o\n");
+}
+
+#[tokio::test]
+async fn sockjs_transports_are_labelled_in_metrics() {
+    let (gw, _b) = suite_gateway().await;
+    let url = format!("/echo/000/{}", session_id());
+    post(&gw, &format!("{url}/xhr"), "").await;
+    post(&gw, &format!("{url}/xhr_send"), "[\"m\"]").await;
+    poll_messages(&gw, &format!("{url}/xhr"), 1).await;
+    let m = gw.metrics().await;
+    for series in [
+        "switchyard_messages_total{direction=\"in\",route=\"echo\",transport=\"sockjs-xhr_send\"}",
+        "switchyard_messages_total{direction=\"out\",route=\"echo\",transport=\"sockjs-xhr\"}",
+        "switchyard_client_connections_total{route=\"echo\",transport=\"sockjs-xhr\"}",
+        "switchyard_sessions_open{route=\"echo\",transport=\"sockjs-xhr\"}",
+    ] {
+        assert!(
+            metric(&m, series).is_some_and(|v| v >= 1.0),
+            "{series}:\n{m}"
+        );
     }
 }

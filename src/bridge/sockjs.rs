@@ -13,8 +13,8 @@
 //! and a request from elsewhere is answered as for an unknown session. One receiver at a time
 //! holds the session's [`Consumer`]; a second one is told `2010` and the first goes on.
 
-use super::session::{Busy, EndReason, Outgoing, Session};
-use super::{write_deadline, Bridge, ClientInfo, Consumer, OpenError};
+use super::session::{Busy, Driver, EndReason, Outgoing, Session};
+use super::{write_deadline, Bridge, ClientInfo, Consumer, OpenError, Source};
 use pingora::http::RequestHeader;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -191,11 +191,13 @@ pub fn live() -> usize {
     LIVE.load(Ordering::SeqCst)
 }
 
-struct Counted;
+/// A session's place in [`LIVE`] and in `switchyard_sockjs_sessions_open`.
+struct Counted(prometheus::IntGauge);
 
 impl Drop for Counted {
     fn drop(&mut self) {
         LIVE.fetch_sub(1, Ordering::SeqCst);
+        self.0.dec();
     }
 }
 
@@ -246,17 +248,21 @@ impl SockSessions {
             .map_err(|_| OpenError::Full(max))?;
         let slot = SockSlot(self.live.clone());
         let deadline = write_deadline(&bridge.route.keepalive);
-        let (consumer, uplink, backend, busy) = match bridge.sessions() {
-            Some(_) => {
-                let s = bridge.open_session(req, client, transport, false).await?;
+        let (consumer, uplink, backend, busy) = match &bridge.source {
+            Source::PerClient(_) | Source::Echo => {
+                let s = match bridge.source {
+                    Source::Echo => echo_session(bridge, transport, disconnect_delay),
+                    _ => bridge.open_session(req, client, transport, false).await?,
+                };
                 let consumer = Consumer::for_session(s.clone(), s.attach(), transport, 0, deadline);
                 let busy = s.busy();
                 (consumer, s.uplink(), Some(s), Some(busy))
             }
-            None => {
+            Source::Shared(_) => {
                 let consumer = bridge.join(None, transport).consumer;
                 (consumer, bridge.client_poster(req, client), None, None)
             }
+            Source::DemoPage => unreachable!("the demo page route has no client transports"),
         };
         let session = Arc::new(SockSession {
             id: id.into(),
@@ -285,7 +291,9 @@ impl SockSessions {
             map.insert(id.into(), session.clone());
         }
         LIVE.fetch_add(1, Ordering::SeqCst);
-        let counted = Counted;
+        let gauge = crate::metrics::SOCKJS_SESSIONS.with_label_values(&[&bridge.route.name]);
+        gauge.inc();
+        let counted = Counted(gauge);
         let registry = self.clone();
         let reaped = session.clone();
         tokio::spawn(async move {
@@ -296,6 +304,46 @@ impl SockSessions {
         });
         Ok(session)
     }
+}
+
+/// A session of the builtin echo: what the client sends comes back, through the same outbox a
+/// backend session has (so the same bounds hold).
+fn echo_session(bridge: &Bridge, transport: &'static str, ttl: Duration) -> Arc<Session> {
+    let limits = &bridge.route.limits;
+    let max_bytes = super::session::BYTE_BUDGET_MESSAGES * limits.max_message as usize;
+    let Driver {
+        session,
+        mut uplink,
+    } = Session::create(
+        &bridge.route.name,
+        transport,
+        limits.send_queue,
+        max_bytes,
+        ttl,
+        None,
+    );
+    let echo = session.clone();
+    tokio::spawn(async move {
+        let ended = echo.ended_by_client();
+        tokio::pin!(ended);
+        loop {
+            tokio::select! {
+                m = uplink.recv() => {
+                    let Some(out) = m else { break };
+                    echo.outbox.push(None, out.payload, out.binary).await;
+                    if let Some(done) = out.done {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                _ = &mut ended => break,
+            }
+        }
+        echo.outbox.end(super::hub::Gone {
+            code: 1000,
+            reason: "Normal closure".into(),
+        });
+    });
+    session
 }
 
 /// Waits until `s` has had no receiver for `delay`.

@@ -565,9 +565,8 @@ async fn stream<D: Downstream>(
                 }
                 Delivery::Dropped(_) => continue,
                 Delivery::TooSlow => {
-                    let reason = "Too slow: fell behind the feed";
-                    s.close(1008, reason, EndReason::Client);
-                    (frame::close_frame(1008, reason), true)
+                    s.close(1008, TOO_SLOW, EndReason::Client);
+                    (frame::close_frame(1008, TOO_SLOW), true)
                 }
                 // A shared feed reconnects its backend by itself: the session goes on.
                 Delivery::BackendGone(_) if bridge.spec.fanout == Fanout::Shared => continue,
@@ -592,18 +591,30 @@ async fn stream<D: Downstream>(
         };
         delivered.bytes(f.len());
         let written = tokio::select! {
-            r = out.frame(down, &f) => r,
-            _ = consumer.stalled() => Err(()),
+            r = out.frame(down, &f) => r.map_err(|()| false),
+            _ = consumer.stalled() => Err(true),
         };
-        if written.is_err() {
-            super::abandon(down);
-            return true;
+        match written {
+            Ok(()) => {}
+            // A client that stopped reading is let go under the route's slow-consumer rule,
+            // as one that fell behind the feed.
+            Err(true) => {
+                super::abandon(down);
+                s.close(1008, TOO_SLOW, EndReason::Client);
+                return false;
+            }
+            Err(false) => {
+                super::abandon(down);
+                return true;
+            }
         }
         if last || !out.t.streaming() || out.sent >= opts.response_limit {
             return false;
         }
     }
 }
+
+const TOO_SLOW: &str = "Too slow: fell behind the feed";
 
 /// How long a poll that found a message waits for more before it answers.
 const POLL_GATHER: Duration = Duration::from_millis(10);

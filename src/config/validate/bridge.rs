@@ -144,12 +144,10 @@ impl Validator<'_> {
                 c
             }
         };
-        if backend == BackendSpec::Builtin(Builtin::Echo)
-            && (clients.sse || clients.long_poll || clients.sockjs)
-        {
+        if backend == BackendSpec::Builtin(Builtin::Echo) && (clients.sse || clients.long_poll) {
             self.err(
                 format!("{at}.clients"),
-                "builtin echo answers what a client sends, so it needs a two-way client: list only websocket",
+                "builtin echo answers what a client sends, so it needs a two-way client: list websocket or sockjs",
             );
         }
         let replay = raw.replay.unwrap_or(DEFAULT_REPLAY);
