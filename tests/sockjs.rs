@@ -423,6 +423,12 @@ async fn streaming_transports_frame_messages_and_end_at_the_response_limit() {
         s.chunk().await.unwrap(),
         "data: a[\"  \\u0000\\n\\r \"]\r\n\r\n"
     );
+    // sockjs-client runs decodeURI on each event: `%` goes as `%25`.
+    post(&gw, &format!("{url}/xhr_send"), "[\"100% %61\"]").await;
+    assert_eq!(
+        s.chunk().await.unwrap(),
+        "data: a[\"100%25 %2561\"]\r\n\r\n"
+    );
     let big = format!("\"{}\"", "x".repeat(4096));
     post(&gw, &format!("{url}/xhr_send"), &format!("[{big}]")).await;
     assert_eq!(s.chunk().await.unwrap(), format!("data: a[{big}]\r\n\r\n"));

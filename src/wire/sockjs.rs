@@ -303,8 +303,18 @@ pub fn wrap(transport: Transport, callback: &str, frame: &[u8]) -> Bytes {
             out.put_u8(b'\n');
         }
         Transport::EventSource => {
+            // sockjs-client decodes each event with decodeURI: `%` (and the line breaks and
+            // NUL an event cannot carry) go percent-encoded.
             out.put_slice(b"data: ");
-            out.put_slice(frame);
+            for b in frame {
+                match b {
+                    b'%' => out.put_slice(b"%25"),
+                    b'\r' => out.put_slice(b"%0D"),
+                    b'\n' => out.put_slice(b"%0A"),
+                    0 => out.put_slice(b"%00"),
+                    b => out.put_u8(*b),
+                }
+            }
             out.put_slice(b"\r\n\r\n");
         }
         Transport::HtmlFile => {
@@ -522,6 +532,10 @@ mod tests {
         assert_eq!(
             &wrap(Transport::EventSource, "", b"o")[..],
             b"data: o\r\n\r\n"
+        );
+        assert_eq!(
+            &wrap(Transport::EventSource, "", b"a[\"100%\"]")[..],
+            b"data: a[\"100%25\"]\r\n\r\n"
         );
         assert_eq!(
             &wrap(Transport::Jsonp, "cb.x", b"a[\"x\"]")[..],

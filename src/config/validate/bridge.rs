@@ -504,6 +504,68 @@ mod tests {
     }
 
     #[test]
+    fn sockjs_settings_and_their_defaults() {
+        let c = route("    backend: { websocket: \"ws://x/\", forward_headers: [] }\n    fanout: per_client\n    clients: [websocket, sockjs]\n    sockjs: { heartbeat: 10s, disconnect_delay: 2s, response_limit: 4KiB, cookie_needed: true, client_url: /js/sockjs.min.js }\n").unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!("a bridged route")
+        };
+        let s = b.sockjs.as_ref().expect("sockjs is listed");
+        assert!(b.clients.sockjs && b.clients.websocket && !b.clients.sse);
+        assert_eq!(s.heartbeat, std::time::Duration::from_secs(10));
+        assert_eq!(s.disconnect_delay, std::time::Duration::from_secs(2));
+        assert_eq!(s.response_limit, 4096);
+        assert!(s.cookie_needed && s.websocket);
+        assert_eq!(s.client_url, "/js/sockjs.min.js");
+        // No credentials forwarded: every transport.
+        assert!(s.transports.jsonp && s.transports.htmlfile && s.transports.xhr);
+        // Cookies forwarded (the default): JSONP and htmlfile only when listed.
+        let c = route("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n    origins: [\"https://a.example\"]\n    clients: [sockjs]\n").unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!("a bridged route")
+        };
+        let s = b.sockjs.as_ref().unwrap();
+        assert!(!s.transports.jsonp && !s.transports.htmlfile && s.transports.eventsource);
+        assert_eq!(s.response_limit, 128 * 1024);
+        assert_eq!(s.heartbeat, std::time::Duration::from_secs(25));
+        let c = route("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n    origins: [\"https://a.example\"]\n    clients: [sockjs]\n    sockjs: { transports: [xhr, jsonp] }\n").unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!("a bridged route")
+        };
+        let s = b.sockjs.as_ref().unwrap();
+        assert!(s.transports.jsonp && s.transports.xhr && !s.transports.eventsource);
+        assert!(!s.websocket, "websocket is not listed");
+        // The builtin echo and clock serve SockJS too.
+        assert!(
+            route("    backend: { builtin: echo }\n    clients: [websocket, sockjs]\n").is_ok()
+        );
+        assert!(route("    backend: { builtin: clock }\n    clients: [sockjs]\n").is_ok());
+    }
+
+    #[test]
+    fn bad_sockjs_settings_are_named_with_their_path() {
+        let ws = "    backend: { websocket: \"ws://x/\" }\n";
+        let cases = [
+            (format!("{ws}    sockjs: {{ heartbeat: 1s }}\n"), "routes[0].sockjs: `sockjs` settings need `sockjs` in the route's `clients`"),
+            (format!("{ws}    clients: [sockjs]\n    sockjs: {{ heartbeat: 0s }}\n"), "routes[0].sockjs.heartbeat: heartbeat must be above 0s"),
+            (format!("{ws}    clients: [sockjs]\n    sockjs: {{ disconnect_delay: 0s }}\n"), "routes[0].sockjs.disconnect_delay: disconnect_delay must be above 0s"),
+            (format!("{ws}    clients: [sockjs]\n    sockjs: {{ response_limit: 100B }}\n"), "routes[0].sockjs.response_limit: response_limit must be between 1KiB and 1GiB"),
+            (format!("{ws}    clients: [sockjs]\n    sockjs: {{ response_limit: lots }}\n"), "routes[0].sockjs.response_limit: invalid size"),
+            (format!("{ws}    clients: [sockjs]\n    sockjs: {{ client_url: \"javascript:alert(1)\" }}\n"), "routes[0].sockjs.client_url: client_url \"javascript:alert(1)\" is not a URL"),
+            (format!("{ws}    clients: [sockjs]\n    sockjs: {{ client_url: \"/a\\\"b.js\" }}\n"), "routes[0].sockjs.client_url: "),
+            (format!("{ws}    clients: [sockjs]\n    sockjs: {{ transports: [xhr, xhr] }}\n"), "routes[0].sockjs.transports[1]: xhr is listed twice"),
+            (format!("{ws}    clients: [sockjs]\n    sockjs: {{ transports: [flash] }}\n"), "routes[0].sockjs.transports[0]: unknown SockJS transport \"flash\""),
+            (format!("{ws}    clients: [sockjs]\n    sockjs: {{ transports: [] }}\n"), "routes[0].sockjs.transports: transports is empty"),
+            (format!("{ws}    clients: [sockjs]\n    sockjs: {{ websocket: false, transports: [websocket] }}\n"), "routes[0].sockjs.transports: websocket is listed but `sockjs.websocket` is false"),
+            (format!("{ws}    clients: [sockjs]\n    sockjs: {{ polling: yes }}\n"), "routes[0].sockjs.polling: unknown field `polling`"),
+            ("    backend: { builtin: echo }\n    clients: [sse, sockjs]\n".to_owned(), "routes[0].clients: builtin echo answers what a client sends"),
+        ];
+        for (body, want) in cases {
+            let e = errors(&body);
+            assert!(e.contains(want), "{body}\nwant: {want}\ngot: {e}");
+        }
+    }
+
+    #[test]
     fn bad_backend_settings_are_named_with_their_path() {
         let cases = [
             ("    backend: { websocket: \"http://x/\" }\n", "routes[0].backend.websocket: \"http://x/\" must start with ws://"),
