@@ -100,6 +100,11 @@ panels = [
         ("switchyard_memory_budget_bytes", "budget"),
         ("sum by (what) (rate(switchyard_memory_refusals_total[5m]))", "refused/s {{what}}"),
     ], 0, 56),
+    panel(16, "Legacy clients: SockJS transports in use, and sessions held", "short", [
+        (f"sum by (route, transport) (switchyard_client_connections_open{{{R}, transport=~\"sockjs-.*\"}})", "open {{route}} {{transport}}"),
+        (f"sum by (route, transport) (rate(switchyard_client_connections_total{{{R}, transport=~\"sockjs-.*\"}}[5m]))", "requests/s {{route}} {{transport}}"),
+        (f"sum by (route) (switchyard_sockjs_sessions_open{{{R}}})", "sessions {{route}}"),
+    ], 12, 56),
 ]
 
 dashboard = {

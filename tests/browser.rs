@@ -418,3 +418,193 @@ async fn chromium_pages_from_allowed_origins_work_and_others_are_refused() {
     )
     .await;
 }
+
+/// A page server for another origin: `/` is `page`, `/sockjs.min.js` is sockjs-client from npm
+/// (installed by `scripts/install-deps.sh --test` in `$SWITCHYARD_TOOLS/node`).
+async fn serve_page_origin(
+    page: &'static str,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tools = std::env::var("SWITCHYARD_TOOLS")
+        .unwrap_or_else(|_| format!("{}/.cache/switchyard-tools", std::env::var("HOME").unwrap()));
+    let script_path = format!("{tools}/node/node_modules/sockjs-client/dist/sockjs.min.js");
+    let script = std::sync::Arc::new(
+        std::fs::read(&script_path)
+            .unwrap_or_else(|e| panic!("{script_path}: {e}: run scripts/install-deps.sh --test")),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let script = script.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                let (ctype, body): (&str, Vec<u8>) = if line.starts_with("GET /sockjs.min.js") {
+                    ("application/javascript", script.to_vec())
+                } else {
+                    ("text/html; charset=utf-8", page.as_bytes().to_vec())
+                };
+                let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+const SOCKJS_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><script src="/sockjs.min.js"></script></head>
+<body><script>
+window.results = {};
+window.run = function (url, transport) {
+  var big = new Array(64 * 1024 + 1).join('b');
+  var text = 'h\u00e9llo \u2713 \u6f22\u5b57 \ud83d\ude00 100% %41 "q" \\ \u2028';
+  var r = results[transport] = { messages: [], state: 'connecting' };
+  var sock = new SockJS(url, null, { transports: [transport], timeout: 15000 });
+  sock.onopen = function () {
+    r.state = 'open';
+    r.transport = sock.transport;
+    sock.send(text);
+    sock.send(big);
+  };
+  sock.onmessage = function (e) {
+    r.messages.push(e.data);
+    if (r.messages.length === 2) {
+      r.echoed = r.messages[0].endsWith(':1:' + text) && r.messages[1].endsWith(':2:' + big);
+      sock.send('close:4001');
+    }
+  };
+  sock.onclose = function (e) { r.state = 'closed'; r.code = e.code; r.reason = e.reason; };
+};
+</script></body></html>"#;
+
+/// sockjs-client (npm, the library legacy applications use) in Chromium, on a page from
+/// another origin, through switchyard to a plain WebSocket backend, once per transport it
+/// has: each sends non-ASCII text and a 64 KiB message, gets both back, and sees the
+/// backend's close code and reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockjs_client_in_chromium_works_over_every_transport_cross_origin() {
+    let (page, _server) = serve_page_origin(SOCKJS_PAGE).await;
+    let backend = common::chat::ChatBackend::start().await;
+    let routes = format!(
+        "  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"http://{page}\"]\n    clients: [websocket, sockjs]\n    sockjs: {{ client_url: \"http://{page}/sockjs.min.js\" }}\n    backend: {{ websocket: \"{}\", forward_headers: [] }}\n",
+        backend.url("/chat")
+    );
+    let gw = Gateway::start(&routes).await;
+    let (_browser, mut cdp, mut id) = loaded_page(&format!("http://{page}/")).await;
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "typeof SockJS === 'function'",
+        "sockjs-client loading",
+    )
+    .await;
+    let url = gw.url("/chat");
+    for transport in [
+        "websocket",
+        "xhr-streaming",
+        "xhr-polling",
+        "eventsource",
+        "iframe-htmlfile",
+        "iframe-xhr-polling",
+        "iframe-eventsource",
+        "jsonp-polling",
+    ] {
+        eval(
+            &mut cdp,
+            &mut id,
+            &format!("run('{url}', '{transport}'); true"),
+        )
+        .await;
+        let done = format!("results['{transport}'].state === 'closed'");
+        wait_true(
+            &mut cdp,
+            &mut id,
+            &done,
+            &format!("the {transport} session to close"),
+        )
+        .await;
+        let r = eval(
+            &mut cdp,
+            &mut id,
+            &format!("(({{messages, ...r}}) => r)(results['{transport}'])"),
+        )
+        .await;
+        assert_eq!(
+            r,
+            serde_json::json!({
+                "state": "closed", "transport": transport, "echoed": true,
+                "code": 4001, "reason": "closed by the backend",
+            }),
+            "{transport}"
+        );
+    }
+    let m = gw.metrics().await;
+    for label in [
+        "sockjs-websocket",
+        "sockjs-xhr_streaming",
+        "sockjs-xhr",
+        "sockjs-eventsource",
+        "sockjs-htmlfile",
+        "sockjs-jsonp",
+    ] {
+        let series =
+            format!("switchyard_client_connections_total{{route=\"chat\",transport=\"{label}\"}}");
+        assert!(metric(&m, &series).is_some_and(|v| v >= 1.0), "{series}");
+    }
+}
+
+/// The demo page's SockJS panel: sockjs-client loaded from the echo route's `client_url`, a
+/// transport forced with the selector, the one picked shown, and the echo in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_sockjs_panel_connects_with_the_transport_chosen() {
+    let (scripts, _server) = serve_page_origin("").await;
+    let routes = format!(
+        "  - name: demo\n    path: /\n    backend: {{ builtin: demo }}\n  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n  - name: echo\n    path: /echo\n    clients: [websocket, sockjs]\n    sockjs: {{ client_url: \"http://{scripts}/sockjs.min.js\" }}\n    backend: {{ builtin: echo }}\n"
+    );
+    let (_gw, _browser, mut cdp, mut id) = gateway_page(&routes).await;
+    for transport in ["xhr-streaming", "jsonp-polling"] {
+        let choose = format!(
+            "document.getElementById('sockjs-transport').value = '{transport}'; \
+             document.getElementById('sockjs-connect').click(); true"
+        );
+        eval(&mut cdp, &mut id, &choose).await;
+        let picked = format!("document.getElementById('sockjs-picked').textContent === '{transport}' && document.getElementById('sockjs-status').textContent === 'open'");
+        wait_true(
+            &mut cdp,
+            &mut id,
+            &picked,
+            &format!("the panel opening over {transport}"),
+        )
+        .await;
+        let send = format!(
+            "document.getElementById('sockjs-input').value = 'over {transport}'; \
+             document.querySelector('#sockjs-send button').click(); true"
+        );
+        eval(&mut cdp, &mut id, &send).await;
+        let echoed = format!("document.getElementById('sockjs-log').textContent.includes('\\u2190 over {transport}')");
+        wait_true(
+            &mut cdp,
+            &mut id,
+            &echoed,
+            &format!("the echo over {transport}"),
+        )
+        .await;
+    }
+}

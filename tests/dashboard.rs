@@ -28,7 +28,7 @@ async fn every_dashboard_and_alert_metric_is_exported_and_promtool_is_happy() {
     let sse = common::chat::SsePostBackend::start().await;
     let feed = FeedBackend::start().await;
     let routes = format!(
-        "  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n  - name: echo\n    path: /echo\n    backend: {{ builtin: echo }}\n  - name: api\n    path: /api\n    proxy: {{ upstreams: [\"{}\"] }}\n  - name: checked\n    path: /checked\n    proxy: {{ upstreams: [\"{}\"], health_check: {{ interval: 200ms, path: /healthz }} }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"https://app.example\"]\n    backend: {{ sse: \"{}\", post: \"{}\" }}\n  - name: feed\n    path: /feed\n    backend: {{ websocket: \"{}\" }}\n    slow_consumer: drop_oldest\n    binary: drop\n    limits: {{ send_queue: 1 }}\n",
+        "  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n  - name: echo\n    path: /echo\n    clients: [websocket, sockjs]\n    backend: {{ builtin: echo }}\n  - name: api\n    path: /api\n    proxy: {{ upstreams: [\"{}\"] }}\n  - name: checked\n    path: /checked\n    proxy: {{ upstreams: [\"{}\"], health_check: {{ interval: 200ms, path: /healthz }} }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"https://app.example\"]\n    backend: {{ sse: \"{}\", post: \"{}\" }}\n  - name: feed\n    path: /feed\n    backend: {{ websocket: \"{}\" }}\n    slow_consumer: drop_oldest\n    binary: drop\n    limits: {{ send_queue: 1 }}\n",
         dead.addr,
         api.addr,
         sse.url("/events"),
@@ -53,6 +53,22 @@ async fn every_dashboard_and_alert_metric_is_exported_and_promtool_is_happy() {
     ws.send(Message::text("x")).await.unwrap();
     ws.next().await.unwrap().unwrap();
     ws.close(None).await.unwrap();
+    // A SockJS session on the echo.
+    let mut sj = common::chat::Client::connect(gw.addr).await;
+    assert_eq!(
+        sj.request("POST", "/echo/000/dash/xhr", &[], "").await.body,
+        "o\n"
+    );
+    assert_eq!(
+        sj.request("POST", "/echo/000/dash/xhr_send", &[], "[\"m\"]")
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        sj.request("POST", "/echo/000/dash/xhr", &[], "").await.body,
+        "a[\"m\"]\n"
+    );
     assert_eq!(http_get(gw.addr, "/api", &[]).await.status, 502);
     assert_eq!(http_get(gw.addr, "/missing", &[]).await.status, 404);
     gw.wait_metric(
