@@ -1365,3 +1365,53 @@ async fn sockjs_transports_are_labelled_in_metrics() {
         );
     }
 }
+
+#[tokio::test]
+async fn idle_receivers_get_heartbeats() {
+    let routes = "  - name: echo\n    path: /echo\n    clients: [sockjs]\n    sockjs: { heartbeat: 300ms }\n    backend: { builtin: echo }\n";
+    let gw = Gateway::start(routes).await;
+    // A poll with nothing to say answers `h` after the heartbeat.
+    let url = format!("/echo/000/{}", session_id());
+    assert_eq!(
+        post(&gw, &format!("{url}/xhr"), "").await.body_text(),
+        "o\n"
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(
+        post(&gw, &format!("{url}/xhr"), "").await.body_text(),
+        "h\n"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // A stream gets one each heartbeat, and messages in between.
+    let url = format!("/echo/000/{}", session_id());
+    let mut s = Stream::open(gw.addr, "GET", &format!("{url}/eventsource"), &[]).await;
+    assert_eq!(s.chunk().await.unwrap(), "\r\n");
+    assert_eq!(s.chunk().await.unwrap(), "data: o\r\n\r\n");
+    assert_eq!(s.chunk().await.unwrap(), "data: h\r\n\r\n");
+    post(&gw, &format!("{url}/xhr_send"), "[\"between\"]").await;
+    assert_eq!(s.chunk().await.unwrap(), "data: a[\"between\"]\r\n\r\n");
+    assert_eq!(s.chunk().await.unwrap(), "data: h\r\n\r\n");
+    // So does a SockJS WebSocket.
+    let url = gw.ws_url(&format!("/echo/000/{}/websocket", session_id()));
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(
+        ws.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "o"
+    );
+    assert_eq!(
+        ws.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "h"
+    );
+}

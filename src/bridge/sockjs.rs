@@ -183,20 +183,13 @@ impl Drop for SockSlot {
     }
 }
 
-/// How many SockJS sessions of every route are live; the drain waits for their receivers like
-/// any stream, and their backend sessions are counted where those live.
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-pub fn live() -> usize {
-    LIVE.load(Ordering::SeqCst)
-}
-
-/// A session's place in [`LIVE`] and in `switchyard_sockjs_sessions_open`.
+/// A session's place in `switchyard_sockjs_sessions_open`. (A drain does not wait for SockJS
+/// sessions: their receivers are streams the edge counts, and their backend sessions are
+/// counted where those live.)
 struct Counted(prometheus::IntGauge);
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        LIVE.fetch_sub(1, Ordering::SeqCst);
         self.0.dec();
     }
 }
@@ -208,14 +201,6 @@ impl SockSessions {
 
     pub fn get(&self, id: &str) -> Option<Arc<SockSession>> {
         self.lock().get(id).cloned()
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Closes every session (the gateway is draining or the route was removed).
@@ -290,7 +275,6 @@ impl SockSessions {
             }
             map.insert(id.into(), session.clone());
         }
-        LIVE.fetch_add(1, Ordering::SeqCst);
         let gauge = crate::metrics::SOCKJS_SESSIONS.with_label_values(&[&bridge.route.name]);
         gauge.inc();
         let counted = Counted(gauge);
