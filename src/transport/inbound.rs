@@ -155,7 +155,7 @@ fn parse_messages(content_type: &str, body: Bytes) -> Result<Vec<Inbound>, Strin
 
 /// Reads the whole request body, refusing it past `max` bytes, or when the process's memory
 /// budget cannot hold it (503); the body's charge is held until its messages are delivered.
-pub(super) async fn read_body<D: Downstream>(
+async fn read_body<D: Downstream>(
     down: &mut D,
     max: usize,
 ) -> Result<(Bytes, crate::memory::Charge), Reject> {
@@ -213,6 +213,28 @@ pub(super) async fn read_body<D: Downstream>(
             }
         }
     }
+}
+
+/// A client's message body (at most the route's `max_message`), counted in
+/// `switchyard_bytes_total` under `transport`, with its content type. Its charge to the memory
+/// budget is held until the caller drops it.
+pub(super) async fn read_message_body<D: Downstream>(
+    down: &mut D,
+    bridge: &Bridge,
+    transport: &'static str,
+) -> Result<(Bytes, crate::memory::Charge, String), Reject> {
+    let (body, charge) = read_body(down, bridge.route.limits.max_message as usize).await?;
+    metrics::BYTES
+        .with_label_values(&[bridge.route.name.as_str(), transport, "in"])
+        .inc_by(body.len() as u64);
+    let content_type = down
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    Ok((body, charge, content_type))
 }
 
 fn session_param<D: Downstream>(down: &D) -> Option<String> {
@@ -277,17 +299,7 @@ async fn send<D: Downstream>(
         }
     };
     // The body's charge is held until its messages were delivered (or refused).
-    let (body, _charge) = read_body(down, bridge.route.limits.max_message as usize).await?;
-    metrics::BYTES
-        .with_label_values(&[route, transport, "in"])
-        .inc_by(body.len() as u64);
-    let content_type = down
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let (body, _charge, content_type) = read_message_body(down, bridge, transport).await?;
     let messages = parse_body(&content_type, body).map_err(|e| match e {
         BodyError::Malformed(why) => Reject::new(400, "bad_body", why),
         BodyError::TooMany => Reject::new(

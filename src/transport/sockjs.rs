@@ -653,22 +653,12 @@ async fn send<D: Downstream>(
     t: Transport,
 ) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
-    let max = bridge.route.limits.max_message as usize;
-    let (body, _charge) = match super::inbound::read_body(down, max).await {
-        Ok(b) => b,
-        Err(r) => return r.send(down, route).await,
-    };
-    metrics::BYTES
-        .with_label_values(&[route, t.label(), "in"])
-        .inc_by(body.len() as u64);
+    let (body, _charge, ctype) =
+        match super::inbound::read_message_body(down, bridge, t.label()).await {
+            Ok(b) => b,
+            Err(r) => return r.send(down, route).await,
+        };
     let payload = if t == Transport::JsonpSend {
-        let ctype = down
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
         frame::jsonp_payload(&ctype, &body).unwrap_or_default()
     } else {
         body.to_vec()
