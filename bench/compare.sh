@@ -6,7 +6,8 @@
 #   bench/compare.sh            # everything (several minutes)
 #   QUICK=1 bench/compare.sh    # smaller client counts, for a smoke run
 #
-# Installs nginx, libnginx-mod-nchan, pushpin, zurl and haproxy from Debian when missing.
+# Installs nginx, libnginx-mod-nchan, pushpin, zurl and haproxy from Debian when missing, and
+# the reference SockJS server (npm `sockjs`) through scripts/install-deps.sh --test.
 # Needs 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,8 @@ if ! ls /usr/lib/nginx/modules/ngx_nchan_module.so >/dev/null 2>&1 || ! command 
   DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -qq --no-install-recommends nginx libnginx-mod-nchan haproxy pushpin zurl >/dev/null
 fi
 
+bash scripts/install-deps.sh --test >/dev/null
+NODE_MODULES="${SWITCHYARD_TOOLS:-$HOME/.cache/switchyard-tools}/node/node_modules"
 cargo build --release --locked --bins -q
 BENCH="taskset -c 1 $ROOT/target/release/switchyard-bench"
 SY=$ROOT/target/release/switchyard
@@ -58,6 +61,7 @@ defaults:
 routes:
   - name: feed
     path: /feed
+    clients: [websocket, sse, long_poll, sockjs]
     backend: { websocket: "ws://127.0.0.1:9001/feed" }
   - name: tunnel
     path: /echo
@@ -68,6 +72,14 @@ EOF
   for _ in $(seq 50); do curl -s -o /dev/null 127.0.0.1:9100/healthz && break; sleep 0.1; done
 }
 stop_switchyard() { kill -INT "$GW" 2>/dev/null || true; wait "$GW" 2>/dev/null || true; }
+
+# The reference SockJS server (sockjs-node), its echo service on 127.0.0.1:8083/echo.
+start_sockjs_node() {
+  NODE_PATH="$NODE_MODULES" taskset -c 0 node "$ROOT/tests/sockjs/reference.js" 8083 >"$WORK/sockjs-node.log" 2>&1 &
+  SJN=$!
+  for _ in $(seq 50); do curl -s -o /dev/null 127.0.0.1:8083/echo/info && break; sleep 0.1; done
+}
+stop_sockjs_node() { kill "$SJN" 2>/dev/null || true; wait "$SJN" 2>/dev/null || true; }
 
 start_nginx() {
   mkdir -p "$WORK/nginx"
@@ -234,6 +246,22 @@ PP_SSE=$(run "pushpin idle sse" $BENCH idle --url http://127.0.0.1:7999/feed --t
 stop_pushpin
 stop_backend
 
+echo "== SockJS idle sessions" >&2
+# Sessions held by a streaming receiver each: switchyard on a shared feed, sockjs-node (the
+# reference server) on its echo service; a session's cost alone, no messages.
+start_backend 0
+start_switchyard
+SY_SJX=$(run "switchyard idle sockjs xhr_streaming" $BENCH idle --url http://127.0.0.1:8080/feed --transport sockjs-xhr_streaming --clients "$IDLE" --pids "$GW")
+stop_switchyard; start_switchyard
+SY_SJE=$(run "switchyard idle sockjs eventsource" $BENCH idle --url http://127.0.0.1:8080/feed --transport sockjs-eventsource --clients "$IDLE" --pids "$GW")
+stop_switchyard
+stop_backend
+start_sockjs_node
+SN_SJX=$(run "sockjs-node idle sockjs xhr_streaming" $BENCH idle --url http://127.0.0.1:8083/echo --transport sockjs-xhr_streaming --clients "$IDLE" --pids "$SJN")
+stop_sockjs_node; start_sockjs_node
+SN_SJE=$(run "sockjs-node idle sockjs eventsource" $BENCH idle --url http://127.0.0.1:8083/echo --transport sockjs-eventsource --clients "$IDLE" --pids "$SJN")
+stop_sockjs_node
+
 echo "== fan-out" >&2
 FAN_ROWS=""
 FAN_JSON_FILE="$WORK/fanout.jsonl"
@@ -307,6 +335,14 @@ mkdir -p docs
   echo "| WebSocket pass-through, $PASS_IDLE idle (2 sockets each) | $(kib "$SY_PASS") KiB, $(cpu "$SY_PASS") core | - | - | $(kib "$NG_PASS") KiB, $(cpu "$NG_PASS") core |"
   echo "| accepted connection that sent nothing, $IDLE | $(kib "$SY_RAW") KiB | - | - | - |"
   echo
+  echo "SockJS sessions (legacy clients), each held open by its streaming receiver: switchyard on a"
+  echo "shared feed, against the reference SockJS server (sockjs-node, the npm package \`sockjs\`)."
+  echo
+  echo "| sessions | switchyard | sockjs-node |"
+  echo "|---|---|---|"
+  echo "| xhr_streaming, $IDLE idle | $(kib "$SY_SJX") KiB, $(cpu "$SY_SJX") core | $(kib "$SN_SJX") KiB, $(cpu "$SN_SJX") core |"
+  echo "| eventsource, $IDLE idle | $(kib "$SY_SJE") KiB, $(cpu "$SY_SJE") core | $(kib "$SN_SJE") KiB, $(cpu "$SN_SJE") core |"
+  echo
   echo "## Fan-out: one feed, $FAN SSE subscribers, ~100-byte messages, ${SECONDS_PER_RUN}s per run"
   echo
   echo "Nchan gets the same messages through its WebSocket publisher endpoint, Pushpin through its HTTP"
@@ -357,7 +393,7 @@ mkdir -p docs
   echo
   echo "## Targets"
   echo
-  python3 - "$SY_SSE" "$SY_WS" "$SY_POLL" "$FAN_JSON_FILE" "$E_SY" "$E_NG" "$FAN" "$SY_PASS" "$NG_PASS" "$NC_SSE" "$NC_WS" "$D_SY" "$HOLD" <<'PY'
+  python3 - "$SY_SSE" "$SY_WS" "$SY_POLL" "$FAN_JSON_FILE" "$E_SY" "$E_NG" "$FAN" "$SY_PASS" "$NG_PASS" "$NC_SSE" "$NC_WS" "$D_SY" "$HOLD" "$SY_SJX" "$SN_SJX" "$SY_SJE" "$SN_SJE" <<'PY'
 import json, sys
 sse, ws, poll = (json.loads(a) for a in sys.argv[1:4])
 fan = [json.loads(l) for l in open(sys.argv[4])]
@@ -365,6 +401,7 @@ esy, eng = json.loads(sys.argv[5]), json.loads(sys.argv[6])
 subs = sys.argv[7]
 spass, npass, nsse, nws, dsy = (json.loads(a) for a in sys.argv[8:13])
 hold = int(sys.argv[13])
+sjx, njx, sje, nje = (json.loads(a) for a in sys.argv[14:18])
 def ok(b): return "met" if b else "**not met**"
 def sustained(server):
     rows = [r for r in fan if r["server"] == server and r["transport"] == "sse" and r["gaps"] == 0 and r["duplicates"] == 0 and r["connected"] == r["clients"] and r["delivered_ratio"] >= 0.99]
@@ -388,6 +425,7 @@ print(f"| pass-through WS round trips/s >= nginx's, p99 <= nginx's | {esy['round
 print(f"| pass-through idle tunnel <= nginx's | {spass['kib_per_client']} KiB vs {npass['kib_per_client']} KiB | {ok(spass['kib_per_client'] <= npass['kib_per_client'])} |")
 print(f"| idle SSE client <= Nchan's | {sse['kib_per_client']} KiB vs {nsse['kib_per_client']} KiB | {ok(sse['kib_per_client'] <= nsse['kib_per_client'])} |")
 print(f"| idle terminated WebSocket <= Nchan's | {ws['kib_per_client']} KiB vs {nws['kib_per_client']} KiB | {ok(ws['kib_per_client'] <= nws['kib_per_client'])} |")
+print(f"| idle SockJS session <= sockjs-node's (xhr_streaming, eventsource) | {sjx['kib_per_client']} vs {njx['kib_per_client']} KiB, {sje['kib_per_client']} vs {nje['kib_per_client']} KiB | {ok(sjx['kib_per_client'] <= njx['kib_per_client'] and sje['kib_per_client'] <= nje['kib_per_client'])} |")
 print(f"| every tunnel closed with 1001 on a drain | {dsy['closed_1001']} of {hold} | {ok(dsy['closed_1001'] == hold)} |")
 cpu = max(sse["cpu_share_of_one_core"], ws["cpu_share_of_one_core"], poll["cpu_share_of_one_core"])
 print(f"| idle clients cost < 5% of one core | {cpu * 100:.1f}% (worst of SSE, WS, long-poll) | {ok(cpu < 0.05)} |")

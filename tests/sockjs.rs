@@ -1256,6 +1256,16 @@ async fn transports_that_cannot_show_an_origin_are_judged_by_their_referer() {
     )
     .await;
     assert_eq!(r.status, 403);
+    // `null` (a sandboxed frame, a file: page) only where the route lists it.
+    let r = request(
+        gw.addr,
+        "POST",
+        &format!("/open/000/{}/xhr", session_id()),
+        &[("Origin", "null")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 403);
 }
 
 #[tokio::test]
@@ -1276,6 +1286,10 @@ async fn shared_feeds_reach_sockjs_sessions_and_sends_follow_the_route() {
         a = posts.addr
     );
     let gw = Gateway::start(&routes).await;
+    // One path, both kinds of client: native SSE at the base, SockJS greeting without it.
+    let mut native = SseReader::open(gw.addr, "/clock", &[]).await;
+    assert!(native.next_data_event().await.data.ends_with('Z'));
+    assert_eq!(get(&gw, "/clock").await.body_text(), "Welcome to SockJS!\n");
     let url = format!("/clock/000/{}", session_id());
     assert_eq!(
         post(&gw, &format!("{url}/xhr"), "").await.body_text(),
@@ -1414,4 +1428,112 @@ async fn idle_receivers_get_heartbeats() {
             .as_str(),
         "h"
     );
+}
+
+/// A Hixie-76 handshake, as the suite's `test_haproxy` sends it: the head, the `101` before the
+/// 8-byte key3 is sent, then the 16-byte answer and SockJS frames in `0x00 .. 0xFF`.
+async fn hixie76(addr: std::net::SocketAddr, path: &str) -> (String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\nOrigin: http://{addr}\r\nSec-WebSocket-Key1: 4 @1  46546xW%0l 1 5\r\nSec-WebSocket-Key2: 12998 5 Y3 1  .P00\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut b = [0u8; 1024];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the 101: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&b[..n]);
+    }
+    (String::from_utf8_lossy(&got).into_owned(), s)
+}
+
+async fn read_exact_n(s: &mut tokio::net::TcpStream, n: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    buf
+}
+
+#[tokio::test]
+async fn hixie76_websockets_get_the_challenge_answer_and_sockjs_frames() {
+    use tokio::io::AsyncWriteExt;
+    let (gw, _b) = suite_gateway().await;
+    let reference = Reference::start().await;
+    for addr in [gw.addr, reference.addr] {
+        let path = format!("/echo/000/{}/websocket", session_id());
+        let (head, mut s) = hixie76(addr, &path).await;
+        let head_l = head.to_ascii_lowercase();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        assert!(head_l.contains("\r\nupgrade: websocket\r\n"), "{head}");
+        assert!(head_l.contains("\r\nconnection: upgrade\r\n"), "{head}");
+        assert!(
+            head_l.contains(&format!(
+                "\r\nsec-websocket-location: ws://{addr}{path}\r\n"
+            )),
+            "{head}"
+        );
+        assert!(
+            head_l.contains(&format!("\r\nsec-websocket-origin: http://{addr}\r\n")),
+            "{head}"
+        );
+        assert!(!head_l.contains("content-length"), "{head}");
+        s.write_all(b"aaaaaaaa").await.unwrap();
+        assert_eq!(
+            read_exact_n(&mut s, 16).await,
+            b"\xca4\x00\xd8\xa5\x08G\x97,\xd5qZ\xba\xbfC{"
+        );
+        assert_eq!(read_exact_n(&mut s, 3).await, b"\x00o\xff", "from {addr}");
+        s.write_all("\u{0}[\"é\"]".as_bytes()).await.unwrap();
+        s.write_all(b"\xff").await.unwrap();
+        let mut want = vec![0u8];
+        want.extend_from_slice("a[\"é\"]".as_bytes());
+        want.push(0xff);
+        assert_eq!(read_exact_n(&mut s, want.len()).await, want, "from {addr}");
+        // The backend's close: its frame, then the closing frame.
+        let path = format!("/close/000/{}/websocket", session_id());
+        let (head, mut s) = hixie76(addr, &path).await;
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        s.write_all(b"aaaaaaaa").await.unwrap();
+        read_exact_n(&mut s, 16).await;
+        assert_eq!(read_exact_n(&mut s, 3).await, b"\x00o\xff");
+        let mut want = vec![0u8];
+        want.extend_from_slice(b"c[3000,\"Go away!\"]");
+        want.extend_from_slice(&[0xff, 0xff, 0x00]);
+        assert_eq!(read_exact_n(&mut s, want.len()).await, want, "from {addr}");
+    }
+}
+
+#[tokio::test]
+async fn a_shared_feed_that_reconnects_its_backend_keeps_its_sockjs_sessions() {
+    let feed = FeedBackend::start().await;
+    let routes = format!(
+        "  - name: feed\n    path: /feed\n    origins: [\"*\"]\n    clients: [sockjs]\n    backend: {{ websocket: \"ws://{}/feed\", reconnect: {{ initial: 50ms, max: 200ms }} }}\n",
+        feed.addr
+    );
+    let gw = Gateway::start(&routes).await;
+    let url = format!("/feed/000/{}", session_id());
+    let mut s = Stream::open(gw.addr, "GET", &format!("{url}/eventsource"), &[]).await;
+    assert_eq!(s.chunk().await.unwrap(), "\r\n");
+    assert_eq!(s.chunk().await.unwrap(), "data: o\r\n\r\n");
+    feed.wait_open(1).await;
+    feed.send_numbered(1..=1, 0, 1, Duration::ZERO);
+    assert_eq!(s.chunk().await.unwrap(), "data: a[\"1:\"]\r\n\r\n");
+    // The backend goes away and comes back: the session and its stream go on.
+    feed.send(FeedCmd::Close(1001, "restarting".into()));
+    feed.wait_connections(2).await;
+    feed.wait_open(1).await;
+    feed.send_numbered(2..=2, 0, 1, Duration::ZERO);
+    assert_eq!(s.chunk().await.unwrap(), "data: a[\"2:\"]\r\n\r\n");
 }

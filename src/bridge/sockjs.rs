@@ -98,6 +98,8 @@ pub struct SockSession {
     _slot: SockSlot,
     /// Wakes the reaper when a receiver leaves.
     wake: Notify,
+    /// Wakes requests waiting for the receiver to leave (see [`Self::attach_within`]).
+    detached: Notify,
 }
 
 impl SockSession {
@@ -144,6 +146,24 @@ impl SockSession {
             self.close(1002, "Connection interrupted", EndReason::Client);
         }
         self.wake.notify_one();
+        self.detached.notify_waiters();
+    }
+
+    /// [`Self::attach`], giving a receiver that holds the session up to `grace` to leave
+    /// first: a client that dropped its request and sent the next at once is seen as the one
+    /// it is, not as a second receiver (its first connection's end may be noticed a moment
+    /// after the new request arrives).
+    pub async fn attach_within(&self, grace: Duration) -> Attach {
+        let left = self.detached.notified();
+        tokio::pin!(left);
+        left.as_mut().enable();
+        match self.attach() {
+            Attach::Busy => {
+                let _ = tokio::time::timeout(grace, left).await;
+                self.attach()
+            }
+            other => other,
+        }
     }
 
     /// Closes the session: every later receiver gets `c[code,"reason"]`, and the per-client
@@ -232,23 +252,12 @@ impl SockSessions {
             })
             .map_err(|_| OpenError::Full(max))?;
         let slot = SockSlot(self.live.clone());
-        let deadline = write_deadline(&bridge.route.keepalive);
-        let (consumer, uplink, backend, busy) = match &bridge.source {
-            Source::PerClient(_) | Source::Echo => {
-                let s = match bridge.source {
-                    Source::Echo => echo_session(bridge, transport, disconnect_delay),
-                    _ => bridge.open_session(req, client, transport, false).await?,
-                };
-                let consumer = Consumer::for_session(s.clone(), s.attach(), transport, 0, deadline);
-                let busy = s.busy();
-                (consumer, s.uplink(), Some(s), Some(busy))
-            }
-            Source::Shared(_) => {
-                let consumer = bridge.join(None, transport).consumer;
-                (consumer, bridge.client_poster(req, client), None, None)
-            }
-            Source::DemoPage => unreachable!("the demo page route has no client transports"),
-        };
+        let Feed {
+            consumer,
+            uplink,
+            backend,
+            busy,
+        } = feed(bridge, req, client, transport, disconnect_delay).await?;
         let session = Arc::new(SockSession {
             id: id.into(),
             owner,
@@ -264,6 +273,7 @@ impl SockSessions {
             _busy: busy,
             _slot: slot,
             wake: Notify::new(),
+            detached: Notify::new(),
         });
         {
             let mut map = self.lock();
@@ -288,6 +298,60 @@ impl SockSessions {
         });
         Ok(session)
     }
+}
+
+/// Where a SockJS session's messages come from and go: its consumer, the way to its backend,
+/// and on a `per_client` route (or the echo) its own session, held open while this lives.
+pub struct Feed {
+    pub consumer: Consumer,
+    pub uplink: Option<mpsc::Sender<Outgoing>>,
+    backend: Option<Arc<Session>>,
+    busy: Option<Busy>,
+}
+
+impl Feed {
+    /// Ends the per-client backend session, if there is one.
+    pub fn close(&self, why: EndReason) {
+        if let Some(b) = &self.backend {
+            b.close(why);
+        }
+    }
+}
+
+/// Opens what a SockJS session reads and sends through: on a `per_client` route its own
+/// backend connection (at most `max_clients`), on the builtin echo its own echo (`ttl` is its
+/// idle limit), on a shared feed a place in the ring and the route's `post:` if it has one.
+pub async fn feed(
+    bridge: &Bridge,
+    req: &RequestHeader,
+    client: &ClientInfo,
+    transport: &'static str,
+    ttl: Duration,
+) -> Result<Feed, OpenError> {
+    let deadline = write_deadline(&bridge.route.keepalive);
+    Ok(match &bridge.source {
+        Source::PerClient(_) | Source::Echo => {
+            let s = match bridge.source {
+                Source::Echo => echo_session(bridge, transport, ttl),
+                _ => bridge.open_session(req, client, transport, false).await?,
+            };
+            let consumer = Consumer::for_session(s.clone(), s.attach(), transport, 0, deadline);
+            let busy = s.busy();
+            Feed {
+                consumer,
+                uplink: s.uplink(),
+                backend: Some(s),
+                busy: Some(busy),
+            }
+        }
+        Source::Shared(_) => Feed {
+            consumer: bridge.join(None, transport).consumer,
+            uplink: bridge.client_poster(req, client),
+            backend: None,
+            busy: None,
+        },
+        Source::DemoPage => unreachable!("the demo page route has no client transports"),
+    })
 }
 
 /// A session of the builtin echo: what the client sends comes back, through the same outbox a

@@ -7,6 +7,7 @@
 //! with DELETE ([`inbound`]).
 
 pub mod downstream;
+pub mod hixie;
 pub mod inbound;
 pub mod longpoll;
 pub mod sockjs;

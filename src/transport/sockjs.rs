@@ -112,6 +112,9 @@ pub async fn serve<D: Downstream>(
                     if let Err(r) = websocket_rules(down) {
                         return r.send(down, route).await;
                     }
+                    if crate::wire::hixie76::is_handshake(down.req_header()) {
+                        return Box::pin(super::hixie::serve(down, bridge, opts)).await;
+                    }
                     Box::pin(super::ws::serve_sockjs(down, bridge, opts)).await
                 }
                 Transport::XhrSend | Transport::JsonpSend => {
@@ -473,7 +476,7 @@ async fn receive<D: Downstream>(
             return Ok(());
         }
     }
-    match s.attach() {
+    match s.attach_within(RECEIVER_HANDOVER).await {
         Attach::Closed(code, reason) => {
             let _ = out.frame(down, &frame::close_frame(code, &reason)).await;
         }
@@ -615,6 +618,10 @@ async fn stream<D: Downstream>(
 }
 
 const TOO_SLOW: &str = "Too slow: fell behind the feed";
+
+/// How long a new receiver waits for the one holding its session to leave before it is told
+/// `2010` (see [`SockSession::attach_within`]).
+const RECEIVER_HANDOVER: Duration = Duration::from_millis(100);
 
 /// How long a poll that found a message waits for more before it answers.
 const POLL_GATHER: Duration = Duration::from_millis(10);

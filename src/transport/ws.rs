@@ -217,6 +217,8 @@ struct Endpoint<'a, D> {
     sockjs: bool,
     /// Under SockJS framing, the close is told in a `c[...]` frame first.
     sockjs_close_frame: bool,
+    /// After the gateway's close, wait (briefly) for the client's.
+    await_close: bool,
 }
 
 impl<'a, D: Downstream> Endpoint<'a, D> {
@@ -251,6 +253,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
             delivered: metrics::Delivered::new(route, label),
             sockjs: sockjs.is_some(),
             sockjs_close_frame: sockjs.is_some(),
+            await_close: true,
         }
     }
 
@@ -330,6 +333,8 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
         self.keepalive.idle_at = Instant::now() + self.keepalive.idle_for;
         self.decoder.push(&data);
         if !self.held.resize(self.decoder.held(), "ws_partial") {
+            // A client that outran the budget is not read any further, not even for its close.
+            self.await_close = false;
             return over_budget();
         }
         self.decode().await
@@ -392,6 +397,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                         });
                     }
                     if over {
+                        self.await_close = false;
                         end = Some(over_budget_close());
                         break;
                     }
@@ -553,6 +559,8 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
             metrics::REJECTIONS
                 .with_label_values(&[self.route, "pong_timeout"])
                 .inc();
+            // A peer that answers no ping will not answer the close either.
+            self.await_close = false;
             return Step::Close(close::INTERNAL_ERROR, "keepalive: no pong".into());
         }
         if let Some((every, at)) = k.heartbeat.filter(|(_, at)| now >= *at) {
@@ -615,13 +623,48 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                 let c = encode_frame(OP_TEXT, &sockjs_frame::close_frame(code, &reason));
                 let _ = self.down.write_response_body(Some(c), false).await;
             }
-            let _ = self
+            let sent = self
                 .down
                 .write_response_body(Some(encode_close(code, &reason)), false)
                 .await;
+            if sent.is_ok() && !self.client_closed && self.await_close {
+                Box::pin(self.await_client_close()).await;
+            }
         }
     }
+
+    /// After the gateway's close frame, the client's own (RFC 6455 section 7.1.1: the server
+    /// closes the TCP connection once the client answered), within [`CLOSE_LINGER`]. Closing at
+    /// once would reset a client whose answer or last message is in flight, and it would read a
+    /// reset instead of the close. What it sends meanwhile is read and dropped.
+    async fn await_client_close(&mut self) {
+        let wait = async {
+            let mut read = 0usize;
+            loop {
+                match self.decoder.next_message() {
+                    Ok(Some(Incoming::Close(_))) | Err(_) => return,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
+                }
+                // A client that keeps sending is not read for long: the linger is for a close
+                // in flight, not for taking more of a flood.
+                match self.down.read_request_body().await {
+                    Ok(Some(data)) if read + data.len() <= CLOSE_LINGER_BYTES => {
+                        read += data.len();
+                        self.decoder.push(&data);
+                    }
+                    _ => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_LINGER, wait).await;
+    }
 }
+
+/// How long a closed WebSocket waits for its client's close frame, and how much it reads
+/// meanwhile at most.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+const CLOSE_LINGER_BYTES: usize = 64 * 1024;
 
 /// The close for a client whose message the process's memory budget cannot hold (counted in
 /// `switchyard_memory_refusals_total`): 1013, try again later.

@@ -5,10 +5,12 @@
 //! - [`frames`]: frame boundaries in a relayed WebSocket stream (headers only), for tunnels
 //! - [`sse`]: the SSE event encoder and the WHATWG stream parser
 //! - [`longpoll`]: the long-poll answer's JSON
+//! - [`hixie76`]: the 2010 WebSocket draft SockJS still lists: its challenge and frames
 //! - [`sockjs`]: the SockJS frames, transport wrappers, URLs, `/info` and `iframe.html`
 //! - [`http`]: HTTP/1 header tokens, query parameters, the request's host
 
 pub mod frames;
+pub mod hixie76;
 pub mod http;
 pub mod longpoll;
 pub mod sockjs;

@@ -15,7 +15,8 @@
 //!   `If-None-Match`); completed polls per second are reported too.
 //! - `echo`: N WebSocket clients doing round trips as fast as they can.
 //! - `idle`: N idle clients held open while the server's RSS (`/proc/PID/smaps_rollup`, every
-//!   process given) and CPU time are measured.
+//!   process given) and CPU time are measured; SockJS sessions (held by a streaming receiver)
+//!   too.
 //!
 //! Every command prints a table line and, with `--json`, one JSON object.
 //!
@@ -120,7 +121,8 @@ enum Cmd {
     Idle {
         #[arg(long)]
         url: String,
-        /// sse, ws, poll, or raw (connected, nothing sent)
+        /// sse, ws, poll, raw (connected, nothing sent), or sockjs-xhr_streaming /
+        /// sockjs-eventsource (a SockJS session per client; `url` is the SockJS base)
         #[arg(long, default_value = "sse")]
         transport: String,
         #[arg(long, default_value_t = 10000)]

@@ -301,6 +301,32 @@ pub async fn idle(url: &str, transport: &str, shape: Shape, pids: &str, seconds:
                     }
                 }));
             }
+            // SockJS sessions held open by a streaming receiver (`url` is the SockJS base).
+            "sockjs-xhr_streaming" | "sockjs-eventsource" => {
+                let req = if transport == "sockjs-eventsource" {
+                    format!("GET {path}/000/b{i}/eventsource HTTP/1.1\r\nHost: {host}\r\n\r\n")
+                } else {
+                    format!("POST {path}/000/b{i}/xhr_streaming HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n")
+                };
+                if s.write_all(req.as_bytes()).await.is_err() {
+                    continue;
+                }
+                let open = open.clone();
+                held.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut counted = false;
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        // Open once the session's `o` frame came.
+                        if !counted && buf[..n].windows(2).any(|w| w == b"o\n" || w == b"o\r") {
+                            counted = true;
+                            open.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }));
+            }
             _ => {
                 let query = if transport == "poll" {
                     "?transport=poll"
