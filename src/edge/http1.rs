@@ -148,17 +148,22 @@ fn parse_with<'b>(
 
 /// Builds the head of a parsed request this path may serve.
 fn judge(req: &httparse::Request, len: usize) -> Parse {
-    if req.version != Some(1) || req.method != Some("GET") {
+    // A POST whose only framing is one `Content-Length: 0` has no body either (SockJS's XHR
+    // receivers are such POSTs, held open for minutes).
+    let empty_post = req.method == Some("POST")
+        && hygiene::empty_body(req.headers.iter().map(|h| (h.name, h.value)));
+    if req.version != Some(1) || !(req.method == Some("GET") || empty_post) {
         return Parse::Other;
     }
-    if req
-        .headers
-        .iter()
-        .any(|h| hygiene::needs_full_parser(h.name))
-    {
+    if req.headers.iter().any(|h| {
+        hygiene::needs_full_parser(h.name)
+            && !(empty_post && h.name.eq_ignore_ascii_case("content-length"))
+    }) {
         return Parse::Other;
     }
-    let Ok(mut head) = RequestHeader::build("GET", req.path.unwrap_or("/").as_bytes(), None) else {
+    let method = if empty_post { "POST" } else { "GET" };
+    let Ok(mut head) = RequestHeader::build(method, req.path.unwrap_or("/").as_bytes(), None)
+    else {
         return Parse::Other;
     };
     for h in req.headers.iter() {
@@ -618,6 +623,35 @@ mod tests {
             unreachable!()
         };
         assert_eq!(&after_head(bytes, len)[..], b"GET /next");
+    }
+
+    #[tokio::test]
+    async fn a_post_with_an_empty_body_is_taken() {
+        let raw = b"POST /chat/0/s/xhr_streaming HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\nGET /next";
+        let mut io = tokio_test::io::Builder::new().read(raw).build();
+        let head = read_head(&mut io, BytesMut::new()).await;
+        let (req, len) = parsed(&head);
+        assert_eq!(req.method, http::Method::POST);
+        assert_eq!(req.uri.path(), "/chat/0/s/xhr_streaming");
+        let Head::Parsed { bytes, .. } = &head else {
+            unreachable!()
+        };
+        assert_eq!(&after_head(bytes, len)[..], b"GET /next");
+        // Any other POST framing is pingora's to read.
+        let others: [&[u8]; 4] = [
+            b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 1\r\n\r\nx",
+            b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 00x\r\n\r\n",
+        ];
+        for raw in others {
+            let mut io = tokio_test::io::Builder::new().read(raw).build();
+            assert!(
+                matches!(read_head(&mut io, BytesMut::new()).await, Head::Other(_)),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 
     #[tokio::test]

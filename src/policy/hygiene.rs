@@ -38,12 +38,31 @@ pub fn raw_fields(head: &[u8]) -> Vec<(&[u8], &[u8])> {
 }
 
 /// Header fields that put a request head out of the edge's lean reader: body framing (judged by
-/// [`framing`] and read by pingora's full parser) and h2c offers (removed by [`strip_h2c`]). A
-/// head with none of them has nothing these rules could refuse or change.
+/// [`framing`] and read by pingora's full parser; a POST with an [`empty_body`] aside) and h2c
+/// offers (removed by [`strip_h2c`]). A head with none of them has nothing these rules could
+/// refuse or change.
 pub fn needs_full_parser(name: &str) -> bool {
     ["transfer-encoding", "content-length", "http2-settings"]
         .iter()
         .any(|f| name.eq_ignore_ascii_case(f))
+}
+
+/// True when `fields` frame an empty body one way only: a single `Content-Length: 0` and no
+/// `Transfer-Encoding`. Such a request has nothing to read and nothing to smuggle.
+pub fn empty_body<'a>(fields: impl Iterator<Item = (&'a str, &'a [u8])>) -> bool {
+    let mut lengths = 0;
+    for (name, value) in fields {
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            return false;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+            if value.trim_ascii() != b"0" {
+                return false;
+            }
+        }
+    }
+    lengths == 1
 }
 
 /// Refuses request-smuggling shapes among `fields` (name, value) of a request of `version`.
