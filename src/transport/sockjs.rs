@@ -247,8 +247,8 @@ async fn answer<D: Downstream>(
     down.write_answer(Box::new(resp), body).await
 }
 
-/// A refusal with the spec's text body: counted like every refusal, answered with the spec's
-/// caching and CORS headers so that a cross-origin page can read the reason.
+/// A refusal with the spec's text body, counted like every refusal, never cached. (An admitted
+/// origin's CORS headers are added to it as to every answer, so a page can read its status.)
 async fn fail<D: Downstream>(
     down: &mut D,
     route: &str,
@@ -336,7 +336,7 @@ fn owner<D: Downstream>(down: &D) -> Owner {
 }
 
 /// The body of a POST receiver (`xhr`, `xhr_streaming`) carries nothing: it is read and
-/// dropped (at most a few KiB), so the connection can be watched for the client leaving.
+/// dropped (at most 64 KiB), so the connection can be watched for the client leaving.
 async fn skip_body<D: Downstream>(down: &mut D) -> bool {
     if down.req_header().method != http::Method::POST {
         return true;

@@ -128,10 +128,14 @@ impl Transport {
     }
 }
 
-/// Server and session ids: not empty, no `.` (and no `/`, which the split already took).
+/// Server and session ids: not empty, no `.` (and no `/`, which the split already took), and
+/// at most [`MAX_ID`] bytes: a session id is kept for as long as its session lives.
 fn id_ok(s: &str) -> bool {
-    !s.is_empty() && !s.contains('.')
+    !s.is_empty() && s.len() <= MAX_ID && !s.contains('.')
 }
+
+/// The longest server or session id taken (sockjs-client sends 8 characters, and a UUID is 36).
+pub const MAX_ID: usize = 128;
 
 /// What `path` names under `base` (the route's path, without a trailing slash); None when the
 /// path is not under it.
@@ -517,6 +521,12 @@ mod tests {
         ] {
             assert_eq!(r(bad), Some(Resource::NotFound), "{bad}");
         }
+        let long = format!("/echo/000/{}/xhr", "s".repeat(MAX_ID + 1));
+        assert_eq!(
+            r(&long),
+            Some(Resource::NotFound),
+            "a session id past MAX_ID"
+        );
         assert_eq!(r("/echoes/info"), None);
         assert_eq!(resource("/", "/info"), Some(Resource::Info));
     }
