@@ -2,7 +2,7 @@
 //! hit `response_limit`, a send), so it is kept here, per route, between them.
 //!
 //! ```text
-//! receiver request --attach--> SockSession { consumer, uplink } --detach--> (waits for the next)
+//! receiver request --attach--> SockSession { consumer, link } --detach--> (waits for the next)
 //!                                   |                                  disconnect_delay without a
 //!                                   +-- per_client: its own Session    receiver: closed, removed
 //!                                   +-- shared: a Consumer of the hub
@@ -88,13 +88,8 @@ pub struct SockSession {
     pub id: Box<str>,
     owner: Owner,
     state: Mutex<State>,
-    /// Where the client's messages go; None on a route whose backend takes none.
-    pub uplink: Option<mpsc::Sender<Outgoing>>,
-    /// The per-client backend session, ended with this one.
-    backend: Option<Arc<Session>>,
-    /// Keeps the backend session from expiring on its own `session_ttl`: this session's
-    /// `disconnect_delay` decides.
-    _busy: Option<Busy>,
+    /// Where the client's messages go, and its backend session.
+    pub link: Link,
     _slot: SockSlot,
     /// Wakes the reaper when a receiver leaves.
     wake: Notify,
@@ -176,9 +171,7 @@ impl SockSession {
                 st.closed = Some((code, reason.to_owned()));
             }
         }
-        if let Some(b) = &self.backend {
-            b.close(why);
-        }
+        self.link.close(why);
         self.wake.notify_one();
     }
 
@@ -252,12 +245,8 @@ impl SockSessions {
             })
             .map_err(|_| OpenError::Full(max))?;
         let slot = SockSlot(self.live.clone());
-        let Feed {
-            consumer,
-            uplink,
-            backend,
-            busy,
-        } = feed(bridge, req, client, transport, disconnect_delay).await?;
+        let Feed { consumer, link } =
+            feed(bridge, req, client, transport, disconnect_delay).await?;
         let session = Arc::new(SockSession {
             id: id.into(),
             owner,
@@ -268,9 +257,7 @@ impl SockSessions {
                 closed: None,
                 last_seen: Instant::now(),
             }),
-            uplink,
-            backend,
-            _busy: busy,
+            link,
             _slot: slot,
             wake: Notify::new(),
             detached: Notify::new(),
@@ -300,16 +287,24 @@ impl SockSessions {
     }
 }
 
-/// Where a SockJS session's messages come from and go: its consumer, the way to its backend,
-/// and on a `per_client` route (or the echo) its own session, held open while this lives.
+/// Where a SockJS session's messages come from ([`Consumer`], taken by one receiver at a
+/// time) and go ([`Link`]).
 pub struct Feed {
     pub consumer: Consumer,
-    pub uplink: Option<mpsc::Sender<Outgoing>>,
-    backend: Option<Arc<Session>>,
-    busy: Option<Busy>,
+    pub link: Link,
 }
 
-impl Feed {
+/// The way to a SockJS session's backend, and on a `per_client` route (or the echo) its own
+/// session, held open while this lives (its `session_ttl` does not apply: the SockJS session's
+/// `disconnect_delay` decides).
+pub struct Link {
+    /// Where the client's messages go; None on a route whose backend takes none.
+    pub uplink: Option<mpsc::Sender<Outgoing>>,
+    backend: Option<Arc<Session>>,
+    _busy: Option<Busy>,
+}
+
+impl Link {
     /// Ends the per-client backend session, if there is one.
     pub fn close(&self, why: EndReason) {
         if let Some(b) = &self.backend {
@@ -339,16 +334,20 @@ pub async fn feed(
             let busy = s.busy();
             Feed {
                 consumer,
-                uplink: s.uplink(),
-                backend: Some(s),
-                busy: Some(busy),
+                link: Link {
+                    uplink: s.uplink(),
+                    backend: Some(s),
+                    _busy: Some(busy),
+                },
             }
         }
         Source::Shared(_) => Feed {
             consumer: bridge.join(None, transport).consumer,
-            uplink: bridge.client_poster(req, client),
-            backend: None,
-            busy: None,
+            link: Link {
+                uplink: bridge.client_poster(req, client),
+                backend: None,
+                _busy: None,
+            },
         },
         Source::DemoPage => unreachable!("the demo page route has no client transports"),
     })

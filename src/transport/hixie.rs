@@ -78,7 +78,7 @@ pub async fn serve<D: Downstream>(
                 decoder.push(&b[take..]);
             }
             _ => {
-                feed.close(EndReason::Client);
+                feed.link.close(EndReason::Client);
                 return Ok(());
             }
         }
@@ -88,7 +88,7 @@ pub async fn serve<D: Downstream>(
         metrics::REJECTIONS
             .with_label_values(&[route, "ws_handshake"])
             .inc();
-        feed.close(EndReason::Client);
+        feed.link.close(EndReason::Client);
         return Ok(());
     };
     down.write_response_body(Some(Bytes::copy_from_slice(&answer)), false)
@@ -109,7 +109,7 @@ pub async fn serve<D: Downstream>(
             let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
         }
     }
-    feed.close(EndReason::Client);
+    feed.link.close(EndReason::Client);
     Ok(())
 }
 
@@ -158,7 +158,7 @@ async fn run<D: Downstream>(
                         Ok(Some(Incoming::Text(t))) => {
                             // Broken framing ends the socket at once, as the reference does.
                             let list = frame::parse_ws_messages(&t, super::inbound::MAX_MESSAGES_PER_POST)?;
-                            if feed.uplink.is_none() {
+                            if feed.link.uplink.is_none() {
                                 messages_in.inc_by(list.len() as u64);
                                 continue;
                             }
@@ -175,7 +175,7 @@ async fn run<D: Downstream>(
                 }
                 continue;
             }
-            permit = async { feed.uplink.clone().expect("queued only with an uplink").reserve_owned().await }, if !queued.is_empty() => {
+            permit = async { feed.link.uplink.clone().expect("queued only with an uplink").reserve_owned().await }, if !queued.is_empty() => {
                 match permit {
                     Ok(permit) => {
                         let m = queued.pop_front().expect("checked non-empty");

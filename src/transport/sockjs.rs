@@ -678,7 +678,7 @@ async fn send<D: Downstream>(
     let Some(s) = find(down, bridge, id).filter(|s| s.closed().is_none()) else {
         return not_found(down, route).await;
     };
-    let Some(uplink) = s.uplink.clone() else {
+    let Some(uplink) = s.link.uplink.clone() else {
         return Reject::new(
             405,
             "one_way_route",
