@@ -1042,11 +1042,12 @@ async fn the_memory_budget_bounds_what_all_clients_make_the_gateway_hold() {
         used <= (16 << 20) as f64,
         "charged {used} bytes, over the budget"
     );
-    // The budget plus a per-connection constant: with 1 MiB frames, about 0.6 MiB of
-    // allocator slack and read buffers per connection (29-37 MiB in all here), against
-    // 7-9 MiB per client with only the per-connection bound.
+    // The budget plus what the allocator keeps of freed 1 MiB buffers: over 48 runs of four
+    // builds, 18-44 MiB in all, with a tail to 65 MiB (glibc keeps freed blocks when its mmap
+    // threshold has moved; how much depends on the order of frees). Without the budget, the
+    // per-connection bound alone lets each client hold 7-9 MiB: 350+ MiB for these fifty.
     assert!(
-        grew_mib < 16 + 30,
+        grew_mib < 16 + 64,
         "fifty stalled clients grew the gateway by {grew_mib} MiB"
     );
     let mut sse = SseReader::open(gw.addr, "/clock", &[]).await;
