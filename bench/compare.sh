@@ -40,8 +40,8 @@ BENCH="taskset -c 1 $ROOT/target/release/switchyard-bench"
 SY=$ROOT/target/release/switchyard
 
 # The benchmark backend: a quiet feed (idle runs), then feeds at each rate; /echo always.
-start_backend() { # rate
-  taskset -c 1 "$ROOT/target/release/switchyard-bench" serve --listen 127.0.0.1:9001 --rate "$1" --grip-listen 127.0.0.1:9002 >"$WORK/backend.log" 2>&1 &
+start_backend() { # rate [payload size]: padded 100-byte messages unless told otherwise
+  taskset -c 1 "$ROOT/target/release/switchyard-bench" serve --listen 127.0.0.1:9001 --rate "$1" --payload "${2:-padded}" --size "${3:-100}" --grip-listen 127.0.0.1:9002 >"$WORK/backend.log" 2>&1 &
   BACKEND=$!
   sleep 0.3
 }
@@ -100,6 +100,7 @@ http {
   scgi_temp_path $WORK/nginx;
   server {
     listen 127.0.0.1:8081;
+    ${NCHAN_DEFLATE:+nchan_deflate_message_for_websocket on;}
     location = /sub { nchan_subscriber; nchan_channel_id test; nchan_subscriber_first_message newest; }
     location = /pub { nchan_publisher; nchan_channel_id test; }
     location /echo {
@@ -206,6 +207,9 @@ fan_pair() { # transport (sse|ws|poll) clients rate
     echo "${pair#*:}" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["server"]=sys.argv[1]; print(json.dumps(d))' "${pair%%:*}" >>"$FAN_JSON_FILE"
   done
 }
+z_row() { # json: a compression fan-out row
+  echo "$1" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%d/s | %.4f | %d | %.2f | %.1f | %.1f" % (d["deliveries_per_s"], d["delivered_ratio"], d["wire_bytes_per_delivery"], d["server_cpu_us_per_delivery"], d["p50_ms"], d["p99_ms"]))'
+}
 fan_row() { # json
   echo "$1" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%d/s | %.4f | %d | %d | %.1f | %.1f | %.1f" % (d["deliveries_per_s"], d["delivered_ratio"], d["gaps"], d["duplicates"], d["p50_ms"], d["p99_ms"], d["max_ms"]))'
 }
@@ -275,6 +279,30 @@ done
 fan_pair ws "$FAN" "$WS_RATE"
 WS_ROWS="| $WS_RATE msg/s | switchyard | $(fan_row "$S") |"$'\n'
 WS_ROWS+="| $WS_RATE msg/s | nchan | $(fan_row "$N") |"$'\n'
+
+echo "== WebSocket compression" >&2
+# permessage-deflate: an idle compressed WebSocket against the uncompressed one above, then the
+# same fan-out of ~1 KiB JSON quotes to WebSocket subscribers with and without compression, on
+# switchyard and on Nchan (which also keeps one deflated copy of each message:
+# nchan_deflate_message_for_websocket). The server's CPU is measured over each run.
+start_backend 0; start_switchyard
+SY_WSD=$(run "switchyard idle ws-deflate" $BENCH idle --url ws://127.0.0.1:8080/feed --transport ws-deflate --clients "$IDLE" --pids "$GW")
+stop_switchyard; stop_backend
+Z_ROWS=""
+for transport in ws ws-deflate; do
+  start_backend "$WS_RATE" json 1024; start_switchyard
+  Z=$(run "switchyard fanout $transport json" $BENCH fanout --url ws://127.0.0.1:8080/feed --transport "$transport" --clients "$FAN" --rate "$WS_RATE" --seconds "$SECONDS_PER_RUN" --pids "$GW")
+  stop_switchyard; stop_backend
+  [ "$transport" = ws ] && Z_SY_OFF=$Z || Z_SY_ON=$Z
+  Z_ROWS+="| switchyard | $transport | $(z_row "$Z") |"$'\n'
+  NCHAN_DEFLATE=1 start_nginx
+  taskset -c 1 "$ROOT/target/release/switchyard-bench" publish --url ws://127.0.0.1:8081/pub --rate "$WS_RATE" --payload json --size 1024 >"$WORK/pub.log" 2>&1 &
+  PUB=$!
+  Z=$(run "nchan fanout $transport json" $BENCH fanout --url ws://127.0.0.1:8081/sub --transport "$transport" --clients "$FAN" --rate "$WS_RATE" --seconds "$SECONDS_PER_RUN" --pids "$(nginx_pids)")
+  kill "$PUB" 2>/dev/null || true; wait "$PUB" 2>/dev/null || true
+  stop_nginx
+  Z_ROWS+="| nchan | $transport | $(z_row "$Z") |"$'\n'
+done
 
 echo "== long-poll" >&2
 fan_pair poll "$POLLERS" "$POLL_RATE"
@@ -359,6 +387,21 @@ mkdir -p docs
   echo "|---|---|---|---|---|---|---|---|---|"
   printf '%s' "$WS_ROWS"
   echo
+  echo "## WebSocket compression (permessage-deflate)"
+  echo
+  echo "Idle: $IDLE terminated WebSockets that agreed to permessage-deflate, against the same without it"
+  echo "(the row above): $(kib "$SY_WSD") KiB vs $(kib "$SY_WS") KiB per client."
+  echo
+  echo "Fan-out: $FAN WebSocket subscribers of one feed of ~1 KiB JSON quotes at $WS_RATE msg/s, ${SECONDS_PER_RUN}s,"
+  echo "offering permessage-deflate (\`ws-deflate\`, as browsers do) or not (\`ws\`). Every subscriber inflates"
+  echo "and checks each message. Bytes are what subscribers read off the socket per delivery; CPU is the"
+  echo "server's (all its processes) over the run, per delivery. Nchan keeps one deflated copy of each"
+  echo "message (\`nchan_deflate_message_for_websocket on\`)."
+  echo
+  echo "| server | subscribers | deliveries | delivered / expected | wire bytes / delivery | server CPU µs / delivery | p50 ms | p99 ms |"
+  echo "|---|---|---|---|---|---|---|---|"
+  printf '%s' "$Z_ROWS"
+  echo
   echo "## Long-poll: $POLLERS clients polling one feed at $POLL_RATE msg/s, ${SECONDS_PER_RUN}s"
   echo
   echo "switchyard answers each poll with every message after the client's cursor (JSON); Nchan answers"
@@ -393,7 +436,7 @@ mkdir -p docs
   echo
   echo "## Targets"
   echo
-  python3 - "$SY_SSE" "$SY_WS" "$SY_POLL" "$FAN_JSON_FILE" "$E_SY" "$E_NG" "$FAN" "$SY_PASS" "$NG_PASS" "$NC_SSE" "$NC_WS" "$D_SY" "$HOLD" "$SY_SJX" "$SN_SJX" "$SY_SJE" "$SN_SJE" <<'PY'
+  python3 - "$SY_SSE" "$SY_WS" "$SY_POLL" "$FAN_JSON_FILE" "$E_SY" "$E_NG" "$FAN" "$SY_PASS" "$NG_PASS" "$NC_SSE" "$NC_WS" "$D_SY" "$HOLD" "$SY_SJX" "$SN_SJX" "$SY_SJE" "$SN_SJE" "$SY_WSD" "$Z_SY_OFF" "$Z_SY_ON" <<'PY'
 import json, sys
 sse, ws, poll = (json.loads(a) for a in sys.argv[1:4])
 fan = [json.loads(l) for l in open(sys.argv[4])]
@@ -402,6 +445,7 @@ subs = sys.argv[7]
 spass, npass, nsse, nws, dsy = (json.loads(a) for a in sys.argv[8:13])
 hold = int(sys.argv[13])
 sjx, njx, sje, nje = (json.loads(a) for a in sys.argv[14:18])
+wsd, zoff, zon = (json.loads(a) for a in sys.argv[18:21])
 def ok(b): return "met" if b else "**not met**"
 def sustained(server):
     rows = [r for r in fan if r["server"] == server and r["transport"] == "sse" and r["gaps"] == 0 and r["duplicates"] == 0 and r["connected"] == r["clients"] and r["delivered_ratio"] >= 0.99]
@@ -427,6 +471,9 @@ print(f"| idle SSE client <= Nchan's | {sse['kib_per_client']} KiB vs {nsse['kib
 print(f"| idle terminated WebSocket <= Nchan's | {ws['kib_per_client']} KiB vs {nws['kib_per_client']} KiB | {ok(ws['kib_per_client'] <= nws['kib_per_client'])} |")
 print(f"| idle SockJS session <= sockjs-node's (xhr_streaming, eventsource) | {sjx['kib_per_client']} vs {njx['kib_per_client']} KiB, {sje['kib_per_client']} vs {nje['kib_per_client']} KiB | {ok(sjx['kib_per_client'] <= njx['kib_per_client'] and sje['kib_per_client'] <= nje['kib_per_client'])} |")
 print(f"| every tunnel closed with 1001 on a drain | {dsy['closed_1001']} of {hold} | {ok(dsy['closed_1001'] == hold)} |")
+print(f"| idle compressed WebSocket within 1 KiB of an uncompressed one | {wsd['kib_per_client']} vs {ws['kib_per_client']} KiB | {ok(wsd['kib_per_client'] - ws['kib_per_client'] <= 1)} |")
+def share(d): return d["wire_bytes_per_delivery"] / zoff["wire_bytes_per_delivery"] if zoff["wire_bytes_per_delivery"] else 0
+print(f"| compressed fan-out: fewer bytes, about the same CPU per delivery | {zon['wire_bytes_per_delivery']:.0f} vs {zoff['wire_bytes_per_delivery']:.0f} bytes ({share(zon):.2f}x), {zon['server_cpu_us_per_delivery']:.2f} vs {zoff['server_cpu_us_per_delivery']:.2f} µs, p99 {zon['p99_ms']:.1f} vs {zoff['p99_ms']:.1f} ms | {ok(share(zon) < 0.5 and zon['server_cpu_us_per_delivery'] <= 1.25 * zoff['server_cpu_us_per_delivery'])} |")
 cpu = max(sse["cpu_share_of_one_core"], ws["cpu_share_of_one_core"], poll["cpu_share_of_one_core"])
 print(f"| idle clients cost < 5% of one core | {cpu * 100:.1f}% (worst of SSE, WS, long-poll) | {ok(cpu < 0.05)} |")
 PY

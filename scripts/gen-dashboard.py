@@ -105,6 +105,10 @@ panels = [
         (f"sum by (route, transport) (rate(switchyard_client_connections_total{{{R}, transport=~\"sockjs-.*\"}}[5m]))", "requests/s {{route}} {{transport}}"),
         (f"sum by (route) (switchyard_sockjs_sessions_open{{{R}}})", "sessions {{route}}"),
     ], 12, 56),
+    panel(17, "WebSocket compression: wire bytes per payload byte (lower is better), and bytes saved per second", "short", [
+        (f"sum by (route, direction) (rate(switchyard_ws_compression_bytes_total{{{RT}, stage=\"wire\"}}[5m])) / sum by (route, direction) (rate(switchyard_ws_compression_bytes_total{{{RT}, stage=\"plain\"}}[5m]))", "ratio {{route}} {{direction}}"),
+        (f"sum by (route, direction) (rate(switchyard_ws_compression_bytes_total{{{RT}, stage=\"plain\"}}[5m])) - sum by (route, direction) (rate(switchyard_ws_compression_bytes_total{{{RT}, stage=\"wire\"}}[5m]))", "saved B/s {{route}} {{direction}}"),
+    ], 0, 64),
 ]
 
 dashboard = {

@@ -6,7 +6,9 @@
 #                                    ($SWITCHYARD_TOOLS, default ~/.cache/switchyard-tools):
 #                                    hadolint, kubernetes-validate, PyYAML; and from npm, in
 #                                    $SWITCHYARD_TOOLS/node: sockjs (the reference SockJS server)
-#                                    and sockjs-client, for the SockJS tests
+#                                    and sockjs-client, for the SockJS tests; and the Autobahn
+#                                    testsuite (scripts/install-autobahn.sh) in
+#                                    $SWITCHYARD_TOOLS/autobahn
 set -euo pipefail
 need=()
 command -v cmake >/dev/null || need+=(cmake)
@@ -42,4 +44,7 @@ if [ "${1:-}" = "--test" ]; then
     mkdir -p "$node_dir"
     npm install --prefix "$node_dir" --no-audit --no-fund --silent sockjs@0.3.24 sockjs-client@1.6.1
   fi
+fi
+if [ "${1:-}" = "--test" ]; then
+  bash "$(dirname "$0")/install-autobahn.sh"
 fi

@@ -181,6 +181,15 @@ pub static BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static COMPRESSION_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_ws_compression_bytes_total",
+        "WebSocket traffic of clients that agreed to permessage-deflate: stage=plain counts message payloads before compression (after inflation, inbound), stage=wire the bytes on the wire",
+        &["route", "transport", "direction", "stage"]
+    )
+    .expect("metric registers once")
+});
+
 pub static REPLAY: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchyard_replay_total",
@@ -268,6 +277,7 @@ pub fn init() {
     LazyLock::force(&DROPPED_MESSAGES);
     LazyLock::force(&CONNECTION_DURATION);
     LazyLock::force(&BYTES);
+    LazyLock::force(&COMPRESSION_BYTES);
     LazyLock::force(&REPLAY);
     LazyLock::force(&DELIVERY_LATENCY);
     LazyLock::force(&CONFIG_RELOADS);
@@ -325,7 +335,17 @@ pub struct Delivered {
     local: Option<Box<prometheus::local::LocalHistogram>>,
     pending_messages: u64,
     pending_bytes: u64,
+    /// For a client that agreed to compression: its `plain` and `wire` counters, and what is
+    /// pending of each.
+    compression: Option<Box<Compressed>>,
     last_flush: std::time::Instant,
+}
+
+struct Compressed {
+    plain: IntCounter,
+    wire: IntCounter,
+    pending_plain: u64,
+    pending_wire: u64,
 }
 
 impl Delivered {
@@ -340,7 +360,28 @@ impl Delivered {
             local: None,
             pending_messages: 0,
             pending_bytes: 0,
+            compression: None,
             last_flush: std::time::Instant::now(),
+        }
+    }
+
+    /// Also tallies the client's compression (`switchyard_ws_compression_bytes_total`, out).
+    pub fn with_compression(mut self, route: &str, transport: &'static str) -> Self {
+        let c = |stage| COMPRESSION_BYTES.with_label_values(&[route, transport, "out", stage]);
+        self.compression = Some(Box::new(Compressed {
+            plain: c("plain"),
+            wire: c("wire"),
+            pending_plain: 0,
+            pending_wire: 0,
+        }));
+        self
+    }
+
+    /// Messages of `plain` payload bytes sent as `wire` bytes (when compression was agreed).
+    pub fn compressed(&mut self, plain: usize, wire: usize) {
+        if let Some(c) = &mut self.compression {
+            c.pending_plain += plain as u64;
+            c.pending_wire += wire as u64;
         }
     }
 
@@ -379,6 +420,12 @@ impl Delivered {
         }
         if let Some(l) = &self.local {
             l.flush();
+        }
+        if let Some(c) = &mut self.compression {
+            if c.pending_plain > 0 {
+                c.plain.inc_by(std::mem::take(&mut c.pending_plain));
+                c.wire.inc_by(std::mem::take(&mut c.pending_wire));
+            }
         }
     }
 }

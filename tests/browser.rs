@@ -608,3 +608,84 @@ async fn the_demo_page_sockjs_panel_connects_with_the_transport_chosen() {
         .await;
     }
 }
+
+/// Chromium offers permessage-deflate on every WebSocket: it agrees with a feed route and reads
+/// its compressed JSON intact, its own messages to an echo route go compressed both ways, and a
+/// route with `compression: off` answers without the extension.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_negotiates_compression_and_reads_compressed_json() {
+    let backend = FeedBackend::start().await;
+    let routes = format!(
+        "  - name: demo\n    path: /\n    backend: {{ builtin: demo }}\n  - name: feed\n    path: /feed\n    backend: {{ websocket: \"{}\" }}\n  - name: echo\n    path: /echo\n    backend: {{ builtin: echo }}\n  - name: plain\n    path: /plain\n    backend: {{ builtin: echo }}\n    compression: off\n",
+        backend.url("/")
+    );
+    let (gw, _browser, mut cdp, mut id) = gateway_page(&routes).await;
+    eval(
+        &mut cdp,
+        &mut id,
+        "window.got = []; window.echoed = []; \
+         window.ws = new WebSocket(`ws://${location.host}/feed`); ws.onmessage = e => got.push(e.data); \
+         window.echo = new WebSocket(`ws://${location.host}/echo`); echo.onmessage = e => echoed.push(e.data); \
+         window.plain = new WebSocket(`ws://${location.host}/plain`); true",
+    )
+    .await;
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "ws.readyState === 1 && echo.readyState === 1 && plain.readyState === 1",
+        "three sockets open",
+    )
+    .await;
+    let full = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+    assert_eq!(eval(&mut cdp, &mut id, "ws.extensions").await, full);
+    assert_eq!(eval(&mut cdp, &mut id, "echo.extensions").await, full);
+    assert_eq!(eval(&mut cdp, &mut id, "plain.extensions").await, "");
+    backend.wait_open(1).await;
+    let sent: Vec<String> = (0..30).map(json_quotes).collect();
+    backend.send(FeedCmd::Send {
+        messages: std::sync::Arc::new(sent.iter().map(|s| Message::text(s.clone())).collect()),
+        batch: 30,
+        pause: Duration::ZERO,
+    });
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "got.length === 30",
+        "thirty feed messages",
+    )
+    .await;
+    let got = eval(&mut cdp, &mut id, "JSON.stringify(got)").await;
+    assert_eq!(got.as_str().unwrap(), serde_json::to_string(&sent).unwrap());
+    // Chromium compresses what it sends, too; the echo comes back whole.
+    let big = json_quotes(7).repeat(3);
+    eval(
+        &mut cdp,
+        &mut id,
+        &format!("echo.send({}); true", serde_json::to_string(&big).unwrap()),
+    )
+    .await;
+    wait_true(&mut cdp, &mut id, "echoed.length === 1", "the echo").await;
+    assert_eq!(eval(&mut cdp, &mut id, "echoed[0]").await, big.as_str());
+    // Closing flushes the connections' tallies.
+    eval(&mut cdp, &mut id, "ws.close(); echo.close(); true").await;
+    let series = |route: &str, dir: &str, stage: &str| {
+        format!("switchyard_ws_compression_bytes_total{{direction=\"{dir}\",route=\"{route}\",stage=\"{stage}\",transport=\"websocket\"}}")
+    };
+    let sent_bytes: usize = sent.iter().map(String::len).sum();
+    gw.wait_metric(&series("feed", "out", "plain"), sent_bytes as f64)
+        .await;
+    gw.wait_metric(&series("echo", "in", "plain"), big.len() as f64)
+        .await;
+    let m = gw.metrics().await;
+    let feed_wire = metric(&m, &series("feed", "out", "wire")).unwrap();
+    assert!(
+        feed_wire * 3.0 < sent_bytes as f64,
+        "{feed_wire} bytes on the wire for {sent_bytes}"
+    );
+    let echo_in_wire = metric(&m, &series("echo", "in", "wire")).unwrap();
+    assert!(
+        echo_in_wire * 2.0 < big.len() as f64,
+        "Chromium sent {echo_in_wire} bytes for {}",
+        big.len()
+    );
+}

@@ -53,6 +53,19 @@ async fn every_dashboard_and_alert_metric_is_exported_and_promtool_is_happy() {
     ws.send(Message::text("x")).await.unwrap();
     ws.next().await.unwrap().unwrap();
     ws.close(None).await.unwrap();
+    // A WebSocket that agreed to permessage-deflate (tungstenite offers none).
+    let (mut deflated, ext) = ws_open_offering(gw.addr, "/echo", Some("permessage-deflate")).await;
+    assert!(ext.starts_with("permessage-deflate"), "{ext}");
+    let text = json_quotes(1);
+    tokio::io::AsyncWriteExt::write_all(&mut deflated, &client_frame(0x81, text.as_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_server_frame(&mut deflated).await.0,
+        0xC1,
+        "a compressed echo"
+    );
+    drop(deflated);
     // A SockJS session on the echo.
     let mut sj = common::chat::Client::connect(gw.addr).await;
     assert_eq!(

@@ -24,6 +24,9 @@ pub struct Message {
     pub received: std::time::Instant,
     sse: OnceLock<Bytes>,
     ws: OnceLock<Bytes>,
+    /// The WebSocket frame compressed with the full window, for every subscriber that agreed
+    /// to permessage-deflate (no context takeover, so one compression serves them all).
+    ws_deflate: OnceLock<Bytes>,
     json: OnceLock<Bytes>,
     sockjs: OnceLock<Bytes>,
 }
@@ -42,6 +45,7 @@ impl Message {
             received: std::time::Instant::now(),
             sse: OnceLock::new(),
             ws: OnceLock::new(),
+            ws_deflate: OnceLock::new(),
             json: OnceLock::new(),
             sockjs: OnceLock::new(),
         }
@@ -91,18 +95,34 @@ impl Message {
             .clone()
     }
 
+    fn ws_opcode(&self) -> u8 {
+        if self.binary {
+            crate::wire::ws::OP_BINARY
+        } else {
+            crate::wire::ws::OP_TEXT
+        }
+    }
+
     /// The WebSocket frame for this message, encoded once.
     pub fn ws_frame(&self) -> Bytes {
         self.ws
-            .get_or_init(|| {
-                let op = if self.binary {
-                    crate::wire::ws::OP_BINARY
-                } else {
-                    crate::wire::ws::OP_TEXT
-                };
-                crate::wire::ws::encode_frame(op, &self.payload)
-            })
+            .get_or_init(|| crate::wire::ws::encode_frame(self.ws_opcode(), &self.payload))
             .clone()
+    }
+
+    /// The WebSocket frame for a client that agreed to `deflate` (or not): with the full window
+    /// (every browser's case) compressed once for all subscribers; with a smaller window, which
+    /// only a client that asked for one gets, compressed for it alone.
+    pub fn ws_frame_for(&self, deflate: Option<crate::wire::deflate::Agreed>) -> Bytes {
+        use crate::wire::ws::encode_message;
+        match deflate {
+            None => self.ws_frame(),
+            Some(a) if a.server_bits == 15 => self
+                .ws_deflate
+                .get_or_init(|| encode_message(self.ws_opcode(), &self.payload, Some(a)))
+                .clone(),
+            Some(a) => encode_message(self.ws_opcode(), &self.payload, Some(a)),
+        }
     }
 }
 

@@ -361,6 +361,17 @@ pub struct BridgeRoute {
     pub session_ttl: Duration,
     /// Set when `clients` lists `sockjs`.
     pub sockjs: Option<SockJs>,
+    /// permessage-deflate on the WebSockets the gateway terminates for this route.
+    pub compression: Compression,
+}
+
+/// Whether WebSocket clients may get compressed messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Accept a client's permessage-deflate offer (without context takeover either way).
+    Auto,
+    /// Answer without the extension.
+    Off,
 }
 
 impl BridgeRoute {

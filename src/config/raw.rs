@@ -123,6 +123,8 @@ pub struct RawRoute {
     pub session_ttl: Option<Scalar>,
     #[serde(default)]
     pub sockjs: Option<RawSockJs>,
+    #[serde(default)]
+    pub compression: Option<String>,
     /// Whether requests without `Origin` (non-browser clients) are let in.
     #[serde(default)]
     pub allow_no_origin: Option<bool>,

@@ -8,13 +8,14 @@ use crate::bridge::session::{
     EndReason, Outgoing, Session, UplinkError, BYTE_BUDGET_MESSAGES, UPLINK_QUEUE,
 };
 use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Source};
-use crate::config::BackendSpec;
+use crate::config::{BackendSpec, Compression};
 use crate::metrics;
 use crate::policy::reject::Reject;
+use crate::wire::deflate;
 use crate::wire::sockjs as sockjs_frame;
 use crate::wire::ws::{
-    accept_key, choose_subprotocol, close, encode_close, encode_frame, Decoder, Incoming,
-    OP_BINARY, OP_PING, OP_PONG, OP_TEXT,
+    accept_key, choose_subprotocol, close, encode_close, encode_frame, encode_message, Decoder,
+    Incoming, OP_BINARY, OP_PING, OP_PONG, OP_TEXT,
 };
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -83,12 +84,25 @@ async fn serve_framed<D: Downstream>(
         None => choose_subprotocol(down.req_header(), configured, backend_protocol.as_deref()),
         Some(_) => None,
     };
-    let mut resp = ResponseHeader::build(101, Some(5))?;
+    let deflate = match bridge.spec.compression {
+        Compression::Auto => deflate::negotiate(
+            down.req_header()
+                .headers
+                .get_all("sec-websocket-extensions")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        ),
+        Compression::Off => None,
+    };
+    let mut resp = ResponseHeader::build(101, Some(6))?;
     resp.insert_header("upgrade", "websocket")?;
     resp.insert_header("connection", "Upgrade")?;
     resp.insert_header("sec-websocket-accept", accept)?;
     if let Some(p) = protocol {
         resp.insert_header("sec-websocket-protocol", p)?;
+    }
+    if let Some(a) = deflate {
+        resp.insert_header("sec-websocket-extensions", a.response())?;
     }
     // Subscribed before the 101 goes out: a client that saw the handshake misses nothing after it.
     let mut consumer = match (&bridge.source, &conv) {
@@ -119,7 +133,7 @@ async fn serve_framed<D: Downstream>(
             let open = encode_frame(OP_TEXT, sockjs_frame::OPEN);
             Box::pin(down.write_response_body(Some(open), false)).await?;
         }
-        Endpoint::new(down, bridge, uplink, conv.as_ref(), label, sockjs)
+        Endpoint::new(down, bridge, uplink, conv.as_ref(), label, sockjs, deflate)
             .run(consumer.as_mut())
             .await;
         Ok(())
@@ -219,6 +233,10 @@ struct Endpoint<'a, D> {
     sockjs_close_frame: bool,
     /// After the gateway's close, wait (briefly) for the client's.
     await_close: bool,
+    /// permessage-deflate, when the client agreed to it; with its inbound counters (plain and
+    /// wire).
+    deflate: Option<deflate::Agreed>,
+    inflated: Option<Box<[prometheus::IntCounter; 2]>>,
 }
 
 impl<'a, D: Downstream> Endpoint<'a, D> {
@@ -229,15 +247,21 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
         conv: Option<&'a Arc<Session>>,
         label: &'static str,
         sockjs: Option<Duration>,
+        deflate: Option<deflate::Agreed>,
     ) -> Self {
         let route = bridge.route.name.as_str();
+        let max_message = bridge.route.limits.max_message as usize;
+        let delivered = metrics::Delivered::new(route, label);
         Self {
             down,
             bridge,
             route,
             uplink,
             conv,
-            decoder: Decoder::new(bridge.route.limits.max_message as usize),
+            decoder: match deflate {
+                Some(_) => Decoder::with_deflate(max_message),
+                None => Decoder::new(max_message),
+            },
             echo: matches!(bridge.source, Source::Echo),
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
@@ -250,10 +274,20 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
             keepalive: Keepalive::new(&bridge.route.keepalive, sockjs),
             messages_in: metrics::MESSAGES.with_label_values(&[route, label, "in"]),
             bytes_in: metrics::BYTES.with_label_values(&[route, label, "in"]),
-            delivered: metrics::Delivered::new(route, label),
+            delivered: match deflate {
+                Some(_) => delivered.with_compression(route, label),
+                None => delivered,
+            },
             sockjs: sockjs.is_some(),
             sockjs_close_frame: sockjs.is_some(),
             await_close: true,
+            deflate,
+            inflated: deflate.map(|_| {
+                let c = |stage| {
+                    metrics::COMPRESSION_BYTES.with_label_values(&[route, label, "in", stage])
+                };
+                Box::new([c("plain"), c("wire")])
+            }),
         }
     }
 
@@ -330,6 +364,9 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
             return Step::Finish;
         };
         self.bytes_in.inc_by(data.len() as u64);
+        if let Some(c) = &self.inflated {
+            c[1].inc_by(data.len() as u64);
+        }
         self.keepalive.idle_at = Instant::now() + self.keepalive.idle_for;
         self.decoder.push(&data);
         if !self.held.resize(self.decoder.held(), "ws_partial") {
@@ -360,6 +397,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                 Ok(Some(m @ (Incoming::Text(_) | Incoming::Binary(_))))
                     if self.uplink.is_some() =>
                 {
+                    self.count_inflated(&m);
                     let (payload, binary) = match m {
                         Incoming::Binary(b) => (b, true),
                         Incoming::Text(t) => (t, false),
@@ -402,16 +440,18 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                         break;
                     }
                 }
-                Ok(Some(Incoming::Text(t))) => {
+                Ok(Some(m @ (Incoming::Text(_) | Incoming::Binary(_)))) => {
                     self.messages_in.inc();
+                    self.count_inflated(&m);
                     if self.echo {
-                        reply.push(encode_frame(OP_TEXT, &t));
-                    }
-                }
-                Ok(Some(Incoming::Binary(b))) => {
-                    self.messages_in.inc();
-                    if self.echo {
-                        reply.push(encode_frame(OP_BINARY, &b));
+                        let (op, payload) = match &m {
+                            Incoming::Text(t) => (OP_TEXT, t),
+                            Incoming::Binary(b) => (OP_BINARY, b),
+                            _ => unreachable!("matched above"),
+                        };
+                        let frame = encode_message(op, payload, self.deflate);
+                        self.delivered.compressed(payload.len(), frame.len());
+                        reply.push(frame);
                     }
                 }
                 Ok(Some(Incoming::Ping(p))) => reply.push(encode_frame(OP_PONG, &p)),
@@ -425,6 +465,8 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                     metrics::REJECTIONS
                         .with_label_values(&[self.route, "ws_protocol"])
                         .inc();
+                    // A client whose (invalid) close this answers sends no other close.
+                    self.await_close &= !v.in_close;
                     end = Some((v.code, v.reason.to_owned()));
                     break;
                 }
@@ -449,6 +491,13 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
         match end {
             Some((code, reason)) => Step::Close(code, reason),
             None => Step::Go,
+        }
+    }
+
+    /// A client message's payload, counted as plain bytes when compression was agreed.
+    fn count_inflated(&self, m: &Incoming) {
+        if let (Some(c), Incoming::Text(p) | Incoming::Binary(p)) = (&self.inflated, m) {
+            c[0].inc_by(p.len() as u64);
         }
     }
 
@@ -508,8 +557,9 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                     return Step::Go;
                 };
                 let items = sockjs_frame::array_frame(burst.parts().iter().map(|b| &b[..]));
-                let f = encode_frame(OP_TEXT, &items);
+                let f = encode_message(OP_TEXT, &items, self.deflate);
                 self.delivered.bytes(f.len());
+                self.delivered.compressed(items.len(), f.len());
                 if super::write_burst(self.down, &super::Burst::One(f), consumer)
                     .await
                     .is_err()
@@ -520,10 +570,15 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                 Step::Go
             }
             Delivery::Message(m) => {
-                let burst =
-                    super::gather_burst(&m, consumer, &mut self.delivered, |m| Some(m.ws_frame()))
-                        .expect("WebSocket clients take every message");
+                let deflate = self.deflate;
+                let mut plain = 0;
+                let burst = super::gather_burst(&m, consumer, &mut self.delivered, |m| {
+                    plain += m.payload.len();
+                    Some(m.ws_frame_for(deflate))
+                })
+                .expect("WebSocket clients take every message");
                 self.delivered.bytes(burst.len());
+                self.delivered.compressed(plain, burst.len());
                 if super::write_burst(self.down, &burst, consumer)
                     .await
                     .is_err()

@@ -2,6 +2,7 @@
 //! the gateway speaks is encoded and decoded here, once, and tested here.
 //!
 //! - [`ws`]: WebSocket frames, close codes, the client-frame decoder, the opening handshake
+//! - [`deflate`]: permessage-deflate without context: the negotiation, compress, bounded inflate
 //! - [`frames`]: frame boundaries in a relayed WebSocket stream (headers only), for tunnels
 //! - [`sse`]: the SSE event encoder and the WHATWG stream parser
 //! - [`longpoll`]: the long-poll answer's JSON
@@ -9,6 +10,7 @@
 //! - [`sockjs`]: the SockJS frames, transport wrappers, URLs, `/info` and `iframe.html`
 //! - [`http`]: HTTP/1 header tokens, query parameters, the request's host
 
+pub mod deflate;
 pub mod frames;
 pub mod hixie76;
 pub mod http;

@@ -5,6 +5,7 @@
 //!
 //! Frame headers are parsed and written with tungstenite's `FrameHeader`.
 
+use super::deflate;
 use super::http::header_has_token;
 use bytes::{Buf, Bytes, BytesMut};
 use pingora::http::RequestHeader;
@@ -48,6 +49,30 @@ pub fn encode_frame(opcode: u8, payload: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// One message's frame to a client that agreed to `deflate`: compressed (RSV1 set) when that
+/// makes it smaller and it is at least [`deflate::THRESHOLD`] bytes, plain otherwise.
+pub fn encode_message(opcode: u8, payload: &[u8], deflate: Option<deflate::Agreed>) -> Bytes {
+    let compressed = deflate
+        .filter(|_| payload.len() >= deflate::THRESHOLD)
+        .and_then(|a| deflate::compress(payload, a));
+    match compressed {
+        Some(c) => {
+            let header = FrameHeader {
+                opcode: OpCode::from(opcode),
+                rsv1: true,
+                ..FrameHeader::default()
+            };
+            let mut out = Vec::with_capacity(c.len() + 10);
+            header
+                .format(c.len() as u64, &mut out)
+                .expect("writing to a Vec cannot fail");
+            out.extend_from_slice(&c);
+            Bytes::from(out)
+        }
+        None => encode_frame(opcode, payload),
+    }
+}
+
 pub fn encode_close(code: u16, reason: &str) -> Bytes {
     let mut payload = Vec::with_capacity(2 + reason.len());
     payload.extend_from_slice(&code.to_be_bytes());
@@ -75,17 +100,32 @@ pub enum Incoming {
 pub struct Violation {
     pub code: u16,
     pub reason: &'static str,
+    /// The offending frame was the client's close: it sends no other, so the server's close
+    /// answers it and nothing more is awaited.
+    pub in_close: bool,
 }
 
 fn violation(code: u16, reason: &'static str) -> Violation {
-    Violation { code, reason }
+    Violation {
+        code,
+        reason,
+        in_close: false,
+    }
 }
 
 pub struct Decoder {
     buf: BytesMut,
     max_message: usize,
-    /// Opcode and payload of a fragmented data message in progress.
-    partial: Option<(u8, BytesMut)>,
+    /// permessage-deflate was agreed: RSV1 marks a compressed message.
+    deflate: bool,
+    /// A fragmented data message in progress.
+    partial: Option<Partial>,
+}
+
+struct Partial {
+    op: u8,
+    compressed: bool,
+    data: BytesMut,
 }
 
 impl Decoder {
@@ -93,7 +133,18 @@ impl Decoder {
         Self {
             buf: BytesMut::new(),
             max_message,
+            deflate: false,
             partial: None,
+        }
+    }
+
+    /// A decoder for a client that agreed to permessage-deflate: a message with RSV1 on its
+    /// first frame is inflated (on its own, no context kept) and its inflated size is what
+    /// `max_message` bounds.
+    pub fn with_deflate(max_message: usize) -> Self {
+        Self {
+            deflate: true,
+            ..Self::new(max_message)
         }
     }
 
@@ -105,7 +156,7 @@ impl Decoder {
     /// still arriving, the fragments of a message in progress), counted by their capacity, which
     /// is what they take from the allocator.
     pub fn held(&self) -> usize {
-        self.buf.capacity() + self.partial.as_ref().map_or(0, |(_, p)| p.capacity())
+        self.buf.capacity() + self.partial.as_ref().map_or(0, |p| p.data.capacity())
     }
 
     /// The next complete message, `Ok(None)` when more bytes are needed.
@@ -118,7 +169,10 @@ impl Decoder {
                 return Ok(None);
             };
             let header_len = cur.position() as usize;
-            if header.rsv1 || header.rsv2 || header.rsv3 {
+            // RSV1 is permessage-deflate's, and only on a message's first frame (RFC 7692
+            // section 6.1); RSV2 and RSV3 belong to no extension here.
+            let first_data = matches!(header.opcode, OpCode::Data(d) if d != Data::Continue);
+            if header.rsv2 || header.rsv3 || (header.rsv1 && !(self.deflate && first_data)) {
                 return Err(violation(
                     close::PROTOCOL_ERROR,
                     "reserved bits set without an extension",
@@ -144,7 +198,7 @@ impl Decoder {
                     len as usize
                 }
                 OpCode::Data(_) => {
-                    let held = self.partial.as_ref().map_or(0, |(_, p)| p.len()) as u64;
+                    let held = self.partial.as_ref().map_or(0, |p| p.data.len()) as u64;
                     if held.saturating_add(len) > self.max_message as u64 {
                         return Err(violation(close::TOO_BIG, "message exceeds max_message"));
                     }
@@ -160,7 +214,12 @@ impl Decoder {
             let mut payload = self.buf.split_to(len);
             unmask(&mut payload, mask);
             match header.opcode {
-                OpCode::Control(Control::Close) => return parse_close(&payload).map(Some),
+                OpCode::Control(Control::Close) => {
+                    return parse_close(&payload).map(Some).map_err(|v| Violation {
+                        in_close: true,
+                        ..v
+                    })
+                }
                 OpCode::Control(Control::Ping) => {
                     return Ok(Some(Incoming::Ping(payload.freeze())))
                 }
@@ -168,16 +227,16 @@ impl Decoder {
                     return Ok(Some(Incoming::Pong(payload.freeze())))
                 }
                 OpCode::Data(Data::Continue) => {
-                    let Some((_, held)) = self.partial.as_mut() else {
+                    let Some(held) = self.partial.as_mut() else {
                         return Err(violation(
                             close::PROTOCOL_ERROR,
                             "continuation without a message",
                         ));
                     };
-                    held.extend_from_slice(&payload);
+                    held.data.extend_from_slice(&payload);
                     if header.is_final {
-                        let (op, data) = self.partial.take().expect("checked above");
-                        return finish(op, data).map(Some);
+                        let p = self.partial.take().expect("checked above");
+                        return self.finish(p.op, p.compressed, p.data).map(Some);
                     }
                 }
                 OpCode::Data(data) => {
@@ -193,9 +252,13 @@ impl Decoder {
                         OP_BINARY
                     };
                     if header.is_final {
-                        return finish(op, payload).map(Some);
+                        return self.finish(op, header.rsv1, payload).map(Some);
                     }
-                    self.partial = Some((op, payload));
+                    self.partial = Some(Partial {
+                        op,
+                        compressed: header.rsv1,
+                        data: payload,
+                    });
                 }
                 OpCode::Control(Control::Reserved(_)) => unreachable!("refused above"),
             }
@@ -209,7 +272,27 @@ fn unmask(data: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-fn finish(op: u8, data: BytesMut) -> Result<Incoming, Violation> {
+impl Decoder {
+    /// A complete message: inflated when it came compressed, then checked.
+    fn finish(&self, op: u8, compressed: bool, data: BytesMut) -> Result<Incoming, Violation> {
+        if !compressed {
+            return finish(op, data.freeze());
+        }
+        match deflate::inflate(&data, self.max_message) {
+            Ok(plain) => finish(op, Bytes::from(plain)),
+            Err(deflate::InflateError::TooBig) => Err(violation(
+                close::TOO_BIG,
+                "message exceeds max_message once inflated",
+            )),
+            Err(deflate::InflateError::Corrupt) => Err(violation(
+                close::INVALID_PAYLOAD,
+                "compressed message is not valid deflate data",
+            )),
+        }
+    }
+}
+
+fn finish(op: u8, data: Bytes) -> Result<Incoming, Violation> {
     if op == OP_TEXT {
         if std::str::from_utf8(&data).is_err() {
             return Err(violation(
@@ -217,9 +300,9 @@ fn finish(op: u8, data: BytesMut) -> Result<Incoming, Violation> {
                 "text message is not valid UTF-8",
             ));
         }
-        Ok(Incoming::Text(data.freeze()))
+        Ok(Incoming::Text(data))
     } else {
-        Ok(Incoming::Binary(data.freeze()))
+        Ok(Incoming::Binary(data))
     }
 }
 
@@ -442,6 +525,55 @@ pub(crate) mod tests {
             d.push(&wire);
             assert_eq!(d.next_message().unwrap_err().code, code, "{wire:02x?}");
         }
+    }
+
+    #[test]
+    fn deflate_marks_first_frames_only_and_inflated_size_is_capped() {
+        let a = deflate::Agreed { server_bits: 15 };
+        let text = "{\"k\":\"v\"}".repeat(40);
+        let c = deflate::compress(text.as_bytes(), a).unwrap();
+        // Whole, and split over a text frame and a continuation (RSV1 on the first only).
+        let mut d = Decoder::with_deflate(1024);
+        d.push(&masked(0xC1, &c));
+        let (head, tail) = c.split_at(c.len() / 2);
+        d.push(&masked(0x41, head));
+        d.push(&masked(0x80, tail));
+        for _ in 0..2 {
+            assert_eq!(
+                d.next_message().unwrap(),
+                Some(Incoming::Text(Bytes::from(text.clone())))
+            );
+        }
+        // Uncompressed messages still pass.
+        d.push(&masked(0x81, b"plain"));
+        assert_eq!(
+            d.next_message().unwrap(),
+            Some(Incoming::Text(Bytes::from_static(b"plain")))
+        );
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (
+                [masked(0x41, head), masked(0xC0, tail)].concat(),
+                close::PROTOCOL_ERROR,
+            ), // RSV1 on a continuation (RFC 7692 6.1)
+            (masked(0xC9, b"x"), close::PROTOCOL_ERROR), // RSV1 on a ping (RFC 7692 6.1)
+            (masked(0xA1, b"x"), close::PROTOCOL_ERROR), // RSV2: no extension
+            (masked(0xC1, &[0xff, 0xff, 0xff]), close::INVALID_PAYLOAD), // not deflate
+            (masked(0xC1, &c), close::TOO_BIG),          // 400 bytes inflated, cap 100
+        ];
+        for (i, (wire, code)) in cases.into_iter().enumerate() {
+            let mut d = Decoder::with_deflate(if i == 4 { 100 } else { 1024 });
+            d.push(&wire);
+            assert_eq!(d.next_message().unwrap_err().code, code, "case {i}");
+        }
+        // Compressed frames out: RSV1 set, below the threshold plain.
+        let f = encode_message(OP_TEXT, text.as_bytes(), Some(a));
+        assert_eq!(f[0], 0xC1);
+        assert!(f.len() < text.len() / 4);
+        assert_eq!(
+            &encode_message(OP_TEXT, b"short", Some(a))[..],
+            b"\x81\x05short"
+        );
+        assert_eq!(encode_message(OP_TEXT, text.as_bytes(), None)[0], 0x81);
     }
 
     #[test]

@@ -997,3 +997,92 @@ pub fn ws_switching_protocols(head: &str) -> Option<String> {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     ))
 }
+
+/// About 1 KiB of JSON (a feed's quotes), different for each `n`: what compression is for.
+pub fn json_quotes(n: usize) -> String {
+    let items: Vec<String> = (0..12)
+        .map(|i| {
+            format!(
+                "{{\"symbol\":\"SYM{i}\",\"bid\":{}.25,\"ask\":{}.50,\"volume\":{}}}",
+                n + i,
+                n + i,
+                n * 100 + i
+            )
+        })
+        .collect();
+    format!(
+        "{{\"seq\":{n},\"kind\":\"quotes\",\"items\":[{}]}}",
+        items.join(",")
+    )
+}
+
+/// Opens a WebSocket on `path` offering `extensions` (if any); returns the stream and the value
+/// of `Sec-WebSocket-Extensions` in the 101 (empty when none).
+pub async fn ws_open_offering(
+    addr: SocketAddr,
+    path: &str,
+    extensions: Option<&str>,
+) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let offer = extensions
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n").as_bytes()).await.unwrap();
+    let head = read_request_head(&mut s).await.expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let ext = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("sec-websocket-extensions")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (s, ext)
+}
+
+/// A masked client frame; `first` is its first byte (FIN, RSV1, opcode).
+pub fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x1b, 0x2c, 0x3d, 0x4e];
+    let mut out = vec![first];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
+/// One server frame: its first byte and payload.
+pub async fn read_server_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut h))
+        .await
+        .expect("a frame in time")
+        .expect("a frame");
+    assert_eq!(h[1] & 0x80, 0, "server frames are unmasked");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).await.unwrap();
+            u16::from_be_bytes(l) as usize
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).await.unwrap();
+            u64::from_be_bytes(l) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.unwrap();
+    (h[0], payload)
+}

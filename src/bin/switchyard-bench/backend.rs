@@ -4,7 +4,6 @@
 //! `publish`, the same feed pushed to Nchan's WebSocket publisher or Pushpin's HTTP publish API.
 
 use crate::clients::{read_response, split_url};
-use crate::feed::message;
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +21,7 @@ fn ticker(rate: u32) -> tokio::time::Interval {
 
 /// The WebSocket backend on `listen`: `/feed` sends every connection the feed (`rate` messages
 /// a second of `size` bytes; rate 0 is a quiet feed), `/echo` echoes.
-pub async fn serve(listen: SocketAddr, rate: u32, size: usize) {
+pub async fn serve(listen: SocketAddr, rate: u32, size: usize, payload: crate::feed::Payload) {
     let listener = TcpListener::bind(listen).await.expect("bind");
     let (tx, _) = tokio::sync::broadcast::channel::<Arc<str>>(65536);
     let publisher = tx.clone();
@@ -37,7 +36,7 @@ pub async fn serve(listen: SocketAddr, rate: u32, size: usize) {
         loop {
             tick.tick().await;
             seq += 1;
-            let _ = publisher.send(message(seq, size).into());
+            let _ = publisher.send(payload.message(seq, size).into());
         }
     });
     eprintln!("serving /feed at {rate} msg/s and /echo on {listen}");
@@ -115,7 +114,7 @@ pub async fn grip_origin(listen: SocketAddr) {
 }
 
 /// Publishes to Pushpin's HTTP API: one POST per message (an SSE event on channel `test`).
-async fn publish_http(url: &str, rate: u32, size: usize) {
+async fn publish_http(url: &str, rate: u32, size: usize, payload: crate::feed::Payload) {
     let (addr, path) = split_url(url);
     let connect = || async {
         TcpStream::connect(addr)
@@ -131,7 +130,7 @@ async fn publish_http(url: &str, rate: u32, size: usize) {
         tick.tick().await;
         seq += 1;
         let item = serde_json::json!({ "items": [{ "channel": "test", "formats": {
-            "http-stream": { "content": format!("data: {}\n\n", message(seq, size)) } } }] });
+            "http-stream": { "content": format!("data: {}\n\n", payload.message(seq, size)) } } }] });
         let body = item.to_string();
         let req = format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -164,9 +163,9 @@ async fn publish_http(url: &str, rate: u32, size: usize) {
 
 /// Publishes the feed to `url`: a `ws://` URL over one WebSocket (Nchan's publisher), an
 /// `http://` URL through Pushpin's HTTP publish API.
-pub async fn publish(url: &str, rate: u32, size: usize) {
+pub async fn publish(url: &str, rate: u32, size: usize, payload: crate::feed::Payload) {
     if url.starts_with("http://") {
-        return publish_http(url, rate, size).await;
+        return publish_http(url, rate, size, payload).await;
     }
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
@@ -178,7 +177,7 @@ pub async fn publish(url: &str, rate: u32, size: usize) {
         tokio::select! {
             _ = tick.tick() => {
                 seq += 1;
-                if ws.send(Message::text(message(seq, size))).await.is_err() {
+                if ws.send(Message::text(payload.message(seq, size))).await.is_err() {
                     eprintln!("publish connection lost");
                     return;
                 }

@@ -62,6 +62,10 @@ enum Cmd {
         /// Message size in bytes (padded).
         #[arg(long, default_value_t = 100)]
         size: usize,
+        /// `padded` (the seq and time, then dots) or `json` (quotes as JSON objects, about
+        /// `size` bytes: what compression meets in practice).
+        #[arg(long, default_value = "padded")]
+        payload: feed::Payload,
         /// Also serve a GRIP origin here (for Pushpin).
         #[arg(long)]
         grip_listen: Option<SocketAddr>,
@@ -74,12 +78,15 @@ enum Cmd {
         rate: u32,
         #[arg(long, default_value_t = 100)]
         size: usize,
+        #[arg(long, default_value = "padded")]
+        payload: feed::Payload,
     },
     /// Subscribers that verify and time every message.
     Fanout {
         #[arg(long)]
         url: String,
-        /// sse, ws, poll (switchyard's long-poll) or nchan-poll (Nchan's)
+        /// sse, ws, ws-deflate (offering permessage-deflate), poll (switchyard's long-poll)
+        /// or nchan-poll (Nchan's)
         #[arg(long, default_value = "sse")]
         transport: String,
         #[arg(long, default_value_t = 1000)]
@@ -96,6 +103,9 @@ enum Cmd {
         /// Clients opened between 20 ms pauses.
         #[arg(long, default_value_t = 200)]
         batch: usize,
+        /// The server's process ids (comma-separated): its CPU per delivery is reported.
+        #[arg(long, default_value = "")]
+        pids: String,
     },
     /// WebSocket echo round trips.
     Echo {
@@ -121,7 +131,7 @@ enum Cmd {
     Idle {
         #[arg(long)]
         url: String,
-        /// sse, ws, poll, raw (connected, nothing sent), or sockjs-xhr_streaming /
+        /// sse, ws, ws-deflate, poll, raw (connected, nothing sent), or sockjs-xhr_streaming /
         /// sockjs-eventsource (a SockJS session per client; `url` is the SockJS base)
         #[arg(long, default_value = "sse")]
         transport: String,
@@ -148,14 +158,20 @@ async fn main() {
             listen,
             rate,
             size,
+            payload,
             grip_listen,
         } => {
             if let Some(addr) = grip_listen {
                 tokio::spawn(backend::grip_origin(addr));
             }
-            backend::serve(listen, rate, size).await
+            backend::serve(listen, rate, size, payload).await
         }
-        Cmd::Publish { url, rate, size } => backend::publish(&url, rate, size).await,
+        Cmd::Publish {
+            url,
+            rate,
+            size,
+            payload,
+        } => backend::publish(&url, rate, size, payload).await,
         Cmd::Fanout {
             url,
             transport,
@@ -164,13 +180,14 @@ async fn main() {
             sources,
             rate,
             batch,
+            pids,
         } => {
             let shape = Shape {
                 clients,
                 sources,
                 batch,
             };
-            scenarios::fanout(&url, &transport, shape, seconds, rate, cli.json).await
+            scenarios::fanout(&url, &transport, shape, seconds, rate, &pids, cli.json).await
         }
         Cmd::Echo {
             url,

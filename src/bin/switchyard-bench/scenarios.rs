@@ -6,7 +6,7 @@
 
 use crate::clients::{
     connect_from, echo_client, hold_client, poll_client, split_url, sse_client, ws_client,
-    EchoFailure, HoldEnd,
+    EchoFailure, HoldEnd, WsSeen,
 };
 use crate::feed::{now_ns, parse};
 use crate::stats::{report, Latencies, Order, Verdict};
@@ -42,7 +42,54 @@ impl Shape {
 /// `shape.clients` subscribers to `url` over `transport`, each checking and timing every
 /// message; once all are connected and have settled for 2 s, `seconds` are measured. `rate`
 /// (the publish rate) gives the expected deliveries.
-pub async fn fanout(url: &str, transport: &str, shape: Shape, seconds: u64, rate: u32, json: bool) {
+/// A WebSocket subscriber's report: payloads to `on`, bytes read to the verdict while measuring.
+struct Subscriber<'a, F> {
+    on: F,
+    verdict: &'a Verdict,
+    measuring: &'a AtomicBool,
+}
+
+impl<F: FnMut(&str)> WsSeen for Subscriber<'_, F> {
+    fn read(&mut self, n: usize) {
+        if self.measuring.load(Ordering::Relaxed) {
+            self.verdict
+                .wire_bytes
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn text(&mut self, t: &str) {
+        (self.on)(t)
+    }
+}
+
+/// Counts a WebSocket as open once its handshake (compression included) succeeded.
+struct Opened(Arc<AtomicU64>);
+
+impl WsSeen for Opened {
+    fn open(&mut self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn text(&mut self, _: &str) {}
+}
+
+/// `shape.clients` subscribers of `url` over `transport` (sse, ws, ws-deflate, poll,
+/// nchan-poll), measured for `seconds`. With `pids`, the server's CPU time over the
+/// measurement too, per delivery.
+pub async fn fanout(
+    url: &str,
+    transport: &str,
+    shape: Shape,
+    seconds: u64,
+    rate: u32,
+    pids: &str,
+    json: bool,
+) {
+    let pids: Vec<u32> = pids
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
     let clients = shape.clients;
     let (addr, path) = split_url(url);
     let host = addr.to_string();
@@ -75,8 +122,14 @@ pub async fn fanout(url: &str, transport: &str, shape: Shape, seconds: u64, rate
                 h.record(now_ns().saturating_sub(ts) / 1000);
             };
             // A subscriber runs until the run ends and aborts it: any return is a failure.
-            if transport == "ws" {
-                if ws_client(stream, &host, &path, on).await {
+            if transport == "ws" || transport == "ws-deflate" {
+                let mut seen = Subscriber {
+                    on,
+                    verdict: &v,
+                    measuring: &m,
+                };
+                let deflate = transport == "ws-deflate";
+                if ws_client(stream, &host, &path, deflate, &mut seen).await {
                     v.lost.fetch_add(1, Ordering::Relaxed);
                 } else {
                     v.failed.fetch_add(1, Ordering::Relaxed);
@@ -107,10 +160,20 @@ pub async fn fanout(url: &str, transport: &str, shape: Shape, seconds: u64, rate
     tokio::time::sleep(Duration::from_secs(2)).await;
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
+    let ticks = cpu_ticks(&pids);
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::Relaxed);
+    // Clock ticks are 1/100 s on Linux (USER_HZ), as `idle` counts them.
+    let cpu_s = (cpu_ticks(&pids) - ticks) as f64 / 100.0;
     let took = started.elapsed().as_secs_f64();
     let received = verdict.received.load(Ordering::Relaxed);
+    let per_delivery = |x: f64| {
+        if received > 0 {
+            x / received as f64
+        } else {
+            0.0
+        }
+    };
     let expected = f64::from(rate) * took * clients as f64;
     let result = serde_json::json!({
         "scenario": "fanout",
@@ -129,6 +192,9 @@ pub async fn fanout(url: &str, transport: &str, shape: Shape, seconds: u64, rate
         "p50_ms": hist.quantile_ms(0.5),
         "p99_ms": hist.quantile_ms(0.99),
         "max_ms": hist.max_ms(),
+        "wire_bytes_per_delivery": per_delivery(verdict.wire_bytes.load(Ordering::Relaxed) as f64).round(),
+        "server_cpu_us_per_delivery": (per_delivery(cpu_s) * 1e6 * 1000.0).round() / 1000.0,
+        "server_cpu_share_of_one_core": cpu_s / took,
     });
     report(&result, json);
     for t in tasks {
@@ -288,6 +354,14 @@ pub async fn idle(url: &str, transport: &str, shape: Shape, pids: &str, seconds:
                     open.fetch_add(1, Ordering::Relaxed);
                     let mut buf = [0u8; 64];
                     let _ = s.read(&mut buf).await;
+                }));
+            }
+            // A WebSocket that agreed to permessage-deflate (raw client: tungstenite offers none).
+            "ws-deflate" => {
+                let mut opened = Opened(open.clone());
+                let (host, path) = (host.clone(), path.clone());
+                held.push(tokio::spawn(async move {
+                    ws_client(s, &host, &path, true, &mut opened).await;
                 }));
             }
             "ws" => {

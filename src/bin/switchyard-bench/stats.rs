@@ -75,6 +75,8 @@ pub struct Verdict {
     pub lost: AtomicU64,
     /// Long-poll answers received while measuring.
     pub polls: AtomicU64,
+    /// Bytes WebSocket subscribers read while measuring (frames, compressed or not).
+    pub wire_bytes: AtomicU64,
 }
 
 /// Per-client order check: after the first message, each one must be the next seq.

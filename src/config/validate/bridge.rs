@@ -4,8 +4,8 @@
 
 use super::Validator;
 use crate::config::model::{
-    BackendSpec, BinaryPolicy, BridgeRoute, Builtin, ClientTransports, Fanout, SlowConsumer,
-    SockJs, SockJsTransports, DEFAULT_LINGER, DEFAULT_REPLAY, DEFAULT_SESSION_TTL,
+    BackendSpec, BinaryPolicy, BridgeRoute, Builtin, ClientTransports, Compression, Fanout,
+    SlowConsumer, SockJs, SockJsTransports, DEFAULT_LINGER, DEFAULT_REPLAY, DEFAULT_SESSION_TTL,
     DEFAULT_SOCKJS_CLIENT_URL,
 };
 use crate::config::raw::{RawBackend, RawRoute};
@@ -261,6 +261,7 @@ impl Validator<'_> {
             );
         }
         let sockjs = self.sockjs(at, raw, &clients, &backend, fanout);
+        let compression = self.compression(at, raw, &clients, sockjs.as_ref());
         Some(BridgeRoute {
             backend,
             clients,
@@ -271,7 +272,40 @@ impl Validator<'_> {
             binary,
             session_ttl,
             sockjs,
+            compression,
         })
+    }
+
+    /// `compression: auto | off`, for a route with WebSocket clients (native or SockJS's).
+    fn compression(
+        &mut self,
+        at: &str,
+        raw: &RawRoute,
+        clients: &ClientTransports,
+        sockjs: Option<&SockJs>,
+    ) -> Compression {
+        let Some(value) = raw.compression.as_deref() else {
+            return Compression::Auto;
+        };
+        let mode = match value {
+            "auto" => Compression::Auto,
+            "off" => Compression::Off,
+            other => {
+                self.err(
+                    format!("{at}.compression"),
+                    format!("unknown compression {other:?}: use auto (permessage-deflate when the client offers it) or off"),
+                );
+                return Compression::Auto;
+            }
+        };
+        let websockets = clients.websocket || sockjs.is_some_and(|s| s.websocket);
+        if !websockets {
+            self.err(
+                format!("{at}.compression"),
+                "`compression` applies to WebSocket clients, and this route has none (`clients` lists neither websocket nor sockjs with its websocket transport)",
+            );
+        }
+        mode
     }
 }
 
@@ -461,6 +495,16 @@ mod tests {
             ("::1", 80, "/events")
         );
         assert_eq!(b.slow_consumer, SlowConsumer::Disconnect, "the default");
+        assert_eq!(
+            b.compression,
+            crate::config::Compression::Auto,
+            "the default"
+        );
+        let c = route("    backend: { builtin: echo }\n    compression: off\n").unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!()
+        };
+        assert_eq!(b.compression, crate::config::Compression::Off);
     }
 
     #[test]
@@ -597,6 +641,9 @@ mod tests {
             ("    proxy: { upstreams: [\"127.0.0.1:1\"] }\n    session_ttl: 1s\n", "routes[0].session_ttl: `session_ttl` applies to bridged routes"),
             ("    backend: { websocket: \"ws://x/\" }\n    slow_consumer: wait\n", "routes[0].slow_consumer: unknown slow_consumer policy \"wait\""),
             ("    backend: { websocket: \"ws://x/\" }\n    binary: hex\n", "routes[0].binary: unknown binary policy \"hex\""),
+            ("    backend: { websocket: \"ws://x/\" }\n    compression: gzip\n", "routes[0].compression: unknown compression \"gzip\": use auto"),
+            ("    backend: { websocket: \"ws://x/\" }\n    clients: [sse]\n    compression: auto\n", "routes[0].compression: `compression` applies to WebSocket clients"),
+            ("    proxy: { upstreams: [\"127.0.0.1:1\"] }\n    compression: off\n", "routes[0].compression: `compression` applies to bridged routes"),
             ("    backend: { websocket: \"ws://x/\" }\n    backend_linger: soon\n", "routes[0].backend_linger: "),
             ("    backend: { builtin: echo }\n    slow_consumer: disconnect\n", "routes[0].slow_consumer: `slow_consumer` applies to routes with a feed"),
             ("    proxy: { upstreams: [\"127.0.0.1:1\"] }\n    backend_linger: 1s\n", "routes[0].backend_linger: `backend_linger` applies to bridged routes"),

@@ -93,7 +93,12 @@ impl Validator<'_> {
         let limits = self.limits(&format!("{at}.limits"), raw.limits.as_ref(), limits);
         let kind = match (&raw.proxy, &raw.backend) {
             (Some(p), None) => {
-                let mut keys = vec![("clients", raw.clients.is_some())];
+                let mut keys = vec![
+                    ("clients", raw.clients.is_some()),
+                    ("sockjs", raw.sockjs.is_some()),
+                    // A tunnel passes the backend's own Sec-WebSocket-Extensions through.
+                    ("compression", raw.compression.is_some()),
+                ];
                 keys.extend(feed_keys(raw));
                 self.misplaced(
                     at,
