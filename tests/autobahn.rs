@@ -3,6 +3,13 @@
 //! echo (terminated) and a per-client route bridged to a tokio-tungstenite echo backend. Every
 //! case must end OK, NON-STRICT or INFORMATIONAL, its close too; UNIMPLEMENTED fails.
 //!
+//! The 216 compression cases cost the suite's Python client about 11 minutes of CPU per path on
+//! a 2-core machine (the other 301 take seconds), so by default each compression group runs on
+//! one path: 12.* (five payloads, fragmented and not) on the terminated echo, 13.* (the
+//! negotiation variants) on the bridged route; every other case runs on both. Both paths share
+//! the compression code (it sits at the client-facing endpoint). `SWITCHYARD_AUTOBAHN=full`
+//! runs all 517 cases on both paths (26 minutes here).
+//!
 //! `wstest` comes from `scripts/install-autobahn.sh` (run by `scripts/install-deps.sh --test`).
 
 mod common;
@@ -23,15 +30,16 @@ fn wstest() -> PathBuf {
     bin
 }
 
-/// Runs the fuzzingclient against `url` as `agent`; returns its verdicts by case id.
-async fn fuzz(agent: &str, url: &str) -> BTreeMap<String, (String, String)> {
+/// Runs the fuzzingclient against `url` as `agent`, without the case groups in `exclude`;
+/// returns its verdicts by case id.
+async fn fuzz(agent: &str, url: &str, exclude: &[&str]) -> BTreeMap<String, (String, String)> {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("reports");
     let spec = serde_json::json!({
         "outdir": out,
         "servers": [{ "agent": agent, "url": url }],
         "cases": ["*"],
-        "exclude-cases": [],
+        "exclude-cases": exclude,
         "exclude-agent-cases": {},
     });
     let spec_path = dir.path().join("fuzzingclient.json");
@@ -43,9 +51,9 @@ async fn fuzz(agent: &str, url: &str) -> BTreeMap<String, (String, String)> {
         .current_dir(dir.path())
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(Duration::from_secs(600), run)
+    let output = tokio::time::timeout(Duration::from_secs(1800), run)
         .await
-        .expect("wstest finishes within 10 minutes")
+        .expect("wstest finishes within 30 minutes")
         .expect("wstest runs");
     assert!(
         output.status.success(),
@@ -87,15 +95,38 @@ async fn autobahn_passes_on_terminated_and_bridged_websockets() {
     ))
     .await;
     let (echo_url, bridged_url) = (gw.ws_url("/echo"), gw.ws_url("/bridged"));
-    let (terminated, bridged) =
-        tokio::join!(fuzz("terminated", &echo_url), fuzz("bridged", &bridged_url),);
+    let full = std::env::var("SWITCHYARD_AUTOBAHN").is_ok_and(|v| v == "full");
+    let (skip_terminated, skip_bridged): (&[&str], &[&str]) = if full {
+        (&[], &[])
+    } else {
+        (&["13.*"], &["12.*"])
+    };
+    let (terminated, bridged) = tokio::join!(
+        fuzz("terminated", &echo_url, skip_terminated),
+        fuzz("bridged", &bridged_url, skip_bridged),
+    );
+    let group = |v: &BTreeMap<String, (String, String)>, g: &str| {
+        v.keys().filter(|c| c.starts_with(g)).count()
+    };
+    // Every permessage-deflate case ran: the 90 of 12.* and the 126 of 13.* (on both paths
+    // when full).
+    assert_eq!(
+        (group(&terminated, "12."), group(&bridged, "13.")),
+        (90, 126)
+    );
+    let runs = if full { 2 } else { 1 };
+    assert_eq!(
+        group(&terminated, "12.") + group(&bridged, "12."),
+        90 * runs
+    );
+    assert_eq!(
+        group(&terminated, "13.") + group(&bridged, "13."),
+        126 * runs
+    );
     for (agent, verdicts) in [("terminated", &terminated), ("bridged", &bridged)] {
-        assert_eq!(verdicts.len(), 517, "{agent}: every case ran");
-        let compressed = verdicts
-            .keys()
-            .filter(|c| c.starts_with("12.") || c.starts_with("13."))
-            .count();
-        assert_eq!(compressed, 216, "{agent}: the permessage-deflate cases ran");
+        // The 301 cases of sections 1 to 10 run on both paths.
+        let rest = verdicts.len() - group(verdicts, "12.") - group(verdicts, "13.");
+        assert_eq!(rest, 301, "{agent}: every case of sections 1-10 ran");
         let bad = failures(verdicts);
         assert!(
             bad.is_empty(),
@@ -109,7 +140,7 @@ async fn autobahn_passes_on_terminated_and_bridged_websockets() {
         backend
             .connections
             .load(std::sync::atomic::Ordering::SeqCst)
-            >= 517
+            >= 301
     );
     assert!(
         gw.metrics().await.contains(
