@@ -22,6 +22,7 @@ PASS_IDLE=${PASS_IDLE:-5000}   # two sockets each: a process holds < 20k
 FAN=${FAN:-10000}
 RATES=${RATES:-"20 50 100 200"}
 WS_RATE=${WS_RATE:-50}         # the rate of the WebSocket fan-out rows
+Z_RATE=${Z_RATE:-10}           # the compression fan-out's rate (~1 KiB messages: 10 MB/s per 1,000 subscribers)
 POLLERS=${POLLERS:-1000}
 POLL_RATE=${POLL_RATE:-20}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
@@ -290,15 +291,15 @@ SY_WSD=$(run "switchyard idle ws-deflate" $BENCH idle --url ws://127.0.0.1:8080/
 stop_switchyard; stop_backend
 Z_ROWS=""
 for transport in ws ws-deflate; do
-  start_backend "$WS_RATE" json 1024; start_switchyard
-  Z=$(run "switchyard fanout $transport json" $BENCH fanout --url ws://127.0.0.1:8080/feed --transport "$transport" --clients "$FAN" --rate "$WS_RATE" --seconds "$SECONDS_PER_RUN" --pids "$GW")
+  start_backend "$Z_RATE" json 1024; start_switchyard
+  Z=$(run "switchyard fanout $transport json" $BENCH fanout --url ws://127.0.0.1:8080/feed --transport "$transport" --clients "$FAN" --rate "$Z_RATE" --seconds "$SECONDS_PER_RUN" --pids "$GW")
   stop_switchyard; stop_backend
   [ "$transport" = ws ] && Z_SY_OFF=$Z || Z_SY_ON=$Z
   Z_ROWS+="| switchyard | $transport | $(z_row "$Z") |"$'\n'
   NCHAN_DEFLATE=1 start_nginx
-  taskset -c 1 "$ROOT/target/release/switchyard-bench" publish --url ws://127.0.0.1:8081/pub --rate "$WS_RATE" --payload json --size 1024 >"$WORK/pub.log" 2>&1 &
+  taskset -c 1 "$ROOT/target/release/switchyard-bench" publish --url ws://127.0.0.1:8081/pub --rate "$Z_RATE" --payload json --size 1024 >"$WORK/pub.log" 2>&1 &
   PUB=$!
-  Z=$(run "nchan fanout $transport json" $BENCH fanout --url ws://127.0.0.1:8081/sub --transport "$transport" --clients "$FAN" --rate "$WS_RATE" --seconds "$SECONDS_PER_RUN" --pids "$(nginx_pids)")
+  Z=$(run "nchan fanout $transport json" $BENCH fanout --url ws://127.0.0.1:8081/sub --transport "$transport" --clients "$FAN" --rate "$Z_RATE" --seconds "$SECONDS_PER_RUN" --pids "$(nginx_pids)")
   kill "$PUB" 2>/dev/null || true; wait "$PUB" 2>/dev/null || true
   stop_nginx
   Z_ROWS+="| nchan | $transport | $(z_row "$Z") |"$'\n'
@@ -392,7 +393,7 @@ mkdir -p docs
   echo "Idle: $IDLE terminated WebSockets that agreed to permessage-deflate, against the same without it"
   echo "(the row above): $(kib "$SY_WSD") KiB vs $(kib "$SY_WS") KiB per client."
   echo
-  echo "Fan-out: $FAN WebSocket subscribers of one feed of ~1 KiB JSON quotes at $WS_RATE msg/s, ${SECONDS_PER_RUN}s,"
+  echo "Fan-out: $FAN WebSocket subscribers of one feed of ~1 KiB JSON quotes at $Z_RATE msg/s, ${SECONDS_PER_RUN}s,"
   echo "offering permessage-deflate (\`ws-deflate\`, as browsers do) or not (\`ws\`). Every subscriber inflates"
   echo "and checks each message. Bytes are what subscribers read off the socket per delivery; CPU is the"
   echo "server's (all its processes) over the run, per delivery. Nchan keeps one deflated copy of each"
