@@ -166,17 +166,9 @@ async fn raw_upstream() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<Tc
             let Some(head) = read_request_head(&mut s).await else {
                 continue;
             };
-            let key = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("sec-websocket-key")
-                        .then(|| v.trim().to_owned())
-                })
-                .unwrap_or_default();
-            let accept =
-                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-            let answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+            let Some(answer) = ws_switching_protocols(&head) else {
+                continue;
+            };
             s.write_all(answer.as_bytes()).await.unwrap();
             if tx.send(s).await.is_err() {
                 return;

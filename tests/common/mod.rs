@@ -983,15 +983,20 @@ pub async fn read_request_head(s: &mut TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&head).into_owned())
 }
 
+/// The value of header `name` in an HTTP head, if it has one.
+pub fn head_header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
 /// The `101` a WebSocket server answers a handshake `head` with (RFC 6455 section 4.2.2), for
 /// hand-written backends that then misbehave on purpose. None when the head has no key.
 pub fn ws_switching_protocols(head: &str) -> Option<String> {
-    let key = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("sec-websocket-key")
-            .then(|| v.trim().to_owned())
-    })?;
+    let key = head_header(head, "sec-websocket-key")?;
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     Some(format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
@@ -1030,14 +1035,7 @@ pub async fn ws_open_offering(
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n").as_bytes()).await.unwrap();
     let head = read_request_head(&mut s).await.expect("an answer");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let ext = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("sec-websocket-extensions")
-                .then(|| v.trim().to_owned())
-        })
-        .unwrap_or_default();
+    let ext = head_header(&head, "sec-websocket-extensions").unwrap_or_default();
     (s, ext)
 }
 
