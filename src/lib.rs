@@ -8,6 +8,7 @@
 //!    wire                             process-wide buffer budget; pure framing
 //! 1  router, policy                   route lookup; origin, CORS, hygiene, limits, refusals as data
 //! 2  bridge                           hub, replay ring, consumers, sessions; backends injected
+//! 2b cluster                          Redis Streams: feed leases, the stream appender and reader
 //! 3  upstream                         backend connectors, pools, health (implements bridge::Backends)
 //! 4  transport                        ws, sse, long-poll endpoints over a Downstream
 //! 5  edge                             accept, head deadline, lean HTTP/1 connection, replay to pingora
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bridge;
+pub mod cluster;
 pub mod config;
 pub mod drain;
 pub mod edge;

@@ -253,6 +253,80 @@ pub static MEMORY_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// Registers every metric at start, so each is on `/metrics` from the first scrape (counters
 /// without labels as 0) instead of appearing on first use.
+pub static CLUSTER_UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "switchyard_cluster_up",
+        "1 while this instance reaches the cluster's Redis, 0 while it serves in local mode (only with `cluster:`)",
+        &["node"]
+    )
+    .expect("metric registers once")
+});
+
+pub static CLUSTER_LEASE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "switchyard_cluster_lease_held",
+        "1 while this instance holds the route's feed lease (and its backend connection) for the cluster",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
+pub static CLUSTER_LOCAL_FEEDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "switchyard_cluster_local_feeds",
+        "1 while a clustered feed runs its own backend connection because Redis is unreachable",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
+pub static CLUSTER_FALLBACKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_cluster_fallbacks_total",
+        "Times a clustered feed fell back to its own backend connection (Redis unreachable)",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
+pub static CLUSTER_READ_LAG: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "switchyard_cluster_read_lag_seconds",
+        "From the lease holder stamping a message to this instance reading it from the stream",
+        &["route"],
+        vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]
+    )
+    .expect("metric registers once")
+});
+
+pub static CLUSTER_APPENDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_cluster_appends_total",
+        "Messages the lease holder appended to the route's stream (ok) or could not (failed: its own clients still got them)",
+        &["route", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static REDIS_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_cluster_redis_errors_total",
+        "Redis commands that failed or timed out, by operation",
+        &["op"]
+    )
+    .expect("metric registers once")
+});
+
+pub static REDIS_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "switchyard_cluster_redis_seconds",
+        "Redis command latency, by operation (blocking reads excluded)",
+        &["op"],
+        vec![0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]
+    )
+    .expect("metric registers once")
+});
+
 pub fn init() {
     // Both outcomes exist from the start, so increase() sees the first failure.
     for outcome in ["success", "failure"] {
@@ -284,6 +358,14 @@ pub fn init() {
     LazyLock::force(&CONFIG_GENERATION);
     LazyLock::force(&MEMORY_LIMIT);
     LazyLock::force(&MEMORY_USED);
+    LazyLock::force(&CLUSTER_UP);
+    LazyLock::force(&CLUSTER_LEASE);
+    LazyLock::force(&CLUSTER_LOCAL_FEEDS);
+    LazyLock::force(&CLUSTER_FALLBACKS);
+    LazyLock::force(&CLUSTER_READ_LAG);
+    LazyLock::force(&CLUSTER_APPENDS);
+    LazyLock::force(&REDIS_ERRORS);
+    LazyLock::force(&REDIS_SECONDS);
     for what in ["ws_message", "ws_partial", "post_body"] {
         MEMORY_REFUSALS.with_label_values(&[what]);
     }

@@ -15,7 +15,11 @@ use tokio::sync::broadcast;
 #[derive(Debug)]
 pub struct Message {
     /// Position in the feed, starting at 1; long-poll cursors and SSE ids are built from it.
+    /// Seqs only grow; on a clustered feed they come from the cluster's clock and have gaps.
     pub seq: u64,
+    /// The seq of the message before this one in the feed (0 for the first), so a resume can
+    /// tell whether anything between a client's position and what is held was lost.
+    pub prev: u64,
     pub payload: Bytes,
     pub binary: bool,
     /// The SSE event name, when an SSE backend gave one (other than the default `message`).
@@ -39,6 +43,7 @@ impl Message {
     pub fn named(seq: u64, event: Option<Box<str>>, payload: Bytes, binary: bool) -> Self {
         Self {
             seq,
+            prev: seq.saturating_sub(1),
             payload,
             binary,
             event,
@@ -154,9 +159,30 @@ struct Ring {
     held: VecDeque<Arc<Message>>,
 }
 
+/// How a hub numbers what its own producer publishes.
+#[derive(Clone, Copy)]
+enum Stamp {
+    /// 1, 2, 3, ...: one process's feed.
+    Counter,
+    /// From the cluster's clock (milliseconds shifted by [`CLOCK_SHIFT`]), so every instance
+    /// stamps in one order and a position from any of them means the same everywhere.
+    Clock(fn() -> u64),
+}
+
+/// A clustered seq is a millisecond count shifted left by this, leaving room for 1,024
+/// messages per millisecond, and staying below 2^53 for centuries (JSON numbers in JavaScript).
+pub const CLOCK_SHIFT: u32 = 10;
+
+/// How far ahead of the cluster's clock a client's position may be and still be believed.
+const CLOCK_SLACK_MS: u64 = 60_000;
+
 pub struct Hub {
-    /// Changes when the feed restarts from scratch; part of every event id.
+    /// Changes when the feed restarts from scratch; part of every event id. A clustered feed
+    /// has one epoch for good (its seqs are time-based).
     pub epoch: String,
+    stamp: Stamp,
+    /// False until a clustered feed has loaded what the cluster holds (see [`Self::wait_ready`]).
+    ready: tokio::sync::watch::Sender<bool>,
     ring: Mutex<Ring>,
     /// Held by a publisher from stamping a message to sending it.
     publishing: Mutex<()>,
@@ -177,13 +203,27 @@ impl Hub {
     /// `queue` bounds how far any subscriber may fall behind; `replay` how many messages are
     /// kept for resume.
     pub fn new(queue: usize, replay: usize) -> Self {
-        let (tx, _) = broadcast::channel(queue.max(1));
         let epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| format!("{:x}", d.as_millis()))
             .unwrap_or_else(|_| "0".into());
+        Self::build(queue, replay, epoch, Stamp::Counter)
+    }
+
+    /// A feed shared by a cluster of instances: seqs from `clock` (the cluster's time, see
+    /// [`CLOCK_SHIFT`]), the fixed epoch `c`, and not ready until the cluster's history is in.
+    pub fn clustered(queue: usize, replay: usize, clock: fn() -> u64) -> Self {
+        let hub = Self::build(queue, replay, "c".into(), Stamp::Clock(clock));
+        hub.ready.send_replace(false);
+        hub
+    }
+
+    fn build(queue: usize, replay: usize, epoch: String, stamp: Stamp) -> Self {
+        let (tx, _) = broadcast::channel(queue.max(1));
         Self {
             epoch,
+            stamp,
+            ready: tokio::sync::watch::Sender::new(true),
             ring: Mutex::new(Ring {
                 next_seq: 1,
                 held: VecDeque::with_capacity(replay.min(1024)),
@@ -205,6 +245,37 @@ impl Hub {
         self.queue
     }
 
+    /// The replay window, in messages.
+    pub fn replay(&self) -> usize {
+        self.replay
+    }
+
+    pub fn is_clustered(&self) -> bool {
+        matches!(self.stamp, Stamp::Clock(_))
+    }
+
+    /// Marks a clustered feed's history loaded (or given up on: the cluster is unreachable).
+    pub fn set_ready(&self) {
+        self.ready.send_replace(true);
+    }
+
+    /// Waits (at most `limit`) until the feed's history is loaded; at once on a local feed.
+    pub async fn wait_ready(&self, limit: std::time::Duration) {
+        let mut rx = self.ready.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|r| *r)).await;
+    }
+
+    /// True when `seq`, a position a client gave, can belong to this feed: not ahead of its
+    /// head on a local feed; on a clustered one, not ahead of the cluster's clock (another
+    /// instance may have published it a moment before this one read it).
+    pub fn plausible(&self, seq: u64) -> bool {
+        let head = self.head();
+        match self.stamp {
+            Stamp::Counter => seq <= head,
+            Stamp::Clock(clock) => seq <= head.max(clock() + (CLOCK_SLACK_MS << CLOCK_SHIFT)),
+        }
+    }
+
     /// Stamps and publishes one message.
     pub fn publish(&self, payload: Bytes, binary: bool) -> Arc<Message> {
         self.publish_named(None, payload, binary)
@@ -224,17 +295,59 @@ impl Hub {
         let _turn = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
         let msg = {
             let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-            let msg = Arc::new(Message::named(ring.next_seq, event, payload, binary));
-            ring.next_seq += 1;
-            if self.replay > 0 {
-                if ring.held.len() == self.replay {
-                    ring.held.pop_front();
-                }
-                ring.held.push_back(msg.clone());
-            }
-            msg
+            let seq = match self.stamp {
+                Stamp::Counter => ring.next_seq,
+                Stamp::Clock(clock) => ring.next_seq.max(clock()),
+            };
+            let prev = ring.next_seq - 1;
+            self.hold(&mut ring, seq, prev, event, payload, binary)
         };
         let _ = self.tx.send(Event::Message(msg.clone()));
+        msg
+    }
+
+    /// Publishes a message another instance stamped (`seq`, after `prev`), read from the
+    /// cluster. Nothing happens when `seq` is not past the head: this instance has it already
+    /// (it published it itself), or has moved past it.
+    pub fn publish_at(
+        &self,
+        seq: u64,
+        prev: u64,
+        event: Option<Box<str>>,
+        payload: Bytes,
+        binary: bool,
+    ) -> Option<Arc<Message>> {
+        let _turn = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
+        let msg = {
+            let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+            if seq < ring.next_seq {
+                return None;
+            }
+            self.hold(&mut ring, seq, prev, event, payload, binary)
+        };
+        let _ = self.tx.send(Event::Message(msg.clone()));
+        Some(msg)
+    }
+
+    fn hold(
+        &self,
+        ring: &mut Ring,
+        seq: u64,
+        prev: u64,
+        event: Option<Box<str>>,
+        payload: Bytes,
+        binary: bool,
+    ) -> Arc<Message> {
+        let mut m = Message::named(seq, event, payload, binary);
+        m.prev = prev;
+        let msg = Arc::new(m);
+        ring.next_seq = seq + 1;
+        if self.replay > 0 {
+            if ring.held.len() == self.replay {
+                ring.held.pop_front();
+            }
+            ring.held.push_back(msg.clone());
+        }
         msg
     }
 
@@ -279,9 +392,12 @@ impl Hub {
                     .filter(|m| m.seq > after)
                     .cloned()
                     .collect();
-                let oldest = ring.held.front().map_or(ring.next_seq, |m| m.seq);
-                // Missed messages when the client's position is before what is still held.
-                let gap = after.saturating_add(1) < oldest && after < ring.next_seq - 1;
+                // Missed messages when something came after the client's position and before
+                // the oldest message still held.
+                let gap = match ring.held.front() {
+                    Some(oldest) => after < oldest.prev,
+                    None => after < ring.next_seq - 1,
+                };
                 (backlog, gap)
             }
         };
@@ -306,6 +422,17 @@ impl Hub {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .running = false;
+    }
+
+    /// True when nobody here has been subscribed for `linger` (changes nothing; see
+    /// [`Self::producer_should_stop`] to act on it).
+    pub fn idle_for(&self, linger: std::time::Duration) -> bool {
+        let mut p = self.producer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.tx.receiver_count() > 0 {
+            p.last_subscriber = Instant::now();
+            return false;
+        }
+        p.last_subscriber.elapsed() >= linger
     }
 
     /// Called by the producer between messages: true when it should stop because nobody has
@@ -373,6 +500,60 @@ mod tests {
         assert!(matches!(s.live.recv().await.unwrap(), Event::BackendGone(g) if g.code == 1012));
         // The sequence goes on across the reconnect.
         assert!(matches!(s.live.recv().await.unwrap(), Event::Message(m) if m.seq == 2));
+    }
+
+    fn clock() -> u64 {
+        1_000 << CLOCK_SHIFT
+    }
+
+    #[test]
+    fn clustered_feeds_stamp_from_the_clock_and_take_messages_stamped_elsewhere() {
+        let hub = Hub::clustered(8, 3, clock);
+        let a = hub.publish(Bytes::from_static(b"a"), false);
+        assert_eq!((a.seq, a.prev), (clock(), 0));
+        // The clock has not moved: the next one is still after the first.
+        let b = hub.publish(Bytes::from_static(b"b"), false);
+        assert_eq!((b.seq, b.prev), (clock() + 1, clock()));
+        // From another instance: later ones go in, what is not past the head does not.
+        assert!(hub
+            .publish_at(
+                clock() + 50,
+                clock() + 1,
+                None,
+                Bytes::from_static(b"c"),
+                false
+            )
+            .is_some());
+        assert!(hub
+            .publish_at(
+                clock() + 50,
+                clock() + 1,
+                None,
+                Bytes::from_static(b"c"),
+                false
+            )
+            .is_none());
+        assert!(hub
+            .publish_at(
+                clock() + 70,
+                clock() + 60,
+                None,
+                Bytes::from_static(b"e"),
+                false
+            )
+            .is_some());
+        // Held: b, c, e. A client at c missed what came at +60 (never seen here either).
+        let s = hub.subscribe(Some(clock() + 50));
+        assert_eq!(s.backlog.len(), 1);
+        // A client at b is exactly before c: no gap, though the seqs are not consecutive.
+        let s = hub.subscribe(Some(clock()));
+        assert_eq!(s.backlog.len(), 3);
+        assert!(!s.gap);
+        // A client before a (which fell out) missed it.
+        assert!(hub.subscribe(Some(5)).gap);
+        assert!(hub.plausible(clock() + 70));
+        assert!(hub.plausible(clock() + (30_000 << CLOCK_SHIFT)));
+        assert!(!hub.plausible(clock() + (120_000 << CLOCK_SHIFT)));
     }
 
     #[test]

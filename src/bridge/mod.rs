@@ -48,6 +48,12 @@ pub enum OpenError {
 /// bridge layer never imports the connectors.
 #[async_trait::async_trait]
 pub trait Backends: Send + Sync {
+    /// The hub of a new shared feed: one process's own, unless the feed is shared by a
+    /// cluster of instances.
+    fn shared_hub(&self, route: &Route, spec: &BridgeRoute) -> Hub {
+        Hub::new(route.limits.send_queue, spec.replay)
+    }
+
     /// Starts the producer of a shared feed (its backend connection, or the builtin clock)
     /// unless it is running already.
     fn ensure_feed(&self, hub: &Arc<Hub>, route: &Arc<Route>, spec: &BridgeRoute);
@@ -157,9 +163,7 @@ impl Bridge {
             _ if spec.fanout == Fanout::PerClient => Source::PerClient(Arc::default()),
             BackendSpec::Builtin(Builtin::Clock)
             | BackendSpec::WebSocket(_)
-            | BackendSpec::Sse(_) => {
-                Source::Shared(Arc::new(Hub::new(route.limits.send_queue, spec.replay)))
-            }
+            | BackendSpec::Sse(_) => Source::Shared(Arc::new(backends.shared_hub(&route, spec))),
             BackendSpec::Builtin(Builtin::Echo) => Source::Echo,
             BackendSpec::Builtin(Builtin::DemoPage) => Source::DemoPage,
         };
@@ -248,6 +252,16 @@ impl Bridge {
         let sub = hub.subscribe(after);
         self.backends.ensure_feed(hub, &self.route, &self.spec);
         sub
+    }
+
+    /// Waits until the shared feed knows what its cluster holds (at once on a local feed), so
+    /// a resume position from another instance is judged against the same history. Starts
+    /// the feed. Gives up after a few seconds: a client is then served from what is here.
+    pub async fn ready(&self) {
+        if let Some(hub) = self.hub().filter(|h| h.is_clustered()) {
+            self.backends.ensure_feed(hub, &self.route, &self.spec);
+            hub.wait_ready(Duration::from_secs(3)).await;
+        }
     }
 
     /// Opens this client's own session (see [`Backends::open_session`]).

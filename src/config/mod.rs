@@ -114,16 +114,18 @@ pub fn load_str(text: &str, base_dir: &Path, source: &str) -> Result<Config, Con
     let mut server_node = None;
     let mut defaults_node = None;
     let mut routes_node = None;
+    let mut cluster_node = None;
     for (k, v) in top {
         match k.as_str() {
             Some("server") => server_node = Some(v),
             Some("defaults") => defaults_node = Some(v),
             Some("routes") => routes_node = Some(v),
+            Some("cluster") => cluster_node = Some(v),
             _ => errors.push(ConfigError {
                 path: key_text(&k),
                 line: None,
                 message: format!(
-                    "unknown key `{}`, expected one of `server`, `defaults`, `routes`",
+                    "unknown key `{}`, expected one of `server`, `cluster`, `defaults`, `routes`",
                     key_text(&k)
                 ),
             }),
@@ -160,8 +162,13 @@ pub fn load_str(text: &str, base_dir: &Path, source: &str) -> Result<Config, Con
             Vec::new()
         }
     };
+    let cluster = match cluster_node {
+        Some(Value::Null) | None => None,
+        Some(v) => parse_node::<raw::RawCluster>(v, "cluster", &mut errors),
+    };
     let parts = validate::RawParts {
         server,
+        cluster,
         defaults,
         routes,
     };

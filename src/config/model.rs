@@ -13,7 +13,48 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    /// `cluster:`; None runs the instance on its own.
+    pub cluster: Option<ClusterConfig>,
     pub routes: Vec<Route>,
+}
+
+/// `cluster:`: the Redis that joins instances into one gateway (see `crate::cluster`).
+#[derive(Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// `redis://` or `rediss://`, with `${VAR}` already expanded (may hold a password).
+    pub redis: String,
+    /// This instance's name in the cluster (metrics, logs, lease values).
+    pub node: String,
+    /// Prefix of every key, so several gateways can share one Redis.
+    pub prefix: String,
+    /// How long a feed's lease outlives its holder; failover takes at most about this long.
+    pub lease_ttl: Duration,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    /// The Redis URL is shown without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis", &redact_url(&self.redis))
+            .field("node", &self.node)
+            .field("prefix", &self.prefix)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish()
+    }
+}
+
+/// `url` with the password (what follows `user:` before `@`) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((auth, host)) => match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://***@{host}"),
+        },
+        None => url.to_owned(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -26,6 +26,19 @@ pub struct RawServer {
     pub limits: Option<RawServerLimits>,
 }
 
+/// `cluster:`: several instances as one gateway, on Redis Streams.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub redis: String,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub lease_ttl: Option<Scalar>,
+}
+
 /// Limits of the whole process (a route's own are under its `limits:`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

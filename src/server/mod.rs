@@ -89,6 +89,21 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    // Before the first generation: its shared feeds are built clustered.
+    if let Some(cfg) = &config.cluster {
+        let cluster = crate::cluster::init(cfg)?;
+        server.add_service(background_service(
+            "cluster heartbeat",
+            crate::cluster::Heartbeat(cluster.clone()),
+        ));
+        log::info!(
+            "cluster: node {} with Redis at {} (prefix {:?}, lease_ttl {:?})",
+            cfg.node,
+            crate::config::model::redact_url(&cfg.redis),
+            cfg.prefix,
+            cfg.lease_ttl
+        );
+    }
     let state = Arc::new(Live::new(GatewayState::new(config)));
     metrics::init();
     metrics::CONFIG_GENERATION.set(1);

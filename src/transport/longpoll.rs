@@ -56,11 +56,12 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
         Ok(c) => c,
         Err(reject) => return reject.send(down, route).await,
     };
+    bridge.ready().await;
     let head = hub.head();
     // A cursor ahead of the feed comes from before a restart: start over from what is held.
-    let from_before_restart = cursor.is_some_and(|n| n > head);
+    let from_before_restart = cursor.is_some_and(|n| !hub.plausible(n));
     let after = match cursor {
-        Some(n) if n > head => 0,
+        Some(_) if from_before_restart => 0,
         Some(n) => n,
         None => head,
     };

@@ -38,12 +38,12 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
         .hub()
         .expect("SSE clients of a route without sessions read its hub");
     let last_id = last_event_id(down);
+    bridge.ready().await;
     // An id from another epoch means the feed restarted: replay all that is held, with a gap mark.
     // So is a position ahead of the feed's head (a forged or corrupted id).
-    let head = hub.head();
     let resumed = last_id
         .as_deref()
-        .map(|id| resume_position(id, &hub.epoch).filter(|seq| *seq <= head));
+        .map(|id| resume_position(id, &hub.epoch).filter(|seq| hub.plausible(*seq)));
     let foreign_id = matches!(resumed, Some(None));
     let after = resumed.map(|p| p.unwrap_or(0));
     let Joined {

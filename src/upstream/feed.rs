@@ -42,11 +42,53 @@ pub struct Link {
     pub route: Arc<Route>,
     pub spec: BridgeRoute,
     pub hub: Arc<Hub>,
+    /// On a clustered feed: where the lease holder appends what it publishes.
+    pub relay: Option<crate::cluster::stream::Relay>,
+    /// On a clustered feed: the connection runs while this says so (the cluster controller
+    /// decides, see [`super::clustered`]), instead of while local clients are subscribed.
+    pub hold: Option<tokio::sync::watch::Receiver<bool>>,
+    /// An SSE backend's event id to resume from on the first connect (a new lease holder
+    /// continues where the previous one was).
+    pub resume_id: String,
 }
 
 impl Link {
+    pub fn new(route: &Arc<Route>, spec: &BridgeRoute, hub: &Arc<Hub>) -> Self {
+        Self {
+            route: route.clone(),
+            spec: spec.clone(),
+            hub: hub.clone(),
+            relay: None,
+            hold: None,
+            resume_id: String::new(),
+        }
+    }
+
     pub fn route_name(&self) -> &str {
         &self.route.name
+    }
+
+    /// Publishes one backend message to this instance's clients, and to the cluster's stream
+    /// when this instance holds the feed's lease. `origin_id` is an SSE backend's own id.
+    pub fn publish(
+        &self,
+        event: Option<Box<str>>,
+        payload: bytes::Bytes,
+        binary: bool,
+        origin_id: Option<&str>,
+    ) {
+        let msg = self.hub.publish_named(event, payload, binary);
+        if let Some(relay) = &self.relay {
+            relay.offer(&msg, origin_id);
+        }
+    }
+
+    /// Tells every client (on every instance, when clustered) that the connection ended.
+    fn backend_gone(&self, code: u16, reason: String) {
+        if let Some(relay) = &self.relay {
+            relay.gone(self.hub.head(), code, &reason);
+        }
+        self.hub.backend_gone(code, reason);
     }
 
     /// How often an open connection checks whether it still has clients.
@@ -54,9 +96,13 @@ impl Link {
         (self.spec.linger / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 
-    /// True (and the feed marked stopped) when nobody has been subscribed for `backend_linger`.
+    /// True (and the feed marked stopped) when nobody has been subscribed for `backend_linger`;
+    /// on a clustered feed, when the cluster controller lets go of the connection.
     pub fn should_close(&self) -> bool {
-        self.hub.producer_should_stop(self.spec.linger)
+        match &self.hold {
+            Some(hold) => !*hold.borrow(),
+            None => self.hub.producer_should_stop(self.spec.linger),
+        }
     }
 }
 
@@ -65,12 +111,7 @@ pub fn ensure_running(hub: &Arc<Hub>, route: &Arc<Route>, spec: &BridgeRoute) {
     if !hub.claim_producer() {
         return;
     }
-    let link = Link {
-        route: route.clone(),
-        spec: spec.clone(),
-        hub: hub.clone(),
-    };
-    tokio::spawn(run(link));
+    tokio::spawn(run(Link::new(route, spec, hub)));
 }
 
 /// Marks the feed stopped if its task unwinds, so the next client starts a new one.
@@ -84,8 +125,11 @@ impl Drop for ReleaseOnPanic {
     }
 }
 
-async fn run(link: Link) {
-    let _release = ReleaseOnPanic(link.hub.clone());
+pub async fn run(link: Link) {
+    let _release = link
+        .hold
+        .is_none()
+        .then(|| ReleaseOnPanic(link.hub.clone()));
     let route = link.route_name().to_owned();
     let (kind, feed) = match &link.spec.backend {
         BackendSpec::WebSocket(f) => ("websocket", f.clone()),
@@ -93,7 +137,10 @@ async fn run(link: Link) {
         BackendSpec::Builtin(_) => unreachable!("builtins have their own producers"),
     };
     let mut backoff = Backoff::new(feed.reconnect);
-    let mut sse_resume = sse::Resume::default();
+    let mut sse_resume = sse::Resume {
+        last_id: link.resume_id.clone(),
+        ..sse::Resume::default()
+    };
     let mut failing = false;
     loop {
         if link.should_close() {
@@ -137,7 +184,7 @@ async fn run(link: Link) {
                     "route {route}: backend {} connection ended ({reason}) after {messages} messages; reconnecting",
                     feed.url
                 );
-                link.hub.backend_gone(code, reason);
+                link.backend_gone(code, reason);
                 failing = false;
                 // Only a connection that lasted starts the backoff over: a backend that
                 // accepts, sends a message and closes must not be hammered.

@@ -9,6 +9,7 @@
 //! it builds ([`crate::bridge::Backends`]).
 
 pub mod builtin;
+pub mod clustered;
 pub mod feed;
 pub mod health;
 pub mod per_client;
@@ -30,12 +31,24 @@ pub struct Connectors;
 
 #[async_trait::async_trait]
 impl Backends for Connectors {
+    fn shared_hub(&self, route: &Route, spec: &BridgeRoute) -> Hub {
+        match (&spec.backend, crate::cluster::get()) {
+            (BackendSpec::WebSocket(_) | BackendSpec::Sse(_), Some(_)) => {
+                clustered::hub(route, spec)
+            }
+            _ => Hub::new(route.limits.send_queue, spec.replay),
+        }
+    }
+
     fn ensure_feed(&self, hub: &Arc<Hub>, route: &Arc<Route>, spec: &BridgeRoute) {
         match &spec.backend {
             BackendSpec::Builtin(Builtin::Clock) => builtin::ensure_clock(hub),
-            BackendSpec::WebSocket(_) | BackendSpec::Sse(_) => {
-                feed::ensure_running(hub, route, spec)
-            }
+            BackendSpec::WebSocket(_) | BackendSpec::Sse(_) => match crate::cluster::get() {
+                Some(cluster) if hub.is_clustered() => {
+                    clustered::ensure_running(cluster, hub, route, spec)
+                }
+                _ => feed::ensure_running(hub, route, spec),
+            },
             BackendSpec::Builtin(_) => {}
         }
     }

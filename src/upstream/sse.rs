@@ -141,10 +141,14 @@ pub async fn session(link: &Link, feed: &RemoteBackend, resume: &mut Resume) -> 
                 if let Some(ms) = parser.retry {
                     resume.retry = Some(Duration::from_millis(ms));
                 }
-                for e in events.drain(..) {
+                let n = events.len();
+                for (i, e) in events.drain(..).enumerate() {
                     messages += 1;
                     received.inc();
-                    link.hub.publish_named(e.event.map(Into::into), Bytes::from(e.data), false);
+                    // The backend's id is known after the chunk: it goes with its last event.
+                    let origin = (i + 1 == n && !resume.last_id.is_empty())
+                        .then_some(resume.last_id.as_str());
+                    link.publish(e.event.map(Into::into), Bytes::from(e.data), false, origin);
                 }
                 if parser.oversized > 0 {
                     log::warn!("route {route}: dropped {} backend events larger than max_message", parser.oversized);

@@ -124,12 +124,12 @@ pub async fn session(link: &Link, feed: &RemoteBackend) -> Outcome {
                     Some(Ok(Message::Text(t))) => {
                         messages += 1;
                         received.inc();
-                        link.hub.publish(Bytes::from(t), false);
+                        link.publish(None, Bytes::from(t), false, None);
                     }
                     Some(Ok(Message::Binary(b))) => {
                         messages += 1;
                         received.inc();
-                        link.hub.publish(b, true);
+                        link.publish(None, b, true, None);
                     }
                     // tungstenite queues the pong; flushing sends it now.
                     Some(Ok(Message::Ping(_))) => {

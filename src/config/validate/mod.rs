@@ -10,13 +10,14 @@
 
 mod backend;
 mod bridge;
+mod cluster;
 mod policy;
 mod proxy;
 mod route;
 mod server;
 
 use super::model::{Config, HostPattern, Keepalive, Limits};
-use super::raw::{RawPolicy, RawRoute, RawServer, Scalar};
+use super::raw::{RawCluster, RawPolicy, RawRoute, RawServer, Scalar};
 use super::units::parse_duration;
 use super::ConfigError;
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use std::time::Duration;
 /// Parsed sections, each `None` when it failed structurally (its errors are already recorded).
 pub struct RawParts {
     pub server: Option<RawServer>,
+    pub cluster: Option<RawCluster>,
     pub defaults: RawPolicy,
     pub routes: Vec<Option<RawRoute>>,
 }
@@ -70,6 +72,7 @@ impl<'a> Validator<'a> {
     /// Checks every section; returns the config only when nothing at all was wrong.
     pub fn validate(mut self, parts: RawParts) -> Result<Config, Vec<ConfigError>> {
         let server = parts.server.as_ref().map(|s| self.server(s));
+        let cluster = parts.cluster.as_ref().map(|c| self.cluster(c));
         let defaults_origins = parts.defaults.origins.clone().unwrap_or_default();
         self.origins("defaults.origins", &defaults_origins);
         let defaults_keepalive = self.keepalive(
@@ -122,7 +125,11 @@ impl<'a> Validator<'a> {
         }
         if self.errors.is_empty() {
             if let Some(server) = server {
-                return Ok(Config { server, routes });
+                return Ok(Config {
+                    server,
+                    cluster,
+                    routes,
+                });
             }
         }
         Err(self.errors)

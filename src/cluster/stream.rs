@@ -1,0 +1,449 @@
+//! A route's stream: the lease holder's [`Relay`] appends what its backend sends; every
+//! instance's [`read_feed`] reads it into the local hub.
+//!
+//! An entry's id is its hub seq (`SEQ-0`), so the stream's order is the feed's and a reader
+//! needs no mapping; a backend-gone notice after message SEQ is `SEQ-1`. Fields: `p` payload,
+//! `b` binary, `e` SSE event name, `v` the previous seq, `t` when it was stamped (Unix ms, the
+//! cluster's clock), `i` an SSE backend's own event id (where a new holder resumes the
+//! backend); a notice has `g` (close code), `r` (reason) and `n` (the node that saw it).
+
+use super::{Cluster, FeedKeys, READ_BLOCK, STREAM_TTL};
+use crate::bridge::hub::{Hub, Message, CLOCK_SHIFT};
+use crate::metrics;
+use bytes::Bytes;
+use redis::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Appends waiting for Redis, at most; beyond it they are counted as failed (the holder's own
+/// clients have them anyway), so a slow Redis never holds the backend's reader.
+const APPEND_QUEUE: usize = 4096;
+
+/// Entries per pipeline and per read.
+const BATCH: usize = 256;
+
+enum Append {
+    Message(Arc<Message>, Option<Box<str>>),
+    Gone {
+        after: u64,
+        code: u16,
+        reason: String,
+    },
+}
+
+/// The lease holder's way into the route's stream. Offers never wait.
+#[derive(Clone)]
+pub struct Relay {
+    tx: mpsc::Sender<Append>,
+    route: Arc<str>,
+}
+
+impl Relay {
+    /// Appends `msg` (with the SSE backend's own event id, if any) when this instance holds
+    /// the lease.
+    pub fn offer(&self, msg: &Arc<Message>, origin_id: Option<&str>) {
+        let append = Append::Message(msg.clone(), origin_id.map(Into::into));
+        if self.tx.try_send(append).is_err() {
+            metrics::CLUSTER_APPENDS
+                .with_label_values(&[&*self.route, "failed"])
+                .inc();
+        }
+    }
+
+    /// Tells the other instances that the backend connection ended after message `after`.
+    pub fn gone(&self, after: u64, code: u16, reason: &str) {
+        let _ = self.tx.try_send(Append::Gone {
+            after,
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+}
+
+/// Starts the appender of one route; it appends while `holding` is set, and ends when every
+/// [`Relay`] is dropped.
+pub fn appender(
+    cluster: Arc<Cluster>,
+    keys: FeedKeys,
+    cap: usize,
+    holding: Arc<AtomicBool>,
+) -> Relay {
+    let (tx, rx) = mpsc::channel(APPEND_QUEUE);
+    let relay = Relay {
+        tx,
+        route: keys.route.clone(),
+    };
+    tokio::spawn(run_appender(cluster, keys, cap, holding, rx));
+    relay
+}
+
+async fn run_appender(
+    cluster: Arc<Cluster>,
+    keys: FeedKeys,
+    cap: usize,
+    holding: Arc<AtomicBool>,
+    mut rx: mpsc::Receiver<Append>,
+) {
+    let route = &*keys.route;
+    let ok = metrics::CLUSTER_APPENDS.with_label_values(&[route, "ok"]);
+    let failed = metrics::CLUSTER_APPENDS.with_label_values(&[route, "failed"]);
+    let local = metrics::CLUSTER_APPENDS.with_label_values(&[route, "local"]);
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut warned = false;
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let messages = batch
+            .iter()
+            .filter(|a| matches!(a, Append::Message(..)))
+            .count() as u64;
+        if !holding.load(Ordering::Relaxed) {
+            // Local mode (Redis unreachable) or the lease just moved: this instance's clients
+            // had these; the cluster gets the holder's.
+            local.inc_by(messages);
+            batch.clear();
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        let node = cluster.node();
+        for a in batch.drain(..) {
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(&keys.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(cap);
+            match a {
+                Append::Message(m, origin) => {
+                    cmd.arg(format!("{}-0", m.seq))
+                        .arg("p")
+                        .arg(&m.payload[..])
+                        .arg("v")
+                        .arg(m.prev)
+                        .arg("t")
+                        .arg(stamp_ms(m.seq));
+                    if m.binary {
+                        cmd.arg("b").arg(1);
+                    }
+                    if let Some(e) = &m.event {
+                        cmd.arg("e").arg(&**e);
+                    }
+                    if let Some(i) = origin {
+                        cmd.arg("i").arg(&*i);
+                    }
+                }
+                Append::Gone {
+                    after,
+                    code,
+                    reason,
+                } => {
+                    cmd.arg(format!("{after}-1"))
+                        .arg("g")
+                        .arg(code)
+                        .arg("r")
+                        .arg(reason)
+                        .arg("n")
+                        .arg(node);
+                }
+            }
+            cmd.ignore();
+        }
+        pipe.cmd("PEXPIRE")
+            .arg(&keys.stream)
+            .arg(STREAM_TTL.as_millis() as u64)
+            .ignore();
+        match cluster.run_pipe::<()>("append", &pipe).await {
+            Ok(()) => {
+                ok.inc_by(messages);
+                warned = false;
+            }
+            Err(e) => {
+                failed.inc_by(messages);
+                if !warned {
+                    log::warn!("cluster: route {route}: could not append to the stream ({e}); this instance's clients still get every message");
+                    warned = true;
+                }
+            }
+        }
+    }
+}
+
+/// The Unix time (ms, the cluster's clock) a clustered seq was stamped at.
+fn stamp_ms(seq: u64) -> u64 {
+    (seq >> CLOCK_SHIFT) + super::CLOCK_EPOCH_MS as u64
+}
+
+/// Reads the route's stream into `hub` until aborted: first the replay window's worth of
+/// history (then the hub is ready), then everything appended, with one blocking read at a
+/// time. Reconnects with a growing delay while Redis is unreachable; the hub is marked ready
+/// then too, so clients are served from what this instance has.
+pub async fn read_feed(cluster: Arc<Cluster>, hub: Arc<Hub>, keys: FeedKeys) {
+    let route = keys.route.clone();
+    let lag = metrics::CLUSTER_READ_LAG.with_label_values(&[&*route]);
+    let mut last: Option<String> = None;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let mut conn = match cluster.blocking_connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::REDIS_ERRORS.with_label_values(&["read"]).inc();
+                log::debug!("cluster: route {route}: stream reader cannot connect: {e}");
+                hub.set_ready();
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        if last.is_none() {
+            let history: redis::RedisResult<Value> = redis::cmd("XREVRANGE")
+                .arg(&keys.stream)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(hub.replay().max(1))
+                .query_async(&mut conn)
+                .await;
+            match history {
+                Ok(v) => {
+                    let mut entries = entries_of(v);
+                    entries.reverse();
+                    last = Some(
+                        entries
+                            .last()
+                            .map_or_else(|| "0-0".to_owned(), |e| e.id.clone()),
+                    );
+                    for e in entries {
+                        // Old notices are not news: only messages go into the ring.
+                        apply(&hub, e, None, cluster.node());
+                    }
+                    hub.set_ready();
+                }
+                Err(e) => {
+                    metrics::REDIS_ERRORS.with_label_values(&["read"]).inc();
+                    log::debug!("cluster: route {route}: history read failed: {e}");
+                    hub.set_ready();
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            }
+        }
+        delay = Duration::from_millis(100);
+        loop {
+            let from = last.clone().expect("set by the history read");
+            let read: redis::RedisResult<Value> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(BATCH)
+                .arg("BLOCK")
+                .arg(READ_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&keys.stream)
+                .arg(&from)
+                .query_async(&mut conn)
+                .await;
+            match read {
+                Ok(Value::Nil) => {}
+                Ok(v) => {
+                    for e in streams_entries(v) {
+                        last = Some(e.id.clone());
+                        apply(&hub, e, Some(&lag), cluster.node());
+                    }
+                }
+                Err(e) => {
+                    metrics::REDIS_ERRORS.with_label_values(&["read"]).inc();
+                    log::debug!("cluster: route {route}: stream read failed: {e}");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// The SSE backend event id of the newest message that carries one (where a new lease
+/// holder resumes its backend), if the stream has one among its last few entries.
+pub async fn last_origin_id(cluster: &Cluster, keys: &FeedKeys) -> Option<String> {
+    let v: Value = cluster
+        .run(
+            "history",
+            redis::cmd("XREVRANGE")
+                .arg(&keys.stream)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(16),
+        )
+        .await
+        .ok()?;
+    entries_of(v).into_iter().find_map(|e| {
+        e.field("i")
+            .map(|i| String::from_utf8_lossy(i).into_owned())
+    })
+}
+
+/// One stream entry.
+struct Entry {
+    id: String,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Entry {
+    fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name.as_bytes())
+            .map(|(_, v)| v.as_slice())
+    }
+
+    fn number(&self, name: &str) -> Option<u64> {
+        std::str::from_utf8(self.field(name)?).ok()?.parse().ok()
+    }
+
+    fn take(&mut self, name: &str) -> Option<Vec<u8>> {
+        let i = self.fields.iter().position(|(k, _)| k == name.as_bytes())?;
+        Some(self.fields.swap_remove(i).1)
+    }
+}
+
+fn apply(hub: &Hub, mut e: Entry, lag: Option<&prometheus::Histogram>, node: &str) {
+    let Some((seq, kind)) =
+        e.id.split_once('-')
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+    else {
+        return;
+    };
+    match kind {
+        0 => {
+            let prev = e.number("v").unwrap_or(0);
+            let stamped = e.number("t");
+            let binary = e.field("b").is_some_and(|b| b == b"1");
+            let event = e
+                .field("e")
+                .map(|n| String::from_utf8_lossy(n).into_owned().into_boxed_str());
+            let payload = Bytes::from(e.take("p").unwrap_or_default());
+            if hub.publish_at(seq, prev, event, payload, binary).is_some() {
+                if let (Some(lag), Some(t)) = (lag, stamped) {
+                    let now = stamp_ms(super::clock_seq());
+                    lag.observe(now.saturating_sub(t) as f64 / 1000.0);
+                }
+            }
+        }
+        // A live notice from another node: its backend connection ended.
+        1 if lag.is_some() && e.field("n").is_some_and(|n| n != node.as_bytes()) => {
+            let code = e.number("g").unwrap_or(1012) as u16;
+            let reason = e
+                .field("r")
+                .map(|r| String::from_utf8_lossy(r).into_owned())
+                .unwrap_or_default();
+            hub.backend_gone(code, reason);
+        }
+        _ => {}
+    }
+}
+
+fn bytes_of(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+fn items(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) | Value::Set(a) => a,
+        _ => Vec::new(),
+    }
+}
+
+/// Entries of an `XRANGE`/`XREVRANGE` answer: `[[id, [field, value, ...]], ...]`.
+fn entries_of(v: Value) -> Vec<Entry> {
+    items(v)
+        .into_iter()
+        .filter_map(|entry| {
+            let mut parts = items(entry).into_iter();
+            let id = String::from_utf8(bytes_of(parts.next()?)?).ok()?;
+            let mut flat = items(parts.next()?).into_iter();
+            let mut fields = Vec::new();
+            while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                fields.push((bytes_of(k)?, bytes_of(v)?));
+            }
+            Some(Entry { id, fields })
+        })
+        .collect()
+}
+
+/// Entries of an `XREAD` answer over one stream: `[[key, [entries]]]` (or a map in RESP3).
+fn streams_entries(v: Value) -> Vec<Entry> {
+    match v {
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .flat_map(|(_, entries)| entries_of(entries))
+            .collect(),
+        other => items(other)
+            .into_iter()
+            .flat_map(|s| {
+                let mut parts = items(s).into_iter();
+                let _key = parts.next();
+                parts.next().map(entries_of).unwrap_or_default()
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn entries_are_parsed_and_applied_in_order_without_repeats() {
+        let entry = |id: &str, fields: &[(&str, &str)]| {
+            Value::Array(vec![
+                bulk(id),
+                Value::Array(
+                    fields
+                        .iter()
+                        .flat_map(|(k, v)| [bulk(k), bulk(v)])
+                        .collect(),
+                ),
+            ])
+        };
+        let answer = Value::Array(vec![Value::Array(vec![
+            bulk("switchyard:feed:r"),
+            Value::Array(vec![
+                entry("5000-0", &[("p", "a"), ("v", "0"), ("t", "1")]),
+                entry("5001-0", &[("p", "b"), ("v", "5000"), ("e", "tick")]),
+                entry("5001-1", &[("g", "1011"), ("r", "gone"), ("n", "other")]),
+            ]),
+        ])]);
+        let hub = Hub::clustered(8, 8, || 1);
+        let mut live = hub.subscribe(None).live;
+        for e in streams_entries(answer) {
+            apply(
+                &hub,
+                e,
+                Some(&metrics::CLUSTER_READ_LAG.with_label_values(&["t"])),
+                "me",
+            );
+        }
+        assert_eq!(hub.head(), 5001);
+        let s = hub.subscribe(Some(0));
+        assert_eq!(s.backlog.len(), 2);
+        assert_eq!(s.backlog[1].event.as_deref(), Some("tick"));
+        assert_eq!(s.backlog[1].prev, 5000);
+        use crate::bridge::hub::Event;
+        assert!(matches!(live.try_recv(), Ok(Event::Message(m)) if m.seq == 5000));
+        assert!(matches!(live.try_recv(), Ok(Event::Message(m)) if m.seq == 5001));
+        assert!(matches!(live.try_recv(), Ok(Event::BackendGone(g)) if g.code == 1011));
+        // The same entry again (the holder reading its own append) changes nothing.
+        let again = Value::Array(vec![entry("5001-0", &[("p", "b"), ("v", "5000")])]);
+        for e in entries_of(again) {
+            apply(&hub, e, None, "me");
+        }
+        assert!(live.try_recv().is_err());
+    }
+}

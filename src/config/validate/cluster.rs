@@ -1,0 +1,140 @@
+//! `cluster:`: the Redis URL (with `${VAR}` taken from the environment), this node's name, the
+//! key prefix and the lease TTL.
+
+use super::Validator;
+use crate::config::model::ClusterConfig;
+use crate::config::raw::RawCluster;
+use std::time::Duration;
+
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+
+impl Validator<'_> {
+    pub(super) fn cluster(&mut self, c: &RawCluster) -> ClusterConfig {
+        let redis = match expand_env(&c.redis) {
+            Ok(url) => url,
+            Err(e) => {
+                self.err("cluster.redis", e);
+                String::new()
+            }
+        };
+        if !redis.is_empty() {
+            let scheme = redis.split_once("://").map_or("", |(s, _)| s);
+            if !matches!(scheme, "redis" | "rediss" | "unix" | "redis+unix") {
+                self.err(
+                    "cluster.redis",
+                    format!("{:?} is not a Redis URL: expected redis://HOST:PORT/DB or rediss://... (TLS)", crate::config::model::redact_url(&redis)),
+                );
+            } else if let Err(e) = redis::Client::open(redis.as_str()) {
+                self.err("cluster.redis", format!("invalid Redis URL: {e}"));
+            }
+        }
+        let node = match &c.node {
+            Some(n) => match expand_env(n) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.err("cluster.node", e);
+                    String::new()
+                }
+            },
+            None => default_node(),
+        };
+        if !name_ok(&node) {
+            self.err(
+                "cluster.node",
+                format!("node name {node:?} must be 1-64 characters of letters, digits, `.`, `_` and `-`"),
+            );
+        }
+        let prefix = c.prefix.clone().unwrap_or_else(|| "switchyard".into());
+        if !name_ok(&prefix) {
+            self.err(
+                "cluster.prefix",
+                format!("key prefix {prefix:?} must be 1-64 characters of letters, digits, `.`, `_` and `-`"),
+            );
+        }
+        let lease_ttl = self.duration("cluster.lease_ttl".into(), &c.lease_ttl, DEFAULT_LEASE_TTL);
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&lease_ttl) {
+            self.err(
+                "cluster.lease_ttl",
+                format!("lease_ttl {lease_ttl:?} must be between 1s and 60s: failover takes about this long, and it is renewed three times per TTL"),
+            );
+        }
+        ClusterConfig {
+            redis,
+            node,
+            prefix,
+            lease_ttl,
+        }
+    }
+}
+
+fn name_ok(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// The host's name and a random suffix, so two instances on one host (or two pods restarted
+/// with the same name) never share a node name.
+fn default_node() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "switchyard".into());
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(55)
+        .collect();
+    format!("{host}-{:08x}", fastrand::u32(..))
+}
+
+/// Replaces every `${NAME}` with the environment variable NAME; an unset one is an error.
+pub fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unclosed `${{` in {text:?}"));
+        };
+        let name = &after[..end];
+        if name.is_empty() || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
+            return Err(format!("`${{{name}}}` is not an environment variable name"));
+        }
+        match std::env::var(name) {
+            Ok(v) => out.push_str(&v),
+            Err(_) => return Err(format!("environment variable {name} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_variables_are_expanded_and_unset_ones_refused() {
+        std::env::set_var("SWITCHYARD_TEST_REDIS_HOST", "10.0.0.7");
+        assert_eq!(
+            expand_env("redis://${SWITCHYARD_TEST_REDIS_HOST}:6379/0").unwrap(),
+            "redis://10.0.0.7:6379/0"
+        );
+        assert!(expand_env("redis://${SWITCHYARD_TEST_UNSET_VAR}/0")
+            .unwrap_err()
+            .contains("SWITCHYARD_TEST_UNSET_VAR is not set"));
+        assert!(expand_env("redis://${oops").is_err());
+    }
+
+    #[test]
+    fn default_node_names_differ_and_are_valid() {
+        let (a, b) = (default_node(), default_node());
+        assert_ne!(a, b);
+        assert!(name_ok(&a), "{a}");
+    }
+}

@@ -1,0 +1,158 @@
+//! A shared feed in a cluster: one controller per route per instance decides, every third of
+//! the lease TTL, whether this instance connects the backend.
+//!
+//! - Redis reachable: the instance that holds the route's lease connects and appends; the
+//!   others only read the stream. An instance takes the lease when it has clients and nobody
+//!   holds it (the holder died: within the TTL, plus one tick). A holder whose own clients
+//!   left keeps the connection while another instance wants the feed.
+//! - Redis unreachable (the heartbeat says so, or a lease tick fails): every instance with
+//!   clients connects the backend itself (local mode) and keeps serving; when Redis answers,
+//!   the lease decides again and the others let their connections go.
+//!
+//! The controller ends, releasing the lease, when nobody here or elsewhere wants the feed
+//! for `backend_linger`.
+
+use super::feed::{self, Link};
+use crate::bridge::Hub;
+use crate::cluster::{self, stream, Cluster};
+use crate::config::{BridgeRoute, Route};
+use crate::metrics;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Starts the route's controller unless it runs.
+pub fn ensure_running(
+    cluster: &'static Arc<Cluster>,
+    hub: &Arc<Hub>,
+    route: &Arc<Route>,
+    spec: &BridgeRoute,
+) {
+    if !hub.claim_producer() {
+        return;
+    }
+    tokio::spawn(control(cluster, hub.clone(), route.clone(), spec.clone()));
+}
+
+/// Stops what it holds when the controller ends, however it ends.
+struct Running {
+    reader: JoinHandle<()>,
+    backend: Option<JoinHandle<()>>,
+    hold: watch::Sender<bool>,
+    route: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.hold.send_replace(false);
+        metrics::CLUSTER_LEASE
+            .with_label_values(&[&self.route])
+            .set(0);
+        metrics::CLUSTER_LOCAL_FEEDS
+            .with_label_values(&[&self.route])
+            .set(0);
+    }
+}
+
+async fn control(
+    cluster: &'static Arc<Cluster>,
+    hub: Arc<Hub>,
+    route: Arc<Route>,
+    spec: BridgeRoute,
+) {
+    let name = route.name.clone();
+    let keys = cluster.feed_keys(&name);
+    let holding = Arc::new(AtomicBool::new(false));
+    let relay = stream::appender(
+        cluster.clone(),
+        keys.clone(),
+        hub.replay().max(64),
+        holding.clone(),
+    );
+    let mut running = Running {
+        reader: tokio::spawn(stream::read_feed(
+            cluster.clone(),
+            hub.clone(),
+            keys.clone(),
+        )),
+        backend: None,
+        hold: watch::Sender::new(false),
+        route: name.clone(),
+    };
+    let lease_gauge = metrics::CLUSTER_LEASE.with_label_values(&[&name]);
+    let local_gauge = metrics::CLUSTER_LOCAL_FEEDS.with_label_values(&[&name]);
+    let tick = cluster.cfg.lease_ttl / 3;
+    let mut held = false;
+    let mut local_mode = false;
+    loop {
+        let wanted_here = !hub.idle_for(spec.linger);
+        let lease = if cluster.is_up() {
+            cluster.lease_tick(&keys, wanted_here || held).await.ok()
+        } else {
+            None
+        };
+        let wanted_elsewhere = lease.as_ref().is_some_and(|l| l.wanted_elsewhere);
+        let now_held = lease.as_ref().is_some_and(|l| l.held);
+        if now_held && !held {
+            log::info!(
+                "cluster: route {name}: node {} holds the feed's lease",
+                cluster.node()
+            );
+        } else if held && !now_held && lease.is_some() {
+            log::warn!(
+                "cluster: route {name}: node {} lost the feed's lease to another node",
+                cluster.node()
+            );
+        }
+        held = now_held;
+        holding.store(held, Ordering::Relaxed);
+        lease_gauge.set(i64::from(held));
+        let now_local = lease.is_none();
+        if now_local && !local_mode {
+            metrics::CLUSTER_FALLBACKS.with_label_values(&[&name]).inc();
+            log::warn!("cluster: route {name}: Redis unreachable; serving this instance's clients from its own backend connection");
+        } else if local_mode && !now_local {
+            log::info!(
+                "cluster: route {name}: Redis is back; the lease decides who connects the backend"
+            );
+        }
+        local_mode = now_local;
+        local_gauge.set(i64::from(local_mode));
+
+        let needed = wanted_here || (held && wanted_elsewhere);
+        if !needed && hub.producer_should_stop(spec.linger) {
+            if held {
+                cluster.release(&keys).await;
+            }
+            log::debug!("cluster: route {name}: no clients here or elsewhere for backend_linger; feed stopped");
+            return;
+        }
+        let connect = if local_mode { wanted_here } else { held };
+        running.hold.send_replace(connect);
+        let alive = running.backend.as_ref().is_some_and(|b| !b.is_finished());
+        if connect && !alive {
+            let resume_id = if local_mode {
+                String::new()
+            } else {
+                stream::last_origin_id(cluster, &keys)
+                    .await
+                    .unwrap_or_default()
+            };
+            let link = Link {
+                relay: Some(relay.clone()),
+                hold: Some(running.hold.subscribe()),
+                resume_id,
+                ..Link::new(&route, &spec, &hub)
+            };
+            running.backend = Some(tokio::spawn(feed::run(link)));
+        }
+        tokio::time::sleep(tick).await;
+    }
+}
+
+/// The hub of a clustered shared feed.
+pub fn hub(route: &Route, spec: &BridgeRoute) -> Hub {
+    Hub::clustered(route.limits.send_queue, spec.replay, cluster::clock_seq)
+}
