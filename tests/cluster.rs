@@ -404,3 +404,271 @@ async fn a_redis_outage_disconnects_nobody_and_the_cluster_reforms() {
     }
     assert_eq!(opened.load(Ordering::SeqCst), CLIENTS);
 }
+
+fn chat_routes(backend: &common::chat::ChatBackend, extra: &str) -> String {
+    format!(
+        "  - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ websocket: \"{}\" }}\n{extra}",
+        backend.url("/chat")
+    )
+}
+
+async fn chat_instances(
+    redis: &Redis,
+    backend: &common::chat::ChatBackend,
+    prefix: &str,
+    n: usize,
+    extra: &str,
+) -> Vec<Gateway> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let node = format!("node-{}", (b'a' + i as u8) as char);
+        let gw = Gateway::start_with(
+            &chat_routes(backend, extra),
+            &cluster_yaml(redis, &node, prefix),
+        )
+        .await;
+        gw.wait_metric(&format!("switchyard_cluster_up{{node=\"{node}\"}}"), 1.0)
+            .await;
+        out.push(gw);
+    }
+    out
+}
+
+async fn open_poll_session(gw: &Gateway) -> String {
+    let r = http_get(gw.addr, "/chat?transport=poll", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    j["session"].as_str().unwrap().to_owned()
+}
+
+/// One poll: (texts, next cursor, answer).
+async fn poll_on(gw: &Gateway, id: &str, cursor: u64) -> (Vec<String>, u64, serde_json::Value) {
+    let r = http_get(
+        gw.addr,
+        &format!("/chat?transport=poll&session={id}&cursor={cursor}"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let texts = j["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap().to_owned())
+        .collect();
+    (texts, j["cursor"].as_u64().unwrap(), j)
+}
+
+async fn post_on(gw: &Gateway, id: &str, body: &str) -> u16 {
+    let mut c = common::chat::Client::connect(gw.addr).await;
+    c.request(
+        "POST",
+        &format!("/chat?transport=poll&session={id}"),
+        &[("content-type", "text/plain")],
+        body,
+    )
+    .await
+    .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_session_converses_through_any_instance_round_robin() {
+    let redis = Redis::start().await;
+    let backend = common::chat::ChatBackend::start().await;
+    let gws = chat_instances(
+        &redis,
+        &backend,
+        "rr",
+        3,
+        "    keepalive: { poll_timeout: 5s }\n",
+    )
+    .await;
+    let id = open_poll_session(&gws[0]).await;
+    let mut cursor = 0;
+    let mut replies = Vec::new();
+    for i in 1..=30u32 {
+        // Each POST and each poll goes to the next instance, as a round-robin balancer does.
+        let status = post_on(&gws[i as usize % 3], &id, &format!("m{i}")).await;
+        assert_eq!(status, 204, "POST {i}");
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let (texts, next, _) = poll_on(&gws[(i as usize + 1) % 3], &id, cursor).await;
+            cursor = next;
+            replies.extend(texts);
+            if replies.len() == i as usize {
+                break;
+            }
+            assert!(replies.len() < i as usize, "a duplicate: {replies:?}");
+            assert!(Instant::now() < until, "no reply to m{i}");
+        }
+    }
+    let want: Vec<String> = (1..=30).map(|i| format!("1:{i}:m{i}")).collect();
+    assert_eq!(replies, want, "in order, nothing lost or repeated");
+    let conns = backend.conns();
+    assert_eq!(conns.len(), 1, "one backend connection for the session");
+    assert_eq!(
+        conns[0].received,
+        (1..=30).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+
+    // A poll waiting on an instance that does not own the session is woken by the owner.
+    let waiting = {
+        let gw_addr = gws[2].addr;
+        let id = id.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = http_get(
+                gw_addr,
+                &format!("/chat?transport=poll&session={id}&cursor={cursor}"),
+                &[],
+            )
+            .await;
+            (started.elapsed(), r)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(post_on(&gws[1], &id, "late").await, 204);
+    let (took, r) = waiting.await.unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(j["messages"], serde_json::json!(["1:31:late"]));
+    assert!(
+        took < Duration::from_secs(4),
+        "woken, not timed out: {took:?}"
+    );
+
+    // DELETE through a third instance ends the session and its backend connection.
+    let mut c = common::chat::Client::connect(gws[1].addr).await;
+    let r = c
+        .request(
+            "DELETE",
+            &format!("/chat?transport=poll&session={id}"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    backend.wait_ended(1).await;
+    let r = http_get(
+        gws[2].addr,
+        &format!("/chat?transport=poll&session={id}&cursor=31"),
+        &[],
+    )
+    .await;
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(j["closed"]["code"], 1000, "{j}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_instance_dies_ends_with_the_documented_close() {
+    let redis = Redis::start().await;
+    let backend = common::chat::ChatBackend::start().await;
+    let mut gws = chat_instances(
+        &redis,
+        &backend,
+        "lost",
+        2,
+        "    keepalive: { poll_timeout: 2s }\n",
+    )
+    .await;
+    let id = open_poll_session(&gws[0]).await;
+    assert_eq!(post_on(&gws[1], &id, "hello").await, 204);
+    let (texts, cursor, _) = poll_on(&gws[1], &id, 0).await;
+    assert_eq!(texts, ["1:1:hello"]);
+    // kill -9 of the owner: the session cannot go on, and its client is told so.
+    drop(gws.remove(0));
+    let until = Instant::now() + DEADLINE;
+    let closed = loop {
+        let (texts, _, j) = poll_on(&gws[0], &id, cursor).await;
+        assert!(texts.is_empty());
+        if !j["closed"].is_null() {
+            break j["closed"].clone();
+        }
+        assert!(Instant::now() < until, "the session never ended");
+    };
+    assert_eq!(
+        closed,
+        serde_json::json!({"code": 1012, "reason": "session ended: its gateway instance is gone"})
+    );
+    let mut c = common::chat::Client::connect(gws[0].addr).await;
+    let r = c
+        .request(
+            "POST",
+            &format!("/chat?transport=poll&session={id}"),
+            &[("content-type", "text/plain")],
+            "anyone?",
+        )
+        .await;
+    assert_eq!(r.status, 410, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_abandoned_sessions_all_expire() {
+    const SESSIONS: usize = 1000;
+    let redis = Redis::start().await;
+    let backend = common::chat::ChatBackend::start().await;
+    let gws = chat_instances(
+        &redis,
+        &backend,
+        "abandon",
+        2,
+        "    session_ttl: 1s\n    keepalive: { poll_timeout: 200ms }\n",
+    )
+    .await;
+    let mut opened = Vec::new();
+    for i in 0..SESSIONS {
+        opened.push(open_poll_session(&gws[i % 2]).await);
+    }
+    let mut conn = redis.conn().await;
+    let keys_conn = conn.clone();
+    let count = |pattern: &'static str| {
+        let mut conn = keys_conn.clone();
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            keys
+        }
+    };
+    // The sessions opened last are still alive, and have their record (the first ones may
+    // have expired already: session_ttl is 1s).
+    let last = format!("abandon:sess:{}", opened.last().unwrap());
+    let exists: u8 = redis::cmd("EXISTS")
+        .arg(&last)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 1, "{last}");
+    // Nobody polls again: every session expires, and so does everything it kept in Redis.
+    let until = Instant::now() + DEADLINE * 2;
+    loop {
+        let left = count("abandon:sess:*").await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{} session keys left, e.g. {:?}",
+            left.len(),
+            &left[..left.len().min(3)]
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let until = Instant::now() + DEADLINE;
+    while backend.conns().iter().filter(|c| c.ended).count() < SESSIONS {
+        assert!(Instant::now() < until, "backend connections left open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What remains (node streams and liveness) has a TTL too.
+    let keys = count("abandon:*").await;
+    for k in &keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{k} has no TTL");
+    }
+}

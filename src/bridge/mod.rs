@@ -70,6 +70,16 @@ pub trait Backends: Send + Sync {
         listed: bool,
     ) -> Result<Arc<session::Session>, OpenError>;
 
+    /// The session `id` of this route when it lives on another instance of the cluster; None
+    /// when there is no cluster or no such session.
+    async fn remote_session(
+        &self,
+        _bridge: &Bridge,
+        _id: &str,
+    ) -> Option<Box<dyn session::Remote>> {
+        None
+    }
+
     /// Where a client of a shared `sse:` route with `post:` sends its messages; None when the
     /// backend takes none.
     fn client_poster(
@@ -275,6 +285,14 @@ impl Bridge {
         self.backends
             .open_session(self, req, client, transport, listed)
             .await
+    }
+
+    /// See [`Backends::remote_session`].
+    pub async fn remote_session(&self, id: &str) -> Option<Box<dyn session::Remote>> {
+        if !session::plausible_id(id) {
+            return None;
+        }
+        self.backends.remote_session(self, id).await
     }
 
     /// See [`Backends::client_poster`].

@@ -90,8 +90,33 @@ struct State {
     ended: Option<Arc<Gone>>,
 }
 
+/// A copy of a session's messages kept outside this process (the cluster's session stream),
+/// so a poll that lands on another instance is answered there. Told of every message, of
+/// the end, and of client activity; it must never wait.
+pub trait Mirror: Send + Sync {
+    fn pushed(&self, m: &Arc<Message>);
+    /// The session's messages ended after `head` with `gone`.
+    fn ended(&self, gone: &Gone, head: u64);
+    /// A client used the session (keeps its cluster record alive).
+    fn touched(&self);
+}
+
+/// A session that lives on another instance of the cluster, as a request here sees it.
+#[async_trait::async_trait]
+pub trait Remote: Send + Sync {
+    /// Acknowledges everything up to `cursor` and answers up to `max` messages after it,
+    /// waiting up to `wait` when there are none yet.
+    async fn poll(&self, cursor: u64, max: usize, wait: Duration) -> Batch;
+    /// Hands client messages to the session's backend, in order; Err carries how many were
+    /// delivered before the one that was not, and why.
+    async fn send(&self, messages: Vec<(Bytes, bool)>) -> Result<(), (usize, UplinkError)>;
+    /// Ends the session (DELETE, or the client has read its end).
+    async fn close(&self);
+}
+
 /// Backend-to-client messages of one session, held until acknowledged.
 pub struct Outbox {
+    mirror: std::sync::OnceLock<Arc<dyn Mirror>>,
     state: Mutex<State>,
     cap: usize,
     /// At most this many payload bytes are held (one message more, when it alone is larger).
@@ -114,6 +139,7 @@ pub struct Batch {
 impl Outbox {
     fn new(cap: usize, max_bytes: usize) -> Self {
         Self {
+            mirror: std::sync::OnceLock::new(),
             state: Mutex::new(State {
                 held: VecDeque::with_capacity(cap.min(64)),
                 held_bytes: 0,
@@ -177,11 +203,20 @@ impl Outbox {
         st.held_bytes += payload.len();
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.held
-            .push_back(Arc::new(Message::named(seq, event, payload, binary)));
+        let msg = Arc::new(Message::named(seq, event, payload, binary));
+        st.held.push_back(msg.clone());
+        // Mirrored under the lock, so the copy keeps the outbox's order.
+        if let Some(m) = self.mirror.get() {
+            m.pushed(&msg);
+        }
         drop(st);
         self.bump();
         Ok(())
+    }
+
+    /// Mirrors every message from now on (see [`Mirror`]); set once, before the first.
+    pub fn set_mirror(&self, mirror: Arc<dyn Mirror>) {
+        let _ = self.mirror.set(mirror);
     }
 
     /// Resolves when an acknowledgement (or the end) may have made room.
@@ -204,6 +239,9 @@ impl Outbox {
     pub fn end(&self, gone: Gone) {
         let mut st = self.lock();
         if st.ended.is_none() {
+            if let Some(m) = self.mirror.get() {
+                m.ended(&gone, st.next_seq - 1);
+            }
             st.ended = Some(Arc::new(gone));
         }
         drop(st);
@@ -374,7 +412,15 @@ impl Session {
     /// attached stream.
     pub fn busy(self: &Arc<Self>) -> Busy {
         self.activity.lock().unwrap_or_else(|p| p.into_inner()).busy += 1;
+        if let Some(m) = self.outbox.mirror.get() {
+            m.touched();
+        }
         Busy(self.clone())
+    }
+
+    /// Counts as client activity now (a poll or POST that reached it through the cluster).
+    pub fn touch(self: &Arc<Self>) {
+        drop(self.busy());
     }
 
     /// Attaches a streaming client; an earlier attached stream sees [`Self::superseded`].

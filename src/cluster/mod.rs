@@ -22,6 +22,7 @@
 //! This module knows Redis and the hub; `upstream` runs the controller that decides, per route,
 //! whether this instance connects the backend ([`FeedKeys`], [`Cluster::lease_tick`]).
 
+pub mod sessions;
 pub mod stream;
 
 use crate::config::ClusterConfig;
@@ -72,6 +73,7 @@ pub fn init(cfg: &ClusterConfig) -> anyhow::Result<&'static Arc<Cluster>> {
         client,
         manager: tokio::sync::OnceCell::new(),
         up: AtomicBool::new(false),
+        sessions: sessions::Registry::default(),
     });
     metrics::CLUSTER_UP
         .with_label_values(&[cfg.node.as_str()])
@@ -96,6 +98,8 @@ pub struct Cluster {
     /// by itself; blocking reads have connections of their own.
     manager: tokio::sync::OnceCell<ConnectionManager>,
     up: AtomicBool,
+    /// Per-client sessions reachable from every instance.
+    pub sessions: sessions::Registry,
 }
 
 /// The keys of one route's feed.
@@ -252,8 +256,12 @@ impl Cluster {
             let local_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
-            let answer: redis::RedisResult<(i64, i64)> =
-                self.run("time", &redis::cmd("TIME")).await;
+            let mut pipe = redis::pipe();
+            pipe.cmd("TIME")
+                .add_command(sessions::alive_command(&self))
+                .ignore();
+            let answer: redis::RedisResult<((i64, i64),)> = self.run_pipe("time", &pipe).await;
+            let answer = answer.map(|(t,)| t);
             match answer {
                 Ok((secs, micros)) => {
                     // Redis's time at the midpoint of the round trip.
@@ -291,6 +299,8 @@ impl pingora::services::background::BackgroundService for Heartbeat {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         tokio::select! {
             _ = self.0.clone().heartbeat() => {}
+            _ = self.0.clone().run_node_reader() => {}
+            _ = self.0.clone().run_session_writer() => {}
             _ = shutdown.changed() => {}
         }
     }

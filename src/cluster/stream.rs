@@ -281,24 +281,30 @@ pub async fn last_origin_id(cluster: &Cluster, keys: &FeedKeys) -> Option<String
 }
 
 /// One stream entry.
-struct Entry {
-    id: String,
+pub(super) struct Entry {
+    pub id: String,
     fields: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+/// An entry id `A-B` as numbers.
+pub(super) fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (a, b) = id.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
 impl Entry {
-    fn field(&self, name: &str) -> Option<&[u8]> {
+    pub fn field(&self, name: &str) -> Option<&[u8]> {
         self.fields
             .iter()
             .find(|(k, _)| k == name.as_bytes())
             .map(|(_, v)| v.as_slice())
     }
 
-    fn number(&self, name: &str) -> Option<u64> {
+    pub fn number(&self, name: &str) -> Option<u64> {
         std::str::from_utf8(self.field(name)?).ok()?.parse().ok()
     }
 
-    fn take(&mut self, name: &str) -> Option<Vec<u8>> {
+    pub fn take(&mut self, name: &str) -> Option<Vec<u8>> {
         let i = self.fields.iter().position(|(k, _)| k == name.as_bytes())?;
         Some(self.fields.swap_remove(i).1)
     }
@@ -357,7 +363,7 @@ fn items(v: Value) -> Vec<Value> {
 }
 
 /// Entries of an `XRANGE`/`XREVRANGE` answer: `[[id, [field, value, ...]], ...]`.
-fn entries_of(v: Value) -> Vec<Entry> {
+pub(super) fn entries_of(v: Value) -> Vec<Entry> {
     items(v)
         .into_iter()
         .filter_map(|entry| {
@@ -374,7 +380,7 @@ fn entries_of(v: Value) -> Vec<Entry> {
 }
 
 /// Entries of an `XREAD` answer over one stream: `[[key, [entries]]]` (or a map in RESP3).
-fn streams_entries(v: Value) -> Vec<Entry> {
+pub(super) fn streams_entries(v: Value) -> Vec<Entry> {
     match v {
         Value::Map(pairs) => pairs
             .into_iter()

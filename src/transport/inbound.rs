@@ -283,7 +283,13 @@ async fn send<D: Downstream>(
                     "POST needs `session=ID` (from the first poll's answer or the SSE `session` event)",
                 ));
             };
-            let conv = sessions.get(&id).ok_or_else(|| session_gone(route))?;
+            let Some(conv) = sessions.get(&id) else {
+                let remote = bridge
+                    .remote_session(&id)
+                    .await
+                    .ok_or_else(|| session_gone(route))?;
+                return send_remote(down, bridge, transport, remote).await;
+            };
             let busy = conv.busy();
             (
                 conv.uplink().ok_or_else(|| session_gone(route))?,
@@ -314,6 +320,38 @@ async fn send<D: Downstream>(
     let result = deliver(&uplink, messages, route).await;
     drop(busy);
     result
+}
+
+/// A POST for a session another instance of the cluster owns: relayed to the owner, answered
+/// as a local one once the owner's backend took every message (or did not).
+async fn send_remote<D: Downstream>(
+    down: &mut D,
+    bridge: &Bridge,
+    transport: &'static str,
+    remote: Box<dyn crate::bridge::session::Remote>,
+) -> Result<(), Reject> {
+    let route = bridge.route.name.as_str();
+    let (body, _charge, content_type) = read_message_body(down, bridge, transport).await?;
+    let messages = parse_body(&content_type, body).map_err(|e| match e {
+        BodyError::Malformed(why) => Reject::new(400, "bad_body", why),
+        BodyError::TooMany => Reject::new(
+            413,
+            "too_many_messages",
+            format!("at most {MAX_MESSAGES_PER_POST} messages in one body"),
+        ),
+    })?;
+    let count = messages.len();
+    metrics::MESSAGES
+        .with_label_values(&[route, transport, "in"])
+        .inc_by(count as u64);
+    let messages = messages
+        .into_iter()
+        .map(|m| (m.payload, m.binary))
+        .collect();
+    remote
+        .send(messages)
+        .await
+        .map_err(|(i, e)| refused(i, count, e, route))
 }
 
 /// Hands client messages to the backend in order and waits until it took every one (written
@@ -404,10 +442,16 @@ pub async fn delete<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Re
         .send(down, route)
         .await;
     };
-    let Some(conv) = session_param(down).and_then(|id| sessions.get(&id)) else {
+    let Some(id) = session_param(down) else {
         return session_gone(route).send(down, route).await;
     };
-    conv.close(EndReason::Client);
+    match sessions.get(&id) {
+        Some(conv) => conv.close(EndReason::Client),
+        None => match bridge.remote_session(&id).await {
+            Some(remote) => remote.close().await,
+            None => return session_gone(route).send(down, route).await,
+        },
+    }
     let mut resp = ResponseHeader::build(204, Some(1))?;
     resp.insert_header("cache-control", "no-store")?;
     down.write_response_header(Box::new(resp), true).await

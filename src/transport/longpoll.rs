@@ -217,7 +217,10 @@ async fn serve_session<D: Downstream>(
         };
     };
     let Some(conv) = sessions.get(&id) else {
-        return session_gone(route).send(down, route).await;
+        return match bridge.remote_session(&id).await {
+            Some(remote) => serve_remote(down, bridge, &id, remote, cursor).await,
+            None => session_gone(route).send(down, route).await,
+        };
     };
     if cursor > conv.outbox.head() {
         return Reject::new(
@@ -254,6 +257,36 @@ async fn serve_session<D: Downstream>(
     let body = answer(
         bridge,
         Some(&conv.id),
+        next_cursor,
+        &batch.messages,
+        batch.gap,
+        batch.ended.as_deref(),
+    );
+    respond(down, body).await
+}
+
+/// A poll for a session another instance of the cluster owns: answered from the session's
+/// stream in Redis, waiting (up to `poll_timeout`) for the owner to say there is more.
+async fn serve_remote<D: Downstream>(
+    down: &mut D,
+    bridge: &Bridge,
+    id: &str,
+    remote: Box<dyn crate::bridge::session::Remote>,
+    cursor: u64,
+) -> pingora::Result<()> {
+    let _open = metrics::OpenConnection::new(&bridge.route.name, "long_poll");
+    let wait = bridge.route.keepalive.poll_timeout;
+    let batch = tokio::select! {
+        b = remote.poll(cursor, MAX_BATCH, wait) => b,
+        _ = bridge.closing() => crate::bridge::session::Batch { messages: Vec::new(), gap: false, ended: None },
+    };
+    if batch.ended.is_some() {
+        remote.close().await;
+    }
+    let next_cursor = batch.messages.last().map_or(cursor, |m| m.seq);
+    let body = answer(
+        bridge,
+        Some(id),
         next_cursor,
         &batch.messages,
         batch.gap,

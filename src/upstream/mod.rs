@@ -64,6 +64,17 @@ impl Backends for Connectors {
         per_client::open(bridge, req, client, transport, listed).await
     }
 
+    async fn remote_session(
+        &self,
+        bridge: &Bridge,
+        id: &str,
+    ) -> Option<Box<dyn crate::bridge::session::Remote>> {
+        bridge.sessions()?;
+        crate::cluster::get()?
+            .remote_session(&bridge.route.name, id)
+            .await
+    }
+
     fn client_poster(
         &self,
         bridge: &Bridge,

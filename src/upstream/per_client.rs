@@ -152,6 +152,14 @@ pub async fn open(
     if let Some(r) = &registry {
         r.insert(&session);
     }
+    // In a cluster, a listed session is reachable from every instance (its polls, POSTs and
+    // DELETEs may land anywhere); its record outlives a poll and the session's own TTL.
+    let cluster = crate::cluster::get().filter(|_| listed);
+    if let Some(c) = cluster {
+        let keep = spec.session_ttl * 2 + bridge.route.keepalive.poll_timeout;
+        c.own_session(&session, cap, keep);
+    }
+    let linger = spec.session_ttl;
     let uplink = match backend {
         // Client messages to an SSE backend go to its `post:` URL; without one, the route is
         // one-way and transports do not send.
@@ -201,6 +209,9 @@ pub async fn open(
         });
         if let Some(r) = registry {
             r.remove(&session.id);
+        }
+        if let Some(c) = cluster {
+            c.disown_session(&session.id, linger);
         }
         metrics::SESSIONS_ENDED
             .with_label_values(&[&session.route, why.label()])
