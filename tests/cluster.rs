@@ -672,3 +672,59 @@ async fn keys_of_abandoned_sessions_all_expire() {
         assert!(ttl > 0, "{k} has no TTL");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_session_reattaches_on_another_instance_and_posts_go_anywhere() {
+    let redis = Redis::start().await;
+    let backend = common::chat::ChatBackend::start().await;
+    let gws = chat_instances(&redis, &backend, "ssepost", 3, "").await;
+    let mut sse = SseReader::open(gws[0].addr, "/chat?transport=sse", &[]).await;
+    let hello = sse.next_data_event().await;
+    assert_eq!(hello.event.as_deref(), Some("session"));
+    let sid = hello.data.clone();
+    let post = |gw: usize, body: &'static str| {
+        let addr = gws[gw].addr;
+        let sid = sid.clone();
+        async move {
+            let mut c = common::chat::Client::connect(addr).await;
+            c.request(
+                "POST",
+                &format!("/chat?transport=sse&session={sid}"),
+                &[("content-type", "text/plain")],
+                body,
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(post(1, "one").await, 204);
+    let ev = sse.next_data_event().await;
+    assert_eq!(ev.data, "1:1:one");
+    assert_eq!(ev.id.as_deref(), Some(format!("{sid}-1").as_str()));
+    // The stream drops; EventSource reconnects, through the balancer, to another instance.
+    drop(sse);
+    assert_eq!(post(2, "two").await, 204);
+    let mut again = SseReader::open(
+        gws[2].addr,
+        "/chat?transport=sse",
+        &[("Last-Event-ID", &format!("{sid}-1"))],
+    )
+    .await;
+    let ev = again.next_data_event().await;
+    assert_eq!(ev.event.as_deref(), Some("session"));
+    assert_eq!(ev.data, sid, "the same session, not a new one");
+    let ev = again.next_data_event().await;
+    assert_eq!(
+        (ev.data.as_str(), ev.id.as_deref()),
+        ("1:2:two", Some(format!("{sid}-2").as_str())),
+        "what it missed while away"
+    );
+    assert_eq!(post(0, "three").await, 204);
+    let ev = again.next_data_event().await;
+    assert_eq!(ev.data, "1:3:three");
+    assert_eq!(
+        backend.conns().len(),
+        1,
+        "one backend connection throughout"
+    );
+}

@@ -77,6 +77,16 @@ async fn serve_session<D: Downstream>(
 ) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
     let last_id = last_event_id(down);
+    // A session another instance of the cluster owns: its stream is read from there.
+    if let Some((sid, seq)) = last_id.as_deref().and_then(|id| {
+        let (sid, seq) = id.trim().rsplit_once('-')?;
+        let seq: u64 = seq.parse().ok()?;
+        sessions.get(sid).is_none().then(|| (sid.to_owned(), seq))
+    }) {
+        if let Some(remote) = bridge.remote_session(&sid).await {
+            return serve_remote(down, bridge, &sid, seq, remote).await;
+        }
+    }
     let resumed = last_id.as_deref().and_then(|id| {
         let (sid, seq) = id.trim().rsplit_once('-')?;
         let s = sessions.get(sid)?;
@@ -121,6 +131,95 @@ async fn serve_session<D: Downstream>(
         write_deadline(&bridge.route.keepalive),
     );
     stream(down, bridge, &conv.id, first, &[], consumer, Some(&conv)).await
+}
+
+/// An SSE client reattaching (with `Last-Event-ID: SESSION-SEQ`) to a session another instance
+/// owns: the session's messages after SEQ are read from its stream in Redis, waiting for the
+/// owner's wake-up between batches, until the session ends, the client goes or the gateway
+/// drains.
+async fn serve_remote<D: Downstream>(
+    down: &mut D,
+    bridge: &Bridge,
+    sid: &str,
+    mut cursor: u64,
+    remote: Box<dyn crate::bridge::session::Remote>,
+) -> pingora::Result<()> {
+    let route = bridge.route.name.as_str();
+    let mut resp = ResponseHeader::build(200, Some(6))?;
+    resp.insert_header("content-type", "text/event-stream")?;
+    resp.insert_header("cache-control", "no-cache")?;
+    resp.insert_header("x-accel-buffering", "no")?;
+    super::unbounded_body(down, &mut resp)?;
+    Box::pin(down.write_response_header(Box::new(resp), false)).await?;
+    down.release_request();
+    let _open = metrics::OpenConnection::new(route, "sse");
+    down.set_read_timeout(None);
+    let mut delivered = metrics::Delivered::new(route, "sse");
+    let deadline = write_deadline(&bridge.route.keepalive);
+    let heartbeat = bridge.route.keepalive.sse_heartbeat;
+    let wait = if heartbeat.is_zero() {
+        std::time::Duration::from_secs(15)
+    } else {
+        heartbeat
+    };
+    let drop_binary = bridge.spec.binary == BinaryPolicy::Drop;
+    let mut chunk = BytesMut::new();
+    chunk.put_slice(retry_field().as_bytes());
+    chunk.put_slice(format!("\nevent: session\ndata: {sid}\n\n").as_bytes());
+    let mut watching_client = true;
+    let closing = bridge.closing();
+    tokio::pin!(closing);
+    loop {
+        if !chunk.is_empty() {
+            let out = std::mem::take(&mut chunk).freeze();
+            delivered.bytes(out.len());
+            let wrote = tokio::time::timeout(deadline, down.write_response_body(Some(out), false));
+            if !matches!(wrote.await, Ok(Ok(()))) {
+                super::abandon(down);
+                return Ok(());
+            }
+        }
+        let batch = tokio::select! {
+            b = remote.poll(cursor, 256, wait) => b,
+            idle = down.read_body_or_idle(true), if watching_client => match idle {
+                Err(_) => return Ok(()),
+                Ok(_) => { watching_client = false; continue }
+            },
+            _ = &mut closing => {
+                chunk.put_slice((retry_field() + "\n").as_bytes());
+                let _ = tokio::time::timeout(deadline, down.write_response_body(Some(chunk.freeze()), false)).await;
+                break;
+            }
+        };
+        if let Some(gone) = &batch.ended {
+            let closed = serde_json::json!({ "code": gone.code, "reason": gone.reason });
+            chunk.put_slice(format!("event: closed\ndata: {closed}\n\n").as_bytes());
+            let _ = tokio::time::timeout(
+                deadline,
+                down.write_response_body(Some(chunk.freeze()), false),
+            )
+            .await;
+            remote.close().await;
+            break;
+        }
+        if batch.gap {
+            chunk.put_slice(GAP_EVENT);
+        }
+        if batch.messages.is_empty() {
+            chunk.put_slice(b": heartbeat\n\n");
+        }
+        for m in &batch.messages {
+            cursor = m.seq;
+            if m.binary && drop_binary {
+                continue;
+            }
+            chunk.put_slice(&m.sse_frame(sid));
+            delivered.untimed(1);
+        }
+    }
+    down.set_write_timeout(Some(std::time::Duration::from_secs(5)));
+    let _ = down.write_response_body(None, true).await;
+    Ok(())
 }
 
 fn last_event_id<D: Downstream>(down: &D) -> Option<String> {
