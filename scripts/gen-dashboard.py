@@ -109,6 +109,19 @@ panels = [
         (f"sum by (route, direction) (rate(switchyard_ws_compression_bytes_total{{{RT}, stage=\"wire\"}}[5m])) / sum by (route, direction) (rate(switchyard_ws_compression_bytes_total{{{RT}, stage=\"plain\"}}[5m]))", "ratio {{route}} {{direction}}"),
         (f"sum by (route, direction) (rate(switchyard_ws_compression_bytes_total{{{RT}, stage=\"plain\"}}[5m])) - sum by (route, direction) (rate(switchyard_ws_compression_bytes_total{{{RT}, stage=\"wire\"}}[5m]))", "saved B/s {{route}} {{direction}}"),
     ], 0, 64),
+    panel(18, "Cluster: nodes reaching Redis, feed lease holders (1 per route is right), feeds in local mode", "short", [
+        ("switchyard_cluster_up", "{{node}} up"),
+        (f"sum by (route) (switchyard_cluster_lease_held{{{R}}})", "{{route}} lease holders"),
+        (f"sum by (route) (switchyard_cluster_local_feeds{{{R}}})", "{{route}} feeds in local mode"),
+        (f"sum by (route) (increase(switchyard_cluster_fallbacks_total{{{R}}}[1h]))", "{{route}} fallbacks (1h)"),
+    ], 12, 64),
+    panel(19, "Cluster: stream read lag and Redis latency p99, Redis errors and failed appends per second", "s", [
+        (f"histogram_quantile(0.5, sum by (le, route) (rate(switchyard_cluster_read_lag_seconds_bucket{{{R}}}[5m])))", "read lag p50 {{route}}"),
+        (f"histogram_quantile(0.99, sum by (le, route) (rate(switchyard_cluster_read_lag_seconds_bucket{{{R}}}[5m])))", "read lag p99 {{route}}"),
+        ("histogram_quantile(0.99, sum by (le, op) (rate(switchyard_cluster_redis_seconds_bucket[5m])))", "Redis p99 {{op}}"),
+        ("sum by (op) (rate(switchyard_cluster_redis_errors_total[5m]))", "errors/s {{op}}"),
+        (f"sum by (route) (rate(switchyard_cluster_appends_total{{{R}, outcome=\"failed\"}}[5m]))", "appends failed/s {{route}}"),
+    ], 0, 72),
 ]
 
 dashboard = {

@@ -403,6 +403,32 @@ async fn a_redis_outage_disconnects_nobody_and_the_cluster_reforms() {
         );
     }
     assert_eq!(opened.load(Ordering::SeqCst), CLIENTS);
+
+    // Every cluster metric the dashboard and the alert rules query is exported by now (an
+    // outage, a fallback, appends and reads have all happened).
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut queried = String::new();
+    for f in ["grafana/switchyard.json", "grafana/alerts.yml"] {
+        queried.push_str(&std::fs::read_to_string(format!("{root}/{f}")).unwrap());
+    }
+    let mut names: Vec<&str> = queried
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("switchyard_cluster_"))
+        .map(|w| w.trim_end_matches("_bucket"))
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 8, "{names:?}");
+    let mut scraped = String::new();
+    for gw in &gws {
+        scraped.push_str(&gw.metrics().await);
+    }
+    for name in names {
+        assert!(
+            scraped.contains(&format!("# TYPE {name} ")),
+            "the dashboard or an alert queries {name}, which no instance exports"
+        );
+    }
 }
 
 fn chat_routes(backend: &common::chat::ChatBackend, extra: &str) -> String {

@@ -172,6 +172,7 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
                 path: path.clone(),
                 live: state.clone(),
                 server: config.server.clone(),
+                cluster: config.cluster.clone(),
             },
         ));
     }

@@ -4,8 +4,9 @@
 //! settings, removed routes are retired (their clients drain as on shutdown). An invalid config
 //! is refused with every error logged, and the running generation keeps serving.
 //!
-//! The `server` section (listeners, TLS, threads) cannot change in a running process: such
-//! changes are reported and wait for a restart or pingora's binary upgrade (`--upgrade`).
+//! The `server` section (listeners, TLS, threads) and `cluster` cannot change in a running
+//! process: such changes are reported and wait for a restart or pingora's binary upgrade
+//! (`--upgrade`).
 
 use crate::config::{self, ServerConfig};
 use crate::gateway::{GatewayState, Live};
@@ -22,6 +23,8 @@ pub struct Reloader {
     pub live: Arc<Live>,
     /// The server section the process started with.
     pub server: ServerConfig,
+    /// The cluster section the process started with (it joins one cluster for its life).
+    pub cluster: Option<config::ClusterConfig>,
 }
 
 impl Reloader {
@@ -47,6 +50,9 @@ impl Reloader {
         server.memory = self.server.memory;
         if server != self.server {
             log::warn!("reload of {path}: the `server` section changed; listeners, TLS, threads and timeouts there apply only after a restart or binary upgrade");
+        }
+        if config.cluster != self.cluster {
+            log::warn!("reload of {path}: the `cluster` section changed; it applies only after a restart (this instance stays in the cluster it joined)");
         }
         let previous = self.live.load();
         let (state, changes) = GatewayState::rebuild(&config, Some(&previous));
