@@ -25,13 +25,14 @@ WS_RATE=${WS_RATE:-50}         # the rate of the WebSocket fan-out rows
 Z_RATE=${Z_RATE:-5}            # the compression fan-out's rate (~1 KiB messages; at 10 the one-core generator, inflating, saturates)
 POLLERS=${POLLERS:-1000}
 POLL_RATE=${POLL_RATE:-20}
+CLUSTER_RATE=${CLUSTER_RATE:-50} # the cluster fan-out's rate (two instances, FAN subscribers split)
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 if [ -n "${QUICK:-}" ]; then IDLE=1000; PASS_IDLE=500; FAN=500; POLLERS=200; RATES="20 100"; SECONDS_PER_RUN=3; fi
 
-if ! ls /usr/lib/nginx/modules/ngx_nchan_module.so >/dev/null 2>&1 || ! command -v haproxy >/dev/null || ! command -v pushpin >/dev/null || ! command -v zurl >/dev/null; then
+if ! ls /usr/lib/nginx/modules/ngx_nchan_module.so >/dev/null 2>&1 || ! command -v haproxy >/dev/null || ! command -v pushpin >/dev/null || ! command -v zurl >/dev/null || ! command -v redis-server >/dev/null; then
   sudo_=(); [ "$(id -u)" -ne 0 ] && sudo_=(sudo)
   "${sudo_[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -qq --no-install-recommends nginx libnginx-mod-nchan haproxy pushpin zurl >/dev/null
+  DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -qq --no-install-recommends nginx libnginx-mod-nchan haproxy pushpin zurl redis-server >/dev/null
 fi
 
 bash scripts/install-deps.sh --test >/dev/null
@@ -73,6 +74,47 @@ EOF
   for _ in $(seq 50); do curl -s -o /dev/null 127.0.0.1:9100/healthz && break; sleep 0.1; done
 }
 stop_switchyard() { kill -INT "$GW" 2>/dev/null || true; wait "$GW" 2>/dev/null || true; }
+
+# Two instances on 8084 and 8085 (admin 9104, 9105), both on core 0, as one cluster through the
+# Redis on 6390 (also on core 0) with `cluster`, or each on its own without.
+start_pair() { # cluster|local
+  local i port admin prefix="bench$RANDOM"
+  PAIR=()
+  for i in 0 1; do
+    port=$((8084 + i)); admin=$((9104 + i))
+    {
+      printf 'server:\n  listen:\n    - addr: "127.0.0.1:%s"\n  admin: "127.0.0.1:%s"\n  threads: 1\n  accept_rate: 100000\n  accept_burst: 20000\n' "$port" "$admin"
+      [ "$1" = cluster ] && printf 'cluster:\n  redis: "redis://127.0.0.1:6390/0"\n  node: "bench-%s"\n  prefix: "%s"\n' "$i" "$prefix"
+      printf 'defaults:\n  limits: { max_clients: 50000, send_queue: 4096 }\nroutes:\n  - name: feed\n    path: /feed\n    clients: [sse]\n    backend: { websocket: "ws://127.0.0.1:9001/feed" }\n'
+    } >"$WORK/pair$i.yaml"
+    taskset -c 0 "$SY" --config "$WORK/pair$i.yaml" --log-level warn >"$WORK/pair$i.log" 2>&1 &
+    PAIR+=($!)
+    for _ in $(seq 50); do curl -s -o /dev/null "127.0.0.1:$admin/healthz" && break; sleep 0.1; done
+  done
+}
+stop_pair() { kill -INT "${PAIR[@]}" 2>/dev/null || true; wait "${PAIR[@]}" 2>/dev/null || true; }
+start_redis() {
+  taskset -c 0 redis-server --port 6390 --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
+  REDIS=$!
+  for _ in $(seq 50); do redis-cli -p 6390 ping >/dev/null 2>&1 && break; sleep 0.1; done
+}
+stop_redis() { kill "$REDIS" 2>/dev/null || true; wait "$REDIS" 2>/dev/null || true; }
+# CPU seconds a process has used (user + system).
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+redis_commands() { redis-cli -p 6390 info stats | awk -F: '/^total_commands_processed/ {print $2+0}'; }
+# One fan-out over the pair: half the subscribers on each instance, measured at once. Sets
+# PA and PB (each instance's result) and appends them to the raw results.
+fan_over_pair() { # label
+  local half=$((FAN / 2))
+  $BENCH fanout --url http://127.0.0.1:8084/feed --transport sse --clients "$half" --rate "$CLUSTER_RATE" --seconds "$SECONDS_PER_RUN" --json >"$WORK/pa.json" &
+  local a=$!
+  $BENCH fanout --url http://127.0.0.1:8085/feed --transport sse --clients "$half" --rate "$CLUSTER_RATE" --seconds "$SECONDS_PER_RUN" --json >"$WORK/pb.json" &
+  local b=$!
+  wait "$a" "$b"
+  PA=$(tail -1 "$WORK/pa.json"); PB=$(tail -1 "$WORK/pb.json")
+  echo "$1 instance A $PA" >>"$WORK/results.txt"
+  echo "$1 instance B $PB" >>"$WORK/results.txt"
+}
 
 # The reference SockJS server (sockjs-node), its echo service on 127.0.0.1:8083/echo.
 start_sockjs_node() {
@@ -336,6 +378,51 @@ wait "$HOLDER"; wait "$NGINX" 2>/dev/null || true
 D_NG=$(tail -1 "$WORK/hold_ng.json"); echo "nginx drain $D_NG" | tee -a "$WORK/results.txt" >&2
 stop_backend
 
+echo "== cluster (two instances, Redis Streams)" >&2
+# The same fan-out split over two instances: each with its own backend connection (no
+# cluster), then as one cluster (one backend connection, the other instance reading the
+# stream). Redis's CPU is read from /proc over the clustered run. Then the idle cost: FAN idle
+# SSE clients on the cluster, and what Redis is asked per second meanwhile.
+start_redis
+start_backend "$CLUSTER_RATE"
+start_pair local
+fan_over_pair "local pair"
+L_A=$PA; L_B=$PB
+stop_pair
+start_pair cluster
+sleep 1
+R0=$(cpu_s "$REDIS"); C0=$(redis_commands)
+fan_over_pair "cluster pair"
+R1=$(cpu_s "$REDIS"); C1=$(redis_commands)
+C_A=$PA; C_B=$PB
+HOLDER=""
+for admin in 9104 9105; do
+  [ "$(curl -s "127.0.0.1:$admin/metrics" | grep -c '^switchyard_cluster_lease_held{route="feed"} 1')" -gt 0 ] && HOLDER=$admin
+done
+stop_pair
+stop_backend
+REDIS_US_PER_MSG=$(python3 -c "import sys; print('%.1f' % ((float(sys.argv[2]) - float(sys.argv[1])) * 1e6 / (int(sys.argv[3]) * int(sys.argv[4]))))" "$R0" "$R1" "$CLUSTER_RATE" "$SECONDS_PER_RUN")
+REDIS_CMDS_PER_MSG=$(python3 -c "import sys; print('%.1f' % ((int(sys.argv[2]) - int(sys.argv[1])) / (int(sys.argv[3]) * int(sys.argv[4]))))" "$C0" "$C1" "$CLUSTER_RATE" "$SECONDS_PER_RUN")
+start_backend 0
+start_pair cluster
+$BENCH idle --url http://127.0.0.1:8084/feed --transport sse --clients $((IDLE / 2)) --pids "${PAIR[0]}" --seconds 30 --json >"$WORK/ia.json" &
+IA=$!
+$BENCH idle --url http://127.0.0.1:8085/feed --transport sse --clients $((IDLE / 2)) --pids "${PAIR[1]}" --seconds 30 --json >"$WORK/ib.json" &
+IB=$!
+# Let both sides connect, then count what Redis is asked over 15 s of idleness.
+sleep 12
+I0=$(redis_commands); RI0=$(cpu_s "$REDIS"); sleep 15; I1=$(redis_commands); RI1=$(cpu_s "$REDIS")
+wait "$IA" "$IB"
+IDLE_OPS=$(python3 -c "import sys; print('%.1f' % ((int(sys.argv[2]) - int(sys.argv[1])) / 15))" "$I0" "$I1")
+# Redis's CPU while the cluster idles (its own timers and the cluster's constant chatter), and
+# per message once that is taken off the fan-out run's.
+REDIS_IDLE_SHARE=$(python3 -c "import sys; print('%.2f' % ((float(sys.argv[2]) - float(sys.argv[1])) / 15 * 100))" "$RI0" "$RI1")
+REDIS_NET_US_PER_MSG=$(python3 -c "import sys; r0,r1,i0,i1=map(float,sys.argv[1:5]); n=int(sys.argv[5])*int(sys.argv[6]); print('%.1f' % (max(0.0, (r1-r0) - (i1-i0)/15*int(sys.argv[6])) * 1e6 / n))" "$R0" "$R1" "$RI0" "$RI1" "$CLUSTER_RATE" "$SECONDS_PER_RUN")
+echo "cluster idle: $IDLE SSE clients, $IDLE_OPS Redis commands/s; $(tail -1 "$WORK/ia.json") $(tail -1 "$WORK/ib.json")" >>"$WORK/results.txt"
+stop_pair
+stop_backend
+stop_redis
+
 kib() { echo "$1" | field kib_per_client; }
 cpu() { echo "$1" | field cpu_share_of_one_core; }
 rt() { printf '%.0f' "$(echo "$1" | field round_trips_per_s)"; }
@@ -434,6 +521,29 @@ mkdir -p docs
   for pair in "switchyard:$D_SY" "nginx:$D_NG"; do
     echo "${pair#*:}" | python3 -c 'import json,sys; d=json.load(sys.stdin); o={k:v for k,v in d["closed_with"].items() if k!="1001"}; print("| %s | %d | %s | %d | %d |" % (sys.argv[1], d["closed_1001"], o or "-", d["cut_without_close"], d["still_open"]))' "${pair%%:*}"
   done
+  echo
+  echo "## Several instances as one gateway (cluster on Redis Streams)"
+  echo
+  echo "$FAN SSE subscribers of one feed at $CLUSTER_RATE msg/s (~100 bytes), half on each of two instances,"
+  echo "${SECONDS_PER_RUN}s. Without \`cluster:\` each instance has its own backend connection; with it, one"
+  echo "instance holds the feed's lease (its clients are served as before) and the other reads Redis's"
+  echo "stream (its clients pay the Redis hop). Both instances and Redis on core 0."
+  echo
+  echo "| setup | instance | deliveries | delivered / expected | gaps | duplicates | p50 ms | p99 ms | max ms |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  if [ "$HOLDER" = 9105 ]; then ROLE_A="reads the stream"; ROLE_B="lease holder"; else ROLE_A="lease holder"; ROLE_B="reads the stream"; fi
+  echo "| two instances, no cluster | A (own backend connection) | $(fan_row "$L_A") |"
+  echo "| two instances, no cluster | B (own backend connection) | $(fan_row "$L_B") |"
+  echo "| cluster | A ($ROLE_A) | $(fan_row "$C_A") |"
+  echo "| cluster | B ($ROLE_B) | $(fan_row "$C_B") |"
+  echo
+  echo "Redis per published message: $REDIS_NET_US_PER_MSG µs of CPU ($REDIS_US_PER_MSG µs before taking off what Redis"
+  echo "spends idle) and $REDIS_CMDS_PER_MSG commands (the append and its TTL, one read by each instance, and"
+  echo "the constant chatter below spread over the messages)."
+  echo
+  echo "Idle cluster: $IDLE idle SSE clients over the two instances cost Redis $IDLE_OPS commands/s in all"
+  echo "and $REDIS_IDLE_SHARE% of a core: heartbeats, lease renewals and one blocking read per route and per"
+  echo "instance, nothing per client."
   echo
   echo "## Targets"
   echo
