@@ -754,3 +754,50 @@ async fn an_sse_session_reattaches_on_another_instance_and_posts_go_anywhere() {
         "one backend connection throughout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_lease_holder_resumes_an_sse_backend_where_the_old_one_was() {
+    let redis = Redis::start().await;
+    let backend = SseBackend::start().await;
+    let routes = format!(
+        "  - name: feed\n    path: /feed\n    backend: {{ sse: \"{}\", reconnect: {{ initial: 50ms, max: 200ms }} }}\n    clients: [sse]\n",
+        backend.url("/events")
+    );
+    let mut gws = Vec::new();
+    for node in ["node-a", "node-b"] {
+        let gw = Gateway::start_with(&routes, &cluster_yaml(&redis, node, "sseresume")).await;
+        gw.wait_metric(&format!("switchyard_cluster_up{{node=\"{node}\"}}"), 1.0)
+            .await;
+        gws.push(gw);
+    }
+    let mut clients = Vec::new();
+    for gw in &gws {
+        clients.push(SseReader::open(gw.addr, "/feed", &[]).await);
+    }
+    backend.wait_connections(1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+    backend.write("id: b-1\ndata: one\n\nid: b-2\ndata: two\n\n");
+    for c in &mut clients {
+        assert_eq!(c.next_data_event().await.data, "one");
+        assert_eq!(c.next_data_event().await.data, "two");
+    }
+    let mut holder = None;
+    for (i, gw) in gws.iter().enumerate() {
+        if lease_held(&gw.metrics().await) {
+            holder = Some(i);
+        }
+    }
+    let holder = holder.expect("one instance holds the lease");
+    drop(clients.remove(holder));
+    drop(gws.remove(holder));
+    // The survivor takes the lease and asks the backend for what came after b-2.
+    backend.wait_connections(2).await;
+    assert_eq!(
+        backend.last_event_ids.lock().unwrap()[1].as_deref(),
+        Some("b-2"),
+        "resumed from the id the cluster kept"
+    );
+    backend.write("id: b-3\ndata: three\n\n");
+    assert_eq!(clients[0].next_data_event().await.data, "three");
+}

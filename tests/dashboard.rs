@@ -143,7 +143,10 @@ async fn every_dashboard_and_alert_metric_is_exported_and_promtool_is_happy() {
     assert!(names.len() >= 20, "{names:?}");
     let metrics = gw.metrics().await;
     // Cluster metrics exist only with `cluster:`: tests/cluster.rs checks them on a cluster.
-    for name in names.iter().filter(|n| !n.starts_with("switchyard_cluster_")) {
+    for name in names
+        .iter()
+        .filter(|n| !n.starts_with("switchyard_cluster_"))
+    {
         assert!(
             metrics.contains(&format!("# TYPE {name} ")),
             "the dashboard or an alert queries {name}, which /metrics does not export:\n{metrics}"

@@ -28,7 +28,7 @@ pub mod stream;
 use crate::config::ClusterConfig;
 use crate::metrics;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -72,7 +72,7 @@ pub fn init(cfg: &ClusterConfig) -> anyhow::Result<&'static Arc<Cluster>> {
         cfg: cfg.clone(),
         client,
         manager: tokio::sync::OnceCell::new(),
-        up: AtomicBool::new(false),
+        up: tokio::sync::watch::Sender::new(false),
         sessions: sessions::Registry::default(),
     });
     metrics::CLUSTER_UP
@@ -97,7 +97,8 @@ pub struct Cluster {
     /// Commands (leases, appends, backfills) share one multiplexed connection that reconnects
     /// by itself; blocking reads have connections of their own.
     manager: tokio::sync::OnceCell<ConnectionManager>,
-    up: AtomicBool,
+    /// Whether the heartbeat reaches Redis; feed controllers act on a change at once.
+    up: tokio::sync::watch::Sender<bool>,
     /// Per-client sessions reachable from every instance.
     pub sessions: sessions::Registry,
 }
@@ -155,7 +156,12 @@ impl Cluster {
 
     /// True while the heartbeat reaches Redis.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        *self.up.borrow()
+    }
+
+    /// Changes whenever Redis is found reachable or not.
+    pub fn watch_up(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.up.subscribe()
     }
 
     pub fn feed_keys(&self, route: &str) -> FeedKeys {
@@ -268,7 +274,7 @@ impl Cluster {
                     let rtt = sent.elapsed().as_millis() as i64;
                     let redis_ms = secs * 1000 + micros / 1000;
                     CLOCK_OFFSET_MS.store(redis_ms - (local_ms + rtt / 2), Ordering::Relaxed);
-                    if !self.up.swap(true, Ordering::Relaxed) {
+                    if !self.up.send_replace(true) {
                         log::info!(
                             "cluster: node {node} joined through Redis at {redacted} (clock offset {} ms)",
                             CLOCK_OFFSET_MS.load(Ordering::Relaxed)
@@ -277,7 +283,7 @@ impl Cluster {
                     gauge.set(1);
                 }
                 Err(e) => {
-                    if self.up.swap(false, Ordering::Relaxed) || first {
+                    if self.up.send_replace(false) || first {
                         log::error!(
                             "cluster: Redis at {redacted} unreachable ({e}); node {node} serves in LOCAL MODE: each feed uses its own backend connection, and resume across instances is off until Redis is back"
                         );

@@ -62,6 +62,7 @@ async fn control(
     route: Arc<Route>,
     spec: BridgeRoute,
 ) {
+    let _release = feed::ReleaseOnPanic(hub.clone());
     let name = route.name.clone();
     let keys = cluster.feed_keys(&name);
     let holding = Arc::new(AtomicBool::new(false));
@@ -86,6 +87,7 @@ async fn control(
     let tick = cluster.cfg.lease_ttl / 3;
     let mut held = false;
     let mut local_mode = false;
+    let mut up = cluster.watch_up();
     loop {
         let wanted_here = !hub.idle_for(spec.linger);
         let lease = if cluster.is_up() {
@@ -148,7 +150,12 @@ async fn control(
             };
             running.backend = Some(tokio::spawn(feed::run(link)));
         }
-        tokio::time::sleep(tick).await;
+        // Every tick, and at once when Redis goes or comes back.
+        up.borrow_and_update();
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = up.changed() => {}
+        }
     }
 }
 

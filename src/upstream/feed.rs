@@ -115,7 +115,7 @@ pub fn ensure_running(hub: &Arc<Hub>, route: &Arc<Route>, spec: &BridgeRoute) {
 }
 
 /// Marks the feed stopped if its task unwinds, so the next client starts a new one.
-struct ReleaseOnPanic(Arc<Hub>);
+pub struct ReleaseOnPanic(pub Arc<Hub>);
 
 impl Drop for ReleaseOnPanic {
     fn drop(&mut self) {
