@@ -138,3 +138,59 @@ mod tests {
         assert!(name_ok(&a), "{a}");
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use crate::config::load_str;
+    use std::path::Path;
+
+    fn errors(cluster: &str) -> Vec<(String, String)> {
+        let text = format!(
+            "server:\n  listen:\n    - addr: \"127.0.0.1:0\"\n{cluster}routes:\n  - name: a\n    path: /a\n    backend: {{ builtin: clock }}\n"
+        );
+        match load_str(&text, Path::new("."), "t.yaml") {
+            Ok(_) => Vec::new(),
+            Err(e) => e.errors.into_iter().map(|e| (e.path, e.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_bad_cluster_section_is_refused_with_its_paths() {
+        let errs = errors(
+            "cluster:\n  redis: \"http://10.0.0.1:6379\"\n  node: \"a b\"\n  lease_ttl: 500ms\n  colour: red\n",
+        );
+        let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "cluster.redis",
+                "cluster.node",
+                "cluster.lease_ttl",
+                "cluster.colour"
+            ],
+            "{errs:?}"
+        );
+        assert!(errs[0].1.contains("not a Redis URL"), "{errs:?}");
+        let missing = errors("cluster:\n  node: a\n");
+        assert_eq!(missing[0].0, "cluster", "{missing:?}");
+        assert!(missing[0].1.contains("redis"), "{missing:?}");
+    }
+
+    #[test]
+    fn a_good_cluster_section_is_taken_and_its_password_never_shown() {
+        let text = "server:\n  listen:\n    - addr: \"127.0.0.1:0\"\ncluster:\n  redis: \"rediss://app:s3cret@redis.example:6380/2\"\n  node: edge-a\nroutes: []\n";
+        let cfg = load_str(text, Path::new("."), "t.yaml").unwrap();
+        let c = cfg.cluster.expect("cluster: was given");
+        assert_eq!(
+            (c.node.as_str(), c.prefix.as_str()),
+            ("edge-a", "switchyard")
+        );
+        assert_eq!(c.lease_ttl, std::time::Duration::from_secs(5));
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("app:***@redis.example"),
+            "{shown}"
+        );
+        assert!(errors("").is_empty(), "no cluster: is fine");
+    }
+}
