@@ -70,6 +70,23 @@ impl Drop for Redis {
     }
 }
 
+/// The keys matching `pattern`, each checked to expire by itself.
+async fn keys_with_ttls(
+    conn: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> Vec<String> {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(conn)
+        .await
+        .unwrap();
+    for k in &keys {
+        let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(conn).await.unwrap();
+        assert!(ttl > 0, "{k} has no TTL");
+    }
+    keys
+}
+
 fn cluster_yaml(redis: &Redis, node: &str, prefix: &str) -> String {
     format!(
         "cluster:\n  redis: \"{}\"\n  node: \"{node}\"\n  prefix: \"{prefix}\"\n  lease_ttl: 1s\n",
@@ -114,6 +131,18 @@ fn lease_held(metrics: &str) -> bool {
     metric(metrics, "switchyard_cluster_lease_held{route=\"feed\"}") == Some(1.0)
 }
 
+/// The index of the one instance that holds the feed's lease.
+async fn holder_of(gws: &[Gateway]) -> usize {
+    let mut holders = Vec::new();
+    for (i, gw) in gws.iter().enumerate() {
+        if lease_held(&gw.metrics().await) {
+            holders.push(i);
+        }
+    }
+    assert_eq!(holders.len(), 1, "exactly one instance holds the lease");
+    holders[0]
+}
+
 /// Reads `n` data events; returns (number, id) pairs.
 async fn read_numbers(sse: &mut SseReader, n: usize) -> Vec<(u64, String)> {
     let mut out = Vec::new();
@@ -146,14 +175,7 @@ async fn three_instances_share_one_backend_connection_and_resume_on_any_instance
     // Three lease ticks: every instance has looked at the lease and wants the feed.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
-    let holders = {
-        let mut n = 0;
-        for gw in &gws {
-            n += usize::from(lease_held(&gw.metrics().await));
-        }
-        n
-    };
-    assert_eq!(holders, 1, "exactly one instance holds the lease");
+    holder_of(&gws).await;
 
     backend.send_numbered(1..=20, 16, 20, Duration::ZERO);
     let seen_a = read_numbers(&mut on_a, 10).await;
@@ -181,8 +203,7 @@ async fn three_instances_share_one_backend_connection_and_resume_on_any_instance
     );
 
     // Long-poll cursors go round the three instances; nothing lost, nothing repeated.
-    let r = http_get(a.addr, "/feed?transport=poll&cursor=0", &[]).await;
-    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let j = get_json(a, "/feed?transport=poll&cursor=0").await;
     let first: Vec<u64> = j["messages"]
         .as_array()
         .unwrap()
@@ -199,14 +220,7 @@ async fn three_instances_share_one_backend_connection_and_resume_on_any_instance
         assert!(Instant::now() < until, "long-poll stuck at {want}");
         let gw = &gws[turn % 3];
         turn += 1;
-        let r = http_get(
-            gw.addr,
-            &format!("/feed?transport=poll&cursor={cursor}"),
-            &[],
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.body_text());
-        let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let j = get_json(gw, &format!("/feed?transport=poll&cursor={cursor}")).await;
         assert!(j.get("missed").is_none(), "nothing missed: {j}");
         for m in j["messages"].as_array().unwrap() {
             assert_eq!(number_of(m.as_str().unwrap()), want, "order, no repeats");
@@ -223,20 +237,8 @@ async fn three_instances_share_one_backend_connection_and_resume_on_any_instance
 
     // Everything the cluster keeps in Redis expires by itself.
     let mut conn = redis.conn().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("resume:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys = keys_with_ttls(&mut conn, "resume:*").await;
     assert!(keys.contains(&"resume:feed:feed".to_owned()), "{keys:?}");
-    for k in &keys {
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(k)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert!(ttl > 0, "{k} has no TTL");
-    }
     let len: usize = redis::cmd("XLEN")
         .arg("resume:feed:feed")
         .query_async(&mut conn)
@@ -263,13 +265,7 @@ async fn killing_the_lease_holder_moves_the_backend_connection_to_another_instan
             (1..=5).collect::<Vec<_>>()
         );
     }
-    let mut holder = None;
-    for (i, gw) in gws.iter().enumerate() {
-        if lease_held(&gw.metrics().await) {
-            holder = Some(i);
-        }
-    }
-    let holder = holder.expect("one instance holds the lease");
+    let holder = holder_of(&gws).await;
     // kill -9: no goodbye, the lease just stops being renewed.
     let killed = Instant::now();
     drop(clients.remove(holder));
@@ -288,11 +284,7 @@ async fn killing_the_lease_holder_moves_the_backend_connection_to_another_instan
             (6..=10).collect::<Vec<_>>()
         );
     }
-    let mut holders = 0;
-    for gw in &gws {
-        holders += usize::from(lease_held(&gw.metrics().await));
-    }
-    assert_eq!(holders, 1);
+    holder_of(&gws).await;
 }
 
 /// One SSE client that records the numbers it gets, and whether its stream ended.
@@ -460,23 +452,37 @@ async fn chat_instances(
     out
 }
 
+/// A GET that must answer 200 with JSON.
+async fn get_json(gw: &Gateway, path: &str) -> serde_json::Value {
+    let r = http_get(gw.addr, path, &[]).await;
+    assert_eq!(r.status, 200, "{path}: {}", r.body_text());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+/// A Redis, a chat backend, and `n` instances of a per-client route on it.
+async fn chat_cluster(
+    prefix: &str,
+    n: usize,
+    extra: &str,
+) -> (Redis, common::chat::ChatBackend, Vec<Gateway>) {
+    let redis = Redis::start().await;
+    let backend = common::chat::ChatBackend::start().await;
+    let gws = chat_instances(&redis, &backend, prefix, n, extra).await;
+    (redis, backend, gws)
+}
+
 async fn open_poll_session(gw: &Gateway) -> String {
-    let r = http_get(gw.addr, "/chat?transport=poll", &[]).await;
-    assert_eq!(r.status, 200, "{}", r.body_text());
-    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let j = get_json(gw, "/chat?transport=poll").await;
     j["session"].as_str().unwrap().to_owned()
 }
 
 /// One poll: (texts, next cursor, answer).
 async fn poll_on(gw: &Gateway, id: &str, cursor: u64) -> (Vec<String>, u64, serde_json::Value) {
-    let r = http_get(
-        gw.addr,
+    let j = get_json(
+        gw,
         &format!("/chat?transport=poll&session={id}&cursor={cursor}"),
-        &[],
     )
     .await;
-    assert_eq!(r.status, 200, "{}", r.body_text());
-    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let texts = j["messages"]
         .as_array()
         .unwrap()
@@ -487,10 +493,15 @@ async fn poll_on(gw: &Gateway, id: &str, cursor: u64) -> (Vec<String>, u64, serd
 }
 
 async fn post_on(gw: &Gateway, id: &str, body: &str) -> u16 {
+    post_as(gw, "poll", id, body).await
+}
+
+/// POSTs `body` to session `id` as a client of `transport` (`poll` or `sse`); the status.
+async fn post_as(gw: &Gateway, transport: &str, id: &str, body: &str) -> u16 {
     let mut c = common::chat::Client::connect(gw.addr).await;
     c.request(
         "POST",
-        &format!("/chat?transport=poll&session={id}"),
+        &format!("/chat?transport={transport}&session={id}"),
         &[("content-type", "text/plain")],
         body,
     )
@@ -500,16 +511,8 @@ async fn post_on(gw: &Gateway, id: &str, body: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_session_converses_through_any_instance_round_robin() {
-    let redis = Redis::start().await;
-    let backend = common::chat::ChatBackend::start().await;
-    let gws = chat_instances(
-        &redis,
-        &backend,
-        "rr",
-        3,
-        "    keepalive: { poll_timeout: 5s }\n",
-    )
-    .await;
+    let (_redis, backend, gws) =
+        chat_cluster("rr", 3, "    keepalive: { poll_timeout: 5s }\n").await;
     let id = open_poll_session(&gws[0]).await;
     let mut cursor = 0;
     let mut replies = Vec::new();
@@ -587,16 +590,8 @@ async fn a_long_poll_session_converses_through_any_instance_round_robin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_whose_instance_dies_ends_with_the_documented_close() {
-    let redis = Redis::start().await;
-    let backend = common::chat::ChatBackend::start().await;
-    let mut gws = chat_instances(
-        &redis,
-        &backend,
-        "lost",
-        2,
-        "    keepalive: { poll_timeout: 2s }\n",
-    )
-    .await;
+    let (_redis, _backend, mut gws) =
+        chat_cluster("lost", 2, "    keepalive: { poll_timeout: 2s }\n").await;
     let id = open_poll_session(&gws[0]).await;
     assert_eq!(post_on(&gws[1], &id, "hello").await, 204);
     let (texts, cursor, _) = poll_on(&gws[1], &id, 0).await;
@@ -631,11 +626,7 @@ async fn a_session_whose_instance_dies_ends_with_the_documented_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_of_abandoned_sessions_all_expire() {
     const SESSIONS: usize = 1000;
-    let redis = Redis::start().await;
-    let backend = common::chat::ChatBackend::start().await;
-    let gws = chat_instances(
-        &redis,
-        &backend,
+    let (redis, backend, gws) = chat_cluster(
         "abandon",
         2,
         "    session_ttl: 1s\n    keepalive: { poll_timeout: 200ms }\n",
@@ -688,41 +679,17 @@ async fn keys_of_abandoned_sessions_all_expire() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // What remains (node streams and liveness) has a TTL too.
-    let keys = count("abandon:*").await;
-    for k in &keys {
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(k)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert!(ttl > 0, "{k} has no TTL");
-    }
+    keys_with_ttls(&mut conn, "abandon:*").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_session_reattaches_on_another_instance_and_posts_go_anywhere() {
-    let redis = Redis::start().await;
-    let backend = common::chat::ChatBackend::start().await;
-    let gws = chat_instances(&redis, &backend, "ssepost", 3, "").await;
+    let (_redis, backend, gws) = chat_cluster("ssepost", 3, "").await;
     let mut sse = SseReader::open(gws[0].addr, "/chat?transport=sse", &[]).await;
     let hello = sse.next_data_event().await;
     assert_eq!(hello.event.as_deref(), Some("session"));
     let sid = hello.data.clone();
-    let post = |gw: usize, body: &'static str| {
-        let addr = gws[gw].addr;
-        let sid = sid.clone();
-        async move {
-            let mut c = common::chat::Client::connect(addr).await;
-            c.request(
-                "POST",
-                &format!("/chat?transport=sse&session={sid}"),
-                &[("content-type", "text/plain")],
-                body,
-            )
-            .await
-            .status
-        }
-    };
+    let post = |gw: usize, body: &'static str| post_as(&gws[gw], "sse", &sid, body);
     assert_eq!(post(1, "one").await, 204);
     let ev = sse.next_data_event().await;
     assert_eq!(ev.data, "1:1:one");
@@ -782,13 +749,7 @@ async fn a_new_lease_holder_resumes_an_sse_backend_where_the_old_one_was() {
         assert_eq!(c.next_data_event().await.data, "one");
         assert_eq!(c.next_data_event().await.data, "two");
     }
-    let mut holder = None;
-    for (i, gw) in gws.iter().enumerate() {
-        if lease_held(&gw.metrics().await) {
-            holder = Some(i);
-        }
-    }
-    let holder = holder.expect("one instance holds the lease");
+    let holder = holder_of(&gws).await;
     drop(clients.remove(holder));
     drop(gws.remove(holder));
     // The survivor takes the lease and asks the backend for what came after b-2.

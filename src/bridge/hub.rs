@@ -515,33 +515,13 @@ mod tests {
         let b = hub.publish(Bytes::from_static(b"b"), false);
         assert_eq!((b.seq, b.prev), (clock() + 1, clock()));
         // From another instance: later ones go in, what is not past the head does not.
-        assert!(hub
-            .publish_at(
-                clock() + 50,
-                clock() + 1,
-                None,
-                Bytes::from_static(b"c"),
-                false
-            )
-            .is_some());
-        assert!(hub
-            .publish_at(
-                clock() + 50,
-                clock() + 1,
-                None,
-                Bytes::from_static(b"c"),
-                false
-            )
-            .is_none());
-        assert!(hub
-            .publish_at(
-                clock() + 70,
-                clock() + 60,
-                None,
-                Bytes::from_static(b"e"),
-                false
-            )
-            .is_some());
+        let at = |seq: u64, prev: u64, text: &'static str| {
+            hub.publish_at(seq, prev, None, Bytes::from_static(text.as_bytes()), false)
+                .is_some()
+        };
+        assert!(at(clock() + 50, clock() + 1, "c"));
+        assert!(!at(clock() + 50, clock() + 1, "c"));
+        assert!(at(clock() + 70, clock() + 60, "e"));
         // Held: b, c, e. A client at c missed what came at +60 (never seen here either).
         let s = hub.subscribe(Some(clock() + 50));
         assert_eq!(s.backlog.len(), 1);

@@ -17,7 +17,7 @@
 //! `{p}:node:NODE:alive`; a poll elsewhere then gets what the stream still holds, and then the
 //! session's end: `closed: {code: 1012, reason: "session ended: its gateway instance is gone"}`.
 
-use super::{Cluster, READ_BLOCK};
+use super::Cluster;
 use crate::bridge::hub::{Gone, Message};
 use crate::bridge::session::{Batch, EndReason, Mirror, Outgoing, Remote, Session, UplinkError};
 use crate::metrics;
@@ -239,16 +239,7 @@ impl Cluster {
                     expired_at = Instant::now();
                     self.queue(expire.clone());
                 }
-                let read: redis::RedisResult<Value> = redis::cmd("XREAD")
-                    .arg("COUNT")
-                    .arg(256)
-                    .arg("BLOCK")
-                    .arg(READ_BLOCK.as_millis() as u64)
-                    .arg("STREAMS")
-                    .arg(&key)
-                    .arg(&last)
-                    .query_async(&mut conn)
-                    .await;
+                let read = super::stream::xread(&mut conn, &key, &last).await;
                 match read {
                     Ok(Value::Nil) => {}
                     Ok(v) => {

@@ -230,16 +230,7 @@ pub async fn read_feed(cluster: Arc<Cluster>, hub: Arc<Hub>, keys: FeedKeys) {
         delay = Duration::from_millis(100);
         loop {
             let from = last.clone().expect("set by the history read");
-            let read: redis::RedisResult<Value> = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(BATCH)
-                .arg("BLOCK")
-                .arg(READ_BLOCK.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&keys.stream)
-                .arg(&from)
-                .query_async(&mut conn)
-                .await;
+            let read = xread(&mut conn, &keys.stream, &from).await;
             match read {
                 Ok(Value::Nil) => {}
                 Ok(v) => {
@@ -257,6 +248,25 @@ pub async fn read_feed(cluster: Arc<Cluster>, hub: Arc<Hub>, keys: FeedKeys) {
         }
         tokio::time::sleep(delay).await;
     }
+}
+
+/// One blocking read of `key` after entry `from` (Nil when nothing came within
+/// [`READ_BLOCK`]).
+pub(super) async fn xread(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    from: &str,
+) -> redis::RedisResult<Value> {
+    redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(BATCH)
+        .arg("BLOCK")
+        .arg(READ_BLOCK.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(key)
+        .arg(from)
+        .query_async(conn)
+        .await
 }
 
 /// The SSE backend event id of the newest message that carries one (where a new lease

@@ -18,7 +18,7 @@ pub struct Config {
     pub routes: Vec<Route>,
 }
 
-/// `cluster:`: the Redis that joins instances into one gateway (see `crate::cluster`).
+/// `cluster:`: the Redis that joins instances into one gateway (the `cluster` module runs it).
 #[derive(Clone, PartialEq)]
 pub struct ClusterConfig {
     /// `redis://` or `rediss://`, with `${VAR}` already expanded (may hold a password).

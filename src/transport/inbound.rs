@@ -305,7 +305,19 @@ async fn send<D: Downstream>(
         }
     };
     // The body's charge is held until its messages were delivered (or refused).
-    let (body, _charge, content_type) = read_message_body(down, bridge, transport).await?;
+    let (messages, _charge) = read_messages(down, bridge, transport).await?;
+    let result = deliver(&uplink, messages, route).await;
+    drop(busy);
+    result
+}
+
+/// Reads a POST body and parses its messages (counted); the body's charge comes with them.
+async fn read_messages<D: Downstream>(
+    down: &mut D,
+    bridge: &Bridge,
+    transport: &'static str,
+) -> Result<(Vec<Inbound>, crate::memory::Charge), Reject> {
+    let (body, charge, content_type) = read_message_body(down, bridge, transport).await?;
     let messages = parse_body(&content_type, body).map_err(|e| match e {
         BodyError::Malformed(why) => Reject::new(400, "bad_body", why),
         BodyError::TooMany => Reject::new(
@@ -315,11 +327,9 @@ async fn send<D: Downstream>(
         ),
     })?;
     metrics::MESSAGES
-        .with_label_values(&[route, transport, "in"])
+        .with_label_values(&[&bridge.route.name, transport, "in"])
         .inc_by(messages.len() as u64);
-    let result = deliver(&uplink, messages, route).await;
-    drop(busy);
-    result
+    Ok((messages, charge))
 }
 
 /// A POST for a session another instance of the cluster owns: relayed to the owner, answered
@@ -331,19 +341,8 @@ async fn send_remote<D: Downstream>(
     remote: Box<dyn crate::bridge::session::Remote>,
 ) -> Result<(), Reject> {
     let route = bridge.route.name.as_str();
-    let (body, _charge, content_type) = read_message_body(down, bridge, transport).await?;
-    let messages = parse_body(&content_type, body).map_err(|e| match e {
-        BodyError::Malformed(why) => Reject::new(400, "bad_body", why),
-        BodyError::TooMany => Reject::new(
-            413,
-            "too_many_messages",
-            format!("at most {MAX_MESSAGES_PER_POST} messages in one body"),
-        ),
-    })?;
+    let (messages, _charge) = read_messages(down, bridge, transport).await?;
     let count = messages.len();
-    metrics::MESSAGES
-        .with_label_values(&[route, transport, "in"])
-        .inc_by(count as u64);
     let messages = messages
         .into_iter()
         .map(|m| (m.payload, m.binary))

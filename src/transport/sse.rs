@@ -145,15 +145,7 @@ async fn serve_remote<D: Downstream>(
     remote: Box<dyn crate::bridge::session::Remote>,
 ) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
-    let mut resp = ResponseHeader::build(200, Some(6))?;
-    resp.insert_header("content-type", "text/event-stream")?;
-    resp.insert_header("cache-control", "no-cache")?;
-    resp.insert_header("x-accel-buffering", "no")?;
-    super::unbounded_body(down, &mut resp)?;
-    Box::pin(down.write_response_header(Box::new(resp), false)).await?;
-    down.release_request();
-    let _open = metrics::OpenConnection::new(route, "sse");
-    down.set_read_timeout(None);
+    let _open = begin_stream(down, route).await?;
     let mut delivered = metrics::Delivered::new(route, "sse");
     let deadline = write_deadline(&bridge.route.keepalive);
     let heartbeat = bridge.route.keepalive.sse_heartbeat;
@@ -222,6 +214,24 @@ async fn serve_remote<D: Downstream>(
     Ok(())
 }
 
+/// Sends an event stream's response head and turns the request into a stream; the stream is
+/// counted as an open connection while the guard lives.
+async fn begin_stream<D: Downstream>(
+    down: &mut D,
+    route: &str,
+) -> pingora::Result<metrics::OpenConnection> {
+    let mut resp = ResponseHeader::build(200, Some(6))?;
+    resp.insert_header("content-type", "text/event-stream")?;
+    resp.insert_header("cache-control", "no-cache")?;
+    resp.insert_header("x-accel-buffering", "no")?;
+    super::unbounded_body(down, &mut resp)?;
+    Box::pin(down.write_response_header(Box::new(resp), false)).await?;
+    down.release_request();
+    let open = metrics::OpenConnection::new(route, "sse");
+    down.set_read_timeout(None);
+    Ok(open)
+}
+
 fn last_event_id<D: Downstream>(down: &D) -> Option<String> {
     down.req_header()
         .headers
@@ -244,15 +254,7 @@ async fn stream<D: Downstream>(
     conv: Option<&Arc<Session>>,
 ) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
-    let mut resp = ResponseHeader::build(200, Some(6))?;
-    resp.insert_header("content-type", "text/event-stream")?;
-    resp.insert_header("cache-control", "no-cache")?;
-    resp.insert_header("x-accel-buffering", "no")?;
-    super::unbounded_body(down, &mut resp)?;
-    Box::pin(down.write_response_header(Box::new(resp), false)).await?;
-    down.release_request();
-    let _open = metrics::OpenConnection::new(route, "sse");
-    down.set_read_timeout(None);
+    let _open = begin_stream(down, route).await?;
     let mut delivered = metrics::Delivered::new(route, "sse");
     let binary = bridge.spec.binary;
     let frame = |m: &Message| -> Option<Bytes> {
