@@ -689,3 +689,96 @@ async fn chromium_negotiates_compression_and_reads_compressed_json() {
         big.len()
     );
 }
+
+/// sockjs-client in Chromium through haproxy (HTTP, round robin per request, no stickiness) in
+/// front of two instances joined as a cluster: consecutive requests of one SockJS session land
+/// on different instances, and every polling and streaming transport still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockjs_client_in_chromium_works_through_a_round_robin_balancer_over_a_cluster() {
+    use common::cluster::{cluster_yaml, Balancer, Redis};
+    let redis = Redis::start().await;
+    let (page, _server) = serve_page_origin(SOCKJS_PAGE).await;
+    let backend = common::chat::ChatBackend::start().await;
+    let routes = format!(
+        "  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"http://{page}\"]\n    clients: [sockjs]\n    backend: {{ websocket: \"{}\", forward_headers: [] }}\n",
+        backend.url("/chat")
+    );
+    let mut gws = Vec::new();
+    for node in ["node-a", "node-b"] {
+        let gw = Gateway::start_with(&routes, &cluster_yaml(&redis, node, "browser")).await;
+        gw.wait_metric(&format!("switchyard_cluster_up{{node=\"{node}\"}}"), 1.0)
+            .await;
+        gws.push(gw);
+    }
+    let lb = Balancer::start(&[gws[0].addr, gws[1].addr]).await;
+    let (_browser, mut cdp, mut id) = loaded_page(&format!("http://{page}/")).await;
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "typeof SockJS === 'function'",
+        "sockjs-client loading",
+    )
+    .await;
+    let url = format!("http://{}/chat", lb.addr);
+    for transport in [
+        "xhr-polling",
+        "xhr-streaming",
+        "eventsource",
+        "jsonp-polling",
+    ] {
+        eval(
+            &mut cdp,
+            &mut id,
+            &format!("run('{url}', '{transport}'); true"),
+        )
+        .await;
+        let done = format!("results['{transport}'].state === 'closed'");
+        wait_true(
+            &mut cdp,
+            &mut id,
+            &done,
+            &format!("the {transport} session to close"),
+        )
+        .await;
+        let r = eval(
+            &mut cdp,
+            &mut id,
+            &format!("(({{messages, ...r}}) => r)(results['{transport}'])"),
+        )
+        .await;
+        assert_eq!(
+            r,
+            serde_json::json!({
+                "state": "closed", "transport": transport, "echoed": true,
+                "code": 4001, "reason": "closed by the backend",
+            }),
+            "{transport}"
+        );
+    }
+    // Both instances served receivers: the sessions really moved between them.
+    for gw in &gws {
+        let m = gw.metrics().await;
+        let receivers: f64 = [
+            "sockjs-xhr",
+            "sockjs-xhr_streaming",
+            "sockjs-eventsource",
+            "sockjs-jsonp",
+        ]
+        .iter()
+        .filter_map(|label| {
+            metric(
+                &m,
+                &format!(
+                    "switchyard_client_connections_total{{route=\"chat\",transport=\"{label}\"}}"
+                ),
+            )
+        })
+        .sum();
+        assert!(receivers >= 2.0, "{receivers} receivers on {}", gw.addr);
+    }
+    assert_eq!(
+        backend.conns().len(),
+        4,
+        "one backend connection per session"
+    );
+}

@@ -5,94 +5,11 @@
 
 mod common;
 
+use common::cluster::*;
 use common::*;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// A `redis-server` of its own, without persistence, on a free port.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    async fn start() -> Redis {
-        let mut r = Redis {
-            port: free_port(),
-            child: None,
-        };
-        r.run().await;
-        r
-    }
-
-    async fn run(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (scripts/install-deps.sh --test installs it)");
-        self.child = Some(child);
-        let addr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        assert!(
-            wait_for_port(addr, DEADLINE).await,
-            "redis-server did not listen"
-        );
-    }
-
-    /// Stops the server (everything it held is gone: no persistence).
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The keys matching `pattern`, each checked to expire by itself.
-async fn keys_with_ttls(
-    conn: &mut redis::aio::MultiplexedConnection,
-    pattern: &str,
-) -> Vec<String> {
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(pattern)
-        .query_async(conn)
-        .await
-        .unwrap();
-    for k in &keys {
-        let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(conn).await.unwrap();
-        assert!(ttl > 0, "{k} has no TTL");
-    }
-    keys
-}
-
-fn cluster_yaml(redis: &Redis, node: &str, prefix: &str) -> String {
-    format!(
-        "cluster:\n  redis: \"{}\"\n  node: \"{node}\"\n  prefix: \"{prefix}\"\n  lease_ttl: 1s\n",
-        redis.url()
-    )
-}
 
 fn feed_routes(backend: &FeedBackend) -> String {
     format!(
@@ -761,4 +678,95 @@ async fn a_new_lease_holder_resumes_an_sse_backend_where_the_old_one_was() {
     );
     backend.write("id: b-3\ndata: three\n\n");
     assert_eq!(clients[0].next_data_event().await.data, "three");
+}
+
+/// A SockJS request to `gw` (SockJS base `/echo`, or `/feed`), its body as text.
+async fn sockjs(gw: &Gateway, method: &str, path: &str, body: &str) -> (u16, String) {
+    let r = common::sockjs::request(gw.addr, method, path, &[], body.as_bytes()).await;
+    (r.status, r.body_text())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sockjs_session_polls_and_sends_through_any_instance() {
+    let redis = Redis::start().await;
+    let feed = FeedBackend::start().await;
+    let routes = format!(
+        "  - name: echo\n    path: /echo\n    backend: {{ builtin: echo }}\n    clients: [sockjs]\n  - name: feed\n    path: /feed\n    backend: {{ websocket: \"{}\" }}\n    clients: [sockjs]\n    replay: 100\n",
+        feed.url("/stream")
+    );
+    let mut gws = Vec::new();
+    for node in ["node-a", "node-b", "node-c"] {
+        let gw = Gateway::start_with(&routes, &cluster_yaml(&redis, node, "sockjs")).await;
+        gw.wait_metric(&format!("switchyard_cluster_up{{node=\"{node}\"}}"), 1.0)
+            .await;
+        gws.push(gw);
+    }
+    let (a, b, c) = (&gws[0], &gws[1], &gws[2]);
+    // xhr-polling, each request to the next instance, as through a round-robin balancer.
+    let sid = common::sockjs::session_id();
+    let at = |base: &str, what: &str| format!("{base}/000/{sid}/{what}");
+    assert_eq!(
+        sockjs(a, "POST", &at("/echo", "xhr"), "").await,
+        (200, "o\n".into())
+    );
+    assert_eq!(
+        sockjs(b, "POST", &at("/echo", "xhr_send"), "[\"hello\",\"there\"]")
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        sockjs(c, "POST", &at("/echo", "xhr"), "").await,
+        (200, "a[\"hello\",\"there\"]\n".into())
+    );
+    // A poll waiting on B is answered when a send lands on A.
+    let waiting = {
+        let (addr, path) = (b.addr, at("/echo", "xhr"));
+        tokio::spawn(async move { common::sockjs::request(addr, "POST", &path, &[], b"").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One receiver at a time, across instances too.
+    assert_eq!(
+        sockjs(c, "POST", &at("/echo", "xhr"), "").await,
+        (200, "c[2010,\"Another connection still open\"]\n".into())
+    );
+    assert_eq!(
+        sockjs(a, "POST", &at("/echo", "xhr_send"), "[\"again\"]")
+            .await
+            .0,
+        204
+    );
+    let r = waiting.await.unwrap();
+    assert_eq!((r.status, r.body_text()), (200, "a[\"again\"]\n".into()));
+    // Another client address may not use the session, here or elsewhere.
+    let other = common::sockjs::request_from(
+        Some("127.0.0.2".parse().unwrap()),
+        c.addr,
+        "POST",
+        &at("/echo", "xhr_send"),
+        &[],
+        b"[\"intruder\"]",
+    )
+    .await;
+    assert_eq!(other.status, 404);
+
+    // A session on a shared feed: opened on A, its messages polled on B and C.
+    let sid2 = common::sockjs::session_id();
+    let on = |what: &str| format!("/feed/000/{sid2}/{what}");
+    assert_eq!(sockjs(a, "POST", &on("xhr"), "").await, (200, "o\n".into()));
+    feed.wait_open(1).await;
+    feed.send_numbered(1..=3, 4, 3, Duration::ZERO);
+    let mut got = Vec::new();
+    let until = Instant::now() + DEADLINE;
+    while got.len() < 3 {
+        assert!(Instant::now() < until, "got {got:?}");
+        let gw = [b, c][got.len() % 2];
+        let (status, body) = sockjs(gw, "POST", &on("xhr"), "").await;
+        assert_eq!(status, 200);
+        if let Some(items) = body.trim().strip_prefix('a') {
+            let items: Vec<String> = serde_json::from_str(items).unwrap();
+            got.extend(items.iter().map(|m| number_of(m)));
+        }
+    }
+    assert_eq!(got, [1, 2, 3], "in order, nothing lost or repeated");
 }

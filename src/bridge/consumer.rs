@@ -8,9 +8,10 @@
 //! watched too, so one that never reads again cannot hold its connection forever.
 
 use super::hub::{Event, Gone, Message};
-use super::session::Session;
+use super::session::{Remote, Session};
 use crate::config::SlowConsumer;
 use crate::metrics;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -40,6 +41,11 @@ enum Source {
         changes: watch::Receiver<u64>,
         attachment: u64,
     },
+    /// A session another instance of the cluster owns, read through it in batches.
+    Remote {
+        remote: Box<dyn Remote>,
+        ended: Option<Arc<Gone>>,
+    },
 }
 
 pub struct Consumer {
@@ -52,6 +58,8 @@ pub struct Consumer {
     pub last_seq: u64,
     /// A non-message delivery met by [`Self::ready`], handed out by the next [`Self::next`].
     stashed: Option<Delivery>,
+    /// Messages to hand out before the source's: a backlog, or a remote session's batch.
+    queued: VecDeque<Arc<Message>>,
     /// The longest one write may stay blocked, whatever the policy.
     write_deadline: Duration,
 }
@@ -77,6 +85,7 @@ impl Consumer {
             transport,
             last_seq,
             stashed: None,
+            queued: VecDeque::new(),
             write_deadline,
         }
     }
@@ -102,8 +111,75 @@ impl Consumer {
             transport,
             last_seq,
             stashed: None,
+            queued: VecDeque::new(),
             write_deadline,
         }
+    }
+
+    /// A client of a session another instance owns (see [`Remote`]), positioned after
+    /// `last_seq`.
+    pub fn remote(
+        remote: Box<dyn Remote>,
+        route: &str,
+        transport: &'static str,
+        last_seq: u64,
+        write_deadline: Duration,
+    ) -> Self {
+        Self {
+            route: route.into(),
+            source: Source::Remote {
+                remote,
+                ended: None,
+            },
+            policy: SlowConsumer::Disconnect,
+            queue: 0,
+            transport,
+            last_seq,
+            stashed: None,
+            queued: VecDeque::new(),
+            write_deadline,
+        }
+    }
+
+    /// Hands out `messages` (those after the position) before anything live: a backlog.
+    pub fn queue_first(&mut self, messages: Vec<Arc<Message>>) {
+        let after = self.last_seq;
+        self.queued
+            .extend(messages.into_iter().filter(|m| m.seq > after));
+    }
+
+    /// Moves the position to `seq` (a receiver elsewhere delivered up to it); a session's
+    /// messages up to it are acknowledged.
+    pub fn delivered_up_to(&mut self, seq: u64) {
+        if seq > self.last_seq {
+            self.last_seq = seq;
+        }
+        while self.queued.front().is_some_and(|m| m.seq <= seq) {
+            self.queued.pop_front();
+        }
+        match &mut self.source {
+            Source::Session { session, .. } => session.outbox.ack(self.last_seq),
+            // What the ring kept for this consumer meanwhile was delivered elsewhere: skip it
+            // (and any lag it ran into), keeping the first message past the position.
+            Source::Shared(live) => loop {
+                match live.try_recv() {
+                    Ok(Event::Message(m)) if m.seq <= seq => {}
+                    Ok(Event::Message(m)) => {
+                        self.queued.push_back(m);
+                        break;
+                    }
+                    Ok(Event::BackendGone(_)) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                    Err(_) => break,
+                }
+            },
+            Source::Remote { .. } => {}
+        }
+    }
+
+    fn take_queued(&mut self) -> Option<Arc<Message>> {
+        let m = self.queued.pop_front()?;
+        self.last_seq = m.seq;
+        Some(m)
     }
 
     /// Waits for the next thing to tell the client.
@@ -111,8 +187,26 @@ impl Consumer {
         if let Some(d) = self.stashed.take() {
             return d;
         }
+        if let Some(m) = self.take_queued() {
+            return Delivery::Message(m);
+        }
         let live = match &mut self.source {
             Source::Shared(live) => live,
+            Source::Remote { remote, ended } => loop {
+                if let Some(g) = ended.take() {
+                    return Delivery::BackendGone(g);
+                }
+                // Acknowledges what was handed out, and waits there for more.
+                let batch = remote
+                    .poll(self.last_seq, 256, Duration::from_secs(30))
+                    .await;
+                *ended = batch.ended;
+                self.queued.extend(batch.messages);
+                if let Some(m) = self.queued.pop_front() {
+                    self.last_seq = m.seq;
+                    return Delivery::Message(m);
+                }
+            },
             Source::Session {
                 session,
                 changes,
@@ -158,6 +252,9 @@ impl Consumer {
         if self.stashed.is_some() {
             return None;
         }
+        if let Some(m) = self.take_queued() {
+            return Some(m);
+        }
         let live = match &mut self.source {
             Source::Shared(live) => live,
             Source::Session { session, .. } => {
@@ -165,6 +262,7 @@ impl Consumer {
                 self.last_seq = m.seq;
                 return Some(m);
             }
+            Source::Remote { .. } => return None,
         };
         loop {
             let d = match live.try_recv() {
@@ -217,7 +315,7 @@ impl Consumer {
                     self.policy == SlowConsumer::Disconnect && live.len() >= self.queue
                 }
                 // A session's backend waits for its client; only the deadline applies.
-                Source::Session { .. } => false,
+                Source::Session { .. } | Source::Remote { .. } => false,
             };
             if behind || tokio::time::Instant::now() >= give_up {
                 metrics::SLOW_CONSUMERS

@@ -80,6 +80,11 @@ pub trait Backends: Send + Sync {
         None
     }
 
+    /// The cluster's side of SockJS sessions; None without a cluster.
+    fn sockjs_cluster(&self) -> Option<Arc<dyn sockjs::SockJsCluster>> {
+        None
+    }
+
     /// Where a client of a shared `sse:` route with `post:` sends its messages; None when the
     /// backend takes none.
     fn client_poster(
@@ -293,6 +298,11 @@ impl Bridge {
             return None;
         }
         self.backends.remote_session(self, id).await
+    }
+
+    /// See [`Backends::sockjs_cluster`].
+    pub fn sockjs_cluster(&self) -> Option<Arc<dyn sockjs::SockJsCluster>> {
+        self.backends.sockjs_cluster()
     }
 
     /// See [`Backends::client_poster`].

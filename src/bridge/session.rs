@@ -214,9 +214,18 @@ impl Outbox {
         Ok(())
     }
 
-    /// Mirrors every message from now on (see [`Mirror`]); set once, before the first.
+    /// Mirrors every message (see [`Mirror`]): those held already, then each new one. Set once.
     pub fn set_mirror(&self, mirror: Arc<dyn Mirror>) {
-        let _ = self.mirror.set(mirror);
+        let st = self.lock();
+        if self.mirror.set(mirror.clone()).is_err() {
+            return;
+        }
+        for m in &st.held {
+            mirror.pushed(m);
+        }
+        if let Some(gone) = &st.ended {
+            mirror.ended(gone, st.next_seq - 1);
+        }
     }
 
     /// Resolves when an acknowledgement (or the end) may have made room.

@@ -51,6 +51,23 @@ impl Owner {
         }
     }
 
+    /// The owner as two strings (address, origin; empty when unknown), to keep in the
+    /// cluster's record of the session.
+    pub fn to_record(&self) -> (String, String) {
+        (
+            self.net.map(|n| n.to_string()).unwrap_or_default(),
+            self.origin.clone().unwrap_or_default(),
+        )
+    }
+
+    /// The owner kept by [`Self::to_record`].
+    pub fn from_record(net: &str, origin: &str) -> Self {
+        Self {
+            net: net.parse().ok(),
+            origin: (!origin.is_empty()).then(|| origin.to_owned()),
+        }
+    }
+
     /// A request from `other` may use a session `self` opened: same address, and no other
     /// origin (requests that carry none, such as same-origin GETs, are judged by address).
     pub fn admits(&self, other: &Owner) -> bool {
@@ -59,6 +76,93 @@ impl Owner {
                 (Some(a), Some(b)) => a == b,
                 _ => true,
             }
+    }
+}
+
+/// Ending a session from a receiver (a stall, the backend's close, a drain): the local session,
+/// or one another instance owns (told when the receiver detaches).
+pub trait Closer: Send + Sync {
+    fn close(&self, code: u16, reason: &str, why: EndReason);
+}
+
+impl Closer for SockSession {
+    fn close(&self, code: u16, reason: &str, why: EndReason) {
+        SockSession::close(self, code, reason, why)
+    }
+}
+
+/// The cluster's side of SockJS sessions (implemented by `cluster`, handed over by
+/// [`super::Backends::sockjs_cluster`]): sessions opened here are made reachable from the other
+/// instances, and sessions they own are found.
+#[async_trait::async_trait]
+pub trait SockJsCluster: Send + Sync {
+    /// Session `s` of `route` opened here; `inner` is its own backend (or echo) session, whose
+    /// messages other instances then read. `keep` is how long its record outlives a use. The
+    /// record is written before this returns (before the client has the session's `o`).
+    async fn opened(
+        &self,
+        route: &str,
+        s: &Arc<SockSession>,
+        inner: Option<&Arc<Session>>,
+        cap: usize,
+        keep: Duration,
+    );
+    /// The session is gone here; its record says so for `linger` more.
+    fn gone(&self, route: &str, s: &SockSession, linger: Duration);
+    /// Session `id` of `route` when another instance owns it.
+    async fn find(&self, route: &str, id: &str) -> Option<RemoteSock>;
+}
+
+/// A SockJS session another instance owns.
+pub struct RemoteSock {
+    pub owner: Owner,
+    pub ops: Box<dyn RemoteSockOps>,
+}
+
+/// What a receiver elsewhere finds when it attaches to a remote session.
+pub enum RemoteAttach {
+    /// Attached; the session's first receiver sends `o`. `after` is where the session's
+    /// messages resume; `inner` reads them when they come from its own session (else from
+    /// this instance's copy of the shared feed).
+    Attached {
+        opened: bool,
+        after: u64,
+        inner: Option<Box<dyn super::session::Remote>>,
+    },
+    Busy,
+    Closed(u16, String),
+}
+
+/// Operations on a remote SockJS session.
+#[async_trait::async_trait]
+pub trait RemoteSockOps: Send + Sync {
+    async fn attach(&self) -> RemoteAttach;
+    /// The receiver is done: delivered up to `after`; `interrupted` as for [`SockSession::detach`];
+    /// `close` when the receiver ended the session.
+    async fn detach(&self, after: u64, interrupted: bool, close: Option<(u16, String)>);
+    /// Client messages, to the session's backend in order.
+    async fn send(
+        &self,
+        messages: Vec<(bytes::Bytes, bool)>,
+    ) -> Result<(), (usize, super::session::UplinkError)>;
+}
+
+/// Remembers how a receiver of a remote session ended it, for its detach.
+#[derive(Default)]
+pub struct RemoteCloser(Mutex<Option<(u16, String)>>);
+
+impl RemoteCloser {
+    pub fn take(&self) -> Option<(u16, String)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl Closer for RemoteCloser {
+    fn close(&self, code: u16, reason: &str, _why: EndReason) {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if c.is_none() {
+            *c = Some((code, reason.to_owned()));
+        }
     }
 }
 
@@ -247,6 +351,7 @@ impl SockSessions {
         let slot = SockSlot(self.live.clone());
         let Feed { consumer, link } =
             feed(bridge, req, client, transport, disconnect_delay).await?;
+        let inner = link.backend.clone();
         let session = Arc::new(SockSession {
             id: id.into(),
             owner,
@@ -277,11 +382,27 @@ impl SockSessions {
         let counted = Counted(gauge);
         let registry = self.clone();
         let reaped = session.clone();
+        let cluster = bridge.sockjs_cluster();
+        let route = bridge.route.name.clone();
+        if let Some(c) = &cluster {
+            let keep = disconnect_delay * 2 + Duration::from_secs(30);
+            c.opened(
+                &route,
+                &session,
+                inner.as_ref(),
+                bridge.route.limits.send_queue,
+                keep,
+            )
+            .await;
+        }
         tokio::spawn(async move {
             let _counted = counted;
             reap(&reaped, disconnect_delay).await;
             reaped.close(1001, "session expired", EndReason::Expired);
             registry.lock().remove(&*reaped.id);
+            if let Some(c) = cluster {
+                c.gone(&route, &reaped, disconnect_delay);
+            }
         });
         Ok(session)
     }
@@ -300,7 +421,8 @@ pub struct Feed {
 pub struct Link {
     /// Where the client's messages go; None on a route whose backend takes none.
     pub uplink: Option<mpsc::Sender<Outgoing>>,
-    backend: Option<Arc<Session>>,
+    /// Its own backend (or echo) session, if it has one.
+    pub backend: Option<Arc<Session>>,
     _busy: Option<Busy>,
 }
 

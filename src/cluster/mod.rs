@@ -23,6 +23,7 @@
 //! whether this instance connects the backend ([`FeedKeys`], [`Cluster::lease_tick`]).
 
 pub mod sessions;
+pub mod sockjs;
 pub mod stream;
 
 use crate::config::ClusterConfig;
@@ -74,6 +75,7 @@ pub fn init(cfg: &ClusterConfig) -> anyhow::Result<&'static Arc<Cluster>> {
         manager: tokio::sync::OnceCell::new(),
         up: tokio::sync::watch::Sender::new(false),
         sessions: sessions::Registry::default(),
+        sockjs: sockjs::SockRegistry::default(),
     });
     metrics::CLUSTER_UP
         .with_label_values(&[cfg.node.as_str()])
@@ -101,6 +103,8 @@ pub struct Cluster {
     up: tokio::sync::watch::Sender<bool>,
     /// Per-client sessions reachable from every instance.
     pub sessions: sessions::Registry,
+    /// SockJS sessions reachable from every instance.
+    pub sockjs: sockjs::SockRegistry,
 }
 
 /// The keys of one route's feed.

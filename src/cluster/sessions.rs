@@ -108,7 +108,7 @@ impl Cluster {
     }
 
     /// Queues a command from the owner side; never waits.
-    fn queue(&self, cmd: redis::Cmd) {
+    pub(super) fn queue(&self, cmd: redis::Cmd) {
         if self.sessions.tx.try_send(cmd).is_err() {
             metrics::REDIS_ERRORS
                 .with_label_values(&["session_queue"])
@@ -117,7 +117,7 @@ impl Cluster {
     }
 
     /// A command for `node`'s stream.
-    fn to_node(&self, node: &str) -> redis::Cmd {
+    pub(super) fn to_node(&self, node: &str) -> redis::Cmd {
         let mut c = redis::cmd("XADD");
         c.arg(self.node_stream(node))
             .arg("MAXLEN")
@@ -129,7 +129,9 @@ impl Cluster {
 
     /// Makes `session` (listed, owned here) reachable from every instance: its record in Redis,
     /// and a mirror of its outbox. `keep` is how long its record outlives the last use.
-    pub fn own_session(
+    /// The record is written before this returns, so a request for the session on another
+    /// instance right after the client learns its id finds it.
+    pub async fn own_session(
         self: &'static Arc<Self>,
         session: &Arc<Session>,
         cap: usize,
@@ -144,13 +146,21 @@ impl Cluster {
             started: Instant::now(),
             waiters: Mutex::default(),
         });
-        let mut hset = redis::cmd("HSET");
-        hset.arg(self.session_key(&session.id))
+        let key = self.session_key(&session.id);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(&key)
             .arg("node")
             .arg(self.node())
             .arg("route")
-            .arg(&*session.route);
-        self.queue(hset);
+            .arg(&*session.route)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(keep.as_millis() as u64)
+            .ignore();
+        // Without Redis the session still works here; the record is written by the next use.
+        let _ = self.run_pipe::<()>("session_write", &pipe).await;
         mirror.refresh();
         session.outbox.set_mirror(mirror.clone());
         lock(&self.sessions.owned).insert(
@@ -297,6 +307,7 @@ impl Cluster {
                 }
             }
             b"m" => self.deliver(&e, &id),
+            b"sa" | b"sd" | b"ss" => self.handle_sockjs(&e),
             b"w" => {
                 if let Some((_, n)) = lock(&self.sessions.waiting).get(id.as_str()) {
                     n.notify_waiters();
@@ -319,30 +330,34 @@ impl Cluster {
         self.queue(c);
     }
 
-    /// Client messages relayed by another instance: handed to the session's backend in order,
-    /// then answered (`ok`, or `INDEX:ended`, `INDEX:refused:STATUS`, `INDEX:unreachable:WHY`).
+    /// Client messages relayed by another instance for session `id`: see [`Self::deliver_to`].
     fn deliver(&'static self, e: &super::stream::Entry, id: &str) {
+        let session = lock(&self.sessions.owned)
+            .get(id)
+            .map(|o| o.session.clone());
+        if let Some(s) = &session {
+            s.touch();
+        }
+        self.deliver_to(session.and_then(|s| s.uplink()), e);
+    }
+
+    /// Hands the messages of a relay command (`n`, `p0`, `b0`, ...) to `uplink` in order (queued
+    /// here, in the order read, so relayed POSTs keep their order), then answers the relaying
+    /// instance: `ok`, or `INDEX:ended`, `INDEX:refused:STATUS`, `INDEX:unreachable:WHY`.
+    pub(super) fn deliver_to(
+        &'static self,
+        uplink: Option<mpsc::Sender<Outgoing>>,
+        e: &super::stream::Entry,
+    ) {
         let (Some(rid), Some(from)) = (e.number("r"), e.field("f")) else {
             return;
         };
         let from = String::from_utf8_lossy(from).into_owned();
         let n = e.number("n").unwrap_or(0) as usize;
-        let session = lock(&self.sessions.owned)
-            .get(id)
-            .map(|o| o.session.clone());
-        let answer = move |cluster: &Cluster, outcome: String| {
-            let mut c = cluster.to_node(&from);
-            c.arg("k").arg("y").arg("r").arg(rid).arg("o").arg(outcome);
-            cluster.queue(c);
-        };
-        let Some(uplink) = session.as_ref().and_then(|s| s.uplink()) else {
-            answer(self, "0:ended".into());
+        let Some(uplink) = uplink else {
+            self.reply(&from, rid, "0:ended");
             return;
         };
-        if let Some(s) = &session {
-            s.touch();
-        }
-        // Queued here, in the order read, so relayed POSTs keep their order.
         let mut pending = Vec::with_capacity(n);
         let mut overflow = Vec::new();
         for i in 0..n {
@@ -379,9 +394,96 @@ impl Cluster {
                     break;
                 }
             }
-            answer(self, outcome);
+            self.reply(&from, rid, &outcome);
         });
     }
+
+    /// Answers request `rid` of instance `node`.
+    pub(super) fn reply(&self, node: &str, rid: u64, outcome: &str) {
+        let mut c = self.to_node(node);
+        c.arg("k").arg("y").arg("r").arg(rid).arg("o").arg(outcome);
+        self.queue(c);
+    }
+
+    /// Sends `cmd` (a command for `owner`'s stream, without `r` and `f`) and waits for its
+    /// answer; None when Redis or the owner did not answer within the POST deadline.
+    pub(super) async fn ask(&self, owner: &str, mut cmd: redis::Cmd) -> Option<String> {
+        let rid = fastrand::u64(..);
+        cmd.arg("r").arg(rid).arg("f").arg(self.node());
+        self.ask_with(owner, cmd, rid).await
+    }
+
+    /// [`Self::ask`] for a command that names its request id `rid` and this node (`r`, `f`)
+    /// already.
+    pub(super) async fn ask_with(&self, _owner: &str, cmd: redis::Cmd, rid: u64) -> Option<String> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.sessions.replies).insert(rid, tx);
+        let answer = match self.run::<()>("session_command", &cmd).await {
+            Ok(()) => tokio::time::timeout(REPLY_DEADLINE, rx)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(_) => None,
+        };
+        lock(&self.sessions.replies).remove(&rid);
+        answer
+    }
+
+    /// True unless `node`'s liveness key is gone (a Redis that does not answer says nothing).
+    pub(super) async fn node_alive(&self, node: &str) -> bool {
+        let n: redis::RedisResult<u8> = self
+            .run(
+                "session_lookup",
+                redis::cmd("EXISTS").arg(self.alive_key(node)),
+            )
+            .await;
+        n.map_or(true, |n| n == 1)
+    }
+
+    /// A relay command for `owner`: `kind`, session `id`, and the messages.
+    pub(super) fn relay_command(
+        &self,
+        owner: &str,
+        kind: &str,
+        id: &str,
+        messages: &[(Bytes, bool)],
+    ) -> redis::Cmd {
+        let mut c = self.to_node(owner);
+        c.arg("k")
+            .arg(kind)
+            .arg("s")
+            .arg(id)
+            .arg("n")
+            .arg(messages.len());
+        for (i, (payload, binary)) in messages.iter().enumerate() {
+            c.arg(format!("p{i}")).arg(&payload[..]);
+            if *binary {
+                c.arg(format!("b{i}")).arg(1);
+            }
+        }
+        c
+    }
+}
+
+/// Reads the answer to a relayed send (see [`Cluster::deliver_to`]).
+pub(super) fn send_outcome(answer: Option<String>) -> Result<(), (usize, UplinkError)> {
+    let Some(answer) = answer else {
+        return Err((
+            0,
+            UplinkError::Unreachable("the session's gateway instance did not answer".into()),
+        ));
+    };
+    if answer == "ok" {
+        return Ok(());
+    }
+    let mut parts = answer.splitn(3, ':');
+    let i = parts.next().and_then(|i| i.parse().ok()).unwrap_or(0);
+    let e = match (parts.next(), parts.next()) {
+        (Some("refused"), Some(s)) => UplinkError::Refused(s.parse().unwrap_or(502)),
+        (Some("unreachable"), why) => UplinkError::Unreachable(why.unwrap_or_default().into()),
+        _ => UplinkError::Ended,
+    };
+    Err((i, e))
 }
 
 /// The owner's mirror of one session.
@@ -464,6 +566,15 @@ impl Mirror for SessionMirror {
     }
 }
 
+/// Session `id`, owned by `owner`, as a request here reads it.
+pub(super) fn remote_for(cluster: &'static Arc<Cluster>, id: &str, owner: &str) -> Box<dyn Remote> {
+    Box::new(RemoteSession {
+        cluster,
+        id: id.into(),
+        owner: owner.to_owned(),
+    })
+}
+
 /// A session owned by another instance.
 struct RemoteSession {
     cluster: &'static Arc<Cluster>,
@@ -490,18 +601,6 @@ impl Drop for Waiting<'_> {
 }
 
 impl RemoteSession {
-    async fn owner_alive(&self) -> bool {
-        let n: redis::RedisResult<u8> = self
-            .cluster
-            .run(
-                "session_lookup",
-                redis::cmd("EXISTS").arg(self.cluster.alive_key(&self.owner)),
-            )
-            .await;
-        // A Redis that does not answer says nothing about the owner.
-        n.map_or(true, |n| n == 1)
-    }
-
     /// What the session's stream holds after `cursor`.
     async fn read(&self, cursor: u64, max: usize) -> redis::RedisResult<Batch> {
         let v: Value = self
@@ -607,7 +706,7 @@ impl Remote for RemoteSession {
             if !batch.messages.is_empty() || batch.ended.is_some() {
                 return batch;
             }
-            if registered.is_err() || !self.owner_alive().await {
+            if registered.is_err() || !self.cluster.node_alive(&self.owner).await {
                 return Batch {
                     messages: Vec::new(),
                     gap: false,
@@ -632,55 +731,13 @@ impl Remote for RemoteSession {
     }
 
     async fn send(&self, messages: Vec<(Bytes, bool)>) -> Result<(), (usize, UplinkError)> {
-        if !self.owner_alive().await {
+        if !self.cluster.node_alive(&self.owner).await {
             return Err((0, UplinkError::Ended));
         }
-        let rid = fastrand::u64(..);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.cluster.sessions.replies).insert(rid, tx);
-        let mut c = self.cluster.to_node(&self.owner);
-        c.arg("k")
-            .arg("m")
-            .arg("s")
-            .arg(&*self.id)
-            .arg("r")
-            .arg(rid)
-            .arg("f")
-            .arg(self.cluster.node())
-            .arg("n")
-            .arg(messages.len());
-        for (i, (payload, binary)) in messages.iter().enumerate() {
-            c.arg(format!("p{i}")).arg(&payload[..]);
-            if *binary {
-                c.arg(format!("b{i}")).arg(1);
-            }
-        }
-        let sent = self.cluster.run::<()>("session_command", &c).await;
-        let answer = match sent {
-            Ok(()) => tokio::time::timeout(REPLY_DEADLINE, rx)
-                .await
-                .ok()
-                .and_then(Result::ok),
-            Err(_) => None,
-        };
-        lock(&self.cluster.sessions.replies).remove(&rid);
-        let Some(answer) = answer else {
-            return Err((
-                0,
-                UplinkError::Unreachable("the session's gateway instance did not answer".into()),
-            ));
-        };
-        if answer == "ok" {
-            return Ok(());
-        }
-        let mut parts = answer.splitn(3, ':');
-        let i = parts.next().and_then(|i| i.parse().ok()).unwrap_or(0);
-        let e = match (parts.next(), parts.next()) {
-            (Some("refused"), Some(s)) => UplinkError::Refused(s.parse().unwrap_or(502)),
-            (Some("unreachable"), why) => UplinkError::Unreachable(why.unwrap_or_default().into()),
-            _ => UplinkError::Ended,
-        };
-        Err((i, e))
+        let cmd = self
+            .cluster
+            .relay_command(&self.owner, "m", &self.id, &messages);
+        send_outcome(self.cluster.ask(&self.owner, cmd).await)
     }
 
     async fn close(&self) {

@@ -402,7 +402,7 @@ pub(super) async fn deliver(
 }
 
 /// The answer for a message the backend did not take; messages before it were delivered.
-fn refused(i: usize, count: usize, e: UplinkError, route: &str) -> Reject {
+pub(super) fn refused(i: usize, count: usize, e: UplinkError, route: &str) -> Reject {
     let delivered = format!("{i} of {count} messages were delivered");
     match e {
         UplinkError::Ended => Reject::new(

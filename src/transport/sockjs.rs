@@ -21,8 +21,10 @@
 
 use super::{Downstream, Respond};
 use crate::bridge::session::EndReason;
-use crate::bridge::sockjs::{Attach, Owner, SockSession};
-use crate::bridge::{Bridge, Consumer, Delivery};
+use crate::bridge::sockjs::{
+    Attach, Closer, Owner, RemoteAttach, RemoteCloser, RemoteSock, SockSession,
+};
+use crate::bridge::{write_deadline, Bridge, Consumer, Delivery};
 use crate::config::{BinaryPolicy, Fanout, SockJs};
 use crate::metrics;
 use crate::policy::reject::Reject;
@@ -419,30 +421,34 @@ async fn receive<D: Downstream>(
     }
     let s = match bridge.sockjs.get(id) {
         Some(_) => match find(down, bridge, id) {
-            Some(s) => s,
+            Some(s) => Held::Local(s),
             None => return not_found(down, route).await,
         },
-        None => {
-            let client = super::client_info(down);
-            let opened = bridge
-                .sockjs
-                .open(
-                    bridge,
-                    id,
-                    owner(down),
-                    down.req_header(),
-                    &client,
-                    t.label(),
-                    opts.disconnect_delay,
-                )
-                .await;
-            match opened {
-                // A concurrent request may have opened it first, from elsewhere.
-                Ok(s) if s.owner().admits(&owner(down)) => s,
-                Ok(_) => return not_found(down, route).await,
-                Err(why) => return super::session_refused(down, route, why).await,
+        None => match find_remote(down, bridge, id).await {
+            Found::Here(s) => Held::Remote(s),
+            Found::Refused => return not_found(down, route).await,
+            Found::Nowhere => {
+                let client = super::client_info(down);
+                let opened = bridge
+                    .sockjs
+                    .open(
+                        bridge,
+                        id,
+                        owner(down),
+                        down.req_header(),
+                        &client,
+                        t.label(),
+                        opts.disconnect_delay,
+                    )
+                    .await;
+                match opened {
+                    // A concurrent request may have opened it first, from elsewhere.
+                    Ok(s) if s.owner().admits(&owner(down)) => Held::Local(s),
+                    Ok(_) => return not_found(down, route).await,
+                    Err(why) => return super::session_refused(down, route, why).await,
+                }
             }
-        }
+        },
     };
     let mut resp = head(down, 200, content_type(t), Cache::No, xhr_family(t))?;
     with_cookie(down, opts, &mut resp);
@@ -476,31 +482,121 @@ async fn receive<D: Downstream>(
             return Ok(());
         }
     }
-    match s.attach_within(RECEIVER_HANDOVER).await {
-        Attach::Closed(code, reason) => {
-            let _ = out.frame(down, &frame::close_frame(code, &reason)).await;
-        }
-        Attach::Busy => {
-            let bye = frame::close_frame(2010, "Another connection still open");
-            let _ = out.frame(down, &bye).await;
-        }
-        Attach::Opened(mut consumer) => {
-            let ok = out.frame(down, frame::OPEN).await.is_ok();
-            if ok && t.streaming() {
-                let interrupted = stream(down, bridge, opts, &s, &mut consumer, &mut out).await;
-                s.detach(consumer, interrupted);
-            } else {
-                s.detach(consumer, !ok);
+    match s {
+        Held::Local(s) => match s.attach_within(RECEIVER_HANDOVER).await {
+            Attach::Closed(code, reason) => {
+                let _ = out.frame(down, &frame::close_frame(code, &reason)).await;
             }
-        }
-        Attach::Resumed(mut consumer) => {
-            let interrupted = stream(down, bridge, opts, &s, &mut consumer, &mut out).await;
-            s.detach(consumer, interrupted);
-        }
+            Attach::Busy => {
+                let _ = out.frame(down, &busy_frame()).await;
+            }
+            Attach::Opened(mut consumer) => {
+                let ok = out.frame(down, frame::OPEN).await.is_ok();
+                if ok && t.streaming() {
+                    let interrupted =
+                        stream(down, bridge, opts, &*s, &mut consumer, &mut out).await;
+                    s.detach(consumer, interrupted);
+                } else {
+                    s.detach(consumer, !ok);
+                }
+            }
+            Attach::Resumed(mut consumer) => {
+                let interrupted = stream(down, bridge, opts, &*s, &mut consumer, &mut out).await;
+                s.detach(consumer, interrupted);
+            }
+        },
+        Held::Remote(r) => receive_remote(down, bridge, opts, t, &r, &mut out).await,
     }
     down.set_write_timeout(Some(Duration::from_secs(5)));
     let _ = down.write_response_body(None, true).await;
     Ok(())
+}
+
+fn busy_frame() -> Bytes {
+    frame::close_frame(2010, "Another connection still open")
+}
+
+/// The session a receiver serves: here, or on another instance of the cluster.
+enum Held {
+    Local(Arc<SockSession>),
+    Remote(RemoteSock),
+}
+
+/// What looking for a session on the other instances found.
+enum Found {
+    Here(RemoteSock),
+    /// It exists elsewhere but is bound to another client (address or origin).
+    Refused,
+    Nowhere,
+}
+
+async fn find_remote<D: Downstream>(down: &D, bridge: &Bridge, id: &str) -> Found {
+    let Some(cluster) = bridge.sockjs_cluster() else {
+        return Found::Nowhere;
+    };
+    match cluster.find(&bridge.route.name, id).await {
+        Some(r) if r.owner.admits(&owner(down)) => Found::Here(r),
+        Some(_) => {
+            metrics::REJECTIONS
+                .with_label_values(&[&bridge.route.name, "sockjs_session_owner"])
+                .inc();
+            Found::Refused
+        }
+        None => Found::Nowhere,
+    }
+}
+
+/// A receiver for a session another instance owns: attached there (which decides `o`, `2010`
+/// and close frames as for a local one), its messages read here (from the session's stream,
+/// or from this instance's copy of the shared feed), and detached there with how far it got.
+async fn receive_remote<D: Downstream>(
+    down: &mut D,
+    bridge: &Bridge,
+    opts: &SockJs,
+    t: Transport,
+    r: &RemoteSock,
+    out: &mut Out<'_>,
+) {
+    let (opened, after, inner) = match r.ops.attach().await {
+        RemoteAttach::Closed(code, reason) => {
+            let _ = out.frame(down, &frame::close_frame(code, &reason)).await;
+            return;
+        }
+        RemoteAttach::Busy => {
+            let _ = out.frame(down, &busy_frame()).await;
+            return;
+        }
+        RemoteAttach::Attached {
+            opened,
+            after,
+            inner,
+        } => (opened, after, inner),
+    };
+    if opened {
+        let ok = out.frame(down, frame::OPEN).await.is_ok();
+        if !ok || !t.streaming() {
+            r.ops.detach(after, !ok, None).await;
+            return;
+        }
+    }
+    let deadline = write_deadline(&bridge.route.keepalive);
+    let mut consumer = match inner {
+        Some(remote) => Consumer::remote(remote, &bridge.route.name, t.label(), after, deadline),
+        None => {
+            // This instance's copy of the feed knows what the cluster holds first.
+            bridge.ready().await;
+            let joined = bridge.join(Some(after), t.label());
+            let mut c = joined.consumer;
+            c.last_seq = after;
+            c.queue_first(joined.backlog);
+            c
+        }
+    };
+    let closer = RemoteCloser::default();
+    let interrupted = stream(down, bridge, opts, &closer, &mut consumer, out).await;
+    r.ops
+        .detach(consumer.last_seq, interrupted, closer.take())
+        .await;
 }
 
 /// How a receiver writes frames.
@@ -530,7 +626,7 @@ async fn stream<D: Downstream>(
     down: &mut D,
     bridge: &Bridge,
     opts: &SockJs,
-    s: &SockSession,
+    s: &dyn Closer,
     consumer: &mut Consumer,
     out: &mut Out<'_>,
 ) -> bool {
@@ -676,6 +772,11 @@ async fn send<D: Downstream>(
         Err(e) => return fail(down, route, 500, "bad_body", e.message()).await,
     };
     let Some(s) = find(down, bridge, id).filter(|s| s.closed().is_none()) else {
+        if bridge.sockjs.get(id).is_none() {
+            if let Found::Here(r) = find_remote(down, bridge, id).await {
+                return send_remote(down, bridge, opts, t, r, messages).await;
+            }
+        }
         return not_found(down, route).await;
     };
     let Some(uplink) = s.link.uplink.clone() else {
@@ -701,6 +802,41 @@ async fn send<D: Downstream>(
     if let Err(r) = super::inbound::deliver(&uplink, messages, route).await {
         return r.send(down, route).await;
     }
+    sent(down, opts, t).await
+}
+
+/// `xhr_send` / `jsonp_send` for a session another instance owns: the messages are relayed
+/// to it and answered as a local send once its backend took them (an ended session is 404).
+async fn send_remote<D: Downstream>(
+    down: &mut D,
+    bridge: &Bridge,
+    opts: &SockJs,
+    t: Transport,
+    r: RemoteSock,
+    messages: Vec<String>,
+) -> pingora::Result<()> {
+    let route = bridge.route.name.as_str();
+    let count = messages.len();
+    metrics::MESSAGES
+        .with_label_values(&[route, t.label(), "in"])
+        .inc_by(count as u64);
+    let messages = messages
+        .into_iter()
+        .map(|m| (Bytes::from(m), false))
+        .collect();
+    match r.ops.send(messages).await {
+        Ok(()) => sent(down, opts, t).await,
+        Err((0, crate::bridge::session::UplinkError::Ended)) => not_found(down, route).await,
+        Err((i, e)) => {
+            super::inbound::refused(i, count, e, route)
+                .send(down, route)
+                .await
+        }
+    }
+}
+
+/// The answer to a send whose messages the backend took.
+async fn sent<D: Downstream>(down: &mut D, opts: &SockJs, t: Transport) -> pingora::Result<()> {
     let (status, body) = match t {
         Transport::JsonpSend => (200, Bytes::from_static(b"ok")),
         _ => (204, Bytes::new()),

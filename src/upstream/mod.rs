@@ -75,6 +75,11 @@ impl Backends for Connectors {
             .await
     }
 
+    fn sockjs_cluster(&self) -> Option<Arc<dyn crate::bridge::sockjs::SockJsCluster>> {
+        let cluster = crate::cluster::get()?;
+        Some(Arc::new(crate::cluster::sockjs::SockJsSide(cluster)))
+    }
+
     fn client_poster(
         &self,
         bridge: &Bridge,

@@ -157,7 +157,7 @@ pub async fn open(
     let cluster = crate::cluster::get().filter(|_| listed);
     if let Some(c) = cluster {
         let keep = spec.session_ttl * 2 + bridge.route.keepalive.poll_timeout;
-        c.own_session(&session, cap, keep);
+        c.own_session(&session, cap, keep).await;
     }
     let linger = spec.session_ttl;
     let uplink = match backend {

@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 pub mod chat;
+pub mod cluster;
 pub mod sockjs;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::Full;
