@@ -140,6 +140,9 @@ pub trait RemoteSockOps: Send + Sync {
     /// The receiver is done: delivered up to `after`; `interrupted` as for [`SockSession::detach`];
     /// `close` when the receiver ended the session.
     async fn detach(&self, after: u64, interrupted: bool, close: Option<(u16, String)>);
+    /// The receiver went without saying how far it got (its request was dropped): detached as
+    /// interrupted, if it was attached. Never waits.
+    fn abandon(&self);
     /// Client messages, to the session's backend in order.
     async fn send(
         &self,

@@ -269,6 +269,24 @@ struct Ops {
 }
 
 impl Ops {
+    /// Queues the detach of the attach in force, if any (at most once).
+    fn detach_now(&self, after: u64, interrupted: bool, close: Option<(u16, String)>) {
+        let Some(rid) = lock(&self.attach).take() else {
+            return;
+        };
+        let mut cmd = self.command("sd");
+        cmd.arg("r")
+            .arg(rid)
+            .arg("c")
+            .arg(after)
+            .arg("i")
+            .arg(if interrupted { "1" } else { "0" });
+        if let Some((code, reason)) = close {
+            cmd.arg("x").arg(code).arg("xr").arg(reason);
+        }
+        self.cluster.queue(cmd);
+    }
+
     fn command(&self, kind: &str) -> redis::Cmd {
         let mut c = self.cluster.to_node(&self.node);
         c.arg("k")
@@ -315,20 +333,11 @@ impl RemoteSockOps for Ops {
     }
 
     async fn detach(&self, after: u64, interrupted: bool, close: Option<(u16, String)>) {
-        let Some(rid) = lock(&self.attach).take() else {
-            return;
-        };
-        let mut cmd = self.command("sd");
-        cmd.arg("r")
-            .arg(rid)
-            .arg("c")
-            .arg(after)
-            .arg("i")
-            .arg(if interrupted { "1" } else { "0" });
-        if let Some((code, reason)) = close {
-            cmd.arg("x").arg(code).arg("xr").arg(reason);
-        }
-        self.cluster.queue(cmd);
+        self.detach_now(after, interrupted, close);
+    }
+
+    fn abandon(&self) {
+        self.detach_now(0, true, None);
     }
 
     async fn send(&self, messages: Vec<(Bytes, bool)>) -> Result<(), (usize, UplinkError)> {

@@ -557,6 +557,14 @@ async fn receive_remote<D: Downstream>(
     r: &RemoteSock,
     out: &mut Out<'_>,
 ) {
+    // However this request ends, the owner hears that the receiver is gone.
+    struct Abandon<'a>(&'a dyn crate::bridge::sockjs::RemoteSockOps);
+    impl Drop for Abandon<'_> {
+        fn drop(&mut self) {
+            self.0.abandon();
+        }
+    }
+    let _abandon = Abandon(&*r.ops);
     let (opened, after, inner) = match r.ops.attach().await {
         RemoteAttach::Closed(code, reason) => {
             let _ = out.frame(down, &frame::close_frame(code, &reason)).await;
