@@ -494,6 +494,43 @@ window.run = function (url, transport) {
 };
 </script></body></html>"#;
 
+/// Chromium on [`SOCKJS_PAGE`] served from `page`, once sockjs-client has loaded.
+async fn sockjs_page(page: std::net::SocketAddr) -> (Browser, Cdp, u64) {
+    let (browser, mut cdp, mut id) = loaded_page(&format!("http://{page}/")).await;
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "typeof SockJS === 'function'",
+        "sockjs-client loading",
+    )
+    .await;
+    (browser, cdp, id)
+}
+
+/// Runs [`SOCKJS_PAGE`]'s exchange over each of `transports` in turn against the SockJS base
+/// `url`: both messages echoed, and the backend's close seen.
+async fn run_sockjs_transports(cdp: &mut Cdp, id: &mut u64, url: &str, transports: &[&str]) {
+    for transport in transports {
+        eval(cdp, id, &format!("run('{url}', '{transport}'); true")).await;
+        let done = format!("results['{transport}'].state === 'closed'");
+        wait_true(cdp, id, &done, &format!("the {transport} session to close")).await;
+        let r = eval(
+            cdp,
+            id,
+            &format!("(({{messages, ...r}}) => r)(results['{transport}'])"),
+        )
+        .await;
+        assert_eq!(
+            r,
+            serde_json::json!({
+                "state": "closed", "transport": transport, "echoed": true,
+                "code": 4001, "reason": "closed by the backend",
+            }),
+            "{transport}"
+        );
+    }
+}
+
 /// sockjs-client (npm, the library legacy applications use) in Chromium, on a page from
 /// another origin, through switchyard to a plain WebSocket backend, once per transport it
 /// has: each sends non-ASCII text and a 64 KiB message, gets both back, and sees the
@@ -507,54 +544,23 @@ async fn sockjs_client_in_chromium_works_over_every_transport_cross_origin() {
         backend.url("/chat")
     );
     let gw = Gateway::start(&routes).await;
-    let (_browser, mut cdp, mut id) = loaded_page(&format!("http://{page}/")).await;
-    wait_true(
+    let (_browser, mut cdp, mut id) = sockjs_page(page).await;
+    run_sockjs_transports(
         &mut cdp,
         &mut id,
-        "typeof SockJS === 'function'",
-        "sockjs-client loading",
+        &gw.url("/chat"),
+        &[
+            "websocket",
+            "xhr-streaming",
+            "xhr-polling",
+            "eventsource",
+            "iframe-htmlfile",
+            "iframe-xhr-polling",
+            "iframe-eventsource",
+            "jsonp-polling",
+        ],
     )
     .await;
-    let url = gw.url("/chat");
-    for transport in [
-        "websocket",
-        "xhr-streaming",
-        "xhr-polling",
-        "eventsource",
-        "iframe-htmlfile",
-        "iframe-xhr-polling",
-        "iframe-eventsource",
-        "jsonp-polling",
-    ] {
-        eval(
-            &mut cdp,
-            &mut id,
-            &format!("run('{url}', '{transport}'); true"),
-        )
-        .await;
-        let done = format!("results['{transport}'].state === 'closed'");
-        wait_true(
-            &mut cdp,
-            &mut id,
-            &done,
-            &format!("the {transport} session to close"),
-        )
-        .await;
-        let r = eval(
-            &mut cdp,
-            &mut id,
-            &format!("(({{messages, ...r}}) => r)(results['{transport}'])"),
-        )
-        .await;
-        assert_eq!(
-            r,
-            serde_json::json!({
-                "state": "closed", "transport": transport, "echoed": true,
-                "code": 4001, "reason": "closed by the backend",
-            }),
-            "{transport}"
-        );
-    }
     let m = gw.metrics().await;
     for label in [
         "sockjs-websocket",
@@ -695,7 +701,7 @@ async fn chromium_negotiates_compression_and_reads_compressed_json() {
 /// on different instances, and every polling and streaming transport still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockjs_client_in_chromium_works_through_a_round_robin_balancer_over_a_cluster() {
-    use common::cluster::{cluster_yaml, Balancer, Redis};
+    use common::cluster::{cluster_of, Balancer, Redis};
     let redis = Redis::start().await;
     let (page, _server) = serve_page_origin(SOCKJS_PAGE).await;
     let backend = common::chat::ChatBackend::start().await;
@@ -703,58 +709,21 @@ async fn sockjs_client_in_chromium_works_through_a_round_robin_balancer_over_a_c
         "  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"http://{page}\"]\n    clients: [sockjs]\n    backend: {{ websocket: \"{}\", forward_headers: [] }}\n",
         backend.url("/chat")
     );
-    let mut gws = Vec::new();
-    for node in ["node-a", "node-b"] {
-        let gw = Gateway::start_with(&routes, &cluster_yaml(&redis, node, "browser")).await;
-        gw.wait_metric(&format!("switchyard_cluster_up{{node=\"{node}\"}}"), 1.0)
-            .await;
-        gws.push(gw);
-    }
+    let gws = cluster_of(&redis, &routes, "browser", 2).await;
     let lb = Balancer::start(&[gws[0].addr, gws[1].addr]).await;
-    let (_browser, mut cdp, mut id) = loaded_page(&format!("http://{page}/")).await;
-    wait_true(
+    let (_browser, mut cdp, mut id) = sockjs_page(page).await;
+    run_sockjs_transports(
         &mut cdp,
         &mut id,
-        "typeof SockJS === 'function'",
-        "sockjs-client loading",
+        &format!("http://{}/chat", lb.addr),
+        &[
+            "xhr-polling",
+            "xhr-streaming",
+            "eventsource",
+            "jsonp-polling",
+        ],
     )
     .await;
-    let url = format!("http://{}/chat", lb.addr);
-    for transport in [
-        "xhr-polling",
-        "xhr-streaming",
-        "eventsource",
-        "jsonp-polling",
-    ] {
-        eval(
-            &mut cdp,
-            &mut id,
-            &format!("run('{url}', '{transport}'); true"),
-        )
-        .await;
-        let done = format!("results['{transport}'].state === 'closed'");
-        wait_true(
-            &mut cdp,
-            &mut id,
-            &done,
-            &format!("the {transport} session to close"),
-        )
-        .await;
-        let r = eval(
-            &mut cdp,
-            &mut id,
-            &format!("(({{messages, ...r}}) => r)(results['{transport}'])"),
-        )
-        .await;
-        assert_eq!(
-            r,
-            serde_json::json!({
-                "state": "closed", "transport": transport, "echoed": true,
-                "code": 4001, "reason": "closed by the backend",
-            }),
-            "{transport}"
-        );
-    }
     // Both instances served receivers: the sessions really moved between them.
     for gw in &gws {
         let m = gw.metrics().await;

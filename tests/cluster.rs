@@ -19,29 +19,7 @@ fn feed_routes(backend: &FeedBackend) -> String {
 }
 
 async fn instances(redis: &Redis, backend: &FeedBackend, prefix: &str, n: usize) -> Vec<Gateway> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        let node = format!("node-{}", (b'a' + i as u8) as char);
-        out.push(
-            Gateway::start_with(&feed_routes(backend), &cluster_yaml(redis, &node, prefix)).await,
-        );
-    }
-    for gw in &out {
-        gw.wait_metric(
-            &format!(
-                "switchyard_cluster_up{{node=\"node-{}\"}}",
-                node_letter(gw, &out)
-            ),
-            1.0,
-        )
-        .await;
-    }
-    out
-}
-
-fn node_letter(gw: &Gateway, all: &[Gateway]) -> char {
-    let i = all.iter().position(|g| g.addr == gw.addr).unwrap();
-    (b'a' + i as u8) as char
+    cluster_of(redis, &feed_routes(backend), prefix, n).await
 }
 
 fn lease_held(metrics: &str) -> bool {
@@ -354,19 +332,7 @@ async fn chat_instances(
     n: usize,
     extra: &str,
 ) -> Vec<Gateway> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        let node = format!("node-{}", (b'a' + i as u8) as char);
-        let gw = Gateway::start_with(
-            &chat_routes(backend, extra),
-            &cluster_yaml(redis, &node, prefix),
-        )
-        .await;
-        gw.wait_metric(&format!("switchyard_cluster_up{{node=\"{node}\"}}"), 1.0)
-            .await;
-        out.push(gw);
-    }
-    out
+    cluster_of(redis, &chat_routes(backend, extra), prefix, n).await
 }
 
 /// A GET that must answer 200 with JSON.
@@ -647,13 +613,7 @@ async fn a_new_lease_holder_resumes_an_sse_backend_where_the_old_one_was() {
         "  - name: feed\n    path: /feed\n    backend: {{ sse: \"{}\", reconnect: {{ initial: 50ms, max: 200ms }} }}\n    clients: [sse]\n",
         backend.url("/events")
     );
-    let mut gws = Vec::new();
-    for node in ["node-a", "node-b"] {
-        let gw = Gateway::start_with(&routes, &cluster_yaml(&redis, node, "sseresume")).await;
-        gw.wait_metric(&format!("switchyard_cluster_up{{node=\"{node}\"}}"), 1.0)
-            .await;
-        gws.push(gw);
-    }
+    let mut gws = cluster_of(&redis, &routes, "sseresume", 2).await;
     let mut clients = Vec::new();
     for gw in &gws {
         clients.push(SseReader::open(gw.addr, "/feed", &[]).await);
@@ -694,13 +654,7 @@ async fn a_sockjs_session_polls_and_sends_through_any_instance() {
         "  - name: echo\n    path: /echo\n    backend: {{ builtin: echo }}\n    clients: [sockjs]\n  - name: feed\n    path: /feed\n    backend: {{ websocket: \"{}\" }}\n    clients: [sockjs]\n    replay: 100\n",
         feed.url("/stream")
     );
-    let mut gws = Vec::new();
-    for node in ["node-a", "node-b", "node-c"] {
-        let gw = Gateway::start_with(&routes, &cluster_yaml(&redis, node, "sockjs")).await;
-        gw.wait_metric(&format!("switchyard_cluster_up{{node=\"{node}\"}}"), 1.0)
-            .await;
-        gws.push(gw);
-    }
+    let gws = cluster_of(&redis, &routes, "sockjs", 3).await;
     let (a, b, c) = (&gws[0], &gws[1], &gws[2]);
     // xhr-polling, each request to the next instance, as through a round-robin balancer.
     let sid = common::sockjs::session_id();

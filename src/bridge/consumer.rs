@@ -77,16 +77,24 @@ impl Consumer {
         last_seq: u64,
         write_deadline: Duration,
     ) -> Self {
+        let mut c = Self::at(Source::Shared(live), route.into(), transport, last_seq);
+        (c.policy, c.queue, c.write_deadline) = (policy, queue, write_deadline);
+        c
+    }
+
+    /// A consumer of `source` after `last_seq`; a session's (local or remote) waits for its
+    /// client rather than dropping anything, so only the write deadline applies to it.
+    fn at(source: Source, route: Arc<str>, transport: &'static str, last_seq: u64) -> Self {
         Self {
-            source: Source::Shared(live),
-            policy,
-            queue,
-            route: route.into(),
+            source,
+            policy: SlowConsumer::Disconnect,
+            queue: 0,
+            route,
             transport,
             last_seq,
             stashed: None,
             queued: VecDeque::new(),
-            write_deadline,
+            write_deadline: Duration::from_secs(60),
         }
     }
 
@@ -99,20 +107,15 @@ impl Consumer {
         last_seq: u64,
         write_deadline: Duration,
     ) -> Self {
+        let route = session.route.clone();
+        let source = Source::Session {
+            changes: session.outbox.subscribe(),
+            session,
+            attachment,
+        };
         Self {
-            route: session.route.clone(),
-            source: Source::Session {
-                changes: session.outbox.subscribe(),
-                session,
-                attachment,
-            },
-            policy: SlowConsumer::Disconnect,
-            queue: 0,
-            transport,
-            last_seq,
-            stashed: None,
-            queued: VecDeque::new(),
             write_deadline,
+            ..Self::at(source, route, transport, last_seq)
         }
     }
 
@@ -125,19 +128,13 @@ impl Consumer {
         last_seq: u64,
         write_deadline: Duration,
     ) -> Self {
+        let source = Source::Remote {
+            remote,
+            ended: None,
+        };
         Self {
-            route: route.into(),
-            source: Source::Remote {
-                remote,
-                ended: None,
-            },
-            policy: SlowConsumer::Disconnect,
-            queue: 0,
-            transport,
-            last_seq,
-            stashed: None,
-            queued: VecDeque::new(),
             write_deadline,
+            ..Self::at(source, route.into(), transport, last_seq)
         }
     }
 

@@ -86,6 +86,20 @@ pub fn cluster_yaml(redis: &Redis, node: &str, prefix: &str) -> String {
     )
 }
 
+/// `n` gateways (nodes `node-a`, `node-b`, ...) with `routes`, joined through `redis` under
+/// `prefix`, each up in the cluster.
+pub async fn cluster_of(redis: &Redis, routes: &str, prefix: &str, n: usize) -> Vec<Gateway> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let node = format!("node-{}", (b'a' + i as u8) as char);
+        let gw = Gateway::start_with(routes, &cluster_yaml(redis, &node, prefix)).await;
+        gw.wait_metric(&format!("switchyard_cluster_up{{node=\"{node}\"}}"), 1.0)
+            .await;
+        out.push(gw);
+    }
+    out
+}
+
 /// haproxy in HTTP mode in front of `servers`, round robin per request (a new server for
 /// every request, as a balancer without stickiness does); killed when dropped.
 pub struct Balancer {
