@@ -724,3 +724,33 @@ async fn a_sockjs_session_polls_and_sends_through_any_instance() {
     }
     assert_eq!(got, [1, 2, 3], "in order, nothing lost or repeated");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_replaces_a_feed_keeps_one_backend_connection() {
+    let redis = Redis::start().await;
+    let backend = FeedBackend::start().await;
+    let gws = instances(&redis, &backend, "reload", 1).await;
+    let gw = &gws[0];
+    let mut before = SseReader::open(gw.addr, "/feed", &[]).await;
+    backend.wait_open(1).await;
+    backend.send_numbered(1..=2, 4, 2, Duration::ZERO);
+    assert_eq!(numbers(&read_numbers(&mut before, 2).await), [1, 2]);
+    // A new replay window is a new feed: the old one is retired, its clients told to go.
+    gw.rewrite_routes(&feed_routes(&backend).replace("replay: 1000", "replay: 500"));
+    gw.signal("HUP");
+    assert!(
+        tokio::time::timeout(DEADLINE, before.next_data_event_or_end())
+            .await
+            .expect("the old stream ends")
+            .is_none(),
+        "the old feed's client is told to go"
+    );
+    let mut after = SseReader::open(gw.addr, "/feed", &[]).await;
+    // The new feed's controller takes the lease over; the old one lets its connection go.
+    backend.wait_connections(2).await;
+    backend.wait_open(1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    backend.send_numbered(3..=5, 4, 3, Duration::ZERO);
+    assert_eq!(numbers(&read_numbers(&mut after, 3).await), [3, 4, 5]);
+    assert_eq!(backend.open.load(Ordering::SeqCst), 1);
+}

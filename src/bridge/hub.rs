@@ -183,6 +183,9 @@ pub struct Hub {
     stamp: Stamp,
     /// False until a clustered feed has loaded what the cluster holds (see [`Self::wait_ready`]).
     ready: tokio::sync::watch::Sender<bool>,
+    /// Set when a reload replaced the feed: its producer lets go at once (on a cluster, the
+    /// new feed's controller takes the lease over where this one was).
+    retired: std::sync::atomic::AtomicBool,
     ring: Mutex<Ring>,
     /// Held by a publisher from stamping a message to sending it.
     publishing: Mutex<()>,
@@ -224,6 +227,7 @@ impl Hub {
             epoch,
             stamp,
             ready: tokio::sync::watch::Sender::new(true),
+            retired: std::sync::atomic::AtomicBool::new(false),
             ring: Mutex::new(Ring {
                 next_seq: 1,
                 held: VecDeque::with_capacity(replay.min(1024)),
@@ -248,6 +252,16 @@ impl Hub {
     /// The replay window, in messages.
     pub fn replay(&self) -> usize {
         self.replay
+    }
+
+    /// A reload replaced this feed (see [`Self::retired`]).
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn is_clustered(&self) -> bool {

@@ -197,8 +197,10 @@ impl Bridge {
     pub fn retire(&self) {
         self.retired.send_replace(true);
         self.sockjs.close_all(1001, "Route removed");
-        if let Source::PerClient(sessions) = &self.source {
-            sessions.close_all(session::EndReason::Shutdown);
+        match &self.source {
+            Source::PerClient(sessions) => sessions.close_all(session::EndReason::Shutdown),
+            Source::Shared(hub) => hub.retire(),
+            _ => {}
         }
     }
 

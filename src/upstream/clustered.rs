@@ -89,6 +89,13 @@ async fn control(
     let mut local_mode = false;
     let mut up = cluster.watch_up();
     loop {
+        if hub.is_retired() {
+            // A reload replaced the feed: the new one's controller (same node) renews the
+            // lease where this one leaves it, so the backend moves without a gap in the lease.
+            log::debug!("cluster: route {name}: feed replaced by a reload; its controller stops");
+            hub.release_producer();
+            return;
+        }
         let wanted_here = !hub.idle_for(spec.linger);
         let lease = if cluster.is_up() {
             cluster.lease_tick(&keys, wanted_here || held).await.ok()
