@@ -235,7 +235,7 @@ impl Cluster {
         // The stream expires an hour after its reader is gone (this node died).
         let mut expire = redis::cmd("PEXPIRE");
         expire.arg(&key).arg(NODE_STREAM_TTL.as_millis() as u64);
-        let mut expired_at = Instant::now() - NODE_STREAM_TTL;
+        let mut expired_at: Option<Instant> = None;
         loop {
             let mut conn = match self.blocking_connection().await {
                 Ok(c) => c,
@@ -245,8 +245,8 @@ impl Cluster {
                 }
             };
             loop {
-                if expired_at.elapsed() >= NODE_STREAM_TTL / 60 {
-                    expired_at = Instant::now();
+                if expired_at.is_none_or(|at| at.elapsed() >= NODE_STREAM_TTL / 60) {
+                    expired_at = Some(Instant::now());
                     self.queue(expire.clone());
                 }
                 let read = super::stream::xread(&mut conn, &key, &last).await;
@@ -407,15 +407,15 @@ impl Cluster {
 
     /// Sends `cmd` (a command for `owner`'s stream, without `r` and `f`) and waits for its
     /// answer; None when Redis or the owner did not answer within the POST deadline.
-    pub(super) async fn ask(&self, owner: &str, mut cmd: redis::Cmd) -> Option<String> {
+    pub(super) async fn ask(&self, mut cmd: redis::Cmd) -> Option<String> {
         let rid = fastrand::u64(..);
         cmd.arg("r").arg(rid).arg("f").arg(self.node());
-        self.ask_with(owner, cmd, rid).await
+        self.ask_with(cmd, rid).await
     }
 
     /// [`Self::ask`] for a command that names its request id `rid` and this node (`r`, `f`)
     /// already.
-    pub(super) async fn ask_with(&self, _owner: &str, cmd: redis::Cmd, rid: u64) -> Option<String> {
+    pub(super) async fn ask_with(&self, cmd: redis::Cmd, rid: u64) -> Option<String> {
         let (tx, rx) = oneshot::channel();
         lock(&self.sessions.replies).insert(rid, tx);
         let answer = match self.run::<()>("session_command", &cmd).await {
@@ -737,7 +737,7 @@ impl Remote for RemoteSession {
         let cmd = self
             .cluster
             .relay_command(&self.owner, "m", &self.id, &messages);
-        send_outcome(self.cluster.ask(&self.owner, cmd).await)
+        send_outcome(self.cluster.ask(cmd).await)
     }
 
     async fn close(&self) {

@@ -309,7 +309,7 @@ impl RemoteSockOps for Ops {
         let rid = fastrand::u64(..);
         let mut cmd = self.command("sa");
         cmd.arg("r").arg(rid).arg("f").arg(self.cluster.node());
-        let Some(answer) = self.cluster.ask_with(&self.node, cmd, rid).await else {
+        let Some(answer) = self.cluster.ask_with(cmd, rid).await else {
             return lost();
         };
         let mut parts = answer.splitn(3, ':');
@@ -348,6 +348,6 @@ impl RemoteSockOps for Ops {
             .cluster
             .relay_command(&self.node, "ss", &self.id, &messages);
         cmd.arg("route").arg(&self.route);
-        send_outcome(self.cluster.ask(&self.node, cmd).await)
+        send_outcome(self.cluster.ask(cmd).await)
     }
 }
