@@ -290,7 +290,7 @@ impl Cluster {
                         if !waiter.is_empty() {
                             // Registered first, then checked: a message pushed in between
                             // wakes it either way.
-                            lock(&mirror.waiters).push((waiter.clone(), Instant::now()));
+                            mirror.wait_from(&waiter);
                             if session.outbox.head() > cursor || session.outbox.is_ended() {
                                 mirror.wake_all();
                             }
@@ -495,7 +495,7 @@ struct SessionMirror {
     /// Milliseconds after `started` of the last TTL renewal.
     refreshed: AtomicU64,
     started: Instant,
-    /// Instances with a poll waiting for this session's next message.
+    /// Instances with a poll waiting for this session's next message (one entry each).
     waiters: Mutex<Vec<(String, Instant)>>,
 }
 
@@ -513,12 +513,18 @@ impl SessionMirror {
         }
     }
 
+    /// Registers a poll waiting on `node`: one entry per instance, so an idle session polled
+    /// from elsewhere for hours holds no more than the cluster has instances.
+    fn wait_from(&self, node: &str) {
+        let mut w = lock(&self.waiters);
+        w.retain(|(n, since)| n != node && since.elapsed() < WAITER_TTL);
+        w.push((node.to_owned(), Instant::now()));
+    }
+
     fn wake_all(&self) {
         let waiters: Vec<(String, Instant)> = std::mem::take(&mut *lock(&self.waiters));
-        let mut seen: Vec<&str> = Vec::new();
         for (node, since) in &waiters {
-            if since.elapsed() < WAITER_TTL && !seen.contains(&node.as_str()) {
-                seen.push(node);
+            if since.elapsed() < WAITER_TTL {
                 self.cluster.wake(node, &self.id);
             }
         }
