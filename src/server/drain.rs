@@ -2,6 +2,9 @@
 //! ([`crate::drain`]) and ends the process as soon as the edge has no connection and the bridge
 //! no session left, or when `shutdown_grace` runs out.
 
+/// How long nothing may be open before the process exits (see [`DrainOnShutdown`]).
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A pingora background service that starts the drain when pingora begins its shutdown, then
 /// ends the process as soon as no client connection or session is left (or `grace` has
 /// passed). pingora on
@@ -24,7 +27,23 @@ impl pingora::services::background::BackgroundService for DrainOnShutdown {
         // Connections, not requests: one accepted just before the listeners closed may not
         // have a request yet, and exiting under it would reset it.
         let busy = || crate::edge::open_connections() + crate::bridge::session::live();
-        while busy() > 0 && tokio::time::Instant::now() < until {
+        // A connection accepted just before the listeners closed is counted once its task
+        // first runs: exit only after nothing was open for SETTLE, so such a connection is
+        // served rather than reset by the exit (seen under load as a reset during a binary
+        // upgrade).
+        let mut quiet_since: Option<tokio::time::Instant> = None;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                break;
+            }
+            if busy() > 0 {
+                quiet_since = None;
+            } else if quiet_since.is_some_and(|t| now - t >= SETTLE) {
+                break;
+            } else if quiet_since.is_none() {
+                quiet_since = Some(now);
+            }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         let left = busy();
