@@ -147,20 +147,13 @@ impl Cluster {
             waiters: Mutex::default(),
         });
         let key = self.session_key(&session.id);
-        let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
-            .arg(&key)
-            .arg("node")
-            .arg(self.node())
-            .arg("route")
-            .arg(&*session.route)
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(keep.as_millis() as u64)
-            .ignore();
         // Without Redis the session still works here; the record is written by the next use.
-        let _ = self.run_pipe::<()>("session_write", &pipe).await;
+        self.write_record(
+            &key,
+            &[("node", self.node()), ("route", &session.route)],
+            keep,
+        )
+        .await;
         mirror.refresh();
         session.outbox.set_mirror(mirror.clone());
         lock(&self.sessions.owned).insert(
@@ -170,6 +163,23 @@ impl Cluster {
                 mirror,
             },
         );
+    }
+
+    /// Writes a session's record (`fields` of hash `key`, expiring after `ttl`) and waits for
+    /// Redis to take it, so another instance finds it as soon as the client can ask there.
+    /// A failure is counted and otherwise ignored: the session works here alone meanwhile.
+    pub(super) async fn write_record(&self, key: &str, fields: &[(&str, &str)], ttl: Duration) {
+        let mut pipe = redis::pipe();
+        let hset = pipe.cmd("HSET").arg(key);
+        for (k, v) in fields {
+            hset.arg(*k).arg(*v);
+        }
+        hset.ignore()
+            .cmd("PEXPIRE")
+            .arg(key)
+            .arg(ttl.as_millis() as u64)
+            .ignore();
+        let _ = self.run_pipe::<()>("session_write", &pipe).await;
     }
 
     /// The session ended here: it is no longer reachable (its end notice stays in its stream

@@ -173,27 +173,17 @@ impl SockJsCluster for SockJsSide {
         let c = self.0;
         let (net, origin) = s.owner().to_record();
         let key = c.sockjs_key(route, &s.id);
-        let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
-            .arg(&key)
-            .arg("node")
-            .arg(c.node())
-            .arg("net")
-            .arg(net)
-            .arg("origin")
-            .arg(origin)
-            .arg("inner")
-            .arg(inner.map_or("", |i| &*i.id))
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(keep.max(RECORD_TTL).as_millis() as u64)
-            .ignore();
         if let Some(inner) = inner {
             c.own_session(inner, cap, keep).await;
         }
-        // Without Redis the session works here alone.
-        let _ = c.run_pipe::<()>("session_write", &pipe).await;
+        let inner_id = inner.map_or("", |i| &*i.id);
+        let fields = [
+            ("node", c.node()),
+            ("net", &net),
+            ("origin", &origin),
+            ("inner", inner_id),
+        ];
+        c.write_record(&key, &fields, keep.max(RECORD_TTL)).await;
         let entry = (route.to_owned(), s.id.to_string());
         lock(&c.sockjs.owned).insert(entry.clone(), s.clone());
         // The record is renewed while the session lives here, a few times per TTL: a constant
