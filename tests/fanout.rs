@@ -676,7 +676,13 @@ async fn under_drop_oldest_a_client_blocked_past_the_write_deadline_is_let_go() 
     .await;
     let mut stalled = stalled_sse_client(gw.addr, "/feed").await;
     backend.wait_open(1).await;
-    backend.send_numbered(1..=5000, 1024, 500, Duration::from_millis(5));
+    // A write blocks only once the kernel's buffers are full, and the sending side's grows
+    // to `tcp_wmem`'s maximum (4 MiB by default). Under drop_oldest a slow writer skips what it
+    // cannot keep up with, so the bytes it writes depend on the machine's speed: 5,000 1 KiB
+    // messages sometimes fitted in the kernel whole and no write ever blocked. What is still
+    // queued when the feed stops is `send_queue` messages of 32 KiB, 8 MiB, which alone
+    // cannot fit, however many were skipped before.
+    backend.send_numbered(1..=1000, 32 * 1024, 50, Duration::from_millis(5));
     expect_cut_as_slow(&gw, &mut stalled).await;
 }
 
