@@ -135,6 +135,15 @@ pub static BACKEND_CONNECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static BACKEND_TLS_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_backend_tls_failures_total",
+        "TLS failures toward backends and upstreams (host:port as configured), by what failed: certificate (verification), handshake or config",
+        &["backend", "reason"]
+    )
+    .expect("metric registers once")
+});
+
 pub static BACKEND_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchyard_backend_messages_total",
@@ -347,6 +356,7 @@ pub fn init() {
     LazyLock::force(&BACKEND_CONNECTED);
     LazyLock::force(&BACKEND_CONNECTS);
     LazyLock::force(&BACKEND_MESSAGES);
+    LazyLock::force(&BACKEND_TLS_FAILURES);
     LazyLock::force(&SLOW_CONSUMERS);
     LazyLock::force(&DROPPED_MESSAGES);
     LazyLock::force(&CONNECTION_DURATION);

@@ -203,6 +203,15 @@ pub struct Upstream {
     pub addr: SocketAddr,
 }
 
+impl Upstream {
+    /// The host part of `name` (`api.internal` of `api.internal:443`, `::1` of `[::1]:443`):
+    /// the name TLS asks for and verifies unless `tls.sni` says otherwise.
+    pub fn host(&self) -> &str {
+        let host = self.name.rsplit_once(':').map_or(&*self.name, |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
     pub interval: Duration,
@@ -217,6 +226,41 @@ pub struct ProxyRoute {
     pub balance: Balance,
     pub health_check: Option<HealthCheck>,
     pub connect_timeout: Duration,
+    /// `proxy.tls`: TLS toward every upstream; None is plain TCP.
+    pub tls: Option<BackendTls>,
+}
+
+/// TLS toward a backend or upstream, its files already read and parsed. Equal when the
+/// material is equal, so a reload after a certificate rotation counts as a change.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackendTls {
+    /// `ca:` certificates (DER) trusted instead of the system's roots; empty: the system's.
+    pub ca: Vec<Vec<u8>>,
+    /// `sni:`: the name asked for and verified instead of the host the URL or upstream names.
+    pub sni: Option<String>,
+    /// `client_cert:` (chain, leaf first, DER) and `client_key:` (DER) for mTLS.
+    pub client: Option<(Vec<Vec<u8>>, Vec<u8>)>,
+    /// `verify: false` accepts any certificate (a lab setting; logged as a warning at load).
+    pub verify: bool,
+}
+
+impl BackendTls {
+    /// The name to ask for and verify when connecting to `host`.
+    pub fn server_name<'a>(&'a self, host: &'a str) -> &'a str {
+        self.sni.as_deref().unwrap_or(host)
+    }
+}
+
+impl std::fmt::Debug for BackendTls {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTls")
+            .field("ca_certs", &self.ca.len())
+            .field("sni", &self.sni)
+            .field("client_cert", &self.client.is_some())
+            .field("verify", &self.verify)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,9 +301,11 @@ pub struct RemoteBackend {
     pub post: Option<Endpoint>,
     /// Client request headers passed on to the backend by per-client sessions and `post:`.
     pub forward_headers: Vec<http::HeaderName>,
+    /// Set for `wss://` and `https://`: how the backend's certificate is checked.
+    pub tls: Option<BackendTls>,
 }
 
-/// A plain-HTTP address the gateway sends requests to.
+/// An HTTP or HTTPS address the gateway sends requests to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// As written in the config, for logs.
@@ -270,6 +316,8 @@ pub struct Endpoint {
     pub authority: String,
     /// Path and query sent in the request line.
     pub path: String,
+    /// Set for `https://`.
+    pub tls: Option<BackendTls>,
 }
 
 /// Exponential backoff between backend connection attempts, with jitter.

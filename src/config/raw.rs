@@ -180,6 +180,26 @@ pub struct RawProxy {
     pub health_check: Option<RawHealthCheck>,
     #[serde(default)]
     pub connect_timeout: Option<Scalar>,
+    /// TLS toward every upstream of the route.
+    #[serde(default)]
+    pub tls: Option<RawBackendTls>,
+}
+
+/// `tls:` toward a backend or upstream: what to trust, the name to ask for, a client
+/// certificate for mTLS. Every key is optional: `tls: {}` verifies against the system's roots.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackendTls {
+    #[serde(default)]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
+    #[serde(default)]
+    pub verify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +237,9 @@ pub struct RawBackend {
     pub connect_timeout: Option<Scalar>,
     #[serde(default)]
     pub reconnect: Option<RawReconnect>,
+    /// How `wss://` and `https://` URLs (the feed and `post:`) are verified.
+    #[serde(default)]
+    pub tls: Option<RawBackendTls>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -141,7 +141,11 @@ impl ProxyHttp for Gateway {
             );
         };
         let member = &set.members[lease.index];
-        let mut peer = HttpPeer::new(member.upstream.addr, false, String::new());
+        let tls = set.spec.tls.as_ref();
+        let mut peer = HttpPeer::new(member.upstream.addr, tls.is_some(), String::new());
+        if let Some(t) = tls {
+            crate::upstream::tls::peer_options(&mut peer, t, member.upstream.host());
+        }
         peer.options.connection_timeout = Some(set.spec.connect_timeout);
         ctx.lease = Some(lease);
         Ok(Box::new(peer))
@@ -160,6 +164,13 @@ impl ProxyHttp for Gateway {
                 metrics::UPSTREAM_CONNECT_FAILURES
                     .with_label_values(&[&rt.route.name, name])
                     .inc();
+                if let Some(reason) = tls_failure(&e) {
+                    crate::upstream::tls::failed(name, reason);
+                    log::warn!(
+                        "route {}: TLS toward upstream {name} failed: {e}",
+                        rt.route.name
+                    );
+                }
                 ctx.tried.push(lease.index);
                 let untried = (0..set.members.len())
                     .any(|i| set.members[i].is_healthy() && !ctx.tried.contains(&i));
@@ -312,5 +323,22 @@ impl ProxyHttp for Gateway {
             session.response_written().map(|r| r.status.as_u16()),
         );
         ctx.lease = None;
+    }
+}
+
+/// What a failed upstream connection's error says about TLS: `certificate` when verification
+/// refused the upstream's certificate, `handshake` for another TLS failure, None otherwise.
+fn tls_failure(e: &Error) -> Option<&'static str> {
+    use pingora::ErrorType::{InvalidCert, TLSHandshakeFailure, TLSHandshakeTimedout};
+    match e.etype() {
+        InvalidCert => Some("certificate"),
+        TLSHandshakeFailure | TLSHandshakeTimedout => {
+            Some(if e.to_string().contains("certificate") {
+                "certificate"
+            } else {
+                "handshake"
+            })
+        }
+        _ => None,
     }
 }

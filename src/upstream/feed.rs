@@ -7,13 +7,13 @@
 //! the feed's sequence goes on across reconnects, so clients that resume (SSE `Last-Event-ID`,
 //! long-poll cursors) lose nothing still in the replay window.
 
+use super::tls::BackendIo;
 use super::{sse, ws};
 use crate::bridge::Hub;
 use crate::config::{BackendSpec, BridgeRoute, Reconnect, RemoteBackend, Route};
 use crate::metrics;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// A connection that stayed up this long counts as working: the next failure starts the
@@ -235,12 +235,9 @@ impl Backoff {
 }
 
 /// Opens the TCP connection to a feed backend.
-pub async fn connect_tcp(feed: &RemoteBackend) -> Result<TcpStream, String> {
-    let tcp = TcpStream::connect((feed.host.as_str(), feed.port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    Ok(tcp)
+pub async fn connect_io(feed: &RemoteBackend) -> Result<BackendIo, String> {
+    let backend = format!("{}:{}", feed.host, feed.port);
+    super::tls::connect(&feed.host, feed.port, feed.tls.as_ref(), &backend).await
 }
 
 /// Runs a connect-and-handshake future within the backend's `connect_timeout`.

@@ -18,7 +18,12 @@ fn probe_for(set: &UpstreamSet) -> Option<Box<dyn Probe + Send + Sync>> {
     let hc = set.spec.health_check.as_ref()?;
     Some(match &hc.path {
         Some(path) => {
-            let mut p = HttpHealthCheck::new("localhost", false);
+            let tls = set.spec.tls.as_ref();
+            let mut p = HttpHealthCheck::new("localhost", tls.is_some());
+            if let (Some(t), Some(m)) = (tls, set.members.first()) {
+                // One template for every member: `tls.sni` or the first member's host name.
+                super::tls::peer_options(&mut p.peer_template, t, m.upstream.host());
+            }
             let mut req = pingora::http::RequestHeader::build("GET", path.as_bytes(), None)
                 .expect("a validated path builds a request");
             let host = set

@@ -16,6 +16,7 @@ pub mod per_client;
 pub mod pool;
 pub mod post;
 pub mod sse;
+pub mod tls;
 pub mod tunnel;
 pub mod ws;
 

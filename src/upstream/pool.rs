@@ -140,6 +140,7 @@ mod tests {
             balance,
             health_check: None,
             connect_timeout: Duration::from_secs(1),
+            tls: None,
         };
         Arc::new(UpstreamSet::new("t", &spec))
     }
@@ -177,5 +178,20 @@ mod tests {
         }
         s.set_healthy(first, false);
         assert_ne!(s.select(Some(ip), &[]).unwrap().index, first);
+    }
+
+    #[test]
+    fn an_upstreams_host_is_its_name_without_the_port() {
+        let host = |name: &str| {
+            Upstream {
+                name: name.into(),
+                addr: "127.0.0.1:1".parse().unwrap(),
+            }
+            .host()
+            .to_owned()
+        };
+        assert_eq!(host("api.internal:443"), "api.internal");
+        assert_eq!(host("10.0.0.1:8443"), "10.0.0.1");
+        assert_eq!(host("[::1]:443"), "::1");
     }
 }

@@ -15,7 +15,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// A response body is read (and dropped) up to this size; a larger one ends the connection.
@@ -62,10 +61,9 @@ impl Poster {
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, UplinkError> {
         let attempt = async {
-            let tcp = TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port))
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            let _ = tcp.set_nodelay(true);
+            let e = &self.endpoint;
+            let backend = format!("{}:{}", e.host, e.port);
+            let tcp = super::tls::connect(&e.host, e.port, e.tls.as_ref(), &backend).await?;
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                 .await
                 .map_err(|e| format!("handshake: {e}"))?;

@@ -4,7 +4,7 @@
 //! id the backend gave, so a backend that supports resume fills the gap itself, and it honours
 //! the backend's `retry:` as the shortest reconnect delay.
 
-use super::feed::{connect_tcp, within_connect_timeout, Connected, Link, Outcome};
+use super::feed::{connect_io, within_connect_timeout, Connected, Link, Outcome};
 use super::per_client::SessionEnd;
 use crate::bridge::hub::Gone;
 use crate::bridge::session::Session;
@@ -54,7 +54,7 @@ pub async fn connect(
         Err(e) => return Err(Outcome::ConnectFailed(format!("bad request: {e}"))),
     };
     let connect = async {
-        let tcp = connect_tcp(feed).await?;
+        let tcp = connect_io(feed).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| format!("handshake: {e}"))?;

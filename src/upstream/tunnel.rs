@@ -7,6 +7,7 @@
 //! its body read through [`Opened::next_body`].
 
 use super::pool::{Lease, UpstreamSet};
+use super::tls::BackendIo;
 use crate::metrics;
 use bytes::{Buf, Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -33,7 +34,7 @@ pub enum OpenError {
 
 /// A connected upstream and its answer's head.
 pub struct Opened {
-    pub stream: TcpStream,
+    pub stream: BackendIo,
     pub answer: Box<ResponseHeader>,
     /// Bytes read after the head: the upstream's first frames after a `101`, else the start of
     /// the body.
@@ -77,23 +78,31 @@ pub async fn open(
             .select(fwd.client_ip, &tried)
             .ok_or(OpenError::NoUpstream)?;
         let member = &set.members[lease.index];
-        let connected = tokio::time::timeout(
-            set.spec.connect_timeout,
-            TcpStream::connect(member.upstream.addr),
-        )
+        let up = &member.upstream;
+        let connected = tokio::time::timeout(set.spec.connect_timeout, async {
+            let tcp = TcpStream::connect(up.addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            super::tls::secure(tcp, set.spec.tls.as_ref(), up.host(), &up.name).await
+        })
         .await;
         let mut stream = match connected {
             Ok(Ok(s)) => s,
             failed => {
                 let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Err(e)) => e,
                     _ => "connect timed out".to_owned(),
                 };
-                log::debug!(
-                    "route {}: upstream {} refused a tunnel: {why}",
-                    set.route,
-                    member.upstream.name
-                );
+                if why.starts_with("TLS") {
+                    log::warn!("route {}: upstream {}: {why}", set.route, up.name);
+                } else {
+                    log::debug!(
+                        "route {}: upstream {} refused a tunnel: {why}",
+                        set.route,
+                        up.name
+                    );
+                }
                 metrics::UPSTREAM_CONNECT_FAILURES
                     .with_label_values(&[&set.route, &member.upstream.name])
                     .inc();
@@ -101,7 +110,6 @@ pub async fn open(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let exchanged = tokio::time::timeout(answer_timeout, async {
             stream.write_all(&head).await?;
             read_answer(&mut stream).await
@@ -179,7 +187,7 @@ fn request_head(req: &RequestHeader, fwd: &Forwarded) -> Vec<u8> {
 
 /// Reads an answer head; None when the bytes are not an HTTP/1.1 answer.
 async fn read_answer(
-    stream: &mut TcpStream,
+    stream: &mut BackendIo,
 ) -> std::io::Result<Option<(Box<ResponseHeader>, BytesMut)>> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
@@ -262,7 +270,7 @@ fn body_framing(answer: &ResponseHeader) -> BodyLeft {
 impl Opened {
     /// A `101`'s parts: its head (to relay), the upstream socket, the bytes it sent after the
     /// head, and the member's lease.
-    pub fn into_tunnel(self) -> (Box<ResponseHeader>, TcpStream, BytesMut, Lease) {
+    pub fn into_tunnel(self) -> (Box<ResponseHeader>, BackendIo, BytesMut, Lease) {
         (self.answer, self.stream, self.early, self.lease)
     }
 
@@ -352,7 +360,7 @@ impl Opened {
     }
 }
 
-async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+async fn fill(stream: &mut BackendIo, buf: &mut BytesMut) -> std::io::Result<usize> {
     buf.reserve(16 * 1024);
     stream.read_buf(buf).await
 }

@@ -5,7 +5,7 @@
 //! Keepalive toward the backend uses the route's `ping_interval` and `pong_timeout`: a backend
 //! that sends nothing at all, not even a pong, for that long is dropped and reconnected.
 
-use super::feed::{connect_tcp, within_connect_timeout, Connected, Link, Outcome};
+use super::feed::{connect_io, within_connect_timeout, Connected, Link, Outcome};
 use super::per_client::SessionEnd;
 use crate::bridge::hub::Gone;
 use crate::bridge::session::{EndReason, Outgoing, Session, UplinkError};
@@ -49,7 +49,7 @@ fn relayed_close(backend: Option<&CloseFrame>, passes: fn(u16) -> bool) -> (u16,
 }
 
 /// A connected backend WebSocket.
-pub type Stream = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+pub type Stream = tokio_tungstenite::WebSocketStream<super::tls::BackendIo>;
 
 /// Opens the backend WebSocket with the configured headers plus `extra` (a client's forwarded
 /// headers), within `connect_timeout`. Returns the stream and the subprotocol it chose.
@@ -58,10 +58,12 @@ pub async fn connect(
     extra: &[(HeaderName, HeaderValue)],
     max_message: usize,
 ) -> Result<(Stream, Option<String>), Outcome> {
-    let mut request = match format!("ws://{}{}", feed.authority, feed.path).into_client_request() {
-        Ok(r) => r,
-        Err(e) => return Err(Outcome::ConnectFailed(format!("bad request: {e}"))),
-    };
+    let scheme = if feed.tls.is_some() { "wss" } else { "ws" };
+    let mut request =
+        match format!("{scheme}://{}{}", feed.authority, feed.path).into_client_request() {
+            Ok(r) => r,
+            Err(e) => return Err(Outcome::ConnectFailed(format!("bad request: {e}"))),
+        };
     for (name, value) in feed.headers.iter().chain(extra) {
         request.headers_mut().append(name.clone(), value.clone());
     }
@@ -77,7 +79,7 @@ pub async fn connect(
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
     let connect = async {
-        let tcp = connect_tcp(feed).await?;
+        let tcp = connect_io(feed).await?;
         tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
             .await
             .map_err(|e| format!("handshake: {e}"))

@@ -7,6 +7,7 @@ use bytes::Bytes;
 pub mod chat;
 pub mod cluster;
 pub mod sockjs;
+pub mod tls;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::Full;
 use std::collections::HashMap;

@@ -3,7 +3,7 @@
 
 use super::Validator;
 use crate::config::model::{
-    Endpoint, Reconnect, RemoteBackend, DEFAULT_FORWARD_HEADERS, DEFAULT_RECONNECT,
+    BackendTls, Endpoint, Reconnect, RemoteBackend, DEFAULT_FORWARD_HEADERS, DEFAULT_RECONNECT,
 };
 use crate::config::raw::RawBackend;
 use std::time::Duration;
@@ -36,14 +36,15 @@ const RESERVED_HEADERS: [&str; 9] = [
 ];
 
 impl Validator<'_> {
-    /// Checks a backend URL: `plain://host[:port]/path`, no TLS yet, no credentials.
+    /// Checks a backend URL: `plain://host[:port]/path` or `tls://...`, no credentials. The
+    /// endpoint's `tls` is set (from `tls_settings`) for the TLS scheme.
     fn endpoint(
         &mut self,
         at: &str,
         key: &str,
         url: &str,
-        plain: &str,
-        tls: &str,
+        (plain, tls): (&str, &str),
+        tls_settings: &BackendTls,
     ) -> Option<Endpoint> {
         let uri = match url.parse::<http::Uri>() {
             Ok(u) => u,
@@ -56,23 +57,17 @@ impl Validator<'_> {
             }
         };
         let scheme = uri.scheme_str().map(str::to_ascii_lowercase);
-        match scheme.as_deref() {
-            Some(s) if s == plain => {}
-            Some(s) if s == tls => {
-                self.err(
-                    format!("{at}.{key}"),
-                    format!("{tls}:// backends (TLS toward the backend) are not supported yet; use {plain}:// on a trusted network"),
-                );
-                return None;
-            }
+        let secure = match scheme.as_deref() {
+            Some(s) if s == plain => false,
+            Some(s) if s == tls => true,
             _ => {
                 self.err(
                     format!("{at}.{key}"),
-                    format!("{url:?} must start with {plain}://"),
+                    format!("{url:?} must start with {plain}:// or {tls}://"),
                 );
                 return None;
             }
-        }
+        };
         let (Some(host), Some(authority)) = (uri.host(), uri.authority()) else {
             self.err(format!("{at}.{key}"), format!("{url:?} has no host"));
             return None;
@@ -87,7 +82,7 @@ impl Validator<'_> {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         if port == 0 {
             self.err(
                 format!("{at}.{key}"),
@@ -104,6 +99,7 @@ impl Validator<'_> {
             port,
             authority: authority.as_str().to_owned(),
             path,
+            tls: secure.then(|| tls_settings.clone()),
         })
     }
 
@@ -115,20 +111,24 @@ impl Validator<'_> {
         url: &str,
         b: &RawBackend,
     ) -> Option<RemoteBackend> {
-        let (plain, tls) = if key == "websocket" {
+        let schemes = if key == "websocket" {
             ("ws", "wss")
         } else {
             ("http", "https")
         };
+        let tls_settings = self.backend_tls(&format!("{at}.tls"), b.tls.as_ref());
         let Endpoint {
             url,
             host,
             port,
             authority,
             path,
-        } = self.endpoint(at, key, url, plain, tls)?;
+            tls,
+        } = self.endpoint(at, key, url, schemes, &tls_settings)?;
         let post = match &b.post {
-            Some(p) if key == "sse" => self.endpoint(at, "post", p, "http", "https"),
+            Some(p) if key == "sse" => {
+                self.endpoint(at, "post", p, ("http", "https"), &tls_settings)
+            }
             Some(_) => {
                 self.err(
                     format!("{at}.post"),
@@ -259,7 +259,17 @@ impl Validator<'_> {
                 "reconnect.initial must be above 0s and at most reconnect.max",
             );
         }
+        if b.tls.is_some() && tls.is_none() && post.as_ref().is_none_or(|p| p.tls.is_none()) {
+            self.err(
+                format!("{at}.tls"),
+                format!(
+                    "`tls` applies to {}:// and https:// URLs; this backend's are plain",
+                    schemes.1
+                ),
+            );
+        }
         Some(RemoteBackend {
+            tls,
             url,
             host,
             port,

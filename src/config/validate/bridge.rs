@@ -81,6 +81,7 @@ impl Validator<'_> {
                     ("reconnect", b.reconnect.is_some()),
                     ("post", b.post.is_some()),
                     ("forward_headers", b.forward_headers.is_some()),
+                    ("tls", b.tls.is_some()),
                 ],
                 "applies to `websocket:` and `sse:` backends, not to builtins",
             );
@@ -545,6 +546,19 @@ mod tests {
             panic!()
         };
         assert!(!b.two_way());
+        assert!(b.remote().unwrap().tls.is_none());
+        // TLS: port 443 by default, verified against the system's roots, SNI from the URL;
+        // a plain `post:` beside it stays plain.
+        let c = route("    backend: { sse: \"https://feed.example/events\", post: \"http://feed:8080/send\" }\n").unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!()
+        };
+        let f = b.remote().unwrap();
+        assert_eq!(f.port, 443);
+        let tls = f.tls.as_ref().expect("https:// is TLS");
+        assert!(tls.verify && tls.ca.is_empty() && tls.client.is_none());
+        assert_eq!(tls.server_name(&f.host), "feed.example");
+        assert!(f.post.as_ref().unwrap().tls.is_none());
     }
 
     #[test]
@@ -612,9 +626,16 @@ mod tests {
     #[test]
     fn bad_backend_settings_are_named_with_their_path() {
         let cases = [
-            ("    backend: { websocket: \"http://x/\" }\n", "routes[0].backend.websocket: \"http://x/\" must start with ws://"),
-            ("    backend: { websocket: \"wss://x/\" }\n", "routes[0].backend.websocket: wss:// backends"),
-            ("    backend: { sse: \"ws://x/\" }\n", "routes[0].backend.sse: \"ws://x/\" must start with http://"),
+            ("    backend: { websocket: \"http://x/\" }\n", "routes[0].backend.websocket: \"http://x/\" must start with ws:// or wss://"),
+            ("    backend: { websocket: \"wss://x/\", tls: { ca: missing.pem } }\n", "routes[0].backend.tls.ca: cannot read \"missing.pem\""),
+            ("    backend: { websocket: \"ws://x/\", tls: {} }\n", "routes[0].backend.tls: `tls` applies to wss:// and https:// URLs; this backend's are plain"),
+            ("    backend: { websocket: \"wss://x/\", tls: { client_cert: c.pem } }\n", "routes[0].backend.tls.client_key: client_cert needs its client_key (mTLS)"),
+            ("    backend: { websocket: \"wss://x/\", tls: { sni: \"not a name\" } }\n", "routes[0].backend.tls.sni: \"not a name\" is not a DNS name or IP address"),
+            ("    backend: { websocket: \"wss://x/\", tls: { verify: maybe } }\n", "routes[0].backend.tls.verify"),
+            ("    backend: { builtin: clock, tls: {} }\n", "routes[0].backend.tls: `tls` applies to `websocket:` and `sse:` backends"),
+            ("    proxy: { upstreams: [\"127.0.0.1:1\"], tls: { ca: missing.pem } }\n", "routes[0].proxy.tls.ca: cannot read \"missing.pem\""),
+            ("    proxy: { upstreams: [\"127.0.0.1:1\", \"localhost:1\"], tls: {}, health_check: { interval: 1s, path: /h } }\n", "routes[0].proxy.tls.sni: the upstreams have different host names"),
+            ("    backend: { sse: \"ws://x/\" }\n", "routes[0].backend.sse: \"ws://x/\" must start with http:// or https://"),
             ("    backend: { websocket: \"ws://x/\", headers: { Host: y } }\n", "routes[0].backend.headers.Host: Host is set by the gateway"),
             ("    backend: { websocket: \"ws://x/\", subprotocols: [\"a b\"] }\n", "routes[0].backend.subprotocols[0]: \"a b\" is not a valid subprotocol"),
             ("    backend: { sse: \"http://x/\", subprotocols: [a] }\n", "routes[0].backend.subprotocols: subprotocols are a WebSocket feature"),
@@ -623,7 +644,7 @@ mod tests {
             ("    backend: { builtin: clock }\n    fanout: per_client\n", "routes[0].fanout: fanout: per_client opens one backend connection per client"),
             ("    backend: { websocket: \"ws://x/\" }\n    fanout: everyone\n", "routes[0].fanout: unknown fanout \"everyone\": use shared or per_client"),
             ("    backend: { websocket: \"ws://x/\", post: \"http://x/\" }\n", "routes[0].backend.post: `post` gives an `sse:` backend"),
-            ("    backend: { sse: \"http://x/\", post: \"https://x/\" }\n", "routes[0].backend.post: https:// backends"),
+            ("    backend: { sse: \"http://x/\", post: \"ftp://x/\" }\n", "routes[0].backend.post: \"ftp://x/\" must start with http:// or https://"),
             ("    backend: { sse: \"http://x/\", forward_headers: [cookie] }\n", "routes[0].backend.forward_headers: a shared feed is one connection for every client"),
             ("    backend: { websocket: \"ws://x/\", forward_headers: [host] }\n    fanout: per_client\n", "routes[0].backend.forward_headers[0]: host is hop-by-hop or written by the gateway"),
             ("    backend: { websocket: \"ws://x/\", forward_headers: [X-Forwarded-For] }\n    fanout: per_client\n", "forward_headers[0]: X-Forwarded-For is hop-by-hop or written by the gateway"),

@@ -15,6 +15,7 @@ mod policy;
 mod proxy;
 mod route;
 mod server;
+mod tls;
 
 use super::model::{Config, HostPattern, Keepalive, Limits};
 use super::raw::{RawCluster, RawPolicy, RawRoute, RawServer, Scalar};

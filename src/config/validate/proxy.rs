@@ -77,7 +77,22 @@ impl Validator<'_> {
             &p.connect_timeout,
             Duration::from_secs(3),
         );
+        let tls = p
+            .tls
+            .as_ref()
+            .map(|t| self.backend_tls(&format!("{at}.tls"), Some(t)));
+        if let (Some(t), Some(HealthCheck { path: Some(_), .. })) = (&tls, &health_check) {
+            let mut hosts = upstreams.iter().map(Upstream::host);
+            let first = hosts.next();
+            if t.sni.is_none() && hosts.any(|h| Some(h) != first) {
+                self.err(
+                    format!("{at}.tls.sni"),
+                    "the upstreams have different host names and the HTTPS health check verifies one name for all: set `tls.sni` to the name their certificates share",
+                );
+            }
+        }
         Some(ProxyRoute {
+            tls,
             upstreams,
             balance,
             health_check,
