@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks: switchyard vs Nchan (nginx) vs Pushpin vs nginx's and haproxy's
 # WebSocket proxying vs a direct connection, in one run, on loopback, the server pinned to core 0 and the load generator
-# (switchyard-bench) to core 1. Writes docs/BENCHMARKS.md.
+# (switchyard-bench) to core 1. Writes docs/BENCHMARKS.md and the charts it embeds (docs/bench/*.svg,
+# drawn by bench/charts.py from the raw results).
 #
 #   bench/compare.sh            # everything (several minutes)
 #   QUICK=1 bench/compare.sh    # smaller client counts, for a smoke run
@@ -430,6 +431,19 @@ p99() { printf '%.2f' "$(echo "$1" | field p99_ms)"; }
 p50() { printf '%.2f' "$(echo "$1" | field p50_ms)"; }
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print('%.2f' % (a/b if b else 0))" "$1" "$2"; }
 
+# The charts, from the raw results, before the markdown that embeds them: embedded only if drawn.
+# If drawing fails the results are still written, and the run fails at the end.
+echo "== charts" >&2
+CHARTS=""
+if python3 bench/charts.py --results "$WORK/results.txt" --rates "$RATES" --out "$WORK/charts"; then
+  mkdir -p docs/bench
+  cp "$WORK"/charts/*.svg docs/bench/
+  CHARTS=1
+fi
+chart() { # file alt: the chart's embed and a blank line, when the charts were drawn
+  [ -z "$CHARTS" ] || printf '![%s](bench/%s)\n\n' "$2" "$1"
+}
+
 mkdir -p docs
 {
   echo "# Benchmarks"
@@ -439,10 +453,12 @@ mkdir -p docs
   echo "Every subscriber verifies what it receives (one feed, in order, no duplicates, counted gaps)."
   echo "Absolute figures on a shared 2-core machine are noise; compare within a run."
   echo
-  echo "Reproduce: \`bench/compare.sh\` (or \`QUICK=1 bench/compare.sh\` for a smoke run)."
+  echo "Reproduce: \`bench/compare.sh\` (or \`QUICK=1 bench/compare.sh\` for a smoke run). Redraw the charts"
+  echo "from the raw results at the end: \`bench/charts.py --from-markdown docs/BENCHMARKS.md\`."
   echo
   echo "## Idle density (RSS growth per client, \`/proc/PID/smaps_rollup\`; CPU with heartbeats on)"
   echo
+  chart idle-memory.svg "Memory per idle client, a bar per server and kind of client"
   echo "| clients | switchyard | nchan | pushpin (all its processes) | nginx proxy |"
   echo "|---|---|---|---|---|"
   echo "| SSE, $IDLE idle | $(kib "$SY_SSE") KiB, $(cpu "$SY_SSE") core | $(kib "$NC_SSE") KiB, $(cpu "$NC_SSE") core | $(kib "$PP_SSE") KiB, $(cpu "$PP_SSE") core | - |"
@@ -465,6 +481,8 @@ mkdir -p docs
   echo "publish API (one POST per message; its subscribers reach it through a GRIP origin that holds"
   echo "every request on channel test; opened 20 at a time, as it refuses larger bursts)."
   echo
+  chart fanout-deliveries.svg "SSE fan-out deliveries per second against the publish rate, a line per server"
+  chart fanout-p99.svg "SSE fan-out p99 latency against the publish rate, a line per server"
   echo "| publish rate | server | deliveries | delivered / expected | gaps | duplicates | p50 ms | p99 ms | max ms |"
   echo "|---|---|---|---|---|---|---|---|---|"
   printf '%s' "$FAN_ROWS"
@@ -596,3 +614,7 @@ PY
   echo '```'
 } >"$OUT"
 echo "wrote $OUT" >&2
+if [ -z "$CHARTS" ]; then
+  echo "bench/charts.py failed (above): $OUT has this run's results but no charts; once fixed, draw them with bench/charts.py --from-markdown $OUT and add the embeds" >&2
+  exit 1
+fi
