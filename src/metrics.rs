@@ -4,6 +4,7 @@
 //! Label values are bounded: `route` comes from the config, `transport`, `reason` and
 //! `direction` from fixed sets in the code, `upstream` from the config's upstream list.
 
+use crate::config::{Compression, Config, Fanout, Route, RouteKind, SlowConsumer};
 use prometheus::{
     register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
     Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -381,10 +382,197 @@ pub fn init() {
     }
 }
 
+/// Reasons of `switchyard_rejections_total` every route exports from the start: the ones a
+/// dashboard watches. Others appear when they first happen.
+const DECLARED_REFUSALS: [&str; 3] = ["origin_not_allowed", "max_clients", "headers_too_large"];
+
+/// Exports at 0 every series whose labels `config` decides (each route with its transports,
+/// directions, outcomes and reasons; each upstream; each TLS backend), so `rate()`, `absent()`
+/// and the dashboard work on a quiet gateway, and removes every series of a route `config` no
+/// longer has. Called at start and by each reload.
+pub fn declare(config: &Config) {
+    let routes: std::collections::HashSet<&str> =
+        config.routes.iter().map(|r| r.name.as_str()).collect();
+    forget_routes(&routes);
+    for route in &config.routes {
+        declare_route(route);
+    }
+}
+
+fn declare_route(route: &Route) {
+    let r = route.name.as_str();
+    for class in ["2xx", "3xx", "4xx", "5xx"] {
+        HTTP_REQUESTS.with_label_values(&[r, class]);
+    }
+    for reason in DECLARED_REFUSALS {
+        REJECTIONS.with_label_values(&[r, reason]);
+    }
+    let client = |transport: &str, directions: &[&str]| {
+        CLIENT_CONNECTIONS_OPEN.with_label_values(&[r, transport]);
+        CLIENT_CONNECTIONS.with_label_values(&[r, transport]);
+        CONNECTION_DURATION.with_label_values(&[r, transport]);
+        for d in directions {
+            MESSAGES.with_label_values(&[r, transport, d]);
+            BYTES.with_label_values(&[r, transport, d]);
+        }
+    };
+    let b = match &route.kind {
+        RouteKind::Proxy(p) => {
+            REJECTIONS.with_label_values(&[r, "no_upstream"]);
+            client("tunnel", &["in", "out"]);
+            for u in &p.upstreams {
+                UPSTREAM_CONNECT_FAILURES.with_label_values(&[r, &u.name]);
+                if p.tls.is_some() {
+                    declare_tls(&u.name);
+                }
+            }
+            return;
+        }
+        RouteKind::Bridge(b) => b,
+    };
+    let shared = b.fanout == Fanout::Shared;
+    let mut transports: Vec<&str> = Vec::new();
+    let c = &b.clients;
+    for (on, name) in [
+        (c.websocket, "websocket"),
+        (c.sse, "sse"),
+        (c.long_poll, "long_poll"),
+    ] {
+        if on {
+            transports.push(name);
+        }
+    }
+    if let Some(sj) = &b.sockjs {
+        for (on, name) in [
+            (sj.transports.websocket, "sockjs-websocket"),
+            (sj.transports.xhr, "sockjs-xhr"),
+            (sj.transports.xhr_streaming, "sockjs-xhr_streaming"),
+            (sj.transports.eventsource, "sockjs-eventsource"),
+            (sj.transports.htmlfile, "sockjs-htmlfile"),
+            (sj.transports.jsonp, "sockjs-jsonp"),
+        ] {
+            if on {
+                transports.push(name);
+            }
+        }
+        SOCKJS_SESSIONS.with_label_values(&[r]);
+    }
+    let directions: &[&str] = if b.two_way() {
+        &["in", "out"]
+    } else {
+        &["out"]
+    };
+    for t in &transports {
+        client(t, directions);
+        DELIVERY_LATENCY.with_label_values(&[r, t]);
+        if shared {
+            let action = match b.slow_consumer {
+                SlowConsumer::Disconnect => "disconnect",
+                SlowConsumer::DropOldest => "drop",
+            };
+            SLOW_CONSUMERS.with_label_values(&[r, t, action]);
+            DROPPED_MESSAGES.with_label_values(&[r, t, "slow_consumer"]);
+        } else if *t != "websocket" && *t != "sockjs-websocket" {
+            SESSIONS_OPEN.with_label_values(&[r, t]);
+        }
+        if (*t == "websocket" || *t == "sockjs-websocket") && b.compression == Compression::Auto {
+            for stage in ["plain", "wire"] {
+                COMPRESSION_BYTES.with_label_values(&[r, t, "out", stage]);
+            }
+        }
+    }
+    if shared {
+        for result in ["hit", "miss"] {
+            REPLAY.with_label_values(&[r, result]);
+        }
+    } else {
+        for reason in ["client_closed", "expired", "backend_closed", "shutdown"] {
+            SESSIONS_ENDED.with_label_values(&[r, reason]);
+        }
+    }
+    if let Some(feed) = b.remote() {
+        BACKEND_CONNECTED.with_label_values(&[r]);
+        BACKEND_MESSAGES.with_label_values(&[r]);
+        for outcome in ["ok", "failed"] {
+            BACKEND_CONNECTS.with_label_values(&[r, outcome]);
+        }
+        if feed.post.is_some() {
+            for outcome in ["ok", "failed"] {
+                BACKEND_POSTS.with_label_values(&[r, outcome]);
+            }
+        }
+        if !shared {
+            REJECTIONS.with_label_values(&[r, "backend_unreachable"]);
+        }
+        if feed.tls.is_some() {
+            declare_tls(&format!("{}:{}", feed.host, feed.port));
+        }
+        if let Some(post) = feed.post.as_ref().filter(|p| p.tls.is_some()) {
+            declare_tls(&format!("{}:{}", post.host, post.port));
+        }
+    }
+}
+
+fn declare_tls(backend: &str) {
+    for reason in ["certificate", "handshake"] {
+        BACKEND_TLS_FAILURES.with_label_values(&[backend, reason]);
+    }
+}
+
+/// Removes every series whose `route` label is not in `keep`.
+fn forget_routes(keep: &std::collections::HashSet<&str>) {
+    fn forget<T: prometheus::core::MetricVecBuilder>(
+        vec: &prometheus::core::MetricVec<T>,
+        keep: &std::collections::HashSet<&str>,
+    ) {
+        use prometheus::core::Collector;
+        for family in vec.collect() {
+            for m in family.get_metric() {
+                let labels: std::collections::HashMap<&str, &str> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                if labels.get("route").is_some_and(|r| !keep.contains(r)) {
+                    let _ = vec.remove(&labels);
+                }
+            }
+        }
+    }
+    forget(&HTTP_REQUESTS, keep);
+    forget(&CLIENT_CONNECTIONS_OPEN, keep);
+    forget(&CLIENT_CONNECTIONS, keep);
+    forget(&MESSAGES, keep);
+    forget(&SESSIONS_OPEN, keep);
+    forget(&SOCKJS_SESSIONS, keep);
+    forget(&SESSIONS_ENDED, keep);
+    forget(&BACKEND_POSTS, keep);
+    forget(&REJECTIONS, keep);
+    forget(&UPSTREAM_HEALTHY, keep);
+    forget(&UPSTREAM_CONNECT_FAILURES, keep);
+    forget(&BACKEND_CONNECTED, keep);
+    forget(&BACKEND_CONNECTS, keep);
+    forget(&BACKEND_MESSAGES, keep);
+    forget(&SLOW_CONSUMERS, keep);
+    forget(&DROPPED_MESSAGES, keep);
+    forget(&CONNECTION_DURATION, keep);
+    forget(&BYTES, keep);
+    forget(&COMPRESSION_BYTES, keep);
+    forget(&REPLAY, keep);
+    forget(&DELIVERY_LATENCY, keep);
+    forget(&CLUSTER_LEASE, keep);
+    forget(&CLUSTER_LOCAL_FEEDS, keep);
+    forget(&CLUSTER_FALLBACKS, keep);
+    forget(&CLUSTER_READ_LAG, keep);
+    forget(&CLUSTER_APPENDS, keep);
+}
+
 /// Counts one open client connection for its lifetime.
 pub struct OpenConnection {
-    route: String,
-    transport: &'static str,
+    /// Held, not looked up again at the end: a route removed by a reload meanwhile has its
+    /// series removed, and this connection's end must not bring them back.
+    open: IntGauge,
+    duration: Histogram,
     since: std::time::Instant,
 }
 
@@ -393,12 +581,11 @@ impl OpenConnection {
         CLIENT_CONNECTIONS
             .with_label_values(&[route, transport])
             .inc();
-        CLIENT_CONNECTIONS_OPEN
-            .with_label_values(&[route, transport])
-            .inc();
+        let open = CLIENT_CONNECTIONS_OPEN.with_label_values(&[route, transport]);
+        open.inc();
         Self {
-            route: route.to_owned(),
-            transport,
+            open,
+            duration: CONNECTION_DURATION.with_label_values(&[route, transport]),
             since: std::time::Instant::now(),
         }
     }
@@ -406,11 +593,8 @@ impl OpenConnection {
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        let labels = [self.route.as_str(), self.transport];
-        CLIENT_CONNECTIONS_OPEN.with_label_values(&labels).dec();
-        CONNECTION_DURATION
-            .with_label_values(&labels)
-            .observe(self.since.elapsed().as_secs_f64());
+        self.open.dec();
+        self.duration.observe(self.since.elapsed().as_secs_f64());
     }
 }
 

@@ -169,3 +169,111 @@ async fn every_dashboard_and_alert_metric_is_exported_and_promtool_is_happy() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The `switchyard_*` names the dashboard and the alert rules query (the cluster's aside: they
+/// exist only with `cluster:`).
+fn dashboard_and_alert_names() -> Vec<String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dashboard = std::fs::read_to_string(format!("{root}/grafana/switchyard.json")).unwrap();
+    let alerts = std::fs::read_to_string(format!("{root}/grafana/alerts.yml")).unwrap();
+    let mut names = queried_names(&dashboard);
+    names.extend(queried_names(&alerts));
+    names.sort();
+    names.dedup();
+    names.retain(|n| !n.starts_with("switchyard_cluster_"));
+    names
+}
+
+/// Whether the scrape holds at least one series (a sample line) of `name`.
+fn has_series(metrics: &str, name: &str) -> bool {
+    metrics.lines().any(|l| {
+        let rest = l
+            .strip_prefix(name)
+            .map(|r| r.strip_prefix("_bucket").unwrap_or(r));
+        rest.is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_gateway_has_a_series_for_every_dashboard_metric_and_reloads_add_and_remove_them() {
+    let dead = dead_port();
+    let api = HttpBackend::start("api").await;
+    let routes = |last: &str| {
+        format!(
+            "  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n  - name: echo\n    path: /echo\n    clients: [websocket, sockjs]\n    backend: {{ builtin: echo }}\n  - name: checked\n    path: /checked\n    proxy: {{ upstreams: [\"{}\"], health_check: {{ interval: 200ms, path: /healthz }} }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ websocket: \"ws://{}/chat\" }}\n  - name: events\n    path: /events\n    backend: {{ sse: \"http://{}/events\", post: \"http://{}/send\" }}\n{last}",
+            api.addr, dead.addr, dead.addr, dead.addr
+        )
+    };
+    let feed = format!(
+        "  - name: feed\n    path: /feed\n    backend: {{ websocket: \"ws://{}/feed\" }}\n    clients: [websocket, sse, long_poll]\n",
+        dead.addr
+    );
+    let gw = Gateway::start(&routes(&feed)).await;
+    // No client, no request: every queried name has a series already.
+    let metrics = gw.metrics().await;
+    let names = dashboard_and_alert_names();
+    assert!(names.len() >= 20, "{names:?}");
+    let missing: Vec<&String> = names.iter().filter(|n| !has_series(&metrics, n)).collect();
+    assert!(
+        missing.is_empty(),
+        "no series on a quiet gateway for {missing:?}:\n{metrics}"
+    );
+    // The alert rules' selectors match, and each route's own series are there at 0.
+    for series in [
+        r#"switchyard_backend_connect_attempts_total{outcome="failed",route="feed"}"#,
+        r#"switchyard_backend_connect_attempts_total{outcome="ok",route="chat"}"#,
+        r#"switchyard_config_reloads_total{outcome="failure"}"#,
+        r#"switchyard_client_connections_open{route="feed",transport="long_poll"}"#,
+        r#"switchyard_client_connections_total{route="echo",transport="sockjs-xhr"}"#,
+        r#"switchyard_messages_total{direction="in",route="events",transport="sse"}"#,
+        r#"switchyard_sessions_open{route="chat",transport="long_poll"}"#,
+        r#"switchyard_sessions_ended_total{reason="expired",route="chat"}"#,
+        r#"switchyard_backend_posts_total{outcome="failed",route="events"}"#,
+        r#"switchyard_replay_total{result="miss",route="feed"}"#,
+        r#"switchyard_slow_consumer_total{action="disconnect",route="feed",transport="sse"}"#,
+        r#"switchyard_rejections_total{reason="origin_not_allowed",route="checked"}"#,
+        r#"switchyard_rejections_total{reason="no_upstream",route="checked"}"#,
+        r#"switchyard_http_requests_total{class="5xx",route="clock"}"#,
+        r#"switchyard_ws_compression_bytes_total{direction="out",route="echo",stage="wire",transport="websocket"}"#,
+    ] {
+        assert_eq!(metric(&metrics, series), Some(0.0), "{series}:\n{metrics}");
+    }
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!(
+                "switchyard_upstream_connect_failures_total{{route=\"checked\",upstream=\"{}\"}}",
+                api.addr
+            )
+        ),
+        Some(0.0)
+    );
+
+    // A reload that removes `feed` and adds `later`: its series come, feed's go.
+    gw.rewrite_routes(&routes(
+        "  - name: later\n    path: /later\n    backend: { builtin: clock }\n    clients: [sse]\n",
+    ));
+    gw.signal("HUP");
+    gw.wait_metric(r#"switchyard_config_reloads_total{outcome="success"}"#, 1.0)
+        .await;
+    let metrics = gw.metrics().await;
+    assert!(
+        !metrics.contains("route=\"feed\""),
+        "a removed route's series are gone:\n{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"switchyard_client_connections_open{route="later",transport="sse"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"switchyard_client_connections_open{route="clock",transport="sse"}"#
+        ),
+        Some(0.0),
+        "routes that stay keep theirs"
+    );
+}

@@ -564,28 +564,19 @@ impl Sessions {
 }
 
 /// Counts a session in `switchyard_sessions_open` for as long as its backend task runs.
-pub struct OpenSession {
-    route: Arc<str>,
-    transport: &'static str,
-}
+pub struct OpenSession(prometheus::IntGauge);
 
 impl OpenSession {
     pub fn new(route: &Arc<str>, transport: &'static str) -> Self {
-        metrics::SESSIONS_OPEN
-            .with_label_values(&[route, transport])
-            .inc();
-        Self {
-            route: route.clone(),
-            transport,
-        }
+        let gauge = metrics::SESSIONS_OPEN.with_label_values(&[route, transport]);
+        gauge.inc();
+        Self(gauge)
     }
 }
 
 impl Drop for OpenSession {
     fn drop(&mut self) {
-        metrics::SESSIONS_OPEN
-            .with_label_values(&[&self.route, self.transport])
-            .dec();
+        self.0.dec();
     }
 }
 

@@ -165,6 +165,9 @@ impl GatewayState {
                 }
             }
         }
+        // Every series this config decides exists from now on, at 0 until traffic; those of
+        // removed routes go.
+        metrics::declare(config);
         let state = Self {
             router: Router::new(&routes),
             routes,

@@ -255,27 +255,22 @@ pub async fn within_connect_timeout<T>(
 }
 
 /// Keeps `switchyard_backend_connections_open` right however a connection ends.
-pub struct Connected {
-    route: String,
-}
+pub struct Connected(prometheus::IntGauge);
 
 impl Connected {
     pub fn new(route: &str) -> Self {
         metrics::BACKEND_CONNECTS
             .with_label_values(&[route, "ok"])
             .inc();
-        metrics::BACKEND_CONNECTED.with_label_values(&[route]).inc();
-        Self {
-            route: route.to_owned(),
-        }
+        let gauge = metrics::BACKEND_CONNECTED.with_label_values(&[route]);
+        gauge.inc();
+        Self(gauge)
     }
 }
 
 impl Drop for Connected {
     fn drop(&mut self) {
-        metrics::BACKEND_CONNECTED
-            .with_label_values(&[&self.route])
-            .dec();
+        self.0.dec();
     }
 }
 
