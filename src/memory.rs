@@ -15,8 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 static USED: AtomicUsize = AtomicUsize::new(0);
 static LIMIT: AtomicUsize = AtomicUsize::new(DEFAULT_LIMIT);
 
-/// 1 GiB, the default of `server.limits.memory`.
-pub const DEFAULT_LIMIT: usize = 1 << 30;
+pub use crate::config::DEFAULT_MEMORY_LIMIT as DEFAULT_LIMIT;
 
 /// Sets the budget (at start and on each reload). Charges held stay valid; new ones see the
 /// new limit.

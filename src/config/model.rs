@@ -484,6 +484,8 @@ impl BridgeRoute {
 }
 
 pub const DEFAULT_REPLAY: usize = 64;
+/// 1 GiB, the default of `server.limits.memory`.
+pub const DEFAULT_MEMORY_LIMIT: usize = 1 << 30;
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(60);
 /// Passed to the backend when `forward_headers` is not set.
 pub const DEFAULT_FORWARD_HEADERS: [&str; 2] = ["cookie", "authorization"];

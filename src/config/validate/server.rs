@@ -99,7 +99,7 @@ impl Validator<'_> {
             );
         }
         let memory = match s.limits.as_ref().and_then(|l| l.memory.as_ref()) {
-            None => crate::memory::DEFAULT_LIMIT,
+            None => crate::config::model::DEFAULT_MEMORY_LIMIT,
             Some(v) => match super::super::units::parse_size(&v.0) {
                 Ok(n) if n >= 1 << 20 => n as usize,
                 Ok(n) => {
@@ -107,11 +107,11 @@ impl Validator<'_> {
                         "server.limits.memory",
                         format!("memory must be at least 1MiB, got {n}"),
                     );
-                    crate::memory::DEFAULT_LIMIT
+                    crate::config::model::DEFAULT_MEMORY_LIMIT
                 }
                 Err(e) => {
                     self.err("server.limits.memory", e);
-                    crate::memory::DEFAULT_LIMIT
+                    crate::config::model::DEFAULT_MEMORY_LIMIT
                 }
             },
         };
