@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub accept_burst: u32,
     /// The process-wide budget for message buffers, in bytes (`server.limits.memory`).
     pub memory: usize,
+    /// Reload when the config file's content changes (`server.watch_config`).
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

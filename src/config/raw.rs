@@ -24,6 +24,9 @@ pub struct RawServer {
     pub accept_burst: Option<u32>,
     #[serde(default)]
     pub limits: Option<RawServerLimits>,
+    /// Reload when the config file changes (as SIGHUP does).
+    #[serde(default)]
+    pub watch_config: Option<bool>,
 }
 
 /// `cluster:`: several instances as one gateway, on Redis Streams.

@@ -4,6 +4,13 @@
 //! settings, removed routes are retired (their clients drain as on shutdown). An invalid config
 //! is refused with every error logged, and the running generation keeps serving.
 //!
+//! With `server.watch_config: true` the same reload runs when the file's content changes: the
+//! file is read every [`WATCH_EVERY`] through its path, so an edit in place, a new file moved
+//! over it and a Kubernetes ConfigMap update (a symlink swapped to a new folder) all count. A
+//! change is applied once it has held still for [`SETTLE`] (an editor writing in pieces, or a
+//! swap of several files, is one reload), and a content equal to what was last read is no
+//! change at all (a `touch` reloads nothing).
+//!
 //! The `server` section (listeners, TLS, threads) and `cluster` cannot change in a running
 //! process: such changes are reported and wait for a restart or pingora's binary upgrade
 //! (`--upgrade`).
@@ -17,6 +24,11 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// How often a watched config file is read.
+pub const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a changed file must stay the same before it is applied.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
 
 pub struct Reloader {
     pub path: PathBuf,
@@ -91,6 +103,18 @@ impl BackgroundService for Reloader {
                 return;
             }
         };
+        let mut watch = self
+            .server
+            .watch_config
+            .then(|| Watch::new(self.path.clone()));
+        if watch.is_some() {
+            log::info!(
+                "watching {} for changes (server.watch_config)",
+                self.path.display()
+            );
+        }
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 got = hup.recv() => {
@@ -98,9 +122,68 @@ impl BackgroundService for Reloader {
                         return;
                     }
                     self.reload(&shutdown);
+                    // What SIGHUP applied is not a change for the watch.
+                    if let Some(w) = watch.as_mut() {
+                        w.seen = w.read().await;
+                    }
+                }
+                _ = tick.tick(), if watch.is_some() => {
+                    let w = watch.as_mut().expect("ticks only while watching");
+                    if w.changed().await {
+                        log::info!("{} changed: reloading", self.path.display());
+                        self.reload(&shutdown);
+                    }
                 }
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+/// The watched file's last content read through its path (None while it cannot be read).
+struct Watch {
+    path: PathBuf,
+    seen: Option<Vec<u8>>,
+}
+
+impl Watch {
+    fn new(path: PathBuf) -> Self {
+        // Read synchronously once: what the process started with is the baseline.
+        let seen = std::fs::read(&path).ok();
+        Self { path, seen }
+    }
+
+    /// The file's content, read through the path (following symlinks as they are now), or
+    /// None while it is missing or unreadable (mid-swap).
+    async fn read(&self) -> Option<Vec<u8>> {
+        tokio::fs::read(&self.path).await.ok()
+    }
+
+    /// Whether the content differs from the last one applied, once it has settled: it must
+    /// read the same twice [`SETTLE`] apart. A file that cannot be read is no change (the
+    /// next tick looks again); the running config keeps serving.
+    async fn changed(&mut self) -> bool {
+        let Some(now) = self.read().await else {
+            return false;
+        };
+        if self.seen.as_ref() == Some(&now) {
+            return false;
+        }
+        let mut last = now;
+        loop {
+            tokio::time::sleep(SETTLE).await;
+            let Some(again) = self.read().await else {
+                return false;
+            };
+            if again == last {
+                break;
+            }
+            last = again;
+        }
+        if self.seen.as_ref() == Some(&last) {
+            return false;
+        }
+        self.seen = Some(last);
+        true
     }
 }

@@ -124,6 +124,7 @@ impl Validator<'_> {
             accept_rate,
             accept_burst,
             memory,
+            watch_config: s.watch_config.unwrap_or(false),
         }
     }
 
