@@ -106,7 +106,7 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
     }
     let state = Arc::new(Live::new(GatewayState::new(config)));
     metrics::init();
-    metrics::CONFIG_GENERATION.set(1);
+    metrics::CONFIG_GENERATION.set(state.load().generation);
     let app = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway {
