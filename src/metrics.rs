@@ -100,6 +100,121 @@ pub static REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Counts one refusal: in `switchyard_rejections_total` and in [`RECENT_REFUSALS`]. Every
+/// refusal goes through here, so the status page's last minute agrees with the counter.
+pub fn refused(route: &str, reason: &'static str) {
+    REJECTIONS.with_label_values(&[route, reason]).inc();
+    RECENT_REFUSALS.record(reason);
+}
+
+/// Refusals of the last minute by reason, for the admin status page (a counter's rate needs
+/// two scrapes and a Prometheus; this answers from one look).
+pub static RECENT_REFUSALS: LazyLock<RecentCounts> = LazyLock::new(RecentCounts::new);
+
+/// Events of the last [`RecentCounts::WINDOW`] seconds, by a label from a fixed set in the
+/// code: per label a ring of one-second buckets, each an atomic holding the second it counts
+/// (high half) and its count (low half). Recording takes a shared read lock and one
+/// compare-and-swap; nothing is allocated after a label's first event, and at most
+/// [`RecentCounts::MAX_LABELS`] labels are kept (the rest count as `other`).
+pub struct RecentCounts {
+    epoch: std::time::Instant,
+    labels: std::sync::RwLock<Vec<(&'static str, Box<SecondsRing>)>>,
+}
+
+struct SecondsRing([std::sync::atomic::AtomicU64; RecentCounts::WINDOW as usize]);
+
+impl RecentCounts {
+    pub const WINDOW: u64 = 60;
+    pub const MAX_LABELS: usize = 64;
+
+    pub fn new() -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            labels: Default::default(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_secs()
+    }
+
+    pub fn record(&self, label: &'static str) {
+        self.record_at(label, self.now());
+    }
+
+    fn record_at(&self, label: &'static str, second: u64) {
+        use std::sync::atomic::Ordering;
+        let add = |ring: &SecondsRing| {
+            let slot = &ring.0[(second % Self::WINDOW) as usize];
+            let stamp = (second & 0xffff_ffff) << 32;
+            let _ = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                Some(if cur & !0xffff_ffff == stamp {
+                    cur.saturating_add(1)
+                } else {
+                    stamp | 1
+                })
+            });
+        };
+        let find = |list: &[(&'static str, Box<SecondsRing>)], label: &str| {
+            list.iter().position(|(l, _)| *l == label)
+        };
+        {
+            let list = self.labels.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = find(&list, label) {
+                return add(&list[i].1);
+            }
+        }
+        let mut list = self.labels.write().unwrap_or_else(|p| p.into_inner());
+        let label = if find(&list, label).is_some() || list.len() < Self::MAX_LABELS - 1 {
+            label
+        } else {
+            "other"
+        };
+        let i = match find(&list, label) {
+            Some(i) => i,
+            None => {
+                let ring = SecondsRing(std::array::from_fn(|_| Default::default()));
+                list.push((label, Box::new(ring)));
+                list.len() - 1
+            }
+        };
+        add(&list[i].1);
+    }
+
+    /// Each label's count over the last [`Self::WINDOW`] seconds (this second included), largest
+    /// first; labels with none in the window are left out.
+    pub fn last_window(&self) -> Vec<(&'static str, u64)> {
+        self.window_at(self.now())
+    }
+
+    fn window_at(&self, now: u64) -> Vec<(&'static str, u64)> {
+        let list = self.labels.read().unwrap_or_else(|p| p.into_inner());
+        let now = now & 0xffff_ffff;
+        let mut counts: Vec<(&'static str, u64)> = list
+            .iter()
+            .map(|(label, ring)| {
+                let n = ring
+                    .0
+                    .iter()
+                    .map(|slot| slot.load(std::sync::atomic::Ordering::Relaxed))
+                    .filter(|v| now.wrapping_sub(v >> 32) & 0xffff_ffff < Self::WINDOW)
+                    .map(|v| v & 0xffff_ffff)
+                    .sum();
+                (*label, n)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        counts
+    }
+}
+
+impl Default for RecentCounts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 pub static UPSTREAM_HEALTHY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "switchyard_upstream_healthy",
@@ -141,6 +256,15 @@ pub static BACKEND_TLS_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "switchyard_backend_tls_failures_total",
         "TLS failures toward backends and upstreams (host:port as configured), by what failed: certificate (verification), handshake or config",
         &["backend", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static BACKEND_RECONNECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_backend_reconnects_total",
+        "Connection attempts to a shared streaming backend that follow a lost or failed connection (a feed's first attempt is not counted)",
+        &["route"]
     )
     .expect("metric registers once")
 });
@@ -261,8 +385,6 @@ pub static MEMORY_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Registers every metric at start, so each is on `/metrics` from the first scrape (counters
-/// without labels as 0) instead of appearing on first use.
 pub static CLUSTER_UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "switchyard_cluster_up",
@@ -337,6 +459,8 @@ pub static REDIS_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Registers every metric at start, so each is on `/metrics` from the first scrape (counters
+/// without labels as 0) instead of appearing on first use.
 pub fn init() {
     // Both outcomes exist from the start, so increase() sees the first failure.
     for outcome in ["success", "failure"] {
@@ -356,6 +480,7 @@ pub fn init() {
     LazyLock::force(&UPSTREAM_CONNECT_FAILURES);
     LazyLock::force(&BACKEND_CONNECTED);
     LazyLock::force(&BACKEND_CONNECTS);
+    LazyLock::force(&BACKEND_RECONNECTS);
     LazyLock::force(&BACKEND_MESSAGES);
     LazyLock::force(&BACKEND_TLS_FAILURES);
     LazyLock::force(&SLOW_CONSUMERS);
@@ -493,6 +618,9 @@ fn declare_route(route: &Route) {
     if let Some(feed) = b.remote() {
         BACKEND_CONNECTED.with_label_values(&[r]);
         BACKEND_MESSAGES.with_label_values(&[r]);
+        if shared {
+            BACKEND_RECONNECTS.with_label_values(&[r]);
+        }
         for outcome in ["ok", "failed"] {
             BACKEND_CONNECTS.with_label_values(&[r, outcome]);
         }
@@ -553,6 +681,7 @@ fn forget_routes(keep: &std::collections::HashSet<&str>) {
     forget(&BACKEND_CONNECTED, keep);
     forget(&BACKEND_CONNECTS, keep);
     forget(&BACKEND_MESSAGES, keep);
+    forget(&BACKEND_RECONNECTS, keep);
     forget(&SLOW_CONSUMERS, keep);
     forget(&DROPPED_MESSAGES, keep);
     forget(&CONNECTION_DURATION, keep);
@@ -709,5 +838,45 @@ impl Delivered {
 impl Drop for Delivered {
     fn drop(&mut self) {
         self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecentCounts;
+
+    #[test]
+    fn recent_counts_keep_the_last_minute_only() {
+        let c = RecentCounts::new();
+        c.record_at("origin_not_allowed", 10);
+        c.record_at("origin_not_allowed", 10);
+        c.record_at("no_route", 40);
+        c.record_at("origin_not_allowed", 69);
+        assert_eq!(
+            c.window_at(69),
+            [("origin_not_allowed", 3), ("no_route", 1)]
+        );
+        // Second 10 has left the window; second 70 reuses its bucket.
+        c.record_at("origin_not_allowed", 70);
+        assert_eq!(
+            c.window_at(70),
+            [("origin_not_allowed", 2), ("no_route", 1)]
+        );
+        assert_eq!(c.window_at(100), [("origin_not_allowed", 2)]);
+        assert!(c.window_at(1000).is_empty());
+    }
+
+    #[test]
+    fn recent_counts_hold_a_bounded_set_of_labels() {
+        let c = RecentCounts::new();
+        let names: Vec<&'static str> = (0..100)
+            .map(|i| &*Box::leak(format!("r{i}").into_boxed_str()))
+            .collect();
+        for n in &names {
+            c.record_at(n, 5);
+        }
+        let w = c.window_at(5);
+        assert_eq!(w.len(), RecentCounts::MAX_LABELS);
+        assert_eq!(w[0], ("other", 100 - (RecentCounts::MAX_LABELS as u64 - 1)));
     }
 }

@@ -121,10 +121,15 @@ async fn gateway_page(routes: &str) -> (Gateway, Browser, Cdp, u64) {
     (gw, browser, cdp, id)
 }
 
-/// Evaluates `expr` in the page and returns its value.
-async fn eval(cdp: &mut Cdp, id: &mut u64, expr: &str) -> serde_json::Value {
+/// Calls the DevTools method `method` and returns its `result`.
+async fn call(
+    cdp: &mut Cdp,
+    id: &mut u64,
+    method: &str,
+    params: serde_json::Value,
+) -> serde_json::Value {
     *id += 1;
-    let call = serde_json::json!({"id": *id, "method": "Runtime.evaluate", "params": {"expression": expr, "returnByValue": true}});
+    let call = serde_json::json!({"id": *id, "method": method, "params": params});
     cdp.send(Message::text(call.to_string())).await.unwrap();
     loop {
         let msg = tokio::time::timeout(DEADLINE, cdp.next())
@@ -135,13 +140,21 @@ async fn eval(cdp: &mut Cdp, id: &mut u64, expr: &str) -> serde_json::Value {
         let v: serde_json::Value =
             serde_json::from_str(msg.to_text().unwrap_or("{}")).unwrap_or_default();
         if v["id"] == *id {
-            // A script error comes back as a value, so a failed check shows what went wrong.
-            if let Some(e) = v["result"].get("exceptionDetails") {
-                return serde_json::json!({ "exception": e["exception"]["description"] });
-            }
-            return v["result"]["result"]["value"].clone();
+            assert!(v.get("error").is_none(), "{method}: {v}");
+            return v["result"].clone();
         }
     }
+}
+
+/// Evaluates `expr` in the page and returns its value.
+async fn eval(cdp: &mut Cdp, id: &mut u64, expr: &str) -> serde_json::Value {
+    let params = serde_json::json!({"expression": expr, "returnByValue": true});
+    let result = call(cdp, id, "Runtime.evaluate", params).await;
+    // A script error comes back as a value, so a failed check shows what went wrong.
+    if let Some(e) = result.get("exceptionDetails") {
+        return serde_json::json!({ "exception": e["exception"]["description"] });
+    }
+    result["result"]["value"].clone()
 }
 
 /// Polls `expr` until it is true.
@@ -750,4 +763,123 @@ async fn sockjs_client_in_chromium_works_through_a_round_robin_balancer_over_a_c
         4,
         "one backend connection per session"
     );
+}
+
+/// The admin status page in Chromium: the route table shows the clients the test opened, the
+/// page needs no script, and a screenshot of it is saved to `target/artifacts/status-page.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_in_chromium_shows_the_route_table() {
+    let feed = FeedBackend::start().await;
+    let api = HttpBackend::start("api").await;
+    let dead = dead_port();
+    let routes = format!(
+        "  - name: demo\n    path: /\n    backend: {{ builtin: demo }}\n\
+         \x20 - name: prices\n    path: /prices\n    origins: [\"https://app.example\"]\n    backend: {{ websocket: \"{}\" }}\n\
+         \x20 - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n\
+         \x20 - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ websocket: \"{}\" }}\n\
+         \x20 - name: api\n    path: /api\n    proxy: {{ upstreams: [\"{}\", \"{}\"], health_check: {{ interval: 100ms }} }}\n",
+        feed.url("/prices"),
+        feed.url("/chat"),
+        api.addr,
+        dead.addr,
+    );
+    let gw = Gateway::start(&routes).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients
+            .push(SseReader::open(gw.addr, "/prices", &[("origin", "https://app.example")]).await);
+    }
+    let (clock_ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/clock"))
+        .await
+        .unwrap();
+    let refused = http_get(gw.addr, "/prices", &[("origin", "https://evil.example")]).await;
+    assert_eq!(refused.status, 403);
+    gw.wait_metric(
+        r#"switchyard_client_connections_open{route="prices",transport="sse"}"#,
+        3.0,
+    )
+    .await;
+    let down = format!(
+        "switchyard_upstream_healthy{{route=\"api\",upstream=\"{}\"}}",
+        dead.addr
+    );
+    let until = Instant::now() + DEADLINE;
+    while metric(&gw.metrics().await, &down) != Some(0.0) {
+        assert!(Instant::now() < until, "{down} never went to 0");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (_browser, mut cdp, mut id) = loaded_page(&format!("http://{}/", gw.admin)).await;
+    // The page refreshes itself every 5 s, so a count that lagged at the first load shows up.
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "document.querySelector('tr[data-route=\"prices\"] td.clients')?.dataset.total === '3'",
+        "3 clients on prices",
+    )
+    .await;
+    assert_eq!(
+        eval(
+            &mut cdp,
+            &mut id,
+            "document.querySelector('tr[data-route=\"clock\"] td.clients').dataset.total"
+        )
+        .await,
+        "1"
+    );
+    assert_eq!(
+        eval(
+            &mut cdp,
+            &mut id,
+            "document.querySelector('meta[http-equiv=refresh]').content"
+        )
+        .await,
+        "5"
+    );
+    assert_eq!(eval(&mut cdp, &mut id, "document.scripts.length").await, 0);
+    assert_eq!(
+        eval(
+            &mut cdp,
+            &mut id,
+            "document.getElementById('refusals-total').textContent"
+        )
+        .await,
+        "1"
+    );
+
+    // The whole page in one picture, at a desktop width.
+    let mut viewport =
+        serde_json::json!({"width": 1200, "height": 800, "deviceScaleFactor": 1, "mobile": false});
+    call(
+        &mut cdp,
+        &mut id,
+        "Emulation.setDeviceMetricsOverride",
+        viewport.clone(),
+    )
+    .await;
+    let height = eval(&mut cdp, &mut id, "document.documentElement.scrollHeight").await;
+    viewport["height"] = height.as_u64().unwrap_or(800).clamp(300, 2000).into();
+    call(
+        &mut cdp,
+        &mut id,
+        "Emulation.setDeviceMetricsOverride",
+        viewport,
+    )
+    .await;
+    let shot = call(
+        &mut cdp,
+        &mut id,
+        "Page.captureScreenshot",
+        serde_json::json!({"format": "png"}),
+    )
+    .await;
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().expect("screenshot data"))
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("status-page.png"), &png).unwrap();
+    drop((clients, clock_ws));
 }

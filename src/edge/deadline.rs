@@ -126,9 +126,7 @@ impl AsyncRead for HeadDeadline {
             if deadline.as_mut().poll(cx).is_ready() {
                 this.timed_out = true;
                 this.deadline = None;
-                crate::metrics::REJECTIONS
-                    .with_label_values(&["-", "header_timeout"])
-                    .inc();
+                crate::metrics::refused("-", "header_timeout");
                 crate::policy::reject::log_refusal(
                     "-",
                     "header_timeout",

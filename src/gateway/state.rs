@@ -44,6 +44,8 @@ impl AsRef<Route> for RouteRuntime {
 
 /// Everything built from one config generation.
 pub struct GatewayState {
+    /// 1 for the config loaded at start, one more per applied reload.
+    pub generation: i64,
     pub router: Router<RouteRuntime>,
     pub routes: Vec<Arc<RouteRuntime>>,
     pub upstream_sets: Vec<Arc<UpstreamSet>>,
@@ -169,6 +171,7 @@ impl GatewayState {
         // removed routes go.
         metrics::declare(config);
         let state = Self {
+            generation: previous.map_or(1, |p| p.generation + 1),
             router: Router::new(&routes),
             routes,
             upstream_sets,

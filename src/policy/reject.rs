@@ -31,12 +31,10 @@ impl Reject {
         self
     }
 
-    /// Counts the refusal in `switchyard_rejections_total` and logs it (once per route and
-    /// reason at info level).
+    /// Counts the refusal (`switchyard_rejections_total` and the status page's last minute) and
+    /// logs it (once per route and reason at info level).
     pub fn count(&self, route: &str) {
-        metrics::REJECTIONS
-            .with_label_values(&[route, self.reason])
-            .inc();
+        metrics::refused(route, self.reason);
         log_refusal(route, self.reason, self.status, &self.message);
     }
 

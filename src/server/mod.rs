@@ -1,9 +1,10 @@
 //! Maps a validated [`Config`] onto a pingora `Server`: the proxy service with its plain and TLS
-//! listeners, the admin listener (`/metrics`, `/healthz`, `/readyz`), the health checker and the
-//! drain coordinator.
+//! listeners, the admin listener (`/metrics`, `/healthz`, `/readyz`, the status page at `/` and
+//! `/status.json`), the health checker and the drain coordinator.
 
 pub mod drain;
 pub mod reload;
+pub mod status;
 
 use crate::config::Config;
 use crate::edge::{AcceptPacer, Edge};
@@ -25,13 +26,27 @@ use reload::Reloader;
 use std::sync::Arc;
 
 /// The admin listener's app.
-pub struct AdminApp;
+pub struct AdminApp {
+    /// The generation in force, for the status page.
+    pub live: Arc<Live>,
+    pub started: status::Started,
+}
 
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_owned();
         let (status, ctype, body) = match path.as_str() {
+            "/" => {
+                let page = status::collect(&self.live.load(), self.started).to_html();
+                (200, "text/html; charset=utf-8".into(), page.into_bytes())
+            }
+            "/status.json" => {
+                let facts = status::collect(&self.live.load(), self.started);
+                let mut body = serde_json::to_vec_pretty(&facts).unwrap_or_default();
+                body.push(b'\n');
+                (200, "application/json".into(), body)
+            }
             "/metrics" => {
                 let encoder = TextEncoder::new();
                 let mut buf = Vec::new();
@@ -46,12 +61,13 @@ impl ServeHttp for AdminApp {
             _ => (
                 404,
                 "text/plain".into(),
-                b"admin endpoints: /metrics /healthz /readyz\n".to_vec(),
+                b"admin endpoints: / /status.json /metrics /healthz /readyz\n".to_vec(),
             ),
         };
         http::Response::builder()
             .status(status)
             .header(http::header::CONTENT_TYPE, ctype)
+            .header(http::header::CACHE_CONTROL, "no-store")
             .header(http::header::CONTENT_LENGTH, body.len())
             .body(body)
             .expect("static response parts are valid")
@@ -69,6 +85,7 @@ pub struct RunOptions {
 }
 
 pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
+    let started = status::Started::now();
     let grace = config.server.shutdown_grace.as_secs().max(1);
     let first_port = config.server.listen.first().map_or(0, |l| l.addr.port());
     let conf = ServerConf {
@@ -106,7 +123,7 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
     }
     let state = Arc::new(Live::new(GatewayState::new(config)));
     metrics::init();
-    metrics::CONFIG_GENERATION.set(1);
+    metrics::CONFIG_GENERATION.set(state.load().generation);
     let app = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway {
@@ -149,7 +166,13 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
     server.add_service(proxy);
 
     if let Some(admin) = config.server.admin {
-        let mut svc = Service::new("switchyard admin".into(), HttpServer::new_app(AdminApp));
+        let mut svc = Service::new(
+            "switchyard admin".into(),
+            HttpServer::new_app(AdminApp {
+                live: state.clone(),
+                started,
+            }),
+        );
         svc.add_tcp(&admin.to_string());
         server.add_service(svc);
     }

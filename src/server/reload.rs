@@ -23,7 +23,47 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// How the last reload ended, for the status page.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub at: SystemTime,
+    /// The generation in force after it (unchanged when the reload was refused).
+    pub generation: i64,
+    /// Why the config was refused; None when it was applied.
+    pub error: Option<String>,
+}
+
+/// The status page shows at most this much of a refused config's errors (the log has them all).
+const MAX_ERROR_TEXT: usize = 8 << 10;
+
+static LAST: Mutex<Option<ReloadOutcome>> = Mutex::new(None);
+
+/// The last reload's outcome since the process started; None before the first SIGHUP.
+pub fn last_outcome() -> Option<ReloadOutcome> {
+    LAST.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn record(generation: i64, error: Option<String>) {
+    let error = error.map(|mut text| {
+        if text.len() > MAX_ERROR_TEXT {
+            let mut cut = MAX_ERROR_TEXT;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push_str("\n... (the rest is in the log)");
+        }
+        text
+    });
+    *LAST.lock().unwrap_or_else(|p| p.into_inner()) = Some(ReloadOutcome {
+        at: SystemTime::now(),
+        generation,
+        error,
+    });
+}
 
 /// How often a watched config file is read.
 pub const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -49,10 +89,11 @@ impl Reloader {
                 metrics::CONFIG_RELOADS
                     .with_label_values(&["failure"])
                     .inc();
+                let generation = self.live.load().generation;
                 log::error!(
-                    "reload of {path} refused; generation {} keeps serving:\n{errors}",
-                    metrics::CONFIG_GENERATION.get()
+                    "reload of {path} refused; generation {generation} keeps serving:\n{errors}"
                 );
+                record(generation, Some(errors.to_string()));
                 return false;
             }
         };
@@ -68,6 +109,7 @@ impl Reloader {
         }
         let previous = self.live.load();
         let (state, changes) = GatewayState::rebuild(&config, Some(&previous));
+        let generation = state.generation;
         self.live.store(state);
         for set in changes
             .new_sets
@@ -76,11 +118,11 @@ impl Reloader {
         {
             tokio::spawn(health::run_set(set.clone(), shutdown.clone()));
         }
-        let generation = metrics::CONFIG_GENERATION.get() + 1;
         metrics::CONFIG_GENERATION.set(generation);
         metrics::CONFIG_RELOADS
             .with_label_values(&["success"])
             .inc();
+        record(generation, None);
         log::info!(
             "reloaded {path}: generation {generation}; {} route(s) unchanged, changed: [{}], added: [{}], removed: [{}]",
             changes.kept,

@@ -85,9 +85,7 @@ pub async fn serve<D: Downstream>(
     }
     let key3: [u8; 8] = key3.try_into().expect("eight bytes read");
     let Some(answer) = hixie76::challenge(&key1, &key2, &key3) else {
-        metrics::REJECTIONS
-            .with_label_values(&[route, "ws_handshake"])
-            .inc();
+        metrics::refused(route, "ws_handshake");
         feed.link.close(EndReason::Client);
         return Ok(());
     };

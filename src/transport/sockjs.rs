@@ -322,9 +322,7 @@ fn find<D: Downstream>(down: &D, bridge: &Bridge, id: &str) -> Option<Arc<SockSe
     if s.owner().admits(&owner(down)) {
         return Some(s);
     }
-    metrics::REJECTIONS
-        .with_label_values(&[&bridge.route.name, "sockjs_session_owner"])
-        .inc();
+    metrics::refused(&bridge.route.name, "sockjs_session_owner");
     None
 }
 
@@ -537,9 +535,7 @@ async fn find_remote<D: Downstream>(down: &D, bridge: &Bridge, id: &str) -> Foun
     match cluster.find(&bridge.route.name, id).await {
         Some(r) if r.owner.admits(&owner(down)) => Found::Here(r),
         Some(_) => {
-            metrics::REJECTIONS
-                .with_label_values(&[&bridge.route.name, "sockjs_session_owner"])
-                .inc();
+            metrics::refused(&bridge.route.name, "sockjs_session_owner");
             Found::Refused
         }
         None => Found::Nowhere,

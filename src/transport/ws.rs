@@ -462,9 +462,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                     break;
                 }
                 Err(v) => {
-                    metrics::REJECTIONS
-                        .with_label_values(&[self.route, "ws_protocol"])
-                        .inc();
+                    metrics::refused(self.route, "ws_protocol");
                     // A client whose (invalid) close this answers sends no other close.
                     self.await_close &= !v.in_close;
                     end = Some((v.code, v.reason.to_owned()));
@@ -517,9 +515,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
         match sockjs_frame::parse_ws_messages(&payload, super::inbound::MAX_MESSAGES_PER_POST) {
             Some(list) => Ok(list.into_iter().map(|m| (Bytes::from(m), false)).collect()),
             None => {
-                metrics::REJECTIONS
-                    .with_label_values(&[self.route, "ws_protocol"])
-                    .inc();
+                metrics::refused(self.route, "ws_protocol");
                 Err((3000, "Broken framing.".into()))
             }
         }
@@ -611,9 +607,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
             return Step::Close(close::GOING_AWAY, "idle timeout".into());
         }
         if k.pong_due.is_some_and(|due| now >= due) {
-            metrics::REJECTIONS
-                .with_label_values(&[self.route, "pong_timeout"])
-                .inc();
+            metrics::refused(self.route, "pong_timeout");
             // A peer that answers no ping will not answer the close either.
             self.await_close = false;
             return Step::Close(close::INTERNAL_ERROR, "keepalive: no pong".into());

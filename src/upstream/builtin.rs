@@ -41,7 +41,8 @@ pub fn rfc3339_now() -> String {
     rfc3339(secs)
 }
 
-fn rfc3339(unix: u64) -> String {
+/// `unix` (seconds since the epoch) as `2026-11-22T10:04:05Z`.
+pub fn rfc3339(unix: u64) -> String {
     let days = (unix / 86_400) as i64;
     let rem = unix % 86_400;
     // Civil-from-days (H. Hinnant's algorithm), valid for the whole u64 range we meet.

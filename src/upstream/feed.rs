@@ -142,10 +142,16 @@ pub async fn run(link: Link) {
         ..sse::Resume::default()
     };
     let mut failing = false;
+    let mut first = true;
     loop {
         if link.should_close() {
             log::debug!("route {route}: no clients for backend_linger; feed stopped");
             return;
+        }
+        if !std::mem::take(&mut first) {
+            metrics::BACKEND_RECONNECTS
+                .with_label_values(&[&route])
+                .inc();
         }
         let started = Instant::now();
         let outcome = match kind {
