@@ -24,6 +24,19 @@ pub struct RawServer {
     pub accept_burst: Option<u32>,
     #[serde(default)]
     pub limits: Option<RawServerLimits>,
+    /// One line per request and per finished stream; off when absent.
+    #[serde(default)]
+    pub access_log: Option<RawAccessLog>,
+}
+
+/// `server.access_log:`: `{ format: json | combined, to: stdout | FILE }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
 }
 
 /// `cluster:`: several instances as one gateway, on Redis Streams.
