@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! 0  config, metrics, drain, memory,  typed config; metric names; the drain signal; the
-//!    wire                             process-wide buffer budget; pure framing
+//!    wire, access_log                 process-wide buffer budget; pure framing; the access log
 //! 1  router, policy                   route lookup; origin, CORS, hygiene, limits, refusals as data
 //! 2  bridge                           hub, replay ring, consumers, sessions; backends injected
 //! 2b cluster                          Redis Streams: feed leases, the stream appender and reader
@@ -20,6 +20,7 @@
 //! follows one from accept to close.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod bridge;
 pub mod cluster;
 pub mod config;

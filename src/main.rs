@@ -70,14 +70,17 @@ fn main() -> ExitCode {
         return probe(target);
     }
     // SIGHUP means "reload" here, never "terminate": take it over before anything else, so a
-    // reload sent while the server is still starting is harmless. (tokio's handler stays
-    // installed for the life of the process; the reload service listens on it later.)
+    // reload sent while the server is still starting is harmless; SIGUSR1 (reopen the access
+    // log) likewise. (tokio's handlers stay installed for the life of the process; the reload
+    // and access log services listen on them later.)
     if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
     {
         rt.block_on(async {
             let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+            // SIGUSR1 reopens the access log; by default it would end the process.
+            let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1());
         });
     }
     env_logger::Builder::new()

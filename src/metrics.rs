@@ -385,6 +385,22 @@ pub static MEMORY_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static ACCESS_LOG_LINES: LazyLock<IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "switchyard_access_log_lines_total",
+        "Access log lines written (server.access_log)"
+    )
+    .expect("metric registers once")
+});
+
+pub static ACCESS_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "switchyard_access_log_dropped_total",
+        "Access log lines dropped because the writer fell behind (its queue was full) or could not write"
+    )
+    .expect("metric registers once")
+});
+
 pub static CLUSTER_UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "switchyard_cluster_up",
@@ -502,6 +518,8 @@ pub fn init() {
     LazyLock::force(&CLUSTER_APPENDS);
     LazyLock::force(&REDIS_ERRORS);
     LazyLock::force(&REDIS_SECONDS);
+    LazyLock::force(&ACCESS_LOG_LINES);
+    LazyLock::force(&ACCESS_LOG_DROPPED);
     for what in ["ws_message", "ws_partial", "post_body"] {
         MEMORY_REFUSALS.with_label_values(&[what]);
     }
@@ -740,6 +758,10 @@ pub struct Delivered {
     local: Option<Box<prometheus::local::LocalHistogram>>,
     pending_messages: u64,
     pending_bytes: u64,
+    /// What was flushed so far, so the connection's totals can be told at its end (the
+    /// access log).
+    flushed_messages: u64,
+    flushed_bytes: u64,
     /// For a client that agreed to compression: its `plain` and `wire` counters, and what is
     /// pending of each.
     compression: Option<Box<Compressed>>,
@@ -765,6 +787,8 @@ impl Delivered {
             local: None,
             pending_messages: 0,
             pending_bytes: 0,
+            flushed_messages: 0,
+            flushed_bytes: 0,
             compression: None,
             last_flush: std::time::Instant::now(),
         }
@@ -815,12 +839,22 @@ impl Delivered {
         }
     }
 
+    /// Messages and bytes sent so far, flushed or not.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.flushed_messages + self.pending_messages,
+            self.flushed_bytes + self.pending_bytes,
+        )
+    }
+
     pub fn flush(&mut self) {
         if self.pending_messages > 0 {
+            self.flushed_messages += self.pending_messages;
             self.messages
                 .inc_by(std::mem::take(&mut self.pending_messages));
         }
         if self.pending_bytes > 0 {
+            self.flushed_bytes += self.pending_bytes;
             self.bytes.inc_by(std::mem::take(&mut self.pending_bytes));
         }
         if let Some(l) = &self.local {

@@ -72,6 +72,30 @@ pub struct ServerConfig {
     pub memory: usize,
     /// Reload when the config file's content changes (`server.watch_config`).
     pub watch_config: bool,
+    /// `server.access_log`; None when it is off (the default).
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// Where and how the access log is written (the `access_log` module writes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub format: AccessLogFormat,
+    pub to: AccessLogTarget,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Apache's combined format, the extra fields appended as `key=value`.
+    Combined,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    /// A file opened in append mode (reopened on SIGUSR1, for logrotate).
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq)]

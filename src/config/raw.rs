@@ -27,6 +27,19 @@ pub struct RawServer {
     /// Reload when the config file changes (as SIGHUP does).
     #[serde(default)]
     pub watch_config: Option<bool>,
+    /// One line per request and per finished stream; off when absent.
+    #[serde(default)]
+    pub access_log: Option<RawAccessLog>,
+}
+
+/// `server.access_log:`: `{ format: json | combined, to: stdout | FILE }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
 }
 
 /// `cluster:`: several instances as one gateway, on Redis Streams.

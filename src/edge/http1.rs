@@ -13,6 +13,7 @@
 //! keep-alive back to the listener when the answer was complete.
 
 use super::HeadDeadline;
+use crate::access_log::Notes;
 use crate::policy::cors::CorsHeaders;
 use crate::policy::hygiene;
 use crate::transport::Downstream;
@@ -215,6 +216,11 @@ pub struct Connection {
     write_timeout: Option<Duration>,
     /// The status answered, for the request metric.
     pub status: Option<u16>,
+    /// Body bytes of a whole answer ([`Downstream::write_answer`]), for the access log; a
+    /// stream tells its own counts in `notes`.
+    pub answered_bytes: u64,
+    /// For the access log: a refusal's reason, what a stream carried.
+    pub notes: Notes,
 }
 
 impl Connection {
@@ -241,6 +247,8 @@ impl Connection {
             read_timeout: None,
             write_timeout: None,
             status: None,
+            answered_bytes: 0,
+            notes: Notes::default(),
         }
     }
 
@@ -498,6 +506,7 @@ impl Downstream for Connection {
         body: Bytes,
     ) -> pingora::Result<()> {
         let head = self.prepare_head(resp, false)?;
+        self.answered_bytes += body.len() as u64;
         match self.body {
             // The usual case (a poll's answer, a refusal): head and body in one write.
             Body::Length(len) if len == body.len() as u64 => {
@@ -590,6 +599,10 @@ impl Downstream for Connection {
         if seconds.is_none() {
             self.keepalive = false;
         }
+    }
+
+    fn notes(&mut self) -> Option<&mut Notes> {
+        Some(&mut self.notes)
     }
 }
 

@@ -9,17 +9,19 @@
 //! upstream_request_filter: X-Forwarded-For / -Proto / -Host (Host itself is kept)
 //! upstream_response_filter: edge CORS only; a 101 must complete the client's handshake
 //! fail_to_proxy:   502 with a body that says which route had no reachable upstream
-//! logging:         the request counted by status class; the next head gets its deadline
+//! logging:         the request counted by status class and written to the access log; the
+//!                  next head gets its deadline
 //! ```
 
 use super::admission::{self, admit, Admission, Admitted, Client};
 use super::state::{RouteRuntime, Target};
 use super::Gateway;
+use crate::access_log::{self, Head, Notes, Record};
 use crate::edge::HeadDeadline;
 use crate::metrics;
 use crate::policy;
 use crate::policy::reject::Reject;
-use crate::transport::{self, Downstream, Respond};
+use crate::transport::{self, Downstream, Respond, WithNotes};
 use crate::upstream::pool::Lease;
 use crate::wire;
 use async_trait::async_trait;
@@ -37,6 +39,12 @@ pub struct RequestCtx {
     /// Members of the upstream set this request already failed to connect to.
     tried: Vec<usize>,
     lease: Option<Lease>,
+    /// When the request's head was read, while the access log is on.
+    since: Option<(std::time::SystemTime, std::time::Instant)>,
+    /// The route a refusal named, before `route` is set (for the access log).
+    refused_on: Option<String>,
+    /// For the access log: a refusal's reason, what a bridged stream carried.
+    notes: Notes,
 }
 
 impl RequestCtx {
@@ -50,7 +58,11 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> Self::CTX {
-        RequestCtx::default()
+        RequestCtx {
+            since: access_log::enabled()
+                .then(|| (std::time::SystemTime::now(), std::time::Instant::now())),
+            ..RequestCtx::default()
+        }
     }
 
     fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
@@ -70,6 +82,8 @@ impl ProxyHttp for Gateway {
         };
         let admitted = match admit(&state, session.req_header_mut(), &client, None) {
             Admission::Refused { route, reject } => {
+                ctx.notes.refused = Some(reject.reason);
+                ctx.refused_on = Some(route.clone());
                 reject.send(session, &route).await?;
                 return Ok(true);
             }
@@ -90,7 +104,10 @@ impl ProxyHttp for Gateway {
         }
         match &rt.target {
             Target::Bridge(bridge) => {
-                transport::serve(session, bridge).await?;
+                let mut noted = WithNotes::new(session);
+                let served = transport::serve(&mut noted, bridge).await;
+                ctx.notes = noted.notes;
+                served?;
                 Ok(true)
             }
             Target::Proxy(_) => {
@@ -100,13 +117,13 @@ impl ProxyHttp for Gateway {
                     // (cloudflare/pingora#946). A handshake that reaches pingora is one the
                     // lean reader does not take: it carries a body, or asks for another
                     // protocol, or is not HTTP/1.1.
-                    Reject::new(
+                    let reject = Reject::new(
                         400,
                         "upgrade_refused",
                         "400 Bad Request: only a bodiless HTTP/1.1 WebSocket handshake is tunnelled",
-                    )
-                    .send(session, &rt.route.name)
-                    .await?;
+                    );
+                    ctx.notes.refused = Some(reject.reason);
+                    reject.send(session, &rt.route.name).await?;
                     return Ok(true);
                 }
                 Ok(false)
@@ -289,6 +306,7 @@ impl ProxyHttp for Gateway {
         };
         let code = reject.as_ref().map_or(0, |r| r.status);
         if let Some(r) = reject {
+            ctx.notes.refused = Some(r.reason);
             // Only answer if nothing was sent yet; otherwise the connection just closes.
             if session.response_written().is_none() {
                 let _ = r.send(session, &route).await;
@@ -318,11 +336,32 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        admission::count_request(
-            ctx.route_name(),
-            session.response_written().map(|r| r.status.as_u16()),
-        );
+        let status = session.response_written().map(|r| r.status.as_u16());
+        admission::count_request(ctx.route_name(), status);
         ctx.lease = None;
+        if let Some(since) = ctx.since {
+            let req = session.req_header();
+            let transport = ctx
+                .route
+                .as_ref()
+                .map_or("http", |rt| super::transport_label(rt, req));
+            if let Some(head) =
+                Head::capture(req, Downstream::client_ip(session), transport, Some(since))
+            {
+                access_log::submit(Record {
+                    head,
+                    route: ctx
+                        .refused_on
+                        .take()
+                        .unwrap_or_else(|| ctx.route_name().to_owned()),
+                    status,
+                    duration: since.1.elapsed(),
+                    bytes_in: session.body_bytes_read() as u64,
+                    bytes_out: session.body_bytes_sent() as u64,
+                    notes: std::mem::take(&mut ctx.notes),
+                });
+            }
+        }
     }
 }
 

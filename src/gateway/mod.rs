@@ -15,6 +15,7 @@ pub mod tunnel;
 
 pub use state::{GatewayState, Live, RouteRuntime, Target};
 
+use crate::access_log::{self, Head, Record};
 use crate::bridge::Source;
 use crate::edge::{http1, LeanStreams};
 use crate::policy::reject::Reject;
@@ -60,6 +61,13 @@ impl LeanStreams for Gateway {
         raw_head: BytesMut,
     ) {
         let route = rt.route.name.clone();
+        // Taken now: a stream frees its request head.
+        let head = Head::capture(
+            conn.req_header(),
+            conn.client_ip(),
+            transport_label(&rt, conn.req_header()),
+            None,
+        );
         let served: pingora::Result<()> = async {
             let client = Client {
                 raw_head: Some(&raw_head),
@@ -101,5 +109,27 @@ impl LeanStreams for Gateway {
             }
         }
         admission::count_request(&route, conn.status);
+        if let Some(head) = head {
+            access_log::submit(Record {
+                duration: head.began.elapsed(),
+                head,
+                route,
+                status: conn.status,
+                bytes_in: 0,
+                bytes_out: conn.answered_bytes,
+                notes: std::mem::take(&mut conn.notes),
+            });
+        }
+    }
+}
+
+/// The access log's `transport` of a request before it is served: what it asks for on its
+/// route (a stream's own end has the last word).
+pub(crate) fn transport_label(rt: &RouteRuntime, req: &RequestHeader) -> &'static str {
+    match &rt.target {
+        Target::Proxy(_) if wire::ws::is_upgrade(req) => "tunnel",
+        Target::Proxy(_) => "http",
+        Target::Bridge(b) if transport::sockjs::requested(b, req) => "sockjs",
+        Target::Bridge(_) => transport::requested(req).map_or("http", |t| t.label()),
     }
 }

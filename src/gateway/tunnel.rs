@@ -14,12 +14,14 @@
 //! about one fresh tunnel in a few hundred on a fast upstream. See `hooks.rs`.
 
 use super::state::RouteRuntime;
+use crate::access_log::{Closer, StreamEnd};
 use crate::edge::http1;
 use crate::metrics;
 use crate::policy::reject::Reject;
 use crate::transport::{tunnel, Downstream, Respond};
 use crate::upstream::pool::UpstreamSet;
 use crate::upstream::tunnel::{open, Forwarded, OpenError, Opened};
+use crate::wire::ws::close;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,10 +90,47 @@ pub async fn serve(
     let Some((client, client_early)) = conn.upgraded() else {
         return Ok(());
     };
-    match tunnel::relay(client, client_early, &mut upstream, early, &settings).await {
+    let mut seen = tunnel::Seen::default();
+    let relayed = tunnel::relay(
+        client,
+        client_early,
+        &mut upstream,
+        early,
+        &settings,
+        &mut seen,
+    )
+    .await;
+    let by_peer = |(from_client, code): (bool, Option<u16>)| {
+        let by = if from_client {
+            Closer::Client
+        } else {
+            Closer::Backend
+        };
+        (code.unwrap_or(close::ABNORMAL), by)
+    };
+    let (close_code, closed_by) = match &relayed {
+        Ok(tunnel::Ended::Drained | tunnel::Ended::Idle) => {
+            (Some(close::GOING_AWAY), Some(Closer::Gateway))
+        }
+        Ok(tunnel::Ended::TooBig { .. }) => (Some(close::TOO_BIG), Some(Closer::Gateway)),
+        Ok(tunnel::Ended::Closed) | Err(_) => match seen.first_close.map(by_peer) {
+            Some((code, by)) => (Some(code), Some(by)),
+            None => (Some(close::ABNORMAL), None),
+        },
+    };
+    match relayed {
         Ok(ended) => log::debug!("route {route}: tunnel ended: {ended:?}"),
         Err(e) => log::debug!("route {route}: tunnel broken: {e}"),
     }
+    conn.stream_ended(StreamEnd {
+        transport: "tunnel",
+        messages_in: seen.from_client.0,
+        bytes_in: seen.from_client.1,
+        messages_out: seen.to_client.0,
+        bytes_out: seen.to_client.1,
+        close_code,
+        closed_by,
+    });
     Ok(())
 }
 

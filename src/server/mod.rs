@@ -1,6 +1,7 @@
 //! Maps a validated [`Config`] onto a pingora `Server`: the proxy service with its plain and TLS
 //! listeners, the admin listener (`/metrics`, `/healthz`, `/readyz`, the status page at `/` and
-//! `/status.json`), the health checker and the drain coordinator.
+//! `/status.json`), the health checker, the drain coordinator and the access log's writer
+//! (reopened on SIGUSR1).
 
 pub mod drain;
 pub mod reload;
@@ -74,6 +75,44 @@ impl ServeHttp for AdminApp {
     }
 }
 
+/// Starts the access log's writer with the services, and reopens its file on each SIGUSR1
+/// (logrotate's `create` mode: rename, SIGUSR1, and new lines go to a new file). A reload may
+/// change or stop the log later (`reload`).
+pub struct AccessLogService {
+    pub config: Option<crate::config::AccessLogConfig>,
+}
+
+#[async_trait]
+impl pingora::services::background::BackgroundService for AccessLogService {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        // A reload that came first already put its own config in force.
+        if !crate::access_log::configured() {
+            if let Err(e) = crate::access_log::configure(self.config.as_ref()) {
+                log::error!("access log is off: {e}");
+            }
+        }
+        let mut usr1 = match signal(SignalKind::user_defined1()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for SIGUSR1, the access log cannot be reopened: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                got = usr1.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    crate::access_log::reopen();
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
 /// Process-level options from the command line.
 #[derive(Debug, Default, Clone)]
 pub struct RunOptions {
@@ -138,6 +177,27 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
         header_timeout: config.server.header_timeout,
     };
     crate::memory::set_limit(config.server.memory);
+    if let Some(crate::config::AccessLogConfig {
+        to: crate::config::AccessLogTarget::File(path),
+        ..
+    }) = &config.server.access_log
+    {
+        // Opened here once so that a file that cannot be written stops the start with a clear
+        // error; the writer itself starts with the services (after a daemon's fork).
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| {
+                anyhow::anyhow!("server.access_log.to: cannot open {}: {e}", path.display())
+            })?;
+    }
+    server.add_service(background_service(
+        "access log (SIGUSR1 reopens)",
+        AccessLogService {
+            config: config.server.access_log.clone(),
+        },
+    ));
     let mut proxy = Service::new("switchyard".into(), edge);
     proxy.set_connection_filter(Arc::new(AcceptPacer::new(
         config.server.accept_rate,

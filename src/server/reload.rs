@@ -13,7 +13,9 @@
 //!
 //! The `server` section (listeners, TLS, threads) and `cluster` cannot change in a running
 //! process: such changes are reported and wait for a restart or pingora's binary upgrade
-//! (`--upgrade`).
+//! (`--upgrade`). Two keys of `server` apply at once: `limits.memory`, and `access_log`, which
+//! a reload may switch on or off or point elsewhere (a file that cannot be opened leaves the log
+//! as it was, with an error logged).
 
 use crate::config::{self, ServerConfig};
 use crate::gateway::{GatewayState, Live};
@@ -99,8 +101,12 @@ impl Reloader {
         };
         // The memory budget applies at once; the rest of `server` needs a restart.
         crate::memory::set_limit(config.server.memory);
+        if let Err(e) = crate::access_log::configure(config.server.access_log.as_ref()) {
+            log::error!("reload of {path}: the access log stays as it was: {e}");
+        }
         let mut server = config.server.clone();
         server.memory = self.server.memory;
+        server.access_log = self.server.access_log.clone();
         if server != self.server {
             log::warn!("reload of {path}: the `server` section changed; listeners, TLS, threads and timeouts there apply only after a restart or binary upgrade");
         }

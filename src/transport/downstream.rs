@@ -11,6 +11,7 @@
 //! (`bridge::session`), never the HTTP exchange. [`Respond`] renders a
 //! policy refusal on either.
 
+use crate::access_log::{Notes, StreamEnd};
 use crate::policy::reject::Reject;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -97,6 +98,115 @@ pub trait Downstream: Send {
     /// The request head will not be read again (a stream is under way): a connection that
     /// can, frees it. A browser's head is a few KiB, held for as long as its stream lasts.
     fn release_request(&mut self) {}
+
+    /// Where the access log's facts about this request are kept (a refusal's reason, what a
+    /// stream carried); None where the connection keeps none (see [`WithNotes`]).
+    fn notes(&mut self) -> Option<&mut Notes> {
+        None
+    }
+
+    /// A stream ends: what it carried, for the access log.
+    fn stream_ended(&mut self, end: StreamEnd) {
+        if let Some(n) = self.notes() {
+            n.stream_ended(end);
+        }
+    }
+}
+
+/// A downstream that keeps [`Notes`], around one that keeps none (pingora's `Session`, whose
+/// per-request state is the proxy's context, out of a transport's reach).
+pub struct WithNotes<'a, D> {
+    pub down: &'a mut D,
+    pub notes: Notes,
+}
+
+impl<'a, D: Downstream> WithNotes<'a, D> {
+    pub fn new(down: &'a mut D) -> Self {
+        Self {
+            down,
+            notes: Notes::default(),
+        }
+    }
+}
+
+impl<D: Downstream> Downstream for WithNotes<'_, D> {
+    fn req_header(&self) -> &RequestHeader {
+        self.down.req_header()
+    }
+
+    fn client_ip(&self) -> Option<IpAddr> {
+        self.down.client_ip()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.down.is_tls()
+    }
+
+    fn is_http2(&self) -> bool {
+        self.down.is_http2()
+    }
+
+    fn write_response_header(
+        &mut self,
+        resp: Box<ResponseHeader>,
+        end: bool,
+    ) -> impl Future<Output = pingora::Result<()>> + Send {
+        self.down.write_response_header(resp, end)
+    }
+
+    fn write_response_body(
+        &mut self,
+        body: Option<Bytes>,
+        end: bool,
+    ) -> impl Future<Output = pingora::Result<()>> + Send {
+        self.down.write_response_body(body, end)
+    }
+
+    fn write_answer(
+        &mut self,
+        resp: Box<ResponseHeader>,
+        body: Bytes,
+    ) -> impl Future<Output = pingora::Result<()>> + Send {
+        self.down.write_answer(resp, body)
+    }
+
+    fn write_body_parts(
+        &mut self,
+        parts: &[Bytes],
+    ) -> impl Future<Output = pingora::Result<()>> + Send {
+        self.down.write_body_parts(parts)
+    }
+
+    fn read_request_body(&mut self) -> impl Future<Output = pingora::Result<Option<Bytes>>> + Send {
+        self.down.read_request_body()
+    }
+
+    fn read_body_or_idle(
+        &mut self,
+        no_body_expected: bool,
+    ) -> impl Future<Output = pingora::Result<Option<Bytes>>> + Send {
+        self.down.read_body_or_idle(no_body_expected)
+    }
+
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.down.set_read_timeout(timeout)
+    }
+
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) {
+        self.down.set_write_timeout(timeout)
+    }
+
+    fn set_keepalive(&mut self, seconds: Option<u64>) {
+        self.down.set_keepalive(seconds)
+    }
+
+    fn release_request(&mut self) {
+        self.down.release_request()
+    }
+
+    fn notes(&mut self) -> Option<&mut Notes> {
+        Some(&mut self.notes)
+    }
 }
 
 impl Downstream for Session {
@@ -169,6 +279,9 @@ pub trait Respond {
 impl Respond for Reject {
     async fn send<D: Downstream>(self, down: &mut D, route: &str) -> pingora::Result<()> {
         self.count(route);
+        if let Some(n) = down.notes() {
+            n.refused = Some(self.reason);
+        }
         let (resp, body) = self.response()?;
         down.set_keepalive(None);
         down.write_answer(Box::new(resp), body).await

@@ -16,6 +16,7 @@
 
 use super::Downstream;
 use super::Respond;
+use crate::access_log::{Closer, StreamEnd};
 use crate::bridge::hub::Gone;
 use crate::bridge::session::{EndReason, Sessions};
 use crate::bridge::{Bridge, Event, Message};
@@ -119,6 +120,15 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
     respond(down, body).await
 }
 
+/// A poll's answer, and what the access log says of it.
+struct Answer {
+    body: Bytes,
+    /// Messages in it.
+    messages: u64,
+    /// It tells the session's end (the backend's close).
+    closed: bool,
+}
+
 /// Builds a poll answer: `{"session"?, "cursor", "messages", "missed"?, "closed"?}`.
 fn answer(
     bridge: &Bridge,
@@ -127,7 +137,7 @@ fn answer(
     batch: &[Arc<Message>],
     missed: bool,
     closed: Option<&Gone>,
-) -> Bytes {
+) -> Answer {
     let route = bridge.route.name.as_str();
     let drop_binary = bridge.spec.binary == BinaryPolicy::Drop;
     let mut body =
@@ -167,7 +177,11 @@ fn answer(
     metrics::BYTES
         .with_label_values(&[route, "long_poll", "out"])
         .inc_by(body.len() as u64);
-    body.freeze()
+    Answer {
+        body: body.freeze(),
+        messages: sent,
+        closed: closed.is_some(),
+    }
 }
 
 /// Delivery latency of messages a waiting poll took live (binary ones dropped by policy left
@@ -184,12 +198,25 @@ fn observe_latency(bridge: &Bridge, live: &[Arc<Message>]) {
     }
 }
 
-async fn respond<D: Downstream>(down: &mut D, body: Bytes) -> pingora::Result<()> {
+async fn respond<D: Downstream>(down: &mut D, answer: Answer) -> pingora::Result<()> {
     let mut resp = ResponseHeader::build(200, Some(3))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("cache-control", "no-store")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    down.write_answer(Box::new(resp), body).await
+    resp.insert_header("content-length", answer.body.len().to_string())?;
+    let bytes_out = answer.body.len() as u64;
+    let sent = down.write_answer(Box::new(resp), answer.body).await;
+    down.stream_ended(StreamEnd {
+        transport: "long_poll",
+        messages_out: answer.messages,
+        bytes_out,
+        closed_by: Some(if answer.closed {
+            Closer::Backend
+        } else {
+            Closer::Gateway
+        }),
+        ..StreamEnd::default()
+    });
+    sent
 }
 
 /// A long-poll client of a `per_client` route. Without `session`, opens a session (502 when its

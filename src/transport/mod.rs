@@ -20,7 +20,7 @@ use crate::metrics;
 use crate::policy::reject::Reject;
 pub use crate::wire::http::query_param;
 use bytes::Bytes;
-pub use downstream::{Downstream, Respond};
+pub use downstream::{Downstream, Respond, WithNotes};
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::time::Duration;
 

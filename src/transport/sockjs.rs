@@ -20,6 +20,7 @@
 //! closes the session (`c[1002,...]`): what it was given may be lost.
 
 use super::{Downstream, Respond};
+use crate::access_log::{Closer as EndedBy, StreamEnd};
 use crate::bridge::session::EndReason;
 use crate::bridge::sockjs::{
     Attach, Closer, Owner, RemoteAttach, RemoteCloser, RemoteSock, SockSession,
@@ -634,9 +635,38 @@ async fn stream<D: Downstream>(
     consumer: &mut Consumer,
     out: &mut Out<'_>,
 ) -> bool {
+    let label = out.t.label();
+    let mut delivered = metrics::Delivered::new(&bridge.route.name, label);
+    let (interrupted, by, close_code) =
+        pump(down, bridge, opts, s, consumer, out, &mut delivered).await;
+    let (messages_out, bytes_out) = delivered.totals();
+    down.stream_ended(StreamEnd {
+        transport: label,
+        messages_out,
+        bytes_out,
+        close_code,
+        closed_by: Some(by),
+        ..StreamEnd::default()
+    });
+    interrupted
+}
+
+/// [`stream`]'s loop: whether the client went away first, who ended the answer, and the
+/// close code it told.
+async fn pump<D: Downstream>(
+    down: &mut D,
+    bridge: &Bridge,
+    opts: &SockJs,
+    s: &dyn Closer,
+    consumer: &mut Consumer,
+    out: &mut Out<'_>,
+    delivered: &mut metrics::Delivered,
+) -> (bool, EndedBy, Option<u16>) {
     let route = bridge.route.name.as_str();
     let label = out.t.label();
-    let mut delivered = metrics::Delivered::new(route, label);
+    // Who ends the answer when it ends by the gateway's choice (a poll answered, the
+    // response limit reached) or a close frame.
+    let mut ending = (EndedBy::Gateway, None);
     let drop_binary = bridge.spec.binary == BinaryPolicy::Drop;
     let mut beat = tokio::time::interval(opts.heartbeat);
     beat.reset();
@@ -647,7 +677,7 @@ async fn stream<D: Downstream>(
         let (f, last) = tokio::select! {
             d = consumer.next() => match d {
                 Delivery::Message(m) => {
-                    let burst = super::gather_burst(&m, consumer, &mut delivered, |m| {
+                    let burst = super::gather_burst(&m, consumer, delivered, |m| {
                         if m.binary && drop_binary {
                             metrics::DROPPED_MESSAGES
                                 .with_label_values(&[route, label, "binary_policy"])
@@ -661,33 +691,37 @@ async fn stream<D: Downstream>(
                     if !out.t.streaming() {
                         // A poll answers once: messages arriving just behind the first (an
                         // echo of a burst the client sent) go in the same answer.
-                        gather_more(consumer, &mut items, drop_binary, &mut delivered).await;
+                        gather_more(consumer, &mut items, drop_binary, delivered).await;
                     }
                     let f = frame::array_frame(items.iter().map(|b| &b[..]));
                     (f, false)
                 }
                 Delivery::Dropped(_) => continue,
                 Delivery::TooSlow => {
+                    ending = (EndedBy::Gateway, Some(1008));
                     s.close(1008, TOO_SLOW, EndReason::Client);
                     (frame::close_frame(1008, TOO_SLOW), true)
                 }
                 // A shared feed reconnects its backend by itself: the session goes on.
                 Delivery::BackendGone(_) if bridge.spec.fanout == Fanout::Shared => continue,
                 Delivery::BackendGone(g) => {
+                    ending = (EndedBy::Backend, Some(g.code));
                     s.close(g.code, &g.reason, EndReason::Backend);
                     (frame::close_frame(g.code, &g.reason), true)
                 }
                 Delivery::Closed => {
+                    ending = (EndedBy::Gateway, Some(1001));
                     s.close(1001, "Route removed", EndReason::Shutdown);
                     (frame::close_frame(1001, "Route removed"), true)
                 }
             },
             _ = beat.tick() => (Bytes::from_static(frame::HEARTBEAT), false),
             idle = down.read_body_or_idle(true), if watching => match idle {
-                Err(_) => return true,
+                Err(_) => return (true, EndedBy::Client, None),
                 Ok(_) => { watching = false; continue }
             },
             _ = &mut closing => {
+                ending = (EndedBy::Gateway, Some(1001));
                 s.close(1001, "Server shutting down", EndReason::Shutdown);
                 (frame::close_frame(1001, "Server shutting down"), true)
             }
@@ -704,15 +738,15 @@ async fn stream<D: Downstream>(
             Err(true) => {
                 super::abandon(down);
                 s.close(1008, TOO_SLOW, EndReason::Client);
-                return false;
+                return (false, EndedBy::Gateway, Some(1008));
             }
             Err(false) => {
                 super::abandon(down);
-                return true;
+                return (true, EndedBy::Client, None);
             }
         }
         if last || !out.t.streaming() || out.sent >= opts.response_limit {
-            return false;
+            return (false, ending.0, ending.1);
         }
     }
 }

@@ -18,6 +18,7 @@
 //! and a reconnect with `Last-Event-ID` reattaches to the session while it lives.
 
 use super::{Burst, Downstream};
+use crate::access_log::{Closer, StreamEnd};
 use crate::bridge::session::{EndReason, Session, Sessions};
 use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Joined, Message};
 use crate::config::BinaryPolicy;
@@ -161,26 +162,30 @@ async fn serve_remote<D: Downstream>(
     let mut watching_client = true;
     let closing = bridge.closing();
     tokio::pin!(closing);
-    loop {
+    let by = loop {
         if !chunk.is_empty() {
             let out = std::mem::take(&mut chunk).freeze();
             delivered.bytes(out.len());
             let wrote = tokio::time::timeout(deadline, down.write_response_body(Some(out), false));
             if !matches!(wrote.await, Ok(Ok(()))) {
                 super::abandon(down);
+                down.stream_ended(ended(&delivered, Closer::Client));
                 return Ok(());
             }
         }
         let batch = tokio::select! {
             b = remote.poll(cursor, 256, wait) => b,
             idle = down.read_body_or_idle(true), if watching_client => match idle {
-                Err(_) => return Ok(()),
+                Err(_) => {
+                    down.stream_ended(ended(&delivered, Closer::Client));
+                    return Ok(());
+                }
                 Ok(_) => { watching_client = false; continue }
             },
             _ = &mut closing => {
                 chunk.put_slice((retry_field() + "\n").as_bytes());
                 let _ = tokio::time::timeout(deadline, down.write_response_body(Some(chunk.freeze()), false)).await;
-                break;
+                break Closer::Gateway;
             }
         };
         if let Some(gone) = &batch.ended {
@@ -192,7 +197,7 @@ async fn serve_remote<D: Downstream>(
             )
             .await;
             remote.close().await;
-            break;
+            break Closer::Backend;
         }
         if batch.gap {
             chunk.put_slice(GAP_EVENT);
@@ -208,9 +213,10 @@ async fn serve_remote<D: Downstream>(
             chunk.put_slice(&m.sse_frame(sid));
             delivered.untimed(1);
         }
-    }
+    };
     down.set_write_timeout(Some(std::time::Duration::from_secs(5)));
     let _ = down.write_response_body(None, true).await;
+    down.stream_ended(ended(&delivered, by));
     Ok(())
 }
 
@@ -248,14 +254,54 @@ async fn stream<D: Downstream>(
     down: &mut D,
     bridge: &Bridge,
     epoch: &str,
-    mut first: BytesMut,
+    first: BytesMut,
     backlog: &[Arc<Message>],
-    mut consumer: Consumer,
+    consumer: Consumer,
     conv: Option<&Arc<Session>>,
 ) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
     let _open = begin_stream(down, route).await?;
     let mut delivered = metrics::Delivered::new(route, "sse");
+    let by = pump(
+        down,
+        bridge,
+        epoch,
+        first,
+        backlog,
+        consumer,
+        conv,
+        &mut delivered,
+    )
+    .await;
+    down.stream_ended(ended(&delivered, by));
+    Ok(())
+}
+
+/// The access log's account of an SSE stream.
+fn ended(delivered: &metrics::Delivered, by: Closer) -> StreamEnd {
+    let (messages_out, bytes_out) = delivered.totals();
+    StreamEnd {
+        transport: "sse",
+        messages_out,
+        bytes_out,
+        closed_by: Some(by),
+        ..StreamEnd::default()
+    }
+}
+
+/// [`stream`]'s loop; tells who ended the stream.
+#[allow(clippy::too_many_arguments)]
+async fn pump<D: Downstream>(
+    down: &mut D,
+    bridge: &Bridge,
+    epoch: &str,
+    mut first: BytesMut,
+    backlog: &[Arc<Message>],
+    mut consumer: Consumer,
+    conv: Option<&Arc<Session>>,
+    delivered: &mut metrics::Delivered,
+) -> Closer {
+    let route = bridge.route.name.as_str();
     let binary = bridge.spec.binary;
     let frame = |m: &Message| -> Option<Bytes> {
         if m.binary && binary == BinaryPolicy::Drop {
@@ -281,7 +327,7 @@ async fn stream<D: Downstream>(
         delivered.bytes(chunk.len());
         if super::write_chunk(down, chunk, &consumer).await.is_err() {
             super::abandon(down);
-            return Ok(());
+            return Closer::Client;
         }
         if backlog.peek().is_none() {
             break;
@@ -299,10 +345,10 @@ async fn stream<D: Downstream>(
     // Made once, not per message: each making subscribes to the drain and retire signals.
     let closing = bridge.closing();
     tokio::pin!(closing);
-    loop {
+    let by = loop {
         let chunk = tokio::select! {
             delivery = consumer.next() => match delivery {
-                Delivery::Message(m) => match super::gather_burst(&m, &mut consumer, &mut delivered, frame) {
+                Delivery::Message(m) => match super::gather_burst(&m, &mut consumer, delivered, frame) {
                     Some(burst) => burst,
                     None => continue,
                 },
@@ -311,7 +357,7 @@ async fn stream<D: Downstream>(
                 ))),
                 Delivery::TooSlow => {
                     super::abandon(down);
-                    return Ok(());
+                    return Closer::Gateway;
                 }
                 Delivery::BackendGone(g) if conv.is_some() => {
                     // The session is over: say so in a way a page can act on (close its
@@ -322,18 +368,18 @@ async fn stream<D: Downstream>(
                     if let Some(c) = conv {
                         c.close(EndReason::Client);
                     }
-                    break;
+                    break Closer::Backend;
                 }
                 Delivery::BackendGone(g) => {
                     // EventSource reconnects after `retry:` and resumes with Last-Event-ID.
                     let bye = format!(": backend went away ({}); reconnect to resume\n{}\n", g.reason.replace(['\r', '\n'], " "), retry_field());
                     if super::write_chunk(down, Bytes::from(bye), &consumer).await.is_err() {
                         super::abandon(down);
-                        return Ok(());
+                        return Closer::Backend;
                     }
-                    break;
+                    break Closer::Backend;
                 }
-                Delivery::Closed => break,
+                Delivery::Closed => break Closer::Gateway,
             },
             _ = beat.tick(), if !heartbeat.is_zero() => {
                 delivered.tick(std::time::Instant::now());
@@ -341,27 +387,27 @@ async fn stream<D: Downstream>(
             }
             idle = down.read_body_or_idle(true), if watching_client => match idle {
                 // The client closed its side: stop now instead of at the next write.
-                Err(_) => return Ok(()),
+                Err(_) => return Closer::Client,
                 Ok(_) => { watching_client = false; continue }
             },
             _ = &mut closing => {
                 if super::write_chunk(down, Bytes::from(retry_field() + "\n"), &consumer).await.is_err() {
                     super::abandon(down);
-                    return Ok(());
+                    return Closer::Gateway;
                 }
-                break;
+                break Closer::Gateway;
             }
         };
         delivered.bytes(chunk.len());
         if super::write_burst(down, &chunk, &consumer).await.is_err() {
             super::abandon(down);
-            return Ok(());
+            return Closer::Client;
         }
-    }
+    };
     // The end of the body must not wait on a client that stopped reading.
     down.set_write_timeout(Some(std::time::Duration::from_secs(5)));
     let _ = down.write_response_body(None, true).await;
-    Ok(())
+    by
 }
 
 /// `retry:` with jitter (half to one and a half times [`RETRY_MS`]), so that clients told to

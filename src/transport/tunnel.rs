@@ -54,14 +54,27 @@ pub enum Ended {
     TooBig { from_client: bool },
 }
 
+/// What passed through a tunnel, for the access log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Messages and bytes the client sent, and those it was sent.
+    pub from_client: (u64, u64),
+    pub to_client: (u64, u64),
+    /// The side that closed first (a close frame, or else the end of its stream): true for
+    /// the client; with the code of its close frame.
+    pub first_close: Option<(bool, Option<u16>)>,
+}
+
 /// Moves bytes between `client` and `upstream` until both are done (see the module docs).
 /// `client_early` and `upstream_early` are bytes each side sent that were read already.
+/// `seen` is filled in whatever the outcome.
 pub async fn relay<C, U>(
     client: &mut C,
     client_early: BytesMut,
     upstream: &mut U,
     upstream_early: BytesMut,
     settings: &Settings<'_>,
+    seen: &mut Seen,
 ) -> io::Result<Ended>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -106,6 +119,15 @@ where
             }
             let a = up.poll_move(client, upstream, cx, &mut buf);
             let b = down.poll_move(upstream, client, cx, &mut buf);
+            if seen.first_close.is_none() {
+                for (half, from_client) in [(&up, true), (&down, false)] {
+                    let code = half.scanner.close_code();
+                    if code.is_some() || half.eof {
+                        seen.first_close = Some((from_client, code));
+                        break;
+                    }
+                }
+            }
             if ended.is_none() && (up.oversize || down.oversize) {
                 // The half that saw it already closes toward the receiver (1001); the sender
                 // gets 1009 at its own direction's next frame boundary.
@@ -126,6 +148,8 @@ where
     .await;
     up.tally.flush();
     down.tally.flush();
+    seen.from_client = up.tally.total;
+    seen.to_client = down.tally.total;
     result?;
     let Some(ended) = ended else {
         return Ok(Ended::Closed);
@@ -321,6 +345,8 @@ struct Tally {
     bytes: IntCounter,
     pending_messages: u64,
     pending_bytes: u64,
+    /// Messages and bytes flushed so far.
+    total: (u64, u64),
     last_flush: Instant,
 }
 
@@ -331,6 +357,7 @@ impl Tally {
             bytes: metrics::BYTES.with_label_values(&[route, "tunnel", direction]),
             pending_messages: 0,
             pending_bytes: 0,
+            total: (0, 0),
             last_flush: Instant::now(),
         }
     }
@@ -345,6 +372,8 @@ impl Tally {
 
     fn flush(&mut self) {
         self.last_flush = Instant::now();
+        self.total.0 += self.pending_messages;
+        self.total.1 += self.pending_bytes;
         if self.pending_messages > 0 {
             self.messages
                 .inc_by(std::mem::take(&mut self.pending_messages));

@@ -3,6 +3,7 @@
 //! uplink, and deliveries from the feed. Framing is [`crate::wire::ws`]'s.
 
 use super::{Downstream, Respond};
+use crate::access_log::{Closer, StreamEnd};
 use crate::bridge::hub::Gone;
 use crate::bridge::session::{
     EndReason, Outgoing, Session, UplinkError, BYTE_BUDGET_MESSAGES, UPLINK_QUEUE,
@@ -133,9 +134,10 @@ async fn serve_framed<D: Downstream>(
             let open = encode_frame(OP_TEXT, sockjs_frame::OPEN);
             Box::pin(down.write_response_body(Some(open), false)).await?;
         }
-        Endpoint::new(down, bridge, uplink, conv.as_ref(), label, sockjs, deflate)
+        let end = Endpoint::new(down, bridge, uplink, conv.as_ref(), label, sockjs, deflate)
             .run(consumer.as_mut())
             .await;
+        down.stream_ended(end);
         Ok(())
     }
     .await;
@@ -226,7 +228,13 @@ struct Endpoint<'a, D> {
     keepalive: Keepalive,
     messages_in: prometheus::IntCounter,
     bytes_in: prometheus::IntCounter,
+    /// What `messages_in` and `bytes_in` were given on this connection (the access log).
+    received: (u64, u64),
     delivered: metrics::Delivered,
+    /// Who ended the connection, where the cause tells (otherwise the side that sent the
+    /// first close).
+    closed_by: Option<Closer>,
+    label: &'static str,
     /// SockJS framing: client messages are JSON arrays of strings, deliveries `a[...]`.
     sockjs: bool,
     /// Under SockJS framing, the close is told in a `c[...]` frame first.
@@ -274,6 +282,9 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
             keepalive: Keepalive::new(&bridge.route.keepalive, sockjs),
             messages_in: metrics::MESSAGES.with_label_values(&[route, label, "in"]),
             bytes_in: metrics::BYTES.with_label_values(&[route, label, "in"]),
+            received: (0, 0),
+            closed_by: None,
+            label,
             delivered: match deflate {
                 Some(_) => delivered.with_compression(route, label),
                 None => delivered,
@@ -291,9 +302,9 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
         }
     }
 
-    /// Runs the connection until either side ends it. `consumer` is where backend messages
-    /// come from (none on the echo route).
-    async fn run(mut self, mut consumer: Option<&mut Consumer>) {
+    /// Runs the connection until either side ends it, and tells how it ended. `consumer` is
+    /// where backend messages come from (none on the echo route).
+    async fn run(mut self, mut consumer: Option<&mut Consumer>) -> StreamEnd {
         // The keepalive timer and the closing signal are made once, not per message: a new
         // timer or signal subscription on every delivery costs more than the delivery's own
         // bookkeeping.
@@ -327,6 +338,10 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                     self.in_flight_charge
                         .resize(2 * self.in_flight_bytes, "ws_message");
                     match Self::on_uplink_heard(heard) {
+                        step @ Step::Close(..) => {
+                            self.closed_by = Some(Closer::Backend);
+                            step
+                        }
                         // Room again: what the decoder still holds comes next.
                         Step::Go if self.undecoded => self.decode().await,
                         step => step,
@@ -340,14 +355,36 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                 _ = &mut timer => Box::pin(self.on_timer()).await,
                 _ = &mut closing => Step::Close(close::GOING_AWAY, "server shutting down or route removed".into()),
             };
+            let (code, by) = match &step {
+                Step::Go => continue,
+                // No close frame either way: 1006 (RFC 6455 section 7.1.5).
+                Step::Gone => (close::ABNORMAL, self.closed_by.unwrap_or(Closer::Client)),
+                Step::Finish => (close::ABNORMAL, Closer::Client),
+                Step::Close(code, _) => (
+                    *code,
+                    self.closed_by.unwrap_or(if self.client_closed {
+                        Closer::Client
+                    } else {
+                        Closer::Gateway
+                    }),
+                ),
+            };
+            let (messages_out, bytes_out) = self.delivered.totals();
+            let end = StreamEnd {
+                transport: self.label,
+                messages_in: self.received.0,
+                bytes_in: self.received.1,
+                messages_out,
+                bytes_out,
+                close_code: Some(code),
+                closed_by: Some(by),
+            };
             match step {
-                Step::Go => {}
-                Step::Gone => return,
-                Step::Finish => return Box::pin(self.finish(None)).await,
-                Step::Close(code, reason) => {
-                    return Box::pin(self.finish(Some((code, reason)))).await
-                }
+                Step::Go | Step::Gone => {}
+                Step::Finish => Box::pin(self.finish(None)).await,
+                Step::Close(code, reason) => Box::pin(self.finish(Some((code, reason)))).await,
             }
+            return end;
         }
     }
 
@@ -364,6 +401,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
             return Step::Finish;
         };
         self.bytes_in.inc_by(data.len() as u64);
+        self.received.1 += data.len() as u64;
         if let Some(c) = &self.inflated {
             c[1].inc_by(data.len() as u64);
         }
@@ -414,6 +452,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                         }
                     };
                     self.messages_in.inc_by(items.len() as u64);
+                    self.received.0 += items.len() as u64;
                     let mut over = false;
                     for (payload, binary) in items {
                         // Charged twice: the message, and its copy in the backend connection's
@@ -442,6 +481,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                 }
                 Ok(Some(m @ (Incoming::Text(_) | Incoming::Binary(_)))) => {
                     self.messages_in.inc();
+                    self.received.0 += 1;
                     self.count_inflated(&m);
                     if self.echo {
                         let (op, payload) = match &m {
@@ -587,14 +627,21 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
             // drop_oldest: WebSocket messages carry no ids, so the skip is only counted.
             Delivery::Dropped(_) => Step::Go,
             Delivery::TooSlow => {
+                self.closed_by = Some(Closer::Gateway);
                 super::abandon(self.down);
                 // Delivered only if there is room; the client is cut either way.
                 let bye = encode_close(close::POLICY, "too slow: fell behind the feed");
                 let _ = self.down.write_response_body(Some(bye), false).await;
                 Step::Gone
             }
-            Delivery::BackendGone(g) => Step::Close(g.code, g.reason.clone()),
-            Delivery::Closed => Step::Close(close::SERVICE_RESTART, "route removed".into()),
+            Delivery::BackendGone(g) => {
+                self.closed_by = Some(Closer::Backend);
+                Step::Close(g.code, g.reason.clone())
+            }
+            Delivery::Closed => {
+                self.closed_by = Some(Closer::Gateway);
+                Step::Close(close::SERVICE_RESTART, "route removed".into())
+            }
         }
     }
 

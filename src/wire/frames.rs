@@ -39,6 +39,11 @@ pub struct Scanner {
     is_close: bool,
     /// Data bytes of the message in progress (a fragmented one spans several frames).
     message_len: u64,
+    /// The first close frame's status code, once read (1005 when it carried none).
+    close_code: Option<u16>,
+    /// While the first close frame's code is being read: its bytes so far, and the frame's
+    /// mask key (zero when unmasked).
+    code_bytes: Option<([u8; 2], u8, [u8; 4])>,
 }
 
 impl Scanner {
@@ -48,6 +53,12 @@ impl Scanner {
             max_message,
             ..Self::default()
         }
+    }
+
+    /// The status code of the first close frame seen (RFC 6455 section 7.1.5; 1005 when it
+    /// carried none), unmasked from its first two payload bytes (the only ones read).
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
     }
 
     /// True between two frames: a frame of the gateway's own may go out here.
@@ -69,6 +80,17 @@ impl Scanner {
         while at < data.len() {
             if self.payload_left > 0 {
                 let take = (self.payload_left.min((data.len() - at) as u64)) as usize;
+                if let Some((mut code, mut got, key)) = self.code_bytes.take() {
+                    for &b in &data[at..at + take.min(2 - got as usize)] {
+                        code[got as usize] = b ^ key[got as usize];
+                        got += 1;
+                    }
+                    if got == 2 {
+                        self.close_code = Some(u16::from_be_bytes(code));
+                    } else {
+                        self.code_bytes = Some((code, got, key));
+                    }
+                }
                 at += take;
                 self.payload_left -= take as u64;
                 if self.payload_left == 0 {
@@ -95,6 +117,22 @@ impl Scanner {
                 continue;
             }
             let (fin, opcode, len) = self.parse_head();
+            if opcode == 0x8 && self.close_code.is_none() && self.code_bytes.is_none() {
+                if len < 2 {
+                    self.close_code = Some(1005);
+                } else {
+                    let ext = match self.head[1] & 0x7f {
+                        126 => 2,
+                        127 => 8,
+                        _ => 0,
+                    };
+                    let mut key = [0u8; 4];
+                    if self.head[1] & 0x80 != 0 {
+                        key.copy_from_slice(&self.head[2 + ext..6 + ext]);
+                    }
+                    self.code_bytes = Some(([0; 2], 0, key));
+                }
+            }
             self.head_len = 0;
             let control = opcode & 0x8 != 0;
             if !control {
@@ -186,6 +224,25 @@ fn masked_close_with(code: u16, reason: &str, key: [u8; 4]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first close's code is read from its payload, masked or not, cut anywhere.
+    #[test]
+    fn the_first_close_code_is_read() {
+        let masked = masked_close(4001, "bye");
+        for cut in 0..masked.len() {
+            let mut s = Scanner::new(None);
+            s.feed(&masked[..cut], false);
+            s.feed(&masked[cut..], false);
+            assert_eq!(s.close_code(), Some(4001), "cut at {cut}");
+        }
+        let mut s = Scanner::new(None);
+        s.feed(&crate::wire::ws::encode_close(1000, ""), false);
+        s.feed(&crate::wire::ws::encode_close(1001, ""), false);
+        assert_eq!(s.close_code(), Some(1000));
+        let mut s = Scanner::new(None);
+        s.feed(&[0x88, 0x00], false);
+        assert_eq!(s.close_code(), Some(1005));
+    }
     use crate::wire::ws::tests::masked;
     use crate::wire::ws::{encode_frame, Decoder, Incoming, OP_BINARY, OP_PING, OP_TEXT};
 

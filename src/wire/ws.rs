@@ -33,6 +33,9 @@ pub mod close {
     pub const SERVICE_RESTART: u16 = 1012;
     /// The server is overloaded (its memory budget is spent): try again later.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Never sent (RFC 6455 section 7.4.1): stands for a connection that ended without a close
+    /// frame, in logs.
+    pub const ABNORMAL: u16 = 1006;
 }
 
 /// Encodes one unfragmented, unmasked (server-to-client) frame.

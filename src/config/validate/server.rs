@@ -2,8 +2,10 @@
 //! request-head deadlines, accept pacing.
 
 use super::Validator;
-use crate::config::model::{Listener, ServerConfig, TlsFiles};
-use crate::config::raw::RawServer;
+use crate::config::model::{
+    AccessLogConfig, AccessLogFormat, AccessLogTarget, Listener, ServerConfig, TlsFiles,
+};
+use crate::config::raw::{RawAccessLog, RawServer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -115,6 +117,7 @@ impl Validator<'_> {
                 }
             },
         };
+        let access_log = s.access_log.as_ref().map(|a| self.access_log(a));
         ServerConfig {
             listen,
             admin,
@@ -125,7 +128,64 @@ impl Validator<'_> {
             accept_burst,
             memory,
             watch_config: s.watch_config.unwrap_or(false),
+            access_log,
         }
+    }
+
+    /// `server.access_log`: both keys are required, so that turning the log on says where it
+    /// goes. A relative file is resolved from the config file's folder; the file itself is
+    /// opened (created) when the gateway starts, and its folder must exist.
+    fn access_log(&mut self, a: &RawAccessLog) -> AccessLogConfig {
+        let format = match a.format.as_deref() {
+            Some("json") => AccessLogFormat::Json,
+            Some("combined") => AccessLogFormat::Combined,
+            Some(other) => {
+                self.err(
+                    "server.access_log.format",
+                    format!("expected json or combined, got {other:?}"),
+                );
+                AccessLogFormat::Json
+            }
+            None => {
+                self.err(
+                    "server.access_log.format",
+                    "missing: expected json or combined",
+                );
+                AccessLogFormat::Json
+            }
+        };
+        let to = match a.to.as_deref() {
+            Some("stdout") => AccessLogTarget::Stdout,
+            Some("") | None => {
+                self.err(
+                    "server.access_log.to",
+                    "missing: expected stdout or a file path, e.g. /var/log/switchyard/access.log",
+                );
+                AccessLogTarget::Stdout
+            }
+            Some(file) => {
+                let path = self.base_dir.join(file);
+                // A bare file name beside a config loaded as `gateway.yaml` has an empty parent.
+                let folder_ok = path
+                    .parent()
+                    .is_some_and(|d| d.as_os_str().is_empty() || d.is_dir());
+                if path.is_dir() {
+                    self.err(
+                        "server.access_log.to",
+                        format!("{file:?} is a folder: expected stdout or a file path"),
+                    );
+                } else if !folder_ok {
+                    self.err(
+                        "server.access_log.to",
+                        format!(
+                            "the folder of {file:?} does not exist (relative paths are resolved from the config file's folder)"
+                        ),
+                    );
+                }
+                AccessLogTarget::File(path)
+            }
+        };
+        AccessLogConfig { format, to }
     }
 
     fn existing_file(&mut self, path: String, file: &str) -> PathBuf {
@@ -139,5 +199,81 @@ impl Validator<'_> {
             );
         }
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+    use crate::config::{AccessLogFormat, AccessLogTarget};
+    use std::path::Path;
+
+    fn load(access_log: &str) -> Result<crate::config::Config, Vec<(String, String)>> {
+        let text = format!(
+            "server:\n  listen:\n    - addr: \"127.0.0.1:0\"\n{access_log}routes:\n  - name: a\n    path: /a\n    backend: {{ builtin: clock }}\n"
+        );
+        load_str(&text, Path::new("/tmp"), "t.yaml")
+            .map_err(|e| e.errors.into_iter().map(|e| (e.path, e.message)).collect())
+    }
+
+    #[test]
+    fn the_access_log_is_off_unless_configured() {
+        assert_eq!(load("").unwrap().server.access_log, None);
+    }
+
+    #[test]
+    fn an_access_log_to_stdout_or_a_file_is_taken() {
+        let a = load("  access_log: { format: combined, to: stdout }\n")
+            .unwrap()
+            .server
+            .access_log
+            .unwrap();
+        assert_eq!(
+            (a.format, a.to),
+            (AccessLogFormat::Combined, AccessLogTarget::Stdout)
+        );
+        let a = load("  access_log: { format: json, to: access.log }\n")
+            .unwrap()
+            .server
+            .access_log
+            .unwrap();
+        assert_eq!(a.format, AccessLogFormat::Json);
+        assert_eq!(a.to, AccessLogTarget::File("/tmp/access.log".into()));
+        let text = "server:\n  listen:\n    - addr: \"127.0.0.1:0\"\n  access_log: { format: json, to: access.log }\nroutes: []\n";
+        let a = load_str(text, Path::new(""), "gateway.yaml")
+            .unwrap()
+            .server
+            .access_log
+            .unwrap();
+        assert_eq!(a.to, AccessLogTarget::File("access.log".into()));
+    }
+
+    #[test]
+    fn a_bad_access_log_is_refused_with_its_paths() {
+        let errs =
+            load("  access_log: { format: clf, to: /no/such/folder/access.log }\n").unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["server.access_log.format", "server.access_log.to"],
+            "{errs:?}"
+        );
+        assert!(
+            errs[0].1.starts_with("expected json or combined"),
+            "{errs:?}"
+        );
+        assert!(errs[1].1.contains("does not exist"), "{errs:?}");
+
+        let errs = load("  access_log: {}\n").unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["server.access_log.format", "server.access_log.to"],
+            "{errs:?}"
+        );
+        let errs = load("  access_log: { format: json, to: /tmp }\n").unwrap_err();
+        assert!(errs[0].1.contains("is a folder"), "{errs:?}");
+        let errs = load("  access_log: { format: json, to: stdout, level: info }\n").unwrap_err();
+        assert_eq!(errs[0].0, "server.access_log.level", "{errs:?}");
     }
 }
