@@ -219,6 +219,8 @@ async fn https_upstreams_serve_requests_upgrades_and_health_checks_and_a_wrong_c
     let names = ws_front.log.names.lock().unwrap().clone();
     assert_eq!(names, [Some("localhost".to_owned())]);
 
+    // `bad` names the same upstream as `api`, whose verified connection is kept alive in
+    // pingora's pool: it must not be reused by a route that trusts another CA.
     let r = http_get(gw.addr, "/bad/x", &[]).await;
     assert_eq!(r.status, 502, "{}", r.body_text());
     assert_eq!(http.hits.load(std::sync::atomic::Ordering::SeqCst), 1);

@@ -258,7 +258,7 @@ pub struct ProxyRoute {
 
 /// TLS toward a backend or upstream, its files already read and parsed. Equal when the
 /// material is equal, so a reload after a certificate rotation counts as a change.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct BackendTls {
     /// `ca:` certificates (DER) trusted instead of the system's roots; empty: the system's.
     pub ca: Vec<Vec<u8>>,

@@ -288,4 +288,13 @@ pub fn peer_options(peer: &mut pingora::upstreams::peer::HttpPeer, tls: &Backend
     peer.options.verify_cert = tls.verify;
     peer.options.verify_hostname = tls.verify;
     peer.options.alpn = pingora::protocols::ALPN::H1;
+    // pingora's pool keys a kept-alive connection by address, SNI, client certificate and the
+    // verify flags, not by the trusted CAs: without this, a connection one route verified with
+    // its `ca` would be reused by a route that trusts another.
+    peer.group_key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tls.hash(&mut h);
+        h.finish()
+    };
 }
