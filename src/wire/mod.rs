@@ -9,6 +9,7 @@
 //! - [`hixie76`]: the 2010 WebSocket draft SockJS still lists: its challenge and frames
 //! - [`sockjs`]: the SockJS frames, transport wrappers, URLs, `/info` and `iframe.html`
 //! - [`http`]: HTTP/1 header tokens, query parameters, the request's host
+//! - [`time`]: dates as RFC 3339 and as civil (year, month, day)
 
 pub mod deflate;
 pub mod frames;
@@ -17,4 +18,5 @@ pub mod http;
 pub mod longpoll;
 pub mod sockjs;
 pub mod sse;
+pub mod time;
 pub mod ws;
