@@ -207,8 +207,13 @@ struct Sink {
 static SINK: ArcSwapOption<Sink> = ArcSwapOption::const_empty();
 /// Estimated bytes of the records queued now (see [`ACCESS_LOG_QUEUE_BYTES`]).
 static QUEUED_BYTES: AtomicUsize = AtomicUsize::new(0);
-/// Set by the first [`configure`].
-static CONFIGURED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set by [`start`]: writers are started at once from then on.
+static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Writers configured before [`start`] (before a daemon's fork, when no thread may be made):
+/// their queues take lines already, and their threads start with the services.
+#[allow(clippy::type_complexity)]
+static PENDING: std::sync::Mutex<Vec<Box<dyn FnOnce() -> std::io::Result<()> + Send>>> =
+    std::sync::Mutex::new(Vec::new());
 /// Bumped by [`reopen`]; the writer reopens its file when it sees a new value.
 static REOPENS: AtomicU64 = AtomicU64::new(0);
 
@@ -242,7 +247,6 @@ pub fn submit(record: Record) {
 /// new writer takes over; the old one writes what it has queued and ends). Unchanged, nothing
 /// happens. When the file cannot be opened the log in force stays as it was.
 pub fn configure(config: Option<&AccessLogConfig>) -> std::io::Result<()> {
-    CONFIGURED.store(true, Ordering::SeqCst);
     let current = SINK.load();
     if current.as_ref().map(|s| &s.config) == config {
         return Ok(());
@@ -254,9 +258,21 @@ pub fn configure(config: Option<&AccessLogConfig>) -> std::io::Result<()> {
     let out = Output::open(&config.to)?;
     let (tx, rx) = mpsc::sync_channel(ACCESS_LOG_QUEUE);
     let (format, target) = (config.format, config.to.clone());
-    std::thread::Builder::new()
-        .name("access-log".into())
-        .spawn(move || write_loop(rx, format, target, out))?;
+    let writer = move || {
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_loop(rx, format, target, out))
+            .map(drop)
+    };
+    {
+        let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
+        if STARTED.load(Ordering::SeqCst) {
+            drop(pending);
+            writer()?;
+        } else {
+            pending.push(Box::new(writer));
+        }
+    }
     SINK.store(Some(Arc::new(Sink {
         tx,
         config: config.clone(),
@@ -264,9 +280,16 @@ pub fn configure(config: Option<&AccessLogConfig>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Whether [`configure`] ran (a reload may come before the server's own first call).
-pub fn configured() -> bool {
-    CONFIGURED.load(Ordering::SeqCst)
+/// Starts the writers [`configure`] set up so far, and every later one at once. Called with
+/// the services (after a daemon's fork); lines submitted before wait in their queue.
+pub fn start() {
+    let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
+    STARTED.store(true, Ordering::SeqCst);
+    for writer in pending.drain(..) {
+        if let Err(e) = writer() {
+            log::error!("access log: cannot start its writer: {e}");
+        }
+    }
 }
 
 /// Asks the writer to reopen its file (after logrotate moved it away): lines written after that

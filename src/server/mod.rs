@@ -75,23 +75,17 @@ impl ServeHttp for AdminApp {
     }
 }
 
-/// Starts the access log's writer with the services, and reopens its file on each SIGUSR1
-/// (logrotate's `create` mode: rename, SIGUSR1, and new lines go to a new file). A reload may
-/// change or stop the log later (`reload`).
-pub struct AccessLogService {
-    pub config: Option<crate::config::AccessLogConfig>,
-}
+/// Starts the access log's writer with the services (the log itself is put in force by
+/// [`build`], before any listener serves), and reopens its file on each SIGUSR1 (logrotate's
+/// `create` mode: rename, SIGUSR1, and new lines go to a new file). A reload may change or
+/// stop the log later (`reload`).
+pub struct AccessLogService;
 
 #[async_trait]
 impl pingora::services::background::BackgroundService for AccessLogService {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         use tokio::signal::unix::{signal, SignalKind};
-        // A reload that came first already put its own config in force.
-        if !crate::access_log::configured() {
-            if let Err(e) = crate::access_log::configure(self.config.as_ref()) {
-                log::error!("access log is off: {e}");
-            }
-        }
+        crate::access_log::start();
         let mut usr1 = match signal(SignalKind::user_defined1()) {
             Ok(s) => s,
             Err(e) => {
@@ -182,21 +176,19 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
         ..
     }) = &config.server.access_log
     {
-        // Opened here once so that a file that cannot be written stops the start with a clear
-        // error; the writer itself starts with the services (after a daemon's fork).
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| {
-                anyhow::anyhow!("server.access_log.to: cannot open {}: {e}", path.display())
-            })?;
+        // Opened and put in force before any listener serves, so the first request is logged
+        // and a file that cannot be written stops the start with a clear error; the writer
+        // thread starts with the services (after a daemon's fork), and what comes before it
+        // waits in the queue.
+        crate::access_log::configure(config.server.access_log.as_ref()).map_err(|e| {
+            anyhow::anyhow!("server.access_log.to: cannot open {}: {e}", path.display())
+        })?;
+    } else {
+        crate::access_log::configure(config.server.access_log.as_ref())?;
     }
     server.add_service(background_service(
         "access log (SIGUSR1 reopens)",
-        AccessLogService {
-            config: config.server.access_log.clone(),
-        },
+        AccessLogService,
     ));
     let mut proxy = Service::new("switchyard".into(), edge);
     proxy.set_connection_filter(Arc::new(AcceptPacer::new(
