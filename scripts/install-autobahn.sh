@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Autobahn WebSocket testsuite (wstest) into a private folder, for tests/autobahn.rs.
+# Installs the Autobahn WebSocket testsuite (wstest) into a private folder, for tests/suite/autobahn.rs.
 # The suite runs on Python 2.7 only. Python 2.7 comes from Debian bullseye (the last release with
 # it), fetched with a private apt state from the machine's own Debian mirror and unpacked with
 # dpkg -x: nothing is installed system-wide and the system's apt configuration is untouched.

@@ -3,9 +3,7 @@
 //! combined format read back by a regex, SIGUSR1 reopening a renamed file, and a writer that
 //! cannot keep up costing dropped lines, never stalled clients.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -2,9 +2,7 @@
 //! (served on the edge's lean connection) and to a pass-through route (served by pingora's
 //! proxy path) get the same status and the same `switchyard_rejections_total{reason}` increment.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

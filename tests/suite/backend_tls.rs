@@ -4,11 +4,9 @@
 //! certificate of a CA the test makes; a wrong CA, a wrong name and a missing client
 //! certificate fail closed.
 
-mod common;
-
-use common::chat::*;
-use common::tls::{Pki, TlsFront};
-use common::*;
+use crate::common::chat::*;
+use crate::common::tls::{Pki, TlsFront};
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;

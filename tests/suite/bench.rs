@@ -2,9 +2,7 @@
 //! `fanout` (SSE, WebSocket and long-poll) and `echo` report verified figures (every subscriber connected, nothing missing,
 //! nothing twice, every echo right) as JSON.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::process::{Command, Stdio};
 
 fn bench() -> Command {

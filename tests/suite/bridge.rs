@@ -2,9 +2,7 @@
 //! WebSocket and long-poll (with resume), the echo over WebSocket, and the refusals a client
 //! gets when it asks for the wrong thing.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

@@ -4,9 +4,7 @@
 //!
 //! Needs `chromium` on PATH (CI installs it); set SWITCHYARD_CHROMIUM to use another binary.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -302,7 +300,7 @@ async fn chromium_eventsource_parses_the_bridged_stream_and_resumes_after_a_back
 /// XMLHttpRequest long-poll session does the same round trip with plain requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_talks_to_a_websocket_backend_over_sse_plus_post_and_xhr_long_poll() {
-    let backend = common::chat::ChatBackend::start().await;
+    let backend = crate::common::chat::ChatBackend::start().await;
     let routes = format!(
         "  - name: demo\n    path: /\n    backend: {{ builtin: demo }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"http://{{ADDR}}\"]\n    backend: {{ websocket: \"{}\" }}\n",
         backend.url("/chat")
@@ -551,7 +549,7 @@ async fn run_sockjs_transports(cdp: &mut Cdp, id: &mut u64, url: &str, transport
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockjs_client_in_chromium_works_over_every_transport_cross_origin() {
     let (page, _server) = serve_page_origin(SOCKJS_PAGE).await;
-    let backend = common::chat::ChatBackend::start().await;
+    let backend = crate::common::chat::ChatBackend::start().await;
     let routes = format!(
         "  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"http://{page}\"]\n    clients: [websocket, sockjs]\n    sockjs: {{ client_url: \"http://{page}/sockjs.min.js\" }}\n    backend: {{ websocket: \"{}\", forward_headers: [] }}\n",
         backend.url("/chat")
@@ -714,10 +712,10 @@ async fn chromium_negotiates_compression_and_reads_compressed_json() {
 /// on different instances, and every polling and streaming transport still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockjs_client_in_chromium_works_through_a_round_robin_balancer_over_a_cluster() {
-    use common::cluster::{cluster_of, Balancer, Redis};
+    use crate::common::cluster::{cluster_of, Balancer, Redis};
     let redis = Redis::start().await;
     let (page, _server) = serve_page_origin(SOCKJS_PAGE).await;
-    let backend = common::chat::ChatBackend::start().await;
+    let backend = crate::common::chat::ChatBackend::start().await;
     let routes = format!(
         "  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"http://{page}\"]\n    clients: [sockjs]\n    backend: {{ websocket: \"{}\", forward_headers: [] }}\n",
         backend.url("/chat")

@@ -3,10 +3,8 @@
 //! any instance, failover when the lease holder is killed, and a Redis outage that
 //! disconnects nobody.
 
-mod common;
-
-use common::cluster::*;
-use common::*;
+use crate::common::cluster::*;
+use crate::common::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -318,7 +316,7 @@ async fn a_redis_outage_disconnects_nobody_and_the_cluster_reforms() {
     }
 }
 
-fn chat_routes(backend: &common::chat::ChatBackend, extra: &str) -> String {
+fn chat_routes(backend: &crate::common::chat::ChatBackend, extra: &str) -> String {
     format!(
         "  - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ websocket: \"{}\" }}\n{extra}",
         backend.url("/chat")
@@ -327,7 +325,7 @@ fn chat_routes(backend: &common::chat::ChatBackend, extra: &str) -> String {
 
 async fn chat_instances(
     redis: &Redis,
-    backend: &common::chat::ChatBackend,
+    backend: &crate::common::chat::ChatBackend,
     prefix: &str,
     n: usize,
     extra: &str,
@@ -347,9 +345,9 @@ async fn chat_cluster(
     prefix: &str,
     n: usize,
     extra: &str,
-) -> (Redis, common::chat::ChatBackend, Vec<Gateway>) {
+) -> (Redis, crate::common::chat::ChatBackend, Vec<Gateway>) {
     let redis = Redis::start().await;
-    let backend = common::chat::ChatBackend::start().await;
+    let backend = crate::common::chat::ChatBackend::start().await;
     let gws = chat_instances(&redis, &backend, prefix, n, extra).await;
     (redis, backend, gws)
 }
@@ -381,7 +379,7 @@ async fn post_on(gw: &Gateway, id: &str, body: &str) -> u16 {
 
 /// POSTs `body` to session `id` as a client of `transport` (`poll` or `sse`); the status.
 async fn post_as(gw: &Gateway, transport: &str, id: &str, body: &str) -> u16 {
-    let mut c = common::chat::Client::connect(gw.addr).await;
+    let mut c = crate::common::chat::Client::connect(gw.addr).await;
     c.request(
         "POST",
         &format!("/chat?transport={transport}&session={id}"),
@@ -450,7 +448,7 @@ async fn a_long_poll_session_converses_through_any_instance_round_robin() {
     );
 
     // DELETE through a third instance ends the session and its backend connection.
-    let mut c = common::chat::Client::connect(gws[1].addr).await;
+    let mut c = crate::common::chat::Client::connect(gws[1].addr).await;
     let r = c
         .request(
             "DELETE",
@@ -494,7 +492,7 @@ async fn a_session_whose_instance_dies_ends_with_the_documented_close() {
         closed,
         serde_json::json!({"code": 1012, "reason": "session ended: its gateway instance is gone"})
     );
-    let mut c = common::chat::Client::connect(gws[0].addr).await;
+    let mut c = crate::common::chat::Client::connect(gws[0].addr).await;
     let r = c
         .request(
             "POST",
@@ -642,7 +640,7 @@ async fn a_new_lease_holder_resumes_an_sse_backend_where_the_old_one_was() {
 
 /// A SockJS request to `gw` (SockJS base `/echo`, or `/feed`), its body as text.
 async fn sockjs(gw: &Gateway, method: &str, path: &str, body: &str) -> (u16, String) {
-    let r = common::sockjs::request(gw.addr, method, path, &[], body.as_bytes()).await;
+    let r = crate::common::sockjs::request(gw.addr, method, path, &[], body.as_bytes()).await;
     (r.status, r.body_text())
 }
 
@@ -657,7 +655,7 @@ async fn a_sockjs_session_polls_and_sends_through_any_instance() {
     let gws = cluster_of(&redis, &routes, "sockjs", 3).await;
     let (a, b, c) = (&gws[0], &gws[1], &gws[2]);
     // xhr-polling, each request to the next instance, as through a round-robin balancer.
-    let sid = common::sockjs::session_id();
+    let sid = crate::common::sockjs::session_id();
     let at = |base: &str, what: &str| format!("{base}/000/{sid}/{what}");
     assert_eq!(
         sockjs(a, "POST", &at("/echo", "xhr"), "").await,
@@ -676,7 +674,9 @@ async fn a_sockjs_session_polls_and_sends_through_any_instance() {
     // A poll waiting on B is answered when a send lands on A.
     let waiting = {
         let (addr, path) = (b.addr, at("/echo", "xhr"));
-        tokio::spawn(async move { common::sockjs::request(addr, "POST", &path, &[], b"").await })
+        tokio::spawn(
+            async move { crate::common::sockjs::request(addr, "POST", &path, &[], b"").await },
+        )
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     // One receiver at a time, across instances too.
@@ -693,7 +693,7 @@ async fn a_sockjs_session_polls_and_sends_through_any_instance() {
     let r = waiting.await.unwrap();
     assert_eq!((r.status, r.body_text()), (200, "a[\"again\"]\n".into()));
     // Another client address may not use the session, here or elsewhere.
-    let other = common::sockjs::request_from(
+    let other = crate::common::sockjs::request_from(
         Some("127.0.0.2".parse().unwrap()),
         c.addr,
         "POST",
@@ -705,7 +705,7 @@ async fn a_sockjs_session_polls_and_sends_through_any_instance() {
     assert_eq!(other.status, 404);
 
     // A session on a shared feed: opened on A, its messages polled on B and C.
-    let sid2 = common::sockjs::session_id();
+    let sid2 = crate::common::sockjs::session_id();
     let on = |what: &str| format!("/feed/000/{sid2}/{what}");
     assert_eq!(sockjs(a, "POST", &on("xhr"), "").await, (200, "o\n".into()));
     feed.wait_open(1).await;

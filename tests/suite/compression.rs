@@ -3,9 +3,7 @@
 //! compressed messages both ways (small ones plain), one compression of a feed message for all
 //! its subscribers, and a zip bomb refused with 1009 while the gateway's memory stays flat.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use std::sync::Arc;
 use std::time::Duration;

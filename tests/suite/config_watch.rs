@@ -4,9 +4,7 @@
 //! swap to the same content reload nothing; an invalid edit is refused and counted, and the
 //! running config keeps serving.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::time::Duration;
 

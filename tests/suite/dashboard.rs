@@ -3,9 +3,7 @@
 //! `grafana/switchyard.json` and `grafana/alerts.yml` is on /metrics, and the live scrape passes
 //! `promtool check metrics`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -25,7 +23,7 @@ fn queried_names(text: &str) -> Vec<String> {
 async fn every_dashboard_and_alert_metric_is_exported_and_promtool_is_happy() {
     let dead = dead_port();
     let api = HttpBackend::start("api").await;
-    let sse = common::chat::SsePostBackend::start().await;
+    let sse = crate::common::chat::SsePostBackend::start().await;
     let feed = FeedBackend::start().await;
     let routes = format!(
         "  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n  - name: echo\n    path: /echo\n    clients: [websocket, sockjs]\n    backend: {{ builtin: echo }}\n  - name: api\n    path: /api\n    proxy: {{ upstreams: [\"{}\"] }}\n  - name: checked\n    path: /checked\n    proxy: {{ upstreams: [\"{}\"], health_check: {{ interval: 200ms, path: /healthz }} }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"https://app.example\"]\n    backend: {{ sse: \"{}\", post: \"{}\" }}\n  - name: feed\n    path: /feed\n    backend: {{ websocket: \"{}\" }}\n    slow_consumer: drop_oldest\n    binary: drop\n    limits: {{ send_queue: 1 }}\n",
@@ -67,7 +65,7 @@ async fn every_dashboard_and_alert_metric_is_exported_and_promtool_is_happy() {
     );
     drop(deflated);
     // A SockJS session on the echo.
-    let mut sj = common::chat::Client::connect(gw.addr).await;
+    let mut sj = crate::common::chat::Client::connect(gw.addr).await;
     assert_eq!(
         sj.request("POST", "/echo/000/dash/xhr", &[], "").await.body,
         "o\n"
@@ -93,7 +91,7 @@ async fn every_dashboard_and_alert_metric_is_exported_and_promtool_is_happy() {
     )
     .await;
     // A per-client session that posts one message and is closed.
-    let mut c = common::chat::Client::connect(gw.addr).await;
+    let mut c = crate::common::chat::Client::connect(gw.addr).await;
     let open = c.get("/chat?transport=poll", &[]).await.json();
     let sid = open["session"].as_str().unwrap().to_owned();
     let path = format!("/chat?transport=poll&session={sid}");
@@ -142,7 +140,7 @@ async fn every_dashboard_and_alert_metric_is_exported_and_promtool_is_happy() {
     names.dedup();
     assert!(names.len() >= 20, "{names:?}");
     let metrics = gw.metrics().await;
-    // Cluster metrics exist only with `cluster:`: tests/cluster.rs checks them on a cluster.
+    // Cluster metrics exist only with `cluster:`: tests/suite/cluster.rs checks them on a cluster.
     for name in names
         .iter()
         .filter(|n| !n.starts_with("switchyard_cluster_"))

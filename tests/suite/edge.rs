@@ -2,9 +2,7 @@
 //! keepalive. Each test names the RFC section or advisory it guards and ends by checking that
 //! the gateway still serves a normal client.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -2,9 +2,7 @@
 //! out to WebSocket, SSE and long-poll clients through one shared backend connection, with
 //! resume, slow consumers, backend failures and reconnects, and linger.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;

@@ -1,9 +1,7 @@
 //! Operations over real sockets and real signals: hot reload (SIGHUP) under live connections,
 //! a refused reload, and the graceful drain on SIGTERM.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -313,7 +311,7 @@ async fn binary_upgrade_hands_over_without_refusing_a_connection() {
 /// its sessions and their backend connections.
 #[tokio::test]
 async fn reloads_carry_sessions_over_and_removal_closes_them() {
-    let backend = common::chat::ChatBackend::start().await;
+    let backend = crate::common::chat::ChatBackend::start().await;
     let route = |ttl: &str| {
         format!(
             "  - name: chat\n    path: /chat\n    fanout: per_client\n    session_ttl: {ttl}\n    origins: [\"https://app.example\"]\n    backend: {{ websocket: \"{}\" }}\n    keepalive: {{ poll_timeout: 2s }}\n",
@@ -322,7 +320,7 @@ async fn reloads_carry_sessions_over_and_removal_closes_them() {
     };
     let clock = "  - name: clock\n    path: /clock\n    backend: { builtin: clock }\n";
     let gw = Gateway::start(&route("60s")).await;
-    let mut c = common::chat::Client::connect(gw.addr).await;
+    let mut c = crate::common::chat::Client::connect(gw.addr).await;
     let id = c.get("/chat?transport=poll", &[]).await.json()["session"]
         .as_str()
         .unwrap()

@@ -2,9 +2,7 @@
 //! backends; health checks and connect retries keep requests succeeding with a member down;
 //! no reachable member gives a 502 with a body that says so.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -3,10 +3,8 @@
 //! WebSocket client in front of an SSE backend with `post:`, session expiry, isolation and the
 //! answers for unknown sessions.
 
-mod common;
-
-use common::chat::*;
-use common::*;
+use crate::common::chat::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

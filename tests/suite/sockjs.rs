@@ -5,11 +5,9 @@
 //! and the abuse a gateway must hold against (callbacks, stolen session ids, abandoned
 //! sessions, oversize and malformed bodies, clients that stop reading).
 
-mod common;
-
-use common::chat::ChatBackend;
-use common::sockjs::*;
-use common::*;
+use crate::common::chat::ChatBackend;
+use crate::common::sockjs::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -1030,7 +1028,7 @@ async fn ten_thousand_abandoned_sessions_are_all_freed_after_disconnect_delay() 
     for worker in 0..8 {
         let addr = gw.addr;
         tasks.spawn(async move {
-            let mut c = common::chat::Client::connect(addr).await;
+            let mut c = crate::common::chat::Client::connect(addr).await;
             for i in 0..1250 {
                 let a = c
                     .request("POST", &format!("/echo/000/w{worker}s{i}/xhr"), &[], "")
@@ -1270,7 +1268,7 @@ async fn transports_that_cannot_show_an_origin_are_judged_by_their_referer() {
 
 #[tokio::test]
 async fn shared_feeds_reach_sockjs_sessions_and_sends_follow_the_route() {
-    let posts = common::chat::SsePostBackend::start().await;
+    let posts = crate::common::chat::SsePostBackend::start().await;
     let routes = format!(
         r#"  - name: clock
     path: /clock

@@ -3,9 +3,7 @@
 //! refusals of the last minute, the last reload), and `/` is the same as HTML that refreshes
 //! itself and escapes what the config wrote.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 

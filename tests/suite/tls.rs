@@ -1,9 +1,7 @@
 //! TLS listeners: a certificate made by scripts/dev-cert.sh, real curl as the client, HTTP/1.1
 //! and h2 (SSE works over both), and `X-Forwarded-Proto: https` on the proxied side.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::process::Command;
 
 /// Runs curl without blocking the test runtime (the backend lives on it).

@@ -3,9 +3,7 @@
 //! applied when set, close 1001 on a drain and on `idle_timeout`, put in between two frames);
 //! an upstream's refusal reaches the client as it was sent.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,7 +1,7 @@
 //! What a run measures and how it is told: the latency histogram (hdrhistogram), the verdict every client
 //! adds to (received, gaps, duplicates, connected, failed, polls), the per-client order check
 //! behind gaps and duplicates, and the report (a table line, and the JSON object that
-//! `bench/compare.sh` and `tests/bench.rs` parse).
+//! `bench/compare.sh` and `tests/suite/bench.rs` parse).
 
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};

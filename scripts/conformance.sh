@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The long conformance runs, kept out of `.ci/run` for time: run before a release and before
+# resolving any change that touches framing, and give the result in its closing note.
+#
+#   scripts/conformance.sh            Autobahn's fuzzingclient, all 517 cases on both terminated
+#                                     paths (the builtin echo and a bridged per-client route),
+#                                     permessage-deflate's 12.* and 13.* included: about 26
+#                                     minutes on 2 cores (CI runs sections 1-10 and the first case
+#                                     of each compression group)
+#
+# Installs what it needs first (scripts/install-deps.sh --test). Exits non-zero on any failed or
+# unimplemented case.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh --test
+started=$(date +%s)
+echo "== Autobahn testsuite, all 517 cases x 2 paths"
+SWITCHYARD_AUTOBAHN=full cargo test --locked --test suite autobahn:: -- --nocapture
+echo "== conformance passed in $(( $(date +%s) - started )) s"
