@@ -9,12 +9,16 @@
 //! - [`hixie76`]: the 2010 WebSocket draft SockJS still lists: its challenge and frames
 //! - [`sockjs`]: the SockJS frames, transport wrappers, URLs, `/info` and `iframe.html`
 //! - [`http`]: HTTP/1 header tokens, query parameters, the request's host
+//! - [`http1`]: HTTP/1.1 heads as a proxy forwards them: framing, hop-by-hop fields
+//! - [`chunked`]: the chunked transfer coding, scanned in place
 //! - [`time`]: dates as RFC 3339 and as civil (year, month, day)
 
+pub mod chunked;
 pub mod deflate;
 pub mod frames;
 pub mod hixie76;
 pub mod http;
+pub mod http1;
 pub mod longpoll;
 pub mod sockjs;
 pub mod sse;
