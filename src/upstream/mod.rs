@@ -12,6 +12,7 @@ pub mod builtin;
 pub mod clustered;
 pub mod feed;
 pub mod health;
+pub mod http1;
 pub mod per_client;
 pub mod pool;
 pub mod post;
