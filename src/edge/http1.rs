@@ -18,6 +18,7 @@ use crate::policy::cors::CorsHeaders;
 use crate::policy::hygiene;
 use crate::transport::Downstream;
 use crate::wire;
+pub use crate::wire::http1::Framing;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{Error, ErrorType, OrErr};
@@ -46,12 +47,24 @@ pub enum Head {
         req: Box<RequestHeader>,
         bytes: BytesMut,
         len: usize,
+        shape: Shape,
     },
     /// Anything else (HTTP/1.0, a body, a head too large, bytes that do not parse): every byte
     /// read so far, for pingora to read again and answer.
     Other(BytesMut),
     /// The client closed (or never spoke) before a head began.
     Closed,
+}
+
+/// What a parsed head asks of the path that serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// How its body is framed (a lean head has one `Content-Length`, one chunked coding, or
+    /// neither).
+    pub body: Framing,
+    /// A bodiless GET, or a POST whose only framing is `Content-Length: 0`: a head a long-lived
+    /// stream may answer. Every other lean head is for pass-through.
+    pub stream: bool,
 }
 
 /// The bytes after a head, in a buffer of their own (so the head's can be freed).
@@ -76,11 +89,12 @@ pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, mut buf: BytesMut) -> H
         seen = buf.len();
         let parsed = if may_end { parse(&buf) } else { Parse::Partial };
         match parsed {
-            Parse::Complete(req, len) => {
+            Parse::Complete(req, len, shape) => {
                 return Head::Parsed {
                     req,
                     bytes: buf,
                     len,
+                    shape,
                 }
             }
             Parse::Other => return Head::Other(buf),
@@ -117,13 +131,15 @@ pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, mut buf: BytesMut) -> H
 }
 
 enum Parse {
-    Complete(Box<RequestHeader>, usize),
+    Complete(Box<RequestHeader>, usize, Shape),
     Partial,
     Other,
 }
 
-/// Parses a head that this path may serve: HTTP/1.1, GET, no body framing, no upgrade other
-/// than WebSocket. Kept out of the async reader so the field array lives on the stack only.
+/// Parses a head that this path may serve: HTTP/1.1, any method but CONNECT, a body framed by
+/// one `Content-Length` or one `Transfer-Encoding: chunked` (or neither), no `Expect`, no
+/// upgrade other than WebSocket. Kept out of the async reader so the field array lives on the
+/// stack only.
 fn parse(buf: &[u8]) -> Parse {
     let mut fields = [httparse::EMPTY_HEADER; HEAD_FIELDS];
     match parse_with(buf, &mut fields) {
@@ -149,20 +165,31 @@ fn parse_with<'b>(
 
 /// Builds the head of a parsed request this path may serve.
 fn judge(req: &httparse::Request, len: usize) -> Parse {
-    // A POST whose only framing is one `Content-Length: 0` has no body either (SockJS's XHR
-    // receivers are such POSTs, held open for minutes).
-    let empty_post = req.method == Some("POST")
-        && hygiene::empty_body(req.headers.iter().map(|h| (h.name, h.value)));
-    if req.version != Some(1) || !(req.method == Some("GET") || empty_post) {
+    let Some(method) = req.method else {
+        return Parse::Other;
+    };
+    if req.version != Some(1) || method == "CONNECT" {
         return Parse::Other;
     }
+    let Some(body) = wire::http1::request_framing(req.headers) else {
+        return Parse::Other;
+    };
+    // `Expect: 100-continue` is answered on pingora's path; h2c offers are removed there.
     if req.headers.iter().any(|h| {
-        hygiene::needs_full_parser(h.name)
-            && !(empty_post && h.name.eq_ignore_ascii_case("content-length"))
+        h.name.eq_ignore_ascii_case("expect") || h.name.eq_ignore_ascii_case("http2-settings")
     }) {
         return Parse::Other;
     }
-    let method = if empty_post { "POST" } else { "GET" };
+    // A POST whose only framing is one `Content-Length: 0` has no body either (SockJS's XHR
+    // receivers are such POSTs, held open for minutes).
+    let empty_post =
+        method == "POST" && hygiene::empty_body(req.headers.iter().map(|h| (h.name, h.value)));
+    let stream = (method == "GET"
+        && !req
+            .headers
+            .iter()
+            .any(|h| hygiene::needs_full_parser(h.name)))
+        || empty_post;
     let Ok(mut head) = RequestHeader::build(method, req.path.unwrap_or("/").as_bytes(), None)
     else {
         return Parse::Other;
@@ -175,7 +202,8 @@ fn judge(req: &httparse::Request, len: usize) -> Parse {
             return Parse::Other;
         }
     }
-    if head.headers.contains_key(http::header::UPGRADE) && !wire::ws::is_upgrade(&head) {
+    if head.headers.contains_key(http::header::UPGRADE) && !(stream && wire::ws::is_upgrade(&head))
+    {
         return Parse::Other;
     }
     // The same authority checks pingora makes (one Host, no userinfo, an absolute-form target
@@ -183,7 +211,7 @@ fn judge(req: &httparse::Request, len: usize) -> Parse {
     if pingora::protocols::http::authority::validate_request_authority(&head).is_err() {
         return Parse::Other;
     }
-    Parse::Complete(Box::new(head), len)
+    Parse::Complete(Box::new(head), len, Shape { body, stream })
 }
 
 /// How the body of the answer being written is framed.
@@ -267,6 +295,61 @@ impl Connection {
         }
         self.release_request();
         Some((&mut self.io, std::mem::take(&mut self.pending)))
+    }
+
+    /// Whether the client's connection may carry another request after this one (the client
+    /// did not ask to close, the gateway is not draining, nothing broke its framing).
+    pub fn keeps_alive(&self) -> bool {
+        self.keepalive
+    }
+
+    /// Bytes the client sent past the head and not yet taken: the start of the request's body,
+    /// or of the next request.
+    pub fn pending_mut(&mut self) -> &mut BytesMut {
+        &mut self.pending
+    }
+
+    /// Reads more of the client's bytes into [`Self::pending_mut`], at most `room` more
+    /// (so what a slow reader upstream leaves there stays bounded); 0 when the client closed.
+    /// `limit` bounds the wait (an idle client gets `TimedOut`).
+    pub async fn read_pending(&mut self, room: usize, limit: Duration) -> std::io::Result<usize> {
+        self.pending.reserve(room);
+        let io = &mut self.io;
+        let pending = &mut self.pending;
+        timed(Some(limit), async move {
+            let mut lim = (&mut **io).take(room as u64);
+            lim.read_buf(pending).await
+        })
+        .await
+    }
+
+    /// Writes bytes of an answer the gateway passes through from an upstream, framed by the
+    /// caller (its head from [`Self::passed_head`] on). Flushed; a failure leaves the
+    /// connection unusable.
+    pub async fn write_passed(&mut self, parts: &[&[u8]]) -> pingora::Result<()> {
+        self.write_parts(parts, "writing a passed-through answer")
+            .await
+    }
+
+    /// Notes that a passed-through answer's head with `status` is being written, and whether
+    /// the client's connection ends after it.
+    pub fn passed_head(&mut self, status: u16, close: bool) {
+        self.status = Some(status);
+        if close {
+            self.keepalive = false;
+        }
+        self.body = Body::UntilClose;
+    }
+
+    /// Notes that a passed-through answer is complete, `body_bytes` of body written, and the
+    /// request's own body read to its end when `request_read`: the connection may then carry
+    /// the next request.
+    pub fn passed_done(&mut self, body_bytes: u64, request_read: bool) {
+        self.answered_bytes += body_bytes;
+        if !request_read {
+            self.keepalive = false;
+        }
+        self.body = Body::Done;
     }
 
     pub fn into_reusable(self) -> Option<(Box<HeadDeadline>, BytesMut)> {
@@ -650,17 +733,43 @@ mod tests {
             unreachable!()
         };
         assert_eq!(&after_head(bytes, len)[..], b"GET /next");
-        // Any other POST framing is pingora's to read.
-        let others: [&[u8]; 4] = [
-            b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 1\r\n\r\nx",
-            b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
-            b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 00x\r\n\r\n",
+        assert!(shape_of(&head).stream);
+    }
+
+    fn shape_of(head: &Head) -> Shape {
+        match head {
+            Head::Parsed { shape, .. } => *shape,
+            _ => panic!("not parsed"),
+        }
+    }
+
+    #[tokio::test]
+    async fn heads_with_one_plain_framing_are_taken_for_pass_through_only() {
+        let cases: [(&[u8], Framing); 5] = [
+            (
+                b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 1\r\n\r\nx",
+                Framing::Length(1),
+            ),
+            (
+                b"PUT /c HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Framing::Chunked,
+            ),
+            (b"POST /feed HTTP/1.1\r\nHost: gw\r\n\r\n", Framing::Empty),
+            (
+                b"GET /feed HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n",
+                Framing::Empty,
+            ),
+            (b"HEAD /feed HTTP/1.1\r\nHost: gw\r\n\r\n", Framing::Empty),
         ];
-        for raw in others {
+        for (raw, body) in cases {
             let mut io = tokio_test::io::Builder::new().read(raw).build();
-            assert!(
-                matches!(read_head(&mut io, BytesMut::new()).await, Head::Other(_)),
+            let head = read_head(&mut io, BytesMut::new()).await;
+            assert_eq!(
+                shape_of(&head),
+                Shape {
+                    body,
+                    stream: false
+                },
                 "{:?}",
                 String::from_utf8_lossy(raw)
             );
@@ -669,14 +778,18 @@ mod tests {
 
     #[tokio::test]
     async fn heads_this_path_does_not_judge_are_left_to_pingora_whole() {
-        let cases: [&[u8]; 7] = [
-            b"POST /feed HTTP/1.1\r\nHost: gw\r\n\r\n",
+        let cases: [&[u8]; 11] = [
             b"GET /feed HTTP/1.0\r\nHost: gw\r\n\r\n",
-            b"GET /feed HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n",
-            b"GET /feed HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET /feed HTTP/1.1\r\nHost: gw\r\nUpgrade: h2c\r\nHTTP2-Settings: AAA\r\n\r\n",
             b"GET /feed HTTP/1.1\r\nHost: gw\r\nHost: other\r\n\r\n",
             b"GET /feed HTTP/1.1\r\nHost: gw\r\nBad Header\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 00x\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+            b"CONNECT gw:443 HTTP/1.1\r\nHost: gw:443\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
         ];
         for raw in cases {
             let mut io = tokio_test::io::Builder::new().read(raw).build();
@@ -726,7 +839,7 @@ mod tests {
     fn connection(head: &str) -> (Connection, DuplexStream) {
         let (server, client) = tokio::io::duplex(64 * 1024);
         let io = Box::new(HeadDeadline::new(Box::new(server), Duration::from_secs(5)));
-        let Parse::Complete(req, _) = parse(head.as_bytes()) else {
+        let Parse::Complete(req, _, _) = parse(head.as_bytes()) else {
             panic!("head does not parse")
         };
         let conn = Connection::new(io, req, BytesMut::new(), None, false, false);

@@ -49,8 +49,9 @@ pub trait LeanStreams: Send + Sync + 'static {
     /// What serving a taken request needs (its route, in the generation that took it).
     type Route: Send;
 
-    /// Some when the request is one the edge should serve itself (a long-lived stream).
-    fn stream_route(&self, req: &RequestHeader) -> Option<Self::Route>;
+    /// Some when the request is one the edge should serve itself (a long-lived stream, a
+    /// tunnel, a pass-through HTTP request), given what its head asks (`shape`).
+    fn stream_route(&self, req: &RequestHeader, shape: http1::Shape) -> Option<Self::Route>;
 
     /// Serves one request on `conn`; `raw_head` is its head as the client sent it, to be
     /// dropped as soon as it has been judged (a stream may last hours).
@@ -183,12 +184,22 @@ where
     /// and any bytes after a bodiless head, which are the next request's).
     fn route_of(&self, head: http1::Head) -> Next<G::Route> {
         match head {
-            http1::Head::Parsed { req, bytes, len } => match self.gateway.stream_route(&req) {
+            http1::Head::Parsed {
+                req,
+                bytes,
+                len,
+                shape,
+            } => match self.gateway.stream_route(&req, shape) {
                 Some(route) => Next::Lean {
                     req,
                     bytes,
                     len,
                     route,
+                },
+                // A head with a body: every byte read is pingora's to read again.
+                None if shape.body != http1::Framing::Empty => Next::Pingora {
+                    replay: bytes.freeze(),
+                    rest: BytesMut::new(),
                 },
                 None => {
                     let rest = http1::after_head(&bytes, len);

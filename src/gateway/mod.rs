@@ -5,11 +5,13 @@
 //! - [`admission`]: one `admit()` for every request, whichever path carries it.
 //! - [`hooks`]: pingora's `ProxyHttp` hooks, for the requests pingora parses.
 //! - [`tunnel`]: pass-through WebSocket tunnels, on the edge's lean connection.
-//! - [`LeanStreams`] for [`Gateway`]: the streams the edge serves over its own connection
-//!   (bridged streams and pass-through tunnels).
+//! - [`pass`]: plain HTTP/1.1 pass-through, on the edge's lean connection.
+//! - [`LeanStreams`] for [`Gateway`]: the requests the edge serves over its own connection
+//!   (bridged streams, pass-through tunnels and plain pass-through HTTP/1.1).
 
 pub mod admission;
 pub mod hooks;
+pub mod pass;
 pub mod state;
 pub mod tunnel;
 
@@ -34,21 +36,27 @@ impl LeanStreams for Gateway {
     type Route = Arc<RouteRuntime>;
 
     /// A bridged route (not the demo page) and a request for one of its streaming transports,
-    /// or a WebSocket handshake on a pass-through route; everything else goes through pingora.
-    fn stream_route(&self, req: &RequestHeader) -> Option<Self::Route> {
+    /// a WebSocket handshake on a pass-through route, or any other request the edge's reader
+    /// judged on a pass-through route to plain (not TLS) upstreams; everything else goes
+    /// through pingora.
+    fn stream_route(&self, req: &RequestHeader, shape: http1::Shape) -> Option<Self::Route> {
         let state = self.state.load();
         let rt = state
             .router
             .find(wire::http::request_host(req), req.uri.path())?;
         match &rt.target {
             Target::Bridge(b)
-                if !matches!(b.source, Source::DemoPage)
+                if shape.stream
+                    && !matches!(b.source, Source::DemoPage)
                     && (transport::requested(req).is_some()
                         || transport::sockjs::requested(b, req)) =>
             {
                 Some(rt.clone())
             }
-            Target::Proxy(_) if wire::ws::is_upgrade(req) => Some(rt.clone()),
+            Target::Proxy(_) if shape.stream && wire::ws::is_upgrade(req) => Some(rt.clone()),
+            Target::Proxy(set) if set.spec.tls.is_none() && !wire::ws::is_upgrade(req) => {
+                Some(rt.clone())
+            }
             _ => None,
         }
     }
@@ -76,8 +84,7 @@ impl LeanStreams for Gateway {
             };
             let state = self.state.load();
             let admission = admit(&state, conn.req_header_mut(), &client, Some(rt));
-            // Judged: neither the head's buffer nor the generation is held for the stream.
-            drop((raw_head, state));
+            drop(state);
             let admitted = match admission {
                 Admission::Refused { route, reject } => {
                     return Box::pin(reject.send(conn, &route)).await
@@ -94,8 +101,17 @@ impl LeanStreams for Gateway {
             } = admitted;
             conn.cors.headers = cors;
             match &rt.target {
-                Target::Bridge(bridge) => transport::serve(conn, bridge).await,
-                Target::Proxy(set) => Box::pin(tunnel::serve(conn, &rt, set)).await,
+                Target::Proxy(set) if !wire::ws::is_upgrade(conn.req_header()) => {
+                    pass::serve(conn, &rt, set, &raw_head).await
+                }
+                target => {
+                    // Judged: the head's buffer is not held for a stream's life.
+                    drop(raw_head);
+                    match target {
+                        Target::Bridge(bridge) => transport::serve(conn, bridge).await,
+                        Target::Proxy(set) => Box::pin(tunnel::serve(conn, &rt, set)).await,
+                    }
+                }
             }
         }
         .await;

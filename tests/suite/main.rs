@@ -23,6 +23,7 @@ mod dashboard;
 mod edge;
 mod fanout;
 mod ops;
+mod passthrough;
 mod proxy;
 mod sessions;
 mod sockjs;
