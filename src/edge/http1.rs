@@ -49,6 +49,14 @@ pub enum Head {
         len: usize,
         shape: Shape,
     },
+    /// A head the gateway may pass through without building a request value (see
+    /// [`PlainHead`]): every byte read (the head is the first `len`) and where its parts are.
+    Plain {
+        bytes: BytesMut,
+        len: usize,
+        shape: Shape,
+        plain: PlainHead,
+    },
     /// Anything else (HTTP/1.0, a body, a head too large, bytes that do not parse): every byte
     /// read so far, for pingora to read again and answer.
     Other(BytesMut),
@@ -65,6 +73,45 @@ pub struct Shape {
     /// A bodiless GET, or a POST whose only framing is `Content-Length: 0`: a head a long-lived
     /// stream may answer. Every other lean head is for pass-through.
     pub stream: bool,
+}
+
+/// Where the parts of a plain head are, as byte ranges of its buffer. A plain head is one whose
+/// admission on a pass-through route needs nothing a request value would give: HTTP/1.1, not
+/// `OPTIONS` (so no preflight), a target in origin form, exactly one `Host`, no `Origin` (so
+/// no CORS and no origin rule applies) and no `Upgrade`; its framing judged as every lean
+/// head's is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlainHead {
+    pub host: (usize, usize),
+    /// The target's path, without its query.
+    pub path: (usize, usize),
+    /// The client asked to close after this request (`Connection: close`).
+    pub close: bool,
+    /// The head's size as `max_header_bytes` counts it (request line and fields).
+    pub size: usize,
+}
+
+impl PlainHead {
+    pub fn host<'b>(&self, bytes: &'b [u8]) -> &'b str {
+        std::str::from_utf8(&bytes[self.host.0..self.host.1]).unwrap_or("")
+    }
+
+    pub fn path<'b>(&self, bytes: &'b [u8]) -> &'b str {
+        std::str::from_utf8(&bytes[self.path.0..self.path.1]).unwrap_or("/")
+    }
+}
+
+/// Parses a plain head again into a request value (for a path that needs one).
+pub fn full_head(bytes: BytesMut) -> Head {
+    match parse(&bytes, true) {
+        Parse::Complete(req, len, shape) => Head::Parsed {
+            req,
+            bytes,
+            len,
+            shape,
+        },
+        _ => Head::Other(bytes),
+    }
 }
 
 /// The bytes after a head, in a buffer of their own (so the head's can be freed).
@@ -87,8 +134,20 @@ pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, mut buf: BytesMut) -> H
                 .windows(2)
                 .any(|w| w == b"\n\n" || w == b"\n\r");
         seen = buf.len();
-        let parsed = if may_end { parse(&buf) } else { Parse::Partial };
+        let parsed = if may_end {
+            parse(&buf, false)
+        } else {
+            Parse::Partial
+        };
         match parsed {
+            Parse::Plain(len, shape, plain) => {
+                return Head::Plain {
+                    bytes: buf,
+                    len,
+                    shape,
+                    plain,
+                }
+            }
             Parse::Complete(req, len, shape) => {
                 return Head::Parsed {
                     req,
@@ -132,6 +191,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, mut buf: BytesMut) -> H
 
 enum Parse {
     Complete(Box<RequestHeader>, usize, Shape),
+    Plain(usize, Shape, PlainHead),
     Partial,
     Other,
 }
@@ -140,12 +200,13 @@ enum Parse {
 /// one `Content-Length` or one `Transfer-Encoding: chunked` (or neither), no `Expect`, no
 /// upgrade other than WebSocket. Kept out of the async reader so the field array lives on the
 /// stack only.
-fn parse(buf: &[u8]) -> Parse {
+/// `full`: always build the request value, even for a plain head.
+fn parse(buf: &[u8], full: bool) -> Parse {
     let mut fields = [httparse::EMPTY_HEADER; HEAD_FIELDS];
-    match parse_with(buf, &mut fields) {
+    match parse_with(buf, &mut fields, full) {
         Err(httparse::Error::TooManyHeaders) => {
             let mut fields = vec![httparse::EMPTY_HEADER; HEAD_FIELDS_MAX];
-            parse_with(buf, &mut fields).unwrap_or(Parse::Other)
+            parse_with(buf, &mut fields, full).unwrap_or(Parse::Other)
         }
         parsed => parsed.unwrap_or(Parse::Other),
     }
@@ -154,17 +215,57 @@ fn parse(buf: &[u8]) -> Parse {
 fn parse_with<'b>(
     buf: &'b [u8],
     fields: &mut [httparse::Header<'b>],
+    full: bool,
 ) -> Result<Parse, httparse::Error> {
     let mut req = httparse::Request::new(fields);
     let len = match req.parse(buf)? {
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => return Ok(Parse::Partial),
     };
-    Ok(judge(&req, len))
+    Ok(judge(&req, buf, len, full))
+}
+
+/// The plain parts of a head ([`PlainHead`]), when it is one.
+fn plain(req: &httparse::Request, buf: &[u8]) -> Option<PlainHead> {
+    let (method, target) = (req.method?, req.path?);
+    if method == "OPTIONS" || !target.starts_with('/') {
+        return None;
+    }
+    let at = |s: &[u8]| {
+        let start = s.as_ptr() as usize - buf.as_ptr() as usize;
+        (start, start + s.len())
+    };
+    let mut host = None;
+    let mut close = false;
+    let mut size = method.len() + target.len() + 12;
+    for h in req.headers.iter() {
+        size += h.name.len() + h.value.len() + 4;
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            if host.is_some() || std::str::from_utf8(h.value).is_err() {
+                return None;
+            }
+            host = Some(at(h.value));
+        } else if name.eq_ignore_ascii_case("origin") || name.eq_ignore_ascii_case("upgrade") {
+            return None;
+        } else if name.eq_ignore_ascii_case("connection") {
+            close |= h
+                .value
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    Some(PlainHead {
+        host: host?,
+        path: at(path.as_bytes()),
+        close,
+        size,
+    })
 }
 
 /// Builds the head of a parsed request this path may serve.
-fn judge(req: &httparse::Request, len: usize) -> Parse {
+fn judge(req: &httparse::Request, buf: &[u8], len: usize, full: bool) -> Parse {
     let Some(method) = req.method else {
         return Parse::Other;
     };
@@ -190,6 +291,11 @@ fn judge(req: &httparse::Request, len: usize) -> Parse {
             .iter()
             .any(|h| hygiene::needs_full_parser(h.name)))
         || empty_post;
+    if !full {
+        if let Some(p) = plain(req, buf) {
+            return Parse::Plain(len, Shape { body, stream }, p);
+        }
+    }
     let Ok(mut head) = RequestHeader::build(method, req.path.unwrap_or("/").as_bytes(), None)
     else {
         return Parse::Other;
@@ -214,6 +320,13 @@ fn judge(req: &httparse::Request, len: usize) -> Parse {
     Parse::Complete(Box::new(head), len, Shape { body, stream })
 }
 
+/// What a connection without a request value answers to `req_header`: `GET /`.
+static BARE: std::sync::LazyLock<RequestHeader> = std::sync::LazyLock::new(bare_request);
+
+fn bare_request() -> RequestHeader {
+    RequestHeader::build_no_case("GET", b"/", Some(0)).expect("a valid head")
+}
+
 /// How the body of the answer being written is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Body {
@@ -231,7 +344,8 @@ enum Body {
 /// One request on a connection the listener serves itself. See the module docs.
 pub struct Connection {
     io: Box<HeadDeadline>,
-    req: Box<RequestHeader>,
+    /// None for a plain head passed through without a request value.
+    req: Option<Box<RequestHeader>>,
     /// Bytes read past what was consumed: the start of the next request, or early frames.
     pending: BytesMut,
     client_ip: Option<IpAddr>,
@@ -265,7 +379,7 @@ impl Connection {
         let keepalive = !draining && !wire::http::header_has_token(&req, "connection", "close");
         Self {
             io,
-            req,
+            req: Some(req),
             pending,
             client_ip,
             tls,
@@ -283,7 +397,34 @@ impl Connection {
     /// The connection and any bytes read past this request, when the answer is complete and
     /// the connection may carry another request; `None` when it must close.
     pub fn req_header_mut(&mut self) -> &mut RequestHeader {
-        &mut self.req
+        self.req.get_or_insert_with(|| Box::new(bare_request()))
+    }
+
+    /// A connection for a plain head (see [`PlainHead`]), passed through without a request
+    /// value; `close`: the client asked to close after it.
+    pub fn plain(
+        io: Box<HeadDeadline>,
+        pending: BytesMut,
+        client_ip: Option<IpAddr>,
+        tls: bool,
+        draining: bool,
+        close: bool,
+    ) -> Self {
+        Self {
+            io,
+            req: None,
+            pending,
+            client_ip,
+            tls,
+            cors: CorsHeaders::default(),
+            body: Body::Pending,
+            keepalive: !draining && !close,
+            read_timeout: None,
+            write_timeout: None,
+            status: None,
+            answered_bytes: 0,
+            notes: Notes::default(),
+        }
     }
 
     /// After a `101`: the client's socket and the bytes it sent that were read already (the
@@ -558,7 +699,10 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
 
 impl Downstream for Connection {
     fn req_header(&self) -> &RequestHeader {
-        &self.req
+        match &self.req {
+            Some(r) => r,
+            None => &BARE,
+        }
     }
 
     fn client_ip(&self) -> Option<IpAddr> {
@@ -673,9 +817,7 @@ impl Downstream for Connection {
     }
 
     fn release_request(&mut self) {
-        if let Ok(bare) = RequestHeader::build_no_case("GET", b"/", Some(0)) {
-            *self.req = bare;
-        }
+        self.req = None;
     }
 
     fn set_keepalive(&mut self, seconds: Option<u64>) {
@@ -694,12 +836,57 @@ impl Downstream for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads a head as the listener does, a plain one parsed again into a request value.
+    async fn read_full<S: AsyncRead + Unpin>(io: &mut S, buf: BytesMut) -> Head {
+        match read_head(io, buf).await {
+            Head::Plain { bytes, .. } => full_head(bytes),
+            head => head,
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_heads_are_read_without_a_request_value() {
+        let raw = b"POST /api/x?q=1 HTTP/1.1\r\nHost: gw:8080\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi";
+        let mut io = tokio_test::io::Builder::new().read(raw).build();
+        let Head::Plain {
+            bytes,
+            len,
+            shape,
+            plain,
+        } = read_head(&mut io, BytesMut::new()).await
+        else {
+            panic!("not plain")
+        };
+        assert_eq!(len, raw.len() - 2);
+        assert_eq!(shape.body, Framing::Length(2));
+        assert_eq!(plain.host(&bytes), "gw:8080");
+        assert_eq!(plain.path(&bytes), "/api/x");
+        assert!(plain.close);
+        // Anything a request value would change the admission of is not plain.
+        for raw in [
+            &b"OPTIONS /a HTTP/1.1\r\nHost: gw\r\n\r\n"[..],
+            b"GET http://gw/a HTTP/1.1\r\nHost: gw\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: gw\r\nOrigin: https://x\r\n\r\n",
+            b"GET /a HTTP/1.1\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: gw\r\nHost: gw\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        ] {
+            let mut io = tokio_test::io::Builder::new().read(raw).build();
+            assert!(
+                !matches!(read_head(&mut io, BytesMut::new()).await, Head::Plain { .. }),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
     use tokio::io::DuplexStream;
 
     fn parsed(head: &Head) -> (&RequestHeader, usize) {
         match head {
             Head::Parsed { req, len, .. } => (req, *len),
             Head::Other(b) => panic!("left to pingora: {:?}", String::from_utf8_lossy(b)),
+            Head::Plain { .. } => panic!("plain: read_full parses it again"),
             Head::Closed => panic!("closed"),
         }
     }
@@ -711,7 +898,7 @@ mod tests {
             .read(b"TP/1.1\r\nHost: gw\r\n")
             .read(b"Accept: text/event-stream\r\n\r\nGET /next")
             .build();
-        let head = read_head(&mut io, BytesMut::new()).await;
+        let head = read_full(&mut io, BytesMut::new()).await;
         let (req, len) = parsed(&head);
         assert_eq!(req.uri.path(), "/feed");
         assert_eq!(req.headers["accept"], "text/event-stream");
@@ -725,7 +912,7 @@ mod tests {
     async fn a_post_with_an_empty_body_is_taken() {
         let raw = b"POST /chat/0/s/xhr_streaming HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\nGET /next";
         let mut io = tokio_test::io::Builder::new().read(raw).build();
-        let head = read_head(&mut io, BytesMut::new()).await;
+        let head = read_full(&mut io, BytesMut::new()).await;
         let (req, len) = parsed(&head);
         assert_eq!(req.method, http::Method::POST);
         assert_eq!(req.uri.path(), "/chat/0/s/xhr_streaming");
@@ -738,7 +925,7 @@ mod tests {
 
     fn shape_of(head: &Head) -> Shape {
         match head {
-            Head::Parsed { shape, .. } => *shape,
+            Head::Parsed { shape, .. } | Head::Plain { shape, .. } => *shape,
             _ => panic!("not parsed"),
         }
     }
@@ -763,7 +950,7 @@ mod tests {
         ];
         for (raw, body) in cases {
             let mut io = tokio_test::io::Builder::new().read(raw).build();
-            let head = read_head(&mut io, BytesMut::new()).await;
+            let head = read_full(&mut io, BytesMut::new()).await;
             assert_eq!(
                 shape_of(&head),
                 Shape {
@@ -793,7 +980,7 @@ mod tests {
         ];
         for raw in cases {
             let mut io = tokio_test::io::Builder::new().read(raw).build();
-            match read_head(&mut io, BytesMut::new()).await {
+            match read_full(&mut io, BytesMut::new()).await {
                 Head::Other(bytes) => assert_eq!(&bytes[..], raw, "replayed byte for byte"),
                 _ => panic!("taken: {:?}", String::from_utf8_lossy(raw)),
             }
@@ -804,14 +991,14 @@ mod tests {
     async fn eof_before_a_head_is_closed_and_inside_one_is_left_to_pingora() {
         let mut io = tokio_test::io::Builder::new().read(b"\r\n").build();
         assert!(matches!(
-            read_head(&mut io, BytesMut::new()).await,
+            read_full(&mut io, BytesMut::new()).await,
             Head::Closed
         ));
         let mut io = tokio_test::io::Builder::new()
             .read(b"GET / HTTP/1.1\r\nHo")
             .build();
         assert!(
-            matches!(read_head(&mut io, BytesMut::new()).await, Head::Other(b) if &b[..] == b"GET / HTTP/1.1\r\nHo")
+            matches!(read_full(&mut io, BytesMut::new()).await, Head::Other(b) if &b[..] == b"GET / HTTP/1.1\r\nHo")
         );
     }
 
@@ -824,7 +1011,7 @@ mod tests {
             let _ = client.write_all(big.as_bytes()).await;
             client
         });
-        match read_head(&mut io, BytesMut::new()).await {
+        match read_full(&mut io, BytesMut::new()).await {
             Head::Other(b) => assert!(
                 b.len() >= HEAD_MAX && b.len() < HEAD_MAX + 64 * 1024,
                 "stops reading at the bound"
@@ -839,7 +1026,7 @@ mod tests {
     fn connection(head: &str) -> (Connection, DuplexStream) {
         let (server, client) = tokio::io::duplex(64 * 1024);
         let io = Box::new(HeadDeadline::new(Box::new(server), Duration::from_secs(5)));
-        let Parse::Complete(req, _, _) = parse(head.as_bytes()) else {
+        let Parse::Complete(req, _, _) = parse(head.as_bytes(), true) else {
             panic!("head does not parse")
         };
         let conn = Connection::new(io, req, BytesMut::new(), None, false, false);

@@ -53,6 +53,20 @@ pub trait LeanStreams: Send + Sync + 'static {
     /// tunnel, a pass-through HTTP request), given what its head asks (`shape`).
     fn stream_route(&self, req: &RequestHeader, shape: http1::Shape) -> Option<Self::Route>;
 
+    /// Some when a plain head (see [`http1::PlainHead`]) for `host` and `path` is one the
+    /// gateway passes through as it is, with no request value built.
+    fn plain_route(&self, host: &str, path: &str) -> Option<Self::Route>;
+
+    /// Serves a plain head [`Self::plain_route`] took on `conn`; `raw_head` is its head as
+    /// the client sent it, `size` its size as `max_header_bytes` counts it.
+    fn serve_plain(
+        &self,
+        conn: &mut http1::Connection,
+        route: Self::Route,
+        raw_head: BytesMut,
+        size: usize,
+    ) -> impl Future<Output = ()> + Send;
+
     /// Serves one request on `conn`; `raw_head` is its head as the client sent it, to be
     /// dropped as soon as it has been judged (a stream may last hours).
     fn serve_stream(
@@ -149,6 +163,34 @@ where
             };
             first = false;
             match self.route_of(head) {
+                Next::Plain {
+                    mut bytes,
+                    len,
+                    route,
+                    plain,
+                } => {
+                    let rest = http1::after_head(&bytes, len);
+                    bytes.truncate(len);
+                    let draining = *shutdown.borrow();
+                    let mut conn = http1::Connection::plain(
+                        io,
+                        rest,
+                        client.ip,
+                        client.tls,
+                        draining,
+                        plain.close,
+                    );
+                    self.gateway
+                        .serve_plain(&mut conn, route, bytes, plain.size)
+                        .await;
+                    match conn.into_reusable() {
+                        Some((next, rest)) => {
+                            io = next;
+                            carry = rest;
+                        }
+                        None => return,
+                    }
+                }
                 Next::Lean {
                     req,
                     mut bytes,
@@ -184,6 +226,23 @@ where
     /// and any bytes after a bodiless head, which are the next request's).
     fn route_of(&self, head: http1::Head) -> Next<G::Route> {
         match head {
+            http1::Head::Plain {
+                bytes, len, plain, ..
+            } => {
+                let taken = self
+                    .gateway
+                    .plain_route(plain.host(&bytes), plain.path(&bytes));
+                match taken {
+                    Some(route) => Next::Plain {
+                        bytes,
+                        len,
+                        route,
+                        plain,
+                    },
+                    // Another path serves it, with a request value.
+                    None => self.route_of(http1::full_head(bytes)),
+                }
+            }
             http1::Head::Parsed {
                 req,
                 bytes,
@@ -245,6 +304,12 @@ where
 
 /// What serves the next request of a connection.
 enum Next<R> {
+    Plain {
+        bytes: BytesMut,
+        len: usize,
+        route: R,
+        plain: http1::PlainHead,
+    },
     Lean {
         req: Box<RequestHeader>,
         bytes: BytesMut,

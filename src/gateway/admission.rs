@@ -164,7 +164,7 @@ pub fn admit(
     // Every answer varies by Origin (CORS headers depend on it), so caches keep them apart.
     let cors = match cross.filter(|_| matches!(origin, Origin::Allowed(_))) {
         Some(o) => policy::cors::response_headers(route, &o),
-        None => vec![(http::header::VARY, HeaderValue::from_static("Origin"))],
+        None => vary_origin(),
     };
     let limits = &route.limits;
     let slot = match rt
@@ -177,19 +177,37 @@ pub fn admit(
     Admission::Admitted(Admitted { rt, cors, slot })
 }
 
+/// The one field an answer to a request without an allowed origin carries: `Vary: Origin`.
+pub fn vary_origin() -> CorsFields {
+    vec![(http::header::VARY, HeaderValue::from_static("Origin"))]
+}
+
+const CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn class_of(status: Option<u16>) -> usize {
+    match status {
+        Some(s) => (s / 100).clamp(1, 5) as usize,
+        None => 0,
+    }
+}
+
 /// Counts an answered request in `switchyard_http_requests_total` by status class.
 pub fn count_request(route: &str, status: Option<u16>) {
-    let class = match status {
-        Some(s) => match s / 100 {
-            1 => "1xx",
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            _ => "5xx",
-        },
-        None => "none",
-    };
     crate::metrics::HTTP_REQUESTS
-        .with_label_values(&[route, class])
+        .with_label_values(&[route, CLASSES[class_of(status)]])
         .inc();
+}
+
+/// A route's `switchyard_http_requests_total` series, looked up once per route and config
+/// generation rather than per request (a label lookup hashes and locks).
+pub struct RequestCounts([prometheus::IntCounter; 6]);
+
+impl RequestCounts {
+    pub fn new(route: &str) -> Self {
+        Self(CLASSES.map(|class| crate::metrics::HTTP_REQUESTS.with_label_values(&[route, class])))
+    }
+
+    pub fn count(&self, status: Option<u16>) {
+        self.0[class_of(status)].inc();
+    }
 }

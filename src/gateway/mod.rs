@@ -61,6 +61,59 @@ impl LeanStreams for Gateway {
         }
     }
 
+    /// A pass-through route to plain upstreams, while the access log is off (its lines are
+    /// taken from a request value).
+    fn plain_route(&self, host: &str, path: &str) -> Option<Self::Route> {
+        if access_log::enabled() {
+            return None;
+        }
+        let state = self.state.load();
+        let rt = state.router.find(Some(host), path)?;
+        match &rt.target {
+            Target::Proxy(set) if set.spec.tls.is_none() => Some(rt.clone()),
+            _ => None,
+        }
+    }
+
+    /// Admits a plain head as [`admit`] would (nothing it checks beyond the head's size and
+    /// the route's limits can apply to one: see `edge::http1::PlainHead`), then passes it
+    /// through.
+    async fn serve_plain(
+        &self,
+        conn: &mut http1::Connection,
+        rt: Self::Route,
+        raw_head: BytesMut,
+        size: usize,
+    ) {
+        let route = rt.route.name.as_str();
+        let limits = &rt.route.limits;
+        let served = async {
+            if let Err(reject) =
+                crate::policy::hygiene::head_size_within(size, limits.max_header_bytes)
+            {
+                return reject.send(conn, route).await;
+            }
+            let _slot = match rt.occupancy.admit(
+                conn.client_ip(),
+                limits.max_clients,
+                limits.max_clients_per_ip,
+            ) {
+                Ok(slot) => slot,
+                Err(reject) => return reject.send(conn, route).await,
+            };
+            conn.cors.headers = admission::vary_origin();
+            let Target::Proxy(set) = &rt.target else {
+                unreachable!("plain_route takes pass-through routes only")
+            };
+            pass::serve(conn, &rt, set, &raw_head).await
+        }
+        .await;
+        if let Err(e) = served {
+            log::debug!("route {route}: request ended: {e}");
+        }
+        rt.count_request(conn.status);
+    }
+
     /// Serves a request [`Self::stream_route`] took, admitted as pingora's requests are.
     async fn serve_stream(
         &self,

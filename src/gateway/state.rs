@@ -24,9 +24,16 @@ pub struct RouteRuntime {
     pub target: Target,
     /// Clients the route serves now, against `max_clients` and `max_clients_per_ip`.
     pub occupancy: Arc<policy::limits::Occupancy>,
+    /// Its answered requests by status class.
+    pub requests: super::admission::RequestCounts,
 }
 
 impl RouteRuntime {
+    /// Counts an answered request of this route by its status class.
+    pub fn count_request(&self, status: Option<u16>) {
+        self.requests.count(status);
+    }
+
     /// The methods the route takes, as a preflight answer lists them.
     pub fn methods(&self) -> &'static str {
         match &self.target {
@@ -116,6 +123,7 @@ impl GatewayState {
                     }
                 };
                 Arc::new(RouteRuntime {
+                    requests: super::admission::RequestCounts::new(&route.name),
                     route,
                     target,
                     // A changed route keeps counting its open clients against its limits.

@@ -185,7 +185,13 @@ pub fn head_size(req: &RequestHeader, max: usize) -> Result<(), Reject> {
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
-    if line + headers > max {
+    head_size_within(line + headers, max)
+}
+
+/// Refuses a head of `size` bytes (request line and fields, as [`head_size`] counts them)
+/// over `max`.
+pub fn head_size_within(size: usize, max: usize) -> Result<(), Reject> {
+    if size > max {
         return Err(Reject::new(
             431,
             "headers_too_large",

@@ -85,38 +85,42 @@ impl UpstreamSet {
         was != healthy
     }
 
-    /// Picks a healthy member not in `tried`, and leases it.
+    /// Picks a healthy member not in `tried`, and leases it. Allocates nothing: it runs once
+    /// per proxied request.
     pub fn select(self: &Arc<Self>, client_ip: Option<IpAddr>, tried: &[usize]) -> Option<Lease> {
-        let candidates: Vec<usize> = (0..self.members.len())
-            .filter(|i| self.members[*i].is_healthy() && !tried.contains(i))
-            .collect();
-        if candidates.is_empty() {
+        let candidate = |i: &usize| self.members[*i].is_healthy() && !tried.contains(i);
+        let n = self.members.len();
+        let count = (0..n).filter(candidate).count();
+        if count == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let index = match self.spec.balance {
-            Balance::RoundRobin => candidates[start % candidates.len()],
+            Balance::RoundRobin => (0..n)
+                .filter(candidate)
+                .nth(start % count)
+                .expect("count candidates"),
             Balance::LeastConn => {
                 // Rotate the scan start so ties spread instead of piling on the first member.
-                let n = candidates.len();
                 (0..n)
-                    .map(|k| candidates[(start + k) % n])
+                    .map(|k| (start + k) % n)
+                    .filter(candidate)
                     .min_by_key(|i| self.members[*i].in_flight.load(Ordering::Relaxed))
-                    .expect("candidates is not empty")
+                    .expect("count candidates")
             }
             Balance::HashClientIp => {
                 // Rendezvous hashing: a client keeps its member while that member is up, and
                 // only the clients of a member that goes down move.
                 let ip = client_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-                *candidates
-                    .iter()
+                (0..n)
+                    .filter(candidate)
                     .max_by_key(|i| {
                         let mut h = std::collections::hash_map::DefaultHasher::new();
                         ip.hash(&mut h);
-                        self.members[**i].upstream.name.hash(&mut h);
+                        self.members[*i].upstream.name.hash(&mut h);
                         h.finish()
                     })
-                    .expect("candidates is not empty")
+                    .expect("count candidates")
             }
         };
         self.members[index]
