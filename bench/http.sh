@@ -66,7 +66,7 @@ EOF
 taskset -c "$SERVER_CPUS" nginx -c "$WORK/answer/nginx.conf" -g 'daemon off;' >"$WORK/answer/out.log" 2>&1 &
 PIDS+=($!)
 taskset -c "$SERVER_CPUS" nginx -c "$WORK/proxy/nginx.conf" -g 'daemon off;' >"$WORK/proxy/out.log" 2>&1 &
-PIDS+=($!)
+PIDS+=($!); NGINX_PID=$!
 cat >"$WORK/switchyard.yaml" <<EOF
 # switchyard: HTTP pass-through benchmark
 server:
@@ -81,9 +81,9 @@ routes:
     proxy: { upstreams: ["127.0.0.1:8190"] }
 EOF
 taskset -c "$SERVER_CPUS" "$BIN" --config "$WORK/switchyard.yaml" --log-level warn >"$WORK/switchyard.out" 2>&1 &
-PIDS+=($!)
+PIDS+=($!); SY_PID=$!
 taskset -c "$SERVER_CPUS" "$BARE" 127.0.0.1:8195 127.0.0.1:8190 "$THREADS" "${BARE_RUNTIME:-steal}" >"$WORK/bare.out" 2>&1 &
-PIDS+=($!)
+PIDS+=($!); BARE_PID=$!
 for port in 8190 8191 8193 8195; do
   for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
   curl -fsS "http://127.0.0.1:$port/" >/dev/null || { echo "port $port does not answer" >&2; exit 1; }
@@ -95,30 +95,43 @@ wrk.body = string.rep("x", 16384)
 wrk.headers["Content-Type"] = "application/octet-stream"
 LUA
 
-run() { # port mode -> "requests/s p99_ms errors"
-  local script=()
-  [ "$2" = post ] && script=(-s "$WORK/post.lua")
-  taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency "${script[@]}" "http://127.0.0.1:$1/" |
-    awk '/Requests\/sec/ {r=$2} /Non-2xx/ {bad=$NF} /Socket errors/ {bad=bad"+sock"}
-         /^ *99%/ {p=$2; if (p ~ /us$/) {sub(/us$/,"",p); p/=1000} else if (p ~ /ms$/) {sub(/ms$/,"",p)} else if (p ~ /s$/) {sub(/s$/,"",p); p*=1000}}
-         END {printf "%s %.2f %s\n", r, p, (bad == "" ? 0 : bad)}'
+# CPU time (user + system, clock ticks) of a server's processes: the listener's own and its
+# children's (nginx's workers).
+cpu_ticks() {
+  local pids
+  pids=$(pgrep -d' ' -P "$1" 2>/dev/null || true)
+  # shellcheck disable=SC2086
+  for p in $1 $pids; do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null; done | awk '{t += $1} END {print t + 0}'
+}
+run() { # port pid mode -> "requests/s p99_ms errors cpu_us_per_request"
+  local script=() before after
+  [ "$3" = post ] && script=(-s "$WORK/post.lua")
+  before=$(cpu_ticks "$2")
+  taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency "${script[@]}" "http://127.0.0.1:$1/" >"$WORK/wrk.out"
+  after=$(cpu_ticks "$2")
+  awk -v ticks="$((after - before))" -v hz="$(getconf CLK_TCK)" '
+    /requests in/ {n=$1} /Requests\/sec/ {r=$2} /Non-2xx/ {bad=$NF} /Socket errors/ {bad=bad"+sock"}
+    /^ *99%/ {p=$2; if (p ~ /us$/) {sub(/us$/,"",p); p/=1000} else if (p ~ /ms$/) {sub(/ms$/,"",p)} else if (p ~ /s$/) {sub(/s$/,"",p); p*=1000}}
+    END {printf "%s %.2f %s %.1f\n", r, p, (bad == "" ? 0 : bad), (n > 0 ? ticks / hz * 1e6 / n : 0)}' "$WORK/wrk.out"
 }
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
 names=(switchyard pingora nginx)
 ports=(8191 8195 8193)
+pids=("$SY_PID" "$BARE_PID" "$NGINX_PID")
 echo "HTTP/1.1 pass-through: $CONNECTIONS connections, $THREADS thread(s)/worker(s) on cpu $SERVER_CPUS, wrk on cpu $LOAD_CPUS, $ROUNDS rounds of ${SECONDS_PER_RUN}s"
+echo "(CPU: the proxy's own user + system time per request; the answering nginx is not counted)"
 for mode in $MODES; do
-  rps=("" "" ""); p99=("" "" "")
+  rps=("" "" ""); p99=("" "" ""); cpu=("" "" "")
   for i in $(seq "$ROUNDS"); do
     order=(0 1 2)
     ((i % 2)) || order=(2 1 0)
     line="round $i ($mode):"
     for k in "${order[@]}"; do
-      read -r r p bad < <(run "${ports[$k]}" "$mode")
-      rps[k]+="$r "; p99[k]+="$p "
-      line+=" ${names[$k]} $r req/s p99 ${p}ms"
+      read -r r p bad c < <(run "${ports[$k]}" "${pids[$k]}" "$mode")
+      rps[k]+="$r "; p99[k]+="$p "; cpu[k]+="$c "
+      line+=" ${names[$k]} $r req/s p99 ${p}ms ${c}us CPU"
       [ "$bad" != 0 ] && line+=" (non-2xx/errors: $bad)"
       line+=";"
     done
@@ -126,10 +139,10 @@ for mode in $MODES; do
   done
   # shellcheck disable=SC2086
   n_r=$(median ${rps[2]}); n_p=$(median ${p99[2]})
-  printf '%-6s %-11s %10s %9s %9s %10s\n' "$mode" server "req/s" "p99 ms" "vs nginx" "p99 ratio"
+  printf '%-6s %-11s %10s %9s %9s %10s %13s\n' "$mode" server "req/s" "p99 ms" "vs nginx" "p99 ratio" "CPU us/req"
   for k in 0 1 2; do
     # shellcheck disable=SC2086
-    r=$(median ${rps[$k]}); p=$(median ${p99[$k]})
-    printf '%-6s %-11s %10s %9s %9s %10s\n' "$mode" "${names[$k]}" "$r" "$p" "$(ratio "$r" "$n_r")" "$(ratio "$p" "$n_p")"
+    r=$(median ${rps[$k]}); p=$(median ${p99[$k]}); c=$(median ${cpu[$k]})
+    printf '%-6s %-11s %10s %9s %9s %10s %13s\n' "$mode" "${names[$k]}" "$r" "$p" "$(ratio "$r" "$n_r")" "$(ratio "$p" "$n_p")" "$c"
   done
 done
