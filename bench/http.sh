@@ -11,6 +11,7 @@
 #   THREADS=2 SERVER_CPUS=0,1 LOAD_CPUS=0,1 bench/http.sh   # two threads / two workers
 #   BARE_RUNTIME=nosteal bench/http.sh            # the bare pingora without work stealing
 #   MODES=get bench/http.sh
+#   OTHER_BIN=/path/to/older/switchyard bench/http.sh   # another build in the same run ("other")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -84,7 +85,16 @@ taskset -c "$SERVER_CPUS" "$BIN" --config "$WORK/switchyard.yaml" --log-level wa
 PIDS+=($!); SY_PID=$!
 taskset -c "$SERVER_CPUS" "$BARE" 127.0.0.1:8195 127.0.0.1:8190 "$THREADS" "${BARE_RUNTIME:-steal}" >"$WORK/bare.out" 2>&1 &
 PIDS+=($!); BARE_PID=$!
-for port in 8190 8191 8193 8195; do
+names=(switchyard pingora nginx)
+ports=(8191 8195 8193)
+pids=("$SY_PID" "$BARE_PID" "$NGINX_PID")
+if [ -n "${OTHER_BIN:-}" ]; then
+  sed -e 's/127.0.0.1:8191/127.0.0.1:8196/' -e 's/127.0.0.1:8291/127.0.0.1:8296/' "$WORK/switchyard.yaml" >"$WORK/other.yaml"
+  taskset -c "$SERVER_CPUS" "$OTHER_BIN" --config "$WORK/other.yaml" --log-level warn >"$WORK/other.out" 2>&1 &
+  PIDS+=($!)
+  names+=(other); ports+=(8196); pids+=($!)
+fi
+for port in "${ports[@]}" 8190; do
   for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
   curl -fsS "http://127.0.0.1:$port/" >/dev/null || { echo "port $port does not answer" >&2; exit 1; }
 done
@@ -117,16 +127,14 @@ run() { # port pid mode -> "requests/s p99_ms errors cpu_us_per_request"
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
-names=(switchyard pingora nginx)
-ports=(8191 8195 8193)
-pids=("$SY_PID" "$BARE_PID" "$NGINX_PID")
+last=$((${#names[@]} - 1))
 echo "HTTP/1.1 pass-through: $CONNECTIONS connections, $THREADS thread(s)/worker(s) on cpu $SERVER_CPUS, wrk on cpu $LOAD_CPUS, $ROUNDS rounds of ${SECONDS_PER_RUN}s"
 echo "(CPU: the proxy's own user + system time per request; the answering nginx is not counted)"
 for mode in $MODES; do
-  rps=("" "" ""); p99=("" "" ""); cpu=("" "" "")
+  rps=(); p99=(); cpu=()
   for i in $(seq "$ROUNDS"); do
-    order=(0 1 2)
-    ((i % 2)) || order=(2 1 0)
+    order=($(seq 0 "$last"))
+    ((i % 2)) || order=($(seq "$last" -1 0))
     line="round $i ($mode):"
     for k in "${order[@]}"; do
       read -r r p bad c < <(run "${ports[$k]}" "${pids[$k]}" "$mode")
@@ -140,7 +148,7 @@ for mode in $MODES; do
   # shellcheck disable=SC2086
   n_r=$(median ${rps[2]}); n_p=$(median ${p99[2]})
   printf '%-6s %-11s %10s %9s %9s %10s %13s\n' "$mode" server "req/s" "p99 ms" "vs nginx" "p99 ratio" "CPU us/req"
-  for k in 0 1 2; do
+  for k in $(seq 0 "$last"); do
     # shellcheck disable=SC2086
     r=$(median ${rps[$k]}); p=$(median ${p99[$k]}); c=$(median ${cpu[$k]})
     printf '%-6s %-11s %10s %9s %9s %10s %13s\n' "$mode" "${names[$k]}" "$r" "$p" "$(ratio "$r" "$n_r")" "$(ratio "$p" "$n_p")" "$c"

@@ -101,7 +101,7 @@ impl LeanStreams for Gateway {
                 Ok(slot) => slot,
                 Err(reject) => return reject.send(conn, route).await,
             };
-            conn.cors.headers = admission::vary_origin();
+            // Its answer carries `Vary: Origin` (see `pass`), as every admitted answer does.
             let Target::Proxy(set) = &rt.target else {
                 unreachable!("plain_route takes pass-through routes only")
             };

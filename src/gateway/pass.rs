@@ -42,6 +42,11 @@ const ANSWER_FIELDS_MAX: usize = 256;
 /// How much of a request body is read from the client before it is written upstream.
 const BODY_READ: usize = 64 * 1024;
 
+static VARY_ORIGIN: [(http::HeaderName, http::HeaderValue); 1] = [(
+    http::header::VARY,
+    http::HeaderValue::from_static("Origin"),
+)];
+
 /// How an exchange with one upstream connection went wrong.
 enum Failed {
     /// Nothing of an answer came: the request may be tried again where that is safe.
@@ -227,6 +232,12 @@ async fn exchange(
             && framing_out != Framing::UntilClose
             && !h1::connection_has(resp.headers, "close");
         let close = !conn.keeps_alive() || framing_out == Framing::UntilClose;
+        // A plain head's admission set no fields: its answer varies by Origin all the same.
+        let extra = if conn.cors.headers.is_empty() {
+            &VARY_ORIGIN[..]
+        } else {
+            &conn.cors.headers[..]
+        };
         let mut out = Vec::with_capacity(head_len + 64);
         h1::write_response_head(
             &mut out,
@@ -234,7 +245,7 @@ async fn exchange(
             resp.reason.unwrap_or(""),
             resp.headers,
             framing_out,
-            &conn.cors.headers,
+            extra,
             close,
         );
         conn.passed_head(code, close);
