@@ -39,6 +39,11 @@ pub const HEAD_MAX: usize = 1 << 20;
 const HEAD_FIELDS: usize = 48;
 const HEAD_FIELDS_MAX: usize = 256;
 
+/// The first read of a head, on the stack; when it fills, up to [`FIRST_READ_MORE`] bytes that
+/// are already there are taken with it.
+const FIRST_READ: usize = 2048;
+const FIRST_READ_MORE: usize = 32 * 1024;
+
 /// A request head read by the listener.
 pub enum Head {
     /// A complete HTTP/1.1 head without a body: the request, and every byte read (the head is
@@ -164,16 +169,37 @@ pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, mut buf: BytesMut) -> H
             // The first bytes of a head are read on the stack and copied out: a connection
             // that has sent nothing (or keeps a kept-alive connection idle) holds no buffer.
             let first = std::future::poll_fn(|cx| {
-                let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+                let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
                 let mut rb = tokio::io::ReadBuf::uninit(&mut stack);
                 std::pin::Pin::new(&mut *io)
                     .poll_read(cx, &mut rb)
-                    .map_ok(|()| BytesMut::from(rb.filled()))
+                    .map_ok(|()| {
+                        let filled = rb.filled();
+                        let room = if filled.len() == FIRST_READ {
+                            FIRST_READ_MORE
+                        } else {
+                            filled.len()
+                        };
+                        let mut b = BytesMut::with_capacity(room);
+                        b.extend_from_slice(filled);
+                        b
+                    })
             })
             .await;
             match first {
                 Ok(b) if !b.is_empty() => buf = b,
                 _ => return Head::Closed,
+            }
+            if buf.len() == FIRST_READ {
+                // The stack was filled: a body may be right behind the head. What is there
+                // already is taken in the same turn, so head and body travel on together.
+                use futures_util::FutureExt;
+                while buf.len() < buf.capacity() {
+                    match io.read_buf(&mut buf).now_or_never() {
+                        Some(Ok(n)) if n > 0 => {}
+                        _ => break,
+                    }
+                }
             }
             continue;
         }

@@ -169,8 +169,9 @@ where
                     route,
                     plain,
                 } => {
-                    let rest = http1::after_head(&bytes, len);
-                    bytes.truncate(len);
+                    // Shared, not copied: a pass-through request is short-lived, and the body
+                    // bytes that came with its head go upstream with it.
+                    let rest = bytes.split_off(len);
                     let draining = *shutdown.borrow();
                     let mut conn = http1::Connection::plain(
                         io,

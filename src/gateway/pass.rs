@@ -42,10 +42,8 @@ const ANSWER_FIELDS_MAX: usize = 256;
 /// How much of a request body is read from the client before it is written upstream.
 const BODY_READ: usize = 64 * 1024;
 
-static VARY_ORIGIN: [(http::HeaderName, http::HeaderValue); 1] = [(
-    http::header::VARY,
-    http::HeaderValue::from_static("Origin"),
-)];
+static VARY_ORIGIN: [(http::HeaderName, http::HeaderValue); 1] =
+    [(http::header::VARY, http::HeaderValue::from_static("Origin"))];
 
 /// How an exchange with one upstream connection went wrong.
 enum Failed {
