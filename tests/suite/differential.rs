@@ -28,7 +28,19 @@ struct Nginx {
 }
 
 impl Drop for Nginx {
+    /// TERM to the master, which stops its worker with it (a KILL would leave the worker
+    /// running, orphaned); KILL only if it is still there after a while.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
