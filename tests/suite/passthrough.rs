@@ -374,3 +374,62 @@ async fn a_member_that_refuses_connections_is_skipped() {
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test]
+async fn a_body_that_trickles_in_holds_no_upstream_connection_until_it_is_whole() {
+    let up = Upstream::start(HashMap::from([("/slow", ok("got it"))])).await;
+    let gw = gateway_for(&[up.addr]).await;
+    // 20 clients send their heads and the first bytes of their bodies, then stall.
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut c = TcpStream::connect(gw.addr).await.unwrap();
+        c.write_all(b"POST /slow HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\nab")
+            .await
+            .unwrap();
+        clients.push(c);
+    }
+    let chunked = {
+        let mut c = TcpStream::connect(gw.addr).await.unwrap();
+        c.write_all(
+            b"POST /slow HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab",
+        )
+        .await
+        .unwrap();
+        c
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        up.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no upstream connection is taken while bodies are on their way"
+    );
+    // The rest arrives, a byte at a time: each request goes up whole.
+    clients.push(chunked);
+    let n = clients.len();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let rest: &[u8] = if i == n - 1 {
+            b"\r\n3\r\ncde\r\n0\r\n\r\n"
+        } else {
+            b"cde"
+        };
+        for b in rest {
+            c.write_all(&[*b]).await.unwrap();
+        }
+    }
+    for c in clients.iter_mut() {
+        let mut buf = Vec::new();
+        let answer = read_answer(c, &mut buf, false).await.unwrap();
+        assert!(answer.ends_with("got it"), "{answer}");
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 21);
+    assert_eq!(
+        seen.iter()
+            .filter(|(_, r)| r.ends_with("\r\n\r\nabcde"))
+            .count(),
+        20
+    );
+    assert!(seen
+        .iter()
+        .any(|(_, r)| r.ends_with("\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n")));
+}

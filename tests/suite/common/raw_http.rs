@@ -27,6 +27,8 @@ type Seen = Arc<Mutex<Vec<(usize, Vec<u8>)>>>;
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Seen,
+    /// Connections accepted so far.
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -42,6 +44,8 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let seen: Seen = Arc::new(Mutex::new(Vec::new()));
         let (log, script) = (seen.clone(), Arc::new(script));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
         let task = tokio::spawn(async move {
             let mut n = 0;
             loop {
@@ -49,6 +53,7 @@ impl Upstream {
                     return;
                 };
                 n += 1;
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (log, script, conn) = (log.clone(), script.clone(), n);
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
@@ -73,7 +78,12 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, seen, task }
+        Upstream {
+            addr,
+            seen,
+            accepted,
+            task,
+        }
     }
 
     pub fn seen(&self) -> Vec<(usize, String)> {
