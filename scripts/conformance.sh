@@ -4,7 +4,7 @@
 #
 #   scripts/conformance.sh            Autobahn's fuzzingclient, all 517 cases on both terminated
 #                                     paths (the builtin echo and a bridged per-client route),
-#                                     permessage-deflate's 12.* and 13.* included: about 26
+#                                     permessage-deflate's 12.* and 13.* included: about 9
 #                                     minutes on 2 cores (CI runs sections 1-10 and the first case
 #                                     of each compression group)
 #

@@ -301,11 +301,23 @@ fn judge(req: &httparse::Request, buf: &[u8], len: usize, full: bool) -> Parse {
     let Some(body) = wire::http1::request_framing(req.headers) else {
         return Parse::Other;
     };
-    // `Expect: 100-continue` is answered on pingora's path; h2c offers are removed there.
-    if req.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("expect") || h.name.eq_ignore_ascii_case("http2-settings")
-    }) {
-        return Parse::Other;
+    // h2c offers are removed on pingora's path, and any expectation but one `100-continue`
+    // on a request with a body is answered there (417). A `100-continue` is the lean path's
+    // to answer (`gateway::pass`), as nginx does: it reads the body itself.
+    let mut expects = 0;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("http2-settings") {
+            return Parse::Other;
+        }
+        if h.name.eq_ignore_ascii_case("expect") {
+            expects += 1;
+            if expects > 1
+                || body == Framing::Empty
+                || !h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+            {
+                return Parse::Other;
+            }
+        }
     }
     // A POST whose only framing is one `Content-Length: 0` has no body either (SockJS's XHR
     // receivers are such POSTs, held open for minutes).
@@ -991,7 +1003,7 @@ mod tests {
 
     #[tokio::test]
     async fn heads_this_path_does_not_judge_are_left_to_pingora_whole() {
-        let cases: [&[u8]; 11] = [
+        let cases: [&[u8]; 12] = [
             b"GET /feed HTTP/1.0\r\nHost: gw\r\n\r\n",
             b"GET /feed HTTP/1.1\r\nHost: gw\r\nUpgrade: h2c\r\nHTTP2-Settings: AAA\r\n\r\n",
             b"GET /feed HTTP/1.1\r\nHost: gw\r\nHost: other\r\n\r\n",
@@ -1000,7 +1012,8 @@ mod tests {
             b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 00x\r\n\r\n",
             b"POST /c HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\nExpect: something-else\r\n\r\n",
+            b"GET /c HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\n\r\n",
             b"CONNECT gw:443 HTTP/1.1\r\nHost: gw:443\r\n\r\n",
             b"POST /c HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
         ];

@@ -12,8 +12,9 @@
 //! -> the upstream connection back to the pool when both messages were complete
 //! ```
 //!
-//! pingora's proxy path serves what this one does not take: HTTP/2, HTTP/1.0, `Expect`,
-//! framing the edge's reader does not judge (left to the hygiene rules), TLS upstreams.
+//! pingora's proxy path serves what this one does not take: HTTP/2, HTTP/1.0, expectations
+//! other than `100-continue` (which is answered here), framing the edge's reader does not
+//! judge (left to the hygiene rules), TLS upstreams.
 //!
 //! A request is tried again on a fresh connection only when it failed on a reused one before
 //! any byte of an answer came, has no body, and its method is idempotent (RFC 9110 section
@@ -109,6 +110,17 @@ pub async fn serve(
             host,
         },
     );
+    // A client that waits for `100 Continue` before its body gets it now (its expectation is
+    // the edge's to answer: the body is read here first).
+    let expects = framing != Framing::Empty
+        && req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("expect"));
+    if expects && conn.pending_mut().is_empty() {
+        conn.write_passed(&[b"HTTP/1.1 100 Continue\r\n\r\n", b""])
+            .await?;
+    }
     // The body first, up to a bound, before any upstream connection is taken: a client that
     // trickles its body holds a buffer, not an upstream connection (nginx's
     // `proxy_request_buffering`).

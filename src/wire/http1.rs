@@ -111,7 +111,8 @@ pub fn response_framing(
     })
 }
 
-/// True when a `Connection` field among `headers` lists `token`.
+/// True when a `Connection` field among `headers` lists `token` (`close`, or a field name that
+/// is then hop-by-hop).
 pub fn connection_has(headers: &[Header], token: &str) -> bool {
     headers
         .iter()
@@ -124,7 +125,9 @@ pub fn connection_has(headers: &[Header], token: &str) -> bool {
 }
 
 /// Hop-by-hop fields (RFC 9110 section 7.6.1) that are never forwarded; `Transfer-Encoding`
-/// is handled with the framing, `Upgrade` belongs to tunnels only.
+/// is handled with the framing, `Upgrade` belongs to tunnels only. `Expect: 100-continue` is
+/// answered by the proxy, which reads the body before the upstream is chosen (as nginx does),
+/// so the upstream is not asked to answer it again.
 fn always_hop(name: &str) -> bool {
     [
         "connection",
@@ -132,21 +135,10 @@ fn always_hop(name: &str) -> bool {
         "proxy-connection",
         "te",
         "upgrade",
+        "expect",
     ]
     .iter()
     .any(|f| is(name, f))
-}
-
-/// True when `name` is named by a `Connection` field among `headers` (so hop-by-hop).
-fn listed_by_connection(headers: &[Header], name: &str) -> bool {
-    headers
-        .iter()
-        .filter(|h| is(h.name, "connection"))
-        .any(|h| {
-            h.value
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
-        })
 }
 
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -184,7 +176,7 @@ pub fn write_request_head(
         let n = h.name;
         if always_hop(n)
             || (n.len() > 12 && n[..12].eq_ignore_ascii_case("x-forwarded-"))
-            || (lists && listed_by_connection(headers, n))
+            || (lists && connection_has(headers, n))
         {
             continue;
         }
@@ -231,7 +223,7 @@ pub fn write_response_head(
         if always_hop(n)
             || (n.len() > 15 && n[..15].eq_ignore_ascii_case("access-control-"))
             || (framing == Framing::Chunked && is(n, "content-length"))
-            || (lists && listed_by_connection(headers, n))
+            || (lists && connection_has(headers, n))
         {
             continue;
         }

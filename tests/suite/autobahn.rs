@@ -3,12 +3,13 @@
 //! tokio-tungstenite echo backend. Every case must end OK, NON-STRICT or INFORMATIONAL, its close
 //! too; UNIMPLEMENTED fails.
 //!
-//! The 216 permessage-deflate cases (12.*, 13.*) cost the suite's Python client about 11 minutes
+//! The 216 permessage-deflate cases (12.*, 13.*) cost the suite's Python client about 6 minutes
 //! of CPU per path on a 2-core machine; the other 301 take seconds. So `cargo test` (and CI) runs
 //! sections 1-10 on both paths and the first case of each compression group (12.1.1-12.5.1,
 //! 13.1.1-13.7.1: every payload shape and every negotiation variant once) on both paths.
-//! `SWITCHYARD_AUTOBAHN=full` runs all 517 cases on both paths (about 26 minutes here):
-//! `scripts/conformance.sh` does, and is run before a release and by every change to framing.
+//! `SWITCHYARD_AUTOBAHN=full` runs all 517 cases on both paths (9 minutes here, the two paths
+//! side by side): `scripts/conformance.sh` does, before a release and for every change to
+//! framing.
 //!
 //! `wstest` comes from `scripts/install-autobahn.sh` (run by `scripts/install-deps.sh --test`).
 

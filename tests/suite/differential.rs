@@ -181,16 +181,6 @@ async fn send(addr: SocketAddr, raw: &[u8], head_requests: &[bool]) -> Vec<Strin
     answers
 }
 
-fn ok(body: &str) -> Answer {
-    Answer::Bytes(
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Up: 1\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes(),
-    )
-}
-
 #[tokio::test]
 async fn pass_through_answers_as_nginx_does_for_every_framing() {
     let big = "x".repeat(10 << 20);

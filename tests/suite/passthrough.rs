@@ -21,16 +21,6 @@ async fn gateway_for(upstreams: &[SocketAddr]) -> Gateway {
     .await
 }
 
-fn ok(body: &str) -> Answer {
-    Answer::Bytes(
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Up: 1\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes(),
-    )
-}
-
 #[tokio::test]
 async fn kept_alive_requests_share_one_upstream_connection_with_the_edges_forwarded_fields() {
     let up = Upstream::start(HashMap::from([("/a", ok("hello"))])).await;
@@ -432,4 +422,34 @@ async fn a_body_that_trickles_in_holds_no_upstream_connection_until_it_is_whole(
     assert!(seen
         .iter()
         .any(|(_, r)| r.ends_with("\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n")));
+}
+
+#[tokio::test]
+async fn a_client_that_expects_100_continue_gets_it_from_the_edge() {
+    let up = Upstream::start(HashMap::from([("/up", ok("stored"))])).await;
+    let gw = gateway_for(&[up.addr]).await;
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(
+        b"PUT /up HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // RFC 9110 section 10.1.1: the client waits for 100 before it sends the body.
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(DEADLINE, c.read_exact(&mut interim))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    c.write_all(b"hello").await.unwrap();
+    let mut buf = Vec::new();
+    let answer = read_answer(&mut c, &mut buf, false).await.unwrap();
+    assert!(answer.ends_with("stored"), "{answer}");
+    let (_, got) = up.seen().pop().unwrap();
+    assert!(got.ends_with("\r\n\r\nhello"), "{got}");
+    assert!(
+        !got.to_ascii_lowercase().contains("expect:"),
+        "the expectation was answered at the edge: {got}"
+    );
 }

@@ -231,3 +231,14 @@ pub async fn exchange(
     c.write_all(&req).await.unwrap();
     read_answer(c, buf, head_request).await.unwrap()
 }
+
+/// `200 OK` with `body`, framed by its length, and an end-to-end field of the upstream's own.
+pub fn ok(body: &str) -> Answer {
+    Answer::Bytes(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Up: 1\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
