@@ -67,6 +67,26 @@ pub struct Changes {
     pub removed: Vec<String>,
     /// Upstream sets that are new in this generation (their health checks must start).
     pub new_sets: Vec<Arc<UpstreamSet>>,
+    /// What the previous generation leaves behind, retired by [`Changes::retire_replaced`]
+    /// once this generation is in force (never before: a request that found the old route
+    /// in the meantime would subscribe to a feed that is already gone, and wait on it).
+    retiring: Vec<Arc<RouteRuntime>>,
+}
+
+impl Changes {
+    /// Retires the previous generation's bridges and upstream sets this one replaced or
+    /// removed: their streaming clients are told to go (and reconnect to what serves the path
+    /// now), their feeds and health checks stop. Call it after the new generation is stored.
+    pub fn retire_replaced(&mut self) {
+        for rt in std::mem::take(&mut self.retiring) {
+            match &rt.target {
+                Target::Proxy(set) => set
+                    .retired
+                    .store(true, std::sync::atomic::Ordering::Relaxed),
+                Target::Bridge(b) => b.retire(),
+            }
+        }
+    }
 }
 
 impl GatewayState {
@@ -140,8 +160,7 @@ impl GatewayState {
                 let successor = routes.iter().find(|n| n.route.name == rt.route.name);
                 match &rt.target {
                     Target::Proxy(set) => {
-                        set.retired
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        changes.retiring.push(rt.clone());
                         // Gauges of members no live set reports any more are removed.
                         for m in &set.members {
                             let still = routes.iter().any(|n| match &n.target {
@@ -166,7 +185,7 @@ impl GatewayState {
                             _ => false,
                         };
                         if !carried {
-                            b.retire();
+                            changes.retiring.push(rt.clone());
                         }
                     }
                 }

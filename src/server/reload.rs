@@ -114,9 +114,11 @@ impl Reloader {
             log::warn!("reload of {path}: the `cluster` section changed; it applies only after a restart (this instance stays in the cluster it joined)");
         }
         let previous = self.live.load();
-        let (state, changes) = GatewayState::rebuild(&config, Some(&previous));
+        let (state, mut changes) = GatewayState::rebuild(&config, Some(&previous));
         let generation = state.generation;
         self.live.store(state);
+        // Only now: a client told to go reconnects to the generation in force.
+        changes.retire_replaced();
         for set in changes
             .new_sets
             .iter()

@@ -747,7 +747,18 @@ async fn a_reload_that_replaces_a_feed_keeps_one_backend_connection() {
     );
     let mut after = SseReader::open(gw.addr, "/feed", &[]).await;
     // The new feed's controller takes the lease over; the old one lets its connection go.
-    backend.wait_connections(2).await;
+    if tokio::time::timeout(
+        DEADLINE - Duration::from_secs(1),
+        backend.wait_connections(2),
+    )
+    .await
+    .is_err()
+    {
+        panic!(
+            "the new feed never connected its backend; the gateway's log:\n{}",
+            gw.log()
+        );
+    }
     backend.wait_open(1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     backend.send_numbered(3..=5, 4, 3, Duration::ZERO);
