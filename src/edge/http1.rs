@@ -520,14 +520,11 @@ impl Connection {
         self.body = Body::UntilClose;
     }
 
-    /// Notes that a passed-through answer is complete, `body_bytes` of body written, and the
-    /// request's own body read to its end when `request_read`: the connection may then carry
-    /// the next request.
-    pub fn passed_done(&mut self, body_bytes: u64, request_read: bool) {
+    /// Notes that a passed-through answer is complete, `body_bytes` of body written (the
+    /// request's own body went up whole before it): the connection may then carry the next
+    /// request, unless [`Self::passed_head`] said it closes.
+    pub fn passed_done(&mut self, body_bytes: u64) {
         self.answered_bytes += body_bytes;
-        if !request_read {
-            self.keepalive = false;
-        }
         self.body = Body::Done;
     }
 
@@ -703,8 +700,8 @@ async fn timed<T>(
     }
 }
 
-/// Writes all of `parts` with as few writes as the stream allows.
-async fn write_all_vectored<W: AsyncWrite + Unpin>(
+/// Writes all of `parts` with as few writes as the stream allows, then flushes.
+pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
     io: &mut W,
     parts: &[&[u8]],
 ) -> std::io::Result<()> {

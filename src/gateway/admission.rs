@@ -178,8 +178,11 @@ pub fn admit(
 }
 
 /// The one field an answer to a request without an allowed origin carries: `Vary: Origin`.
-pub fn vary_origin() -> CorsFields {
-    vec![(http::header::VARY, HeaderValue::from_static("Origin"))]
+pub static VARY_ORIGIN: [(HeaderName, HeaderValue); 1] =
+    [(http::header::VARY, HeaderValue::from_static("Origin"))];
+
+fn vary_origin() -> CorsFields {
+    VARY_ORIGIN.to_vec()
 }
 
 const CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];

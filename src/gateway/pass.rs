@@ -21,7 +21,7 @@
 //! 9.2.2): the usual case is an upstream that closed an idle connection as it was taken.
 
 use super::state::RouteRuntime;
-use crate::edge::http1::{Connection, Framing};
+use crate::edge::http1::{write_all_vectored, Connection, Framing};
 use crate::metrics;
 use crate::policy::reject::Reject;
 use crate::transport::{Downstream, Respond};
@@ -32,7 +32,7 @@ use crate::wire::http1::{self as h1, Forwarded};
 use bytes::Buf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// The longest wait for an answer's head, and for each read of a body from either side.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -47,9 +47,6 @@ const BODY_READ: usize = 64 * 1024;
 /// that sends slowly costs the upstream nothing; a larger body streams once this much is in.
 /// 64 KiB keeps 10,000 such clients within 640 MiB, charged to `server.limits.memory`.
 pub const BODY_BUFFER: usize = 64 * 1024;
-
-static VARY_ORIGIN: [(http::HeaderName, http::HeaderValue); 1] =
-    [(http::header::VARY, http::HeaderValue::from_static("Origin"))];
 
 /// How an exchange with one upstream connection went wrong.
 enum Failed {
@@ -339,7 +336,7 @@ async fn exchange(
         let close = !conn.keeps_alive() || framing_out == Framing::UntilClose;
         // A plain head's admission set no fields: its answer varies by Origin all the same.
         let extra = if conn.cors.headers.is_empty() {
-            &VARY_ORIGIN[..]
+            &super::admission::VARY_ORIGIN[..]
         } else {
             &conn.cors.headers[..]
         };
@@ -418,7 +415,7 @@ async fn send_request(
             _ => true,
         };
         let parts: [&[u8]; 2] = [first.take().unwrap_or_default(), &body];
-        write_all_parts(&mut up.stream, &parts)
+        write_all_vectored(&mut up.stream, &parts)
             .await
             .map_err(write_failed)?;
         if done {
@@ -435,32 +432,18 @@ async fn send_request(
     }
 }
 
-/// Reads until `up.buf` holds a whole answer head; its length.
+/// Reads until `up.buf` holds a whole answer head (up to its empty line); its length. The head
+/// is parsed once, by the caller: here only its end is looked for, in the bytes each read adds.
 async fn read_answer_head(up: &mut UpstreamConn) -> Result<usize, Failed> {
-    let mut first_byte = true;
+    let mut seen: usize = 0;
     loop {
-        if !up.buf.is_empty() {
-            first_byte = false;
-            let mut fields = [httparse::EMPTY_HEADER; 0];
-            let mut probe = httparse::Response::new(&mut fields);
-            match probe.parse(&up.buf) {
-                Ok(httparse::Status::Complete(n)) => return Ok(n),
-                Err(httparse::Error::TooManyHeaders) => {
-                    // Fields there are: find the head's end itself.
-                    if let Some(end) = up.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        return Ok(end + 4);
-                    }
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(e) => {
-                    return Err(bad_answer(&format!(
-                        "the upstream's answer head does not parse: {e}"
-                    )))
-                }
-            }
-            if up.buf.len() >= ANSWER_HEAD_MAX {
-                return Err(bad_answer("the upstream's answer head is too large"));
-            }
+        let first_byte = up.buf.is_empty();
+        if let Some(end) = head_end(&up.buf, seen.saturating_sub(2)) {
+            return Ok(end);
+        }
+        seen = up.buf.len();
+        if up.buf.len() >= ANSWER_HEAD_MAX {
+            return Err(bad_answer("the upstream's answer head is too large"));
         }
         if up.buf.capacity() - up.buf.len() < 4096 {
             up.buf.reserve(16 * 1024);
@@ -479,6 +462,21 @@ async fn read_answer_head(up: &mut UpstreamConn) -> Result<usize, Failed> {
             Err(_) => return Err(Failed::BeforeAnswer("the answer timed out".into())),
         }
     }
+}
+
+/// Where a head ends in `buf` (after its empty line, CRLF or bare LF as httparse reads them),
+/// looking from `from` on.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(at) = buf.get(i..)?.iter().position(|b| *b == b'\n') {
+        let lf = i + at;
+        match (buf.get(lf + 1), buf.get(lf + 2)) {
+            (Some(b'\n'), _) => return Some(lf + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(lf + 3),
+            _ => i = lf + 1,
+        }
+    }
+    None
 }
 
 /// Writes the answer's head with the body bytes at hand, then the rest of the body as it comes.
@@ -525,8 +523,7 @@ async fn relay_answer(
                 .map_err(|e| cut(format!("writing to the client: {e}")))?;
         }
         if done {
-            // The request's body went up whole before the answer was read.
-            conn.passed_done(sent, true);
+            conn.passed_done(sent);
             return Ok(());
         }
         // The buffer is empty (its bytes went out): read the next piece into it.
@@ -537,7 +534,8 @@ async fn relay_answer(
         let read = tokio::time::timeout(READ_TIMEOUT, up.stream.read_buf(&mut up.buf)).await;
         match read {
             Ok(Ok(0)) if framing == Framing::UntilClose => {
-                conn.passed_done(sent, false);
+                // `passed_head` closed the client's connection after this answer already.
+                conn.passed_done(sent);
                 return Ok(());
             }
             Ok(Ok(0)) => return Err(cut("the upstream closed inside its answer".into())),
@@ -548,21 +546,17 @@ async fn relay_answer(
     }
 }
 
-/// Writes `parts` in as few writes as the socket takes.
-async fn write_all_parts(
-    stream: &mut tokio::net::TcpStream,
-    parts: &[&[u8]; 2],
-) -> std::io::Result<()> {
-    let (mut a, mut b) = (parts[0], parts[1]);
-    while !a.is_empty() || !b.is_empty() {
-        let slices = [std::io::IoSlice::new(a), std::io::IoSlice::new(b)];
-        let n = stream.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let from_a = n.min(a.len());
-        a = &a[from_a..];
-        b = &b[n - from_a..];
+#[cfg(test)]
+mod tests {
+    use super::head_end;
+
+    #[test]
+    fn a_heads_end_is_found_after_crlf_or_bare_lf_lines() {
+        let head = b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody";
+        assert_eq!(head_end(head, 0), Some(head.len() - 4));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\nA: b\n\nx", 0), Some(22));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n", 0), None);
+        // Looked for from where the last read ended, less the two bytes a split end needs.
+        assert_eq!(head_end(head, 21), Some(head.len() - 4));
     }
-    Ok(())
 }

@@ -46,7 +46,14 @@ struct Idle {
 
 thread_local! {
     static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
+    /// Check-ins since every list was last swept.
+    static SINCE_SWEEP: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
+
+/// Every this many check-ins, every list on the thread is swept of connections past their
+/// time, and empty lists go: an address no route uses any more (a reload removed it) would
+/// otherwise keep its idle connections open, since nothing takes from its list again.
+const SWEEP_EVERY: u32 = 1024;
 
 /// Takes an idle connection to `addr` that is still open, if there is one.
 pub fn checkout(addr: SocketAddr) -> Option<UpstreamConn> {
@@ -88,6 +95,19 @@ pub fn checkin(addr: SocketAddr, conn: UpstreamConn) {
     buf.clear();
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
+        let sweep = SINCE_SWEEP.with(|n| {
+            n.set(n.get() + 1);
+            n.get() >= SWEEP_EVERY && {
+                n.set(0);
+                true
+            }
+        });
+        if sweep {
+            idle.retain(|_, list| {
+                list.retain(|c| c.since.elapsed() < IDLE_TIMEOUT);
+                !list.is_empty()
+            });
+        }
         let list = idle.entry(addr).or_default();
         // The oldest are at the front: drop those past their time, and the oldest when full.
         let stale = list
@@ -119,14 +139,10 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Ups
     })
 }
 
-/// Idle connections on this thread (for tests and the status of a drain).
-pub fn idle_on_this_thread() -> usize {
+/// Idle connections on this thread.
+#[cfg(test)]
+fn idle_on_this_thread() -> usize {
     IDLE.with(|idle| idle.borrow().values().map(Vec::len).sum())
-}
-
-/// Closes every idle connection on this thread (a drain: nothing will reuse them).
-pub fn close_idle_on_this_thread() {
-    IDLE.with(|idle| idle.borrow_mut().clear())
 }
 
 #[cfg(test)]
