@@ -723,7 +723,42 @@ pub struct OpenConnection {
     since: std::time::Instant,
 }
 
+/// A transport's series on one route, looked up once and kept: what clients that live for one
+/// request each (polls) count, without a label lookup (a hash and a lock) per request.
+pub struct ClientSeries {
+    connections: IntCounter,
+    open: IntGauge,
+    duration: Histogram,
+    pub messages_out: IntCounter,
+    pub bytes_out: IntCounter,
+    pub latency: Histogram,
+}
+
+impl ClientSeries {
+    pub fn new(route: &str, transport: &'static str) -> Self {
+        Self {
+            connections: CLIENT_CONNECTIONS.with_label_values(&[route, transport]),
+            open: CLIENT_CONNECTIONS_OPEN.with_label_values(&[route, transport]),
+            duration: CONNECTION_DURATION.with_label_values(&[route, transport]),
+            messages_out: MESSAGES.with_label_values(&[route, transport, "out"]),
+            bytes_out: BYTES.with_label_values(&[route, transport, "out"]),
+            latency: DELIVERY_LATENCY.with_label_values(&[route, transport]),
+        }
+    }
+}
+
 impl OpenConnection {
+    /// Counts a connection in series looked up before.
+    pub fn of(series: &ClientSeries) -> Self {
+        series.connections.inc();
+        series.open.inc();
+        Self {
+            open: series.open.clone(),
+            duration: series.duration.clone(),
+            since: std::time::Instant::now(),
+        }
+    }
+
     pub fn new(route: &str, transport: &'static str) -> Self {
         CLIENT_CONNECTIONS
             .with_label_values(&[route, transport])

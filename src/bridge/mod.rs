@@ -117,6 +117,65 @@ pub struct Bridge {
     backends: Arc<dyn Backends>,
     /// The route's SockJS sessions (empty unless `clients` lists `sockjs`).
     pub sockjs: Arc<sockjs::SockSessions>,
+    /// What long-poll clients of the shared feed share.
+    pub polls: Polls,
+}
+
+/// What the long-poll clients of one route share: their metric series, and the last answer
+/// encoded. Polls that waited at the same cursor are answered with the same messages when
+/// one arrives, so the answer is encoded by the first of them and sent by all.
+#[derive(Default)]
+pub struct Polls {
+    series: std::sync::OnceLock<crate::metrics::ClientSeries>,
+    last: std::sync::Mutex<Option<PollAnswer>>,
+}
+
+/// One encoded poll answer and what it answered: the messages after `after` from `first` to
+/// `last` (the same `Arc`s, so the same messages), `count` of them, `missed` or not.
+#[derive(Clone)]
+pub struct PollAnswer {
+    pub after: u64,
+    pub first: Option<Arc<Message>>,
+    pub last: Option<Arc<Message>>,
+    pub count: usize,
+    pub missed: bool,
+    pub body: bytes::Bytes,
+    /// Messages in the body (binary ones dropped by policy are not).
+    pub sent: u64,
+}
+
+impl PollAnswer {
+    fn answers(&self, after: u64, batch: &[Arc<Message>], missed: bool) -> bool {
+        let same = |held: &Option<Arc<Message>>, m: Option<&Arc<Message>>| match (held, m) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        self.after == after
+            && self.count == batch.len()
+            && self.missed == missed
+            && same(&self.first, batch.first())
+            && same(&self.last, batch.last())
+    }
+}
+
+impl Polls {
+    pub fn series(&self, route: &str) -> &crate::metrics::ClientSeries {
+        self.series
+            .get_or_init(|| crate::metrics::ClientSeries::new(route, "long_poll"))
+    }
+
+    /// The answer encoded last, when it answers the same poll (`after`, `batch`, `missed`).
+    pub fn cached(&self, after: u64, batch: &[Arc<Message>], missed: bool) -> Option<PollAnswer> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|a| a.answers(after, batch, missed))
+            .cloned()
+    }
+
+    pub fn keep(&self, answer: PollAnswer) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer);
+    }
 }
 
 /// A client that joined a shared feed: what it asked to replay, then its live position.
@@ -170,6 +229,7 @@ impl Bridge {
             retired: previous.retired.clone(),
             backends,
             sockjs: previous.sockjs.clone(),
+            polls: Polls::default(),
         })
     }
 
@@ -189,6 +249,7 @@ impl Bridge {
             retired: Arc::new(tokio::sync::watch::Sender::new(false)),
             backends,
             sockjs: Arc::default(),
+            polls: Polls::default(),
         }
     }
 

@@ -334,15 +334,23 @@ fn judge(req: &httparse::Request, buf: &[u8], len: usize, full: bool) -> Parse {
             return Parse::Plain(len, Shape { body, stream }, p);
         }
     }
-    let Ok(mut head) = RequestHeader::build(method, req.path.unwrap_or("/").as_bytes(), None)
-    else {
+    // Without a map of the fields' original case: nothing on this path writes the head on as
+    // received (a pass-through forwards the raw head, a tunnel writes names in lower case).
+    let Ok(mut head) = RequestHeader::build_no_case(
+        method,
+        req.path.unwrap_or("/").as_bytes(),
+        Some(req.headers.len()),
+    ) else {
         return Parse::Other;
     };
     for h in req.headers.iter() {
-        let Ok(value) = http::HeaderValue::from_bytes(h.value) else {
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(h.name.as_bytes()),
+            http::HeaderValue::from_bytes(h.value),
+        ) else {
             return Parse::Other;
         };
-        if head.append_header(h.name.to_owned(), value).is_err() {
+        if head.append_header(name, value).is_err() {
             return Parse::Other;
         }
     }
@@ -782,6 +790,57 @@ impl Downstream for Connection {
                 self.write_body(std::slice::from_ref(&body), true).await
             }
         }
+    }
+
+    async fn write_simple_answer(
+        &mut self,
+        status: u16,
+        fields: &[(&'static str, &'static str)],
+        body: Bytes,
+    ) -> pingora::Result<()> {
+        if self.body != Body::Pending {
+            return Error::e_explain(ErrorType::InternalError, "response head already written");
+        }
+        let status = http::StatusCode::from_u16(status)
+            .or_err(ErrorType::InternalError, "an answer's status")?;
+        let mut head = Vec::with_capacity(256);
+        head.extend_from_slice(b"HTTP/1.1 ");
+        head.extend_from_slice(status.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(status.canonical_reason().unwrap_or("Status").as_bytes());
+        head.extend_from_slice(b"\r\n");
+        let mut field = |name: &[u8], value: &[u8]| {
+            head.extend_from_slice(name);
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value);
+            head.extend_from_slice(b"\r\n");
+        };
+        for (name, value) in fields {
+            field(name.as_bytes(), value.as_bytes());
+        }
+        for (name, value) in &self.cors.headers {
+            field(name.as_str().as_bytes(), value.as_bytes());
+        }
+        let mut digits = [0u8; 20];
+        let digits_len = {
+            let mut at = &mut digits[..];
+            let _ = write!(at, "{}", body.len());
+            20 - at.len()
+        };
+        field(b"content-length", &digits[..digits_len]);
+        if !self.keepalive {
+            field(b"connection", b"close");
+        }
+        field(
+            b"date",
+            pingora::protocols::http::date::get_cached_date().as_bytes(),
+        );
+        head.extend_from_slice(b"\r\n");
+        self.status = Some(status.as_u16());
+        self.answered_bytes += body.len() as u64;
+        self.body = Body::Done;
+        self.write_parts(&[&head, &body], "writing the response")
+            .await
     }
 
     async fn write_response_body(&mut self, body: Option<Bytes>, end: bool) -> pingora::Result<()> {

@@ -121,14 +121,19 @@ impl LeanStreams for Gateway {
         rt: Self::Route,
         raw_head: BytesMut,
     ) {
-        let route = rt.route.name.clone();
+        let routed = rt.clone();
+        let route = routed.route.name.as_str();
         // Taken now: a stream frees its request head.
-        let head = Head::capture(
-            conn.req_header(),
-            conn.client_ip(),
-            transport_label(&rt, conn.req_header()),
-            None,
-        );
+        let head = if access_log::enabled() {
+            Head::capture(
+                conn.req_header(),
+                conn.client_ip(),
+                transport_label(&rt, conn.req_header()),
+                None,
+            )
+        } else {
+            None
+        };
         let served: pingora::Result<()> = async {
             let client = Client {
                 raw_head: Some(&raw_head),
@@ -173,16 +178,16 @@ impl LeanStreams for Gateway {
             if conn.status.is_none() {
                 // Failed before answering (pingora would have sent its 500 here too).
                 let _ = Reject::new(500, "internal_error", format!("route {route}: {e}"))
-                    .send(conn, &route)
+                    .send(conn, route)
                     .await;
             }
         }
-        admission::count_request(&route, conn.status);
+        routed.requests.count(conn.status);
         if let Some(head) = head {
             access_log::submit(Record {
                 duration: head.began.elapsed(),
                 head,
-                route,
+                route: route.to_owned(),
                 status: conn.status,
                 bytes_in: 0,
                 bytes_out: conn.answered_bytes,

@@ -58,6 +58,25 @@ pub trait Downstream: Send {
         }
     }
 
+    /// Sends a whole answer built from fixed fields: `status` (one that has a body), `fields`,
+    /// and `body` with its `Content-Length`. The lean connection writes it without building a
+    /// response value.
+    fn write_simple_answer(
+        &mut self,
+        status: u16,
+        fields: &[(&'static str, &'static str)],
+        body: Bytes,
+    ) -> impl Future<Output = pingora::Result<()>> + Send {
+        async move {
+            let mut resp = ResponseHeader::build(status, Some(fields.len() + 1))?;
+            for (name, value) in fields {
+                resp.insert_header(*name, *value)?;
+            }
+            resp.insert_header("content-length", body.len().to_string())?;
+            self.write_answer(Box::new(resp), body).await
+        }
+    }
+
     /// Sends several pieces as one piece of the body (one chunk, one write where the stream
     /// allows), flushed. The default joins them; a connection that can write vectored should.
     fn write_body_parts(

@@ -238,7 +238,7 @@ pub(super) async fn read_message_body<D: Downstream>(
 }
 
 fn session_param<D: Downstream>(down: &D) -> Option<String> {
-    super::query_param(down.req_header(), "session")
+    super::query_param(down.req_header(), "session").map(String::from)
 }
 
 /// Answers a POST: relays its messages to the backend in order.

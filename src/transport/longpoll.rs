@@ -19,12 +19,11 @@ use super::Respond;
 use crate::access_log::{Closer, StreamEnd};
 use crate::bridge::hub::Gone;
 use crate::bridge::session::{EndReason, Sessions};
-use crate::bridge::{Bridge, Event, Message};
+use crate::bridge::{Bridge, Event, Message, PollAnswer};
 use crate::config::BinaryPolicy;
 use crate::metrics;
 use crate::policy::reject::Reject;
 use bytes::{BufMut, Bytes, BytesMut};
-use pingora::http::ResponseHeader;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -66,7 +65,8 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
         Some(n) => n,
         None => head,
     };
-    let _open = metrics::OpenConnection::new(route, "long_poll");
+    let series = bridge.polls.series(route);
+    let _open = metrics::OpenConnection::of(series);
     let mut sub = bridge.subscribe(Some(after));
     let mut batch: Vec<Arc<Message>> = sub.backlog;
     let mut missed = sub.gap || from_before_restart;
@@ -114,10 +114,47 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
         }
     }
     batch.truncate(MAX_BATCH);
-    let next_cursor = batch.last().map_or(after, |m| m.seq);
-    let body = answer(bridge, None, next_cursor, &batch, missed, None);
+    // Polls that waited at the same cursor get the same messages: the first encodes the
+    // answer, the others send it.
+    let body = match bridge.polls.cached(after, &batch, missed) {
+        Some(cached) => {
+            let dropped = cached.count as u64 - cached.sent;
+            if dropped > 0 {
+                metrics::DROPPED_MESSAGES
+                    .with_label_values(&[route, "long_poll", "binary_policy"])
+                    .inc_by(dropped);
+            }
+            Answer {
+                body: cached.body,
+                messages: cached.sent,
+                closed: false,
+            }
+        }
+        None => {
+            let next_cursor = batch.last().map_or(after, |m| m.seq);
+            let fresh = answer(bridge, None, next_cursor, &batch, missed, None);
+            bridge.polls.keep(PollAnswer {
+                after,
+                first: batch.first().cloned(),
+                last: batch.last().cloned(),
+                count: batch.len(),
+                missed,
+                body: fresh.body.clone(),
+                sent: fresh.messages,
+            });
+            fresh
+        }
+    };
+    count_answer(bridge, &body);
     observe_latency(bridge, batch.get(live_from..).unwrap_or_default());
-    respond(down, body).await
+    let sent = respond(down, body).await;
+    if live_from == 0 && sent.is_ok() {
+        // A message just answered every poll waiting for it: this one steps back until the
+        // others are answered too, and tidies up after (its subscription, timers, the next
+        // head's read). The last of them is answered that much sooner.
+        tokio::task::yield_now().await;
+    }
+    sent
 }
 
 /// A poll's answer, and what the access log says of it.
@@ -171,17 +208,18 @@ fn answer(
         body.put_slice(format!(",\"closed\":{closed}").as_bytes());
     }
     body.put_u8(b'}');
-    metrics::MESSAGES
-        .with_label_values(&[route, "long_poll", "out"])
-        .inc_by(sent);
-    metrics::BYTES
-        .with_label_values(&[route, "long_poll", "out"])
-        .inc_by(body.len() as u64);
     Answer {
         body: body.freeze(),
         messages: sent,
         closed: closed.is_some(),
     }
+}
+
+/// Counts an answer's messages and bytes.
+fn count_answer(bridge: &Bridge, answer: &Answer) {
+    let series = bridge.polls.series(&bridge.route.name);
+    series.messages_out.inc_by(answer.messages);
+    series.bytes_out.inc_by(answer.body.len() as u64);
 }
 
 /// Delivery latency of messages a waiting poll took live (binary ones dropped by policy left
@@ -192,19 +230,24 @@ fn observe_latency(bridge: &Bridge, live: &[Arc<Message>]) {
     }
     let drop_binary = bridge.spec.binary == BinaryPolicy::Drop;
     let now = std::time::Instant::now();
-    let latency = metrics::DELIVERY_LATENCY.with_label_values(&[&bridge.route.name, "long_poll"]);
+    let latency = &bridge.polls.series(&bridge.route.name).latency;
     for m in live.iter().filter(|m| !(m.binary && drop_binary)) {
         latency.observe(now.saturating_duration_since(m.received).as_secs_f64());
     }
 }
 
 async fn respond<D: Downstream>(down: &mut D, answer: Answer) -> pingora::Result<()> {
-    let mut resp = ResponseHeader::build(200, Some(3))?;
-    resp.insert_header("content-type", "application/json")?;
-    resp.insert_header("cache-control", "no-store")?;
-    resp.insert_header("content-length", answer.body.len().to_string())?;
     let bytes_out = answer.body.len() as u64;
-    let sent = down.write_answer(Box::new(resp), answer.body).await;
+    let sent = down
+        .write_simple_answer(
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("cache-control", "no-store"),
+            ],
+            answer.body,
+        )
+        .await;
     down.stream_ended(StreamEnd {
         transport: "long_poll",
         messages_out: answer.messages,
@@ -233,13 +276,17 @@ async fn serve_session<D: Downstream>(
         Ok(c) => c.unwrap_or(0),
         Err(reject) => return reject.send(down, route).await,
     };
-    let Some(id) = super::query_param(down.req_header(), "session") else {
+    let Some(id) = super::query_param(down.req_header(), "session").map(String::from) else {
         let client = super::client_info(down);
         let opened = bridge
             .open_session(down.req_header(), &client, "long_poll", true)
             .await;
         return match opened {
-            Ok(conv) => respond(down, answer(bridge, Some(&conv.id), 0, &[], false, None)).await,
+            Ok(conv) => {
+                let opened = answer(bridge, Some(&conv.id), 0, &[], false, None);
+                count_answer(bridge, &opened);
+                respond(down, opened).await
+            }
             Err(why) => super::session_refused(down, route, why).await,
         };
     };
@@ -260,7 +307,7 @@ async fn serve_session<D: Downstream>(
         .send(down, route)
         .await;
     }
-    let _open = metrics::OpenConnection::new(route, "long_poll");
+    let _open = metrics::OpenConnection::of(bridge.polls.series(route));
     let _busy = conv.busy();
     conv.outbox.ack(cursor);
     let mut batch = conv.outbox.after(cursor, MAX_BATCH);
@@ -289,6 +336,7 @@ async fn serve_session<D: Downstream>(
         batch.gap,
         batch.ended.as_deref(),
     );
+    count_answer(bridge, &body);
     respond(down, body).await
 }
 
@@ -301,7 +349,7 @@ async fn serve_remote<D: Downstream>(
     remote: Box<dyn crate::bridge::session::Remote>,
     cursor: u64,
 ) -> pingora::Result<()> {
-    let _open = metrics::OpenConnection::new(&bridge.route.name, "long_poll");
+    let _open = metrics::OpenConnection::of(bridge.polls.series(&bridge.route.name));
     let wait = bridge.route.keepalive.poll_timeout;
     let batch = tokio::select! {
         b = remote.poll(cursor, MAX_BATCH, wait) => b,
@@ -319,6 +367,7 @@ async fn serve_remote<D: Downstream>(
         batch.gap,
         batch.ended.as_deref(),
     );
+    count_answer(bridge, &body);
     respond(down, body).await
 }
 

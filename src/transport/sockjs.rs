@@ -380,7 +380,8 @@ async fn receive<D: Downstream>(
     let route = bridge.route.name.as_str();
     let callback = if t.needs_callback() {
         let c = super::query_param(down.req_header(), "c")
-            .or_else(|| super::query_param(down.req_header(), "callback"));
+            .or_else(|| super::query_param(down.req_header(), "callback"))
+            .map(String::from);
         let max = if t == Transport::Jsonp { 32 } else { 256 };
         match c {
             None => {

@@ -244,7 +244,7 @@ fn last_event_id<D: Downstream>(down: &D) -> Option<String> {
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| super::query_param(down.req_header(), "lastEventId"))
+        .or_else(|| super::query_param(down.req_header(), "lastEventId").map(String::from))
 }
 
 /// Writes the event stream: headers, `first`, the backlog, then live messages with heartbeats

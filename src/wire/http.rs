@@ -2,6 +2,7 @@
 //! string, the request's host. Pure: no I/O, no routes.
 
 use pingora::http::RequestHeader;
+use std::borrow::Cow;
 
 /// True when a comma-separated header `name` carries `token` (case-insensitive), in any of its
 /// instances.
@@ -26,8 +27,9 @@ pub fn request_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.host())
 }
 
-/// The value of query parameter `name`, percent-decoded.
-pub fn query_param(req: &RequestHeader, name: &str) -> Option<String> {
+/// The value of query parameter `name`, percent-decoded (borrowed from the request when there
+/// is nothing to decode, as for the numbers and names a poll carries).
+pub fn query_param<'r>(req: &'r RequestHeader, name: &str) -> Option<Cow<'r, str>> {
     let query = req.uri.query()?;
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -35,8 +37,11 @@ pub fn query_param(req: &RequestHeader, name: &str) -> Option<String> {
     })
 }
 
-fn percent_decode(s: &str) -> String {
+fn percent_decode(s: &str) -> Cow<'_, str> {
     let bytes = s.as_bytes();
+    if !bytes.iter().any(|b| matches!(b, b'%' | b'+')) {
+        return Cow::Borrowed(s);
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -54,7 +59,7 @@ fn percent_decode(s: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 fn hex(b: u8) -> Option<u8> {

@@ -109,6 +109,58 @@ async fn long_poll_cursor_misses_nothing_and_repeats_idempotently() {
 }
 
 #[tokio::test]
+async fn polls_waiting_at_one_cursor_share_an_answer_and_other_cursors_get_their_own() {
+    let gw = Gateway::start(ROUTES).await;
+    let poll = |cursor: u64| {
+        let addr = gw.addr;
+        async move {
+            let r = http_get(addr, &format!("/clock?transport=poll&cursor={cursor}"), &[]).await;
+            assert_eq!(r.status, 200, "{}", r.body_text());
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()
+        }
+    };
+    let start = serde_json::from_slice::<serde_json::Value>(
+        &http_get(gw.addr, "/clock?transport=poll", &[]).await.body,
+    )
+    .unwrap()["cursor"]
+        .as_u64()
+        .unwrap();
+    // Twelve polls wait at the head for the next tick, together.
+    let waiting: Vec<_> = (0..12).map(|_| tokio::spawn(poll(start))).collect();
+    let mut answers = Vec::new();
+    for w in waiting {
+        answers.push(w.await.unwrap());
+    }
+    for a in &answers {
+        assert_eq!(a, &answers[0], "the same cursor, the same answer");
+    }
+    let next = answers[0]["cursor"].as_u64().unwrap();
+    assert!(next > start, "{}", answers[0]);
+    // A poll from further back, after them, gets more than they did (and not their answer);
+    // one from where they are now waits for a later tick.
+    let behind = poll(start - 1).await;
+    assert_eq!(
+        behind["messages"].as_array().unwrap().len() as u64,
+        behind["cursor"].as_u64().unwrap() - (start - 1),
+        "{behind}"
+    );
+    assert_ne!(behind, answers[0]);
+    let later = poll(next).await;
+    assert!(later["cursor"].as_u64().unwrap() > next, "{later}");
+    // Each answer's messages are counted, shared or not: 12 + 1 + the ones above.
+    let first_len = answers[0]["messages"].as_array().unwrap().len() as u64;
+    let counted = 1
+        + 12 * first_len
+        + behind["messages"].as_array().unwrap().len() as u64
+        + later["messages"].as_array().unwrap().len() as u64;
+    gw.expect_metric(
+        r#"switchyard_messages_total{direction="out",route="clock",transport="long_poll"}"#,
+        counted as f64,
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn long_poll_times_out_empty_at_poll_timeout() {
     let routes = "  - name: quiet\n    path: /q\n    backend: { builtin: clock }\n    keepalive: { poll_timeout: 300ms }\n";
     let gw = Gateway::start(routes).await;
