@@ -1132,3 +1132,58 @@ async fn a_client_that_stops_reading_holds_backend_messages_bounded_in_bytes() {
     drop(held);
     task.abort();
 }
+
+/// Fifty clients push 1 MiB messages at their own backend connection, which takes nothing:
+/// each client is held to what its session may have in flight (twice `max_message`) plus the
+/// message being read, each message is held once while it waits to be written, and the
+/// gateway's memory grows by less than 256 MiB (a copy per message in flight made it ~300).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_pushing_at_a_stalled_backend_hold_each_message_once() {
+    use tokio::io::AsyncWriteExt;
+    let (backend, _task) = stalled_backend().await;
+    let gw = Gateway::start(&format!(
+        "  - name: push\n    path: /push\n    fanout: per_client\n    backend: {{ websocket: \"ws://{backend}/push\" }}\n    limits: {{ max_message: 1MiB }}\n"
+    ))
+    .await;
+    // Warm up (threads, allocator arenas) before measuring.
+    let (mut warm, _) = ws_open_offering(gw.addr, "/push", None).await;
+    warm.write_all(&client_frame(0x81, b"warm")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = gw.rss_kib();
+    let frame = std::sync::Arc::new(client_frame(0x82, &vec![7u8; 1 << 20]));
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let (addr, frame) = (gw.addr, frame.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut s, _) = ws_open_offering(addr, "/push", None).await;
+            // Push until the gateway stops reading (a write that waits a second).
+            let mut sent = 0;
+            while sent < 64 {
+                match tokio::time::timeout(Duration::from_secs(1), s.write_all(&frame)).await {
+                    Ok(Ok(())) => sent += 1,
+                    _ => break,
+                }
+            }
+            assert!(
+                sent < 64,
+                "the gateway kept reading from a client whose backend stalled"
+            );
+            s
+        }));
+    }
+    let mut held = Vec::new();
+    for c in clients {
+        held.push(c.await.unwrap());
+    }
+    let after = gw.rss_kib();
+    assert!(
+        after < before + 256 * 1024,
+        "RSS grew from {before} KiB to {after} KiB ({} MiB)",
+        (after - before) / 1024
+    );
+    eprintln!("RSS grew by {} MiB", (after.saturating_sub(before)) / 1024);
+    // The gateway still serves everyone else.
+    let r = http_get(gw.admin, "/healthz", &[]).await;
+    assert_eq!(r.status, 200);
+    drop(held);
+}
