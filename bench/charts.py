@@ -10,6 +10,8 @@ Writes into --out (docs/bench by default):
   fanout-deliveries.svg  SSE fan-out deliveries/s against the publish rate, a line per server
   fanout-p99.svg         SSE fan-out p99 latency against the publish rate, a line per server
   idle-memory.svg        memory per idle client, a bar per server and kind of client
+  http.svg               plain HTTP pass-through requests/s, a bar per server and setup (when the
+                         results have bench/http.sh's rows: every server in every setup)
 
 Exits non-zero, writing nothing, when a series it expects is missing (a server without a
 fan-out result at a rate the run swept, a server without idle rows): an empty or partial chart
@@ -175,6 +177,34 @@ def idle_rows(rows, servers):
         raise ChartError(f"idle memory: no '<server> idle ...' results for {', '.join(missing)}")
     order = [s for s in servers if s in seen] + sorted(seen - set(servers))
     return [(kind, [(s, *bars[s]) for s in order if s in bars]) for kind, bars in kinds.items()], order
+
+
+HTTP_LABEL = re.compile(r"^http (?P<mode>\S+) (?P<server>\S+) (?P<conns>\d+) connections (?P<threads>\d+) threads$")
+HTTP_SERVERS = ("switchyard", "nginx", "haproxy", "pingora")
+
+
+def http_rows(rows):
+    """[(setup, [(server, requests_per_s, vs_nginx)])] from bench/http.sh's rows, setups in the
+    order the run measured them; [] when the run has none. Every setup must have every server
+    any setup has."""
+    setups = {}
+    for label, objs in rows:
+        m = HTTP_LABEL.match(label)
+        if not m:
+            continue
+        d = objs[0]
+        setup = f"{m['mode'].upper()}, {m['conns']} connections, {m['threads']} thread(s)"
+        bars = setups.setdefault(setup, {})
+        if m["server"] in bars:
+            raise ChartError(f"two results for {label}")
+        bars[m["server"]] = (need(d, "requests_per_s", label), need(d, "vs_nginx", label))
+    seen = {s for bars in setups.values() for s in bars}
+    for setup, bars in setups.items():
+        missing = sorted(seen - set(bars))
+        if missing:
+            raise ChartError(f"http: {setup} has no result for {', '.join(missing)}")
+    order = [s for s in HTTP_SERVERS if s in seen] + sorted(seen - set(HTTP_SERVERS))
+    return [(setup, [(s, *bars[s]) for s in order]) for setup, bars in setups.items()]
 
 
 # ---------------------------------------------------------------- drawing
@@ -384,21 +414,20 @@ def fanout_charts(sweep, rates, clients):
     return deliveries, p99
 
 
-def idle_chart(kinds, servers):
-    """Horizontal bars grouped by kind of client, a bar per server that measured it."""
-    W, L, R = 860, 300, 70
+def bar_chart(title, aria, sub, x_title, groups, servers, value_label=lambda v, note: f"{v:.1f}", R=70):
+    """Horizontal bars: groups of (key, name, detail, [(server, value, note)]), a bar per server;
+    `aria` is the chart's accessible title."""
+    W, L = 860, 300
     T, BAR, GAP, GROUP = 96, 16, 4, 22
-    H = T + sum(len(b) * (BAR + GAP) - GAP + GROUP for _, b in kinds) - GROUP + 78
-    top = max(kib for _, bars in kinds for _, _, kib in bars)
+    H = T + sum(len(b) * (BAR + GAP) - GAP + GROUP for _, _, _, b in groups) - GROUP + 78
+    top = max(v for _, _, _, bars in groups for _, v, _ in bars)
     if top <= 0:
-        raise ChartError("idle memory: every value is zero")
+        raise ChartError(f"{title}: every value is zero")
     step = nice_step(top)
     x_hi = math.ceil(top / step) * step
     px = lambda v: L + v / x_hi * (W - L - R)
-    title = "Memory per idle client"
-    sub = "RSS growth per client held, all of the server's processes; lower is better"
-    svg = Svg(W, H, f"{title} (KiB per client, {sub})")
-    svg.text(24, 28, f"{title} (KiB)", size=17, weight="600")
+    svg = Svg(W, H, aria)
+    svg.text(24, 28, title, size=17, weight="600")
     svg.text(24, 48, sub, size=12, fill=MUTED)
     legend(svg, 24, 72, [(s, color_of(s, servers), None, None, "bar") for s in servers])
     bottom = H - 78 + 8
@@ -409,24 +438,45 @@ def idle_chart(kinds, servers):
         svg.text(px(t), bottom + 19, fmt_num(t), size=11, anchor="middle", fill=MUTED)
     svg.line(L, bottom, W - R, bottom)
     svg.line(L, T - 6, L, bottom)
-    svg.text((L + W - R) / 2, bottom + 42, "KiB per idle client", size=12, anchor="middle")
+    svg.text((L + W - R) / 2, bottom + 42, x_title, size=12, anchor="middle")
     y = T
-    for kind, bars in kinds:
-        clients = sorted({c for _, c, _ in bars})
+    for key, name, detail, bars in groups:
         h = len(bars) * (BAR + GAP) - GAP
-        name = IDLE_KINDS.get(kind, kind)
         svg.text(L - 10, y + h / 2 - 7, name, size=12, anchor="end", baseline="central")
-        svg.text(L - 10, y + h / 2 + 9, " / ".join(f"{c:,}" for c in clients) + " clients",
-                 size=10, anchor="end", fill=MUTED, baseline="central")
-        for server, _, kib in bars:
+        svg.text(L - 10, y + h / 2 + 9, detail, size=10, anchor="end", fill=MUTED, baseline="central")
+        for server, value, note in bars:
             color = color_of(server, servers)
-            svg.add(f'<g class="bar" data-server="{attr(server)}" data-kind="{attr(kind)}">')
-            svg.add(f'<rect x="{L}" y="{y:.1f}" width="{max(px(kib) - L, 1):.1f}" height="{BAR}" fill="{color}"/>')
-            svg.text(px(kib) + 5, y + BAR / 2, f"{kib:.1f}", size=11, baseline="central")
+            svg.add(f'<g class="bar" data-server="{attr(server)}" data-kind="{attr(key)}">')
+            svg.add(f'<rect x="{L}" y="{y:.1f}" width="{max(px(value) - L, 1):.1f}" height="{BAR}" fill="{color}"/>')
+            svg.text(px(value) + 5, y + BAR / 2, value_label(value, note), size=11, baseline="central")
             svg.add("</g>")
             y += BAR + GAP
         y += GROUP - GAP
     return svg.render()
+
+
+def idle_chart(kinds, servers):
+    """Memory per idle client: bars grouped by kind of client, a bar per server that measured it."""
+    groups = [
+        (kind, IDLE_KINDS.get(kind, kind),
+         " / ".join(f"{c:,}" for c in sorted({c for _, c, _ in bars})) + " clients",
+         [(server, kib, None) for server, _, kib in bars])
+        for kind, bars in kinds
+    ]
+    sub = "RSS growth per client held, all of the server's processes; lower is better"
+    return bar_chart("Memory per idle client (KiB)", f"Memory per idle client (KiB per client, {sub})",
+                     sub, "KiB per idle client", groups, servers)
+
+
+def http_chart(setups):
+    """Plain HTTP pass-through: requests/s, bars grouped by setup, a bar per server."""
+    servers = [s for s, _, _ in setups[0][1]]
+    groups = [(setup, setup, "median of alternating rounds", bars) for setup, bars in setups]
+    sub = "one nginx answering 200 behind each proxy; higher is better; (x nginx's rate)"
+    return bar_chart("Plain HTTP/1.1 pass-through (requests/s)",
+                     f"Plain HTTP/1.1 pass-through (requests/s, {sub})", sub,
+                     "requests per second", groups, servers,
+                     lambda v, ratio: f"{si(v)} ({ratio:.2f}x)", R=110)
 
 
 # ---------------------------------------------------------------- main
@@ -437,11 +487,15 @@ def charts(results_text, fanout_servers=FANOUT_SERVERS, idle_servers=IDLE_SERVER
     sweep, rates, clients = fanout_sweep(rows, fanout_servers, rates)
     deliveries, p99 = fanout_charts(sweep, rates, clients)
     kinds, servers = idle_rows(rows, idle_servers)
-    return {
+    out = {
         "fanout-deliveries.svg": deliveries,
         "fanout-p99.svg": p99,
         "idle-memory.svg": idle_chart(kinds, servers),
     }
+    setups = http_rows(rows)
+    if setups:
+        out["http.svg"] = http_chart(setups)
+    return out
 
 
 def main(argv=None):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks: switchyard vs Nchan (nginx) vs Pushpin vs nginx's and haproxy's
-# WebSocket proxying vs a direct connection, in one run, on loopback, the server pinned to core 0 and the load generator
+# WebSocket and plain HTTP proxying (bench/http.sh, with a bare pingora proxy) vs a direct
+# connection, in one run, on loopback, the server pinned to core 0 and the load generator
 # (switchyard-bench) to core 1. Writes docs/BENCHMARKS.md and the charts it embeds (docs/bench/*.svg,
 # drawn by bench/charts.py from the raw results).
 #
@@ -28,7 +29,16 @@ POLLERS=${POLLERS:-1000}
 POLL_RATE=${POLL_RATE:-20}
 CLUSTER_RATE=${CLUSTER_RATE:-50} # the cluster fan-out's rate (two instances, FAN subscribers split)
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
-if [ -n "${QUICK:-}" ]; then IDLE=1000; PASS_IDLE=500; FAN=500; POLLERS=200; RATES="20 100"; SECONDS_PER_RUN=3; fi
+ECHO_ROUNDS=${ECHO_ROUNDS:-5}  # pass-through echo: the median of alternating rounds
+POLL_ROUNDS=${POLL_ROUNDS:-3}  # long-poll against Nchan: the median of rounds
+HTTP_ROUNDS=${HTTP_ROUNDS:-5}  # plain HTTP (bench/http.sh): the median of alternating rounds
+HTTP_SECONDS=${HTTP_SECONDS:-4}
+HTTP_CONNECTIONS=${HTTP_CONNECTIONS:-"64 1000"}
+HTTP_THREADS=${HTTP_THREADS:-"1 2"} # 2: every server and wrk on both cores
+if [ -n "${QUICK:-}" ]; then
+  IDLE=1000; PASS_IDLE=500; FAN=500; POLLERS=200; RATES="20 100"; SECONDS_PER_RUN=3
+  ECHO_ROUNDS=1; POLL_ROUNDS=1; HTTP_ROUNDS=1; HTTP_SECONDS=2; HTTP_CONNECTIONS=64; HTTP_THREADS=1
+fi
 
 if ! ls /usr/lib/nginx/modules/ngx_nchan_module.so >/dev/null 2>&1 || ! command -v haproxy >/dev/null || ! command -v pushpin >/dev/null || ! command -v zurl >/dev/null || ! command -v redis-server >/dev/null; then
   sudo_=(); [ "$(id -u)" -ne 0 ] && sudo_=(sudo)
@@ -228,12 +238,12 @@ fan_pair() { # transport (sse|ws|poll) clients rate
   [ "$transport" = ws ] && { url_sy=ws://127.0.0.1:8080/feed; url_nc=ws://127.0.0.1:8081/sub; }
   [ "$transport" = poll ] && nchan_transport=nchan-poll
   start_backend "$rate"; start_switchyard
-  S=$(run "switchyard fanout $transport $clients@$rate/s" $BENCH fanout --url "$url_sy" --transport "$transport" --clients "$clients" --rate "$rate" --seconds "$SECONDS_PER_RUN")
+  S=$(run "switchyard fanout $transport $clients@$rate/s" $BENCH fanout --url "$url_sy" --transport "$transport" --clients "$clients" --rate "$rate" --seconds "$SECONDS_PER_RUN" --pids "$GW")
   stop_switchyard; stop_backend
   start_nginx
   taskset -c 1 "$ROOT/target/release/switchyard-bench" publish --url ws://127.0.0.1:8081/pub --rate "$rate" >"$WORK/pub.log" 2>&1 &
   PUB=$!
-  N=$(run "nchan fanout $transport $clients@$rate/s" $BENCH fanout --url "$url_nc" --transport "$nchan_transport" --clients "$clients" --rate "$rate" --seconds "$SECONDS_PER_RUN")
+  N=$(run "nchan fanout $transport $clients@$rate/s" $BENCH fanout --url "$url_nc" --transport "$nchan_transport" --clients "$clients" --rate "$rate" --seconds "$SECONDS_PER_RUN" --pids "$(nginx_pids)")
   kill "$PUB" 2>/dev/null || true; wait "$PUB" 2>/dev/null || true
   stop_nginx
   # Pushpin serves SSE subscribers (its WebSocket and long-poll modes need other GRIP origins).
@@ -256,6 +266,18 @@ z_row() { # json: a compression fan-out row
 }
 fan_row() { # json
   echo "$1" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%d/s | %.4f | %d | %d | %.1f | %.1f | %.1f" % (d["deliveries_per_s"], d["delivered_ratio"], d["gaps"], d["duplicates"], d["p50_ms"], d["p99_ms"], d["max_ms"]))'
+}
+
+# The median of each number over runs (a file of JSON lines, one per run), with "rounds".
+median_json() { # file
+  python3 -c 'import json, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+out = dict(runs[0])
+for k, v in runs[0].items():
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        out[k] = statistics.median(r[k] for r in runs)
+out["rounds"] = len(runs)
+print(json.dumps(out))' "$1"
 }
 
 field() { # json key
@@ -337,7 +359,7 @@ for transport in ws ws-deflate; do
   start_backend "$Z_RATE" json 1024; start_switchyard
   Z=$(run "switchyard fanout $transport json" $BENCH fanout --url ws://127.0.0.1:8080/feed --transport "$transport" --clients "$FAN" --rate "$Z_RATE" --seconds "$SECONDS_PER_RUN" --pids "$GW")
   stop_switchyard; stop_backend
-  [ "$transport" = ws ] && Z_SY_OFF=$Z || Z_SY_ON=$Z
+  if [ "$transport" = ws ]; then Z_SY_OFF=$Z; else Z_SY_ON=$Z; fi
   Z_ROWS+="| switchyard | $transport | $(z_row "$Z") |"$'\n'
   NCHAN_DEFLATE=1 start_nginx
   taskset -c 1 "$ROOT/target/release/switchyard-bench" publish --url ws://127.0.0.1:8081/pub --rate "$Z_RATE" --payload json --size 1024 >"$WORK/pub.log" 2>&1 &
@@ -345,20 +367,46 @@ for transport in ws ws-deflate; do
   Z=$(run "nchan fanout $transport json" $BENCH fanout --url ws://127.0.0.1:8081/sub --transport "$transport" --clients "$FAN" --rate "$Z_RATE" --seconds "$SECONDS_PER_RUN" --pids "$(nginx_pids)")
   kill "$PUB" 2>/dev/null || true; wait "$PUB" 2>/dev/null || true
   stop_nginx
+  if [ "$transport" = ws ]; then Z_NC_OFF=$Z; else Z_NC_ON=$Z; fi
   Z_ROWS+="| nchan | $transport | $(z_row "$Z") |"$'\n'
 done
 
 echo "== long-poll" >&2
-fan_pair poll "$POLLERS" "$POLL_RATE"
-P_SY=$S; P_NC=$N
+: >"$WORK/poll_sy.jsonl"; : >"$WORK/poll_nc.jsonl"
+for _ in $(seq "$POLL_ROUNDS"); do
+  fan_pair poll "$POLLERS" "$POLL_RATE"
+  echo "$S" >>"$WORK/poll_sy.jsonl"; echo "$N" >>"$WORK/poll_nc.jsonl"
+done
+P_SY=$(median_json "$WORK/poll_sy.jsonl"); P_NC=$(median_json "$WORK/poll_nc.jsonl")
 
 echo "== pass-through WebSocket echo" >&2
+# ECHO_ROUNDS rounds, each path once per round, in an order that alternates between rounds;
+# each path's figures are the medians over its rounds.
 start_backend 0; start_switchyard; start_nginx; start_haproxy
-E_DIRECT=$(run "direct echo" $BENCH echo --url ws://127.0.0.1:9001/echo --clients 100 --seconds "$SECONDS_PER_RUN")
-E_SY=$(run "switchyard echo" $BENCH echo --url ws://127.0.0.1:8080/echo --clients 100 --seconds "$SECONDS_PER_RUN")
-E_NG=$(run "nginx echo" $BENCH echo --url ws://127.0.0.1:8081/echo --clients 100 --seconds "$SECONDS_PER_RUN")
-E_HA=$(run "haproxy echo" $BENCH echo --url ws://127.0.0.1:8082/echo --clients 100 --seconds "$SECONDS_PER_RUN")
+ECHO_PATHS=(direct:9001 switchyard:8080 nginx:8081 haproxy:8082)
+for name in direct switchyard nginx haproxy; do : >"$WORK/echo_$name.jsonl"; done
+for i in $(seq "$ECHO_ROUNDS"); do
+  order=(0 1 2 3); ((i % 2)) || order=(3 2 1 0)
+  for k in "${order[@]}"; do
+    name=${ECHO_PATHS[$k]%%:*}; port=${ECHO_PATHS[$k]#*:}
+    run "$name echo round $i" $BENCH echo --url "ws://127.0.0.1:$port/echo" --clients 100 --seconds "$SECONDS_PER_RUN" >>"$WORK/echo_$name.jsonl"
+  done
+done
+E_DIRECT=$(median_json "$WORK/echo_direct.jsonl"); E_SY=$(median_json "$WORK/echo_switchyard.jsonl")
+E_NG=$(median_json "$WORK/echo_nginx.jsonl"); E_HA=$(median_json "$WORK/echo_haproxy.jsonl")
 stop_haproxy; stop_nginx; stop_switchyard; stop_backend
+
+echo "== plain HTTP pass-through" >&2
+# bench/http.sh in each setup: switchyard, nginx, haproxy and a bare pingora proxy in front of
+# one answering nginx, GET and 16 KiB POST; its medians go into the raw results as "http ...".
+for threads in $HTTP_THREADS; do
+  for conns in $HTTP_CONNECTIONS; do
+    cpus=0; load=1
+    [ "$threads" -gt 1 ] && { cpus=0,1; load=0,1; }
+    RESULTS="$WORK/results.txt" ROUNDS="$HTTP_ROUNDS" SECONDS_PER_RUN="$HTTP_SECONDS" CONNECTIONS="$conns" \
+      THREADS="$threads" SERVER_CPUS="$cpus" LOAD_CPUS="$load" bash bench/http.sh >&2
+  done
+done
 
 echo "== pass-through drain" >&2
 # Tunnels held through each proxy while it is told to stop gracefully: how each one ended.
@@ -508,17 +556,17 @@ mkdir -p docs
   echo "|---|---|---|---|---|---|---|---|"
   printf '%s' "$Z_ROWS"
   echo
-  echo "## Long-poll: $POLLERS clients polling one feed at $POLL_RATE msg/s, ${SECONDS_PER_RUN}s"
+  echo "## Long-poll: $POLLERS clients polling one feed at $POLL_RATE msg/s, ${SECONDS_PER_RUN}s, median of $POLL_ROUNDS rounds"
   echo
   echo "switchyard answers each poll with every message after the client's cursor (JSON); Nchan answers"
   echo "with one message, and the client asks for the next with If-Modified-Since / If-None-Match."
   echo
-  echo "| server | completed polls/s | deliveries | delivered / expected | gaps | duplicates | p50 ms | p99 ms | max ms |"
-  echo "|---|---|---|---|---|---|---|---|---|"
-  echo "| switchyard | $(echo "$P_SY" | field polls_per_s) | $(fan_row "$P_SY") |"
-  echo "| nchan | $(echo "$P_NC" | field polls_per_s) | $(fan_row "$P_NC") |"
+  echo "| server | completed polls/s | deliveries | delivered / expected | gaps | duplicates | p50 ms | p99 ms | max ms | server CPU µs / delivery |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
+  echo "| switchyard | $(echo "$P_SY" | field polls_per_s) | $(fan_row "$P_SY") | $(echo "$P_SY" | field server_cpu_us_per_delivery) |"
+  echo "| nchan | $(echo "$P_NC" | field polls_per_s) | $(fan_row "$P_NC") | $(echo "$P_NC" | field server_cpu_us_per_delivery) |"
   echo
-  echo "## Pass-through WebSocket echo, 100 clients, ${SECONDS_PER_RUN}s"
+  echo "## Pass-through WebSocket echo, 100 clients, ${SECONDS_PER_RUN}s, median of $ECHO_ROUNDS alternating rounds"
   echo
   echo "| path | round trips/s | vs direct | p50 ms | p99 ms |"
   echo "|---|---|---|---|---|"
@@ -528,6 +576,25 @@ mkdir -p docs
   echo "| haproxy | $(rt "$E_HA") | $(ratio "$(rt "$E_HA")" "$(rt "$E_DIRECT")") | $(p50 "$E_HA") | $(p99 "$E_HA") |"
   echo
   echo "switchyard / nginx round trips: $(ratio "$(rt "$E_SY")" "$(rt "$E_NG")"); switchyard / haproxy: $(ratio "$(rt "$E_SY")" "$(rt "$E_HA")")"
+  echo
+  echo "## Plain HTTP/1.1 pass-through"
+  echo
+  echo "\`bench/http.sh\`: each proxy in front of one nginx answering \`200 ok\`, with keep-alive to it (nginx:"
+  echo "\`keepalive\` pool, bodies kept in memory; haproxy: \`http-reuse always\`); the bare pingora proxy is a"
+  echo "\`ProxyHttp\` with only \`upstream_peer\` (\`examples/pingora_bare.rs\`): pingora's own cost. wrk, one"
+  echo "thread. One thread or worker: servers on core 0, wrk on core 1; two: everything on both cores."
+  echo "Median of $HTTP_ROUNDS alternating rounds of ${HTTP_SECONDS}s; CPU is the proxy's own per request."
+  echo
+  chart http.svg "Plain HTTP pass-through requests per second, a bar per proxy and setup"
+  echo "| request | connections | threads | server | req/s | vs nginx | p99 ms | p99 vs nginx | CPU µs / request |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  python3 - "$WORK/results.txt" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    if line.startswith("http "):
+        d = json.loads(line[line.index("{"):])
+        print(f"| {d['mode'].upper()} | {d['connections']} | {d['threads']} | {d['server']} | {d['requests_per_s']:.0f} | {d['vs_nginx']:.2f} | {d['p99_ms']:.2f} | {d['p99_vs_nginx']:.2f} | {d['cpu_us_per_request']:.1f} |")
+PY
   echo
   echo "## Pass-through drain: $HOLD idle tunnels, then a graceful stop"
   echo
@@ -565,7 +632,7 @@ mkdir -p docs
   echo
   echo "## Targets"
   echo
-  python3 - "$SY_SSE" "$SY_WS" "$SY_POLL" "$FAN_JSON_FILE" "$E_SY" "$E_NG" "$FAN" "$SY_PASS" "$NG_PASS" "$NC_SSE" "$NC_WS" "$D_SY" "$HOLD" "$SY_SJX" "$SN_SJX" "$SY_SJE" "$SN_SJE" "$SY_WSD" "$Z_SY_OFF" "$Z_SY_ON" <<'PY'
+  python3 - "$SY_SSE" "$SY_WS" "$SY_POLL" "$FAN_JSON_FILE" "$E_SY" "$E_NG" "$FAN" "$SY_PASS" "$NG_PASS" "$NC_SSE" "$NC_WS" "$D_SY" "$HOLD" "$SY_SJX" "$SN_SJX" "$SY_SJE" "$SN_SJE" "$SY_WSD" "$Z_SY_OFF" "$Z_SY_ON" "$Z_NC_OFF" "$P_SY" "$P_NC" "$WORK/results.txt" "$ECHO_ROUNDS" <<'PY'
 import json, sys
 sse, ws, poll = (json.loads(a) for a in sys.argv[1:4])
 fan = [json.loads(l) for l in open(sys.argv[4])]
@@ -574,7 +641,14 @@ subs = sys.argv[7]
 spass, npass, nsse, nws, dsy = (json.loads(a) for a in sys.argv[8:13])
 hold = int(sys.argv[13])
 sjx, njx, sje, nje = (json.loads(a) for a in sys.argv[14:18])
-wsd, zoff, zon = (json.loads(a) for a in sys.argv[18:21])
+wsd, zoff, zon, znc = (json.loads(a) for a in sys.argv[18:22])
+psy, pnc = json.loads(sys.argv[22]), json.loads(sys.argv[23])
+http = {}
+for line in open(sys.argv[24]):
+    if line.startswith("http "):
+        d = json.loads(line[line.index("{"):])
+        http[(d["mode"], d["connections"], d["threads"], d["server"])] = d
+echo_rounds = sys.argv[25]
 def ok(b): return "met" if b else "**not met**"
 def sustained(server):
     rows = [r for r in fan if r["server"] == server and r["transport"] == "sse" and r["gaps"] == 0 and r["duplicates"] == 0 and r["connected"] == r["clients"] and r["delivered_ratio"] >= 0.99]
@@ -594,7 +668,25 @@ print(f"| terminated idle WebSocket <= 24 KiB | {ws['kib_per_client']} KiB | {ok
 print(f"| fan-out deliveries/s >= 2x Nchan (highest rate each delivers fully) | switchyard {sy_d:.0f}/s at {sy['rate'] if sy else '-'} msg/s, Nchan {nc_d:.0f}/s at {nc['rate'] if nc else '-'} msg/s: {sy_d / nc_d if nc_d else 0:.2f}x (switchyard's figure is the highest rate tried, not its limit) | {ok(nc_d and sy_d >= 2 * nc_d)} |")
 p99 = sy["p99_ms"] if sy else 0
 print(f"| fan-out p99 < 100 ms at 10,000 subscribers | {p99:.1f} ms at {subs} subscribers | {ok(sy and p99 < 100 and int(subs) >= 10000)} |")
-print(f"| pass-through WS round trips/s >= nginx's, p99 <= nginx's | {esy['round_trips_per_s']:.0f}/s vs {eng['round_trips_per_s']:.0f}/s, p99 {esy['p99_ms']:.2f} vs {eng['p99_ms']:.2f} ms | {ok(esy['round_trips_per_s'] >= eng['round_trips_per_s'] and esy['p99_ms'] <= eng['p99_ms'])} |")
+print(f"| pass-through WS round trips/s >= nginx's, p99 <= nginx's (median of {echo_rounds} rounds) | {esy['round_trips_per_s']:.0f}/s vs {eng['round_trips_per_s']:.0f}/s, p99 {esy['p99_ms']:.2f} vs {eng['p99_ms']:.2f} ms | {ok(esy['round_trips_per_s'] >= eng['round_trips_per_s'] and esy['p99_ms'] <= eng['p99_ms'])} |")
+for threads, conns in ((1, 64), (2, 64)):
+    for mode in ("get", "post"):
+        a, b = http.get((mode, conns, threads, "switchyard")), http.get((mode, conns, threads, "nginx"))
+        if not (a and b):
+            continue
+        p99_bar = threads == 1
+        figure = f"{a['requests_per_s']:.0f} vs {b['requests_per_s']:.0f} req/s ({a['vs_nginx']:.2f}x), p99 {a['p99_ms']:.2f} vs {b['p99_ms']:.2f} ms"
+        met = a["requests_per_s"] >= b["requests_per_s"] and (not p99_bar or a["p99_ms"] <= b["p99_ms"])
+        bar = "req/s >= nginx's, p99 <= nginx's" if p99_bar else "req/s >= nginx's with two workers"
+        print(f"| plain HTTP {mode.upper()}, {conns} connections, {threads} thread(s): {bar} | {figure} | {ok(met)} |")
+pfull = psy["delivered_ratio"] >= 0.99 and psy["gaps"] == 0 and psy["duplicates"] == 0
+print(f"| long-poll p50 and p99 <= Nchan's, full delivery (median of {psy.get('rounds', 1)} rounds) | p50 {psy['p50_ms']:.1f} vs {pnc['p50_ms']:.1f} ms, p99 {psy['p99_ms']:.1f} vs {pnc['p99_ms']:.1f} ms, {psy['delivered_ratio']:.4f} delivered | {ok(pfull and psy['p50_ms'] <= pnc['p50_ms'] and psy['p99_ms'] <= pnc['p99_ms'])} |")
+print(f"| WebSocket fan-out server CPU per delivery <= Nchan's (~1 KiB JSON) | {zoff['server_cpu_us_per_delivery']:.2f} vs {znc['server_cpu_us_per_delivery']:.2f} µs | {ok(zoff['server_cpu_us_per_delivery'] <= znc['server_cpu_us_per_delivery'])} |")
+low = min((r["rate"] for r in fan if r["transport"] == "sse"), default=None)
+ssy = next((r for r in fan if r["server"] == "switchyard" and r["transport"] == "sse" and r["rate"] == low), None)
+snc = next((r for r in fan if r["server"] == "nchan" and r["transport"] == "sse" and r["rate"] == low), None)
+if ssy and snc and "server_cpu_us_per_delivery" in ssy and "server_cpu_us_per_delivery" in snc:
+    print(f"| SSE fan-out server CPU per delivery <= Nchan's ({low} msg/s) | {ssy['server_cpu_us_per_delivery']:.2f} vs {snc['server_cpu_us_per_delivery']:.2f} µs | {ok(ssy['server_cpu_us_per_delivery'] <= snc['server_cpu_us_per_delivery'])} |")
 print(f"| pass-through idle tunnel <= nginx's | {spass['kib_per_client']} KiB vs {npass['kib_per_client']} KiB | {ok(spass['kib_per_client'] <= npass['kib_per_client'])} |")
 print(f"| idle SSE client <= Nchan's | {sse['kib_per_client']} KiB vs {nsse['kib_per_client']} KiB | {ok(sse['kib_per_client'] <= nsse['kib_per_client'])} |")
 print(f"| idle terminated WebSocket <= Nchan's | {ws['kib_per_client']} KiB vs {nws['kib_per_client']} KiB | {ok(ws['kib_per_client'] <= nws['kib_per_client'])} |")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Plain HTTP/1.1 pass-through, side by side in one run: switchyard (a `proxy:` route), a bare
 # pingora proxy (examples/pingora_bare.rs: pingora's own cost, without switchyard's layers) and
-# nginx as a proxy (keep-alive upstream pool, bodies kept in memory), all in front of one nginx
+# nginx as a proxy (keep-alive upstream pool, bodies kept in memory) and haproxy (when installed;
+# server-side connection reuse, `http-reuse always`), all in front of one nginx
 # that answers `200 ok`. Proxies and the answering nginx share the server cores, wrk runs on
 # its own core. Each round runs every proxy once, in an order that alternates between rounds;
 # the verdict is the median of the rounds and its ratio to nginx's.
@@ -12,6 +13,7 @@
 #   BARE_RUNTIME=nosteal bench/http.sh            # the bare pingora without work stealing
 #   MODES=get bench/http.sh
 #   OTHER_BIN=/path/to/older/switchyard bench/http.sh   # another build in the same run ("other")
+#   RESULTS=results.txt bench/http.sh             # also append each median as "http ..." + JSON
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,6 +90,28 @@ PIDS+=($!); BARE_PID=$!
 names=(switchyard pingora nginx)
 ports=(8191 8195 8193)
 pids=("$SY_PID" "$BARE_PID" "$NGINX_PID")
+if command -v haproxy >/dev/null; then
+  cat >"$WORK/haproxy.cfg" <<EOF
+global
+  nbthread $THREADS
+  maxconn 9000
+defaults
+  mode http
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind 127.0.0.1:8194
+  default_backend be
+backend be
+  server answer 127.0.0.1:8190
+EOF
+  taskset -c "$SERVER_CPUS" haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.out" 2>&1 &
+  PIDS+=($!)
+  names+=(haproxy); ports+=(8194); pids+=($!)
+fi
 if [ -n "${OTHER_BIN:-}" ]; then
   sed -e 's/127.0.0.1:8191/127.0.0.1:8196/' -e 's/127.0.0.1:8291/127.0.0.1:8296/' "$WORK/switchyard.yaml" >"$WORK/other.yaml"
   taskset -c "$SERVER_CPUS" "$OTHER_BIN" --config "$WORK/other.yaml" --log-level warn >"$WORK/other.out" 2>&1 &
@@ -152,5 +176,9 @@ for mode in $MODES; do
     # shellcheck disable=SC2086
     r=$(median ${rps[$k]}); p=$(median ${p99[$k]}); c=$(median ${cpu[$k]})
     printf '%-6s %-11s %10s %9s %9s %10s %13s\n' "$mode" "${names[$k]}" "$r" "$p" "$(ratio "$r" "$n_r")" "$(ratio "$p" "$n_p")" "$c"
+    if [ -n "${RESULTS:-}" ]; then
+      printf 'http %s %s %s connections %s threads {"mode": "%s", "server": "%s", "connections": %s, "threads": %s, "rounds": %s, "requests_per_s": %s, "p99_ms": %s, "cpu_us_per_request": %s, "vs_nginx": %s, "p99_vs_nginx": %s}\n' \
+        "$mode" "${names[$k]}" "$CONNECTIONS" "$THREADS" "$mode" "${names[$k]}" "$CONNECTIONS" "$THREADS" "$ROUNDS" "$r" "$p" "$c" "$(ratio "$r" "$n_r")" "$(ratio "$p" "$n_p")" >>"$RESULTS"
+    fi
   done
 done

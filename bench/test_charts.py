@@ -39,6 +39,18 @@ def results(skip=()):
     return "\n".join(l for l in lines if not any(s in l for s in skip)) + "\n"
 
 
+def http(mode, server, rps, ratio, conns=64, threads=1):
+    d = {"mode": mode, "server": server, "connections": conns, "threads": threads, "rounds": 5,
+         "requests_per_s": rps, "p99_ms": 1.4, "cpu_us_per_request": 9.8, "vs_nginx": ratio, "p99_vs_nginx": 1.0}
+    return f"http {mode} {server} {conns} connections {threads} threads {json.dumps(d)}"
+
+
+def with_http(text, skip=()):
+    lines = [http(mode, s, r, r / 70000) for mode in ("get", "post")
+             for s, r in (("switchyard", 71000), ("pingora", 33000), ("nginx", 70000), ("haproxy", 69000))]
+    return text + "\n".join(l for l in lines if not any(s in l for s in skip)) + "\n"
+
+
 def run_main(*argv):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -69,6 +81,21 @@ class Charts(unittest.TestCase):
                                 ("switchyard", "pass-through ws"), ("nginx", "pass-through ws"),
                                 ("switchyard", "sockjs eventsource"), ("sockjs-node", "sockjs eventsource")])
         self.assertIn(">36.5<", out["idle-memory.svg"])
+
+    def test_http_rows_get_a_chart_of_their_own(self):
+        self.assertNotIn("http.svg", charts.charts(results()), "older results have no HTTP rows")
+        svg = charts.charts(with_http(results()))["http.svg"]
+        bars = [(g.getAttribute("data-server"), g.getAttribute("data-kind")) for g in groups(svg, "bar")]
+        self.assertEqual(bars[:4], [("switchyard", "GET, 64 connections, 1 thread(s)"),
+                                    ("nginx", "GET, 64 connections, 1 thread(s)"),
+                                    ("haproxy", "GET, 64 connections, 1 thread(s)"),
+                                    ("pingora", "GET, 64 connections, 1 thread(s)")])
+        self.assertEqual(len(bars), 8)
+        self.assertIn("(1.01x)", svg)
+
+    def test_a_setup_missing_a_server_fails(self):
+        self.assert_fails(with_http(results(), skip=["http post haproxy"]),
+                          "http: POST, 64 connections, 1 thread(s) has no result for haproxy")
 
     def test_writes_files_from_results(self):
         with tempfile.TemporaryDirectory() as d:
