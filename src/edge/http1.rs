@@ -43,6 +43,8 @@ const HEAD_FIELDS_MAX: usize = 256;
 /// are already there are taken with it.
 const FIRST_READ: usize = 2048;
 const FIRST_READ_MORE: usize = 32 * 1024;
+/// What [`Connection::read_pending`] asks for beyond what the caller wants.
+pub const READ_SLACK: usize = 1024;
 
 /// A request head read by the listener.
 pub enum Head {
@@ -194,9 +196,12 @@ pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, mut buf: BytesMut) -> H
                 // The stack was filled: a body may be right behind the head. What is there
                 // already is taken in the same turn, so head and body travel on together.
                 use futures_util::FutureExt;
+                // A read that leaves room found the socket drained: asking again would only
+                // be told so (one wasted syscall per request with a body).
                 while buf.len() < buf.capacity() {
+                    let room = buf.capacity() - buf.len();
                     match io.read_buf(&mut buf).now_or_never() {
-                        Some(Ok(n)) if n > 0 => {}
+                        Some(Ok(n)) if n == room => {}
                         _ => break,
                     }
                 }
@@ -496,10 +501,16 @@ impl Connection {
         &mut self.pending
     }
 
-    /// Reads more of the client's bytes into [`Self::pending_mut`], at most `room` more
-    /// (so what a slow reader upstream leaves there stays bounded); 0 when the client closed.
-    /// `limit` bounds the wait (an idle client gets `TimedOut`).
+    /// Reads more of the client's bytes into [`Self::pending_mut`], at most `room` more plus
+    /// [`READ_SLACK`] (so what a slow reader upstream leaves there stays bounded); 0 when the
+    /// client closed. `limit` bounds the wait (an idle client gets `TimedOut`).
+    ///
+    /// The slack lets a read that takes the last of a body ask for more than there is: a
+    /// short read tells the runtime the socket is drained, where an exact one leaves it to
+    /// find out with a read that fails (a wasted syscall per request). Bytes past the body
+    /// are the next request's, kept here for it.
     pub async fn read_pending(&mut self, room: usize, limit: Duration) -> std::io::Result<usize> {
+        let room = room + READ_SLACK;
         self.pending.reserve(room);
         let io = &mut self.io;
         let pending = &mut self.pending;
