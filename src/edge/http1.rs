@@ -43,6 +43,8 @@ const HEAD_FIELDS_MAX: usize = 256;
 /// are already there are taken with it.
 const FIRST_READ: usize = 2048;
 const FIRST_READ_MORE: usize = 32 * 1024;
+/// A streaming client's reads after a `101` start with this many bytes, read on the stack.
+const CLIENT_READ: usize = 512;
 /// What [`Connection::read_pending`] asks for beyond what the caller wants.
 pub const READ_SLACK: usize = 1024;
 
@@ -871,16 +873,25 @@ impl Downstream for Connection {
         if !self.pending.is_empty() {
             return Ok(Some(self.pending.split().freeze()));
         }
-        // Waiting costs a small buffer; once bytes arrive, whatever else is already there is
-        // taken in the same turn.
-        let mut buf = BytesMut::with_capacity(512);
-        let n = timed(self.read_timeout, self.io.read_buf(&mut buf))
+        // Waiting costs no buffer: a streaming client's loop asks for its next bytes after
+        // every delivery, and most of those asks find nothing. The first bytes are read on
+        // the stack; once they arrive, whatever else is already there is taken in the same
+        // turn.
+        let io = &mut self.io;
+        let first = std::future::poll_fn(|cx| {
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); CLIENT_READ];
+            let mut rb = tokio::io::ReadBuf::uninit(&mut stack);
+            std::pin::Pin::new(&mut **io)
+                .poll_read(cx, &mut rb)
+                .map_ok(|()| BytesMut::from(rb.filled()))
+        });
+        let mut buf = timed(self.read_timeout, first)
             .await
             .or_err(ErrorType::ReadError, "reading from the client")?;
-        if n == 0 {
+        if buf.is_empty() {
             return Ok(None);
         }
-        if buf.len() == buf.capacity() {
+        if buf.len() == CLIENT_READ {
             buf.reserve(16 * 1024);
             use futures_util::FutureExt;
             while buf.len() < 64 * 1024 {
