@@ -212,7 +212,7 @@ async fn status_shows_the_last_reload_and_escapes_its_error() {
             .contains("invalid route name \"<img src=x onerror=alert(1)>\""),
         "{s:#}"
     );
-    assert_eq!(s["config"]["reloads_failed"], 1);
+    assert_eq!(s["config"]["reloads_failed"], 1, "{s:#}");
     let html = http_get(gw.admin, "/", &[]).await.body_text();
     assert!(
         html.contains("invalid route name &quot;&lt;img src=x onerror=alert(1)&gt;&quot;"),

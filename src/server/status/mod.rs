@@ -236,9 +236,13 @@ fn unix(t: SystemTime) -> u64 {
 
 /// Gathers the facts now.
 pub fn collect(state: &GatewayState, started: Started) -> Status {
+    // The last reload is read before the counters: a reload records its outcome after it
+    // counts it, so counters gathered after show it too (gathered first, a reload landing in
+    // between showed as the last one with a count that left it out).
+    let last = reload::last_outcome();
     let samples = Samples::gather();
     let reloads = |outcome| samples.sum("switchyard_config_reloads_total", &[("outcome", outcome)]);
-    let last_reload = reload::last_outcome().map(|r| LastReload {
+    let last_reload = last.map(|r| LastReload {
         at: rfc3339(unix(r.at)),
         seconds_ago: SystemTime::now()
             .duration_since(r.at)
