@@ -132,6 +132,49 @@ pub fn after_head(bytes: &BytesMut, len: usize) -> BytesMut {
     }
 }
 
+/// Waits for a request's first bytes and reads them, on the stack, then copied out: a
+/// connection that has sent nothing (or keeps a kept-alive connection idle) holds no buffer.
+/// When the stack was filled a body may be right behind the head: what is there already is
+/// taken in the same turn (up to 32 KiB), so head and body travel on together. None when the
+/// connection closed or failed.
+pub async fn read_first<S: AsyncRead + Unpin>(io: &mut S) -> Option<BytesMut> {
+    let first = std::future::poll_fn(|cx| {
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut rb = tokio::io::ReadBuf::uninit(&mut stack);
+        std::pin::Pin::new(&mut *io)
+            .poll_read(cx, &mut rb)
+            .map_ok(|()| {
+                let filled = rb.filled();
+                let room = if filled.len() == FIRST_READ {
+                    FIRST_READ_MORE
+                } else {
+                    filled.len()
+                };
+                let mut b = BytesMut::with_capacity(room);
+                b.extend_from_slice(filled);
+                b
+            })
+    })
+    .await;
+    let mut buf = match first {
+        Ok(b) if !b.is_empty() => b,
+        _ => return None,
+    };
+    if buf.len() == FIRST_READ {
+        use futures_util::FutureExt;
+        // A read that leaves room found the socket drained: asking again would only be told
+        // so (one wasted syscall per request with a body).
+        while buf.len() < buf.capacity() {
+            let room = buf.capacity() - buf.len();
+            match io.read_buf(&mut buf).now_or_never() {
+                Some(Ok(n)) if n == room => {}
+                _ => break,
+            }
+        }
+    }
+    Some(buf)
+}
+
 /// Reads one request head. `buf` holds bytes already read (pipelined after the last request).
 pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, mut buf: BytesMut) -> Head {
     // Past the first 8 KiB, a head is parsed again only when its end may have arrived, so a
@@ -170,43 +213,9 @@ pub async fn read_head<S: AsyncRead + Unpin>(io: &mut S, mut buf: BytesMut) -> H
             Parse::Partial => {}
         }
         if buf.is_empty() {
-            // The first bytes of a head are read on the stack and copied out: a connection
-            // that has sent nothing (or keeps a kept-alive connection idle) holds no buffer.
-            let first = std::future::poll_fn(|cx| {
-                let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
-                let mut rb = tokio::io::ReadBuf::uninit(&mut stack);
-                std::pin::Pin::new(&mut *io)
-                    .poll_read(cx, &mut rb)
-                    .map_ok(|()| {
-                        let filled = rb.filled();
-                        let room = if filled.len() == FIRST_READ {
-                            FIRST_READ_MORE
-                        } else {
-                            filled.len()
-                        };
-                        let mut b = BytesMut::with_capacity(room);
-                        b.extend_from_slice(filled);
-                        b
-                    })
-            })
-            .await;
-            match first {
-                Ok(b) if !b.is_empty() => buf = b,
-                _ => return Head::Closed,
-            }
-            if buf.len() == FIRST_READ {
-                // The stack was filled: a body may be right behind the head. What is there
-                // already is taken in the same turn, so head and body travel on together.
-                use futures_util::FutureExt;
-                // A read that leaves room found the socket drained: asking again would only
-                // be told so (one wasted syscall per request with a body).
-                while buf.len() < buf.capacity() {
-                    let room = buf.capacity() - buf.len();
-                    match io.read_buf(&mut buf).now_or_never() {
-                        Some(Ok(n)) if n == room => {}
-                        _ => break,
-                    }
-                }
+            match read_first(io).await {
+                Some(b) => buf = b,
+                None => return Head::Closed,
             }
             continue;
         }

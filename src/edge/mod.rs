@@ -334,6 +334,21 @@ async fn next_head(
     shutdown: &ShutdownWatch,
 ) -> Option<http1::Head> {
     if !first {
+        // The usual case: nothing pipelined. The next request's first bytes are awaited with
+        // no buffer held (an idle kept-alive connection holds none), and read with room for a
+        // body behind its head.
+        let waited = carry.is_empty();
+        if waited {
+            io.next_request();
+            let mut down = shutdown.clone();
+            carry = tokio::select! {
+                r = tokio::time::timeout(KEEPALIVE_IDLE, http1::read_first(&mut **io)) => match r {
+                    Ok(Some(first)) => first,
+                    _ => return None,
+                },
+                _ = down.wait_for(|s| *s) => return None,
+            };
+        }
         if carry.iter().all(u8::is_ascii_whitespace) {
             io.next_request();
             while carry.iter().all(u8::is_ascii_whitespace) {
@@ -352,7 +367,7 @@ async fn next_head(
                     return None;
                 }
             }
-        } else {
+        } else if !waited {
             // Pipelined: the next head began already.
             io.arm_now(&carry);
         }
