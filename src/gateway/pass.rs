@@ -58,13 +58,23 @@ enum Failed {
     Cut(String),
 }
 
-pub async fn serve(
-    conn: &mut Connection,
-    rt: &RouteRuntime,
-    set: &Arc<UpstreamSet>,
+/// What goes upstream for a judged head: its rewritten head, and what serving it needs.
+struct Outgoing<'h> {
+    head: Vec<u8>,
+    method: &'h str,
+    framing: Framing,
+    /// It asks for `100 Continue` (and has a body).
+    expects: bool,
+}
+
+/// Parses a judged head again and writes the head that goes upstream. Kept out of the async
+/// `serve` so the field array lives on the stack only: in `serve`'s state it would be carried
+/// by every connection's task, however idle.
+fn outgoing(
     raw_head: &[u8],
-) -> pingora::Result<()> {
-    let route = rt.route.name.as_str();
+    client_ip: Option<std::net::IpAddr>,
+    tls: bool,
+) -> Result<Outgoing<'_>, &'static str> {
     let mut fields = [httparse::EMPTY_HEADER; 64];
     let mut heap;
     let mut req = httparse::Request::new(&mut fields);
@@ -79,41 +89,52 @@ pub async fn serve(
     let (Ok(httparse::Status::Complete(_)), Some(method), Some(target)) =
         (parsed, req.method, req.path)
     else {
-        return pingora::Error::e_explain(
-            pingora::ErrorType::InternalError,
-            "a judged head no longer parses",
-        );
+        return Err("a judged head no longer parses");
     };
-    let Some(framing) = h1::request_framing(req.headers) else {
-        return pingora::Error::e_explain(
-            pingora::ErrorType::InternalError,
-            "a judged head lost its framing",
-        );
-    };
+    let framing = h1::request_framing(req.headers).ok_or("a judged head lost its framing")?;
     let host = req
         .headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("host"))
         .map(|h| h.value);
     let mut head = Vec::with_capacity(raw_head.len() + 96);
-    h1::write_request_head(
-        &mut head,
-        method,
-        target,
-        req.headers,
-        &Forwarded {
-            client_ip: conn.client_ip(),
-            tls: conn.is_tls(),
-            host,
-        },
-    );
-    // A client that waits for `100 Continue` before its body gets it now (its expectation is
-    // the edge's to answer: the body is read here first).
+    let forwarded = Forwarded {
+        client_ip,
+        tls,
+        host,
+    };
+    h1::write_request_head(&mut head, method, target, req.headers, &forwarded);
     let expects = framing != Framing::Empty
         && req
             .headers
             .iter()
             .any(|h| h.name.eq_ignore_ascii_case("expect"));
+    Ok(Outgoing {
+        head,
+        method,
+        framing,
+        expects,
+    })
+}
+
+pub async fn serve(
+    conn: &mut Connection,
+    rt: &RouteRuntime,
+    set: &Arc<UpstreamSet>,
+    raw_head: &[u8],
+) -> pingora::Result<()> {
+    let route = rt.route.name.as_str();
+    let Outgoing {
+        head,
+        method,
+        framing,
+        expects,
+    } = match outgoing(raw_head, conn.client_ip(), conn.is_tls()) {
+        Ok(o) => o,
+        Err(why) => return pingora::Error::e_explain(pingora::ErrorType::InternalError, why),
+    };
+    // A client that waits for `100 Continue` before its body gets it now (its expectation is
+    // the edge's to answer: the body is read here first).
     if expects && conn.pending_mut().is_empty() {
         conn.write_passed(&[b"HTTP/1.1 100 Continue\r\n\r\n", b""])
             .await?;
