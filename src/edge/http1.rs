@@ -46,7 +46,7 @@ const FIRST_READ_MORE: usize = 32 * 1024;
 /// A streaming client's reads after a `101` start with this many bytes, read on the stack.
 const CLIENT_READ: usize = 512;
 /// What [`Connection::read_pending`] asks for beyond what the caller wants.
-pub const READ_SLACK: usize = 1024;
+const READ_SLACK: usize = 1024;
 
 /// A request head read by the listener.
 pub enum Head {
@@ -696,21 +696,9 @@ impl Connection {
 
     fn head_bytes(&self, resp: &ResponseHeader) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(resp.status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(
-            resp.status
-                .canonical_reason()
-                .unwrap_or("Status")
-                .as_bytes(),
-        );
-        out.extend_from_slice(b"\r\n");
+        wire::http1::status_line(&mut out, resp.status);
         for (name, value) in resp.headers.iter() {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            wire::http1::field(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
         out
@@ -826,17 +814,8 @@ impl Downstream for Connection {
         let status = http::StatusCode::from_u16(status)
             .or_err(ErrorType::InternalError, "an answer's status")?;
         let mut head = Vec::with_capacity(256);
-        head.extend_from_slice(b"HTTP/1.1 ");
-        head.extend_from_slice(status.as_str().as_bytes());
-        head.push(b' ');
-        head.extend_from_slice(status.canonical_reason().unwrap_or("Status").as_bytes());
-        head.extend_from_slice(b"\r\n");
-        let mut field = |name: &[u8], value: &[u8]| {
-            head.extend_from_slice(name);
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value);
-            head.extend_from_slice(b"\r\n");
-        };
+        wire::http1::status_line(&mut head, status);
+        let mut field = |name: &[u8], value: &[u8]| wire::http1::field(&mut head, name, value);
         for (name, value) in fields {
             field(name.as_bytes(), value.as_bytes());
         }

@@ -141,7 +141,17 @@ fn always_hop(name: &str) -> bool {
     .any(|f| is(name, f))
 }
 
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Writes an answer's status line for `status`, with its canonical reason.
+pub fn status_line(out: &mut Vec<u8>, status: http::StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Status").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes one head field.
+pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
