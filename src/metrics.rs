@@ -83,6 +83,42 @@ pub static BACKEND_POSTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static CHANNELS_OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "switchyard_channels_open",
+        "Channels open on a route whose path captures them (/rooms/{room}): each with its feed and replay ring",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
+pub static CHANNEL_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_channel_events_total",
+        "Channels opened, closed (backend_linger after their last client or publish) and refused (max_channels), per route",
+        &["route", "event"]
+    )
+    .expect("metric registers once")
+});
+
+pub static PUBLISHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_publishes_total",
+        "HTTP publishes on the admin listener, by outcome (accepted, unauthorized, invalid, refused)",
+        &["route", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static PUBLISHED_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_published_messages_total",
+        "Messages that accepted HTTP publishes put into a route's feeds",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
 pub static ACCEPTS_PACED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     prometheus::register_int_counter!(
         "switchyard_accepts_paced_total",
@@ -491,6 +527,10 @@ pub fn init() {
     LazyLock::force(&SOCKJS_SESSIONS);
     LazyLock::force(&BACKEND_POSTS);
     LazyLock::force(&ACCEPTS_PACED);
+    LazyLock::force(&CHANNELS_OPEN);
+    LazyLock::force(&CHANNEL_EVENTS);
+    LazyLock::force(&PUBLISHES);
+    LazyLock::force(&PUBLISHED_MESSAGES);
     LazyLock::force(&REJECTIONS);
     LazyLock::force(&UPSTREAM_HEALTHY);
     LazyLock::force(&UPSTREAM_CONNECT_FAILURES);
@@ -624,6 +664,18 @@ fn declare_route(route: &Route) {
             }
         }
     }
+    if route.channels.is_some() {
+        CHANNELS_OPEN.with_label_values(&[r]);
+        for event in ["opened", "closed", "refused"] {
+            CHANNEL_EVENTS.with_label_values(&[r, event]);
+        }
+    }
+    if b.publish.is_some() {
+        PUBLISHED_MESSAGES.with_label_values(&[r]);
+        for outcome in ["accepted", "unauthorized", "invalid", "refused"] {
+            PUBLISHES.with_label_values(&[r, outcome]);
+        }
+    }
     if shared {
         for result in ["hit", "miss"] {
             REPLAY.with_label_values(&[r, result]);
@@ -696,6 +748,10 @@ fn forget_routes(keep: &std::collections::HashSet<&str>) {
     forget(&SOCKJS_SESSIONS, keep);
     forget(&SESSIONS_ENDED, keep);
     forget(&BACKEND_POSTS, keep);
+    forget(&CHANNELS_OPEN, keep);
+    forget(&CHANNEL_EVENTS, keep);
+    forget(&PUBLISHES, keep);
+    forget(&PUBLISHED_MESSAGES, keep);
     forget(&REJECTIONS, keep);
     forget(&UPSTREAM_HEALTHY, keep);
     forget(&UPSTREAM_CONNECT_FAILURES, keep);

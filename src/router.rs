@@ -3,8 +3,12 @@
 //! Routes are grouped by host pattern; a request host picks exact names first, then the most
 //! specific `*.suffix`, then `*`. Within a group, prefixes match whole path segments (`/api`
 //! matches `/api` and `/api/x`, never `/apix`) and the longest one wins.
+//!
+//! A path with captures (`/rooms/{room}`) matches any one non-empty segment where it captures.
+//! Its length is that of the request path it matched, so the longest match still wins; on a
+//! tie, a literal segment wins over a capture at the first depth where two routes differ.
 
-use crate::config::{HostPattern, Route};
+use crate::config::{ChannelPath, HostPattern, PathSegment, Route};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -12,28 +16,94 @@ use std::sync::Arc;
 struct PathTable<T> {
     /// Sorted by prefix length, longest first.
     entries: Vec<(String, Arc<T>)>,
+    /// Routes whose paths capture segments.
+    patterns: Vec<Arc<T>>,
 }
 
 impl<T> Default for PathTable<T> {
     fn default() -> Self {
         Self {
             entries: Vec::new(),
+            patterns: Vec::new(),
         }
     }
 }
 
 impl<T: AsRef<Route>> PathTable<T> {
     fn insert(&mut self, route: Arc<T>) {
+        if (*route).as_ref().channels.is_some() {
+            self.patterns.push(route);
+            return;
+        }
         self.entries.push(((*route).as_ref().path.clone(), route));
         self.entries.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
     }
 
     fn find(&self, path: &str) -> Option<&Arc<T>> {
-        self.entries
+        let literal = self
+            .entries
             .iter()
-            .find(|(prefix, _)| segment_prefix(prefix, path))
-            .map(|(_, r)| r)
+            .find(|(prefix, _)| segment_prefix(prefix, path));
+        if self.patterns.is_empty() {
+            return literal.map(|(_, r)| r);
+        }
+        // The literal route's length, compared as a pattern's: the request bytes it matched.
+        let mut best: Option<(usize, Option<&ChannelPath>, &Arc<T>)> =
+            literal.map(|(prefix, r)| (if prefix == "/" { 0 } else { prefix.len() }, None, r));
+        for route in &self.patterns {
+            let channels = (**route)
+                .as_ref()
+                .channels
+                .as_ref()
+                .expect("patterns capture");
+            let Some(len) = matched_len(channels, path) else {
+                continue;
+            };
+            let better = match &best {
+                None => true,
+                Some((l, _, _)) if len != *l => len > *l,
+                // A literal route wins every tie.
+                Some((_, None, _)) => false,
+                Some((_, Some(other), _)) => more_literal(channels, other),
+            };
+            if better {
+                best = Some((len, Some(channels), route));
+            }
+        }
+        best.map(|(_, _, r)| r)
     }
+}
+
+/// The length of the request path's prefix `channels` matches: its segments, each literal
+/// equal and each capture non-empty. None when it does not match.
+pub fn matched_len(channels: &ChannelPath, path: &str) -> Option<usize> {
+    let mut at = 0;
+    for segment in &channels.segments {
+        let rest = path[at..].strip_prefix('/')?;
+        let len = rest.find('/').unwrap_or(rest.len());
+        let value = &rest[..len];
+        let ok = match segment {
+            PathSegment::Literal(l) => value == l,
+            PathSegment::Capture(_) => !value.is_empty(),
+        };
+        if !ok {
+            return None;
+        }
+        at += 1 + len;
+    }
+    Some(at)
+}
+
+/// True when `a` has a literal segment where `b` captures, at the first depth they differ.
+fn more_literal(a: &ChannelPath, b: &ChannelPath) -> bool {
+    for (x, y) in a.segments.iter().zip(&b.segments) {
+        match (x, y) {
+            (PathSegment::Literal(_), PathSegment::Capture(_)) => return true,
+            (PathSegment::Capture(_), PathSegment::Literal(_)) => return false,
+            _ => {}
+        }
+    }
+    false
 }
 
 fn segment_prefix(prefix: &str, path: &str) -> bool {
@@ -164,6 +234,24 @@ mod tests {
         );
         assert_eq!(name(&r, Some("a.test"), "/only/x"), Some("exact"));
         assert_eq!(name(&r, Some("a.test"), "/other"), Some("any"));
+    }
+
+    #[test]
+    fn captures_match_one_segment_and_the_longest_match_wins_with_literals_winning_ties() {
+        let r = router(
+            "  - { name: root, path: /, backend: { builtin: clock } }\n  - { name: rooms, path: /rooms, backend: { builtin: clock } }\n  - { name: room, path: \"/rooms/{room}\", backend: { publish: {} } }\n  - { name: lobby, path: /rooms/lobby, backend: { builtin: clock } }\n  - { name: feed, path: \"/t/{tenant}/feeds/{feed}\", backend: { publish: {} } }\n  - { name: admin, path: \"/t/admin/feeds/{feed}\", backend: { publish: {} } }\n",
+        );
+        assert_eq!(name(&r, None, "/rooms"), Some("rooms"));
+        assert_eq!(name(&r, None, "/rooms/"), Some("rooms"));
+        assert_eq!(name(&r, None, "/rooms/a"), Some("room"));
+        assert_eq!(name(&r, None, "/rooms/a/123/abc/xhr"), Some("room"));
+        assert_eq!(name(&r, None, "/rooms/lobby"), Some("lobby"));
+        assert_eq!(name(&r, None, "/rooms/lobby/x"), Some("lobby"));
+        assert_eq!(name(&r, None, "/roomsx/a"), Some("root"));
+        assert_eq!(name(&r, None, "/t/acme/feeds/f1"), Some("feed"));
+        assert_eq!(name(&r, None, "/t/admin/feeds/f1"), Some("admin"));
+        assert_eq!(name(&r, None, "/t/acme/feeds"), Some("root"));
+        assert_eq!(name(&r, None, "/t//feeds/f1"), Some("root"));
     }
 
     #[test]

@@ -449,6 +449,30 @@ impl Hub {
         p.last_subscriber.elapsed() >= linger
     }
 
+    /// Counts as a subscriber's visit for `backend_linger` (a publish keeps a channel's ring).
+    pub fn touch(&self) {
+        self.producer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_subscriber = Instant::now();
+    }
+
+    /// Subscribers here now.
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    /// True when nobody has been subscribed (nor published) for `linger` and no producer
+    /// runs: a channel in that state can be closed.
+    pub fn finished(&self, linger: std::time::Duration) -> bool {
+        let mut p = self.producer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.tx.receiver_count() > 0 {
+            p.last_subscriber = Instant::now();
+            return false;
+        }
+        !p.running && p.last_subscriber.elapsed() >= linger
+    }
+
     /// Called by the producer between messages: true when it should stop because nobody has
     /// subscribed for `linger`. Decided under the same lock as [`Self::claim_producer`], so a
     /// subscriber arriving meanwhile either keeps it running or starts a new one.

@@ -14,6 +14,7 @@
 //! shared feed's producer or to open a client's own session. Transports reach backends only
 //! through the bridge.
 
+pub mod channels;
 pub mod consumer;
 pub mod hub;
 pub mod session;
@@ -105,6 +106,8 @@ pub enum Source {
     DemoPage,
     /// `fanout: per_client`: each client has its own session and backend connection.
     PerClient(Arc<session::Sessions>),
+    /// The route's path captures channels: each channel is a bridge of its own.
+    Channels(Arc<channels::Channels>),
 }
 
 pub struct Bridge {
@@ -119,6 +122,8 @@ pub struct Bridge {
     pub sockjs: Arc<sockjs::SockSessions>,
     /// What long-poll clients of the shared feed share.
     pub polls: Polls,
+    /// Set on a channel's own bridge: which channel it is.
+    pub channel: Option<Box<channels::ChannelKey>>,
 }
 
 /// What the long-poll clients of one route share: their metric series, and the last answer
@@ -219,6 +224,7 @@ impl Bridge {
         let source = match &previous.source {
             Source::Shared(h) => Source::Shared(h.clone()),
             Source::PerClient(s) => Source::PerClient(s.clone()),
+            Source::Channels(c) => Source::Channels(c.clone()),
             Source::Echo => Source::Echo,
             Source::DemoPage => Source::DemoPage,
         };
@@ -230,15 +236,18 @@ impl Bridge {
             backends,
             sockjs: previous.sockjs.clone(),
             polls: Polls::default(),
+            channel: None,
         })
     }
 
     pub fn new(route: Arc<Route>, spec: &BridgeRoute, backends: Arc<dyn Backends>) -> Self {
         let source = match spec.backend {
+            _ if route.channels.is_some() => Source::Channels(channels::Channels::new()),
             _ if spec.fanout == Fanout::PerClient => Source::PerClient(Arc::default()),
             BackendSpec::Builtin(Builtin::Clock)
             | BackendSpec::WebSocket(_)
-            | BackendSpec::Sse(_) => Source::Shared(Arc::new(backends.shared_hub(&route, spec))),
+            | BackendSpec::Sse(_)
+            | BackendSpec::Published => Source::Shared(Arc::new(backends.shared_hub(&route, spec))),
             BackendSpec::Builtin(Builtin::Echo) => Source::Echo,
             BackendSpec::Builtin(Builtin::DemoPage) => Source::DemoPage,
         };
@@ -250,9 +259,98 @@ impl Bridge {
             backends,
             sockjs: Arc::default(),
             polls: Polls::default(),
+            channel: None,
         }
     }
 
+    /// The bridge of one channel of this route: its own feed (or sessions) on `spec`, the
+    /// route's backend settings filled in for `key`. Retired with the route.
+    fn channel_bridge(&self, spec: BridgeRoute, key: &channels::ChannelKey) -> Self {
+        let source = match spec.fanout {
+            Fanout::PerClient => Source::PerClient(Arc::default()),
+            Fanout::Shared => Source::Shared(Arc::new(Hub::new(
+                self.route.limits.send_queue,
+                spec.replay,
+            ))),
+        };
+        Self {
+            route: self.route.clone(),
+            spec,
+            source,
+            retired: self.retired.clone(),
+            backends: self.backends.clone(),
+            sockjs: Arc::default(),
+            polls: Polls::default(),
+            channel: Some(Box::new(key.clone())),
+        }
+    }
+
+    /// The bridge that serves a request for `path`: this one, or on a route with channels,
+    /// the channel the path names (opened if it is not).
+    pub fn resolve(&self, path: &str) -> Result<Option<Arc<Bridge>>, channels::ChannelError> {
+        let Source::Channels(table) = &self.source else {
+            return Ok(None);
+        };
+        let captures = self.route.channels.as_ref().expect("a channel route");
+        let key = channels::key(captures, path)?;
+        table.get_or_open(self, &key).map(Some)
+    }
+
+    /// The channel of the raw captured `values` (a publish names them in its URL), opened if
+    /// it is not; None on a route without channels.
+    pub fn channel_of(
+        &self,
+        values: &[&str],
+    ) -> Result<Option<Arc<Bridge>>, channels::ChannelError> {
+        let Source::Channels(table) = &self.source else {
+            return Ok(None);
+        };
+        let captures = self.route.channels.as_ref().expect("a channel route");
+        let key = channels::key_of(captures, values)?;
+        table.get_or_open(self, &key).map(Some)
+    }
+
+    /// The open channels, on a route with channels.
+    pub fn channels(&self) -> Option<&Arc<channels::Channels>> {
+        match &self.source {
+            Source::Channels(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The path the route's resources sit under for a request to `path`: the route's path, or
+    /// on a route with channels the part of `path` it matched (`/rooms/lobby`).
+    pub fn base<'a>(&'a self, path: &'a str) -> &'a str {
+        // Each request's own: clients may spell one channel's name with other escapes.
+        match &self.route.channels {
+            Some(c) => crate::router::matched_len(c, path).map_or(path, |n| &path[..n]),
+            None => &self.route.path,
+        }
+    }
+
+    /// True when nothing uses this channel any more: no subscriber, no session, nothing
+    /// published for `linger`, no backend connection.
+    fn finished(&self, linger: Duration) -> bool {
+        let feed_done = match &self.source {
+            Source::Shared(hub) => hub.finished(linger),
+            Source::PerClient(sessions) => sessions.is_empty(),
+            _ => true,
+        };
+        feed_done && self.sockjs.is_empty()
+    }
+
+    /// Publishes `messages` (payload, binary) to this bridge's feed, in order: the id of the
+    /// last one as an SSE client sees it, and the subscribers here. None without a shared feed.
+    pub fn publish(&self, messages: Vec<(bytes::Bytes, bool)>) -> Option<(String, usize)> {
+        let hub = self.hub()?;
+        hub.touch();
+        let mut last = hub.head();
+        for (payload, binary) in messages {
+            last = hub.publish(payload, binary).seq;
+        }
+        hub.touch();
+        Some((format!("{}-{last}", hub.epoch), hub.subscribers()))
+    }
     /// The route was removed by a reload: its open clients are closed as on shutdown (WS 1001,
     /// SSE final `retry:`, polls answered), and they reconnect to whatever serves the path now.
     pub fn retire(&self) {
@@ -261,6 +359,7 @@ impl Bridge {
         match &self.source {
             Source::PerClient(sessions) => sessions.close_all(session::EndReason::Shutdown),
             Source::Shared(hub) => hub.retire(),
+            Source::Channels(c) => c.retire_all(),
             _ => {}
         }
     }
@@ -270,6 +369,7 @@ impl Bridge {
         match (&self.source, &other.source) {
             (Source::Shared(a), Source::Shared(b)) => Arc::ptr_eq(a, b),
             (Source::PerClient(a), Source::PerClient(b)) => Arc::ptr_eq(a, b),
+            (Source::Channels(a), Source::Channels(b)) => Arc::ptr_eq(a, b),
             (Source::Echo, Source::Echo) | (Source::DemoPage, Source::DemoPage) => true,
             _ => false,
         }
@@ -328,6 +428,10 @@ impl Bridge {
             .hub()
             .expect("subscribe is only called on shared feeds");
         let sub = hub.subscribe(after);
+        if self.channel.is_some() {
+            // A channel lives backend_linger after its last client, however short its visit.
+            hub.touch();
+        }
         self.backends.ensure_feed(hub, &self.route, &self.spec);
         sub
     }

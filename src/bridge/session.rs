@@ -548,6 +548,13 @@ impl Sessions {
             .remove(id);
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
     /// Ends every listed session (their route was removed).
     pub fn close_all(&self, why: EndReason) {
         let all: Vec<Arc<Session>> = self

@@ -323,6 +323,10 @@ impl SockSessions {
         self.lock().get(id).cloned()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// Closes every session (the gateway is draining or the route was removed).
     pub fn close_all(&self, code: u16, reason: &str) {
         let all: Vec<_> = self.lock().values().cloned().collect();
@@ -475,6 +479,7 @@ pub async fn feed(
             },
         },
         Source::DemoPage => unreachable!("the demo page route has no client transports"),
+        Source::Channels(_) => unreachable!("a channel route's requests are served by a channel"),
     })
 }
 

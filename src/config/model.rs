@@ -145,6 +145,8 @@ pub struct Limits {
     pub max_clients_per_ip: usize,
     /// The largest request head (request line and headers) accepted; 431 above.
     pub max_header_bytes: usize,
+    /// Channels a route with captures in its path keeps open at once; 503 past it.
+    pub max_channels: usize,
 }
 
 impl Default for Limits {
@@ -156,6 +158,7 @@ impl Default for Limits {
             max_clients: 10_000,
             max_clients_per_ip: 0,
             max_header_bytes: 32 << 10,
+            max_channels: 10_000,
         }
     }
 }
@@ -173,8 +176,11 @@ pub enum HostPattern {
 pub struct Route {
     pub name: String,
     pub host: HostPattern,
-    /// Normalised: starts with `/`, no trailing `/` except the root itself.
+    /// Normalised: starts with `/`, no trailing `/` except the root itself. May hold captures
+    /// (`/rooms/{room}`), described by `channels`.
     pub path: String,
+    /// Set when `path` captures segments: the route is many feeds, one per channel key.
+    pub channels: Option<ChannelPath>,
     /// Allowed browser origins; empty means the gateway's own origin only.
     pub origins: Vec<String>,
     /// Whether requests without `Origin` (non-browser clients) are let in.
@@ -183,6 +189,83 @@ pub struct Route {
     pub keepalive: Keepalive,
     pub limits: Limits,
     pub kind: RouteKind,
+}
+
+/// What a captured channel name must match unless the route says otherwise (`channel_pattern`).
+pub const DEFAULT_CHANNEL_PATTERN: &str = "[A-Za-z0-9._~-]{1,128}";
+
+/// A route path with captures: its segments, and what a captured value must match.
+#[derive(Debug, Clone)]
+pub struct ChannelPath {
+    pub segments: Vec<PathSegment>,
+    /// Anchored at both ends; a captured value is checked after one percent-decoding.
+    pub pattern: regex::Regex,
+}
+
+impl PartialEq for ChannelPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.segments == other.segments && self.pattern.as_str() == other.pattern.as_str()
+    }
+}
+
+impl ChannelPath {
+    /// The names of the captures, in path order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            PathSegment::Capture(n) => Some(n.as_str()),
+            PathSegment::Literal(_) => None,
+        })
+    }
+}
+
+/// `{name}` placeholders in `text` (names are letters, digits and `_`, not starting with a
+/// digit), with their byte ranges; a `{` that starts no such name is left alone.
+pub fn placeholders(text: &str) -> Vec<(std::ops::Range<usize>, &str)> {
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(open) = text[from..].find('{').map(|i| i + from) {
+        let rest = &text[open + 1..];
+        match rest.find('}') {
+            Some(close) if is_capture_name(&rest[..close]) => {
+                found.push((open..open + close + 2, &rest[..close]));
+                from = open + close + 2;
+            }
+            _ => from = open + 1,
+        }
+    }
+    found
+}
+
+fn is_capture_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// One segment of a route path with captures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathSegment {
+    Literal(String),
+    /// `{name}`: any one non-empty segment.
+    Capture(String),
+}
+
+/// `publish:`: messages sent by HTTP POST on the admin listener.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Required as `Authorization: Bearer <token>` when set.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Publish {
+    /// The token is never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publish")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// How cross-origin requests from allowed origins are answered.
@@ -306,6 +389,8 @@ pub enum BackendSpec {
     WebSocket(RemoteBackend),
     /// A `text/event-stream` endpoint; each event is one message, its `event:` name kept.
     Sse(RemoteBackend),
+    /// No backend connection: the feed is what is published by HTTP (`publish:`).
+    Published,
 }
 
 /// Where and how the gateway connects to a streaming backend.
@@ -478,6 +563,8 @@ pub struct BridgeRoute {
     pub sockjs: Option<SockJs>,
     /// permessage-deflate on the WebSockets the gateway terminates for this route.
     pub compression: Compression,
+    /// `publish:`: the feed also takes messages published by HTTP on the admin listener.
+    pub publish: Option<Publish>,
 }
 
 /// Whether WebSocket clients may get compressed messages.
@@ -494,7 +581,7 @@ impl BridgeRoute {
     pub fn remote(&self) -> Option<&RemoteBackend> {
         match &self.backend {
             BackendSpec::WebSocket(f) | BackendSpec::Sse(f) => Some(f),
-            BackendSpec::Builtin(_) => None,
+            BackendSpec::Builtin(_) | BackendSpec::Published => None,
         }
     }
 
@@ -505,6 +592,7 @@ impl BridgeRoute {
             BackendSpec::WebSocket(_) => self.fanout == Fanout::PerClient,
             BackendSpec::Sse(f) => f.post.is_some(),
             BackendSpec::Builtin(b) => *b == Builtin::Echo,
+            BackendSpec::Published => false,
         }
     }
 }

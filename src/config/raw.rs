@@ -123,6 +123,8 @@ pub struct RawLimits {
     pub send_queue: Option<usize>,
     pub max_clients: Option<usize>,
     pub max_clients_per_ip: Option<usize>,
+    /// Channels a route with captures in its path may have open at once.
+    pub max_channels: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +134,9 @@ pub struct RawRoute {
     #[serde(default)]
     pub host: Option<String>,
     pub path: String,
+    /// What a captured path segment (`{room}`) must match: a regular expression.
+    #[serde(default)]
+    pub channel_pattern: Option<String>,
     #[serde(default)]
     pub proxy: Option<RawProxy>,
     #[serde(default)]
@@ -237,6 +242,10 @@ pub struct RawBackend {
     pub websocket: Option<String>,
     #[serde(default)]
     pub sse: Option<String>,
+    /// Messages published by HTTP POST on the admin listener: the whole feed, or beside a
+    /// `websocket:`/`sse:` backend.
+    #[serde(default)]
+    pub publish: Option<RawPublish>,
     /// Where client messages go for an `sse:` backend: each one is POSTed there.
     #[serde(default)]
     pub post: Option<String>,
@@ -256,6 +265,14 @@ pub struct RawBackend {
     /// How `wss://` and `https://` URLs (the feed and `post:`) are verified.
     #[serde(default)]
     pub tls: Option<RawBackendTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPublish {
+    /// The bearer token a publish must carry; `${VAR}` takes it from the environment.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,7 @@
 //! (reopened on SIGUSR1).
 
 pub mod drain;
+pub mod publish;
 pub mod reload;
 pub mod status;
 
@@ -37,6 +38,28 @@ pub struct AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_owned();
+        if path.starts_with("/publish/") {
+            let state = self.live.load();
+            let answer = publish::serve(&state, session).await;
+            let mut resp = http::Response::builder()
+                .status(answer.status)
+                .header(
+                    http::header::CONTENT_TYPE,
+                    if answer.status == 202 {
+                        "application/json"
+                    } else {
+                        "text/plain; charset=utf-8"
+                    },
+                )
+                .header(http::header::CACHE_CONTROL, "no-store")
+                .header(http::header::CONTENT_LENGTH, answer.body.len());
+            for (name, value) in &answer.headers {
+                resp = resp.header(*name, value.as_str());
+            }
+            return resp
+                .body(answer.body)
+                .expect("publish answers are valid responses");
+        }
         let (status, ctype, body) = match path.as_str() {
             "/" => {
                 let page = status::collect(&self.live.load(), self.started).to_html();
@@ -62,7 +85,7 @@ impl ServeHttp for AdminApp {
             _ => (
                 404,
                 "text/plain".into(),
-                b"admin endpoints: / /status.json /metrics /healthz /readyz\n".to_vec(),
+                b"admin endpoints: / /status.json /metrics /healthz /readyz, POST /publish/ROUTE[/KEY...]\n".to_vec(),
             ),
         };
         http::Response::builder()

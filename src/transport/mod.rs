@@ -265,6 +265,40 @@ async fn serve_page<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Re
 /// chosen transport's own loop is boxed: the future of a connection is as large as its largest
 /// state, and a streaming client carries it for hours.
 pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Result<()> {
+    // A route with channels: the channel the path names serves the request.
+    match bridge.resolve(down.req_header().uri.path()) {
+        Ok(None) => {}
+        Ok(Some(channel)) => return Box::pin(serve_feed(down, &channel)).await,
+        Err(why) => return Box::pin(channel_refused(down, bridge, why)).await,
+    }
+    serve_feed(down, bridge).await
+}
+
+/// Why a channel route did not serve: a path that names no channel (404), or a new channel
+/// past `max_channels` (503, to try again later).
+async fn channel_refused<D: Downstream>(
+    down: &mut D,
+    bridge: &Bridge,
+    why: crate::bridge::channels::ChannelError,
+) -> pingora::Result<()> {
+    use crate::bridge::channels::ChannelError;
+    let route = bridge.route.name.as_str();
+    let reject = match why {
+        ChannelError::BadName(why) => {
+            Reject::new(404, "bad_channel", format!("404 Not Found: {why}"))
+        }
+        ChannelError::Full(max) => Reject::new(
+            503,
+            "max_channels",
+            format!("route {route} has its max_channels ({max}) open; try again later"),
+        )
+        .header("retry-after", "5"),
+    };
+    reject.send(down, route).await
+}
+
+/// Serves a request on a bridge with a feed of its own.
+async fn serve_feed<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Result<()> {
     if let Source::DemoPage = bridge.source {
         return Box::pin(serve_page(down, bridge)).await;
     }

@@ -46,8 +46,8 @@ pub fn requested(bridge: &Bridge, req: &pingora::http::RequestHeader) -> bool {
     if bridge.spec.sockjs.is_none() {
         return false;
     }
-    let base = bridge.route.path.trim_end_matches('/');
     let path = req.uri.path();
+    let base = bridge.base(path).trim_end_matches('/');
     let at_base = path == base || path.len() == base.len() + 1 && path.ends_with('/');
     !at_base || super::requested(req).is_none()
 }
@@ -59,7 +59,7 @@ pub async fn serve<D: Downstream>(
 ) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
     let path = down.req_header().uri.path().to_owned();
-    let resource = frame::resource(&bridge.route.path, &path).unwrap_or(Resource::NotFound);
+    let resource = frame::resource(bridge.base(&path), &path).unwrap_or(Resource::NotFound);
     let method = down.req_header().method.clone();
     let get = method == http::Method::GET || method == http::Method::HEAD;
     match resource {

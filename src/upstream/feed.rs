@@ -134,7 +134,9 @@ pub async fn run(link: Link) {
     let (kind, feed) = match &link.spec.backend {
         BackendSpec::WebSocket(f) => ("websocket", f.clone()),
         BackendSpec::Sse(f) => ("sse", f.clone()),
-        BackendSpec::Builtin(_) => unreachable!("builtins have their own producers"),
+        BackendSpec::Builtin(_) | BackendSpec::Published => {
+            unreachable!("builtins have their own producers, and publishes need none")
+        }
     };
     let mut backoff = Backoff::new(feed.reconnect);
     let mut sse_resume = sse::Resume {

@@ -51,7 +51,7 @@ impl Backends for Connectors {
                 }
                 _ => feed::ensure_running(hub, route, spec),
             },
-            BackendSpec::Builtin(_) => {}
+            BackendSpec::Builtin(_) | BackendSpec::Published => {}
         }
     }
 

@@ -146,7 +146,9 @@ pub async fn open(
             let driver = Session::create(route, transport, cap, max_bytes, spec.session_ttl, None);
             (Backend::Sse(opened), driver)
         }
-        BackendSpec::Builtin(_) => unreachable!("per_client needs a websocket or sse backend"),
+        BackendSpec::Builtin(_) | BackendSpec::Published => {
+            unreachable!("per_client needs a websocket or sse backend")
+        }
     };
     let Driver { session, uplink } = driver;
     if let Some(r) = &registry {

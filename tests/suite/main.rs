@@ -14,6 +14,8 @@ mod autobahn;
 mod backend_tls;
 mod bench;
 mod bridge;
+mod channels;
+
 mod browser;
 mod cli;
 mod cluster;

@@ -5,8 +5,8 @@
 use super::Validator;
 use crate::config::model::{
     BackendSpec, BinaryPolicy, BridgeRoute, Builtin, ClientTransports, Compression, Fanout,
-    SlowConsumer, SockJs, SockJsTransports, DEFAULT_LINGER, DEFAULT_REPLAY, DEFAULT_SESSION_TTL,
-    DEFAULT_SOCKJS_CLIENT_URL,
+    Publish, SlowConsumer, SockJs, SockJsTransports, DEFAULT_LINGER, DEFAULT_REPLAY,
+    DEFAULT_SESSION_TTL, DEFAULT_SOCKJS_CLIENT_URL,
 };
 use crate::config::raw::{RawBackend, RawRoute};
 
@@ -15,7 +15,10 @@ const MAX_REPLAY: usize = 1 << 20;
 fn shared_feed_backend(b: &BackendSpec) -> bool {
     matches!(
         b,
-        BackendSpec::WebSocket(_) | BackendSpec::Sse(_) | BackendSpec::Builtin(Builtin::Clock)
+        BackendSpec::WebSocket(_)
+            | BackendSpec::Sse(_)
+            | BackendSpec::Builtin(Builtin::Clock)
+            | BackendSpec::Published
     )
 }
 
@@ -39,13 +42,18 @@ impl Validator<'_> {
         raw: &RawRoute,
     ) -> Option<BridgeRoute> {
         let kinds = [b.builtin.is_some(), b.websocket.is_some(), b.sse.is_some()];
-        if kinds.iter().filter(|k| **k).count() != 1 {
+        let count = kinds.iter().filter(|k| **k).count();
+        if count > 1 || (count == 0 && b.publish.is_none()) {
             self.err(
                 format!("{at}.backend"),
-                "a backend has exactly one of `builtin: clock|echo|demo`, `websocket: ws://..` or `sse: http://..`",
+                "a backend has exactly one of `builtin: clock|echo|demo`, `websocket: ws://..` or `sse: http://..`, or only `publish:` (a feed of HTTP publishes)",
             );
             return None;
         }
+        let publish = b
+            .publish
+            .as_ref()
+            .map(|p| self.publish(&format!("{at}.backend.publish"), p));
         let backend = if let Some(name) = &b.builtin {
             match name.as_str() {
                 "clock" => BackendSpec::Builtin(Builtin::Clock),
@@ -69,9 +77,15 @@ impl Validator<'_> {
         } else if let Some(url) = &b.sse {
             BackendSpec::Sse(self.backend_feed(&format!("{at}.backend"), "sse", url, b)?)
         } else {
-            unreachable!("exactly one backend kind is set")
+            BackendSpec::Published
         };
-        if let BackendSpec::Builtin(_) = backend {
+        if publish.is_some() && matches!(backend, BackendSpec::Builtin(_)) {
+            self.err(
+                format!("{at}.backend.publish"),
+                "`publish` feeds a `websocket:` or `sse:` backend's clients, or a feed of its own (`backend: { publish: {} }`); a builtin takes no publishes",
+            );
+        }
+        if let BackendSpec::Builtin(_) | BackendSpec::Published = backend {
             self.misplaced(
                 &format!("{at}.backend"),
                 &[
@@ -83,7 +97,7 @@ impl Validator<'_> {
                     ("forward_headers", b.forward_headers.is_some()),
                     ("tls", b.tls.is_some()),
                 ],
-                "applies to `websocket:` and `sse:` backends, not to builtins",
+                "applies to `websocket:` and `sse:` backends, not to builtins or a feed of publishes",
             );
         }
         if let (BackendSpec::Sse(_), Some(_)) = (&backend, &b.subprotocols) {
@@ -100,7 +114,8 @@ impl Validator<'_> {
                 },
                 BackendSpec::Builtin(Builtin::Clock)
                 | BackendSpec::WebSocket(_)
-                | BackendSpec::Sse(_) => ClientTransports {
+                | BackendSpec::Sse(_)
+                | BackendSpec::Published => ClientTransports {
                     websocket: true,
                     sse: true,
                     long_poll: true,
@@ -160,6 +175,13 @@ impl Validator<'_> {
         }
         let fanout = match raw.fanout.as_deref() {
             None | Some("shared") => Fanout::Shared,
+            Some("per_client") if publish.is_some() => {
+                self.err(
+                    format!("{at}.fanout"),
+                    "fanout: per_client gives each client its own backend connection, so there is no shared feed to publish to: remove `publish` or use fanout: shared",
+                );
+                Fanout::Shared
+            }
             Some("per_client") if matches!(backend, BackendSpec::Builtin(_)) => {
                 self.err(
                     format!("{at}.fanout"),
@@ -274,7 +296,37 @@ impl Validator<'_> {
             session_ttl,
             sockjs,
             compression,
+            publish,
         })
+    }
+
+    /// `publish: { token }`: the token may come from the environment (`${VAR}`).
+    fn publish(&mut self, at: &str, raw: &crate::config::raw::RawPublish) -> Publish {
+        let token = raw
+            .token
+            .as_deref()
+            .and_then(|t| match super::cluster::expand_env(t) {
+                Ok(t) if t.is_empty() => {
+                    self.err(
+                        format!("{at}.token"),
+                        "the token is empty: set one, or leave `token` out to publish without one",
+                    );
+                    None
+                }
+                Ok(t) if !t.bytes().all(|c| c.is_ascii_graphic()) => {
+                    self.err(
+                        format!("{at}.token"),
+                        "a bearer token is visible ASCII text without spaces",
+                    );
+                    None
+                }
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.err(format!("{at}.token"), e);
+                    None
+                }
+            });
+        Publish { token }
     }
 
     /// `compression: auto | off`, for a route with WebSocket clients (native or SockJS's).
@@ -386,7 +438,7 @@ impl Validator<'_> {
         // cannot show their origin (JSONP's <script>, htmlfile's iframe) off unless listed.
         let remote = match backend {
             BackendSpec::WebSocket(f) | BackendSpec::Sse(f) => Some(f),
-            BackendSpec::Builtin(_) => None,
+            BackendSpec::Builtin(_) | BackendSpec::Published => None,
         };
         let credentials = remote.is_some_and(|f| {
             (fanout == Fanout::PerClient || f.post.is_some())

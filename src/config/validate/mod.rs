@@ -36,11 +36,21 @@ pub struct RawParts {
 pub struct Validator<'a> {
     base_dir: &'a Path,
     pub errors: Vec<ConfigError>,
+    /// The config has a `cluster:` section.
+    cluster: bool,
 }
 
 impl<'a> Validator<'a> {
     pub fn new(base_dir: &'a Path, errors: Vec<ConfigError>) -> Self {
-        Self { base_dir, errors }
+        Self {
+            base_dir,
+            errors,
+            cluster: false,
+        }
+    }
+
+    fn cluster_configured(&self) -> bool {
+        self.cluster
     }
 
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
@@ -74,6 +84,7 @@ impl<'a> Validator<'a> {
     pub fn validate(mut self, parts: RawParts) -> Result<Config, Vec<ConfigError>> {
         let server = parts.server.as_ref().map(|s| self.server(s));
         let cluster = parts.cluster.as_ref().map(|c| self.cluster(c));
+        self.cluster = parts.cluster.is_some();
         let defaults_origins = parts.defaults.origins.clone().unwrap_or_default();
         self.origins("defaults.origins", &defaults_origins);
         let defaults_keepalive = self.keepalive(
@@ -111,7 +122,19 @@ impl<'a> Validator<'a> {
             ) else {
                 continue;
             };
-            let key = (route.host.clone(), route.path.clone());
+            // Captures match whatever their names: /rooms/{room} and /rooms/{id} are one place.
+            let shape = match &route.channels {
+                Some(c) => c
+                    .segments
+                    .iter()
+                    .map(|s| match s {
+                        super::model::PathSegment::Literal(l) => format!("/{l}"),
+                        super::model::PathSegment::Capture(_) => "/{}".to_owned(),
+                    })
+                    .collect(),
+                None => route.path.clone(),
+            };
+            let key = (route.host.clone(), shape);
             if let Some(first) = places.insert(key, i) {
                 self.err(
                     format!("{at}.path"),

@@ -187,7 +187,12 @@ impl Validator<'_> {
         if max_clients == 0 {
             self.err(format!("{at}.max_clients"), "max_clients must be above 0");
         }
+        let max_channels = raw.max_channels.unwrap_or(base.max_channels);
+        if max_channels == 0 {
+            self.err(format!("{at}.max_channels"), "max_channels must be above 0");
+        }
         Limits {
+            max_channels,
             max_message,
             max_message_explicit: base.max_message_explicit || raw.max_message.is_some(),
             send_queue,

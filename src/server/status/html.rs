@@ -157,47 +157,70 @@ impl Status {
                 r.clients_total,
                 per.join(" · "),
             )?;
-            let backend = match (&r.bridge, &r.proxy) {
-                (Some(b), _) => {
-                    let state = match b.state {
-                        "connected" => badge("ok", "connected"),
-                        "builtin" => badge("ok", "builtin"),
-                        "via_cluster" => badge("ok", "via cluster"),
-                        "disconnected" => badge("bad", "disconnected"),
-                        other => badge("idle", other),
-                    };
-                    let addr = b
-                        .backend_addr
-                        .as_deref()
-                        .map(|a| format!(" <code>{}</code>", escape(a)))
-                        .unwrap_or_default();
-                    if b.builtin.is_some() {
-                        state
-                    } else {
-                        format!(
-                            "{state}{addr}<br><span class=\"muted\">{} reconnect{}, \
+            let backend =
+                match (&r.bridge, &r.proxy) {
+                    (Some(b), _) => {
+                        let state = match b.state {
+                            "connected" => badge("ok", "connected"),
+                            "builtin" => badge("ok", "builtin"),
+                            "via_cluster" => badge("ok", "via cluster"),
+                            "disconnected" => badge("bad", "disconnected"),
+                            other => badge("idle", other),
+                        };
+                        let addr = b
+                            .backend_addr
+                            .as_deref()
+                            .map(|a| format!(" <code>{}</code>", escape(a)))
+                            .unwrap_or_default();
+                        let channels =
+                            b.channels
+                                .as_ref()
+                                .map(|c| {
+                                    let busiest: Vec<String> = c
+                                        .busiest
+                                        .iter()
+                                        .map(|ch| {
+                                            format!("{} {}", escape(&ch.name), ch.subscribers)
+                                        })
+                                        .collect();
+                                    format!(
+                                "<br><span class=\"muted\">{} of {} channels open{}{}</span>",
+                                c.open,
+                                c.max,
+                                if busiest.is_empty() { "" } else { "; busiest: " },
+                                busiest.join(" · "),
+                            )
+                                })
+                                .unwrap_or_default();
+                        if b.builtin.is_some() {
+                            state
+                        } else if b.backend == "publish" {
+                            format!("{}{channels}", badge("ok", "publishes"))
+                        } else {
+                            format!(
+                                "{state}{addr}<br><span class=\"muted\">{} reconnect{}, \
                              {} failed connect{}</span>",
-                            b.reconnects,
-                            if b.reconnects == 1 { "" } else { "s" },
-                            b.connects_failed,
-                            if b.connects_failed == 1 { "" } else { "s" },
+                                b.reconnects,
+                                if b.reconnects == 1 { "" } else { "s" },
+                                b.connects_failed,
+                                if b.connects_failed == 1 { "" } else { "s" },
+                            ) + &channels
+                        }
+                    }
+                    (None, Some(p)) => {
+                        let up = p.upstreams.iter().filter(|u| u.healthy).count();
+                        let class = match up {
+                            0 => "bad",
+                            n if n < p.upstreams.len() => "warn",
+                            _ => "ok",
+                        };
+                        badge(
+                            class,
+                            &format!("{up}/{} upstreams healthy", p.upstreams.len()),
                         )
                     }
-                }
-                (None, Some(p)) => {
-                    let up = p.upstreams.iter().filter(|u| u.healthy).count();
-                    let class = match up {
-                        0 => "bad",
-                        n if n < p.upstreams.len() => "warn",
-                        _ => "ok",
-                    };
-                    badge(
-                        class,
-                        &format!("{up}/{} upstreams healthy", p.upstreams.len()),
-                    )
-                }
-                (None, None) => String::new(),
-            };
+                    (None, None) => String::new(),
+                };
             // Sessions exist on per-client routes and SockJS endpoints only.
             let per_client = r.bridge.as_ref().is_some_and(|b| b.fanout == "per_client");
             let sockjs = r.sockjs_sessions_open > 0 || r.transports.contains(&"sockjs");

@@ -97,7 +97,7 @@ pub struct RouteStatus {
 
 #[derive(Debug, Serialize)]
 pub struct BridgeStatus {
-    /// `websocket`, `sse` or `builtin`.
+    /// `websocket`, `sse`, `builtin`, or `publish` (a feed of HTTP publishes only).
     pub backend: &'static str,
     /// `clock`, `echo` or `demo` for a builtin backend.
     pub builtin: Option<&'static str>,
@@ -116,7 +116,29 @@ pub struct BridgeStatus {
     pub connects_failed: u64,
     /// Attempts that followed a lost or failed connection of a shared feed.
     pub reconnects: u64,
+    /// The route takes HTTP publishes on the admin listener.
+    pub publish: bool,
+    /// On a route whose path captures channels: how many are open, and the busiest.
+    pub channels: Option<ChannelsStatus>,
 }
+
+#[derive(Debug, Serialize)]
+pub struct ChannelsStatus {
+    pub open: usize,
+    pub max: usize,
+    /// At most [`BUSIEST`] channels, most subscribers first.
+    pub busiest: Vec<ChannelStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChannelStatus {
+    pub name: String,
+    /// Clients subscribed to its shared feed here.
+    pub subscribers: usize,
+}
+
+/// How many channels of a route the status page names.
+const BUSIEST: usize = 5;
 
 #[derive(Debug, Serialize)]
 pub struct ProxyStatus {
@@ -350,6 +372,7 @@ fn bridge_status(b: &Bridge, samples: &Samples, clients: u64) -> BridgeStatus {
     let (backend, builtin, addr) = match &b.spec.backend {
         BackendSpec::WebSocket(f) => ("websocket", None, Some(f.authority.clone())),
         BackendSpec::Sse(f) => ("sse", None, Some(f.authority.clone())),
+        BackendSpec::Published => ("publish", None, None),
         BackendSpec::Builtin(k) => (
             "builtin",
             Some(match k {
@@ -383,6 +406,19 @@ fn bridge_status(b: &Bridge, samples: &Samples, clients: u64) -> BridgeStatus {
         connects_ok: connects("ok"),
         connects_failed: connects("failed"),
         reconnects: samples.sum("switchyard_backend_reconnects_total", &this),
+        publish: b.spec.publish.is_some(),
+        channels: b.channels().map(|c| ChannelsStatus {
+            open: c.len(),
+            max: b.route.limits.max_channels,
+            busiest: c
+                .busiest(BUSIEST)
+                .into_iter()
+                .map(|(name, subscribers)| ChannelStatus {
+                    name: name.into(),
+                    subscribers,
+                })
+                .collect(),
+        }),
     }
 }
 

@@ -209,6 +209,22 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// Waits until `series` is exactly `value` (a gauge coming down, say).
+    pub async fn wait_metric_is(&self, series: &str, value: f64) {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let text = self.metrics().await;
+            if metric(&text, series) == Some(value) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "{series} never came to {value}; metrics:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Gateway {

@@ -1,0 +1,237 @@
+//! `POST /publish/ROUTE[/KEY...]` on the admin listener (never on public listeners): puts
+//! messages into a route's feed, or into one channel of a route with channels (one path
+//! segment per capture, in order). The body is read as a session POST's is (see
+//! `transport::inbound`): `text/plain` is one text message, `application/octet-stream` one
+//! binary message, `application/json` an array of strings or `{"binary": "<base64>"}` items.
+//! The answer is `202 {"id": "<SSE id of the last message>", "subscribers": N}`.
+//!
+//! With `publish.token` set, `Authorization: Bearer <token>` is required (401 otherwise),
+//! compared in constant time.
+
+use crate::bridge::channels::ChannelError;
+use crate::gateway::{GatewayState, Target};
+use crate::metrics;
+use crate::transport::inbound::{parse_body, BodyError};
+use bytes::{Bytes, BytesMut};
+use pingora::protocols::http::ServerSession;
+
+/// An answer: status, content type, body, and extra headers.
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Answer {
+    fn error(status: u16, message: impl Into<String>) -> Self {
+        let mut body = message.into().into_bytes();
+        body.push(b'\n');
+        Self {
+            status,
+            body,
+            headers: Vec::new(),
+        }
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// The publish URL's route name and raw key segments: `/publish/ROUTE/K1/K2`.
+fn target(path: &str) -> Option<(&str, Vec<&str>)> {
+    let rest = path.strip_prefix("/publish/")?;
+    let mut parts = rest.split('/');
+    let route = parts.next().filter(|r| !r.is_empty())?;
+    Some((route, parts.collect()))
+}
+
+/// Serves a request under `/publish/`.
+pub async fn serve(state: &GatewayState, session: &mut ServerSession) -> Answer {
+    let path = session.req_header().uri.path().to_owned();
+    let Some((name, keys)) = target(&path) else {
+        return Answer::error(404, "publish at /publish/ROUTE or /publish/ROUTE/KEY...");
+    };
+    let Some(rt) = state.routes.iter().find(|rt| rt.route.name == name) else {
+        return Answer::error(404, format!("no route is named {name:?}"));
+    };
+    let Target::Bridge(bridge) = &rt.target else {
+        return Answer::error(404, format!("route {name} takes no publishes"));
+    };
+    let Some(publish) = &bridge.spec.publish else {
+        return Answer::error(
+            404,
+            format!("route {name} takes no publishes (it has no `publish:`)"),
+        );
+    };
+    let outcome = |o: &str| metrics::PUBLISHES.with_label_values(&[name, o]).inc();
+    if session.req_header().method != http::Method::POST {
+        return Answer::error(405, "publish with POST").header("allow", "POST");
+    }
+    if let Some(token) = &publish.token {
+        let given = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same_secret(given.as_bytes(), token.as_bytes()) {
+            outcome("unauthorized");
+            return Answer::error(401, "a publish needs `Authorization: Bearer <token>`")
+                .header("www-authenticate", "Bearer");
+        }
+    }
+    let max = rt.route.limits.max_message as usize;
+    let body = match read_body(session, max).await {
+        Ok(b) => b,
+        Err(answer) => {
+            outcome("invalid");
+            return answer;
+        }
+    };
+    let content_type = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let messages = match parse_body(&content_type, body) {
+        Ok(m) => m,
+        Err(BodyError::Malformed(why)) => {
+            outcome("invalid");
+            return Answer::error(400, why);
+        }
+        Err(BodyError::TooMany) => {
+            outcome("invalid");
+            return Answer::error(
+                413,
+                format!(
+                    "at most {} messages per publish",
+                    crate::transport::inbound::MAX_MESSAGES_PER_POST
+                ),
+            );
+        }
+    };
+    let channel = match bridge.channel_of(&keys) {
+        Ok(c) => c,
+        Err(ChannelError::BadName(why)) => {
+            outcome("invalid");
+            return Answer::error(404, why);
+        }
+        Err(ChannelError::Full(max)) => {
+            outcome("refused");
+            return Answer::error(
+                503,
+                format!("route {name} has its max_channels ({max}) open; try again later"),
+            )
+            .header("retry-after", "5");
+        }
+    };
+    if channel.is_none() && !keys.is_empty() {
+        outcome("invalid");
+        return Answer::error(
+            404,
+            format!("route {name} has no channels: publish at /publish/{name}"),
+        );
+    }
+    let feed = channel.as_deref().unwrap_or(bridge);
+    let count = messages.len() as u64;
+    let Some((id, subscribers)) = feed.publish(
+        messages
+            .into_iter()
+            .map(|m| (m.payload, m.binary))
+            .collect(),
+    ) else {
+        outcome("invalid");
+        return Answer::error(
+            404,
+            format!("route {name} has no shared feed to publish to"),
+        );
+    };
+    outcome("accepted");
+    metrics::PUBLISHED_MESSAGES
+        .with_label_values(&[name])
+        .inc_by(count);
+    let body = serde_json::json!({ "id": id, "subscribers": subscribers });
+    let mut body = serde_json::to_vec(&body).unwrap_or_default();
+    body.push(b'\n');
+    Answer {
+        status: 202,
+        body,
+        headers: Vec::new(),
+    }
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+/// The whole body, at most `max` bytes (413 past it), each read within the POST deadline.
+async fn read_body(session: &mut ServerSession, max: usize) -> Result<Bytes, Answer> {
+    let too_big = || Answer::error(413, format!("the body exceeds max_message ({max} bytes)"));
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_big());
+    }
+    let mut body = BytesMut::new();
+    loop {
+        let chunk = tokio::time::timeout(
+            crate::bridge::session::POST_DEADLINE,
+            session.read_request_body(),
+        )
+        .await;
+        match chunk {
+            Err(_) => {
+                return Err(Answer::error(
+                    408,
+                    "the request body did not arrive in time",
+                ))
+            }
+            Ok(Err(e)) => return Err(Answer::error(400, format!("unreadable body: {e}"))),
+            Ok(Ok(None)) => return Ok(body.freeze()),
+            Ok(Ok(Some(data))) => {
+                if body.len() + data.len() > max {
+                    return Err(too_big());
+                }
+                body.extend_from_slice(&data);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_names_a_route_and_its_keys() {
+        assert_eq!(target("/publish/chat"), Some(("chat", vec![])));
+        assert_eq!(target("/publish/chat/a/b"), Some(("chat", vec!["a", "b"])));
+        assert_eq!(target("/publish/"), None);
+        assert_eq!(target("/other"), None);
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cres", b"s3cret"));
+        assert!(!same_secret(b"s3cre", b"s3cret"));
+        assert!(!same_secret(b"", b"s3cret"));
+    }
+}

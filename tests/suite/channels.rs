@@ -1,0 +1,556 @@
+//! Channels (`/rooms/{room}`: one backend connection per channel, at the URL its captures fill
+//! in) and HTTP publishing on the admin listener, against a real WebSocket backend and real
+//! clients of every transport.
+
+use crate::common::sockjs::{request, session_id, Stream};
+use crate::common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket backend that records the path of each connection and, told to, sends
+/// `"<path>:<n>"` for n in 1..=count on every connection it holds.
+struct PathBackend {
+    addr: SocketAddr,
+    paths: Arc<Mutex<Vec<String>>>,
+    open: Arc<AtomicUsize>,
+    send: tokio::sync::broadcast::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PathBackend {
+    async fn start() -> PathBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (send, _) = tokio::sync::broadcast::channel::<u64>(16);
+        let (p, o, tx) = (paths.clone(), open.clone(), send.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (p, o) = (p.clone(), o.clone());
+                let mut rx = tx.subscribe();
+                tokio::spawn(async move {
+                    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+                    let path = Arc::new(Mutex::new(String::new()));
+                    let seen = path.clone();
+                    #[allow(clippy::result_large_err)]
+                    let record = move |req: &Request, resp: Response| {
+                        *seen.lock().unwrap() = req.uri().to_string();
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await
+                    else {
+                        return;
+                    };
+                    let path = path.lock().unwrap().clone();
+                    p.lock().unwrap().push(path.clone());
+                    o.fetch_add(1, Ordering::SeqCst);
+                    loop {
+                        tokio::select! {
+                            n = rx.recv() => match n {
+                                Ok(n) => {
+                                    for i in 1..=n {
+                                        if ws.feed(Message::text(format!("{path}:{i}"))).await.is_err() {
+                                            break;
+                                        }
+                                    }
+                                    if ws.flush().await.is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(_) => break,
+                            },
+                            msg = ws.next() => match msg {
+                                Some(Ok(_)) => {}
+                                _ => break,
+                            },
+                        }
+                    }
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        PathBackend {
+            addr,
+            paths,
+            open,
+            send,
+            task,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    fn paths(&self) -> Vec<String> {
+        let mut p = self.paths.lock().unwrap().clone();
+        p.sort();
+        p
+    }
+
+    async fn wait_open(&self, n: usize) {
+        let until = Instant::now() + DEADLINE;
+        while self.open.load(Ordering::SeqCst) != n {
+            assert!(
+                Instant::now() < until,
+                "backend has {} open connections, expected {n}",
+                self.open.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for PathBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn ws_client(gw: &Gateway, path: &str) -> Ws {
+    tokio_tungstenite::connect_async(gw.ws_url(path))
+        .await
+        .expect("WebSocket handshake through the gateway")
+        .0
+}
+
+async fn ws_texts(ws: &mut Ws, count: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let msg = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("a message within the deadline")
+            .expect("stream open")
+            .expect("no error");
+        if let Message::Text(t) = msg {
+            got.push(t.to_string());
+        }
+    }
+    got
+}
+
+async fn sse_texts(sse: &mut SseReader, count: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        got.push(sse.next_data_event().await.data);
+    }
+    got
+}
+
+/// Polls from cursor 0 until `count` messages arrived.
+async fn poll_texts(addr: SocketAddr, path: &str, count: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut cursor = 0;
+    let until = Instant::now() + DEADLINE * 2;
+    while got.len() < count {
+        assert!(Instant::now() < until, "long-poll stuck at {got:?}");
+        let r = http_get(addr, &format!("{path}?transport=poll&cursor={cursor}"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        for m in j["messages"].as_array().unwrap() {
+            got.push(m.as_str().unwrap().to_owned());
+        }
+        cursor = j["cursor"].as_u64().unwrap();
+    }
+    got
+}
+
+fn numbered(prefix: &str, count: usize) -> Vec<String> {
+    (1..=count).map(|i| format!("{prefix}:{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_channel_has_one_backend_connection_and_its_subscribers_get_only_its_messages() {
+    const MESSAGES: usize = 30;
+    let backend = PathBackend::start().await;
+    let gw = Gateway::start(&format!(
+        "  - name: rooms\n    path: \"/rooms/{{room}}\"\n    backend: {{ websocket: \"{}\" }}\n    backend_linger: 1s\n",
+        backend.url("/feeds/{room}?as=gw")
+    ))
+    .await;
+    let rooms = ["lobby", "kitchen", "a.b-c_d~e"];
+    // Per channel: 20 WebSocket, 20 SSE and 10 long-poll subscribers.
+    let mut ws = Vec::new();
+    let mut sse = Vec::new();
+    for room in rooms {
+        for _ in 0..20 {
+            ws.push((room, ws_client(&gw, &format!("/rooms/{room}")).await));
+            sse.push((
+                room,
+                SseReader::open(gw.addr, &format!("/rooms/{room}"), &[]).await,
+            ));
+        }
+    }
+    backend.wait_open(3).await;
+    assert_eq!(
+        backend.paths(),
+        [
+            "/feeds/a.b-c_d~e?as=gw",
+            "/feeds/kitchen?as=gw",
+            "/feeds/lobby?as=gw"
+        ],
+        "one connection per channel, at its templated path"
+    );
+    gw.wait_metric(
+        "switchyard_client_connections_open{route=\"rooms\",transport=\"sse\"}",
+        60.0,
+    )
+    .await;
+    gw.expect_metric("switchyard_channels_open{route=\"rooms\"}", 3.0)
+        .await;
+    backend.send.send(MESSAGES as u64).unwrap();
+    // Each task hands its client back, so that they all leave at one moment. A message of
+    // another channel would show among the first ones read: each list is compared whole.
+    enum Held {
+        Ws(Box<Ws>),
+        Sse(Box<SseReader>),
+        Nothing,
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (room, mut c) in ws {
+        tasks.spawn(async move {
+            let want = numbered(&format!("/feeds/{room}?as=gw"), MESSAGES);
+            let got = ws_texts(&mut c, MESSAGES).await;
+            assert_eq!(got, want, "WebSocket on {room}");
+            Held::Ws(Box::new(c))
+        });
+    }
+    for (room, mut c) in sse {
+        tasks.spawn(async move {
+            let want = numbered(&format!("/feeds/{room}?as=gw"), MESSAGES);
+            assert_eq!(sse_texts(&mut c, MESSAGES).await, want, "SSE on {room}");
+            Held::Sse(Box::new(c))
+        });
+    }
+    for room in rooms {
+        for _ in 0..10 {
+            let addr = gw.addr;
+            tasks.spawn(async move {
+                let want = numbered(&format!("/feeds/{room}?as=gw"), MESSAGES);
+                let got = poll_texts(addr, &format!("/rooms/{room}"), MESSAGES).await;
+                assert_eq!(got, want, "long-poll on {room}");
+                Held::Nothing
+            });
+        }
+    }
+    let mut held = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        held.push(r.unwrap_or_else(|e| panic!("a subscriber failed: {e}\n{}", gw.log())));
+    }
+    assert_eq!(backend.paths().len(), 3, "no connection was opened twice");
+    // The clients go; each channel's backend connection closes backend_linger later, and so
+    // do the channels.
+    backend.wait_open(3).await;
+    let left = Instant::now();
+    for h in held {
+        match h {
+            Held::Ws(mut ws) => Ws::close(&mut ws, None).await.unwrap(),
+            Held::Sse(sse) => drop(sse),
+            Held::Nothing => {}
+        }
+    }
+    gw.wait_metric_is(
+        "switchyard_client_connections_open{route=\"rooms\",transport=\"sse\"}",
+        0.0,
+    )
+    .await;
+    backend.wait_open(0).await;
+    assert!(
+        left.elapsed() >= Duration::from_millis(900),
+        "closed after backend_linger, not before ({:?})",
+        left.elapsed()
+    );
+    gw.wait_metric_is("switchyard_channels_open{route=\"rooms\"}", 0.0)
+        .await;
+    gw.expect_metric(
+        "switchyard_channel_events_total{event=\"closed\",route=\"rooms\"}",
+        3.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_channels_refuses_a_new_channel_and_hostile_names_are_not_found() {
+    let backend = PathBackend::start().await;
+    let gw = Gateway::start(&format!(
+        "  - name: rooms\n    path: \"/rooms/{{room}}\"\n    backend: {{ websocket: \"{}\" }}\n    limits: {{ max_channels: 2 }}\n",
+        backend.url("/feeds/{room}")
+    ))
+    .await;
+    let _a = SseReader::open(gw.addr, "/rooms/a", &[]).await;
+    let _b = SseReader::open(gw.addr, "/rooms/b", &[]).await;
+    backend.wait_open(2).await;
+    let full = http_get(gw.addr, "/rooms/c", &[("accept", "text/event-stream")]).await;
+    assert_eq!(full.status, 503, "{}", full.body_text());
+    assert_eq!(full.header("retry-after"), Some("5"));
+    let ws = tokio_tungstenite::connect_async(gw.ws_url("/rooms/c")).await;
+    assert!(
+        matches!(ws, Err(tokio_tungstenite::tungstenite::Error::Http(ref r)) if r.status() == 503),
+        "{ws:?}"
+    );
+    // An open channel still takes clients.
+    let _a2 = SseReader::open(gw.addr, "/rooms/a", &[]).await;
+    gw.expect_metric(
+        "switchyard_channel_events_total{event=\"refused\",route=\"rooms\"}",
+        2.0,
+    )
+    .await;
+    let long = format!("/rooms/{}", "x".repeat(300));
+    for path in [
+        "/rooms/a%2Fb",
+        "/rooms/%2e%2e",
+        "/rooms/%00",
+        "/rooms/caf%C3%A9",
+        "/rooms/%zz",
+        long.as_str(),
+    ] {
+        let r = http_get(gw.addr, path, &[("accept", "text/event-stream")]).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.body_text());
+        let r = http_get(gw.addr, &format!("{path}?transport=poll"), &[]).await;
+        assert_eq!(r.status, 404, "{path} (poll): {}", r.body_text());
+        let ws = tokio_tungstenite::connect_async(gw.ws_url(path)).await;
+        assert!(
+            matches!(ws, Err(tokio_tungstenite::tungstenite::Error::Http(ref r)) if r.status() == 404),
+            "{path}: {ws:?}"
+        );
+    }
+    assert_eq!(backend.paths(), ["/feeds/a", "/feeds/b"]);
+}
+
+/// A gateway with `news` (`/news/{topic}`, fed only by publishes, token `s3cret`) offering
+/// every client transport, SockJS included.
+async fn news_gateway(extra: &str) -> Gateway {
+    Gateway::start_with(
+        &format!("  - name: news\n    path: \"/news/{{topic}}\"\n    clients: [websocket, sse, long_poll, sockjs]\n    backend: {{ publish: {{ token: s3cret }} }}\n{extra}"),
+        crate::common::sockjs::SUITE_DEFAULTS,
+    )
+    .await
+}
+
+async fn publish(gw: &Gateway, path: &str, ctype: &str, body: &[u8]) -> Response {
+    request(
+        gw.admin,
+        "POST",
+        path,
+        &[("authorization", "Bearer s3cret"), ("content-type", ctype)],
+        body,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_reaches_every_transport_of_its_channel_and_no_other() {
+    let gw = news_gateway("    backend_linger: 5s\n").await;
+    let mut ws = ws_client(&gw, "/news/a").await;
+    let mut sse = SseReader::open(gw.addr, "/news/a", &[]).await;
+    let mut other = SseReader::open(gw.addr, "/news/b", &[]).await;
+    let sid = session_id();
+    let mut sockjs = Stream::open(
+        gw.addr,
+        "POST",
+        &format!("/news/a/000/{sid}/xhr_streaming"),
+        &[],
+    )
+    .await;
+    assert_eq!(sockjs.status, 200);
+    let _prelude = sockjs.chunk().await.expect("the prelude");
+    assert_eq!(sockjs.chunk().await.as_deref(), Some("o\n"));
+    gw.wait_metric(
+        "switchyard_client_connections_open{route=\"news\",transport=\"sse\"}",
+        2.0,
+    )
+    .await;
+
+    // Refused: no token, a wrong one, and the public listener.
+    let none = request(gw.admin, "POST", "/publish/news/a", &[], b"x").await;
+    assert_eq!(none.status, 401);
+    assert_eq!(none.header("www-authenticate"), Some("Bearer"));
+    let wrong = request(
+        gw.admin,
+        "POST",
+        "/publish/news/a",
+        &[("authorization", "Bearer s3creT")],
+        b"x",
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    let public = request(
+        gw.addr,
+        "POST",
+        "/publish/news/a",
+        &[("authorization", "Bearer s3cret")],
+        b"x",
+    )
+    .await;
+    assert_eq!(public.status, 404, "{}", public.body_text());
+
+    let r = publish(
+        &gw,
+        "/publish/news/a",
+        "application/json",
+        br#"["one","two"]"#,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body_text());
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(j["subscribers"], 3, "{j}");
+    let r = publish(&gw, "/publish/news/a", "text/plain", b"three").await;
+    assert_eq!(r.status, 202);
+    let last_id = serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let want = ["one", "two", "three"];
+    assert_eq!(ws_texts(&mut ws, 3).await, want);
+    let mut ids = Vec::new();
+    for w in want {
+        let ev = sse.next_data_event().await;
+        assert_eq!(ev.data, w);
+        ids.push(ev.id.unwrap());
+    }
+    assert_eq!(ids.last(), Some(&last_id), "the answer's id is the SSE id");
+    assert_eq!(poll_texts(gw.addr, "/news/a", 3).await, want);
+    let mut framed: Vec<String> = Vec::new();
+    while framed.len() < 3 {
+        let chunk = sockjs.chunk().await.expect("SockJS frames");
+        for line in chunk.lines().filter_map(|l| l.strip_prefix('a')) {
+            let items: Vec<String> = serde_json::from_str(line).unwrap();
+            framed.extend(items);
+        }
+    }
+    assert_eq!(framed, want, "SockJS");
+
+    // The other channel got none of it: its first message is its own.
+    let r = publish(&gw, "/publish/news/b", "text/plain", b"for b").await;
+    assert_eq!(r.status, 202);
+    assert_eq!(other.next_data_event().await.data, "for b");
+    gw.expect_metric(
+        "switchyard_publishes_total{outcome=\"accepted\",route=\"news\"}",
+        3.0,
+    )
+    .await;
+    gw.expect_metric(
+        "switchyard_publishes_total{outcome=\"unauthorized\",route=\"news\"}",
+        2.0,
+    )
+    .await;
+    gw.expect_metric("switchyard_published_messages_total{route=\"news\"}", 4.0)
+        .await;
+
+    // Malformed: a bad body, a hostile channel name, a route that takes none, too many keys.
+    let bad = publish(&gw, "/publish/news/a", "application/json", b"[1]").await;
+    assert_eq!(bad.status, 400);
+    let hostile = publish(&gw, "/publish/news/%2e%2e", "text/plain", b"x").await;
+    assert_eq!(hostile.status, 404);
+    let deep = publish(&gw, "/publish/news/a/b", "text/plain", b"x").await;
+    assert_eq!(deep.status, 404);
+    let nobody = publish(&gw, "/publish/nope/a", "text/plain", b"x").await;
+    assert_eq!(nobody.status, 404);
+    let get = request(
+        gw.admin,
+        "GET",
+        "/publish/news/a",
+        &[("authorization", "Bearer s3cret")],
+        b"",
+    )
+    .await;
+    assert_eq!(get.status, 405);
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_to_an_unwatched_channel_waits_for_its_first_subscriber_within_backend_linger() {
+    let gw = news_gateway("    backend_linger: 2s\n    keepalive: { poll_timeout: 1s }\n").await;
+    let r = publish(
+        &gw,
+        "/publish/news/quiet",
+        "application/json",
+        br#"["early", {"binary": "AAE="}]"#,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body_text());
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(j["subscribers"], 0);
+    gw.expect_metric("switchyard_channels_open{route=\"news\"}", 1.0)
+        .await;
+    let r = http_get(gw.addr, "/news/quiet?transport=poll&cursor=0", &[]).await;
+    assert_eq!(r.status, 200);
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(j["messages"][0], "early", "{j}");
+    assert_eq!(
+        j["messages"][1],
+        serde_json::json!({ "binary": "AAE=" }),
+        "{j}"
+    );
+    // backend_linger after its last visit, the channel and what it held are gone.
+    gw.wait_metric_is("switchyard_channels_open{route=\"news\"}", 0.0)
+        .await;
+    let r = http_get(gw.addr, "/news/quiet?transport=poll&cursor=0", &[]).await;
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(j["messages"], serde_json::json!([]), "{j}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_publishes_in_a_row_arrive_in_order_beside_the_backends_own_messages() {
+    const N: usize = 1000;
+    let backend = PathBackend::start().await;
+    let gw = Gateway::start(&format!(
+        "  - name: prices\n    path: /prices\n    replay: 2000\n    backend: {{ websocket: \"{}\", publish: {{}} }}\n",
+        backend.url("/feed")
+    ))
+    .await;
+    let mut ws = ws_client(&gw, "/prices").await;
+    let mut sse = SseReader::open(gw.addr, "/prices", &[]).await;
+    backend.wait_open(1).await;
+    backend.send.send(2).unwrap();
+    assert_eq!(ws_texts(&mut ws, 2).await, numbered("/feed", 2));
+    for i in 1..=N {
+        let r = request(
+            gw.admin,
+            "POST",
+            "/publish/prices",
+            &[],
+            i.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 202, "publish {i}: {}", r.body_text());
+    }
+    let mut want = numbered("/feed", 2);
+    want.extend((1..=N).map(|i| i.to_string()));
+    assert_eq!(ws_texts(&mut ws, N).await, want[2..]);
+    assert_eq!(sse_texts(&mut sse, N + 2).await, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_client_channels_open_each_clients_own_connection_at_its_channels_url() {
+    let backend = PathBackend::start().await;
+    let gw = Gateway::start(&format!(
+        "  - name: users\n    path: \"/users/{{user}}\"\n    fanout: per_client\n    backend: {{ websocket: \"{}\" }}\n",
+        backend.url("/inbox/{user}")
+    ))
+    .await;
+    let mut u1 = ws_client(&gw, "/users/u1").await;
+    let mut u1b = ws_client(&gw, "/users/u1").await;
+    let mut u2 = ws_client(&gw, "/users/u2").await;
+    backend.wait_open(3).await;
+    assert_eq!(backend.paths(), ["/inbox/u1", "/inbox/u1", "/inbox/u2"]);
+    backend.send.send(1).unwrap();
+    assert_eq!(ws_texts(&mut u1, 1).await, ["/inbox/u1:1"]);
+    assert_eq!(ws_texts(&mut u1b, 1).await, ["/inbox/u1:1"]);
+    assert_eq!(ws_texts(&mut u2, 1).await, ["/inbox/u2:1"]);
+    u1.close(None).await.unwrap();
+    backend.wait_open(2).await;
+}
