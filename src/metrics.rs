@@ -119,6 +119,34 @@ pub static PUBLISHED_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static AUTH_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_auth_requests_total",
+        "Authorization subrequests (auth:) by outcome: allowed (2xx), denied (401/403), error (anything else, unreachable, timed out: the client gets 503)",
+        &["route", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static AUTH_CACHE_HITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_auth_cache_hits_total",
+        "Clients admitted by a cached authorization answer, without a subrequest",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
+pub static AUTH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "switchyard_auth_request_seconds",
+        "How long authorization subrequests took (a timed-out one counts its timeout)",
+        &["route"],
+        vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+    )
+    .expect("metric registers once")
+});
+
 pub static ACCEPTS_PACED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     prometheus::register_int_counter!(
         "switchyard_accepts_paced_total",
@@ -527,6 +555,9 @@ pub fn init() {
     LazyLock::force(&SOCKJS_SESSIONS);
     LazyLock::force(&BACKEND_POSTS);
     LazyLock::force(&ACCEPTS_PACED);
+    LazyLock::force(&AUTH_REQUESTS);
+    LazyLock::force(&AUTH_CACHE_HITS);
+    LazyLock::force(&AUTH_SECONDS);
     LazyLock::force(&CHANNELS_OPEN);
     LazyLock::force(&CHANNEL_EVENTS);
     LazyLock::force(&PUBLISHES);
@@ -670,6 +701,13 @@ fn declare_route(route: &Route) {
             CHANNEL_EVENTS.with_label_values(&[r, event]);
         }
     }
+    if b.auth.is_some() {
+        AUTH_CACHE_HITS.with_label_values(&[r]);
+        AUTH_SECONDS.with_label_values(&[r]);
+        for outcome in ["allowed", "denied", "error"] {
+            AUTH_REQUESTS.with_label_values(&[r, outcome]);
+        }
+    }
     if b.publish.is_some() {
         PUBLISHED_MESSAGES.with_label_values(&[r]);
         for outcome in ["accepted", "unauthorized", "invalid", "refused"] {
@@ -748,6 +786,9 @@ fn forget_routes(keep: &std::collections::HashSet<&str>) {
     forget(&SOCKJS_SESSIONS, keep);
     forget(&SESSIONS_ENDED, keep);
     forget(&BACKEND_POSTS, keep);
+    forget(&AUTH_REQUESTS, keep);
+    forget(&AUTH_CACHE_HITS, keep);
+    forget(&AUTH_SECONDS, keep);
     forget(&CHANNELS_OPEN, keep);
     forget(&CHANNEL_EVENTS, keep);
     forget(&PUBLISHES, keep);

@@ -45,6 +45,33 @@ pub enum OpenError {
     Unreachable(String),
 }
 
+/// What an authorization check (`auth:`) answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    /// 401 or 403, passed to the client, with the endpoint's `WWW-Authenticate` if it sent one.
+    Denied {
+        status: u16,
+        challenge: Option<String>,
+    },
+    /// No usable answer (unreachable, timed out, another status): the client is refused.
+    Failed(String),
+}
+
+/// A client asking to subscribe, as an authorization endpoint learns of it.
+pub struct AuthAsk<'a> {
+    pub req: &'a RequestHeader,
+    pub client: &'a ClientInfo,
+    /// The channel key, on a route with channels.
+    pub channel: Option<&'a str>,
+}
+
+/// Decides who may subscribe to a route (`auth:`); implemented by `upstream`.
+#[async_trait::async_trait]
+pub trait Authorize: Send + Sync {
+    async fn check(&self, ask: AuthAsk<'_>) -> Verdict;
+}
+
 /// The backend side of a bridge, injected by the gateway (implemented by `upstream`), so the
 /// bridge layer never imports the connectors.
 #[async_trait::async_trait]
@@ -53,6 +80,11 @@ pub trait Backends: Send + Sync {
     /// cluster of instances.
     fn shared_hub(&self, route: &Route, spec: &BridgeRoute) -> Hub {
         Hub::new(route.limits.send_queue, spec.replay)
+    }
+
+    /// The route's authorization check, when it has `auth:`.
+    fn authorizer(&self, _route: &Route, _spec: &BridgeRoute) -> Option<Arc<dyn Authorize>> {
+        None
     }
 
     /// Starts the producer of a shared feed (its backend connection, or the builtin clock)
@@ -124,6 +156,8 @@ pub struct Bridge {
     pub polls: Polls,
     /// Set on a channel's own bridge: which channel it is.
     pub channel: Option<Box<channels::ChannelKey>>,
+    /// `auth:`: asked before a client's stream starts (shared by the route's channels).
+    auth: Option<Arc<dyn Authorize>>,
 }
 
 /// What the long-poll clients of one route share: their metric series, and the last answer
@@ -228,6 +262,10 @@ impl Bridge {
             Source::Echo => Source::Echo,
             Source::DemoPage => Source::DemoPage,
         };
+        let auth = match previous.spec.auth == spec.auth {
+            true => previous.auth.clone(),
+            false => backends.authorizer(&route, spec),
+        };
         Some(Self {
             route,
             spec: spec.clone(),
@@ -237,6 +275,7 @@ impl Bridge {
             sockjs: previous.sockjs.clone(),
             polls: Polls::default(),
             channel: None,
+            auth,
         })
     }
 
@@ -252,6 +291,7 @@ impl Bridge {
             BackendSpec::Builtin(Builtin::DemoPage) => Source::DemoPage,
         };
         Self {
+            auth: backends.authorizer(&route, spec),
             route,
             spec: spec.clone(),
             source,
@@ -282,18 +322,64 @@ impl Bridge {
             sockjs: Arc::default(),
             polls: Polls::default(),
             channel: Some(Box::new(key.clone())),
+            auth: self.auth.clone(),
         }
     }
 
-    /// The bridge that serves a request for `path`: this one, or on a route with channels,
-    /// the channel the path names (opened if it is not).
-    pub fn resolve(&self, path: &str) -> Result<Option<Arc<Bridge>>, channels::ChannelError> {
-        let Source::Channels(table) = &self.source else {
-            return Ok(None);
-        };
-        let captures = self.route.channels.as_ref().expect("a channel route");
-        let key = channels::key(captures, path)?;
-        table.get_or_open(self, &key).map(Some)
+    /// Asks the route's `auth:` whether this client may subscribe (Allowed without one).
+    pub async fn authorize(&self, req: &RequestHeader, client: &ClientInfo) -> Verdict {
+        let channel = self.channel.as_ref().map(|k| &*k.name);
+        self.authorize_for(req, client, channel).await
+    }
+
+    /// [`Self::authorize`] for `channel` of this route (before the channel is opened).
+    pub async fn authorize_for(
+        &self,
+        req: &RequestHeader,
+        client: &ClientInfo,
+        channel: Option<&str>,
+    ) -> Verdict {
+        match &self.auth {
+            None => Verdict::Allowed,
+            Some(a) => {
+                a.check(AuthAsk {
+                    req,
+                    client,
+                    channel,
+                })
+                .await
+            }
+        }
+    }
+
+    /// True when the route asks `auth:` before a stream starts.
+    pub fn has_auth(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// The channel `path` names, on a route with channels (None on other routes).
+    pub fn channel_key(
+        &self,
+        path: &str,
+    ) -> Result<Option<channels::ChannelKey>, channels::ChannelError> {
+        match &self.route.channels {
+            Some(captures) => channels::key(captures, path).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The open channel `name` of this route, if any.
+    pub fn open_channel_named(&self, name: &str) -> Option<Arc<Bridge>> {
+        self.channels()?.get(name)
+    }
+
+    /// Channel `key` of this route, opened if it is not (a route with channels only).
+    pub fn open_channel(
+        &self,
+        key: &channels::ChannelKey,
+    ) -> Result<Arc<Bridge>, channels::ChannelError> {
+        let table = self.channels().expect("a route with channels");
+        table.get_or_open(self, key)
     }
 
     /// The channel of the raw captured `values` (a publish names them in its URL), opened if

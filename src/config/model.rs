@@ -252,6 +252,18 @@ pub enum PathSegment {
     Capture(String),
 }
 
+/// `auth:`: a `GET` to `endpoint` before a client's stream starts; 2xx admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    pub endpoint: Endpoint,
+    /// Client request headers the subrequest carries.
+    pub forward_headers: Vec<http::HeaderName>,
+    /// The longest the subrequest may take (connecting included); past it the client gets 503.
+    pub timeout: Duration,
+    /// How long an admitting answer is reused; zero asks every time.
+    pub cache: Duration,
+}
+
 /// `publish:`: messages sent by HTTP POST on the admin listener.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Publish {
@@ -565,6 +577,8 @@ pub struct BridgeRoute {
     pub compression: Compression,
     /// `publish:`: the feed also takes messages published by HTTP on the admin listener.
     pub publish: Option<Publish>,
+    /// `auth:`: who may subscribe.
+    pub auth: Option<Auth>,
 }
 
 /// Whether WebSocket clients may get compressed messages.

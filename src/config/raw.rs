@@ -159,6 +159,9 @@ pub struct RawRoute {
     pub sockjs: Option<RawSockJs>,
     #[serde(default)]
     pub compression: Option<String>,
+    /// Who may subscribe: a subrequest to an authorization endpoint before a stream starts.
+    #[serde(default)]
+    pub auth: Option<RawAuth>,
     /// Whether requests without `Origin` (non-browser clients) are let in.
     #[serde(default)]
     pub allow_no_origin: Option<bool>,
@@ -263,6 +266,22 @@ pub struct RawBackend {
     #[serde(default)]
     pub reconnect: Option<RawReconnect>,
     /// How `wss://` and `https://` URLs (the feed and `post:`) are verified.
+    #[serde(default)]
+    pub tls: Option<RawBackendTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub url: String,
+    /// Client request headers the subrequest carries (default: cookie, authorization).
+    #[serde(default)]
+    pub forward_headers: Option<Vec<String>>,
+    #[serde(default)]
+    pub timeout: Option<Scalar>,
+    /// How long an admitting answer is reused for the same route, channel and headers.
+    #[serde(default)]
+    pub cache: Option<Scalar>,
     #[serde(default)]
     pub tls: Option<RawBackendTls>,
 }

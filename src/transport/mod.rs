@@ -266,12 +266,62 @@ async fn serve_page<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Re
 /// state, and a streaming client carries it for hours.
 pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Result<()> {
     // A route with channels: the channel the path names serves the request.
-    match bridge.resolve(down.req_header().uri.path()) {
-        Ok(None) => {}
-        Ok(Some(channel)) => return Box::pin(serve_feed(down, &channel)).await,
+    let key = match bridge.channel_key(down.req_header().uri.path()) {
+        Ok(None) => return serve_feed(down, bridge).await,
+        Ok(Some(key)) => key,
         Err(why) => return Box::pin(channel_refused(down, bridge, why)).await,
+    };
+    if let Some(channel) = bridge.open_channel_named(&key.name) {
+        return Box::pin(serve_feed(down, &channel)).await;
     }
-    serve_feed(down, bridge).await
+    // Only a client the route's `auth:` admits may open a channel (each takes a place among
+    // `max_channels`); the transport asks again for its own stream (cached when `cache` is set).
+    let client = client_info(down);
+    if let Some(reject) = refusal(
+        bridge
+            .authorize_for(down.req_header(), &client, Some(&key.name))
+            .await,
+    ) {
+        return Box::pin(reject.send(down, &bridge.route.name)).await;
+    }
+    match bridge.open_channel(&key) {
+        Ok(channel) => Box::pin(serve_feed(down, &channel)).await,
+        Err(why) => Box::pin(channel_refused(down, bridge, why)).await,
+    }
+}
+
+/// The refusal to send for an `auth:` verdict; None when the client may go on.
+fn refusal(verdict: crate::bridge::Verdict) -> Option<Reject> {
+    use crate::bridge::Verdict;
+    match verdict {
+        Verdict::Allowed => None,
+        Verdict::Denied { status, challenge } => {
+            let text = if status == 401 { "401 Unauthorized" } else { "403 Forbidden" };
+            let reject = Reject::new(status, "auth_denied", format!("{text}: the authorization service refused this client"));
+            Some(match challenge {
+                Some(c) => reject.header("www-authenticate", c),
+                None => reject,
+            })
+        }
+        Verdict::Failed(_) => Some(
+            Reject::new(
+                503,
+                "auth_unavailable",
+                "503 Service Unavailable: the authorization service could not be asked; try again later",
+            )
+            .header("retry-after", "5"),
+        ),
+    }
+}
+
+/// Asks the route's `auth:` about this client before its stream starts: None when it may go
+/// on, else the refusal to send.
+pub(crate) async fn authorized<D: Downstream>(down: &D, bridge: &Bridge) -> Option<Reject> {
+    if !bridge.has_auth() {
+        return None;
+    }
+    let client = client_info(down);
+    refusal(bridge.authorize(down.req_header(), &client).await)
 }
 
 /// Why a channel route did not serve: a path that names no channel (404), or a new channel
@@ -383,6 +433,9 @@ async fn serve_feed<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Re
                 .await;
             }
         }
+    }
+    if let Some(reject) = authorized(down, bridge).await {
+        return Box::pin(reject.send(down, route)).await;
     }
     // Each boxed on its own: a client holds the state of its own transport, not of the
     // largest of the three.

@@ -97,6 +97,9 @@ pub async fn serve<D: Downstream>(
             if let Err(r) = websocket_rules(down) {
                 return r.send(down, route).await;
             }
+            if let Some(r) = super::authorized(down, bridge).await {
+                return r.send(down, route).await;
+            }
             Box::pin(super::ws::serve(down, bridge)).await
         }
         Resource::Session { session, transport } => {
@@ -113,6 +116,9 @@ pub async fn serve<D: Downstream>(
             match transport {
                 Transport::WebSocket => {
                     if let Err(r) = websocket_rules(down) {
+                        return r.send(down, route).await;
+                    }
+                    if let Some(r) = super::authorized(down, bridge).await {
                         return r.send(down, route).await;
                     }
                     if crate::wire::hixie76::is_handshake(down.req_header()) {
@@ -428,6 +434,9 @@ async fn receive<D: Downstream>(
             Found::Here(s) => Held::Remote(s),
             Found::Refused => return not_found(down, route).await,
             Found::Nowhere => {
+                if let Some(r) = super::authorized(down, bridge).await {
+                    return r.send(down, route).await;
+                }
                 let client = super::client_info(down);
                 let opened = bridge
                     .sockjs

@@ -8,6 +8,7 @@
 //! [`Connectors`] is how the bridge reaches all of this: the gateway hands it to every bridge
 //! it builds ([`crate::bridge::Backends`]).
 
+pub mod auth;
 pub mod builtin;
 pub mod clustered;
 pub mod feed;
@@ -40,6 +41,15 @@ impl Backends for Connectors {
             }
             _ => Hub::new(route.limits.send_queue, spec.replay),
         }
+    }
+
+    fn authorizer(
+        &self,
+        route: &Route,
+        spec: &BridgeRoute,
+    ) -> Option<Arc<dyn crate::bridge::Authorize>> {
+        let auth = spec.auth.as_ref()?;
+        Some(Arc::new(auth::Authorizer::new(&route.name, auth)))
     }
 
     fn ensure_feed(&self, hub: &Arc<Hub>, route: &Arc<Route>, spec: &BridgeRoute) {
@@ -90,7 +100,7 @@ impl Backends for Connectors {
     ) -> Option<mpsc::Sender<Outgoing>> {
         let feed = bridge.spec.remote()?;
         let (tx, rx) = mpsc::channel(UPLINK_QUEUE);
-        let headers = per_client::forwarded_headers(feed, req, client);
+        let headers = per_client::forwarded_headers(&feed.forward_headers, req, client);
         per_client::spawn_poster(bridge, feed, headers, rx).then_some(tx)
     }
 }

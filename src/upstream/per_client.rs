@@ -25,17 +25,17 @@ pub enum SessionEnd {
     Client(EndReason),
 }
 
-/// The request headers a backend gets for this client: the route's `forward_headers` copied
-/// from the client's request (a repeated `Cookie` joined with `; `), then `X-Forwarded-For`,
+/// The request headers a backend gets for this client: `names` (a route's `forward_headers`)
+/// copied from the client's request (a repeated `Cookie` joined with `; `), then `X-Forwarded-For`,
 /// `-Proto` and `-Host` written by the gateway. The client's own `X-Forwarded-*` are not
 /// trusted: switchyard is the edge.
 pub fn forwarded_headers(
-    feed: &RemoteBackend,
+    names: &[HeaderName],
     req: &RequestHeader,
     client: &ClientInfo,
 ) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::new();
-    for name in &feed.forward_headers {
+    for name in names {
         let values: Vec<&HeaderValue> = req.headers.get_all(name).iter().collect();
         if name == http::header::COOKIE && values.len() > 1 {
             let joined = values
@@ -112,7 +112,7 @@ pub async fn open(
     let feed = spec
         .remote()
         .expect("per_client routes have a backend feed");
-    let headers = forwarded_headers(feed, req, client);
+    let headers = forwarded_headers(&feed.forward_headers, req, client);
     let cap = bridge.route.limits.send_queue;
     let max_message = bridge.route.limits.max_message as usize;
     let max_bytes = BYTE_BUDGET_MESSAGES * max_message;

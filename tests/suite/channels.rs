@@ -554,3 +554,313 @@ async fn per_client_channels_open_each_clients_own_connection_at_its_channels_ur
     u1.close(None).await.unwrap();
     backend.wait_open(2).await;
 }
+
+/// What an authorization endpoint does with each subrequest.
+#[derive(Clone, Copy)]
+enum AuthMode {
+    /// 200 when the cookie `user=<u>` names the channel, 401 without a cookie, 403 otherwise.
+    Users,
+    /// 500 to everything.
+    Broken,
+    /// Reads the request and never answers.
+    Hangs,
+}
+
+/// A real HTTP authorization endpoint (keep-alive, raw HTTP/1.1) recording each subrequest's
+/// headers.
+struct AuthServer {
+    addr: SocketAddr,
+    asked: Arc<Mutex<Vec<std::collections::HashMap<String, String>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AuthServer {
+    async fn start(mode: AuthMode) -> AuthServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let record = asked.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                        buf.drain(..head_end);
+                        let mut headers = std::collections::HashMap::new();
+                        let mut lines = head.split("\r\n");
+                        headers.insert(":line".to_owned(), lines.next().unwrap().to_owned());
+                        for l in lines.filter(|l| !l.is_empty()) {
+                            let (k, v) = l.split_once(':').unwrap();
+                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                        }
+                        record.lock().unwrap().push(headers.clone());
+                        let answer = match mode {
+                            AuthMode::Hangs => {
+                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                                return;
+                            }
+                            AuthMode::Broken => {
+                                "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n"
+                                    .to_owned()
+                            }
+                            AuthMode::Users => {
+                                let channel = headers.get("x-switchyard-channel");
+                                match headers.get("cookie") {
+                                    None => "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Cookie realm=\"alerts\"\r\ncontent-length: 0\r\n\r\n".to_owned(),
+                                    Some(c) if channel.is_some_and(|ch| c == &format!("user={ch}")) => "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_owned(),
+                                    Some(_) => "HTTP/1.1 403 Forbidden\r\ncontent-length: 6\r\n\r\nno way".to_owned(),
+                                }
+                            }
+                        };
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        AuthServer { addr, asked, task }
+    }
+
+    fn asked(&self) -> usize {
+        self.asked.lock().unwrap().len()
+    }
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A gateway with `alerts` (`/alerts/{user}`, a WebSocket backend at `/alerts/{user}`)
+/// asking `auth_url` about every subscriber; `auth_extra` is more of the `auth:` map.
+async fn alerts_gateway(backend: &PathBackend, auth_url: &str, auth_extra: &str) -> Gateway {
+    Gateway::start(&format!(
+        "  - name: alerts\n    path: \"/alerts/{{user}}\"\n    backend: {{ websocket: \"{}\" }}\n    auth: {{ url: \"{auth_url}\", forward_headers: [cookie]{auth_extra} }}\n",
+        backend.url("/alerts/{user}")
+    ))
+    .await
+}
+
+/// The status an SSE, a WebSocket and a long-poll request for `path` get with `headers`.
+async fn statuses(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> [u16; 3] {
+    let mut sse_headers = headers.to_vec();
+    sse_headers.push(("accept", "text/event-stream"));
+    let sse = Stream::open(gw.addr, "GET", path, &sse_headers)
+        .await
+        .status;
+    let poll = http_get(gw.addr, &format!("{path}?transport=poll&cursor=0"), headers)
+        .await
+        .status;
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        gw.ws_url(path),
+    )
+    .unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let ws = match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("WebSocket: {e}"),
+    };
+    [sse, ws, poll]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_admits_the_right_cookie_on_its_channel_and_refuses_others_on_every_transport() {
+    let auth = AuthServer::start(AuthMode::Users).await;
+    let backend = PathBackend::start().await;
+    let gw = alerts_gateway(&backend, &format!("http://{}/authorize?v=1", auth.addr), "").await;
+    let wrong = statuses(&gw, "/alerts/u1", &[("cookie", "user=u2")]).await;
+    assert_eq!(wrong, [403, 403, 403]);
+    let none = statuses(&gw, "/alerts/u1", &[]).await;
+    assert_eq!(none, [401, 401, 401]);
+    let r = http_get(gw.addr, "/alerts/u1", &[("accept", "text/event-stream")]).await;
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Cookie realm=\"alerts\"")
+    );
+    assert_eq!(
+        backend.paths(),
+        Vec::<String>::new(),
+        "no refused client reached the backend"
+    );
+    gw.expect_metric("switchyard_channels_open{route=\"alerts\"}", 0.0)
+        .await;
+
+    let mut sse = SseReader::open(gw.addr, "/alerts/u1", &[("cookie", "user=u1")]).await;
+    let mut ws = {
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                gw.ws_url("/alerts/u1"),
+            )
+            .unwrap();
+        req.headers_mut()
+            .insert("cookie", "user=u1".parse().unwrap());
+        tokio_tungstenite::connect_async(req).await.unwrap().0
+    };
+    backend.wait_open(1).await;
+    backend.send.send(2).unwrap();
+    assert_eq!(sse_texts(&mut sse, 2).await, numbered("/alerts/u1", 2));
+    assert_eq!(ws_texts(&mut ws, 2).await, numbered("/alerts/u1", 2));
+    let r = http_get(
+        gw.addr,
+        "/alerts/u1?transport=poll&cursor=0",
+        &[("cookie", "user=u1")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    let asked = auth.asked.lock().unwrap().clone();
+    let last = asked.last().unwrap();
+    assert_eq!(last[":line"], "GET /authorize?v=1 HTTP/1.1");
+    assert_eq!(last["x-original-uri"], "/alerts/u1?transport=poll&cursor=0");
+    assert_eq!(last["x-switchyard-route"], "alerts");
+    assert_eq!(last["x-switchyard-channel"], "u1");
+    assert_eq!(last["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(last["x-forwarded-proto"], "http");
+    assert_eq!(last["cookie"], "user=u1");
+    let m = gw.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "switchyard_auth_requests_total{outcome=\"allowed\",route=\"alerts\"}"
+        )
+        .unwrap()
+            >= 3.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_auth_requests_total{outcome=\"denied\",route=\"alerts\"}"
+        ),
+        Some(7.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_auth_requests_total{outcome=\"error\",route=\"alerts\"}"
+        ),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_fails_closed_and_the_backend_is_never_contacted() {
+    let backend = PathBackend::start().await;
+    let dead = dead_port();
+    let gw = alerts_gateway(&backend, &format!("http://{}/authorize", dead.addr), "").await;
+    assert_eq!(
+        statuses(&gw, "/alerts/u1", &[("cookie", "user=u1")]).await,
+        [503, 503, 503]
+    );
+    let broken = AuthServer::start(AuthMode::Broken).await;
+    let gw2 = alerts_gateway(&backend, &format!("http://{}/authorize", broken.addr), "").await;
+    assert_eq!(
+        statuses(&gw2, "/alerts/u1", &[("cookie", "user=u1")]).await,
+        [503, 503, 503]
+    );
+    let hangs = AuthServer::start(AuthMode::Hangs).await;
+    let gw3 = alerts_gateway(
+        &backend,
+        &format!("http://{}/authorize", hangs.addr),
+        ", timeout: 300ms",
+    )
+    .await;
+    let started = Instant::now();
+    let r = http_get(
+        gw3.addr,
+        "/alerts/u1",
+        &[("accept", "text/event-stream"), ("cookie", "user=u1")],
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refused at the timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        backend.paths(),
+        Vec::<String>::new(),
+        "the backend was never contacted"
+    );
+    gw3.expect_metric(
+        "switchyard_auth_requests_total{outcome=\"error\",route=\"alerts\"}",
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_admission_spares_the_auth_server_a_second_call() {
+    let auth = AuthServer::start(AuthMode::Users).await;
+    let backend = PathBackend::start().await;
+    let gw = alerts_gateway(
+        &backend,
+        &format!("http://{}/authorize", auth.addr),
+        ", cache: 30s",
+    )
+    .await;
+    let _a = SseReader::open(gw.addr, "/alerts/u1", &[("cookie", "user=u1")]).await;
+    assert_eq!(
+        auth.asked(),
+        1,
+        "the channel's opening and the stream share one answer"
+    );
+    let _b = SseReader::open(gw.addr, "/alerts/u1", &[("cookie", "user=u1")]).await;
+    // A poll with its cursor at the head (the feed is empty) waits: it was admitted.
+    let poll = Stream::open(
+        gw.addr,
+        "GET",
+        "/alerts/u1?transport=poll&cursor=0",
+        &[("cookie", "user=u1")],
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), poll)
+            .await
+            .is_err(),
+        "the poll waits for a message"
+    );
+    assert_eq!(auth.asked(), 1, "cached");
+    // Other headers are another key; refusals are never cached.
+    let r = http_get(
+        gw.addr,
+        "/alerts/u1",
+        &[("accept", "text/event-stream"), ("cookie", "user=u2")],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = http_get(
+        gw.addr,
+        "/alerts/u1",
+        &[("accept", "text/event-stream"), ("cookie", "user=u2")],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(auth.asked(), 3);
+    gw.expect_metric("switchyard_auth_cache_hits_total{route=\"alerts\"}", 3.0)
+        .await;
+}

@@ -38,7 +38,7 @@ const RESERVED_HEADERS: [&str; 9] = [
 impl Validator<'_> {
     /// Checks a backend URL: `plain://host[:port]/path` or `tls://...`, no credentials. The
     /// endpoint's `tls` is set (from `tls_settings`) for the TLS scheme.
-    fn endpoint(
+    pub(super) fn endpoint(
         &mut self,
         at: &str,
         key: &str,
@@ -138,7 +138,6 @@ impl Validator<'_> {
             }
             None => None,
         };
-        let mut forward_headers = Vec::new();
         let names: Vec<String> = match &b.forward_headers {
             Some(list) => list.clone(),
             None => DEFAULT_FORWARD_HEADERS
@@ -146,32 +145,7 @@ impl Validator<'_> {
                 .map(|s| s.to_string())
                 .collect(),
         };
-        for (i, name) in names.iter().enumerate() {
-            let here = format!("{at}.forward_headers[{i}]");
-            let Ok(n) = http::HeaderName::from_bytes(name.as_bytes()) else {
-                self.err(here, format!("{name:?} is not a valid header name"));
-                continue;
-            };
-            if RESERVED_HEADERS.contains(&n.as_str())
-                || NOT_FORWARDED.contains(&n.as_str())
-                || n.as_str().starts_with("sec-websocket-")
-                || n.as_str().starts_with("x-forwarded-")
-            {
-                self.err(
-                    here,
-                    format!("{name} is hop-by-hop or written by the gateway itself: it is never forwarded"),
-                );
-                continue;
-            }
-            if forward_headers.contains(&n) {
-                self.err(
-                    here,
-                    format!("{name} is listed twice (header names ignore case)"),
-                );
-                continue;
-            }
-            forward_headers.push(n);
-        }
+        let mut forward_headers = self.forwarded(at, &names);
         let configured = |n: &http::HeaderName| {
             b.headers
                 .iter()
@@ -282,5 +256,38 @@ impl Validator<'_> {
             post,
             forward_headers,
         })
+    }
+
+    /// Checks a `forward_headers` list (at `at.forward_headers`): valid names a client may
+    /// pass on, each once.
+    pub(super) fn forwarded(&mut self, at: &str, names: &[String]) -> Vec<http::HeaderName> {
+        let mut forward_headers = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let here = format!("{at}.forward_headers[{i}]");
+            let Ok(n) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                self.err(here, format!("{name:?} is not a valid header name"));
+                continue;
+            };
+            if RESERVED_HEADERS.contains(&n.as_str())
+                || NOT_FORWARDED.contains(&n.as_str())
+                || n.as_str().starts_with("sec-websocket-")
+                || n.as_str().starts_with("x-forwarded-")
+            {
+                self.err(
+                    here,
+                    format!("{name} is hop-by-hop or written by the gateway itself: it is never forwarded"),
+                );
+                continue;
+            }
+            if forward_headers.contains(&n) {
+                self.err(
+                    here,
+                    format!("{name} is listed twice (header names ignore case)"),
+                );
+                continue;
+            }
+            forward_headers.push(n);
+        }
+        forward_headers
     }
 }

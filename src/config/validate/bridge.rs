@@ -4,13 +4,14 @@
 
 use super::Validator;
 use crate::config::model::{
-    BackendSpec, BinaryPolicy, BridgeRoute, Builtin, ClientTransports, Compression, Fanout,
-    Publish, SlowConsumer, SockJs, SockJsTransports, DEFAULT_LINGER, DEFAULT_REPLAY,
-    DEFAULT_SESSION_TTL, DEFAULT_SOCKJS_CLIENT_URL,
+    Auth, BackendSpec, BinaryPolicy, BridgeRoute, Builtin, ClientTransports, Compression, Fanout,
+    Publish, SlowConsumer, SockJs, SockJsTransports, DEFAULT_FORWARD_HEADERS, DEFAULT_LINGER,
+    DEFAULT_REPLAY, DEFAULT_SESSION_TTL, DEFAULT_SOCKJS_CLIENT_URL,
 };
 use crate::config::raw::{RawBackend, RawRoute};
 
 const MAX_REPLAY: usize = 1 << 20;
+const DEFAULT_AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn shared_feed_backend(b: &BackendSpec) -> bool {
     matches!(
@@ -297,6 +298,35 @@ impl Validator<'_> {
             sockjs,
             compression,
             publish,
+            auth: raw
+                .auth
+                .as_ref()
+                .and_then(|a| self.auth(&format!("{at}.auth"), a)),
+        })
+    }
+
+    /// `auth: { url, forward_headers, timeout, cache, tls }`.
+    fn auth(&mut self, at: &str, raw: &crate::config::raw::RawAuth) -> Option<Auth> {
+        let tls = self.backend_tls(&format!("{at}.tls"), raw.tls.as_ref());
+        let endpoint = self.endpoint(at, "url", &raw.url, ("http", "https"), &tls);
+        let names: Vec<String> = match &raw.forward_headers {
+            Some(list) => list.clone(),
+            None => DEFAULT_FORWARD_HEADERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        let forward_headers = self.forwarded(at, &names);
+        let timeout = self.duration(format!("{at}.timeout"), &raw.timeout, DEFAULT_AUTH_TIMEOUT);
+        if timeout.is_zero() {
+            self.err(format!("{at}.timeout"), "timeout must be above 0s");
+        }
+        let cache = self.duration(format!("{at}.cache"), &raw.cache, std::time::Duration::ZERO);
+        Some(Auth {
+            endpoint: endpoint?,
+            forward_headers,
+            timeout,
+            cache,
         })
     }
 

@@ -215,6 +215,7 @@ impl Validator<'_> {
                 ];
                 keys.extend(feed_keys(raw));
                 keys.push(("channel_pattern", raw.channel_pattern.is_some()));
+                keys.push(("auth", raw.auth.is_some()));
                 self.misplaced(
                     at,
                     &keys,
@@ -288,7 +289,7 @@ mod tests {
 
     #[test]
     fn captures_template_the_backend_and_publish_may_stand_alone_or_beside_it() {
-        let c = config("  - name: rooms\n    path: \"/t/{tenant}/rooms/{room}/\"\n    channel_pattern: \"[a-z0-9]{1,16}\"\n    limits: { max_channels: 5 }\n    backend: { websocket: \"ws://feeds:9001/{tenant}/rooms/{room}?r={room}\", headers: { X-Room: \"{room}\" }, publish: { token: s3cret } }\n  - name: news\n    path: \"/news/{topic}\"\n    backend: { publish: {} }\n").unwrap();
+        let c = config("  - name: rooms\n    path: \"/t/{tenant}/rooms/{room}/\"\n    channel_pattern: \"[a-z0-9]{1,16}\"\n    limits: { max_channels: 5 }\n    backend: { websocket: \"ws://feeds:9001/{tenant}/rooms/{room}?r={room}\", headers: { X-Room: \"{room}\" }, publish: { token: s3cret } }\n  - name: news\n    path: \"/news/{topic}\"\n    backend: { publish: {} }\n    auth: { url: \"http://app:8000/authorize\", cache: 30s }\n").unwrap();
         let r = &c.routes[0];
         assert_eq!(r.path, "/t/{tenant}/rooms/{room}");
         let ch = r.channels.as_ref().unwrap();
@@ -312,6 +313,11 @@ mod tests {
             panic!("a bridged route")
         };
         assert_eq!(b.backend, BackendSpec::Published);
+        let auth = b.auth.as_ref().expect("auth");
+        assert_eq!(auth.endpoint.path, "/authorize");
+        assert_eq!(auth.forward_headers, ["cookie", "authorization"]);
+        assert_eq!(auth.timeout, std::time::Duration::from_secs(2));
+        assert_eq!(auth.cache, std::time::Duration::from_secs(30));
         assert!(b.clients.sse && b.clients.websocket && b.clients.long_poll);
         assert_eq!(c.routes[1].limits.max_channels, 10_000);
         assert!(
@@ -381,6 +387,22 @@ mod tests {
             (
                 "  - { name: a, path: \"/rooms/{room}\", backend: { publish: {} } }\n  - { name: b, path: \"/rooms/{id}\", backend: { publish: {} } }\n",
                 "routes[1].path: duplicate route",
+            ),
+            (
+                "  - { name: r, path: /x, auth: { url: \"http://a/\" }, proxy: { upstreams: [\"127.0.0.1:1\"] } }\n",
+                "routes[0].auth: `auth` applies to bridged routes",
+            ),
+            (
+                "  - { name: r, path: /x, auth: { url: \"ftp://a/\" }, backend: { publish: {} } }\n",
+                "routes[0].auth.url: \"ftp://a/\" must start with http:// or https://",
+            ),
+            (
+                "  - { name: r, path: /x, auth: { url: \"http://a/\", timeout: 0s, forward_headers: [host] }, backend: { publish: {} } }\n",
+                "routes[0].auth.timeout: timeout must be above 0s",
+            ),
+            (
+                "  - { name: r, path: /x, auth: { url: \"http://a/\", forward_headers: [host] }, backend: { publish: {} } }\n",
+                "routes[0].auth.forward_headers[0]: host is hop-by-hop or written by the gateway",
             ),
         ];
         for (routes, expected) in cases {
