@@ -591,7 +591,7 @@ pub fn init() {
     LazyLock::force(&REDIS_SECONDS);
     LazyLock::force(&ACCESS_LOG_LINES);
     LazyLock::force(&ACCESS_LOG_DROPPED);
-    for what in ["ws_message", "ws_partial", "post_body"] {
+    for what in ["ws_message", "ws_partial", "post_body", "replay_ring"] {
         MEMORY_REFUSALS.with_label_values(&[what]);
     }
 }

@@ -157,6 +157,9 @@ pub struct Subscription {
 struct Ring {
     next_seq: u64,
     held: VecDeque<Arc<Message>>,
+    /// The payload bytes `held` keeps, charged to the process's memory budget: a ring that
+    /// cannot grow within it lets its oldest messages go (down to none).
+    charge: crate::memory::Charge,
 }
 
 /// How a hub numbers what its own producer publishes.
@@ -229,6 +232,7 @@ impl Hub {
             ready: tokio::sync::watch::Sender::new(true),
             retired: std::sync::atomic::AtomicBool::new(false),
             ring: Mutex::new(Ring {
+                charge: crate::memory::Charge::none(),
                 next_seq: 1,
                 held: VecDeque::with_capacity(replay.min(1024)),
             }),
@@ -357,10 +361,19 @@ impl Hub {
         let msg = Arc::new(m);
         ring.next_seq = seq + 1;
         if self.replay > 0 {
+            let mut bytes = ring.charge.bytes() + msg.payload.len();
             if ring.held.len() == self.replay {
-                ring.held.pop_front();
+                if let Some(old) = ring.held.pop_front() {
+                    bytes -= old.payload.len();
+                }
             }
             ring.held.push_back(msg.clone());
+            while !ring.charge.resize(bytes, "replay_ring") {
+                match ring.held.pop_front() {
+                    Some(old) => bytes -= old.payload.len(),
+                    None => break,
+                }
+            }
         }
         msg
     }
@@ -386,6 +399,15 @@ impl Hub {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The payload bytes the replay ring holds (charged to the memory budget).
+    pub fn held_bytes(&self) -> usize {
+        self.ring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .charge
+            .bytes()
     }
 
     /// The seq of the newest message published so far (0 before the first).
@@ -512,6 +534,16 @@ mod tests {
         assert!(s.gap, "seq 1 and 2 fell out of the window");
         let s = hub.subscribe(Some(5));
         assert!(s.backlog.is_empty() && !s.gap);
+    }
+
+    #[test]
+    fn the_ring_charges_the_bytes_it_holds_and_gives_back_what_falls_out() {
+        let hub = Hub::new(8, 3);
+        for i in 0..5 {
+            hub.publish(Bytes::from(vec![b'x'; 100 + i]), false);
+        }
+        assert_eq!(hub.held_bytes(), 102 + 103 + 104);
+        drop(hub);
     }
 
     #[tokio::test]

@@ -864,3 +864,36 @@ async fn a_cached_admission_spares_the_auth_server_a_second_call() {
     gw.expect_metric("switchyard_auth_cache_hits_total{route=\"alerts\"}", 3.0)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channels_ring_is_bounded_by_the_memory_budget_and_lets_its_oldest_go() {
+    let gw = Gateway::start_with(
+        "  - name: news\n    path: \"/news/{topic}\"\n    backend: { publish: {} }\n    replay: 64\n    keepalive: { poll_timeout: 1s }\n",
+        "  limits: { memory: 1MiB }\n",
+    )
+    .await;
+    let big = "x".repeat(300 * 1024);
+    for i in 1..=10 {
+        let body = format!("{i}:{big}");
+        let r = request(gw.admin, "POST", "/publish/news/big", &[], body.as_bytes()).await;
+        assert_eq!(r.status, 202, "{}", r.body_text());
+    }
+    let r = http_get(gw.addr, "/news/big?transport=poll&cursor=0", &[]).await;
+    assert_eq!(r.status, 200);
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let got: Vec<u64> = j["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| number_of(m.as_str().unwrap()))
+        .collect();
+    assert_eq!(got, [8, 9, 10], "the newest that fit in 1 MiB");
+    assert_eq!(j["missed"], true, "the client is told it missed some");
+    let m = gw.metrics().await;
+    assert!(metric(&m, "switchyard_memory_used_bytes").unwrap() <= 1024.0 * 1024.0);
+    assert!(metric(&m, "switchyard_memory_refusals_total{what=\"replay_ring\"}").unwrap() >= 7.0);
+    // Another channel still gets its messages.
+    let r = request(gw.admin, "POST", "/publish/news/small", &[], b"hello").await;
+    assert_eq!(r.status, 202);
+    assert_eq!(poll_texts(gw.addr, "/news/small", 1).await, ["hello"]);
+}

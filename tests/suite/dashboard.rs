@@ -26,14 +26,21 @@ async fn every_dashboard_and_alert_metric_is_exported_and_promtool_is_happy() {
     let sse = crate::common::chat::SsePostBackend::start().await;
     let feed = FeedBackend::start().await;
     let routes = format!(
-        "  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n  - name: echo\n    path: /echo\n    clients: [websocket, sockjs]\n    backend: {{ builtin: echo }}\n  - name: api\n    path: /api\n    proxy: {{ upstreams: [\"{}\"] }}\n  - name: checked\n    path: /checked\n    proxy: {{ upstreams: [\"{}\"], health_check: {{ interval: 200ms, path: /healthz }} }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"https://app.example\"]\n    backend: {{ sse: \"{}\", post: \"{}\" }}\n  - name: feed\n    path: /feed\n    backend: {{ websocket: \"{}\" }}\n    slow_consumer: drop_oldest\n    binary: drop\n    limits: {{ send_queue: 1 }}\n",
+        "  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n  - name: echo\n    path: /echo\n    clients: [websocket, sockjs]\n    backend: {{ builtin: echo }}\n  - name: api\n    path: /api\n    proxy: {{ upstreams: [\"{}\"] }}\n  - name: checked\n    path: /checked\n    proxy: {{ upstreams: [\"{}\"], health_check: {{ interval: 200ms, path: /healthz }} }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    origins: [\"https://app.example\"]\n    backend: {{ sse: \"{}\", post: \"{}\" }}\n  - name: feed\n    path: /feed\n    backend: {{ websocket: \"{}\" }}\n    slow_consumer: drop_oldest\n    binary: drop\n    limits: {{ send_queue: 1 }}\n  - name: rooms\n    path: \"/rooms/{{room}}\"\n    backend: {{ publish: {{}} }}\n    auth: {{ url: \"http://{}/authorize\" }}\n",
         dead.addr,
         api.addr,
         sse.url("/events"),
         sse.url("/send"),
         feed.url("/"),
+        dead.addr,
     );
     let gw = Gateway::start(&routes).await;
+    // A publish opens a channel; a subscriber the (unreachable) auth endpoint cannot admit.
+    let published =
+        crate::common::sockjs::request(gw.admin, "POST", "/publish/rooms/r1", &[], b"hi").await;
+    assert_eq!(published.status, 202);
+    let refused = http_get(gw.addr, "/rooms/r1", &[("accept", "text/event-stream")]).await;
+    assert_eq!(refused.status, 503);
     let mut clock = SseReader::open(gw.addr, "/clock", &[]).await;
     let tick = clock.next_data_event().await;
     drop(clock);
@@ -198,8 +205,8 @@ async fn a_quiet_gateway_has_a_series_for_every_dashboard_metric_and_reloads_add
     let api = HttpBackend::start("api").await;
     let routes = |last: &str| {
         format!(
-            "  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n  - name: echo\n    path: /echo\n    clients: [websocket, sockjs]\n    backend: {{ builtin: echo }}\n  - name: checked\n    path: /checked\n    proxy: {{ upstreams: [\"{}\"], health_check: {{ interval: 200ms, path: /healthz }} }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ websocket: \"ws://{}/chat\" }}\n  - name: events\n    path: /events\n    backend: {{ sse: \"http://{}/events\", post: \"http://{}/send\" }}\n{last}",
-            api.addr, dead.addr, dead.addr, dead.addr
+            "  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n  - name: echo\n    path: /echo\n    clients: [websocket, sockjs]\n    backend: {{ builtin: echo }}\n  - name: checked\n    path: /checked\n    proxy: {{ upstreams: [\"{}\"], health_check: {{ interval: 200ms, path: /healthz }} }}\n  - name: chat\n    path: /chat\n    fanout: per_client\n    backend: {{ websocket: \"ws://{}/chat\" }}\n  - name: events\n    path: /events\n    backend: {{ sse: \"http://{}/events\", post: \"http://{}/send\" }}\n  - name: rooms\n    path: \"/rooms/{{room}}\"\n    backend: {{ publish: {{}} }}\n    auth: {{ url: \"http://{}/authorize\" }}\n{last}",
+            api.addr, dead.addr, dead.addr, dead.addr, dead.addr
         )
     };
     let feed = format!(
