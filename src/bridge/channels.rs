@@ -130,9 +130,25 @@ pub fn fill(template: &str, names: &[&str], values: &[String]) -> String {
     out
 }
 
-/// A route's backend settings for one channel: its URL, `post:` and header values filled in.
-pub fn channel_spec(spec: &BridgeRoute, names: &[&str], values: &[String]) -> BridgeRoute {
-    let mut spec = spec.clone();
+/// A route's backend settings for one channel: its URL, `post:` and header values filled in
+/// (the route's own, shared, when none of them uses a capture).
+pub fn channel_spec(
+    spec: &Arc<BridgeRoute>,
+    names: &[&str],
+    values: &[String],
+) -> Arc<BridgeRoute> {
+    let templated = spec.remote().is_some_and(|r| {
+        let mut texts = vec![r.path.as_str()];
+        if let Some(p) = &r.post {
+            texts.push(p.path.as_str());
+        }
+        texts.extend(r.headers.iter().filter_map(|(_, v)| v.to_str().ok()));
+        texts.iter().any(|t| !placeholders(t).is_empty())
+    });
+    if !templated {
+        return spec.clone();
+    }
+    let mut spec = (**spec).clone();
     let fill_remote = |r: &mut RemoteBackend| {
         r.url = fill(&r.url, names, values);
         r.path = fill(&r.path, names, values);
@@ -154,7 +170,7 @@ pub fn channel_spec(spec: &BridgeRoute, names: &[&str], values: &[String]) -> Br
         }
         _ => {}
     }
-    spec
+    Arc::new(spec)
 }
 
 /// The open channels of one route.

@@ -190,11 +190,13 @@ pub struct Hub {
     /// new feed's controller takes the lease over where this one was).
     retired: std::sync::atomic::AtomicBool,
     ring: Mutex<Ring>,
-    /// Held by a publisher from stamping a message to sending it.
-    publishing: Mutex<()>,
+    /// The broadcast ring live subscribers read, while there are any: made by the first,
+    /// let go by the first publish that finds none (its `queue` slots are a channel's largest
+    /// cost). Held by a publisher from stamping a message to sending it, so live order is seq
+    /// order; taken before `ring` by everyone.
+    live: Mutex<Option<broadcast::Sender<Event>>>,
     replay: usize,
     queue: usize,
-    tx: broadcast::Sender<Event>,
     producer: Mutex<ProducerState>,
     /// The subprotocol the WebSocket backend chose, offered to clients that ask for it.
     backend_protocol: Mutex<Option<String>>,
@@ -225,7 +227,6 @@ impl Hub {
     }
 
     fn build(queue: usize, replay: usize, epoch: String, stamp: Stamp) -> Self {
-        let (tx, _) = broadcast::channel(queue.max(1));
         Self {
             epoch,
             stamp,
@@ -234,12 +235,11 @@ impl Hub {
             ring: Mutex::new(Ring {
                 charge: crate::memory::Charge::none(),
                 next_seq: 1,
-                held: VecDeque::with_capacity(replay.min(1024)),
+                held: VecDeque::new(),
             }),
-            publishing: Mutex::new(()),
+            live: Mutex::new(None),
             replay,
             queue: queue.max(1),
-            tx,
             producer: Mutex::new(ProducerState {
                 running: false,
                 last_subscriber: Instant::now(),
@@ -310,7 +310,7 @@ impl Hub {
         // locked only to stamp and hold the message, not while the send wakes every receiver.
         // A subscriber that comes in between sees the message in its backlog and again live,
         // and consumers skip what they have by seq.
-        let _turn = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = self.live();
         let msg = {
             let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
             let seq = match self.stamp {
@@ -320,7 +320,7 @@ impl Hub {
             let prev = ring.next_seq - 1;
             self.hold(&mut ring, seq, prev, event, payload, binary)
         };
-        let _ = self.tx.send(Event::Message(msg.clone()));
+        send(&mut live, Event::Message(msg.clone()));
         msg
     }
 
@@ -335,7 +335,7 @@ impl Hub {
         payload: Bytes,
         binary: bool,
     ) -> Option<Arc<Message>> {
-        let _turn = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = self.live();
         let msg = {
             let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
             if seq < ring.next_seq {
@@ -343,7 +343,7 @@ impl Hub {
             }
             self.hold(&mut ring, seq, prev, event, payload, binary)
         };
-        let _ = self.tx.send(Event::Message(msg.clone()));
+        send(&mut live, Event::Message(msg.clone()));
         Some(msg)
     }
 
@@ -381,10 +381,11 @@ impl Hub {
     /// Tells every subscriber that the backend connection ended (see [`Event::BackendGone`]).
     pub fn backend_gone(&self, code: u16, reason: String) {
         // In turn with publishers, so the signal is ordered after every message before it.
-        let _turn = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = self
-            .tx
-            .send(Event::BackendGone(Arc::new(Gone { code, reason })));
+        let mut live = self.live();
+        send(
+            &mut live,
+            Event::BackendGone(Arc::new(Gone { code, reason })),
+        );
     }
 
     pub fn set_backend_protocol(&self, protocol: Option<String>) {
@@ -417,8 +418,11 @@ impl Hub {
 
     /// Subscribes; `after` asks for every held message with a seq above it.
     pub fn subscribe(&self, after: Option<u64>) -> Subscription {
+        let mut tx = self.live();
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        let live = self.tx.subscribe();
+        let live = tx
+            .get_or_insert_with(|| broadcast::channel(self.queue).0)
+            .subscribe();
         let (backlog, gap) = match after {
             None => (Vec::new(), false),
             Some(after) => {
@@ -464,7 +468,7 @@ impl Hub {
     /// [`Self::producer_should_stop`] to act on it).
     pub fn idle_for(&self, linger: std::time::Duration) -> bool {
         let mut p = self.producer.lock().unwrap_or_else(|p| p.into_inner());
-        if self.tx.receiver_count() > 0 {
+        if self.receivers() > 0 {
             p.last_subscriber = Instant::now();
             return false;
         }
@@ -481,14 +485,22 @@ impl Hub {
 
     /// Subscribers here now.
     pub fn subscribers(&self) -> usize {
-        self.tx.receiver_count()
+        self.receivers()
+    }
+
+    fn receivers(&self) -> usize {
+        self.live().as_ref().map_or(0, |tx| tx.receiver_count())
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Option<broadcast::Sender<Event>>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// True when nobody has been subscribed (nor published) for `linger` and no producer
     /// runs: a channel in that state can be closed.
     pub fn finished(&self, linger: std::time::Duration) -> bool {
         let mut p = self.producer.lock().unwrap_or_else(|p| p.into_inner());
-        if self.tx.receiver_count() > 0 {
+        if self.receivers() > 0 {
             p.last_subscriber = Instant::now();
             return false;
         }
@@ -500,7 +512,7 @@ impl Hub {
     /// subscriber arriving meanwhile either keeps it running or starts a new one.
     pub fn producer_should_stop(&self, linger: std::time::Duration) -> bool {
         let mut p = self.producer.lock().unwrap_or_else(|p| p.into_inner());
-        if self.tx.receiver_count() > 0 {
+        if self.receivers() > 0 {
             p.last_subscriber = Instant::now();
             return false;
         }
@@ -509,6 +521,15 @@ impl Hub {
             return true;
         }
         false
+    }
+}
+
+/// Sends `event` to the live subscribers; with none left, the broadcast ring is let go.
+fn send(live: &mut Option<broadcast::Sender<Event>>, event: Event) {
+    if let Some(tx) = live.as_ref() {
+        if tx.send(event).is_err() {
+            *live = None;
+        }
     }
 }
 

@@ -144,7 +144,8 @@ pub enum Source {
 
 pub struct Bridge {
     pub route: Arc<Route>,
-    pub spec: BridgeRoute,
+    /// Shared by a route's channels when their backend settings are the route's own.
+    pub spec: Arc<BridgeRoute>,
     pub source: Source,
     /// Set when a reload removed the route: its clients are asked to go, as on shutdown.
     /// Shared with the bridges a feed was carried to, so clients of every generation hear it.
@@ -268,7 +269,7 @@ impl Bridge {
         };
         Some(Self {
             route,
-            spec: spec.clone(),
+            spec: Arc::new(spec.clone()),
             source,
             retired: previous.retired.clone(),
             backends,
@@ -293,7 +294,7 @@ impl Bridge {
         Self {
             auth: backends.authorizer(&route, spec),
             route,
-            spec: spec.clone(),
+            spec: Arc::new(spec.clone()),
             source,
             retired: Arc::new(tokio::sync::watch::Sender::new(false)),
             backends,
@@ -305,7 +306,7 @@ impl Bridge {
 
     /// The bridge of one channel of this route: its own feed (or sessions) on `spec`, the
     /// route's backend settings filled in for `key`. Retired with the route.
-    fn channel_bridge(&self, spec: BridgeRoute, key: &channels::ChannelKey) -> Self {
+    fn channel_bridge(&self, spec: Arc<BridgeRoute>, key: &channels::ChannelKey) -> Self {
         let source = match spec.fanout {
             Fanout::PerClient => Source::PerClient(Arc::default()),
             Fanout::Shared => Source::Shared(Arc::new(Hub::new(

@@ -107,6 +107,47 @@ enum Cmd {
         #[arg(long, default_value = "")]
         pids: String,
     },
+    /// Channels: SSE subscribers on many channels, each channel published by HTTP POST.
+    Channels {
+        /// Subscribers' URL with `{}` where the channel goes: http://127.0.0.1:8080/rooms/{}
+        #[arg(long)]
+        url: String,
+        /// Publish URL with `{}`: http://127.0.0.1:9100/publish/rooms/{}
+        #[arg(long)]
+        publish: String,
+        /// A bearer token for publishes.
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        channels: usize,
+        #[arg(long, default_value_t = 10)]
+        per_channel: usize,
+        /// Messages per second to each channel.
+        #[arg(long, default_value_t = 1)]
+        rate: u32,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        sources: u8,
+        #[arg(long, default_value_t = 200)]
+        batch: usize,
+        #[arg(long, default_value = "")]
+        pids: String,
+    },
+    /// Memory per open channel with no subscriber (one message published to each).
+    ChannelMemory {
+        /// Publish URL with `{}` where the channel goes.
+        #[arg(long)]
+        publish: String,
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long, default_value_t = 10000)]
+        channels: usize,
+        #[arg(long)]
+        pids: String,
+    },
     /// WebSocket echo round trips.
     Echo {
         #[arg(long)]
@@ -189,6 +230,43 @@ async fn main() {
             };
             scenarios::fanout(&url, &transport, shape, seconds, rate, &pids, cli.json).await
         }
+        Cmd::Channels {
+            url,
+            publish,
+            token,
+            channels,
+            per_channel,
+            rate,
+            size,
+            seconds,
+            sources,
+            batch,
+            pids,
+        } => {
+            let run = scenarios::ChannelRun {
+                url: &url,
+                publish: &publish,
+                publish_headers: bearer(token.as_deref()),
+                channels,
+                per_channel,
+                rate,
+                size,
+                seconds,
+                sources,
+                batch,
+                pids: &pids,
+            };
+            scenarios::channels(run, cli.json).await
+        }
+        Cmd::ChannelMemory {
+            publish,
+            token,
+            channels,
+            pids,
+        } => {
+            let headers = bearer(token.as_deref());
+            scenarios::channel_memory(&publish, &headers, channels, &pids, cli.json).await
+        }
         Cmd::Echo {
             url,
             clients,
@@ -216,4 +294,9 @@ async fn main() {
             scenarios::idle(&url, &transport, shape, &pids, seconds, cli.json).await
         }
     }
+}
+
+/// An `Authorization: Bearer` header line for publishes, or nothing.
+fn bearer(token: Option<&str>) -> String {
+    token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"))
 }

@@ -456,3 +456,241 @@ pub async fn idle(url: &str, transport: &str, shape: Shape, pids: &str, seconds:
         t.abort();
     }
 }
+
+/// Where a channel's name goes in a URL: `{}` in `template` becomes `c<n>`.
+fn channel_url(template: &str, n: usize) -> String {
+    template.replacen("{}", &format!("c{n}"), 1)
+}
+
+/// `POST`s `body` on a kept-alive connection (made anew when it broke): true on a 2xx.
+async fn post(
+    conn: &mut Option<tokio::io::BufReader<tokio::net::TcpStream>>,
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> bool {
+    for _ in 0..2 {
+        if conn.is_none() {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    *conn = Some(tokio::io::BufReader::new(s));
+                }
+                Err(_) => return false,
+            }
+        }
+        let s = conn.as_mut().expect("connected above");
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+            body.len()
+        );
+        if s.get_mut().write_all(req.as_bytes()).await.is_ok() {
+            if let Some((status, _, _)) = crate::clients::read_response(s).await {
+                return (200..300).contains(&status);
+            }
+        }
+        *conn = None;
+    }
+    false
+}
+
+/// The channels scenario's shape.
+pub struct ChannelRun<'a> {
+    /// Subscribers' URL, `{}` where the channel goes (`http://host/rooms/{}`).
+    pub url: &'a str,
+    /// The publish URL, `{}` where the channel goes (`http://admin/publish/rooms/{}`).
+    pub publish: &'a str,
+    /// Extra request header lines for publishes (`Authorization: Bearer x\r\n`).
+    pub publish_headers: String,
+    pub channels: usize,
+    pub per_channel: usize,
+    /// Messages per second published to each channel.
+    pub rate: u32,
+    pub size: usize,
+    pub seconds: u64,
+    pub sources: u8,
+    pub batch: usize,
+    pub pids: &'a str,
+}
+
+/// `per_channel` SSE subscribers on each of `channels` channels, each channel published at
+/// `rate` msg/s by HTTP POST (8 kept-alive publishing connections); every subscriber checks
+/// its channel's order and times each message from its publish. Deliveries, p50/p99 and the
+/// server's CPU per delivery over `seconds`.
+pub async fn channels(run: ChannelRun<'_>, json: bool) {
+    const PUBLISHERS: usize = 8;
+    let pids: Vec<u32> = run
+        .pids
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    let clients = run.channels * run.per_channel;
+    let shape = Shape {
+        clients,
+        sources: run.sources,
+        batch: run.batch,
+    };
+    let verdict = Arc::new(Verdict::default());
+    let hist = Arc::new(Latencies::new());
+    let measuring = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let (addr, path) = split_url(&channel_url(run.url, i % run.channels));
+        let host = addr.to_string();
+        let source = shape.source(i);
+        let (v, h, m) = (verdict.clone(), hist.clone(), measuring.clone());
+        tasks.push(tokio::spawn(async move {
+            let Ok(stream) = connect_from(source, addr).await else {
+                v.failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            v.connected.fetch_add(1, Ordering::Relaxed);
+            let mut order = Order { last: None };
+            sse_client(stream, &host, &path, |data: &str| {
+                let Some((seq, ts)) = parse(data) else { return };
+                if !m.load(Ordering::Relaxed) {
+                    order.last = Some(seq);
+                    return;
+                }
+                v.received.fetch_add(1, Ordering::Relaxed);
+                order.see(seq, &v);
+                h.record(now_ns().saturating_sub(ts) / 1000);
+            })
+            .await;
+            v.lost.fetch_add(1, Ordering::Relaxed);
+        }));
+        shape.pace(i).await;
+    }
+    let until = Instant::now() + Duration::from_secs(60);
+    while verdict.connected.load(Ordering::Relaxed) + verdict.failed.load(Ordering::Relaxed)
+        < clients as u64
+        && Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Publishers: each takes every PUBLISHERS-th channel, one message to each per round.
+    let published = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let (pub_addr, _) = split_url(&channel_url(run.publish, 0));
+    let mut publishers = Vec::new();
+    for k in 0..PUBLISHERS.min(run.channels) {
+        let mine: Vec<(usize, String)> = (k..run.channels)
+            .step_by(PUBLISHERS)
+            .map(|c| (c, split_url(&channel_url(run.publish, c)).1))
+            .collect();
+        let (published, refused) = (published.clone(), refused.clone());
+        let (headers, size, rate) = (run.publish_headers.clone(), run.size, run.rate.max(1));
+        publishers.push(tokio::spawn(async move {
+            let host = pub_addr.to_string();
+            let mut conn = None;
+            let mut seqs = vec![0u64; mine.len()];
+            let every = Duration::from_secs(1) / rate;
+            // Spread over the round, so channels are not all published at one instant.
+            tokio::time::sleep(every * k as u32 / PUBLISHERS as u32).await;
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                for (i, (_, path)) in mine.iter().enumerate() {
+                    seqs[i] += 1;
+                    let body = crate::feed::message(seqs[i], size);
+                    if post(&mut conn, pub_addr, &host, path, &headers, &body).await {
+                        published.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    // The first round reaches everyone before measuring starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let ticks = cpu_ticks(&pids);
+    let published_before = published.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(run.seconds)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let cpu_s = (cpu_ticks(&pids) - ticks) as f64 / 100.0;
+    let took = started.elapsed().as_secs_f64();
+    let sent = published.load(Ordering::Relaxed) - published_before;
+    let received = verdict.received.load(Ordering::Relaxed);
+    let expected = sent as f64 * run.per_channel as f64;
+    let result = serde_json::json!({
+        "scenario": "channels",
+        "url": run.url,
+        "channels": run.channels,
+        "per_channel": run.per_channel,
+        "clients": clients,
+        "connected": verdict.connected.load(Ordering::Relaxed),
+        "failed": verdict.failed.load(Ordering::Relaxed),
+        "lost": verdict.lost.load(Ordering::Relaxed),
+        "rate_per_channel": run.rate,
+        "publishes_per_s": (sent as f64 / took).round(),
+        "publish_failures": refused.load(Ordering::Relaxed),
+        "deliveries_per_s": (received as f64 / took).round(),
+        "delivered_ratio": if expected > 0.0 { received as f64 / expected } else { 0.0 },
+        "gaps": verdict.gaps.load(Ordering::Relaxed),
+        "duplicates": verdict.duplicates.load(Ordering::Relaxed),
+        "p50_ms": hist.quantile_ms(0.5),
+        "p99_ms": hist.quantile_ms(0.99),
+        "max_ms": hist.max_ms(),
+        "server_cpu_us_per_delivery": if received > 0 { (cpu_s / received as f64 * 1e9).round() / 1000.0 } else { 0.0 },
+        "server_cpu_share_of_one_core": cpu_s / took,
+    });
+    report(&result, json);
+    for t in publishers.into_iter().chain(tasks) {
+        t.abort();
+    }
+}
+
+/// The server's memory per open channel with no subscriber: one message published to each
+/// of `channels` channels (after a warm-up of a tenth as many), the summed RSS of `pids`
+/// before and after.
+pub async fn channel_memory(publish: &str, headers: &str, channels: usize, pids: &str, json: bool) {
+    let pids: Vec<u32> = pids
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    let (addr, _) = split_url(&channel_url(publish, 0));
+    let host = addr.to_string();
+    let mut conn = None;
+    let mut failed = 0u64;
+    let warm = channels / 10;
+    let mut publish_range = async |range: std::ops::Range<usize>| {
+        for c in range {
+            let path = split_url(&channel_url(publish, c)).1;
+            if !post(
+                &mut conn,
+                addr,
+                &host,
+                &path,
+                headers,
+                &crate::feed::message(1, 100),
+            )
+            .await
+            {
+                failed += 1;
+            }
+        }
+    };
+    publish_range(1_000_000..1_000_000 + warm).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss_kib(&pids);
+    publish_range(0..channels).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(&pids);
+    let result = serde_json::json!({
+        "scenario": "channel-memory",
+        "url": publish,
+        "channels": channels,
+        "publish_failures": failed,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "bytes_per_channel": ((after.saturating_sub(before)) as f64 * 1024.0 / channels as f64).round(),
+    });
+    report(&result, json);
+}
