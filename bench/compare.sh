@@ -35,9 +35,15 @@ HTTP_ROUNDS=${HTTP_ROUNDS:-5}  # plain HTTP (bench/http.sh): the median of alter
 HTTP_SECONDS=${HTTP_SECONDS:-4}
 HTTP_CONNECTIONS=${HTTP_CONNECTIONS:-"64 1000"}
 HTTP_THREADS=${HTTP_THREADS:-"1 2"} # 2: every server and wrk on both cores
+CHANNELS=${CHANNELS:-1000}     # channels: this many channels ...
+PER_CHANNEL=${PER_CHANNEL:-10} # ... with this many SSE subscribers each,
+CHANNEL_RATE=${CHANNEL_RATE:-1} # each channel published at this many msg/s by HTTP POST
+CHANNEL_ROUNDS=${CHANNEL_ROUNDS:-3}
+CHANNEL_IDLE=${CHANNEL_IDLE:-10000} # channels opened by one publish, nobody subscribed: memory each
 if [ -n "${QUICK:-}" ]; then
   IDLE=1000; PASS_IDLE=500; FAN=500; POLLERS=200; RATES="20 100"; SECONDS_PER_RUN=3
   ECHO_ROUNDS=1; POLL_ROUNDS=1; HTTP_ROUNDS=1; HTTP_SECONDS=2; HTTP_CONNECTIONS=64; HTTP_THREADS=1
+  CHANNELS=100; CHANNEL_ROUNDS=1; CHANNEL_IDLE=1000
 fi
 
 if ! ls /usr/lib/nginx/modules/ngx_nchan_module.so >/dev/null 2>&1 || ! command -v haproxy >/dev/null || ! command -v pushpin >/dev/null || ! command -v zurl >/dev/null || ! command -v redis-server >/dev/null; then
@@ -79,6 +85,11 @@ routes:
   - name: tunnel
     path: /echo
     proxy: { upstreams: ["127.0.0.1:9001"] }
+  - name: rooms
+    path: "/rooms/{room}"
+    backend: { publish: {} }
+    backend_linger: 10m
+    limits: { max_channels: 100000 }
 EOF
   taskset -c 0 "$SY" --config "$WORK/gw.yaml" --log-level warn >"$WORK/gw.log" 2>&1 &
   GW=$!
@@ -157,6 +168,8 @@ http {
     ${NCHAN_DEFLATE:+nchan_deflate_message_for_websocket on;}
     location = /sub { nchan_subscriber; nchan_channel_id test; nchan_subscriber_first_message newest; }
     location = /pub { nchan_publisher; nchan_channel_id test; }
+    location ~ ^/rooms/([A-Za-z0-9]+)\$ { nchan_subscriber; nchan_channel_id \$1; }
+    location ~ ^/publish/rooms/([A-Za-z0-9]+)\$ { nchan_publisher; nchan_channel_id \$1; }
     location /echo {
       proxy_pass http://127.0.0.1:9001;
       proxy_http_version 1.1;
@@ -379,6 +392,28 @@ for _ in $(seq "$POLL_ROUNDS"); do
 done
 P_SY=$(median_json "$WORK/poll_sy.jsonl"); P_NC=$(median_json "$WORK/poll_nc.jsonl")
 
+echo "== channels" >&2
+# CHANNELS channels x PER_CHANNEL SSE subscribers, each channel published at CHANNEL_RATE msg/s
+# by HTTP POST (switchyard: POST /publish/rooms/cN on its admin listener; Nchan: its HTTP
+# publisher location, nchan_channel_id from the URL), alternating rounds; then the memory of
+# channels opened by one publish with nobody subscribed.
+: >"$WORK/ch_sy.jsonl"; : >"$WORK/ch_nc.jsonl"
+for _ in $(seq "$CHANNEL_ROUNDS"); do
+  start_switchyard
+  run "switchyard channels" $BENCH channels --url 'http://127.0.0.1:8080/rooms/{}' --publish 'http://127.0.0.1:9100/publish/rooms/{}' --channels "$CHANNELS" --per-channel "$PER_CHANNEL" --rate "$CHANNEL_RATE" --seconds "$SECONDS_PER_RUN" --pids "$GW" >>"$WORK/ch_sy.jsonl"
+  stop_switchyard
+  start_nginx
+  run "nchan channels" $BENCH channels --url 'http://127.0.0.1:8081/rooms/{}' --publish 'http://127.0.0.1:8081/publish/rooms/{}' --channels "$CHANNELS" --per-channel "$PER_CHANNEL" --rate "$CHANNEL_RATE" --seconds "$SECONDS_PER_RUN" --pids "$(nginx_pids)" >>"$WORK/ch_nc.jsonl"
+  stop_nginx
+done
+C_SY=$(median_json "$WORK/ch_sy.jsonl"); C_NC=$(median_json "$WORK/ch_nc.jsonl")
+start_switchyard
+CM_SY=$(run "switchyard channel memory" $BENCH channel-memory --publish 'http://127.0.0.1:9100/publish/rooms/{}' --channels "$CHANNEL_IDLE" --pids "$GW")
+stop_switchyard
+start_nginx
+CM_NC=$(run "nchan channel memory" $BENCH channel-memory --publish 'http://127.0.0.1:8081/publish/rooms/{}' --channels "$CHANNEL_IDLE" --pids "$(nginx_pids)")
+stop_nginx
+
 echo "== pass-through WebSocket echo" >&2
 # ECHO_ROUNDS rounds, each path once per round, in an order that alternates between rounds;
 # each path's figures are the medians over its rounds.
@@ -566,6 +601,20 @@ mkdir -p docs
   echo "| switchyard | $(echo "$P_SY" | field polls_per_s) | $(fan_row "$P_SY") | $(echo "$P_SY" | field server_cpu_us_per_delivery) |"
   echo "| nchan | $(echo "$P_NC" | field polls_per_s) | $(fan_row "$P_NC") | $(echo "$P_NC" | field server_cpu_us_per_delivery) |"
   echo
+  echo "## Channels: $CHANNELS channels x $PER_CHANNEL SSE subscribers, each channel published at $CHANNEL_RATE msg/s by HTTP POST, ${SECONDS_PER_RUN}s, median of $CHANNEL_ROUNDS rounds"
+  echo
+  echo "switchyard: a route on \`/rooms/{room}\` fed only by publishes (\`POST /publish/rooms/cN\` on its admin"
+  echo "listener); Nchan: \`nchan_channel_id\` from the URL and its HTTP publisher. 8 kept-alive publishing"
+  echo "connections; latency is from the publish to the subscriber; CPU is the server's over the run."
+  echo
+  echo "| server | deliveries | delivered / expected | gaps | duplicates | p50 ms | p99 ms | max ms | server CPU µs / delivery |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| switchyard | $(fan_row "$C_SY") | $(echo "$C_SY" | field server_cpu_us_per_delivery) |"
+  echo "| nchan | $(fan_row "$C_NC") | $(echo "$C_NC" | field server_cpu_us_per_delivery) |"
+  echo
+  echo "Memory per channel opened by one ~100-byte publish, nobody subscribed ($CHANNEL_IDLE channels, RSS of"
+  echo "every process): switchyard $(echo "$CM_SY" | field bytes_per_channel) bytes, Nchan $(echo "$CM_NC" | field bytes_per_channel) bytes."
+  echo
   echo "## Pass-through WebSocket echo, 100 clients, ${SECONDS_PER_RUN}s, median of $ECHO_ROUNDS alternating rounds"
   echo
   echo "| path | round trips/s | vs direct | p50 ms | p99 ms |"
@@ -632,7 +681,7 @@ PY
   echo
   echo "## Targets"
   echo
-  python3 - "$SY_SSE" "$SY_WS" "$SY_POLL" "$FAN_JSON_FILE" "$E_SY" "$E_NG" "$FAN" "$SY_PASS" "$NG_PASS" "$NC_SSE" "$NC_WS" "$D_SY" "$HOLD" "$SY_SJX" "$SN_SJX" "$SY_SJE" "$SN_SJE" "$SY_WSD" "$Z_SY_OFF" "$Z_SY_ON" "$Z_NC_OFF" "$P_SY" "$P_NC" "$WORK/results.txt" "$ECHO_ROUNDS" <<'PY'
+  python3 - "$SY_SSE" "$SY_WS" "$SY_POLL" "$FAN_JSON_FILE" "$E_SY" "$E_NG" "$FAN" "$SY_PASS" "$NG_PASS" "$NC_SSE" "$NC_WS" "$D_SY" "$HOLD" "$SY_SJX" "$SN_SJX" "$SY_SJE" "$SN_SJE" "$SY_WSD" "$Z_SY_OFF" "$Z_SY_ON" "$Z_NC_OFF" "$P_SY" "$P_NC" "$WORK/results.txt" "$ECHO_ROUNDS" "$C_SY" "$C_NC" "$CM_SY" <<'PY'
 import json, sys
 sse, ws, poll = (json.loads(a) for a in sys.argv[1:4])
 fan = [json.loads(l) for l in open(sys.argv[4])]
@@ -649,6 +698,7 @@ for line in open(sys.argv[24]):
         d = json.loads(line[line.index("{"):])
         http[(d["mode"], d["connections"], d["threads"], d["server"])] = d
 echo_rounds = sys.argv[25]
+csy, cnc, cmsy = (json.loads(a) for a in sys.argv[26:29])
 def ok(b): return "met" if b else "**not met**"
 def sustained(server):
     rows = [r for r in fan if r["server"] == server and r["transport"] == "sse" and r["gaps"] == 0 and r["duplicates"] == 0 and r["connected"] == r["clients"] and r["delivered_ratio"] >= 0.99]
@@ -695,6 +745,9 @@ print(f"| every tunnel closed with 1001 on a drain | {dsy['closed_1001']} of {ho
 print(f"| idle compressed WebSocket within 1 KiB of an uncompressed one | {wsd['kib_per_client']} vs {ws['kib_per_client']} KiB | {ok(wsd['kib_per_client'] - ws['kib_per_client'] <= 1)} |")
 def share(d): return d["wire_bytes_per_delivery"] / zoff["wire_bytes_per_delivery"] if zoff["wire_bytes_per_delivery"] else 0
 print(f"| compressed fan-out: fewer bytes, about the same CPU per delivery | {zon['wire_bytes_per_delivery']:.0f} vs {zoff['wire_bytes_per_delivery']:.0f} bytes ({share(zon):.2f}x), {zon['server_cpu_us_per_delivery']:.2f} vs {zoff['server_cpu_us_per_delivery']:.2f} µs, p99 {zon['p99_ms']:.1f} vs {zoff['p99_ms']:.1f} ms | {ok(share(zon) < 0.5 and zon['server_cpu_us_per_delivery'] <= 1.25 * zoff['server_cpu_us_per_delivery'])} |")
+cfull = csy["delivered_ratio"] >= 0.99 and csy["gaps"] == 0 and csy["duplicates"] == 0
+print(f"| channels: CPU per delivery and p99 <= Nchan's, full delivery (median of {csy.get('rounds', 1)} rounds) | {csy['server_cpu_us_per_delivery']:.2f} vs {cnc['server_cpu_us_per_delivery']:.2f} µs, p99 {csy['p99_ms']:.2f} vs {cnc['p99_ms']:.2f} ms, {csy['delivered_ratio']:.4f} delivered | {ok(cfull and csy['server_cpu_us_per_delivery'] <= cnc['server_cpu_us_per_delivery'] and csy['p99_ms'] <= cnc['p99_ms'])} |")
+print(f"| an open channel with no subscriber <= 2 KiB | {cmsy['bytes_per_channel']:.0f} bytes | {ok(cmsy['bytes_per_channel'] <= 2048)} |")
 cpu = max(sse["cpu_share_of_one_core"], ws["cpu_share_of_one_core"], poll["cpu_share_of_one_core"])
 print(f"| idle clients cost < 5% of one core | {cpu * 100:.1f}% (worst of SSE, WS, long-poll) | {ok(cpu < 0.05)} |")
 PY

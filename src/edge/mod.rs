@@ -85,6 +85,40 @@ pub struct Edge<P, G> {
     pub pingora: Arc<P>,
     pub gateway: Arc<G>,
     pub header_timeout: Duration,
+    /// The admin listener, served on the same threads as clients (see [`AdminListener`]).
+    pub admin: Option<AdminListener>,
+}
+
+/// Serves the connections of the admin listener (the server's admin app).
+pub trait AdminConnections: Send + Sync {
+    /// Serves one connection until it closes.
+    fn serve(
+        &self,
+        stream: Stream,
+        shutdown: ShutdownWatch,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// The admin listener's address and app. It is a listener of the client-serving service, so
+/// that its work runs on the threads clients are served on: a publish (`server::publish`)
+/// then wakes its subscribers where they live, in the same turn of the event loop that read
+/// it, rather than handing each wake-up from another thread.
+pub struct AdminListener {
+    pub addr: std::net::SocketAddr,
+    pub app: Arc<dyn AdminConnections>,
+}
+
+impl AdminListener {
+    /// Whether `stream` came in on the admin address.
+    fn takes(&self, stream: &Stream) -> bool {
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        local.is_some_and(|l| {
+            l.port() == self.addr.port()
+                && (self.addr.ip().is_unspecified() || l.ip() == self.addr.ip())
+        })
+    }
 }
 
 /// How long a kept-alive connection may wait for its next request (pingora's default).
@@ -105,6 +139,12 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        if let Some(admin) = self.admin.as_ref().filter(|a| a.takes(&stream)) {
+            // Not a client: not counted among the connections a drain waits for.
+            let (admin, shutdown) = (admin.app.clone(), shutdown.clone());
+            tokio::spawn(async move { admin.serve(stream, shutdown).await });
+            return None;
+        }
         let open = OpenConnection::new();
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             let stream: Stream = Box::new(HeadDeadline::new(stream, self.header_timeout));

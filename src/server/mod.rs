@@ -98,6 +98,27 @@ impl ServeHttp for AdminApp {
     }
 }
 
+/// The admin app over one connection, as pingora's listening service runs an app: each
+/// request in turn while the connection may be reused.
+struct Admin(Arc<HttpServer<AdminApp>>);
+
+impl crate::edge::AdminConnections for Admin {
+    fn serve(
+        &self,
+        stream: pingora::protocols::Stream,
+        shutdown: pingora::server::ShutdownWatch,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        use pingora::apps::ServerApp;
+        let app = self.0.clone();
+        Box::pin(async move {
+            let mut next = app.process_new(stream, &shutdown).await;
+            while let Some(stream) = next {
+                next = app.process_new(stream, &shutdown).await;
+            }
+        })
+    }
+}
+
 /// Starts the access log's writer with the services (the log itself is put in force by
 /// [`build`], before any listener serves), and reopens its file on each SIGUSR1 (logrotate's
 /// `create` mode: rename, SIGUSR1, and new lines go to a new file). A reload may change or
@@ -199,6 +220,13 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
             state: state.clone(),
         }),
         header_timeout: config.server.header_timeout,
+        admin: config.server.admin.map(|addr| crate::edge::AdminListener {
+            addr,
+            app: Arc::new(Admin(Arc::new(HttpServer::new_app(AdminApp {
+                live: state.clone(),
+                started,
+            })))),
+        }),
     };
     crate::memory::set_limit(config.server.memory);
     if let Some(crate::config::AccessLogConfig {
@@ -245,19 +273,10 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
             }
         }
     }
-    server.add_service(proxy);
-
     if let Some(admin) = config.server.admin {
-        let mut svc = Service::new(
-            "switchyard admin".into(),
-            HttpServer::new_app(AdminApp {
-                live: state.clone(),
-                started,
-            }),
-        );
-        svc.add_tcp(&admin.to_string());
-        server.add_service(svc);
+        proxy.add_listener(ListenerConfig::tcp(admin.to_string()));
     }
+    server.add_service(proxy);
     server.add_service(background_service(
         "upstream health checks",
         HealthChecker {

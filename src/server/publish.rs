@@ -137,14 +137,18 @@ pub async fn serve(state: &GatewayState, session: &mut ServerSession) -> Answer 
             format!("route {name} has no channels: publish at /publish/{name}"),
         );
     }
-    let feed = channel.as_deref().unwrap_or(bridge);
     let count = messages.len() as u64;
-    let Some((id, subscribers)) = feed.publish(
-        messages
-            .into_iter()
-            .map(|m| (m.payload, m.binary))
-            .collect(),
-    ) else {
+    let messages: Vec<(Bytes, bool)> = messages
+        .into_iter()
+        .map(|m| (m.payload, m.binary))
+        .collect();
+    // On the admin listener's connection, which runs on a client-serving thread: the
+    // subscribers there are woken without a hand-off.
+    let feed = channel.as_deref().unwrap_or(bridge);
+    let published = feed.publish(messages);
+    // The subscribers it woke write their deliveries before this answer is written.
+    tokio::task::yield_now().await;
+    let Some((id, subscribers)) = published else {
         outcome("invalid");
         return Answer::error(
             404,

@@ -346,7 +346,18 @@ async fn pump<D: Downstream>(
     let closing = bridge.closing();
     tokio::pin!(closing);
     let by = loop {
+        // In this order, and no further than the first that is ready: a delivery (the common
+        // wake-up) does not poll the heartbeat timer or the client's socket; the drain is
+        // never starved by a busy feed.
         let chunk = tokio::select! {
+            biased;
+            _ = &mut closing => {
+                if super::write_chunk(down, Bytes::from(retry_field() + "\n"), &consumer).await.is_err() {
+                    super::abandon(down);
+                    return Closer::Gateway;
+                }
+                break Closer::Gateway;
+            }
             delivery = consumer.next() => match delivery {
                 Delivery::Message(m) => match super::gather_burst(&m, &mut consumer, delivered, frame) {
                     Some(burst) => burst,
@@ -390,13 +401,6 @@ async fn pump<D: Downstream>(
                 Err(_) => return Closer::Client,
                 Ok(_) => { watching_client = false; continue }
             },
-            _ = &mut closing => {
-                if super::write_chunk(down, Bytes::from(retry_field() + "\n"), &consumer).await.is_err() {
-                    super::abandon(down);
-                    return Closer::Gateway;
-                }
-                break Closer::Gateway;
-            }
         };
         delivered.bytes(chunk.len());
         if super::write_burst(down, &chunk, &consumer).await.is_err() {

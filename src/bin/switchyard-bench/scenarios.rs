@@ -658,31 +658,26 @@ pub async fn channel_memory(publish: &str, headers: &str, channels: usize, pids:
     let (addr, _) = split_url(&channel_url(publish, 0));
     let host = addr.to_string();
     let mut conn = None;
-    let mut failed = 0u64;
     let warm = channels / 10;
     let mut publish_range = async |range: std::ops::Range<usize>| {
+        let mut failed = 0u64;
         for c in range {
             let path = split_url(&channel_url(publish, c)).1;
-            if !post(
-                &mut conn,
-                addr,
-                &host,
-                &path,
-                headers,
-                &crate::feed::message(1, 100),
-            )
-            .await
-            {
+            let body = crate::feed::message(1, 100);
+            if !post(&mut conn, addr, &host, &path, headers, &body).await {
                 failed += 1;
             }
         }
+        failed
     };
-    publish_range(1_000_000..1_000_000 + warm).await;
+    let warm_failed = publish_range(1_000_000..1_000_000 + warm).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = rss_kib(&pids);
-    publish_range(0..channels).await;
+    let measured_failed = publish_range(0..channels).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = rss_kib(&pids);
+    let failed = warm_failed + measured_failed;
+    let opened = channels as u64 - measured_failed;
     let result = serde_json::json!({
         "scenario": "channel-memory",
         "url": publish,
@@ -690,7 +685,8 @@ pub async fn channel_memory(publish: &str, headers: &str, channels: usize, pids:
         "publish_failures": failed,
         "rss_before_kib": before,
         "rss_after_kib": after,
-        "bytes_per_channel": ((after.saturating_sub(before)) as f64 * 1024.0 / channels as f64).round(),
+        "opened": opened,
+        "bytes_per_channel": ((after.saturating_sub(before)) as f64 * 1024.0 / opened.max(1) as f64).round(),
     });
     report(&result, json);
 }
