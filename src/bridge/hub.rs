@@ -200,6 +200,9 @@ pub struct Hub {
     producer: Mutex<ProducerState>,
     /// The subprotocol the WebSocket backend chose, offered to clients that ask for it.
     backend_protocol: Mutex<Option<String>>,
+    /// The channel this hub is the feed of, on a route with channels (a cluster keeps a
+    /// stream and a lease per channel).
+    channel: Option<Box<str>>,
 }
 
 struct ProducerState {
@@ -245,7 +248,19 @@ impl Hub {
                 last_subscriber: Instant::now(),
             }),
             backend_protocol: Mutex::new(None),
+            channel: None,
         }
+    }
+
+    /// This hub as the feed of `channel`.
+    pub fn for_channel(mut self, channel: &str) -> Self {
+        self.channel = Some(channel.into());
+        self
+    }
+
+    /// The channel this hub is the feed of, if any.
+    pub fn channel(&self) -> Option<&str> {
+        self.channel.as_deref()
     }
 
     /// How many messages a subscriber may fall behind (the route's `send_queue`).

@@ -309,10 +309,11 @@ impl Bridge {
     fn channel_bridge(&self, spec: Arc<BridgeRoute>, key: &channels::ChannelKey) -> Self {
         let source = match spec.fanout {
             Fanout::PerClient => Source::PerClient(Arc::default()),
-            Fanout::Shared => Source::Shared(Arc::new(Hub::new(
-                self.route.limits.send_queue,
-                spec.replay,
-            ))),
+            Fanout::Shared => Source::Shared(Arc::new(
+                self.backends
+                    .shared_hub(&self.route, &spec)
+                    .for_channel(&key.name),
+            )),
         };
         Self {
             route: self.route.clone(),

@@ -168,6 +168,30 @@ impl Cluster {
         self.up.subscribe()
     }
 
+    /// The keys of `hub`'s feed: the route's, or its channel's.
+    pub fn keys_of(&self, route: &str, hub: &crate::bridge::Hub) -> FeedKeys {
+        match hub.channel() {
+            Some(channel) => self.channel_keys(route, channel),
+            None => self.feed_keys(route),
+        }
+    }
+
+    /// The keys of one channel of a route: its own stream, lease and want. The channel's
+    /// length comes first, so no channel name can reach another's keys (or the route's).
+    pub fn channel_keys(&self, route: &str, channel: &str) -> FeedKeys {
+        let base = format!(
+            "{}:chan:{route}:{}:{channel}",
+            self.cfg.prefix,
+            channel.len()
+        );
+        FeedKeys {
+            route: route.into(),
+            lease: format!("{base}:lease"),
+            want: format!("{base}:want"),
+            stream: base,
+        }
+    }
+
     pub fn feed_keys(&self, route: &str) -> FeedKeys {
         let base = format!("{}:feed:{route}", self.cfg.prefix);
         FeedKeys {

@@ -168,6 +168,60 @@ async fn run_appender(
     }
 }
 
+/// Appends a published message to a feed's stream, any instance may: its seq is the cluster's
+/// clock, or one past the stream's newest entry when that is ahead (another instance appended
+/// meanwhile), decided in Redis so two publishers never take one seq. Returns the seq and the
+/// seq of the entry before it (the message's `prev`).
+const APPEND_PUBLISHED: &str = r"
+local last = 0
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #top > 0 then
+  last = tonumber(string.match(top[1][1], '^(%d+)-'))
+end
+local seq = tonumber(ARGV[1])
+if seq <= last then
+  seq = last + 1
+end
+local id = string.format('%.0f-0', seq)
+if ARGV[5] == '1' then
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, 'p', ARGV[4], 'v', string.format('%.0f', last), 't', ARGV[6], 'b', '1')
+else
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, 'p', ARGV[4], 'v', string.format('%.0f', last), 't', ARGV[6])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {string.format('%.0f', seq), string.format('%.0f', last)}
+";
+
+/// Appends one published message to `keys`' stream (see [`APPEND_PUBLISHED`]): its seq and
+/// the seq before it.
+pub async fn append_published(
+    cluster: &Cluster,
+    keys: &FeedKeys,
+    cap: usize,
+    payload: &[u8],
+    binary: bool,
+) -> redis::RedisResult<(u64, u64)> {
+    let seq = super::clock_seq();
+    let mut conn = cluster.commands().await?;
+    let script = redis::Script::new(APPEND_PUBLISHED);
+    let mut invocation = script.key(&keys.stream);
+    invocation
+        .arg(seq)
+        .arg(cap)
+        .arg(STREAM_TTL.as_millis() as u64)
+        .arg(payload)
+        .arg(if binary { "1" } else { "0" })
+        .arg(stamp_ms(seq));
+    let (seq, prev): (String, String) =
+        super::timed("append", invocation.invoke_async(&mut conn)).await?;
+    let parse = |s: &str| {
+        s.parse::<u64>().map_err(|_| {
+            redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "append: not a seq"))
+        })
+    };
+    Ok((parse(&seq)?, parse(&prev)?))
+}
+
 /// The Unix time (ms, the cluster's clock) a clustered seq was stamped at.
 fn stamp_ms(seq: u64) -> u64 {
     (seq >> CLOCK_SHIFT) + super::CLOCK_EPOCH_MS as u64

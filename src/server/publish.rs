@@ -145,7 +145,12 @@ pub async fn serve(state: &GatewayState, session: &mut ServerSession) -> Answer 
     // On the admin listener's connection, which runs on a client-serving thread: the
     // subscribers there are woken without a hand-off.
     let feed = channel.as_deref().unwrap_or(bridge);
-    let published = feed.publish(messages);
+    let published = match (crate::cluster::get(), feed.hub()) {
+        (Some(cluster), Some(hub)) if hub.is_clustered() && cluster.is_up() => {
+            Some(publish_clustered(cluster, &rt.route.name, hub, messages).await)
+        }
+        _ => feed.publish(messages),
+    };
     // The subscribers it woke write their deliveries before this answer is written.
     tokio::task::yield_now().await;
     let Some((id, subscribers)) = published else {
@@ -167,6 +172,37 @@ pub async fn serve(state: &GatewayState, session: &mut ServerSession) -> Answer 
         body,
         headers: Vec::new(),
     }
+}
+
+/// Publishes on a cluster: each message is appended to the feed's stream first (any instance
+/// may; Redis decides its seq), then into this instance's hub with that seq, so every
+/// instance's subscribers see it with the same id. If Redis fails meanwhile, the rest go to
+/// this instance's subscribers only (the cluster's local mode).
+async fn publish_clustered(
+    cluster: &crate::cluster::Cluster,
+    route: &str,
+    hub: &crate::bridge::Hub,
+    messages: Vec<(Bytes, bool)>,
+) -> (String, usize) {
+    let keys = cluster.keys_of(route, hub);
+    let cap = hub.replay().max(64);
+    hub.touch();
+    let mut last = hub.head();
+    for (payload, binary) in messages {
+        match crate::cluster::stream::append_published(cluster, &keys, cap, &payload, binary).await
+        {
+            Ok((seq, prev)) => {
+                hub.publish_at(seq, prev, None, payload, binary);
+                last = seq;
+            }
+            Err(e) => {
+                log::warn!("route {route}: publish: cannot append to the cluster's stream ({e}); delivered on this instance only");
+                last = hub.publish(payload, binary).seq;
+            }
+        }
+    }
+    hub.touch();
+    (format!("{}-{last}", hub.epoch), hub.subscribers())
 }
 
 /// Compares two secrets in time that depends on their lengths only.

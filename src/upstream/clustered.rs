@@ -41,18 +41,22 @@ struct Running {
     backend: Option<JoinHandle<()>>,
     hold: watch::Sender<bool>,
     route: String,
+    /// It runs the route's own feed (not a channel's), whose gauges it set.
+    route_feed: bool,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.reader.abort();
         self.hold.send_replace(false);
-        metrics::CLUSTER_LEASE
-            .with_label_values(&[&self.route])
-            .set(0);
-        metrics::CLUSTER_LOCAL_FEEDS
-            .with_label_values(&[&self.route])
-            .set(0);
+        if self.route_feed {
+            metrics::CLUSTER_LEASE
+                .with_label_values(&[&self.route])
+                .set(0);
+            metrics::CLUSTER_LOCAL_FEEDS
+                .with_label_values(&[&self.route])
+                .set(0);
+        }
     }
 }
 
@@ -64,7 +68,10 @@ async fn control(
 ) {
     let _release = feed::ReleaseOnPanic(hub.clone());
     let name = route.name.clone();
-    let keys = cluster.feed_keys(&name);
+    let keys = cluster.keys_of(&name, &hub);
+    // A channel's controller leaves the route's lease gauges alone: they say whether the
+    // route's own feed is held (a route with channels has one lease per channel).
+    let route_feed = hub.channel().is_none();
     let holding = Arc::new(AtomicBool::new(false));
     let relay = stream::appender(
         cluster.clone(),
@@ -81,9 +88,10 @@ async fn control(
         backend: None,
         hold: watch::Sender::new(false),
         route: name.clone(),
+        route_feed,
     };
-    let lease_gauge = metrics::CLUSTER_LEASE.with_label_values(&[&name]);
-    let local_gauge = metrics::CLUSTER_LOCAL_FEEDS.with_label_values(&[&name]);
+    let lease_gauge = route_feed.then(|| metrics::CLUSTER_LEASE.with_label_values(&[&name]));
+    let local_gauge = route_feed.then(|| metrics::CLUSTER_LOCAL_FEEDS.with_label_values(&[&name]));
     let tick = cluster.cfg.lease_ttl / 3;
     let mut held = false;
     let mut local_mode = false;
@@ -117,7 +125,9 @@ async fn control(
         }
         held = now_held;
         holding.store(held, Ordering::Relaxed);
-        lease_gauge.set(i64::from(held));
+        if let Some(g) = &lease_gauge {
+            g.set(i64::from(held));
+        }
         let now_local = lease.is_none();
         if now_local && !local_mode {
             metrics::CLUSTER_FALLBACKS.with_label_values(&[&name]).inc();
@@ -128,7 +138,9 @@ async fn control(
             );
         }
         local_mode = now_local;
-        local_gauge.set(i64::from(local_mode));
+        if let Some(g) = &local_gauge {
+            g.set(i64::from(local_mode));
+        }
 
         let needed = wanted_here || (held && wanted_elsewhere);
         if !needed && hub.producer_should_stop(spec.linger) {
@@ -164,6 +176,41 @@ async fn control(
             _ = up.changed() => {}
         }
     }
+}
+
+/// Runs the stream reader of a feed of publishes (nothing to connect: the stream brings the
+/// other instances' publishes) while anyone here wants it, until `backend_linger` after the
+/// last.
+pub fn ensure_reader(
+    cluster: &'static Arc<Cluster>,
+    hub: &Arc<Hub>,
+    route: &Arc<Route>,
+    spec: &BridgeRoute,
+) {
+    if !hub.claim_producer() {
+        return;
+    }
+    let (hub, linger) = (hub.clone(), spec.linger);
+    let keys = cluster.keys_of(&route.name, &hub);
+    tokio::spawn(async move {
+        let _release = feed::ReleaseOnPanic(hub.clone());
+        let reader = tokio::spawn(stream::read_feed(cluster.clone(), hub.clone(), keys));
+        let tick = (linger / 4).clamp(
+            std::time::Duration::from_millis(10),
+            std::time::Duration::from_secs(1),
+        );
+        loop {
+            tokio::time::sleep(tick).await;
+            if hub.is_retired() {
+                hub.release_producer();
+                break;
+            }
+            if hub.producer_should_stop(linger) {
+                break;
+            }
+        }
+        reader.abort();
+    });
 }
 
 /// The hub of a clustered shared feed.

@@ -36,7 +36,7 @@ pub struct Connectors;
 impl Backends for Connectors {
     fn shared_hub(&self, route: &Route, spec: &BridgeRoute) -> Hub {
         match (&spec.backend, crate::cluster::get()) {
-            (BackendSpec::WebSocket(_) | BackendSpec::Sse(_), Some(_)) => {
+            (BackendSpec::WebSocket(_) | BackendSpec::Sse(_) | BackendSpec::Published, Some(_)) => {
                 clustered::hub(route, spec)
             }
             _ => Hub::new(route.limits.send_queue, spec.replay),
@@ -61,7 +61,14 @@ impl Backends for Connectors {
                 }
                 _ => feed::ensure_running(hub, route, spec),
             },
-            BackendSpec::Builtin(_) | BackendSpec::Published => {}
+            BackendSpec::Published => match crate::cluster::get() {
+                // Nothing to connect: the stream brings the other instances' publishes.
+                Some(cluster) if hub.is_clustered() => {
+                    clustered::ensure_reader(cluster, hub, route, spec)
+                }
+                _ => {}
+            },
+            BackendSpec::Builtin(_) => {}
         }
     }
 

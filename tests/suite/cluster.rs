@@ -765,3 +765,114 @@ async fn a_reload_that_replaces_a_feed_keeps_one_backend_connection() {
     assert_eq!(numbers(&read_numbers(&mut after, 3).await), [3, 4, 5]);
     assert_eq!(backend.open.load(Ordering::SeqCst), 1);
 }
+
+/// POSTs `body` to `/publish/news/<topic>` on `gw`'s admin listener: the answer's id.
+async fn publish_on(gw: &Gateway, topic: &str, body: &str) -> String {
+    let r = crate::common::sockjs::request(
+        gw.admin,
+        "POST",
+        &format!("/publish/news/{topic}"),
+        &[],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body_text());
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    j["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_on_any_instance_reaches_the_channels_subscribers_on_every_instance_with_one_id()
+{
+    let redis = Redis::start().await;
+    let gws = cluster_of(
+        &redis,
+        "  - name: news\n    path: \"/news/{topic}\"\n    backend: { publish: {} }\n    replay: 100\n",
+        "chanpub",
+        2,
+    )
+    .await;
+    let mut on_a = SseReader::open(gws[0].addr, "/news/t1", &[]).await;
+    let mut on_b = SseReader::open(gws[1].addr, "/news/t1", &[]).await;
+    let mut other = SseReader::open(gws[1].addr, "/news/t2", &[]).await;
+    let mut ids = Vec::new();
+    for i in 1..=6 {
+        // Alternately on each instance.
+        ids.push(publish_on(&gws[i % 2], "t1", &format!("{i}:m")).await);
+    }
+    for sse in [&mut on_a, &mut on_b] {
+        let got = read_numbers(sse, 6).await;
+        assert_eq!(numbers(&got), (1..=6).collect::<Vec<_>>(), "in order, once");
+        let seen: Vec<String> = got.into_iter().map(|(_, id)| id).collect();
+        assert_eq!(
+            seen, ids,
+            "the same ids on every instance, as the publishes answered"
+        );
+    }
+    // The other channel got none of it.
+    publish_on(&gws[0], "t2", "7:for t2").await;
+    assert_eq!(numbers(&read_numbers(&mut other, 1).await), [7]);
+    // A late subscriber anywhere resumes from an id another instance gave.
+    let mut late = SseReader::open(gws[0].addr, "/news/t1", &[("last-event-id", &ids[2])]).await;
+    assert_eq!(numbers(&read_numbers(&mut late, 3).await), [4, 5, 6]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channels_backend_has_one_connection_for_the_cluster_and_moves_when_its_holder_dies() {
+    let redis = Redis::start().await;
+    let backend = FeedBackend::start().await;
+    let routes = format!(
+        "  - name: rooms\n    path: \"/rooms/{{room}}\"\n    backend: {{ websocket: \"{}\", reconnect: {{ initial: 50ms, max: 200ms }} }}\n    replay: 100\n",
+        backend.url("/rooms/{room}")
+    );
+    let mut gws = cluster_of(&redis, &routes, "chanlease", 3).await;
+    let mut clients = Vec::new();
+    for gw in &gws {
+        clients.push(SseReader::open(gw.addr, "/rooms/x", &[]).await);
+    }
+    backend.wait_open(1).await;
+    // Channel y on two of them: one more connection, still one per channel for the cluster.
+    let _y = [
+        SseReader::open(gws[1].addr, "/rooms/y", &[]).await,
+        SseReader::open(gws[2].addr, "/rooms/y", &[]).await,
+    ];
+    backend.wait_open(2).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        backend.open.load(Ordering::SeqCst),
+        2,
+        "one connection per channel"
+    );
+    backend.send_numbered(1..=3, 8, 3, Duration::ZERO);
+    for c in &mut clients {
+        assert_eq!(numbers(&read_numbers(c, 3).await), [1, 2, 3]);
+    }
+    // Channel x's lease names its holder.
+    let mut conn = redis.conn().await;
+    let holder: String = redis::cmd("GET")
+        .arg("chanlease:chan:rooms:1:x:lease")
+        .query_async(&mut conn)
+        .await
+        .expect("channel x has a lease");
+    let at = (holder.as_bytes()[5] - b'a') as usize;
+    let connections = backend.connections.load(Ordering::SeqCst);
+    let killed = Instant::now();
+    drop(clients.remove(at));
+    drop(gws.remove(at));
+    // x's connection (and y's, if the same node held it) moves to a survivor.
+    backend.wait_connections(connections + 1).await;
+    backend.wait_open(2).await;
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(5), "failover took {took:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        backend.open.load(Ordering::SeqCst),
+        2,
+        "still one per channel"
+    );
+    backend.send_numbered(4..=6, 8, 3, Duration::ZERO);
+    for c in &mut clients {
+        // The survivors' clients stayed connected and go on in order.
+        assert_eq!(numbers(&read_numbers(c, 3).await), [4, 5, 6]);
+    }
+}

@@ -36,21 +36,11 @@ pub struct RawParts {
 pub struct Validator<'a> {
     base_dir: &'a Path,
     pub errors: Vec<ConfigError>,
-    /// The config has a `cluster:` section.
-    cluster: bool,
 }
 
 impl<'a> Validator<'a> {
     pub fn new(base_dir: &'a Path, errors: Vec<ConfigError>) -> Self {
-        Self {
-            base_dir,
-            errors,
-            cluster: false,
-        }
-    }
-
-    fn cluster_configured(&self) -> bool {
-        self.cluster
+        Self { base_dir, errors }
     }
 
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
@@ -84,7 +74,6 @@ impl<'a> Validator<'a> {
     pub fn validate(mut self, parts: RawParts) -> Result<Config, Vec<ConfigError>> {
         let server = parts.server.as_ref().map(|s| self.server(s));
         let cluster = parts.cluster.as_ref().map(|c| self.cluster(c));
-        self.cluster = parts.cluster.is_some();
         let defaults_origins = parts.defaults.origins.clone().unwrap_or_default();
         self.origins("defaults.origins", &defaults_origins);
         let defaults_keepalive = self.keepalive(

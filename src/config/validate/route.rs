@@ -241,12 +241,6 @@ impl Validator<'_> {
         };
         if let RouteKind::Bridge(b) = &kind {
             self.templates(at, channels.as_ref(), &b.backend, raw);
-            if channels.is_some() && self.cluster_configured() {
-                self.err(
-                    format!("{at}.path"),
-                    "channels (captures in the path) are not carried by `cluster:` yet: each instance would open its own backend connection per channel and publishes would stay on one instance; run this route on a gateway without `cluster:`",
-                );
-            }
             let forwards_cookies = b.remote().is_some_and(|f| {
                 (b.fanout == Fanout::PerClient || f.post.is_some())
                     && f.forward_headers.contains(&http::header::COOKIE)
@@ -412,19 +406,5 @@ mod tests {
                 "{routes}\nexpected {expected:?} in:\n{e}"
             );
         }
-    }
-
-    #[test]
-    fn channels_are_refused_on_a_cluster_until_it_carries_them() {
-        let yaml = "server:\n  listen:\n    - addr: \"127.0.0.1:0\"\ncluster: { redis: \"redis://127.0.0.1:6379\" }\nroutes:\n  - { name: r, path: \"/rooms/{room}\", backend: { publish: {} } }\n";
-        let e = load_str(yaml, Path::new("."), "t.yaml")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(
-                "routes[0].path: channels (captures in the path) are not carried by `cluster:` yet"
-            ),
-            "{e}"
-        );
     }
 }
