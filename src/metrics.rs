@@ -755,6 +755,22 @@ fn declare_tls(backend: &str) {
     }
 }
 
+/// Takes `n` from `route`'s series of `gauge` when it is exported (a removed route's series
+/// is not made again).
+pub fn sub_if_exported(gauge: &IntGaugeVec, route: &str, n: i64) {
+    use prometheus::core::Collector;
+    let exported = gauge.collect().iter().any(|family| {
+        family.get_metric().iter().any(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "route" && l.value() == route)
+        })
+    });
+    if exported {
+        gauge.with_label_values(&[route]).sub(n);
+    }
+}
+
 /// Removes every series whose `route` label is not in `keep`.
 fn forget_routes(keep: &std::collections::HashSet<&str>) {
     // Series are about to be removed and made anew: threads' shared latency histograms are

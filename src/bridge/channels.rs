@@ -178,13 +178,27 @@ pub struct Channels {
     map: Mutex<HashMap<Box<str>, Arc<Bridge>>>,
     /// A task closes finished channels while any is open.
     sweeping: AtomicBool,
+    route: Box<str>,
+}
+
+impl Drop for Channels {
+    /// A table a reload replaced takes its channels out of `switchyard_channels_open` (their
+    /// clients were told to go; what they still hold is not the route's any more). A route
+    /// the reload removed has no series left to change.
+    fn drop(&mut self) {
+        let left = self.map.get_mut().map_or(0, |m| m.len());
+        if left > 0 {
+            metrics::sub_if_exported(&metrics::CHANNELS_OPEN, &self.route, left as i64);
+        }
+    }
 }
 
 impl Channels {
-    pub fn new() -> Arc<Self> {
+    pub fn new(route: &str) -> Arc<Self> {
         Arc::new(Self {
             map: Mutex::new(HashMap::new()),
             sweeping: AtomicBool::new(false),
+            route: route.into(),
         })
     }
 

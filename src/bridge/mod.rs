@@ -282,7 +282,7 @@ impl Bridge {
 
     pub fn new(route: Arc<Route>, spec: &BridgeRoute, backends: Arc<dyn Backends>) -> Self {
         let source = match spec.backend {
-            _ if route.channels.is_some() => Source::Channels(channels::Channels::new()),
+            _ if route.channels.is_some() => Source::Channels(channels::Channels::new(&route.name)),
             _ if spec.fanout == Fanout::PerClient => Source::PerClient(Arc::default()),
             BackendSpec::Builtin(Builtin::Clock)
             | BackendSpec::WebSocket(_)

@@ -897,3 +897,59 @@ async fn a_channels_ring_is_bounded_by_the_memory_budget_and_lets_its_oldest_go(
     assert_eq!(r.status, 202);
     assert_eq!(poll_texts(gw.addr, "/news/small", 1).await, ["hello"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_channels_whose_feed_is_unchanged_and_retires_the_others() {
+    let route = |extra: &str| {
+        format!("  - name: news\n    path: \"/news/{{topic}}\"\n    backend: {{ publish: {{}} }}\n{extra}  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n")
+    };
+    let gw = Gateway::start(&route("")).await;
+    let mut sse = SseReader::open(gw.addr, "/news/a", &[]).await;
+    for topic in ["a", "b"] {
+        let r = request(
+            gw.admin,
+            "POST",
+            &format!("/publish/news/{topic}"),
+            &[],
+            b"1",
+        )
+        .await;
+        assert_eq!(r.status, 202);
+    }
+    assert_eq!(sse.next_data_event().await.data, "1");
+    gw.expect_metric("switchyard_channels_open{route=\"news\"}", 2.0)
+        .await;
+    // Not the feed: the channels carry on.
+    gw.rewrite_routes(&route(
+        "    allow_no_origin: true\n    keepalive: { sse_heartbeat: 20s }\n",
+    ));
+    gw.signal("HUP");
+    gw.wait_metric("switchyard_config_generation", 2.0).await;
+    let r = request(gw.admin, "POST", "/publish/news/a", &[], b"2").await;
+    assert_eq!(r.status, 202);
+    assert_eq!(sse.next_data_event().await.data, "2", "the same channel");
+    gw.expect_metric("switchyard_channels_open{route=\"news\"}", 2.0)
+        .await;
+    // The feed itself: its channels are retired, and their clients told to go.
+    gw.rewrite_routes(&route("    replay: 10\n"));
+    gw.signal("HUP");
+    gw.wait_metric("switchyard_config_generation", 3.0).await;
+    assert!(sse.next_data_event_or_end().await.is_none(), "told to go");
+    gw.wait_metric_is("switchyard_channels_open{route=\"news\"}", 0.0)
+        .await;
+    let r = request(gw.admin, "POST", "/publish/news/c", &[], b"3").await;
+    assert_eq!(r.status, 202);
+    gw.expect_metric("switchyard_channels_open{route=\"news\"}", 1.0)
+        .await;
+    // Removed with a channel open: its series goes, and the table's end does not make it again.
+    gw.rewrite_routes("  - name: clock\n    path: /clock\n    backend: { builtin: clock }\n");
+    gw.signal("HUP");
+    gw.wait_metric("switchyard_config_generation", 4.0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "switchyard_channels_open{route=\"news\"}"),
+        None,
+        "{m}"
+    );
+}
