@@ -553,6 +553,32 @@ async fn per_client_channels_open_each_clients_own_connection_at_its_channels_ur
     assert_eq!(ws_texts(&mut u2, 1).await, ["/inbox/u2:1"]);
     u1.close(None).await.unwrap();
     backend.wait_open(2).await;
+    // A long-poll session on a channel: its own connection at the channel's URL.
+    let r = http_get(gw.addr, "/users/u3?transport=poll", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let session = serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    backend.wait_open(3).await;
+    assert!(backend.paths().contains(&"/inbox/u3".to_owned()));
+    backend.send.send(1).unwrap();
+    let r = http_get(
+        gw.addr,
+        &format!("/users/u3?transport=poll&session={session}&cursor=0"),
+        &[],
+    )
+    .await;
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(j["messages"][0], "/inbox/u3:1", "{j}");
+    // The session is the channel's: another channel does not know it.
+    let r = http_get(
+        gw.addr,
+        &format!("/users/u2?transport=poll&session={session}&cursor=0"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 410, "{}", r.body_text());
 }
 
 /// What an authorization endpoint does with each subrequest.

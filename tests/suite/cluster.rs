@@ -815,6 +815,12 @@ async fn a_publish_on_any_instance_reaches_the_channels_subscribers_on_every_ins
     // A late subscriber anywhere resumes from an id another instance gave.
     let mut late = SseReader::open(gws[0].addr, "/news/t1", &[("last-event-id", &ids[2])]).await;
     assert_eq!(numbers(&read_numbers(&mut late, 3).await), [4, 5, 6]);
+    // Each channel has its own stream, and every key it left in Redis expires.
+    let mut conn = redis.conn().await;
+    keys_with_ttls(&mut conn, "chanpub:*").await;
+    let mut keys = keys_with_ttls(&mut conn, "chanpub:chan:*").await;
+    keys.sort();
+    assert_eq!(keys, ["chanpub:chan:news:2:t1", "chanpub:chan:news:2:t2"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,6 +74,35 @@ impl WsSeen for Opened {
     fn text(&mut self, _: &str) {}
 }
 
+/// A subscriber's check of each feed message: before the measurement it only follows the
+/// order; during it, it counts the message, checks order (gaps, duplicates) and times it
+/// from its send time.
+fn checker<'a>(v: &'a Verdict, h: &'a Latencies, m: &'a AtomicBool) -> impl FnMut(&str) + 'a {
+    let mut order = Order { last: None };
+    move |data: &str| {
+        let Some((seq, ts)) = parse(data) else { return };
+        if !m.load(Ordering::Relaxed) {
+            order.last = Some(seq);
+            return;
+        }
+        v.received.fetch_add(1, Ordering::Relaxed);
+        order.see(seq, v);
+        h.record(now_ns().saturating_sub(ts) / 1000);
+    }
+}
+
+/// Waits until every client connected or failed (at most `limit`), then lets them settle 2 s.
+async fn settle(verdict: &Verdict, clients: usize, limit: Duration) {
+    let until = Instant::now() + limit;
+    while verdict.connected.load(Ordering::Relaxed) + verdict.failed.load(Ordering::Relaxed)
+        < clients as u64
+        && Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
 /// `shape.clients` subscribers of `url` over `transport` (sse, ws, ws-deflate, poll,
 /// nchan-poll), measured for `seconds`. With `pids`, the server's CPU time over the
 /// measurement too, per delivery.
@@ -110,17 +139,7 @@ pub async fn fanout(
                 }
             };
             v.connected.fetch_add(1, Ordering::Relaxed);
-            let mut order = Order { last: None };
-            let on = |data: &str| {
-                let Some((seq, ts)) = parse(data) else { return };
-                if !m.load(Ordering::Relaxed) {
-                    order.last = Some(seq);
-                    return;
-                }
-                v.received.fetch_add(1, Ordering::Relaxed);
-                order.see(seq, &v);
-                h.record(now_ns().saturating_sub(ts) / 1000);
-            };
+            let on = checker(&v, &h, &m);
             // A subscriber runs until the run ends and aborts it: any return is a failure.
             if transport == "ws" || transport == "ws-deflate" {
                 let mut seen = Subscriber {
@@ -149,15 +168,7 @@ pub async fn fanout(
         }));
         shape.pace(i).await;
     }
-    // Let everyone connect and settle, then measure.
-    let until = Instant::now() + Duration::from_secs(30);
-    while verdict.connected.load(Ordering::Relaxed) + verdict.failed.load(Ordering::Relaxed)
-        < clients as u64
-        && Instant::now() < until
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle(&verdict, clients, Duration::from_secs(30)).await;
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let ticks = cpu_ticks(&pids);
@@ -547,30 +558,12 @@ pub async fn channels(run: ChannelRun<'_>, json: bool) {
                 return;
             };
             v.connected.fetch_add(1, Ordering::Relaxed);
-            let mut order = Order { last: None };
-            sse_client(stream, &host, &path, |data: &str| {
-                let Some((seq, ts)) = parse(data) else { return };
-                if !m.load(Ordering::Relaxed) {
-                    order.last = Some(seq);
-                    return;
-                }
-                v.received.fetch_add(1, Ordering::Relaxed);
-                order.see(seq, &v);
-                h.record(now_ns().saturating_sub(ts) / 1000);
-            })
-            .await;
+            sse_client(stream, &host, &path, checker(&v, &h, &m)).await;
             v.lost.fetch_add(1, Ordering::Relaxed);
         }));
         shape.pace(i).await;
     }
-    let until = Instant::now() + Duration::from_secs(60);
-    while verdict.connected.load(Ordering::Relaxed) + verdict.failed.load(Ordering::Relaxed)
-        < clients as u64
-        && Instant::now() < until
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle(&verdict, clients, Duration::from_secs(60)).await;
     // Publishers: each takes every PUBLISHERS-th channel, one message to each per round.
     let published = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
