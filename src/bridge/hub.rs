@@ -190,10 +190,11 @@ pub struct Hub {
     /// new feed's controller takes the lease over where this one was).
     retired: std::sync::atomic::AtomicBool,
     ring: Mutex<Ring>,
-    /// The broadcast ring live subscribers read, while there are any: made by the first,
-    /// let go by the first publish that finds none (its `queue` slots are a channel's largest
-    /// cost). Held by a publisher from stamping a message to sending it, so live order is seq
-    /// order; taken before `ring` by everyone.
+    /// The broadcast ring live subscribers read: made by the first subscriber, let go once
+    /// nobody has subscribed for `backend_linger` (its `queue` slots are an idle channel's
+    /// largest cost; long-poll clients, subscribed only while a poll waits, keep it). Held by
+    /// a publisher from stamping a message to sending it, so live order is seq order; taken
+    /// before `ring` by everyone.
     live: Mutex<Option<broadcast::Sender<Event>>>,
     replay: usize,
     queue: usize,
@@ -519,7 +520,19 @@ impl Hub {
             p.last_subscriber = Instant::now();
             return false;
         }
-        !p.running && p.last_subscriber.elapsed() >= linger
+        let done = !p.running && p.last_subscriber.elapsed() >= linger;
+        if done {
+            self.shed();
+        }
+        done
+    }
+
+    /// Lets the broadcast ring go when nobody holds a receiver.
+    fn shed(&self) {
+        let mut live = self.live();
+        if live.as_ref().is_some_and(|tx| tx.receiver_count() == 0) {
+            *live = None;
+        }
     }
 
     /// Called by the producer between messages: true when it should stop because nobody has
@@ -533,18 +546,17 @@ impl Hub {
         }
         if p.last_subscriber.elapsed() >= linger {
             p.running = false;
+            self.shed();
             return true;
         }
         false
     }
 }
 
-/// Sends `event` to the live subscribers; with none left, the broadcast ring is let go.
+/// Sends `event` to the live subscribers, if there is a ring for them.
 fn send(live: &mut Option<broadcast::Sender<Event>>, event: Event) {
     if let Some(tx) = live.as_ref() {
-        if tx.send(event).is_err() {
-            *live = None;
-        }
+        let _ = tx.send(event);
     }
 }
 
