@@ -122,6 +122,17 @@ panels = [
         ("sum by (op) (rate(switchyard_cluster_redis_errors_total[5m]))", "errors/s {{op}}"),
         (f"sum by (route) (rate(switchyard_cluster_appends_total{{{R}, outcome=\"failed\"}}[5m]))", "appends failed/s {{route}}"),
     ], 0, 72),
+    panel(20, "Channels: open per route, opened / closed / refused (max_channels) per second, and HTTP publishes per second by outcome", "short", [
+        (f"sum by (route) (switchyard_channels_open{{{R}}})", "{{route}} open"),
+        (f"sum by (route, event) (rate(switchyard_channel_events_total{{{R}}}[5m]))", "{{route}} {{event}}/s"),
+        (f"sum by (route, outcome) (rate(switchyard_publishes_total{{{R}}}[5m]))", "{{route}} publishes {{outcome}}/s"),
+        (f"sum by (route) (rate(switchyard_published_messages_total{{{R}}}[5m]))", "{{route}} messages published/s"),
+    ], 12, 72),
+    panel(21, "Authorization (auth:): subrequests per second by outcome, cache hits, and subrequest p99 (seconds)", "short", [
+        (f"sum by (route, outcome) (rate(switchyard_auth_requests_total{{{R}}}[5m]))", "{{route}} {{outcome}}/s"),
+        (f"sum by (route) (rate(switchyard_auth_cache_hits_total{{{R}}}[5m]))", "{{route}} cache hits/s"),
+        (f"histogram_quantile(0.99, sum by (le, route) (rate(switchyard_auth_request_seconds_bucket{{{R}}}[5m])))", "{{route}} p99 s"),
+    ], 0, 80),
 ]
 
 dashboard = {
