@@ -419,6 +419,7 @@ impl Hub {
     }
 
     /// The payload bytes the replay ring holds (charged to the memory budget).
+    #[cfg(test)]
     pub fn held_bytes(&self) -> usize {
         self.ring
             .lock()
@@ -484,7 +485,7 @@ impl Hub {
     /// [`Self::producer_should_stop`] to act on it).
     pub fn idle_for(&self, linger: std::time::Duration) -> bool {
         let mut p = self.producer.lock().unwrap_or_else(|p| p.into_inner());
-        if self.receivers() > 0 {
+        if self.subscribers() > 0 {
             p.last_subscriber = Instant::now();
             return false;
         }
@@ -501,10 +502,6 @@ impl Hub {
 
     /// Subscribers here now.
     pub fn subscribers(&self) -> usize {
-        self.receivers()
-    }
-
-    fn receivers(&self) -> usize {
         self.live().as_ref().map_or(0, |tx| tx.receiver_count())
     }
 
@@ -516,7 +513,7 @@ impl Hub {
     /// runs: a channel in that state can be closed.
     pub fn finished(&self, linger: std::time::Duration) -> bool {
         let mut p = self.producer.lock().unwrap_or_else(|p| p.into_inner());
-        if self.receivers() > 0 {
+        if self.subscribers() > 0 {
             p.last_subscriber = Instant::now();
             return false;
         }
@@ -540,7 +537,7 @@ impl Hub {
     /// subscriber arriving meanwhile either keeps it running or starts a new one.
     pub fn producer_should_stop(&self, linger: std::time::Duration) -> bool {
         let mut p = self.producer.lock().unwrap_or_else(|p| p.into_inner());
-        if self.receivers() > 0 {
+        if self.subscribers() > 0 {
             p.last_subscriber = Instant::now();
             return false;
         }

@@ -155,8 +155,8 @@ pub struct Bridge {
     pub sockjs: Arc<sockjs::SockSessions>,
     /// What long-poll clients of the shared feed share.
     pub polls: Polls,
-    /// Set on a channel's own bridge: which channel it is.
-    pub channel: Option<Box<channels::ChannelKey>>,
+    /// Set on a channel's own bridge: the channel's name.
+    pub channel: Option<Box<str>>,
     /// `auth:`: asked before a client's stream starts (shared by the route's channels).
     auth: Option<Arc<dyn Authorize>>,
 }
@@ -323,15 +323,15 @@ impl Bridge {
             backends: self.backends.clone(),
             sockjs: Arc::default(),
             polls: Polls::default(),
-            channel: Some(Box::new(key.clone())),
+            channel: Some(key.name.clone()),
             auth: self.auth.clone(),
         }
     }
 
     /// Asks the route's `auth:` whether this client may subscribe (Allowed without one).
     pub async fn authorize(&self, req: &RequestHeader, client: &ClientInfo) -> Verdict {
-        let channel = self.channel.as_ref().map(|k| &*k.name);
-        self.authorize_for(req, client, channel).await
+        self.authorize_for(req, client, self.channel.as_deref())
+            .await
     }
 
     /// [`Self::authorize`] for `channel` of this route (before the channel is opened).
@@ -390,12 +390,11 @@ impl Bridge {
         &self,
         values: &[&str],
     ) -> Result<Option<Arc<Bridge>>, channels::ChannelError> {
-        let Source::Channels(table) = &self.source else {
+        let Some(captures) = &self.route.channels else {
             return Ok(None);
         };
-        let captures = self.route.channels.as_ref().expect("a channel route");
         let key = channels::key_of(captures, values)?;
-        table.get_or_open(self, &key).map(Some)
+        self.open_channel(&key).map(Some)
     }
 
     /// The open channels, on a route with channels.
@@ -431,14 +430,15 @@ impl Bridge {
     /// last one as an SSE client sees it, and the subscribers here. None without a shared feed.
     pub fn publish(&self, messages: Vec<(bytes::Bytes, bool)>) -> Option<(String, usize)> {
         let hub = self.hub()?;
-        hub.touch();
         let mut last = hub.head();
         for (payload, binary) in messages {
             last = hub.publish(payload, binary).seq;
         }
+        // The channel lives backend_linger after its last publish.
         hub.touch();
         Some((format!("{}-{last}", hub.epoch), hub.subscribers()))
     }
+
     /// The route was removed by a reload: its open clients are closed as on shutdown (WS 1001,
     /// SSE final `retry:`, polls answered), and they reconnect to whatever serves the path now.
     pub fn retire(&self) {

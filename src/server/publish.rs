@@ -186,7 +186,6 @@ async fn publish_clustered(
 ) -> (String, usize) {
     let keys = cluster.keys_of(route, hub);
     let cap = hub.replay().max(64);
-    hub.touch();
     let mut last = hub.head();
     for (payload, binary) in messages {
         match crate::cluster::stream::append_published(cluster, &keys, cap, &payload, binary).await

@@ -115,10 +115,7 @@ pub async fn fanout(
     pids: &str,
     json: bool,
 ) {
-    let pids: Vec<u32> = pids
-        .split(',')
-        .filter_map(|p| p.trim().parse().ok())
-        .collect();
+    let pids = pid_list(pids);
     let clients = shape.clients;
     let (addr, path) = split_url(url);
     let host = addr.to_string();
@@ -327,6 +324,13 @@ fn rss_kib(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// Process ids given comma-separated (empty: none).
+fn pid_list(pids: &str) -> Vec<u32> {
+    pids.split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}
+
 /// Summed user+system CPU ticks of `pids`.
 fn cpu_ticks(pids: &[u32]) -> u64 {
     pids.iter()
@@ -343,10 +347,7 @@ fn cpu_ticks(pids: &[u32]) -> u64 {
 /// (comma-separated) before and after, and their CPU share over `seconds`.
 pub async fn idle(url: &str, transport: &str, shape: Shape, pids: &str, seconds: u64, json: bool) {
     let clients = shape.clients;
-    let pids: Vec<u32> = pids
-        .split(',')
-        .filter_map(|p| p.trim().parse().ok())
-        .collect();
+    let pids = pid_list(pids);
     let (addr, path) = split_url(url);
     let host = addr.to_string();
     let before = rss_kib(&pids);
@@ -532,11 +533,7 @@ pub struct ChannelRun<'a> {
 /// server's CPU per delivery over `seconds`.
 pub async fn channels(run: ChannelRun<'_>, json: bool) {
     const PUBLISHERS: usize = 8;
-    let pids: Vec<u32> = run
-        .pids
-        .split(',')
-        .filter_map(|p| p.trim().parse().ok())
-        .collect();
+    let pids = pid_list(run.pids);
     let clients = run.channels * run.per_channel;
     let shape = Shape {
         clients,
@@ -644,10 +641,7 @@ pub async fn channels(run: ChannelRun<'_>, json: bool) {
 /// of `channels` channels (after a warm-up of a tenth as many), the summed RSS of `pids`
 /// before and after.
 pub async fn channel_memory(publish: &str, headers: &str, channels: usize, pids: &str, json: bool) {
-    let pids: Vec<u32> = pids
-        .split(',')
-        .filter_map(|p| p.trim().parse().ok())
-        .collect();
+    let pids = pid_list(pids);
     let (addr, _) = split_url(&channel_url(publish, 0));
     let host = addr.to_string();
     let mut conn = None;
