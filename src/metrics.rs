@@ -65,6 +65,15 @@ pub static SOCKJS_SESSIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static ENGINEIO_SESSIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "switchyard_engineio_sessions_open",
+        "Engine.IO sessions held now (polling, between their polls, or on a WebSocket), by route",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
 pub static SESSIONS_ENDED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchyard_sessions_ended_total",
@@ -553,6 +562,7 @@ pub fn init() {
     LazyLock::force(&SESSIONS_OPEN);
     LazyLock::force(&SESSIONS_ENDED);
     LazyLock::force(&SOCKJS_SESSIONS);
+    LazyLock::force(&ENGINEIO_SESSIONS);
     LazyLock::force(&BACKEND_POSTS);
     LazyLock::force(&ACCEPTS_PACED);
     LazyLock::force(&AUTH_REQUESTS);
@@ -670,6 +680,10 @@ fn declare_route(route: &Route) {
             }
         }
         SOCKJS_SESSIONS.with_label_values(&[r]);
+    }
+    if b.clients.engineio {
+        transports.extend(["engineio-polling", "engineio-websocket"]);
+        ENGINEIO_SESSIONS.with_label_values(&[r]);
     }
     let directions: &[&str] = if b.two_way() {
         &["in", "out"]

@@ -16,9 +16,10 @@
 
 pub mod channels;
 pub mod consumer;
+pub mod engineio;
+pub mod held;
 pub mod hub;
 pub mod session;
-pub mod sockjs;
 
 pub use consumer::{Consumer, Delivery};
 pub use hub::{Event, Hub, Message, Subscription};
@@ -114,7 +115,7 @@ pub trait Backends: Send + Sync {
     }
 
     /// The cluster's side of SockJS sessions; None without a cluster.
-    fn sockjs_cluster(&self) -> Option<Arc<dyn sockjs::SockJsCluster>> {
+    fn sockjs_cluster(&self) -> Option<Arc<dyn held::SessionCluster>> {
         None
     }
 
@@ -152,7 +153,9 @@ pub struct Bridge {
     retired: Arc<tokio::sync::watch::Sender<bool>>,
     backends: Arc<dyn Backends>,
     /// The route's SockJS sessions (empty unless `clients` lists `sockjs`).
-    pub sockjs: Arc<sockjs::SockSessions>,
+    pub sockjs: Arc<held::HeldSessions>,
+    /// The route's Engine.IO sessions (empty unless `clients` lists `engineio`).
+    pub engineio: Arc<engineio::EioSessions>,
     /// What long-poll clients of the shared feed share.
     pub polls: Polls,
     /// Set on a channel's own bridge: the channel's name.
@@ -274,6 +277,7 @@ impl Bridge {
             retired: previous.retired.clone(),
             backends,
             sockjs: previous.sockjs.clone(),
+            engineio: previous.engineio.clone(),
             polls: Polls::default(),
             channel: None,
             auth,
@@ -299,6 +303,7 @@ impl Bridge {
             retired: Arc::new(tokio::sync::watch::Sender::new(false)),
             backends,
             sockjs: Arc::default(),
+            engineio: Arc::default(),
             polls: Polls::default(),
             channel: None,
         }
@@ -322,6 +327,7 @@ impl Bridge {
             retired: self.retired.clone(),
             backends: self.backends.clone(),
             sockjs: Arc::default(),
+            engineio: Arc::default(),
             polls: Polls::default(),
             channel: Some(key.name.clone()),
             auth: self.auth.clone(),
@@ -423,7 +429,7 @@ impl Bridge {
             Source::PerClient(sessions) => sessions.is_empty(),
             _ => true,
         };
-        feed_done && self.sockjs.is_empty()
+        feed_done && self.sockjs.is_empty() && self.engineio.is_empty()
     }
 
     /// Publishes `messages` (payload, binary) to this bridge's feed, in order: the id of the
@@ -444,6 +450,7 @@ impl Bridge {
     pub fn retire(&self) {
         self.retired.send_replace(true);
         self.sockjs.close_all(1001, "Route removed");
+        self.engineio.close_all(1001, "Route removed");
         match &self.source {
             Source::PerClient(sessions) => sessions.close_all(session::EndReason::Shutdown),
             Source::Shared(hub) => hub.retire(),
@@ -475,10 +482,12 @@ impl Bridge {
 
     /// The methods the route's clients use: GET to receive, POST to send on two-way routes,
     /// DELETE to end a session on `per_client` ones.
+    /// Engine.IO clients POST on every route (pongs, their close).
     pub fn methods(&self) -> &'static str {
         match (self.spec.two_way(), self.sessions().is_some()) {
             (true, true) => "GET, POST, DELETE",
             (true, false) => "GET, POST",
+            _ if self.spec.clients.engineio => "GET, POST",
             _ => "GET",
         }
     }
@@ -556,7 +565,7 @@ impl Bridge {
     }
 
     /// See [`Backends::sockjs_cluster`].
-    pub fn sockjs_cluster(&self) -> Option<Arc<dyn sockjs::SockJsCluster>> {
+    pub fn sockjs_cluster(&self) -> Option<Arc<dyn held::SessionCluster>> {
         self.backends.sockjs_cluster()
     }
 

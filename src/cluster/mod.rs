@@ -22,8 +22,8 @@
 //! This module knows Redis and the hub; `upstream` runs the controller that decides, per route,
 //! whether this instance connects the backend ([`FeedKeys`], [`Cluster::lease_tick`]).
 
+pub mod held;
 pub mod sessions;
-pub mod sockjs;
 pub mod stream;
 
 use crate::config::ClusterConfig;
@@ -75,7 +75,7 @@ pub fn init(cfg: &ClusterConfig) -> anyhow::Result<&'static Arc<Cluster>> {
         manager: tokio::sync::OnceCell::new(),
         up: tokio::sync::watch::Sender::new(false),
         sessions: sessions::Registry::default(),
-        sockjs: sockjs::SockRegistry::default(),
+        held_sessions: held::HeldRegistry::default(),
     });
     metrics::CLUSTER_UP
         .with_label_values(&[cfg.node.as_str()])
@@ -104,7 +104,7 @@ pub struct Cluster {
     /// Per-client sessions reachable from every instance.
     pub sessions: sessions::Registry,
     /// SockJS sessions reachable from every instance.
-    pub sockjs: sockjs::SockRegistry,
+    pub held_sessions: held::HeldRegistry,
 }
 
 /// The keys of one route's feed.

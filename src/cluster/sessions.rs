@@ -317,7 +317,7 @@ impl Cluster {
                 }
             }
             b"m" => self.deliver(&e, &id),
-            b"sa" | b"sd" | b"ss" => self.handle_sockjs(&e),
+            b"sa" | b"sd" | b"ss" => self.handle_held(&e),
             b"w" => {
                 if let Some((_, n)) = lock(&self.sessions.waiting).get(id.as_str()) {
                     n.notify_waiters();

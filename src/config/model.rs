@@ -485,6 +485,10 @@ pub struct ClientTransports {
     pub long_poll: bool,
     /// The SockJS protocol under the route's path (its settings are `BridgeRoute::sockjs`).
     pub sockjs: bool,
+    /// The Engine.IO protocol (3 and 4) at the route's path: its `pingInterval` and
+    /// `pingTimeout` are `keepalive`'s `ping_interval` and `pong_timeout`, its `maxPayload`
+    /// `limits.max_message`.
+    pub engineio: bool,
 }
 
 /// The SockJS receiving transports a route offers (each send URL follows its receiver:

@@ -49,7 +49,8 @@ impl LeanStreams for Gateway {
                 if shape.stream
                     && !matches!(b.source, Source::DemoPage)
                     && (transport::requested(req).is_some()
-                        || transport::sockjs::requested(b, req)) =>
+                        || transport::sockjs::requested(b, req)
+                        || transport::engineio::requested(b, req)) =>
             {
                 Some(rt.clone())
             }
@@ -203,6 +204,7 @@ pub(crate) fn transport_label(rt: &RouteRuntime, req: &RequestHeader) -> &'stati
     match &rt.target {
         Target::Proxy(_) if wire::ws::is_upgrade(req) => "tunnel",
         Target::Proxy(_) => "http",
+        Target::Bridge(b) if transport::engineio::requested(b, req) => "engineio",
         Target::Bridge(b) if transport::sockjs::requested(b, req) => "sockjs",
         Target::Bridge(_) => transport::requested(req).map_or("http", |t| t.label()),
     }

@@ -8,7 +8,7 @@
 
 use super::Downstream;
 use crate::bridge::session::{EndReason, Outgoing, BYTE_BUDGET_MESSAGES};
-use crate::bridge::{sockjs as sessions, Bridge, Delivery};
+use crate::bridge::{held as sessions, Bridge, Delivery};
 use crate::config::{Fanout, SockJs};
 use crate::metrics;
 use crate::wire::hixie76::{self, Decoder, Incoming};

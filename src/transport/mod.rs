@@ -1,5 +1,5 @@
 //! Client-side endpoints the gateway terminates itself: [`ws`], [`sse`], [`longpoll`], and
-//! [`sockjs`] for the fallback library legacy clients use.
+//! [`sockjs`] and [`engineio`] for the fallback libraries legacy clients use.
 //! [`serve`] picks one per request on the route's single path:
 //! `Upgrade: websocket` -> WebSocket; `Accept: text/event-stream` or `?transport=sse` -> SSE;
 //! `?transport=poll` -> long-poll. A transport the route does not list gets 406 naming the ones
@@ -7,6 +7,7 @@
 //! with DELETE ([`inbound`]).
 
 pub mod downstream;
+pub mod engineio;
 pub mod hixie;
 pub mod inbound;
 pub mod longpoll;
@@ -352,6 +353,9 @@ async fn serve_feed<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Re
     if let Source::DemoPage = bridge.source {
         return Box::pin(serve_page(down, bridge)).await;
     }
+    if engineio::requested(bridge, down.req_header()) {
+        return Box::pin(engineio::serve(down, bridge)).await;
+    }
     if let Some(opts) = &bridge.spec.sockjs {
         if sockjs::requested(bridge, down.req_header()) {
             return Box::pin(sockjs::serve(down, bridge, opts)).await;
@@ -369,6 +373,7 @@ async fn serve_feed<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Re
             (offered.websocket, "websocket (Upgrade: websocket)"),
             (offered.long_poll, "long_poll (?transport=poll)"),
             (offered.sockjs, "sockjs (under the route's path)"),
+            (offered.engineio, "engineio (?EIO=4 or ?EIO=3)"),
         ]
         .iter()
         .filter(|(on, _)| *on)

@@ -1,6 +1,6 @@
 //! SockJS (protocol 0.3.3) on a bridged route, for the fallback library legacy clients use:
 //! its base URL is the route's path. Framing is [`crate::wire::sockjs`]'s; sessions live in
-//! [`crate::bridge::sockjs`], one per SockJS session id, between the requests that carry them.
+//! [`crate::bridge::held`], one per SockJS session id, between the requests that carry them.
 //!
 //! ```text
 //! GET  base[/]                          greeting
@@ -21,10 +21,10 @@
 
 use super::{Downstream, Respond};
 use crate::access_log::{Closer as EndedBy, StreamEnd};
-use crate::bridge::session::EndReason;
-use crate::bridge::sockjs::{
-    Attach, Closer, Owner, RemoteAttach, RemoteCloser, RemoteSock, SockSession,
+use crate::bridge::held::{
+    Attach, Closer, HeldSession, Owner, RemoteAttach, RemoteCloser, RemoteHeld,
 };
+use crate::bridge::session::EndReason;
 use crate::bridge::{write_deadline, Bridge, Consumer, Delivery};
 use crate::config::{BinaryPolicy, Fanout, SockJs};
 use crate::metrics;
@@ -324,7 +324,7 @@ async fn iframe<D: Downstream>(down: &mut D, opts: &SockJs) -> pingora::Result<(
 }
 
 /// The session a request names, when the request may use it (see [`Owner`]).
-fn find<D: Downstream>(down: &D, bridge: &Bridge, id: &str) -> Option<Arc<SockSession>> {
+fn find<D: Downstream>(down: &D, bridge: &Bridge, id: &str) -> Option<Arc<HeldSession>> {
     let s = bridge.sockjs.get(id)?;
     if s.owner().admits(&owner(down)) {
         return Some(s);
@@ -447,7 +447,13 @@ async fn receive<D: Downstream>(
                         down.req_header(),
                         &client,
                         t.label(),
-                        opts.disconnect_delay,
+                        &crate::bridge::held::Terms {
+                            idle: opts.disconnect_delay,
+                            closed_linger: opts.disconnect_delay,
+                            gauge: metrics::SOCKJS_SESSIONS.with_label_values(&[route]),
+                            cluster: bridge.sockjs_cluster(),
+                        },
+                        (),
                     )
                     .await;
                 match opened {
@@ -527,13 +533,13 @@ fn busy_frame() -> Bytes {
 
 /// The session a receiver serves: here, or on another instance of the cluster.
 enum Held {
-    Local(Arc<SockSession>),
-    Remote(RemoteSock),
+    Local(Arc<HeldSession>),
+    Remote(RemoteHeld),
 }
 
 /// What looking for a session on the other instances found.
 enum Found {
-    Here(RemoteSock),
+    Here(RemoteHeld),
     /// It exists elsewhere but is bound to another client (address or origin).
     Refused,
     Nowhere,
@@ -561,11 +567,11 @@ async fn receive_remote<D: Downstream>(
     bridge: &Bridge,
     opts: &SockJs,
     t: Transport,
-    r: &RemoteSock,
+    r: &RemoteHeld,
     out: &mut Out<'_>,
 ) {
     // However this request ends, the owner hears that the receiver is gone.
-    struct Abandon<'a>(&'a dyn crate::bridge::sockjs::RemoteSockOps);
+    struct Abandon<'a>(&'a dyn crate::bridge::held::RemoteHeldOps);
     impl Drop for Abandon<'_> {
         fn drop(&mut self) {
             self.0.abandon();
@@ -764,7 +770,7 @@ async fn pump<D: Downstream>(
 const TOO_SLOW: &str = "Too slow: fell behind the feed";
 
 /// How long a new receiver waits for the one holding its session to leave before it is told
-/// `2010` (see [`SockSession::attach_within`]).
+/// `2010` (see [`HeldSession::attach_within`]).
 const RECEIVER_HANDOVER: Duration = Duration::from_millis(100);
 
 /// How long a poll that found a message waits for more before it answers.
@@ -860,7 +866,7 @@ async fn send_remote<D: Downstream>(
     bridge: &Bridge,
     opts: &SockJs,
     t: Transport,
-    r: RemoteSock,
+    r: RemoteHeld,
     messages: Vec<String>,
 ) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();

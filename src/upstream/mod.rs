@@ -94,9 +94,9 @@ impl Backends for Connectors {
             .await
     }
 
-    fn sockjs_cluster(&self) -> Option<Arc<dyn crate::bridge::sockjs::SockJsCluster>> {
+    fn sockjs_cluster(&self) -> Option<Arc<dyn crate::bridge::held::SessionCluster>> {
         let cluster = crate::cluster::get()?;
-        Some(Arc::new(crate::cluster::sockjs::SockJsSide(cluster)))
+        Some(Arc::new(crate::cluster::held::HeldSide(cluster)))
     }
 
     fn client_poster(

@@ -8,6 +8,7 @@
 //! - [`longpoll`]: the long-poll answer's JSON
 //! - [`hixie76`]: the 2010 WebSocket draft SockJS still lists: its challenge and frames
 //! - [`sockjs`]: the SockJS frames, transport wrappers, URLs, `/info` and `iframe.html`
+//! - [`engineio`]: Engine.IO 3 and 4 packets, polling payloads, JSONP, the open packet
 //! - [`http`]: HTTP/1 header tokens, query parameters, the request's host
 //! - [`http1`]: HTTP/1.1 heads as a proxy forwards them: framing, hop-by-hop fields
 //! - [`chunked`]: the chunked transfer coding, scanned in place
@@ -15,6 +16,7 @@
 
 pub mod chunked;
 pub mod deflate;
+pub mod engineio;
 pub mod frames;
 pub mod hixie76;
 pub mod http;

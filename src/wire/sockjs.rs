@@ -412,35 +412,7 @@ pub fn jsonp_payload(content_type: &str, body: &[u8]) -> Option<Vec<u8>> {
     if !form {
         return Some(body.to_vec());
     }
-    body.split(|b| *b == b'&').find_map(|pair| {
-        let (k, v) = match pair.iter().position(|b| *b == b'=') {
-            Some(i) => (&pair[..i], &pair[i + 1..]),
-            None => (pair, &b""[..]),
-        };
-        (k == b"d").then(|| form_decode(v))
-    })
-}
-
-/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte.
-fn form_decode(v: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(v.len());
-    let mut i = 0;
-    while i < v.len() {
-        match v[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < v.len() => match (hex(v[i + 1]), hex(v[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
+    super::http::form_field(body, b"d")
 }
 
 /// The `/info` answer.

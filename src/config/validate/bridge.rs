@@ -121,6 +121,7 @@ impl Validator<'_> {
                     sse: true,
                     long_poll: true,
                     sockjs: false,
+                    engineio: false,
                 },
                 BackendSpec::Builtin(Builtin::DemoPage) => ClientTransports::default(),
             },
@@ -136,7 +137,7 @@ impl Validator<'_> {
                 if list.is_empty() {
                     self.err(
                         format!("{at}.clients"),
-                        "clients is empty: list at least one of sse, websocket, long_poll, sockjs",
+                        "clients is empty: list at least one of sse, websocket, long_poll, sockjs, engineio",
                     );
                 }
                 for (i, name) in list.iter().enumerate() {
@@ -145,8 +146,9 @@ impl Validator<'_> {
                         "sse" => &mut c.sse,
                         "long_poll" => &mut c.long_poll,
                         "sockjs" => &mut c.sockjs,
+                        "engineio" => &mut c.engineio,
                         other => {
-                            self.err(format!("{at}.clients[{i}]"), format!("unknown client transport {other:?}: use sse, websocket, long_poll or sockjs"));
+                            self.err(format!("{at}.clients[{i}]"), format!("unknown client transport {other:?}: use sse, websocket, long_poll, sockjs or engineio"));
                             continue;
                         }
                     };
@@ -164,7 +166,7 @@ impl Validator<'_> {
         if backend == BackendSpec::Builtin(Builtin::Echo) && (clients.sse || clients.long_poll) {
             self.err(
                 format!("{at}.clients"),
-                "builtin echo answers what a client sends, so it needs a two-way client: list websocket or sockjs",
+                "builtin echo answers what a client sends, so it needs a two-way client: list websocket, sockjs or engineio",
             );
         }
         let replay = raw.replay.unwrap_or(DEFAULT_REPLAY);

@@ -18,11 +18,11 @@
 
 use super::sessions::{remote_for, send_outcome};
 use super::Cluster;
+use crate::bridge::held::{
+    Attach, HeldSession, Owner, RemoteAttach, RemoteHeld, RemoteHeldOps, SessionCluster,
+};
 use crate::bridge::session::EndReason;
 use crate::bridge::session::{Session, UplinkError};
-use crate::bridge::sockjs::{
-    Attach, Owner, RemoteAttach, RemoteSock, RemoteSockOps, SockJsCluster, SockSession,
-};
 use crate::bridge::Consumer;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -44,15 +44,15 @@ const WATCH_RECEIVER: Duration = Duration::from_secs(3);
 
 /// This instance's SockJS sessions as the cluster sees them.
 #[derive(Default)]
-pub struct SockRegistry {
+pub struct HeldRegistry {
     /// Sessions owned here, by route and id.
-    owned: Mutex<HashMap<(String, String), Arc<SockSession>>>,
+    owned: Mutex<HashMap<(String, String), Arc<HeldSession>>>,
     /// Sessions held for a receiver on another instance, by its request id.
     attached: Mutex<HashMap<u64, Attached>>,
 }
 
 struct Attached {
-    session: Arc<SockSession>,
+    session: Arc<HeldSession>,
     consumer: Consumer,
 }
 
@@ -68,7 +68,7 @@ impl Cluster {
     }
 
     /// Commands from other instances about SockJS sessions owned here.
-    pub(super) fn handle_sockjs(&'static self, e: &super::stream::Entry) {
+    pub(super) fn handle_held(&'static self, e: &super::stream::Entry) {
         let text = |name: &str| {
             e.field(name)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
@@ -76,7 +76,7 @@ impl Cluster {
         };
         let (route, id, from) = (text("route"), text("s"), text("f"));
         let Some(rid) = e.number("r") else { return };
-        let session = lock(&self.sockjs.owned)
+        let session = lock(&self.held_sessions.owned)
             .get(&(route.clone(), id.clone()))
             .cloned();
         match e.field("k").unwrap_or_default() {
@@ -93,7 +93,7 @@ impl Cluster {
                         Attach::Closed(code, reason) => (format!("closed:{code}:{reason}"), None),
                     };
                     if let Some(consumer) = consumer {
-                        lock(&self.sockjs.attached).insert(
+                        lock(&self.held_sessions.attached).insert(
                             rid,
                             Attached {
                                 session: session.clone(),
@@ -126,7 +126,7 @@ impl Cluster {
         let Some(Attached {
             session,
             mut consumer,
-        }) = lock(&self.sockjs.attached).remove(&rid)
+        }) = lock(&self.held_sessions.attached).remove(&rid)
         else {
             return;
         };
@@ -146,7 +146,7 @@ impl Cluster {
     async fn watch_receiver(&'static self, rid: u64, node: String) {
         loop {
             tokio::time::sleep(WATCH_RECEIVER).await;
-            if !lock(&self.sockjs.attached).contains_key(&rid) {
+            if !lock(&self.held_sessions.attached).contains_key(&rid) {
                 return;
             }
             if !self.node_alive(&node).await {
@@ -157,15 +157,15 @@ impl Cluster {
     }
 }
 
-/// The cluster as `bridge::sockjs` sees it.
-pub struct SockJsSide(pub &'static Arc<Cluster>);
+/// The cluster as `bridge::held` sees it.
+pub struct HeldSide(pub &'static Arc<Cluster>);
 
 #[async_trait]
-impl SockJsCluster for SockJsSide {
+impl SessionCluster for HeldSide {
     async fn opened(
         &self,
         route: &str,
-        s: &Arc<SockSession>,
+        s: &Arc<HeldSession>,
         inner: Option<&Arc<Session>>,
         cap: usize,
         keep: Duration,
@@ -185,14 +185,14 @@ impl SockJsCluster for SockJsSide {
         ];
         c.write_record(&key, &fields, keep.max(RECORD_TTL)).await;
         let entry = (route.to_owned(), s.id.to_string());
-        lock(&c.sockjs.owned).insert(entry.clone(), s.clone());
+        lock(&c.held_sessions.owned).insert(entry.clone(), s.clone());
         // The record is renewed while the session lives here, a few times per TTL: a constant
         // cost per session (10,000 sessions: about 50 commands/s), however idle.
         let ttl = keep.max(RECORD_TTL);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(ttl / 3).await;
-                if !lock(&c.sockjs.owned).contains_key(&entry) {
+                if !lock(&c.held_sessions.owned).contains_key(&entry) {
                     return;
                 }
                 let mut expire = redis::cmd("PEXPIRE");
@@ -202,9 +202,9 @@ impl SockJsCluster for SockJsSide {
         });
     }
 
-    fn gone(&self, route: &str, s: &SockSession, linger: Duration) {
+    fn gone(&self, route: &str, s: &HeldSession, linger: Duration) {
         let c = self.0;
-        lock(&c.sockjs.owned).remove(&(route.to_owned(), s.id.to_string()));
+        lock(&c.held_sessions.owned).remove(&(route.to_owned(), s.id.to_string()));
         let mut expire = redis::cmd("PEXPIRE");
         expire
             .arg(c.sockjs_key(route, &s.id))
@@ -215,7 +215,7 @@ impl SockJsCluster for SockJsSide {
         }
     }
 
-    async fn find(&self, route: &str, id: &str) -> Option<RemoteSock> {
+    async fn find(&self, route: &str, id: &str) -> Option<RemoteHeld> {
         let c = self.0;
         if !c.is_up() {
             return None;
@@ -233,7 +233,7 @@ impl SockJsCluster for SockJsSide {
             return None;
         }
         let field = |k: &str| fields.get(k).map(String::as_str).unwrap_or_default();
-        Some(RemoteSock {
+        Some(RemoteHeld {
             owner: Owner::from_record(field("net"), field("origin")),
             ops: Box::new(Ops {
                 cluster: c,
@@ -290,7 +290,7 @@ impl Ops {
 }
 
 #[async_trait]
-impl RemoteSockOps for Ops {
+impl RemoteHeldOps for Ops {
     async fn attach(&self) -> RemoteAttach {
         let lost = || RemoteAttach::Closed(1002, "Connection interrupted".into());
         if !self.cluster.node_alive(&self.node).await {

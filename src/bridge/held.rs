@@ -1,14 +1,17 @@
-//! SockJS sessions: a session outlives the HTTP requests that carry it (a poll, a stream that
-//! hit `response_limit`, a send), so it is kept here, per route, between them.
+//! Held sessions, the one session layer of the polling protocols (SockJS and Engine.IO): a
+//! session outlives the HTTP requests that carry it (a poll, a stream that hit its limit, a
+//! send), so it is kept here, per route, between them. What differs per protocol (framing,
+//! heartbeats, how an upgrade hands the session over) is its own, in `P`, the session's
+//! protocol state, and in its transport module.
 //!
 //! ```text
-//! receiver request --attach--> SockSession { consumer, link } --detach--> (waits for the next)
+//! receiver request --attach--> HeldSession { consumer, link } --detach--> (waits for the next)
 //!                                   |                                  disconnect_delay without a
 //!                                   +-- per_client: its own Session    receiver: closed, removed
 //!                                   +-- shared: a Consumer of the hub
 //! ```
 //!
-//! A SockJS session id is chosen by the client, so it proves nothing: a session is bound to the
+//! A session id (a SockJS one is chosen by the client) proves nothing: a session is bound to the
 //! address that opened it (the /64 for IPv6) and to its `Origin` when the request carries one,
 //! and a request from elsewhere is answered as for an unknown session. One receiver at a time
 //! holds the session's [`Consumer`]; a second one is told `2010` and the first goes on.
@@ -85,9 +88,9 @@ pub trait Closer: Send + Sync {
     fn close(&self, code: u16, reason: &str, why: EndReason);
 }
 
-impl Closer for SockSession {
+impl<P: Send + Sync> Closer for HeldSession<P> {
     fn close(&self, code: u16, reason: &str, why: EndReason) {
-        SockSession::close(self, code, reason, why)
+        HeldSession::close(self, code, reason, why)
     }
 }
 
@@ -95,28 +98,28 @@ impl Closer for SockSession {
 /// [`super::Backends::sockjs_cluster`]): sessions opened here are made reachable from the other
 /// instances, and sessions they own are found.
 #[async_trait::async_trait]
-pub trait SockJsCluster: Send + Sync {
+pub trait SessionCluster<P = ()>: Send + Sync {
     /// Session `s` of `route` opened here; `inner` is its own backend (or echo) session, whose
     /// messages other instances then read. `keep` is how long its record outlives a use. The
     /// record is written before this returns (before the client has the session's `o`).
     async fn opened(
         &self,
         route: &str,
-        s: &Arc<SockSession>,
+        s: &Arc<HeldSession<P>>,
         inner: Option<&Arc<Session>>,
         cap: usize,
         keep: Duration,
     );
     /// The session is gone here; its record says so for `linger` more.
-    fn gone(&self, route: &str, s: &SockSession, linger: Duration);
+    fn gone(&self, route: &str, s: &HeldSession<P>, linger: Duration);
     /// Session `id` of `route` when another instance owns it.
-    async fn find(&self, route: &str, id: &str) -> Option<RemoteSock>;
+    async fn find(&self, route: &str, id: &str) -> Option<RemoteHeld>;
 }
 
 /// A SockJS session another instance owns.
-pub struct RemoteSock {
+pub struct RemoteHeld {
     pub owner: Owner,
-    pub ops: Box<dyn RemoteSockOps>,
+    pub ops: Box<dyn RemoteHeldOps>,
 }
 
 /// What a receiver elsewhere finds when it attaches to a remote session.
@@ -135,9 +138,9 @@ pub enum RemoteAttach {
 
 /// Operations on a remote SockJS session.
 #[async_trait::async_trait]
-pub trait RemoteSockOps: Send + Sync {
+pub trait RemoteHeldOps: Send + Sync {
     async fn attach(&self) -> RemoteAttach;
-    /// The receiver is done: delivered up to `after`; `interrupted` as for [`SockSession::detach`];
+    /// The receiver is done: delivered up to `after`; `interrupted` as for [`HeldSession::detach`];
     /// `close` when the receiver ended the session.
     async fn detach(&self, after: u64, interrupted: bool, close: Option<(u16, String)>);
     /// The receiver went without saying how far it got (its request was dropped): detached as
@@ -191,20 +194,22 @@ struct State {
     last_seen: Instant,
 }
 
-pub struct SockSession {
+pub struct HeldSession<P = ()> {
     pub id: Box<str>,
     owner: Owner,
     state: Mutex<State>,
     /// Where the client's messages go, and its backend session.
     pub link: Link,
-    _slot: SockSlot,
+    _slot: Slot,
     /// Wakes the reaper when a receiver leaves.
     wake: Notify,
     /// Wakes requests waiting for the receiver to leave (see [`Self::attach_within`]).
     detached: Notify,
+    /// The protocol's own state of the session.
+    pub proto: P,
 }
 
-impl SockSession {
+impl<P> HeldSession<P> {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -287,17 +292,16 @@ impl SockSession {
     }
 }
 
-/// The SockJS sessions of one route.
-#[derive(Default)]
-pub struct SockSessions {
-    map: Mutex<HashMap<Box<str>, Arc<SockSession>>>,
+/// The held sessions of one route and protocol.
+pub struct HeldSessions<P = ()> {
+    map: Mutex<HashMap<Box<str>, Arc<HeldSession<P>>>>,
     live: Arc<AtomicUsize>,
 }
 
 /// A place among a route's SockJS sessions, given back when the session is gone.
-struct SockSlot(Arc<AtomicUsize>);
+struct Slot(Arc<AtomicUsize>);
 
-impl Drop for SockSlot {
+impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
@@ -314,12 +318,34 @@ impl Drop for Counted {
     }
 }
 
-impl SockSessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<SockSession>>> {
+impl<P> Default for HeldSessions<P> {
+    fn default() -> Self {
+        Self {
+            map: Mutex::default(),
+            live: Arc::default(),
+        }
+    }
+}
+
+/// What a protocol asks of the sessions it holds.
+pub struct Terms<P> {
+    /// How long a session lasts without a receiver (SockJS's `disconnect_delay`).
+    pub idle: Duration,
+    /// How long a closed session stays, to tell its next receiver so (SockJS: as `idle`; an
+    /// Engine.IO session is gone at once, its id unknown).
+    pub closed_linger: Duration,
+    /// The gauge of the sessions open on the route.
+    pub gauge: prometheus::IntGauge,
+    /// The cluster's side, when sessions are reachable from every instance.
+    pub cluster: Option<Arc<dyn SessionCluster<P>>>,
+}
+
+impl<P: Send + Sync + 'static> HeldSessions<P> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<HeldSession<P>>>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn get(&self, id: &str) -> Option<Arc<SockSession>> {
+    pub fn get(&self, id: &str) -> Option<Arc<HeldSession<P>>> {
         self.lock().get(id).cloned()
     }
 
@@ -335,6 +361,15 @@ impl SockSessions {
         }
     }
 
+    /// Removes `s` now (not waiting for its reaper), if it is still the session of its id:
+    /// a protocol whose closed sessions are unknown at once.
+    pub fn remove(&self, s: &Arc<HeldSession<P>>) {
+        let mut map = self.lock();
+        if map.get(&*s.id).is_some_and(|held| Arc::ptr_eq(held, s)) {
+            map.remove(&*s.id);
+        }
+    }
+
     /// Opens session `id` for a receiver: its own backend connection on a `per_client` route,
     /// a place in the shared feed otherwise. At most `max` sessions per route (`max_clients`).
     /// When a concurrent request opened the same id first, that session is returned.
@@ -347,19 +382,20 @@ impl SockSessions {
         req: &RequestHeader,
         client: &ClientInfo,
         transport: &'static str,
-        disconnect_delay: Duration,
-    ) -> Result<Arc<SockSession>, OpenError> {
+        terms: &Terms<P>,
+        proto: P,
+    ) -> Result<Arc<HeldSession<P>>, OpenError> {
+        let idle = terms.idle;
         let max = bridge.route.limits.max_clients;
         self.live
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < max).then_some(n + 1)
             })
             .map_err(|_| OpenError::Full(max))?;
-        let slot = SockSlot(self.live.clone());
-        let Feed { consumer, link } =
-            feed(bridge, req, client, transport, disconnect_delay).await?;
+        let slot = Slot(self.live.clone());
+        let Feed { consumer, link } = feed(bridge, req, client, transport, idle).await?;
         let inner = link.backend.clone();
-        let session = Arc::new(SockSession {
+        let session = Arc::new(HeldSession {
             id: id.into(),
             owner,
             state: Mutex::new(State {
@@ -373,6 +409,7 @@ impl SockSessions {
             _slot: slot,
             wake: Notify::new(),
             detached: Notify::new(),
+            proto,
         });
         {
             let mut map = self.lock();
@@ -384,15 +421,15 @@ impl SockSessions {
             }
             map.insert(id.into(), session.clone());
         }
-        let gauge = crate::metrics::SOCKJS_SESSIONS.with_label_values(&[&bridge.route.name]);
-        gauge.inc();
-        let counted = Counted(gauge);
+        terms.gauge.inc();
+        let counted = Counted(terms.gauge.clone());
         let registry = self.clone();
         let reaped = session.clone();
-        let cluster = bridge.sockjs_cluster();
+        let cluster = terms.cluster.clone();
         let route = bridge.route.name.clone();
+        let closed_linger = terms.closed_linger;
         if let Some(c) = &cluster {
-            let keep = disconnect_delay * 2 + Duration::from_secs(30);
+            let keep = idle * 2 + Duration::from_secs(30);
             c.opened(
                 &route,
                 &session,
@@ -404,11 +441,11 @@ impl SockSessions {
         }
         tokio::spawn(async move {
             let _counted = counted;
-            reap(&reaped, disconnect_delay).await;
+            reap(&reaped, idle, closed_linger).await;
             reaped.close(1001, "session expired", EndReason::Expired);
-            registry.lock().remove(&*reaped.id);
+            registry.remove(&reaped);
             if let Some(c) = cluster {
-                c.gone(&route, &reaped, disconnect_delay);
+                c.gone(&route, &reaped, idle);
             }
         });
         Ok(session)
@@ -523,12 +560,17 @@ fn echo_session(bridge: &Bridge, transport: &'static str, ttl: Duration) -> Arc<
     session
 }
 
-/// Waits until `s` has had no receiver for `delay`.
-async fn reap(s: &SockSession, delay: Duration) {
+/// Waits until `s` has had no receiver for `idle` (for `closed_linger` once it is closed).
+async fn reap<P>(s: &HeldSession<P>, idle: Duration, closed_linger: Duration) {
     loop {
         let woken = s.wake.notified();
         let due = {
             let st = s.lock();
+            let delay = if st.closed.is_some() {
+                closed_linger
+            } else {
+                idle
+            };
             (!st.receiving).then(|| st.last_seen + delay)
         };
         match due {
