@@ -45,10 +45,19 @@ if [ "${1:-}" = "--test" ]; then
 fi
 if [ "${1:-}" = "--test" ]; then
   node_dir="${SWITCHYARD_TOOLS:-$HOME/.cache/switchyard-tools}/node"
-  if ! [ -f "$node_dir/node_modules/sockjs/package.json" ] || ! [ -f "$node_dir/node_modules/sockjs-client/dist/sockjs.min.js" ]; then
-    echo "installing sockjs 0.3.24 and sockjs-client 1.6.1 into $node_dir"
+  # The reference servers and real clients the tests run: SockJS, and Engine.IO / Socket.IO
+  # (the v3 clients under aliases, beside the current ones).
+  node_packages=(sockjs@0.3.24 sockjs-client@1.6.1 engine.io@6.6.13 engine.io-client@6.6.8
+    socket.io@4.8.4 socket.io-client@4.8.4 engine.io-client-v3@npm:engine.io-client@3.5.6
+    socket.io-client-v2@npm:socket.io-client@2.5.0)
+  missing=0
+  for dir in sockjs sockjs-client engine.io engine.io-client socket.io socket.io-client engine.io-client-v3 socket.io-client-v2; do
+    [ -f "$node_dir/node_modules/$dir/package.json" ] || missing=1
+  done
+  if [ "$missing" = 1 ]; then
+    echo "installing ${node_packages[*]} into $node_dir"
     mkdir -p "$node_dir"
-    npm install --prefix "$node_dir" --no-audit --no-fund --silent sockjs@0.3.24 sockjs-client@1.6.1
+    npm install --prefix "$node_dir" --no-audit --no-fund --silent "${node_packages[@]}"
   fi
 fi
 if [ "${1:-}" = "--test" ]; then

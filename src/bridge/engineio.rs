@@ -43,6 +43,9 @@ pub struct Eio {
     pub version: Version,
     /// The client takes v3's binary payloads (it did not ask for `b64=1`).
     pub binary_ok: bool,
+    /// `pingInterval` and `pingTimeout`.
+    interval: Duration,
+    timeout: Duration,
     state: Mutex<State>,
     /// Wakes the receiver when a control packet is queued or the session ends.
     pub signal: Notify,
@@ -56,23 +59,34 @@ struct State {
     phase: Phase,
     /// A POST is being read (one at a time).
     posting: bool,
-    /// When the client was last heard (v3: any packet; v4: a pong).
+    /// v3: when the client was last heard.
     heard_at: Instant,
-    /// v4: a ping went out and its pong is awaited.
-    ping_out: bool,
+    /// v4: when the ping now awaited was due (a pong moves it an interval past the pong). The
+    /// schedule is kept here, not in a timer's wake-up: a request that finds the pong overdue
+    /// knows it, however late the heartbeat's timer runs.
+    ping_at: Instant,
 }
 
 impl Eio {
-    pub fn new(version: Version, binary_ok: bool, phase: Phase) -> Self {
+    pub fn new(
+        version: Version,
+        binary_ok: bool,
+        phase: Phase,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Self {
+        let now = Instant::now();
         Self {
             version,
             binary_ok,
+            interval,
+            timeout,
             state: Mutex::new(State {
                 control: VecDeque::new(),
                 phase,
                 posting: false,
-                heard_at: Instant::now(),
-                ping_out: false,
+                heard_at: now,
+                ping_at: now + interval,
             }),
             signal: Notify::new(),
             heard: Notify::new(),
@@ -94,19 +108,32 @@ impl Eio {
         self.lock().control.drain(..).collect()
     }
 
-    pub fn has_control(&self) -> bool {
-        !self.lock().control.is_empty()
-    }
-
     /// The client was heard: any packet in v3, a pong in v4 (`pong`).
     pub fn heard(&self, pong: bool) {
+        let now = Instant::now();
         let mut st = self.lock();
-        st.heard_at = Instant::now();
-        if pong {
-            st.ping_out = false;
+        st.heard_at = now;
+        // A pong answers the ping once it is due (it cannot come before the ping went out).
+        if pong && now >= st.ping_at {
+            st.ping_at = now + self.interval;
         }
         drop(st);
         self.heard.notify_waiters();
+    }
+
+    /// When the session is gone unless the client is heard: the awaited pong's deadline in v4,
+    /// the end of the allowed silence in v3.
+    fn deadline(&self) -> Instant {
+        let st = self.lock();
+        match self.version {
+            Version::V4 => st.ping_at + self.timeout,
+            Version::V3 => st.heard_at + self.interval + self.timeout,
+        }
+    }
+
+    /// The client missed its heartbeat (whether or not the heartbeat's timer ran yet).
+    pub fn overdue(&self) -> bool {
+        Instant::now() >= self.deadline()
     }
 
     pub fn phase(&self) -> Phase {
@@ -145,67 +172,60 @@ pub fn end(s: &EioSession, code: u16, reason: &str, why: EndReason) {
     s.proto.signal.notify_waiters();
 }
 
-/// Runs a session's heartbeat until the session ends: a missed one ends it.
-pub fn heartbeat(s: &Arc<EioSession>, route: String, interval: Duration, timeout: Duration) {
-    let weak = Arc::downgrade(s);
-    tokio::spawn(async move {
-        let missed = match weak.upgrade().map(|s| s.proto.version) {
-            Some(Version::V4) => pings(&weak, interval, timeout).await,
-            Some(Version::V3) => silence(&weak, interval + timeout).await,
-            None => None,
-        };
-        if let Some(s) = missed {
-            crate::metrics::refused(&route, "engineio_ping_timeout");
-            // The client is gone: what was queued for it (the unanswered ping) goes too.
-            s.proto.take_control();
-            end(&s, 1001, "ping timeout", EndReason::Expired);
-        }
-    });
+/// Ends `s` if its client missed its heartbeat; true when it did (or the session had ended).
+pub fn expired(s: &EioSession, route: &str) -> bool {
+    if s.closed().is_some() {
+        return true;
+    }
+    if !s.proto.overdue() {
+        return false;
+    }
+    timed_out(s, route);
+    true
 }
 
-/// v4: a ping every `interval`, its pong due within `timeout`. The session when it missed one,
-/// None once it is gone.
-async fn pings(
-    weak: &Weak<EioSession>,
-    interval: Duration,
-    timeout: Duration,
-) -> Option<Arc<EioSession>> {
-    loop {
-        tokio::time::sleep(interval).await;
-        {
-            let s = live(weak)?;
-            s.proto.lock().ping_out = true;
-            s.proto.push(Packet::Ping(bytes::Bytes::new()));
-        }
-        let due = Instant::now() + timeout;
+fn timed_out(s: &EioSession, route: &str) {
+    if s.closed().is_some() {
+        return;
+    }
+    crate::metrics::refused(route, "engineio_ping_timeout");
+    // The client is gone: what was queued for it (the unanswered ping) goes too.
+    s.proto.take_control();
+    end(s, 1001, "ping timeout", EndReason::Expired);
+}
+
+/// Runs a session's heartbeat until the session ends: v4 sends its pings on schedule; either
+/// version ends the session at its deadline.
+pub fn heartbeat(s: &Arc<EioSession>, route: String) {
+    let weak = Arc::downgrade(s);
+    tokio::spawn(async move {
+        let mut pinged: Option<Instant> = None;
         loop {
-            let s = live(weak)?;
+            let Some(s) = live(&weak) else { return };
+            let deadline = s.proto.deadline();
+            let ping_at = (s.proto.version == Version::V4)
+                .then(|| s.proto.lock().ping_at)
+                .filter(|at| pinged != Some(*at));
+            let now = Instant::now();
+            if now >= deadline {
+                timed_out(&s, &route);
+                return;
+            }
+            if let Some(at) = ping_at.filter(|at| now >= *at) {
+                pinged = Some(at);
+                s.proto.push(Packet::Ping(bytes::Bytes::new()));
+                continue;
+            }
+            let wake = ping_at.map_or(deadline, |at| at.min(deadline));
             let heard = s.proto.heard.notified();
             tokio::pin!(heard);
             heard.as_mut().enable();
-            if !s.proto.lock().ping_out {
-                break;
-            }
-            if Instant::now() >= due {
-                return Some(s.clone());
-            }
             tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = heard => {}
-                _ = tokio::time::sleep_until(due) => {}
             }
         }
-    }
-}
-
-/// v3: the client pings; nothing heard from it for `limit` ends the session.
-async fn silence(weak: &Weak<EioSession>, limit: Duration) -> Option<Arc<EioSession>> {
-    loop {
-        let due = live(weak)?.proto.lock().heard_at + limit;
-        if Instant::now() >= due {
-            return live(weak);
-        }
-        tokio::time::sleep_until(due).await;
-    }
+    });
 }
 
 /// The session, while it is open.

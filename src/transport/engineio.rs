@@ -37,13 +37,19 @@ use std::time::Duration;
 const POLLING: &str = "engineio-polling";
 const WEBSOCKET: &str = "engineio-websocket";
 
-/// How long a poll that found a message waits for more before it answers: what a backend
-/// sends within a few milliseconds (the echo of a POST's several packets) goes in one answer.
-const POLL_GATHER: Duration = Duration::from_millis(5);
+/// A poll that found a message answers once no other followed it for this long: what a
+/// backend sends in a burst (the echo of a POST's several packets) goes in one answer.
+const POLL_GATHER: Duration = Duration::from_millis(10);
+
+/// The longest a poll's answer is held gathering messages.
+const POLL_GATHER_MAX: Duration = Duration::from_millis(100);
 
 /// How long an upgrading WebSocket may take from its `101` to the client's `5` (engine.io's
 /// `upgradeTimeout`); the session stays on polling if it does not finish.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a session may go without a receiver however its heartbeat goes.
+const IDLE_BACKSTOP: Duration = Duration::from_secs(3600);
 
 /// How long a poll that arrives during an upgrade waits to see whether it completes.
 const PROBING_GRACE: Duration = Duration::from_millis(50);
@@ -171,8 +177,9 @@ async fn open<D: Downstream>(
         && super::query_param(req, "b64").is_none()
         && super::query_param(req, "j").is_none();
     let terms = Terms {
-        // A session nobody polls is gone by its heartbeat; this is the backstop.
-        idle: set.interval + set.timeout,
+        // The heartbeat decides when a session is gone (a v3 client may ping by POST and
+        // never poll); this is only the backstop.
+        idle: IDLE_BACKSTOP,
         closed_linger: eio::CLOSED_LINGER,
         gauge: metrics::ENGINEIO_SESSIONS.with_label_values(&[route]),
         cluster: None,
@@ -189,7 +196,7 @@ async fn open<D: Downstream>(
             &client,
             label,
             &terms,
-            Eio::new(v, binary_ok, phase),
+            Eio::new(v, binary_ok, phase, set.interval, set.timeout),
         )
         .await;
     let s = match opened {
@@ -199,7 +206,7 @@ async fn open<D: Downstream>(
             return Ok(None);
         }
     };
-    eio::heartbeat(&s, route.to_owned(), set.interval, set.timeout);
+    eio::heartbeat(&s, route.to_owned());
     let open = frame::open_packet(
         &sid,
         phase == Phase::Polling,
@@ -232,9 +239,10 @@ fn find<D: Downstream>(down: &D, bridge: &Bridge, sid: &str) -> Option<Arc<EioSe
     Some(s)
 }
 
-/// The session `sid` if this client may use it and it has not ended.
+/// The session `sid` if this client may use it and it has not ended (a client that missed
+/// its heartbeat ends it now, whether or not the heartbeat's timer ran yet).
 fn find_open<D: Downstream>(down: &D, bridge: &Bridge, sid: &str) -> Option<Arc<EioSession>> {
-    find(down, bridge, sid).filter(|s| s.closed().is_none())
+    find(down, bridge, sid).filter(|s| !eio::expired(s, &bridge.route.name))
 }
 
 /// Writes a polling answer: the packets as one payload (text, v3's binary form, or a JSONP
@@ -266,6 +274,13 @@ async fn payload_answer<D: Downstream>(
     down.write_answer(Box::new(resp), body).await
 }
 
+fn packet_len(p: &Packet) -> usize {
+    match p {
+        Packet::Message { data, .. } => data.len(),
+        _ => 1,
+    }
+}
+
 fn packet_of(m: &Message) -> Packet {
     Packet::Message {
         data: m.payload.clone(),
@@ -284,7 +299,7 @@ async fn poll<D: Downstream>(
     let Some(s) = find(down, bridge, sid) else {
         return fail(down, route, ErrorCode::UnknownSid).await;
     };
-    if s.closed().is_some() {
+    if eio::expired(&s, route) {
         // Ended: its last packets, if a poll has not taken them yet (the noop answering a
         // close that overtook this poll), else unknown.
         let last = s.proto.take_control();
@@ -374,13 +389,27 @@ async fn gather<D: Downstream>(
                 Delivery::Message(m) => {
                     delivered.message(m.received.elapsed());
                     let mut packets = vec![packet_of(&m)];
-                    tokio::time::sleep(POLL_GATHER).await;
-                    packets.extend(ready(consumer, delivered));
+                    // More may be right behind it (the echo of a POST's other packets): gather
+                    // until the feed is quiet for a moment, within a bound.
+                    let until = tokio::time::Instant::now() + POLL_GATHER_MAX;
+                    let mut bytes = m.payload.len();
+                    while bytes < super::BURST_BYTES && tokio::time::Instant::now() < until {
+                        tokio::time::sleep(POLL_GATHER).await;
+                        let more = ready(consumer, delivered);
+                        if more.is_empty() {
+                            break;
+                        }
+                        bytes += more.iter().map(packet_len).sum::<usize>();
+                        packets.extend(more);
+                    }
                     packets.extend(s.proto.take_control());
                     return Some(packets);
                 }
                 Delivery::Dropped(_) => {}
                 Delivery::BackendGone(_) if bridge.spec.fanout == Fanout::Shared => {}
+                Delivery::BackendGone(_) if s.closed().is_some() => {
+                    return Some(s.proto.take_control());
+                }
                 Delivery::BackendGone(_) | Delivery::TooSlow | Delivery::Closed => {
                     return Some(vec![Packet::Close]);
                 }
@@ -442,12 +471,11 @@ async fn post<D: Downstream>(
             Err(r) => return r.send(down, route).await,
         };
     let media = ctype.split(';').next().unwrap_or("").trim();
-    let payload =
-        if jsonp.is_some() || media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-            frame::jsonp_send_payload(&body)
-        } else {
-            Some(body)
-        };
+    // JSONP sends are forms (`d=`); other bodies are the payload, whatever their type says.
+    let payload = match jsonp {
+        Some(_) => frame::jsonp_send_payload(&body),
+        None => Some(body),
+    };
     let binary_body = media.eq_ignore_ascii_case("application/octet-stream");
     let v = s.proto.version;
     let packets = payload
@@ -459,9 +487,16 @@ async fn post<D: Downstream>(
         });
     let packets = match packets {
         Ok(p) => p,
-        Err(_) => {
+        Err(frame::Invalid::TooMany) => {
+            return Reject::new(413, "body_too_large", "more packets than a POST may carry")
+                .send(down, route)
+                .await;
+        }
+        Err(frame::Invalid::Malformed(_)) => {
+            // engine.io's answer: the send is taken (`ok`) and the session closed.
+            metrics::refused(route, "engineio_invalid_packet");
             eio::end(&s, 1002, "invalid packet", EndReason::Client);
-            return fail(down, route, ErrorCode::BadRequest).await;
+            return sent_ok(down).await;
         }
     };
     let mut messages = Vec::new();
@@ -482,10 +517,11 @@ async fn post<D: Downstream>(
                 break;
             }
             (_, Packet::Noop) => {}
-            // A ping in the wrong direction, an upgrade on polling, an open from a client.
+            // A ping in the wrong direction, an upgrade on polling: as a malformed packet.
             _ => {
+                metrics::refused(route, "engineio_invalid_packet");
                 eio::end(&s, 1002, "invalid packet", EndReason::Client);
-                return fail(down, route, ErrorCode::BadRequest).await;
+                return sent_ok(down).await;
             }
         }
     }
@@ -512,9 +548,15 @@ async fn post<D: Downstream>(
         s.proto.push(Packet::Noop);
         eio::end(&s, 1000, "closed by the client", EndReason::Client);
     }
+    sent_ok(down).await
+}
+
+/// The answer to a send.
+async fn sent_ok<D: Downstream>(down: &mut D) -> pingora::Result<()> {
     let body = Bytes::from_static(b"ok");
     let mut resp = ResponseHeader::build(200, Some(3))?;
-    resp.insert_header("content-type", "text/plain; charset=UTF-8")?;
+    // engine.io's own answer to a send.
+    resp.insert_header("content-type", "text/html")?;
     resp.insert_header("cache-control", "no-store")?;
     resp.insert_header("content-length", "2")?;
     down.write_answer(Box::new(resp), body).await
@@ -835,6 +877,8 @@ async fn run<D: Downstream>(
                 Delivery::Dropped(_) => continue,
                 Delivery::TooSlow => return WsEnd::Close(1008, "Too slow: fell behind the feed"),
                 Delivery::BackendGone(_) if bridge.spec.fanout == Fanout::Shared => continue,
+                // Ended here (a missed heartbeat closed its backend session too).
+                Delivery::BackendGone(_) if s.closed().is_some() => return WsEnd::Ended,
                 Delivery::BackendGone(_) => return WsEnd::Close(1000, "the backend closed"),
                 Delivery::Closed => return WsEnd::Close(1001, "Route removed"),
             },

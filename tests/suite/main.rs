@@ -24,6 +24,7 @@ mod config_watch;
 mod dashboard;
 mod differential;
 mod edge;
+mod engineio;
 mod fanout;
 mod ops;
 mod passthrough;

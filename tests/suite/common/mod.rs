@@ -454,6 +454,9 @@ impl WsBackend {
                     return;
                 };
                 let c = c.clone();
+                // As WebSocket servers commonly do: an echo is not held back by Nagle's
+                // algorithm waiting for the ACK of the one before.
+                let _ = stream.set_nodelay(true);
                 tokio::spawn(async move {
                     use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
                     let path = Arc::new(std::sync::Mutex::new(String::new()));
