@@ -7,20 +7,22 @@
 #                                     permessage-deflate's 12.* and 13.* included: about 9
 #                                     minutes on 2 cores (CI runs sections 1-10 and the first case
 #                                     of each compression group)
-##                                     Then the Engine.IO protocol's own suites (protocol 4 and
-#                                     3: scripts/engineio-suites.sh), from a clone of
-#                                     github.com/socketio/engine.io-protocol named by
-#                                     ENGINEIO_PROTOCOL_DIR (CI cannot fetch it): seconds
+##                                     Then the Engine.IO and Socket.IO protocols' own suites
+#                                     (scripts/protocol-suites.sh), from clones of
+#                                     github.com/socketio/engine.io-protocol and
+#                                     socket.io-protocol named by ENGINEIO_PROTOCOL_DIR and
+#                                     SOCKETIO_PROTOCOL_DIR (CI cannot fetch them): seconds
 #
 # Installs what it needs first (scripts/install-deps.sh --test). Exits non-zero on any failed or
 # unimplemented case.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${ENGINEIO_PROTOCOL_DIR:?set ENGINEIO_PROTOCOL_DIR to a clone of github.com/socketio/engine.io-protocol (git clone https://github.com/socketio/engine.io-protocol)}"
+: "${SOCKETIO_PROTOCOL_DIR:?set SOCKETIO_PROTOCOL_DIR to a clone of github.com/socketio/socket.io-protocol (git clone https://github.com/socketio/socket.io-protocol)}"
 bash scripts/install-deps.sh --test
 started=$(date +%s)
 echo "== Autobahn testsuite, all 517 cases x 2 paths"
 SWITCHYARD_AUTOBAHN=full cargo test --locked --test suite autobahn:: -- --nocapture
-echo "== Engine.IO protocol suites (engine.io-protocol main and v3 test-suite)"
-bash scripts/engineio-suites.sh
+echo "== Engine.IO and Socket.IO protocol suites"
+bash scripts/protocol-suites.sh
 echo "== conformance passed in $(( $(date +%s) - started )) s"

@@ -683,6 +683,11 @@ fn declare_route(route: &Route) {
     }
     if b.clients.engineio {
         transports.extend(["engineio-polling", "engineio-websocket"]);
+    }
+    if b.clients.socketio {
+        transports.extend(["socketio-polling", "socketio-websocket"]);
+    }
+    if b.clients.engine() {
         ENGINEIO_SESSIONS.with_label_values(&[r]);
     }
     let directions: &[&str] = if b.two_way() {

@@ -384,6 +384,7 @@ impl<P: Send + Sync + 'static> HeldSessions<P> {
         transport: &'static str,
         terms: &Terms<P>,
         proto: P,
+        own_feed: Option<Feed>,
     ) -> Result<Arc<HeldSession<P>>, OpenError> {
         let idle = terms.idle;
         let max = bridge.route.limits.max_clients;
@@ -393,7 +394,10 @@ impl<P: Send + Sync + 'static> HeldSessions<P> {
             })
             .map_err(|_| OpenError::Full(max))?;
         let slot = Slot(self.live.clone());
-        let Feed { consumer, link } = feed(bridge, req, client, transport, idle).await?;
+        let Feed { consumer, link } = match own_feed {
+            Some(f) => f,
+            None => feed(bridge, req, client, transport, idle).await?,
+        };
         let inner = link.backend.clone();
         let session = Arc::new(HeldSession {
             id: id.into(),
@@ -452,11 +456,28 @@ impl<P: Send + Sync + 'static> HeldSessions<P> {
     }
 }
 
-/// Where a SockJS session's messages come from ([`Consumer`], taken by one receiver at a
-/// time) and go ([`Link`]).
+/// Where a held session's messages come from ([`Consumer`], taken by one receiver at a time)
+/// and go ([`Link`]).
 pub struct Feed {
     pub consumer: Consumer,
     pub link: Link,
+}
+
+impl Feed {
+    /// The feed of a session of its own (a backend's, the echo's, a protocol engine's), held
+    /// open while this lives.
+    pub fn of_session(s: Arc<Session>, transport: &'static str, deadline: Duration) -> Self {
+        let consumer = Consumer::for_session(s.clone(), s.attach(), transport, 0, deadline);
+        let busy = s.busy();
+        Feed {
+            consumer,
+            link: Link {
+                uplink: s.uplink(),
+                backend: Some(s),
+                _busy: Some(busy),
+            },
+        }
+    }
 }
 
 /// The way to a SockJS session's backend, and on a `per_client` route (or the echo) its own
@@ -496,16 +517,7 @@ pub async fn feed(
                 Source::Echo => echo_session(bridge, transport, ttl),
                 _ => bridge.open_session(req, client, transport, false).await?,
             };
-            let consumer = Consumer::for_session(s.clone(), s.attach(), transport, 0, deadline);
-            let busy = s.busy();
-            Feed {
-                consumer,
-                link: Link {
-                    uplink: s.uplink(),
-                    backend: Some(s),
-                    _busy: Some(busy),
-                },
-            }
+            Feed::of_session(s, transport, deadline)
         }
         Source::Shared(_) => Feed {
             consumer: bridge.join(None, transport).consumer,

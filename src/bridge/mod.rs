@@ -20,6 +20,7 @@ pub mod engineio;
 pub mod held;
 pub mod hub;
 pub mod session;
+pub mod socketio;
 
 pub use consumer::{Consumer, Delivery};
 pub use hub::{Event, Hub, Message, Subscription};
@@ -32,6 +33,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Who the client is, as a backend should learn it (forwarded headers).
+#[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub ip: Option<IpAddr>,
     pub tls: bool,
@@ -42,8 +44,44 @@ pub struct ClientInfo {
 pub enum OpenError {
     /// The route already has `max_clients` sessions.
     Full(usize),
-    /// The backend could not be reached (or refused the handshake).
+    /// The backend could not be reached.
     Unreachable(String),
+    /// The backend answered the handshake with this status instead of taking the session.
+    Refused(u16),
+}
+
+/// Where a session opened for a Socket.IO namespace goes: the backend URL with `suffix` added
+/// to its path, with `headers` besides the client's forwarded ones.
+#[derive(Debug, Clone, Default)]
+pub struct SessionTarget {
+    pub suffix: String,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// What opening a client's own backend session needs of a `per_client` bridge, owned: a task
+/// that opens sessions later (a Socket.IO connection, one per namespace) keeps this.
+#[derive(Clone)]
+pub struct SessionSite {
+    pub route: Arc<Route>,
+    pub spec: Arc<BridgeRoute>,
+    pub sessions: Arc<session::Sessions>,
+    backends: Arc<dyn Backends>,
+}
+
+impl SessionSite {
+    /// See [`Backends::open_session`].
+    pub async fn open(
+        &self,
+        req: &RequestHeader,
+        client: &ClientInfo,
+        transport: &'static str,
+        listed: bool,
+        at: Option<&SessionTarget>,
+    ) -> Result<Arc<session::Session>, OpenError> {
+        self.backends
+            .open_session(self, req, client, transport, listed, at)
+            .await
+    }
 }
 
 /// What an authorization check (`auth:`) answered.
@@ -95,13 +133,15 @@ pub trait Backends: Send + Sync {
     /// Opens a session for a client of a `per_client` route: its own backend connection, with
     /// its forwarded headers, run in a task until either side ends it. With `listed`, the
     /// session is in the route's registry (for polls, POSTs and SSE reattach) until it ends.
+    /// `at`: a namespace's own URL and headers.
     async fn open_session(
         &self,
-        bridge: &Bridge,
+        site: &SessionSite,
         req: &RequestHeader,
         client: &ClientInfo,
         transport: &'static str,
         listed: bool,
+        at: Option<&SessionTarget>,
     ) -> Result<Arc<session::Session>, OpenError>;
 
     /// The session `id` of this route when it lives on another instance of the cluster; None
@@ -487,7 +527,7 @@ impl Bridge {
         match (self.spec.two_way(), self.sessions().is_some()) {
             (true, true) => "GET, POST, DELETE",
             (true, false) => "GET, POST",
-            _ if self.spec.clients.engineio => "GET, POST",
+            _ if self.spec.clients.engine() => "GET, POST",
             _ => "GET",
         }
     }
@@ -551,9 +591,20 @@ impl Bridge {
         transport: &'static str,
         listed: bool,
     ) -> Result<Arc<session::Session>, OpenError> {
-        self.backends
-            .open_session(self, req, client, transport, listed)
-            .await
+        let site = self
+            .session_site()
+            .expect("per_client routes have sessions");
+        site.open(req, client, transport, listed, None).await
+    }
+
+    /// What opening this `per_client` bridge's sessions needs, owned.
+    pub fn session_site(&self) -> Option<SessionSite> {
+        Some(SessionSite {
+            route: self.route.clone(),
+            spec: self.spec.clone(),
+            sessions: self.sessions()?.clone(),
+            backends: self.backends.clone(),
+        })
     }
 
     /// See [`Backends::remote_session`].

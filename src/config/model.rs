@@ -489,6 +489,16 @@ pub struct ClientTransports {
     /// `pingTimeout` are `keepalive`'s `ping_interval` and `pong_timeout`, its `maxPayload`
     /// `limits.max_message`.
     pub engineio: bool,
+    /// Socket.IO (its protocols 4 and 5) over that Engine.IO: each namespace a backend session
+    /// (settings in `BridgeRoute::socketio`).
+    pub socketio: bool,
+}
+
+impl ClientTransports {
+    /// The route's path is an Engine.IO endpoint (plain, or carrying Socket.IO).
+    pub fn engine(&self) -> bool {
+        self.engineio || self.socketio
+    }
 }
 
 /// The SockJS receiving transports a route offers (each send URL follows its receiver:
@@ -559,6 +569,16 @@ pub struct SockJs {
     pub transports: SockJsTransports,
 }
 
+/// A route's Socket.IO endpoint (`clients: [socketio]`, settings under `socketio:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketIo {
+    /// The namespaces clients may join; each is a backend session at the backend URL with
+    /// the namespace added to its path (`/` is the URL itself).
+    pub namespaces: Vec<String>,
+    /// How long a protocol 5 client has to join a namespace before it is disconnected.
+    pub connect_timeout: Duration,
+}
+
 pub const DEFAULT_SOCKJS_CLIENT_URL: &str =
     "https://cdn.jsdelivr.net/npm/sockjs-client@1/dist/sockjs.min.js";
 
@@ -577,6 +597,8 @@ pub struct BridgeRoute {
     pub session_ttl: Duration,
     /// Set when `clients` lists `sockjs`.
     pub sockjs: Option<SockJs>,
+    /// Set when `clients` lists `socketio`.
+    pub socketio: Option<SocketIo>,
     /// permessage-deflate on the WebSockets the gateway terminates for this route.
     pub compression: Compression,
     /// `publish:`: the feed also takes messages published by HTTP on the admin listener.

@@ -158,6 +158,8 @@ pub struct RawRoute {
     #[serde(default)]
     pub sockjs: Option<RawSockJs>,
     #[serde(default)]
+    pub socketio: Option<RawSocketIo>,
+    #[serde(default)]
     pub compression: Option<String>,
     /// Who may subscribe: a subrequest to an authorization endpoint before a stream starts.
     #[serde(default)]
@@ -192,6 +194,15 @@ pub struct RawSockJs {
     pub client_url: Option<String>,
     #[serde(default)]
     pub transports: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSocketIo {
+    #[serde(default)]
+    pub namespaces: Option<Vec<String>>,
+    #[serde(default)]
+    pub connect_timeout: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,8 +34,22 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-const POLLING: &str = "engineio-polling";
-const WEBSOCKET: &str = "engineio-websocket";
+/// The transport labels of a route's Engine.IO clients (plain, or carrying Socket.IO).
+fn polling(bridge: &Bridge) -> &'static str {
+    if bridge.spec.clients.socketio {
+        "socketio-polling"
+    } else {
+        "engineio-polling"
+    }
+}
+
+fn websocket_label(bridge: &Bridge) -> &'static str {
+    if bridge.spec.clients.socketio {
+        "socketio-websocket"
+    } else {
+        "engineio-websocket"
+    }
+}
 
 /// A poll that found a message answers once no other followed it for this long: what a
 /// backend sends in a burst (the echo of a POST's several packets) goes in one answer.
@@ -63,7 +77,7 @@ const HANDOVER: Duration = Duration::from_secs(2);
 /// path (so that engine.io's own errors answer a client that sent no `EIO`).
 pub fn requested(bridge: &Bridge, req: &RequestHeader) -> bool {
     let c = bridge.spec.clients;
-    if !c.engineio {
+    if !c.engine() {
         return false;
     }
     let path = req.uri.path();
@@ -186,6 +200,21 @@ async fn open<D: Downstream>(
     };
     let sid = new_sid();
     let client = super::client_info(down);
+    // A Socket.IO connection's feed is its engine, which opens a backend session per
+    // namespace the client joins.
+    let own_feed = bridge.spec.clients.socketio.then(|| {
+        let protocol = match v {
+            Version::V3 => crate::wire::socketio::Protocol::V4,
+            Version::V4 => crate::wire::socketio::Protocol::V5,
+        };
+        let engine =
+            crate::bridge::socketio::open(bridge, req, &client, label, protocol, IDLE_BACKSTOP);
+        crate::bridge::held::Feed::of_session(
+            engine,
+            label,
+            crate::bridge::write_deadline(&bridge.route.keepalive),
+        )
+    });
     let opened = bridge
         .engineio
         .open(
@@ -197,6 +226,7 @@ async fn open<D: Downstream>(
             label,
             &terms,
             Eio::new(v, binary_ok, phase, set.interval, set.timeout),
+            own_feed,
         )
         .await;
     let s = match opened {
@@ -223,7 +253,7 @@ async fn handshake<D: Downstream>(
     v: Version,
     jsonp: Option<String>,
 ) -> pingora::Result<()> {
-    let Some((s, open)) = open(down, bridge, v, POLLING, Phase::Polling).await? else {
+    let Some((s, open)) = open(down, bridge, v, polling(bridge), Phase::Polling).await? else {
         return Ok(());
     };
     payload_answer(down, bridge, &s.proto, jsonp.as_deref(), &[open]).await
@@ -261,7 +291,7 @@ async fn payload_answer<D: Downstream>(
         None => (body, "text/plain; charset=UTF-8"),
     };
     metrics::BYTES
-        .with_label_values(&[bridge.route.name.as_str(), POLLING, "out"])
+        .with_label_values(&[bridge.route.name.as_str(), polling(bridge), "out"])
         .inc_by(body.len() as u64);
     let mut resp = ResponseHeader::build(200, Some(5))?;
     resp.insert_header("content-type", ctype)?;
@@ -331,8 +361,8 @@ async fn poll<D: Downstream>(
         Attach::Closed(..) => return fail(down, route, ErrorCode::UnknownSid).await,
     };
     down.set_read_timeout(None);
-    let _open = metrics::OpenConnection::new(route, POLLING);
-    let mut delivered = metrics::Delivered::new(route, POLLING);
+    let _open = metrics::OpenConnection::new(route, polling(bridge));
+    let mut delivered = metrics::Delivered::new(route, polling(bridge));
     let packets = match gather(down, bridge, &s, &mut consumer, &mut delivered).await {
         Some(p) => p,
         None => {
@@ -350,7 +380,7 @@ async fn poll<D: Downstream>(
     }
     let (messages_out, bytes_out) = delivered.totals();
     down.stream_ended(StreamEnd {
-        transport: POLLING,
+        transport: polling(bridge),
         messages_out,
         bytes_out,
         closed_by: Some(EndedBy::Gateway),
@@ -466,7 +496,7 @@ async fn post<D: Downstream>(
     }
     let _posting = Posting(&s.proto);
     let (body, _charge, ctype) =
-        match super::inbound::read_message_body(down, bridge, POLLING).await {
+        match super::inbound::read_message_body(down, bridge, polling(bridge)).await {
             Ok(b) => b,
             Err(r) => return r.send(down, route).await,
         };
@@ -527,7 +557,7 @@ async fn post<D: Downstream>(
     }
     if !messages.is_empty() {
         metrics::MESSAGES
-            .with_label_values(&[route, POLLING, "in"])
+            .with_label_values(&[route, polling(bridge), "in"])
             .inc_by(messages.len() as u64);
         let Some(uplink) = s.link.uplink.clone() else {
             return Reject::new(
@@ -587,7 +617,7 @@ async fn websocket<D: Downstream>(
         Err(h) => return Box::pin(Reject::from(h).send(down, route)).await,
     };
     let (s, open) = match sid {
-        None => match open(down, bridge, v, WEBSOCKET, Phase::WebSocket).await? {
+        None => match open(down, bridge, v, websocket_label(bridge), Phase::WebSocket).await? {
             Some((s, open)) => (s, Some(open)),
             None => return Ok(()),
         },
@@ -615,7 +645,7 @@ async fn websocket<D: Downstream>(
     }
     down.set_read_timeout(None);
     down.release_request();
-    let _open = metrics::OpenConnection::new(route, WEBSOCKET);
+    let _open = metrics::OpenConnection::new(route, websocket_label(bridge));
     let mut decoder = ws::Decoder::new(bridge.route.limits.max_message as usize);
     let consumer = match open {
         Some(open) => {
@@ -643,7 +673,7 @@ async fn websocket<D: Downstream>(
         close_ws(down, WsEnd::Ended).await;
         return Ok(());
     };
-    let mut delivered = metrics::Delivered::new(route, WEBSOCKET);
+    let mut delivered = metrics::Delivered::new(route, websocket_label(bridge));
     let end = Box::pin(run(
         down,
         bridge,
@@ -662,7 +692,7 @@ async fn websocket<D: Downstream>(
     eio::end(&s, 1000, "closed", EndReason::Client);
     let (messages_out, bytes_out) = delivered.totals();
     down.stream_ended(StreamEnd {
-        transport: WEBSOCKET,
+        transport: websocket_label(bridge),
         messages_out,
         bytes_out,
         close_code: code,
@@ -765,7 +795,7 @@ async fn run<D: Downstream>(
     let route = bridge.route.name.as_str();
     let v = s.proto.version;
     let budget = BYTE_BUDGET_MESSAGES * bridge.route.limits.max_message as usize;
-    let messages_in = metrics::MESSAGES.with_label_values(&[route, WEBSOCKET, "in"]);
+    let messages_in = metrics::MESSAGES.with_label_values(&[route, websocket_label(bridge), "in"]);
     let uplink = s.link.uplink.clone();
     let mut queued: VecDeque<Outgoing> = VecDeque::new();
     let mut queued_bytes = 0usize;

@@ -227,6 +227,11 @@ pub async fn session_refused<D: Downstream>(
             "backend_unreachable",
             format!("route {route}: the backend could not be reached: {why}"),
         ),
+        OpenError::Refused(status) => Reject::new(
+            502,
+            "backend_refused",
+            format!("route {route}: the backend refused the session (HTTP {status})"),
+        ),
     };
     reject.send(down, route).await
 }

@@ -454,6 +454,7 @@ async fn receive<D: Downstream>(
                             cluster: bridge.sockjs_cluster(),
                         },
                         (),
+                        None,
                     )
                     .await;
                 match opened {

@@ -24,6 +24,8 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 pub enum Outcome {
     /// No stream was established (connect, handshake or status failed).
     ConnectFailed(String),
+    /// The backend answered a WebSocket handshake with this status.
+    Refused(u16),
     /// A stream was open and ended; clients are closed with `code` and `reason`.
     Ended {
         code: u16,
@@ -165,7 +167,14 @@ pub async fn run(link: Link) {
                 log::info!("route {route}: closed the {kind} backend connection: no clients for backend_linger");
                 return;
             }
-            Outcome::ConnectFailed(why) => {
+            Outcome::ConnectFailed(_) | Outcome::Refused(_) => {
+                let why = match outcome {
+                    Outcome::Refused(status) => {
+                        format!("the handshake was answered with HTTP {status}")
+                    }
+                    Outcome::ConnectFailed(why) => why,
+                    _ => unreachable!("matched above"),
+                };
                 metrics::BACKEND_CONNECTS
                     .with_label_values(&[&route, "failed"])
                     .inc();

@@ -23,7 +23,7 @@ pub mod tunnel;
 pub mod ws;
 
 use crate::bridge::session::{Outgoing, Session, UPLINK_QUEUE};
-use crate::bridge::{Backends, Bridge, ClientInfo, Hub, OpenError};
+use crate::bridge::{Backends, Bridge, ClientInfo, Hub, OpenError, SessionSite, SessionTarget};
 use crate::config::{BackendSpec, BridgeRoute, Builtin, Route};
 use pingora::http::RequestHeader;
 use std::sync::Arc;
@@ -74,13 +74,14 @@ impl Backends for Connectors {
 
     async fn open_session(
         &self,
-        bridge: &Bridge,
+        site: &SessionSite,
         req: &RequestHeader,
         client: &ClientInfo,
         transport: &'static str,
         listed: bool,
+        at: Option<&SessionTarget>,
     ) -> Result<Arc<Session>, OpenError> {
-        per_client::open(bridge, req, client, transport, listed).await
+        per_client::open(site, req, client, transport, listed, at).await
     }
 
     async fn remote_session(
@@ -108,6 +109,6 @@ impl Backends for Connectors {
         let feed = bridge.spec.remote()?;
         let (tx, rx) = mpsc::channel(UPLINK_QUEUE);
         let headers = per_client::forwarded_headers(&feed.forward_headers, req, client);
-        per_client::spawn_poster(bridge, feed, headers, rx).then_some(tx)
+        per_client::spawn_poster(&bridge.route.name, feed, headers, rx).then_some(tx)
     }
 }

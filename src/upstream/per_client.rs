@@ -8,7 +8,7 @@ use crate::bridge::hub::Gone;
 use crate::bridge::session::{
     Driver, EndReason, OpenSession, Outgoing, Session, BYTE_BUDGET_MESSAGES,
 };
-use crate::bridge::{Bridge, ClientInfo, OpenError};
+use crate::bridge::{ClientInfo, OpenError, SessionSite, SessionTarget};
 use crate::config::{BackendSpec, RemoteBackend};
 use crate::metrics;
 use crate::wire::ws::close;
@@ -74,7 +74,7 @@ pub fn forwarded_headers(
 /// URL with the client's forwarded headers; it runs until every sender is gone. False when the
 /// backend has no `post:`.
 pub fn spawn_poster(
-    bridge: &Bridge,
+    route: &str,
     feed: &RemoteBackend,
     headers: Vec<(HeaderName, HeaderValue)>,
     rx: mpsc::Receiver<Outgoing>,
@@ -83,7 +83,7 @@ pub fn spawn_poster(
         return false;
     };
     let poster = Poster {
-        route: bridge.route.name.as_str().into(),
+        route: route.into(),
         endpoint,
         connect_timeout: feed.connect_timeout,
         headers: feed.headers.iter().cloned().chain(headers).collect(),
@@ -97,24 +97,36 @@ pub fn spawn_poster(
 /// route's registry (for polls, POSTs and SSE reattach) until it ends; a WebSocket client holds
 /// its session itself. At most `max_clients` sessions per route are live at once.
 pub async fn open(
-    bridge: &Bridge,
+    site: &SessionSite,
     req: &RequestHeader,
     client: &ClientInfo,
     transport: &'static str,
     listed: bool,
+    at: Option<&SessionTarget>,
 ) -> Result<Arc<Session>, OpenError> {
-    let route = bridge.route.name.as_str();
-    let spec = &bridge.spec;
-    let sessions = bridge.sessions().expect("per_client routes have sessions");
-    let max = bridge.route.limits.max_clients;
+    let route = site.route.name.as_str();
+    let spec = &site.spec;
+    let sessions = &site.sessions;
+    let max = site.route.limits.max_clients;
     let slot = sessions.reserve(max).ok_or(OpenError::Full(max))?;
     let registry = listed.then(|| sessions.clone());
-    let feed = spec
+    let configured = spec
         .remote()
         .expect("per_client routes have a backend feed");
-    let headers = forwarded_headers(&feed.forward_headers, req, client);
-    let cap = bridge.route.limits.send_queue;
-    let max_message = bridge.route.limits.max_message as usize;
+    let mut headers = forwarded_headers(&configured.forward_headers, req, client);
+    let targeted;
+    let feed = match at {
+        None => configured,
+        Some(t) => {
+            headers.extend(t.headers.iter().cloned());
+            let mut f = configured.clone();
+            f.path = with_suffix(&f.path, &t.suffix);
+            targeted = f;
+            &targeted
+        }
+    };
+    let cap = site.route.limits.send_queue;
+    let max_message = site.route.limits.max_message as usize;
     let max_bytes = BYTE_BUDGET_MESSAGES * max_message;
     let failed = |why: String| {
         metrics::BACKEND_CONNECTS
@@ -131,15 +143,20 @@ pub async fn open(
         _ => "connection ended during the handshake".into(),
     };
     let (backend, driver) = match &spec.backend {
-        BackendSpec::WebSocket(feed) => {
-            let (stream, protocol) = ws::connect(feed, &headers, max_message)
-                .await
-                .map_err(|o| failed(ended_as(o)))?;
+        BackendSpec::WebSocket(_) => {
+            let (stream, protocol) = match ws::connect(feed, &headers, max_message).await {
+                Ok(c) => c,
+                Err(super::feed::Outcome::Refused(status)) => {
+                    failed(format!("the handshake was answered with HTTP {status}"));
+                    return Err(OpenError::Refused(status));
+                }
+                Err(o) => return Err(failed(ended_as(o))),
+            };
             let driver =
                 Session::create(route, transport, cap, max_bytes, spec.session_ttl, protocol);
             (Backend::WebSocket(Box::new(stream)), driver)
         }
-        BackendSpec::Sse(feed) => {
+        BackendSpec::Sse(_) => {
             let opened = sse::connect(feed, &headers, "")
                 .await
                 .map_err(|o| failed(ended_as(o)))?;
@@ -158,7 +175,7 @@ pub async fn open(
     // DELETEs may land anywhere); its record outlives a poll and the session's own TTL.
     let cluster = crate::cluster::get().filter(|_| listed);
     if let Some(c) = cluster {
-        let keep = spec.session_ttl * 2 + bridge.route.keepalive.poll_timeout;
+        let keep = spec.session_ttl * 2 + site.route.keepalive.poll_timeout;
         c.own_session(&session, cap, keep).await;
     }
     let linger = spec.session_ttl;
@@ -166,12 +183,12 @@ pub async fn open(
         // Client messages to an SSE backend go to its `post:` URL; without one, the route is
         // one-way and transports do not send.
         Backend::Sse(_) => {
-            spawn_poster(bridge, feed, headers, uplink);
+            spawn_poster(route, feed, headers, uplink);
             None
         }
         Backend::WebSocket(_) => Some(uplink),
     };
-    let keepalive = bridge.route.keepalive.clone();
+    let keepalive = site.route.keepalive.clone();
     let task_session = session.clone();
     tokio::spawn(async move {
         let _slot = slot;
@@ -220,6 +237,24 @@ pub async fn open(
             .inc();
     });
     Ok(session)
+}
+
+/// `path` (with its query, if any) with `suffix` added to its path: `/ws?x=1` and `/admin`
+/// make `/ws/admin?x=1`; `/` and `/admin` make `/admin`.
+fn with_suffix(path: &str, suffix: &str) -> String {
+    let (p, q) = path
+        .split_once('?')
+        .map_or((path, None), |(p, q)| (p, Some(q)));
+    let joined = format!("{}{suffix}", p.trim_end_matches('/'));
+    let joined = if joined.is_empty() {
+        "/".to_owned()
+    } else {
+        joined
+    };
+    match q {
+        Some(q) => format!("{joined}?{q}"),
+        None => joined,
+    }
 }
 
 enum Backend {

@@ -5,7 +5,7 @@
 //! Keepalive toward the backend uses the route's `ping_interval` and `pong_timeout`: a backend
 //! that sends nothing at all, not even a pong, for that long is dropped and reconnected.
 
-use super::feed::{connect_io, within_connect_timeout, Connected, Link, Outcome};
+use super::feed::{connect_io, Connected, Link, Outcome};
 use super::per_client::SessionEnd;
 use crate::bridge::hub::Gone;
 use crate::bridge::session::{EndReason, Outgoing, Session, UplinkError};
@@ -79,12 +79,25 @@ pub async fn connect(
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
     let connect = async {
-        let tcp = connect_io(feed).await?;
+        let tcp = connect_io(feed).await.map_err(Outcome::ConnectFailed)?;
         tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
             .await
-            .map_err(|e| format!("handshake: {e}"))
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(answer) => {
+                    Outcome::Refused(answer.status().as_u16())
+                }
+                e => Outcome::ConnectFailed(format!("handshake: {e}")),
+            })
     };
-    let (stream, response) = within_connect_timeout(feed, connect).await?;
+    let (stream, response) = match tokio::time::timeout(feed.connect_timeout, connect).await {
+        Err(_) => {
+            return Err(Outcome::ConnectFailed(format!(
+                "no answer within connect_timeout {:?}",
+                feed.connect_timeout
+            )))
+        }
+        Ok(r) => r?,
+    };
     let protocol = response
         .headers()
         .get("sec-websocket-protocol")

@@ -74,7 +74,8 @@ pub fn form_field(body: &[u8], name: &[u8]) -> Option<Vec<u8>> {
     })
 }
 
-fn form_decode(v: &[u8]) -> Vec<u8> {
+/// `application/x-www-form-urlencoded` decoding of one value.
+pub fn form_decode(v: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(v.len());
     let mut i = 0;
     while i < v.len() {

@@ -9,6 +9,7 @@
 //! - [`hixie76`]: the 2010 WebSocket draft SockJS still lists: its challenge and frames
 //! - [`sockjs`]: the SockJS frames, transport wrappers, URLs, `/info` and `iframe.html`
 //! - [`engineio`]: Engine.IO 3 and 4 packets, polling payloads, JSONP, the open packet
+//! - [`socketio`]: Socket.IO 4 and 5 packets, their namespaces, acks and attachments
 //! - [`http`]: HTTP/1 header tokens, query parameters, the request's host
 //! - [`http1`]: HTTP/1.1 heads as a proxy forwards them: framing, hop-by-hop fields
 //! - [`chunked`]: the chunked transfer coding, scanned in place
@@ -22,6 +23,7 @@ pub mod hixie76;
 pub mod http;
 pub mod http1;
 pub mod longpoll;
+pub mod socketio;
 pub mod sockjs;
 pub mod sse;
 pub mod time;

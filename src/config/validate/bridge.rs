@@ -5,8 +5,8 @@
 use super::Validator;
 use crate::config::model::{
     Auth, BackendSpec, BinaryPolicy, BridgeRoute, Builtin, ClientTransports, Compression, Fanout,
-    Publish, SlowConsumer, SockJs, SockJsTransports, DEFAULT_FORWARD_HEADERS, DEFAULT_LINGER,
-    DEFAULT_REPLAY, DEFAULT_SESSION_TTL, DEFAULT_SOCKJS_CLIENT_URL,
+    Publish, SlowConsumer, SockJs, SockJsTransports, SocketIo, DEFAULT_FORWARD_HEADERS,
+    DEFAULT_LINGER, DEFAULT_REPLAY, DEFAULT_SESSION_TTL, DEFAULT_SOCKJS_CLIENT_URL,
 };
 use crate::config::raw::{RawBackend, RawRoute};
 
@@ -122,6 +122,7 @@ impl Validator<'_> {
                     long_poll: true,
                     sockjs: false,
                     engineio: false,
+                    socketio: false,
                 },
                 BackendSpec::Builtin(Builtin::DemoPage) => ClientTransports::default(),
             },
@@ -137,7 +138,7 @@ impl Validator<'_> {
                 if list.is_empty() {
                     self.err(
                         format!("{at}.clients"),
-                        "clients is empty: list at least one of sse, websocket, long_poll, sockjs, engineio",
+                        "clients is empty: list at least one of sse, websocket, long_poll, sockjs, engineio, socketio",
                     );
                 }
                 for (i, name) in list.iter().enumerate() {
@@ -147,8 +148,9 @@ impl Validator<'_> {
                         "long_poll" => &mut c.long_poll,
                         "sockjs" => &mut c.sockjs,
                         "engineio" => &mut c.engineio,
+                        "socketio" => &mut c.socketio,
                         other => {
-                            self.err(format!("{at}.clients[{i}]"), format!("unknown client transport {other:?}: use sse, websocket, long_poll, sockjs or engineio"));
+                            self.err(format!("{at}.clients[{i}]"), format!("unknown client transport {other:?}: use sse, websocket, long_poll, sockjs, engineio or socketio"));
                             continue;
                         }
                     };
@@ -287,6 +289,7 @@ impl Validator<'_> {
             );
         }
         let sockjs = self.sockjs(at, raw, &clients, &backend, fanout);
+        let socketio = self.socketio(at, raw, &clients, &backend, fanout);
         let compression = self.compression(at, raw, &clients, sockjs.as_ref());
         Some(BridgeRoute {
             backend,
@@ -298,6 +301,7 @@ impl Validator<'_> {
             binary,
             session_ttl,
             sockjs,
+            socketio,
             compression,
             publish,
             auth: raw
@@ -395,11 +399,93 @@ impl Validator<'_> {
 }
 
 /// The SockJS keys, with their defaults.
+/// socket.io's own `connectTimeout`.
+pub const DEFAULT_SOCKETIO_CONNECT_TIMEOUT: std::time::Duration =
+    std::time::Duration::from_secs(45);
 pub const DEFAULT_SOCKJS_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(25);
 pub const DEFAULT_SOCKJS_DISCONNECT_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
 pub const DEFAULT_SOCKJS_RESPONSE_LIMIT: usize = 128 * 1024;
 
 impl Validator<'_> {
+    /// `socketio:` settings for a route whose `clients` lists `socketio`.
+    fn socketio(
+        &mut self,
+        at: &str,
+        raw: &RawRoute,
+        clients: &ClientTransports,
+        backend: &BackendSpec,
+        fanout: Fanout,
+    ) -> Option<SocketIo> {
+        if !clients.socketio {
+            if raw.socketio.is_some() {
+                self.err(
+                    format!("{at}.socketio"),
+                    "`socketio` settings need `socketio` in the route's `clients`",
+                );
+            }
+            return None;
+        }
+        if clients.engineio {
+            self.err(
+                format!("{at}.clients"),
+                "engineio and socketio are two uses of one Engine.IO endpoint at the route's path: list one of them",
+            );
+        }
+        if !(matches!(backend, BackendSpec::WebSocket(_)) && fanout == Fanout::PerClient) {
+            self.err(
+                format!("{at}.clients"),
+                "socketio maps each namespace a client joins to a backend WebSocket session of its own: it needs a `websocket:` backend with `fanout: per_client`",
+            );
+        }
+        let r = raw.socketio.as_ref();
+        let here = |k: &str| format!("{at}.socketio.{k}");
+        let namespaces = r
+            .and_then(|r| r.namespaces.clone())
+            .unwrap_or_else(|| vec!["/".to_owned()]);
+        if namespaces.is_empty() {
+            self.err(
+                here("namespaces"),
+                "list at least one namespace (\"/\" is the main one)",
+            );
+        }
+        for (i, n) in namespaces.iter().enumerate() {
+            let ok = n.starts_with('/')
+                && n.len() <= 128
+                && n[1..]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./~".contains(&b))
+                && !n.contains("//")
+                && !n.split('/').any(|s| s == "." || s == "..");
+            if !ok {
+                self.err(
+                    format!("{at}.socketio.namespaces[{i}]"),
+                    format!("{n:?} is not a namespace: it starts with / and holds letters, digits, - _ . ~ and / (it is added to the backend URL's path)"),
+                );
+            }
+            if namespaces[..i].contains(n) {
+                self.err(
+                    format!("{at}.socketio.namespaces[{i}]"),
+                    format!("{n} is listed twice"),
+                );
+            }
+        }
+        let connect_timeout = self.duration(
+            here("connect_timeout"),
+            &r.and_then(|r| r.connect_timeout.clone()),
+            DEFAULT_SOCKETIO_CONNECT_TIMEOUT,
+        );
+        if connect_timeout.is_zero() {
+            self.err(
+                here("connect_timeout"),
+                "connect_timeout must be above 0s: it is how long a client has to join a namespace",
+            );
+        }
+        Some(SocketIo {
+            namespaces,
+            connect_timeout,
+        })
+    }
+
     /// `sockjs:` settings for a route whose `clients` lists `sockjs`.
     fn sockjs(
         &mut self,

@@ -241,10 +241,10 @@ impl Validator<'_> {
         };
         if let RouteKind::Bridge(b) = &kind {
             self.templates(at, channels.as_ref(), &b.backend, raw);
-            if b.clients.engineio && keepalive.ping_interval.is_zero() {
+            if b.clients.engine() && keepalive.ping_interval.is_zero() {
                 self.err(
                     format!("{at}.keepalive.ping_interval"),
-                    "Engine.IO clients need heartbeats: its pingInterval is `ping_interval`, so it cannot be 0 on a route that lists `engineio`",
+                    "Engine.IO clients need heartbeats: its pingInterval is `ping_interval`, so it cannot be 0 on a route that lists `engineio` or `socketio`",
                 );
             }
             let forwards_cookies = b.remote().is_some_and(|f| {
