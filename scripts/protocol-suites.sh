@@ -27,6 +27,10 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
+if (echo > /dev/tcp/127.0.0.1/3000) 2>/dev/null; then
+  echo "127.0.0.1:3000 is in use: the suites hard-code it, stop what listens there" >&2
+  exit 1
+fi
 cargo build --locked --quiet --bin switchyard
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 backend_port=$(free_port)

@@ -339,12 +339,20 @@ async fn poll<D: Downstream>(
         return payload_answer(down, bridge, &s.proto, jsonp.as_deref(), &last).await;
     }
     if s.proto.phase() == Phase::Probing {
-        // A poll sent while the upgrade is under way: the client's `5` may be on its way on
-        // the WebSocket, after which polls are refused (engine.io-client itself polls no more
-        // once it probed; a poll already waiting is answered with a noop).
+        // A poll sent while the upgrade is under way. The client's `5` may be on its way on
+        // the WebSocket, after which polls are refused; else the poll is answered with a noop
+        // at once (engine.io's upgrade check does so every 100 ms): a client that polled
+        // again before it saw `3probe` waits for this poll to end before it sends `5`, and
+        // the messages stay for the WebSocket.
         let until = tokio::time::Instant::now() + PROBING_GRACE;
         while s.proto.phase() == Phase::Probing && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if s.proto.phase() == Phase::Probing {
+            let mut packets: Vec<Packet> = s.proto.take_control();
+            packets.retain(|p| *p != Packet::Noop);
+            packets.push(Packet::Noop);
+            return payload_answer(down, bridge, &s.proto, jsonp.as_deref(), &packets).await;
         }
     }
     if s.proto.phase() == Phase::WebSocket {

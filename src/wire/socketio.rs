@@ -213,14 +213,11 @@ pub fn connected(p: Protocol, nsp: &str, sid: &str) -> String {
 /// A CONNECT_ERROR: `{"message":...,"data":...}` in protocol 5, the message as a string in 4.
 pub fn connect_error(p: Protocol, nsp: &str, message: &str, data: Option<&Value>) -> String {
     let payload = match p {
-        Protocol::V5 => {
-            let mut o = serde_json::Map::new();
-            o.insert("message".into(), Value::String(message.into()));
-            if let Some(d) = data {
-                o.insert("data".into(), d.clone());
-            }
-            Value::Object(o).to_string()
-        }
+        // `message` first, as socket.io writes it.
+        Protocol::V5 => match data {
+            Some(d) => format!("{{\"message\":{},\"data\":{d}}}", json_string(message)),
+            None => format!("{{\"message\":{}}}", json_string(message)),
+        },
         Protocol::V4 => Value::String(message.into()).to_string(),
     };
     encode(Kind::ConnectError, 0, nsp, None, Some(&payload))

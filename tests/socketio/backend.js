@@ -7,9 +7,15 @@
 //     {"event":["message-with-ack", ...args],"id":N} -> {"ack":N,"args":[...args]};
 //     binary attachments (announced by placeholders) follow their message both ways;
 //     ["close", code] -> closes with that code
+//   - "/forbidden": the handshake refused with 403
 // Usage: NODE_PATH=<dir with node_modules> node backend.js PORT
 const { WebSocketServer } = require('ws');
-const wss = new WebSocketServer({ port: parseInt(process.argv[2], 10), host: '127.0.0.1' });
+const wss = new WebSocketServer({
+  port: parseInt(process.argv[2], 10),
+  host: '127.0.0.1',
+  // A namespace this backend does not serve: the handshake is refused.
+  verifyClient: (info, done) => (info.req.url.startsWith('/forbidden') ? done(false, 403) : done(true)),
+});
 
 function placeholders(v) {
   if (Array.isArray(v)) return v.reduce((n, x) => n + placeholders(x), 0);

@@ -30,6 +30,7 @@ mod ops;
 mod passthrough;
 mod proxy;
 mod sessions;
+mod socketio;
 mod sockjs;
 mod status;
 mod tls;

@@ -1,0 +1,292 @@
+//! Socket.IO clients on a plain WebSocket backend, over the wire: real clients
+//! (socket.io-client 4 and 2.5) on every transport through a backend written to the mapping
+//! (tests/socketio/backend.js), and the mapping's edges raw: refused and unknown namespaces,
+//! a backend's refusal and its loss, protocol 4's CONNECT query, invalid packets. The
+//! protocol's own suite (socket.io-protocol `test-suite/`) runs in `scripts/protocol-suites.sh`;
+//! Chromium clients are in `browser.rs`.
+
+use crate::common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+pub(crate) fn node_modules() -> String {
+    let tools = std::env::var("SWITCHYARD_TOOLS")
+        .unwrap_or_else(|_| format!("{}/.cache/switchyard-tools", std::env::var("HOME").unwrap()));
+    let modules = format!("{tools}/node/node_modules");
+    assert!(
+        std::path::Path::new(&format!("{modules}/socket.io-client-v2/package.json")).exists(),
+        "socket.io-client (npm) is not in {modules}: run scripts/install-deps.sh --test"
+    );
+    modules
+}
+
+/// tests/socketio/backend.js: a plain WebSocket backend that follows the mapping (and refuses
+/// `/forbidden` with 403), on a free port.
+pub(crate) struct MappedBackend {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl MappedBackend {
+    pub(crate) async fn start() -> MappedBackend {
+        let port = free_port();
+        let child = Command::new("node")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/socketio/backend.js"
+            ))
+            .arg(port.to_string())
+            .env("NODE_PATH", node_modules())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node runs (apt-get install nodejs)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(
+            wait_for_port(addr, Duration::from_secs(10)).await,
+            "the backend did not listen"
+        );
+        MappedBackend { child, addr }
+    }
+}
+
+impl Drop for MappedBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `clients: [socketio]` route at /socket.io on `backend`, with `extra` keys.
+pub(crate) fn route(backend: SocketAddr, extra: &str) -> String {
+    format!(
+        "  - name: sio\n    path: /socket.io\n    backend: {{ websocket: \"ws://{backend}/\" }}\n    fanout: per_client\n    clients: [socketio]\n    socketio: {{ namespaces: [\"/\", \"/custom\", \"/forbidden\"], connect_timeout: 2s }}\n{extra}"
+    )
+}
+
+#[tokio::test]
+async fn real_clients_on_every_transport_with_namespaces_acks_and_binary() {
+    let backend = MappedBackend::start().await;
+    let gw = Gateway::start(&route(backend.addr, "")).await;
+    let url = gw.url("");
+    for version in ["4", "2"] {
+        for mode in ["polling", "websocket", "upgrade"] {
+            let out = tokio::process::Command::new("node")
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/socketio/client.js"
+                ))
+                .args([url.as_str(), version, mode])
+                .env("NODE_PATH", node_modules())
+                .output();
+            let out = tokio::time::timeout(Duration::from_secs(30), out)
+                .await
+                .expect("the client ends")
+                .expect("node runs");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let r: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| {
+                panic!(
+                    "{version} {mode}: {text} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+            assert_eq!(r["ok"], true, "socket.io-client {version} on {mode}: {r}");
+            let want = if mode == "polling" {
+                "polling"
+            } else {
+                "websocket"
+            };
+            assert_eq!(r["transport"], want, "{version} {mode}: {r}");
+        }
+    }
+    let m = gw.metrics().await;
+    for t in ["socketio-polling", "socketio-websocket"] {
+        let series = format!(
+            "switchyard_messages_total{{direction=\"in\",route=\"sio\",transport=\"{t}\"}}"
+        );
+        assert!(metric(&m, &series).is_some_and(|v| v >= 6.0), "{series}");
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw Engine.IO WebSocket, past its open packet.
+async fn raw(gw: &Gateway, eio: u8) -> Ws {
+    let url = gw.ws_url(&format!("/socket.io/?EIO={eio}&transport=websocket"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let open = next_text(&mut ws).await;
+    assert!(open.starts_with("0{"), "{open}");
+    ws
+}
+
+/// The next text message (pings skipped), or "closed".
+async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        match tokio::time::timeout(DEADLINE, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2" => continue,
+            Ok(Some(Ok(Message::Text(t)))) => return t.to_string(),
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
+                return "closed".into()
+            }
+            Ok(Some(Ok(other))) => panic!("unexpected {other:?}"),
+            Err(_) => panic!("nothing within the deadline"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn namespaces_refused_joined_left_and_lost() {
+    let backend = MappedBackend::start().await;
+    let gw = Gateway::start(&route(backend.addr, "")).await;
+    let mut ws = raw(&gw, 4).await;
+    // Not listed: refused by the gateway.
+    ws.send(Message::text("40/random,")).await.unwrap();
+    assert_eq!(
+        next_text(&mut ws).await,
+        r#"44/random,{"message":"Invalid namespace"}"#
+    );
+    // Listed, refused by the backend: its status reaches the client's connect_error.
+    ws.send(Message::text("40/forbidden,")).await.unwrap();
+    assert_eq!(
+        next_text(&mut ws).await,
+        r#"44/forbidden,{"message":"backend refused: 403","data":{"status":403}}"#
+    );
+    // Joined with auth: the backend saw it as a header, non-ASCII escaped.
+    ws.send(Message::text(r#"40/custom,{"token":"Zoë"}"#))
+        .await
+        .unwrap();
+    let joined = next_text(&mut ws).await;
+    assert!(joined.starts_with(r#"40/custom,{"sid":""#), "{joined}");
+    assert_eq!(
+        next_text(&mut ws).await,
+        r#"42/custom,["auth",{"token":"Zoë"}]"#
+    );
+    // A packet for a namespace never joined ends the connection, as socket.io does.
+    ws.send(Message::text(r#"42/other,["x"]"#)).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "1");
+    assert_eq!(next_text(&mut ws).await, "closed");
+
+    // A backend that is lost (1011) drops the whole connection: the client reconnects.
+    let mut ws = raw(&gw, 4).await;
+    ws.send(Message::text("40")).await.unwrap();
+    assert!(next_text(&mut ws).await.starts_with("40{"));
+    assert_eq!(next_text(&mut ws).await, r#"42["auth",{}]"#);
+    ws.send(Message::text(r#"42["close",1011]"#)).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "1");
+    assert_eq!(next_text(&mut ws).await, "closed");
+
+    // Protocol 4 (socket.io-client 2): `/` is joined at once, CONNECT answers carry nothing,
+    // a namespace's query is its auth, refusals are strings.
+    let mut ws = raw(&gw, 3).await;
+    assert_eq!(next_text(&mut ws).await, "40");
+    assert_eq!(next_text(&mut ws).await, r#"42["auth",{}]"#);
+    ws.send(Message::text("40/custom?token=a%20b,"))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut ws).await, "40/custom,");
+    assert_eq!(
+        next_text(&mut ws).await,
+        r#"42/custom,["auth",{"token":"a b"}]"#
+    );
+    ws.send(Message::text("40/nope,")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, r#"44/nope,"Invalid namespace""#);
+    ws.send(Message::text("41/custom,")).await.unwrap();
+    ws.send(Message::text(r#"42["message","still here"]"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_text(&mut ws).await,
+        r#"42["message-back","still here"]"#
+    );
+}
+
+#[tokio::test]
+async fn backend_messages_map_to_events_acks_and_attachments() {
+    // A backend that sends what a plain backend may: any text, bytes, events with ack ids,
+    // events with attachments, and then closes deliberately.
+    let feed = FeedBackend::start().await;
+    let gw = Gateway::start(&format!(
+        "  - name: sio\n    path: /socket.io\n    backend: {{ websocket: \"{}\" }}\n    fanout: per_client\n    clients: [socketio]\n",
+        feed.url("/")
+    ))
+    .await;
+    let mut ws = raw(&gw, 4).await;
+    ws.send(Message::text("40")).await.unwrap();
+    assert!(next_text(&mut ws).await.starts_with("40{"));
+    feed.wait_open(1).await;
+    let sent = vec![
+        Message::text("plain words"),
+        Message::text(r#"{"a":1}"#),
+        Message::text(r#"["news",{"b":[2,3]},"x"]"#),
+        Message::text(r#"{"event":["ask",1],"id":9}"#),
+        Message::text(r#"["file",{"_placeholder":true,"num":0},"name"]"#),
+        Message::binary(vec![1u8, 2, 3]),
+        Message::binary(vec![7u8]),
+    ];
+    feed.send(FeedCmd::Send {
+        messages: std::sync::Arc::new(sent),
+        batch: 7,
+        pause: Duration::ZERO,
+    });
+    assert_eq!(next_text(&mut ws).await, r#"42["message","plain words"]"#);
+    assert_eq!(next_text(&mut ws).await, r#"42["message","{\"a\":1}"]"#);
+    assert_eq!(next_text(&mut ws).await, r#"42["news",{"b":[2,3]},"x"]"#);
+    assert_eq!(next_text(&mut ws).await, r#"429["ask",1]"#);
+    assert_eq!(
+        next_text(&mut ws).await,
+        r#"451-["file",{"_placeholder":true,"num":0},"name"]"#
+    );
+    let bin = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(bin, Message::binary(vec![1u8, 2, 3]));
+    assert_eq!(
+        next_text(&mut ws).await,
+        r#"451-["message",{"_placeholder":true,"num":0}]"#
+    );
+    let bin = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(bin, Message::binary(vec![7u8]));
+    // The client's ack of 9 reaches the backend in the mapping's form.
+    ws.send(Message::text(r#"439["yes"]"#)).await.unwrap();
+    // A deliberate close (4000) is the namespace's DISCONNECT; the connection stays.
+    feed.send(FeedCmd::Close(4000, "bye".into()));
+    assert_eq!(next_text(&mut ws).await, "41");
+    ws.send(Message::text("3")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.expect_metric("switchyard_engineio_sessions_open{route=\"sio\"}", 1.0)
+        .await;
+}
+
+#[tokio::test]
+async fn a_client_that_joins_nothing_is_let_go() {
+    let backend = MappedBackend::start().await;
+    let gw = Gateway::start(&route(backend.addr, "")).await;
+    // connect_timeout is 2 s here: no CONNECT, no connection (pongs or not).
+    let url = gw.ws_url("/socket.io/?EIO=4&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(DEADLINE, ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
+                ws.send(Message::text("3")).await.unwrap()
+            }
+            Some(Ok(Message::Text(_))) => {}
+            _ => break,
+        }
+    }
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1900), "{waited:?}");
+    // Its namespaces' sessions never opened; nothing is held.
+    gw.wait_metric_is("switchyard_engineio_sessions_open{route=\"sio\"}", 0.0)
+        .await;
+}
