@@ -435,14 +435,32 @@ async fn chromium_pages_from_allowed_origins_work_and_others_are_refused() {
 async fn serve_page_origin(
     page: &'static str,
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    serve_page_with(
+        page,
+        &[("/sockjs.min.js", "sockjs-client/dist/sockjs.min.js")],
+    )
+    .await
+}
+
+/// A page server for another origin: `/` (any other path) is `page`; each of `scripts` is a
+/// URL path and the file under `$SWITCHYARD_TOOLS/node/node_modules` it serves.
+async fn serve_page_with(
+    page: &'static str,
+    scripts: &[(&'static str, &str)],
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tools = std::env::var("SWITCHYARD_TOOLS")
         .unwrap_or_else(|_| format!("{}/.cache/switchyard-tools", std::env::var("HOME").unwrap()));
-    let script_path = format!("{tools}/node/node_modules/sockjs-client/dist/sockjs.min.js");
-    let script = std::sync::Arc::new(
-        std::fs::read(&script_path)
-            .unwrap_or_else(|e| panic!("{script_path}: {e}: run scripts/install-deps.sh --test")),
-    );
+    let scripts: Vec<(&'static str, Vec<u8>)> = scripts
+        .iter()
+        .map(|(at, file)| {
+            let path = format!("{tools}/node/node_modules/{file}");
+            let body = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("{path}: {e}: run scripts/install-deps.sh --test"));
+            (*at, body)
+        })
+        .collect();
+    let scripts = std::sync::Arc::new(scripts);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -450,7 +468,7 @@ async fn serve_page_origin(
             let Ok((mut s, _)) = listener.accept().await else {
                 return;
             };
-            let script = script.clone();
+            let scripts = scripts.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -465,10 +483,11 @@ async fn serve_page_origin(
                     .next()
                     .unwrap_or("")
                     .to_owned();
-                let (ctype, body): (&str, Vec<u8>) = if line.starts_with("GET /sockjs.min.js") {
-                    ("application/javascript", script.to_vec())
-                } else {
-                    ("text/html; charset=utf-8", page.as_bytes().to_vec())
+                let target = line.split(' ').nth(1).unwrap_or("/");
+                let script = scripts.iter().find(|(at, _)| *at == target);
+                let (ctype, body): (&str, Vec<u8>) = match script {
+                    Some((_, js)) => ("application/javascript", js.clone()),
+                    None => ("text/html; charset=utf-8", page.as_bytes().to_vec()),
                 };
                 let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
                 let _ = s.write_all(resp.as_bytes()).await;
@@ -880,4 +899,123 @@ async fn status_page_in_chromium_shows_the_route_table() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("status-page.png"), &png).unwrap();
     drop((clients, clock_ws));
+}
+
+const SOCKETIO_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"></head>
+<body><script>
+var v = new URLSearchParams(location.search).get('v');
+var lib = document.createElement('script');
+lib.src = v === '2' ? '/socket.io-v2.js' : '/socket.io.min.js';
+document.head.appendChild(lib);
+window.results = {};
+window.run = function (url, mode) {
+  var r = results[mode] = {};
+  var opts = { path: '/socket.io', forceNew: true, reconnection: false, withCredentials: true };
+  if (mode === 'polling' || mode === 'jsonp') opts.transports = ['polling'];
+  if (mode === 'jsonp') opts.forceJSONP = true;
+  if (mode === 'websocket') opts.transports = ['websocket'];
+  var customOpts = Object.assign({}, opts, v === '2' ? { query: { token: 'abc' } } : { auth: { token: 'abc' } });
+  var main = io(url + '/', opts);
+  var custom = io(url + '/custom', customOpts);
+  var seen = 0;
+  var go = function () {
+    var text = 'h\u00e9llo \u2603 \ud83d\ude00 \u2028';
+    var big = new Array(64 * 1024 + 1).join('b');
+    main.once('message-back', function (a, b, c) {
+      r.echoed = a === text && b === big && c instanceof ArrayBuffer && new Uint8Array(c).join() === '0,1,2,255';
+      main.emit('message-with-ack', 7, function (n) {
+        r.acked = n === 7;
+        r.transport = main.io.engine.transport.name;
+        r.done = true;
+        main.close();
+        custom.close();
+      });
+    });
+    main.emit('message', text, big, new Uint8Array([0, 1, 2, 255]).buffer);
+  };
+  main.on('auth', function (a) { r.mainAuth = a; if (++seen === 2) go(); });
+  custom.on('auth', function (a) { r.customAuth = a; if (++seen === 2) go(); });
+  main.on('connect_error', function (e) { r.error = String(e); });
+  custom.on('connect_error', function (e) { r.error = String(e); });
+};
+</script></body></html>"#;
+
+/// socket.io-client 4 (and 2.5) in Chromium, from another origin with `withCredentials: true`,
+/// through switchyard to a plain backend written to the mapping: two namespaces, auth, events
+/// with non-ASCII text, 64 KiB and binary, an ack; on every transport each offers (JSONP for
+/// 2.5). The browser enforces CORS with credentials: an exact origin and
+/// `Access-Control-Allow-Credentials` (without `cors: { credentials: true }` this fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_clients_in_chromium_cross_origin_with_credentials() {
+    let (page, _server) = serve_page_with(
+        SOCKETIO_PAGE,
+        &[
+            (
+                "/socket.io.min.js",
+                "socket.io-client/dist/socket.io.min.js",
+            ),
+            ("/socket.io-v2.js", "socket.io-client-v2/dist/socket.io.js"),
+        ],
+    )
+    .await;
+    let backend = crate::socketio::MappedBackend::start().await;
+    let routes = crate::socketio::route(
+        backend.addr,
+        &format!("    origins: [\"http://{page}\"]\n    cors: {{ credentials: true }}\n"),
+    );
+    let gw = Gateway::start(&routes).await;
+    for (v, modes) in [
+        ("4", &["polling", "websocket", "upgrade"][..]),
+        ("2", &["polling", "jsonp", "websocket", "upgrade"][..]),
+    ] {
+        let (_browser, mut cdp, mut id) = loaded_page(&format!("http://{page}/?v={v}")).await;
+        wait_true(
+            &mut cdp,
+            &mut id,
+            "typeof io === 'function'",
+            "socket.io-client loading",
+        )
+        .await;
+        for mode in modes {
+            eval(
+                &mut cdp,
+                &mut id,
+                &format!("run('{}', '{mode}')", gw.url("")),
+            )
+            .await;
+            wait_true(
+                &mut cdp,
+                &mut id,
+                &format!(
+                    "!!(results['{mode}'] && (results['{mode}'].done || results['{mode}'].error))"
+                ),
+                &format!("socket.io-client {v} on {mode}"),
+            )
+            .await;
+            let r = eval(&mut cdp, &mut id, &format!("results['{mode}']")).await;
+            assert_eq!(r["done"], true, "{v} {mode}: {r}");
+            assert_eq!(r["echoed"], true, "{v} {mode}: {r}");
+            assert_eq!(r["acked"], true, "{v} {mode}: {r}");
+            assert_eq!(r["mainAuth"], serde_json::json!({}), "{v} {mode}: {r}");
+            assert_eq!(
+                r["customAuth"],
+                serde_json::json!({"token": "abc"}),
+                "{v} {mode}: {r}"
+            );
+            let want = if matches!(*mode, "polling" | "jsonp") {
+                "polling"
+            } else {
+                "websocket"
+            };
+            assert_eq!(r["transport"], want, "{v} {mode}: {r}");
+        }
+    }
+    let m = gw.metrics().await;
+    for t in ["socketio-polling", "socketio-websocket"] {
+        let series = format!(
+            "switchyard_messages_total{{direction=\"in\",route=\"sio\",transport=\"{t}\"}}"
+        );
+        assert!(metric(&m, &series).is_some_and(|n| n >= 7.0), "{series}");
+    }
 }
