@@ -33,6 +33,7 @@ pub struct Message {
     ws_deflate: OnceLock<Bytes>,
     json: OnceLock<Bytes>,
     sockjs: OnceLock<Bytes>,
+    engine: OnceLock<Bytes>,
 }
 
 impl Message {
@@ -53,7 +54,15 @@ impl Message {
             ws_deflate: OnceLock::new(),
             json: OnceLock::new(),
             sockjs: OnceLock::new(),
+            engine: OnceLock::new(),
         }
+    }
+
+    /// This message as an Engine.IO client's WebSocket frames, encoded once by `encode` for
+    /// every subscriber: a route's Engine.IO framing of a message is the same for all of its
+    /// clients (callers keep binary messages, whose frames differ by protocol revision, out).
+    pub fn engine_frames(&self, encode: impl FnOnce(&Message) -> Bytes) -> Bytes {
+        self.engine.get_or_init(|| encode(self)).clone()
     }
 
     /// The long-poll JSON value for this message, encoded once.

@@ -263,15 +263,7 @@ impl Engine {
                 if !matches!(self.namespaces.get(&p.nsp), Some(Ns::Open(_))) {
                     return Err(End(1002, "a packet for a namespace not joined"));
                 }
-                let data = p.data.as_deref().unwrap_or("[]");
-                let text = match (p.kind, p.id) {
-                    (Kind::Event | Kind::BinaryEvent, None) => data.to_owned(),
-                    (Kind::Event | Kind::BinaryEvent, Some(id)) => {
-                        format!("{{\"event\":{data},\"id\":{id}}}")
-                    }
-                    (_, Some(id)) => format!("{{\"ack\":{id},\"args\":{data}}}"),
-                    (_, None) => return Err(End(1002, "an ack without its id")),
-                };
+                let text = backend_text(&p).map_err(|sio::Invalid(why)| End(1002, why))?;
                 if p.attachments > 0 {
                     self.incoming = Some(Incoming {
                         nsp: p.nsp,
@@ -442,6 +434,67 @@ impl Engine {
     }
 }
 
+/// A shared feed's message as the Socket.IO packet (and attachment) every client on `/` gets,
+/// by the mapping. Each message stands alone: a feed's JSON placeholders are not followed up.
+pub fn feed_packet(m: &Message) -> (String, Option<Bytes>) {
+    if m.binary {
+        let data = format!("[\"message\",{}]", sio::placeholder(0));
+        return (
+            sio::encode(Kind::BinaryEvent, 1, "/", None, Some(&data)),
+            Some(m.payload.clone()),
+        );
+    }
+    let (kind, id, data, _) = map_text(&String::from_utf8_lossy(&m.payload));
+    (sio::encode(kind, 0, "/", id, Some(&data)), None)
+}
+
+/// What a client of a shared feed sent, by the mapping: a packet for the backend's `post:`
+/// (an event or an ack, as text), an answer for the client (its CONNECT's), or nothing.
+pub enum FromClient {
+    ToBackend(String),
+    Answer(String),
+    Nothing,
+}
+
+/// A text packet from a client of a shared feed (only `/` is served there).
+pub fn feed_client_packet(protocol: Protocol, text: &str) -> Result<FromClient, sio::Invalid> {
+    let p = sio::decode(text)?;
+    Ok(match p.kind {
+        Kind::Connect if p.nsp == "/" => {
+            FromClient::Answer(sio::connected(protocol, "/", &new_socket_id()))
+        }
+        Kind::Connect => FromClient::Answer(sio::connect_error(
+            protocol,
+            &p.nsp,
+            "Invalid namespace",
+            None,
+        )),
+        Kind::Disconnect => FromClient::Nothing,
+        Kind::Event | Kind::BinaryEvent | Kind::Ack | Kind::BinaryAck if p.nsp == "/" => {
+            FromClient::ToBackend(backend_text(&p)?)
+        }
+        _ => return Err(sio::Invalid("a packet for a namespace not joined")),
+    })
+}
+
+/// A client's event or ack as the backend's text (its attachments follow as they came).
+fn backend_text(p: &sio::Packet) -> Result<String, sio::Invalid> {
+    let data = p.data.as_deref().unwrap_or("[]");
+    Ok(match (p.kind, p.id) {
+        (Kind::Event | Kind::BinaryEvent, None) => data.to_owned(),
+        (Kind::Event | Kind::BinaryEvent, Some(id)) => format!("{{\"event\":{data},\"id\":{id}}}"),
+        (_, Some(id)) => format!("{{\"ack\":{id},\"args\":{data}}}"),
+        (_, None) => return Err(sio::Invalid("an ack without its id")),
+    })
+}
+
+/// A socket id for a CONNECT answer.
+fn new_socket_id() -> String {
+    let mut raw = [0u8; 15];
+    getrandom::fill(&mut raw).expect("the operating system's random source works");
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw)
+}
+
 /// A backend message as the client's packet (with its attachments), by the mapping; None
 /// while the attachments of a packet are still coming.
 fn translate(nsp: &str, j: &mut Joined, m: &Message) -> Option<(String, Vec<Bytes>)> {
@@ -471,32 +524,7 @@ fn translate(nsp: &str, j: &mut Joined, m: &Message) -> Option<(String, Vec<Byte
             vec![m.payload.clone()],
         ));
     }
-    let text = String::from_utf8_lossy(&m.payload);
-    // What the backend meant: an event, an event with an ack id, or an ack; its JSON goes on
-    // as the backend wrote it.
-    let named =
-        |v: &Value| matches!(v, Value::Array(a) if matches!(a.first(), Some(Value::String(_))));
-    let (kind, id, data, json) = if let Ok(v @ Value::Array(_)) =
-        serde_json::from_str::<Value>(&text)
-    {
-        if named(&v) {
-            (Kind::Event, None, text.to_string(), Some(v))
-        } else {
-            message_event(&text)
-        }
-    } else if let Ok(e) = serde_json::from_str::<EventForm>(&text) {
-        match serde_json::from_str::<Value>(e.event.get()) {
-            Ok(v) if named(&v) => (Kind::Event, Some(e.id), e.event.get().to_owned(), Some(v)),
-            _ => message_event(&text),
-        }
-    } else if let Ok(a) = serde_json::from_str::<AckForm>(&text) {
-        match serde_json::from_str::<Value>(a.args.get()) {
-            Ok(v @ Value::Array(_)) => (Kind::Ack, Some(a.ack), a.args.get().to_owned(), Some(v)),
-            _ => message_event(&text),
-        }
-    } else {
-        message_event(&text)
-    };
+    let (kind, id, data, json) = map_text(&String::from_utf8_lossy(&m.payload));
     let attachments = json.as_ref().and_then(sio::placeholders).unwrap_or(0);
     if attachments > 0 && attachments <= sio::MAX_ATTACHMENTS {
         let binary_kind = if kind == Kind::Ack {
@@ -514,6 +542,30 @@ fn translate(nsp: &str, j: &mut Joined, m: &Message) -> Option<(String, Vec<Byte
         return None;
     }
     Some((sio::encode(kind, 0, nsp, id, Some(&data)), Vec::new()))
+}
+
+/// A backend's text by the mapping: what the backend meant (an event, an event with an ack id,
+/// an ack, or anything else as the event `message`), its ack id, the packet's JSON as the
+/// backend wrote it, and that JSON parsed (to find attachments).
+fn map_text(text: &str) -> (Kind, Option<u64>, String, Option<Value>) {
+    let named =
+        |v: &Value| matches!(v, Value::Array(a) if matches!(a.first(), Some(Value::String(_))));
+    if let Ok(v @ Value::Array(_)) = serde_json::from_str::<Value>(text) {
+        if named(&v) {
+            return (Kind::Event, None, text.to_owned(), Some(v));
+        }
+    } else if let Ok(e) = serde_json::from_str::<EventForm>(text) {
+        if let Ok(v) = serde_json::from_str::<Value>(e.event.get()) {
+            if named(&v) {
+                return (Kind::Event, Some(e.id), e.event.get().to_owned(), Some(v));
+            }
+        }
+    } else if let Ok(a) = serde_json::from_str::<AckForm>(text) {
+        if let Ok(v @ Value::Array(_)) = serde_json::from_str::<Value>(a.args.get()) {
+            return (Kind::Ack, Some(a.ack), a.args.get().to_owned(), Some(v));
+        }
+    }
+    message_event(text)
 }
 
 /// `{"event":[...],"id":M}` from a backend: an event that asks for the client's ack.

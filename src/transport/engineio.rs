@@ -202,7 +202,7 @@ async fn open<D: Downstream>(
     let client = super::client_info(down);
     // A Socket.IO connection's feed is its engine, which opens a backend session per
     // namespace the client joins.
-    let own_feed = bridge.spec.clients.socketio.then(|| {
+    let own_feed = (bridge.spec.clients.socketio && !mapped(bridge)).then(|| {
         let protocol = match v {
             Version::V3 => crate::wire::socketio::Protocol::V4,
             Version::V4 => crate::wire::socketio::Protocol::V5,
@@ -237,6 +237,11 @@ async fn open<D: Downstream>(
         }
     };
     eio::heartbeat(&s, route.to_owned());
+    if mapped(bridge) && v == Version::V3 {
+        // Socket.IO 2 clients are joined to `/` by the server.
+        let joined = crate::wire::socketio::connected(protocol(v), "/", "");
+        s.proto.push(Packet::text(Bytes::from(joined)));
+    }
     let open = frame::open_packet(
         &sid,
         phase == Phase::Polling,
@@ -311,10 +316,79 @@ fn packet_len(p: &Packet) -> usize {
     }
 }
 
-fn packet_of(m: &Message) -> Packet {
-    Packet::Message {
-        data: m.payload.clone(),
-        binary: m.binary,
+/// A shared feed on a `socketio` route: its messages are Socket.IO events on `/`, mapped here
+/// (a per-client route's Socket.IO engine maps its own).
+fn mapped(bridge: &Bridge) -> bool {
+    bridge.spec.clients.socketio && bridge.sessions().is_none()
+}
+
+fn protocol(v: Version) -> crate::wire::socketio::Protocol {
+    match v {
+        Version::V3 => crate::wire::socketio::Protocol::V4,
+        Version::V4 => crate::wire::socketio::Protocol::V5,
+    }
+}
+
+/// A message as the packets its client gets.
+fn packets_of(bridge: &Bridge, m: &Message) -> Vec<Packet> {
+    if !mapped(bridge) {
+        return vec![Packet::Message {
+            data: m.payload.clone(),
+            binary: m.binary,
+        }];
+    }
+    let (text, attachment) = crate::bridge::socketio::feed_packet(m);
+    let mut out = vec![Packet::text(Bytes::from(text))];
+    if let Some(a) = attachment {
+        out.push(Packet::Message {
+            data: a,
+            binary: true,
+        });
+    }
+    out
+}
+
+/// A message as its WebSocket client's frames: a text message's encoded once for every
+/// client of the feed.
+fn frames_of(bridge: &Bridge, v: Version, m: &Message) -> Bytes {
+    let encode = |m: &Message| {
+        let frames: Vec<Bytes> = packets_of(bridge, m)
+            .iter()
+            .map(|p| ws_frame(v, p))
+            .collect();
+        match &frames[..] {
+            [one] => one.clone(),
+            _ => Bytes::from(frames.concat()),
+        }
+    };
+    if m.binary {
+        encode(m)
+    } else {
+        m.engine_frames(encode)
+    }
+}
+
+/// What a client's message packet carries to the backend: itself, or on a mapped feed what
+/// the Socket.IO mapping makes of it (its CONNECT is answered here, through `s`). Err when
+/// the Socket.IO packet is invalid.
+fn inbound(
+    bridge: &Bridge,
+    s: &EioSession,
+    data: Bytes,
+    binary: bool,
+) -> Result<Option<(Bytes, bool)>, ()> {
+    if !mapped(bridge) || binary {
+        return Ok(Some((data, binary)));
+    }
+    use crate::bridge::socketio::{feed_client_packet, FromClient};
+    let text = std::str::from_utf8(&data).map_err(|_| ())?;
+    match feed_client_packet(protocol(s.proto.version), text).map_err(|_| ())? {
+        FromClient::ToBackend(t) => Ok(Some((Bytes::from(t), false))),
+        FromClient::Answer(a) => {
+            s.proto.push(Packet::text(Bytes::from(a)));
+            Ok(None)
+        }
+        FromClient::Nothing => Ok(None),
     }
 }
 
@@ -415,7 +489,7 @@ async fn gather<D: Downstream>(
         signal.as_mut().enable();
         let mut packets = s.proto.take_control();
         if !packets.is_empty() {
-            packets.extend(ready(consumer, delivered));
+            packets.extend(ready(bridge, consumer, delivered));
             return Some(packets);
         }
         if s.closed().is_some() {
@@ -426,14 +500,14 @@ async fn gather<D: Downstream>(
             d = consumer.next() => match d {
                 Delivery::Message(m) => {
                     delivered.message(m.received.elapsed());
-                    let mut packets = vec![packet_of(&m)];
+                    let mut packets = packets_of(bridge, &m);
                     // More may be right behind it (the echo of a POST's other packets): gather
                     // until the feed is quiet for a moment, within a bound.
                     let until = tokio::time::Instant::now() + POLL_GATHER_MAX;
                     let mut bytes = m.payload.len();
                     while bytes < super::BURST_BYTES && tokio::time::Instant::now() < until {
                         tokio::time::sleep(POLL_GATHER).await;
-                        let more = ready(consumer, delivered);
+                        let more = ready(bridge, consumer, delivered);
                         if more.is_empty() {
                             break;
                         }
@@ -462,14 +536,18 @@ async fn gather<D: Downstream>(
 }
 
 /// The messages already queued, as packets (up to a burst's bytes).
-fn ready(consumer: &mut Consumer, delivered: &mut metrics::Delivered) -> Vec<Packet> {
+fn ready(
+    bridge: &Bridge,
+    consumer: &mut Consumer,
+    delivered: &mut metrics::Delivered,
+) -> Vec<Packet> {
     let mut out = Vec::new();
     let mut len = 0;
     while len < super::BURST_BYTES {
         let Some(m) = consumer.ready() else { break };
         delivered.message(m.received.elapsed());
         len += m.payload.len();
-        out.push(packet_of(&m));
+        out.extend(packets_of(bridge, &m));
     }
     out
 }
@@ -544,10 +622,17 @@ async fn post<D: Downstream>(
             s.proto.heard(false);
         }
         match (v, p) {
-            (_, Packet::Message { data, binary }) => messages.push(super::inbound::Inbound {
-                payload: data,
-                binary,
-            }),
+            (_, Packet::Message { data, binary }) => match inbound(bridge, &s, data, binary) {
+                Ok(Some((payload, binary))) => {
+                    messages.push(super::inbound::Inbound { payload, binary })
+                }
+                Ok(None) => {}
+                Err(()) => {
+                    metrics::refused(route, "socketio_invalid_packet");
+                    eio::end(&s, 1002, "invalid packet", EndReason::Client);
+                    return sent_ok(down).await;
+                }
+            },
             (Version::V3, Packet::Ping(d)) => s.proto.push(Packet::Pong(d)),
             (Version::V4, Packet::Pong(_)) => s.proto.heard(true),
             (_, Packet::Close) => {
@@ -866,6 +951,12 @@ async fn run<D: Downstream>(
                     match (v, packet) {
                         (_, Ok(Packet::Message { data, binary })) => {
                             messages_in.inc();
+                            let (data, binary) = match inbound(bridge, s, data, binary) {
+                                Ok(Some(m)) => m,
+                                // Answered here (a CONNECT): its answer is queued.
+                                Ok(None) => continue,
+                                Err(()) => return WsEnd::Violation(1002, "invalid Socket.IO packet"),
+                            };
                             if uplink.is_none() {
                                 return WsEnd::Violation(1008, "this route's backend takes no messages");
                             }
@@ -901,12 +992,12 @@ async fn run<D: Downstream>(
             d = consumer.next() => match d {
                 Delivery::Message(m) => {
                     delivered.message(m.received.elapsed());
-                    let mut frames = vec![ws_frame(v, &packet_of(&m))];
+                    let mut frames = vec![frames_of(bridge, v, &m)];
                     let mut len = frames[0].len();
                     while len < super::BURST_BYTES && frames.len() < super::BURST_PARTS {
                         let Some(m) = consumer.ready() else { break };
                         delivered.message(m.received.elapsed());
-                        let f = ws_frame(v, &packet_of(&m));
+                        let f = frames_of(bridge, v, &m);
                         len += f.len();
                         frames.push(f);
                     }

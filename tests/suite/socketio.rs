@@ -290,3 +290,102 @@ async fn a_client_that_joins_nothing_is_let_go() {
     gw.wait_metric_is("switchyard_engineio_sessions_open{route=\"sio\"}", 0.0)
         .await;
 }
+
+#[tokio::test]
+async fn a_shared_feed_reaches_every_client_as_events_on_the_main_namespace() {
+    let feed = FeedBackend::start().await;
+    let gw = Gateway::start(&format!(
+        "  - name: news\n    path: /socket.io\n    backend: {{ websocket: \"{}\" }}\n    fanout: shared\n    clients: [socketio, sse]\n",
+        feed.url("/")
+    ))
+    .await;
+    // Socket.IO 4 on a WebSocket: joins `/` itself; other namespaces are refused.
+    let mut ws = raw(&gw, 4).await;
+    ws.send(Message::text("40")).await.unwrap();
+    assert!(next_text(&mut ws).await.starts_with(r#"40{"sid":""#));
+    ws.send(Message::text("40/admin,")).await.unwrap();
+    assert_eq!(
+        next_text(&mut ws).await,
+        r#"44/admin,{"message":"Invalid namespace"}"#
+    );
+    // Socket.IO 2 polling: joined to `/` by the server.
+    let r = crate::common::sockjs::request(
+        gw.addr,
+        "GET",
+        "/socket.io/?EIO=3&transport=polling&b64=1",
+        &[],
+        b"",
+    )
+    .await;
+    let text = r.body_text();
+    let sid = &text[text.find("\"sid\":\"").unwrap() + 7..][..20];
+    let path = format!("/socket.io/?EIO=3&transport=polling&b64=1&sid={sid}");
+    let joined = crate::common::sockjs::request(gw.addr, "GET", &path, &[], b"").await;
+    assert_eq!(joined.body_text(), "2:40");
+    feed.wait_open(1).await;
+    let poll = tokio::spawn({
+        let addr = gw.addr;
+        let path = path.clone();
+        async move { crate::common::sockjs::request(addr, "GET", &path, &[], b"").await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    feed.send(FeedCmd::Send {
+        messages: std::sync::Arc::new(vec![
+            Message::text("headline"),
+            Message::text(r#"["score",{"home":2}]"#),
+            Message::binary(vec![7u8, 8]),
+        ]),
+        batch: 3,
+        pause: Duration::ZERO,
+    });
+    // The same events to both, each encoded by the mapping.
+    assert_eq!(next_text(&mut ws).await, r#"42["message","headline"]"#);
+    assert_eq!(next_text(&mut ws).await, r#"42["score",{"home":2}]"#);
+    assert_eq!(
+        next_text(&mut ws).await,
+        r#"451-["message",{"_placeholder":true,"num":0}]"#
+    );
+    let bin = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(bin, Message::binary(vec![7u8, 8]));
+    let polled = poll.await.unwrap().body_text();
+    assert_eq!(
+        polled,
+        "24:42[\"message\",\"headline\"]22:42[\"score\",{\"home\":2}]45:451-[\"message\",{\"_placeholder\":true,\"num\":0}]6:b4Bwg="
+    );
+    // The feed takes nothing from clients (no `post:`): an emit is refused.
+    let r =
+        crate::common::sockjs::request(gw.addr, "POST", &path, &[], b"13:42[\"hi\",true]").await;
+    assert_eq!(r.status, 405);
+    ws.send(Message::text(r#"42["hi"]"#)).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "closed");
+}
+
+#[tokio::test]
+async fn emits_on_a_shared_feed_go_to_its_post_url_by_the_mapping() {
+    // An SSE feed with `post:`; the backend echoes each POST body on the feed as `echo:BODY`.
+    let backend = crate::common::chat::SsePostBackend::start().await;
+    let gw = Gateway::start(&format!(
+        "  - name: live\n    path: /socket.io\n    backend: {{ sse: \"{}\", post: \"{}\" }}\n    clients: [socketio]\n",
+        backend.url("/events"),
+        backend.url("/send")
+    ))
+    .await;
+    let mut ws = raw(&gw, 4).await;
+    ws.send(Message::text("40")).await.unwrap();
+    assert!(next_text(&mut ws).await.starts_with("40{"));
+    backend.wait_subscriptions(1).await;
+    ws.send(Message::text(r#"42["vote","yes"]"#)).await.unwrap();
+    ws.send(Message::text(r#"427["vote","no"]"#)).await.unwrap();
+    assert_eq!(
+        next_text(&mut ws).await,
+        r#"42["message","echo:[\"vote\",\"yes\"]"]"#
+    );
+    assert_eq!(
+        next_text(&mut ws).await,
+        r#"42["message","echo:{\"event\":[\"vote\",\"no\"],\"id\":7}"]"#
+    );
+}

@@ -431,10 +431,17 @@ impl Validator<'_> {
                 "engineio and socketio are two uses of one Engine.IO endpoint at the route's path: list one of them",
             );
         }
-        if !(matches!(backend, BackendSpec::WebSocket(_)) && fanout == Fanout::PerClient) {
+        let per_client = fanout == Fanout::PerClient;
+        if per_client && !matches!(backend, BackendSpec::WebSocket(_)) {
             self.err(
                 format!("{at}.clients"),
-                "socketio maps each namespace a client joins to a backend WebSocket session of its own: it needs a `websocket:` backend with `fanout: per_client`",
+                "socketio on a per_client route maps each namespace a client joins to a backend WebSocket session of its own: it needs a `websocket:` backend",
+            );
+        }
+        if !per_client && !shared_feed_backend(backend) {
+            self.err(
+                format!("{at}.clients"),
+                "socketio needs a backend: a `websocket:` one with `fanout: per_client`, or a shared feed (websocket, sse, publish, clock)",
             );
         }
         let r = raw.socketio.as_ref();
@@ -442,6 +449,12 @@ impl Validator<'_> {
         let namespaces = r
             .and_then(|r| r.namespaces.clone())
             .unwrap_or_else(|| vec!["/".to_owned()]);
+        if !per_client && namespaces != ["/"] {
+            self.err(
+                here("namespaces"),
+                "a shared feed reaches its Socket.IO clients on the main namespace only: leave `namespaces` out (or [\"/\"])",
+            );
+        }
         if namespaces.is_empty() {
             self.err(
                 here("namespaces"),
