@@ -90,6 +90,11 @@ routes:
     backend: { publish: {} }
     backend_linger: 10m
     limits: { max_channels: 100000 }
+  - name: socketio
+    path: /socket.io
+    clients: [socketio]
+    backend: { websocket: "ws://127.0.0.1:9001/feed" }
+    keepalive: { ping_interval: 60s, pong_timeout: 60s }
 EOF
   taskset -c 0 "$SY" --config "$WORK/gw.yaml" --log-level warn >"$WORK/gw.log" 2>&1 &
   GW=$!
@@ -145,6 +150,13 @@ start_sockjs_node() {
   for _ in $(seq 50); do curl -s -o /dev/null 127.0.0.1:8083/echo/info && break; sleep 0.1; done
 }
 stop_sockjs_node() { kill "$SJN" 2>/dev/null || true; wait "$SJN" 2>/dev/null || true; }
+# The npm socket.io 4 server on 127.0.0.1:8086 (path /socket.io), fed the benchmark backend's feed.
+start_socketio_peer() {
+  NODE_PATH="$TOOLS_NODE" taskset -c 0 node "$ROOT/bench/socketio-peer.js" 8086 ws://127.0.0.1:9001/feed >"$WORK/socketio-peer.log" 2>&1 &
+  SIO=$!
+  for _ in $(seq 50); do curl -s -o /dev/null "127.0.0.1:8086/socket.io/?EIO=4&transport=polling" && break; sleep 0.1; done
+}
+stop_socketio_peer() { kill "$SIO" 2>/dev/null || true; wait "$SIO" 2>/dev/null || true; }
 
 start_nginx() {
   mkdir -p "$WORK/nginx"
@@ -462,6 +474,10 @@ wait "$HOLDER"; wait "$NGINX" 2>/dev/null || true
 D_NG=$(tail -1 "$WORK/hold_ng.json"); echo "nginx drain $D_NG" | tee -a "$WORK/results.txt" >&2
 stop_backend
 
+echo "== Socket.IO clients" >&2
+# bench/socketio.sh: switchyard against the npm socket.io server, its own Markdown section.
+SIO_SECTION=$(RESULTS="$WORK/results.txt" CLIENTS="$IDLE" FAN="$FAN" SECONDS_PER_RUN="$SECONDS_PER_RUN" bash bench/socketio.sh)
+
 echo "== cluster (two instances, Redis Streams)" >&2
 # The same fan-out split over two instances: each with its own backend connection (no
 # cluster), then as one cluster (one backend connection, the other instance reading the
@@ -655,6 +671,8 @@ PY
   for pair in "switchyard:$D_SY" "nginx:$D_NG"; do
     echo "${pair#*:}" | python3 -c 'import json,sys; d=json.load(sys.stdin); o={k:v for k,v in d["closed_with"].items() if k!="1001"}; print("| %s | %d | %s | %d | %d |" % (sys.argv[1], d["closed_1001"], o or "-", d["cut_without_close"], d["still_open"]))' "${pair%%:*}"
   done
+  echo
+  echo "$SIO_SECTION"
   echo
   echo "## Several instances as one gateway (cluster on Redis Streams)"
   echo

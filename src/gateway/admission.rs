@@ -117,9 +117,19 @@ pub fn admit(
         Target::Proxy(_) => false,
     };
     let preflight = policy::cors::is_preflight(req) && !sockjs;
+    // Engine.IO's JSONP polls (`j=`) are `<script>` loads too: judged by their Referer.
+    let eio_jsonp = match &rt.target {
+        Target::Bridge(b) => {
+            crate::transport::engineio::requested(b, req)
+                && wire::http::query_param(req, "j").is_some()
+        }
+        Target::Proxy(_) => false,
+    };
     let by_referer = if sockjs {
         policy::origin::admit_any(req, &route.origins)
             .or_else(|| policy::origin::admit_referer(req, &route.origins, client.tls))
+    } else if eio_jsonp {
+        policy::origin::admit_referer(req, &route.origins, client.tls)
     } else {
         None
     };

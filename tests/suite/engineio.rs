@@ -412,6 +412,26 @@ async fn jsonp_polling_for_legacy_clients() {
         .await;
         assert_eq!(r.status, 400, "j={bad}");
     }
+    drop(gw);
+    // A JSONP poll is a script load, sent without Origin: it is judged by its Referer.
+    let gw = Gateway::start_with(
+        &routes(&format!("ws://{}/", backend.addr), ""),
+        "defaults:\n  origins: [\"http://a.example\"]\n",
+    )
+    .await;
+    let jsonp = "/engine.io/?EIO=3&transport=polling&j=0";
+    let from = |page: &'static str| [("Referer", page)];
+    let evil = request(
+        gw.addr,
+        "GET",
+        jsonp,
+        &from("http://evil.example/page"),
+        b"",
+    )
+    .await;
+    assert_eq!(evil.status, 403);
+    let ours = request(gw.addr, "GET", jsonp, &from("http://a.example/app"), b"").await;
+    assert_eq!(ours.status, 200);
 }
 
 #[tokio::test]

@@ -86,6 +86,51 @@ pub async fn ws_client(
     deflate: bool,
     seen: &mut impl WsSeen,
 ) -> bool {
+    ws_client_as(stream, host, path, deflate, false, seen).await
+}
+
+/// A client written to send: `text` masked with the zero key (which leaves it as is).
+fn masked_text(text: &str) -> Vec<u8> {
+    let mut f = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(text.as_bytes());
+    f
+}
+
+/// A Socket.IO client's view of a WebSocket text message (Engine.IO 4, Socket.IO 5, as
+/// socket.io-client 4 speaks them): the open packet is answered with a CONNECT to `/`, pings
+/// with pongs; an event `42["message","TEXT"]` is TEXT; anything else is none of the feed's.
+enum SocketIo {
+    Reply(&'static str),
+    Message(String),
+    Nothing,
+}
+
+fn socketio_frame(t: &str) -> SocketIo {
+    if t.starts_with("0{") {
+        return SocketIo::Reply("40");
+    }
+    if t == "2" {
+        return SocketIo::Reply("3");
+    }
+    let Some(event) = t.strip_prefix("42") else {
+        return SocketIo::Nothing;
+    };
+    match serde_json::from_str::<(String, String)>(event) {
+        Ok((name, text)) if name == "message" => SocketIo::Message(text),
+        _ => SocketIo::Nothing,
+    }
+}
+
+/// [`ws_client`], or with `socketio` a Socket.IO client over that WebSocket (see
+/// [`socketio_frame`]): `seen` opens once the CONNECT is answered and sees the events' text.
+pub async fn ws_client_as(
+    stream: TcpStream,
+    host: &str,
+    path: &str,
+    deflate: bool,
+    socketio: bool,
+    seen: &mut impl WsSeen,
+) -> bool {
     let mut s = stream;
     let offer = if deflate {
         "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
@@ -116,8 +161,21 @@ pub async fn ws_client(
                 Ok(None) => break,
                 Ok(Some(WsEvent::Open)) => {
                     opened = true;
-                    seen.open();
+                    if !socketio {
+                        seen.open();
+                    }
                 }
+                Ok(Some(WsEvent::Text(t))) if socketio => match socketio_frame(&t) {
+                    SocketIo::Reply(r) => {
+                        if s.write_all(&masked_text(r)).await.is_err() {
+                            return opened;
+                        }
+                    }
+                    SocketIo::Message(m) => seen.text(&m),
+                    // The CONNECT's answer: joined.
+                    SocketIo::Nothing if t.starts_with("40") => seen.open(),
+                    SocketIo::Nothing => {}
+                },
                 Ok(Some(WsEvent::Text(t))) => seen.text(&t),
                 Ok(Some(WsEvent::Ping(payload))) => {
                     // A masked pong (RFC 6455 §5.5.3); the zero key leaves the payload as is.

@@ -5,8 +5,8 @@
 //! given seconds, and reports one result.
 
 use crate::clients::{
-    connect_from, echo_client, hold_client, poll_client, split_url, sse_client, ws_client,
-    EchoFailure, HoldEnd, WsSeen,
+    connect_from, echo_client, hold_client, poll_client, read_response, split_url, sse_client,
+    ws_client, ws_client_as, EchoFailure, HoldEnd, WsSeen,
 };
 use crate::feed::{now_ns, parse};
 use crate::stats::{report, Latencies, Order, Verdict};
@@ -138,14 +138,15 @@ pub async fn fanout(
             v.connected.fetch_add(1, Ordering::Relaxed);
             let on = checker(&v, &h, &m);
             // A subscriber runs until the run ends and aborts it: any return is a failure.
-            if transport == "ws" || transport == "ws-deflate" {
+            if transport == "ws" || transport == "ws-deflate" || transport == "socketio" {
                 let mut seen = Subscriber {
                     on,
                     verdict: &v,
                     measuring: &m,
                 };
                 let deflate = transport == "ws-deflate";
-                if ws_client(stream, &host, &path, deflate, &mut seen).await {
+                let socketio = transport == "socketio";
+                if ws_client_as(stream, &host, &path, deflate, socketio, &mut seen).await {
                     v.lost.fetch_add(1, Ordering::Relaxed);
                 } else {
                     v.failed.fetch_add(1, Ordering::Relaxed);
@@ -374,6 +375,32 @@ pub async fn idle(url: &str, transport: &str, shape: Shape, pids: &str, seconds:
                 let (host, path) = (host.clone(), path.clone());
                 held.push(tokio::spawn(async move {
                     ws_client(s, &host, &path, true, &mut opened).await;
+                }));
+            }
+            // A Socket.IO client on a WebSocket (`url`: the Engine.IO URL with its query), joined
+            // to `/`.
+            "socketio-ws" => {
+                let mut opened = Opened(open.clone());
+                let (host, path) = (host.clone(), path.clone());
+                held.push(tokio::spawn(async move {
+                    ws_client_as(s, &host, &path, false, true, &mut opened).await;
+                }));
+            }
+            // A Socket.IO client on polling (`url`: the Engine.IO path): its handshake, its
+            // CONNECT to `/` and the answer, then a poll held open.
+            "socketio-polling" => {
+                let open = open.clone();
+                let (host, path) = (host.clone(), path.clone());
+                held.push(tokio::spawn(async move {
+                    if let Some(mut s) = socketio_polling(s, &host, &path).await {
+                        open.fetch_add(1, Ordering::Relaxed);
+                        let mut buf = vec![0u8; 4096];
+                        while let Ok(n) = s.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    }
                 }));
             }
             "ws" => {
@@ -676,4 +703,40 @@ pub async fn channel_memory(publish: &str, headers: &str, channels: usize, pids:
         "bytes_per_channel": ((after.saturating_sub(before)) as f64 * 1024.0 / opened.max(1) as f64).round(),
     });
     report(&result, json);
+}
+
+/// A Socket.IO client's polling start over one kept-alive connection (Engine.IO 4): the
+/// handshake, its CONNECT to `/` (a POST), the poll that brings the answer, and the next poll
+/// sent (held by the server). None when any step failed.
+async fn socketio_polling(
+    s: tokio::net::TcpStream,
+    host: &str,
+    path: &str,
+) -> Option<tokio::io::BufReader<tokio::net::TcpStream>> {
+    let mut s = tokio::io::BufReader::new(s);
+    let base = format!("{path}?EIO=4&transport=polling");
+    let get = |q: &str| format!("GET {base}{q} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    s.get_mut().write_all(get("").as_bytes()).await.ok()?;
+    let (_, _, open) = read_response(&mut s).await?;
+    let open = String::from_utf8_lossy(&open).into_owned();
+    let at = open.find("\"sid\":\"")?;
+    let sid: String = open[at + 7..].chars().take_while(|c| *c != '"').collect();
+    let post = format!(
+        "POST {base}&sid={sid} HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: 2\r\n\r\n40"
+    );
+    s.get_mut().write_all(post.as_bytes()).await.ok()?;
+    read_response(&mut s).await?;
+    s.get_mut()
+        .write_all(get(&format!("&sid={sid}")).as_bytes())
+        .await
+        .ok()?;
+    let (_, _, joined) = read_response(&mut s).await?;
+    if !joined.starts_with(b"40") {
+        return None;
+    }
+    s.get_mut()
+        .write_all(get(&format!("&sid={sid}")).as_bytes())
+        .await
+        .ok()?;
+    Some(s)
 }

@@ -745,6 +745,53 @@ mod tests {
     }
 
     #[test]
+    fn socketio_and_engineio_settings() {
+        let c = route("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n    clients: [socketio]\n    socketio: { namespaces: [\"/\", \"/admin\"], connect_timeout: 5s }\n").unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!("a bridged route")
+        };
+        let s = b.socketio.as_ref().expect("socketio is listed");
+        assert_eq!(s.namespaces, ["/", "/admin"]);
+        assert_eq!(s.connect_timeout, std::time::Duration::from_secs(5));
+        assert!(b.clients.engine() && !b.clients.engineio);
+        // Defaults: the main namespace, socket.io's own connect timeout.
+        let c =
+            route("    backend: { websocket: \"ws://x/\" }\n    clients: [socketio]\n").unwrap();
+        let RouteKind::Bridge(b) = &c.routes[0].kind else {
+            panic!("a bridged route")
+        };
+        assert_eq!(b.socketio.as_ref().unwrap().namespaces, ["/"]);
+        assert_eq!(
+            b.socketio.as_ref().unwrap().connect_timeout,
+            super::DEFAULT_SOCKETIO_CONNECT_TIMEOUT
+        );
+        // Refused, each with its path.
+        let e = errors("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n    clients: [socketio]\n    socketio: { namespaces: [admin, \"/a/../b\", \"/ok\", \"/ok\"], connect_timeout: 0s }\n");
+        assert!(e.contains("routes[0].socketio.namespaces[0]"), "{e}");
+        assert!(e.contains("routes[0].socketio.namespaces[1]"), "{e}");
+        assert!(
+            e.contains("routes[0].socketio.namespaces[3]: /ok is listed twice"),
+            "{e}"
+        );
+        assert!(e.contains("routes[0].socketio.connect_timeout"), "{e}");
+        let e = errors("    backend: { websocket: \"ws://x/\" }\n    clients: [socketio]\n    socketio: { namespaces: [\"/\", \"/admin\"] }\n");
+        assert!(e.contains("main namespace only"), "{e}");
+        let e = errors("    backend: { builtin: echo }\n    clients: [socketio]\n");
+        assert!(e.contains("socketio needs a backend"), "{e}");
+        let e = errors("    backend: { websocket: \"ws://x/\" }\n    fanout: per_client\n    clients: [engineio, socketio]\n");
+        assert!(e.contains("list one of them"), "{e}");
+        let e = errors(
+            "    backend: { websocket: \"ws://x/\" }\n    clients: [websocket]\n    socketio: {}\n",
+        );
+        assert!(e.contains("`socketio` settings need `socketio`"), "{e}");
+        let e = errors("    backend: { websocket: \"ws://x/\" }\n    clients: [engineio]\n    keepalive: { ping_interval: 0s }\n");
+        assert!(
+            e.contains("routes[0].keepalive.ping_interval: Engine.IO clients need heartbeats"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn sockjs_settings_and_their_defaults() {
         let c = route("    backend: { websocket: \"ws://x/\", forward_headers: [] }\n    fanout: per_client\n    clients: [websocket, sockjs]\n    sockjs: { heartbeat: 10s, disconnect_delay: 2s, response_limit: 4KiB, cookie_needed: true, client_url: /js/sockjs.min.js }\n").unwrap();
         let RouteKind::Bridge(b) = &c.routes[0].kind else {

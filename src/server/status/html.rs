@@ -221,20 +221,31 @@ impl Status {
                     }
                     (None, None) => String::new(),
                 };
-            // Sessions exist on per-client routes and SockJS endpoints only.
+            // Sessions exist on per-client routes and SockJS and Engine.IO endpoints only.
             let per_client = r.bridge.as_ref().is_some_and(|b| b.fanout == "per_client");
-            let sockjs = r.sockjs_sessions_open > 0 || r.transports.contains(&"sockjs");
+            let held = [
+                (
+                    "sockjs",
+                    r.sockjs_sessions_open,
+                    r.transports.contains(&"sockjs"),
+                ),
+                (
+                    "engine.io",
+                    r.engineio_sessions_open,
+                    r.transports.contains(&"engineio") || r.transports.contains(&"socketio"),
+                ),
+            ];
+            let shown: Vec<_> = held.iter().filter(|(_, n, on)| *on || *n > 0).collect();
             let mut sessions = match per_client {
                 true => r.sessions_open.to_string(),
-                false if sockjs => String::new(),
+                false if !shown.is_empty() => String::new(),
                 false => "<span class=\"muted\">–</span>".to_owned(),
             };
-            if sockjs {
+            for (i, (name, n, _)) in shown.iter().enumerate() {
                 let _ = write!(
                     sessions,
-                    "{}<span class=\"muted\">sockjs</span> {}",
-                    if per_client { "<br>" } else { "" },
-                    r.sockjs_sessions_open
+                    "{}<span class=\"muted\">{name}</span> {n}",
+                    if per_client || i > 0 { "<br>" } else { "" },
                 );
             }
             writeln!(
@@ -401,6 +412,7 @@ mod tests {
                 clients_total: 0,
                 sessions_open: 0,
                 sockjs_sessions_open: 0,
+                engineio_sessions_open: 0,
                 requests_total: 0,
                 refusals_total: 0,
                 bridge: None,

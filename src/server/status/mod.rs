@@ -85,6 +85,8 @@ pub struct RouteStatus {
     pub sessions_open: u64,
     /// SockJS sessions held now.
     pub sockjs_sessions_open: u64,
+    /// Engine.IO (and Socket.IO) sessions held now.
+    pub engineio_sessions_open: u64,
     /// Requests answered since start (`switchyard_http_requests_total`).
     pub requests_total: u64,
     /// Refusals since start (`switchyard_rejections_total`).
@@ -315,6 +317,8 @@ fn route_status(rt: &RouteRuntime, samples: &Samples) -> RouteStatus {
                 (c.sse, "sse"),
                 (c.long_poll, "long_poll"),
                 (c.sockjs, "sockjs"),
+                (c.engineio, "engineio"),
+                (c.socketio, "socketio"),
             ]
             .into_iter()
             .filter_map(|(on, t)| on.then_some(t))
@@ -323,7 +327,7 @@ fn route_status(rt: &RouteRuntime, samples: &Samples) -> RouteStatus {
     };
     let mut clients: BTreeMap<String, u64> = transports
         .iter()
-        .filter(|t| !matches!(**t, "http" | "sockjs"))
+        .filter(|t| !matches!(**t, "http" | "sockjs" | "engineio" | "socketio"))
         .map(|t| (t.to_string(), 0))
         .collect();
     for (transport, n) in samples.by_label("switchyard_client_connections_open", &this, "transport")
@@ -352,6 +356,7 @@ fn route_status(rt: &RouteRuntime, samples: &Samples) -> RouteStatus {
         clients_total,
         sessions_open: samples.sum("switchyard_sessions_open", &this),
         sockjs_sessions_open: samples.sum("switchyard_sockjs_sessions_open", &this),
+        engineio_sessions_open: samples.sum("switchyard_engineio_sessions_open", &this),
         requests_total: samples.sum("switchyard_http_requests_total", &this),
         refusals_total: samples.sum("switchyard_rejections_total", &this),
         bridge,
