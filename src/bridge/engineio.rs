@@ -232,3 +232,62 @@ pub fn heartbeat(s: &Arc<EioSession>, route: String) {
 fn live(weak: &Weak<EioSession>) -> Option<Arc<EioSession>> {
     weak.upgrade().filter(|s| s.closed().is_none())
 }
+
+/// A request for an Engine.IO session another instance of the cluster holds, relayed to it
+/// whole: the owner serves it as if it had come there (heartbeats, control packets, the
+/// one-poll rule and the session's binding stay the owner's), and its answer comes back.
+#[derive(Debug, Clone)]
+pub struct Relayed {
+    pub route: String,
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    /// The request headers the protocol looks at (`Origin`, `Content-Type`, `Referer`).
+    pub headers: Vec<(String, String)>,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub tls: bool,
+    pub body: bytes::Bytes,
+}
+
+/// The owner's answer to a [`Relayed`] request.
+#[derive(Debug, Clone, Default)]
+pub struct RelayAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: bytes::Bytes,
+}
+
+/// The cluster's side of Engine.IO sessions (implemented by `cluster`): every instance can
+/// tell which one holds a session, and relay a request to it. No sticky sessions needed.
+#[async_trait::async_trait]
+pub trait EngineCluster: Send + Sync {
+    /// Session `sid` of `route` is held here; its record (written before this returns, so
+    /// that the client's next request finds it wherever it lands) lives while `alive` says so.
+    async fn opened(&self, route: &str, sid: &str, alive: Box<dyn Fn() -> bool + Send + Sync>);
+    /// The instance that holds session `sid` of `route`, when it is another one.
+    async fn owner_of(&self, route: &str, sid: &str) -> Option<String>;
+    /// Serves `req` on instance `node`, waiting up to `wait` for its answer.
+    async fn relay(&self, node: &str, req: Relayed, wait: Duration) -> Option<RelayAnswer>;
+}
+
+type RelayHandler = dyn Fn(Relayed) -> std::pin::Pin<Box<dyn std::future::Future<Output = RelayAnswer> + Send>>
+    + Send
+    + Sync;
+
+static RELAY_HANDLER: std::sync::OnceLock<Box<RelayHandler>> = std::sync::OnceLock::new();
+
+/// Who serves relayed requests here (the gateway, which knows the routes): set once at start.
+pub fn serve_relayed_with(handler: Box<RelayHandler>) {
+    let _ = RELAY_HANDLER.set(handler);
+}
+
+/// Serves a request another instance relayed (see [`Relayed`]).
+pub async fn serve_relayed(req: Relayed) -> RelayAnswer {
+    match RELAY_HANDLER.get() {
+        Some(h) => h(req).await,
+        None => RelayAnswer {
+            status: 503,
+            ..RelayAnswer::default()
+        },
+    }
+}

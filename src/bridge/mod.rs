@@ -159,6 +159,11 @@ pub trait Backends: Send + Sync {
         None
     }
 
+    /// The cluster's side of Engine.IO sessions; None without a cluster.
+    fn engine_cluster(&self) -> Option<Arc<dyn engineio::EngineCluster>> {
+        None
+    }
+
     /// Where a client of a shared `sse:` route with `post:` sends its messages; None when the
     /// backend takes none.
     fn client_poster(
@@ -618,6 +623,11 @@ impl Bridge {
     /// See [`Backends::sockjs_cluster`].
     pub fn sockjs_cluster(&self) -> Option<Arc<dyn held::SessionCluster>> {
         self.backends.sockjs_cluster()
+    }
+
+    /// See [`Backends::engine_cluster`].
+    pub fn engine_cluster(&self) -> Option<Arc<dyn engineio::EngineCluster>> {
+        self.backends.engine_cluster()
     }
 
     /// See [`Backends::client_poster`].

@@ -22,6 +22,7 @@
 //! This module knows Redis and the hub; `upstream` runs the controller that decides, per route,
 //! whether this instance connects the backend ([`FeedKeys`], [`Cluster::lease_tick`]).
 
+pub mod engine;
 pub mod held;
 pub mod sessions;
 pub mod stream;

@@ -318,6 +318,7 @@ impl Cluster {
             }
             b"m" => self.deliver(&e, &id),
             b"sa" | b"sd" | b"ss" => self.handle_held(&e),
+            b"er" => self.handle_engine(&e),
             b"w" => {
                 if let Some((_, n)) = lock(&self.sessions.waiting).get(id.as_str()) {
                     n.notify_waiters();
@@ -423,13 +424,25 @@ impl Cluster {
         self.ask_with(cmd, rid).await
     }
 
+    /// [`Self::ask`], waiting up to `wait` for the answer (a relayed poll waits as long as the
+    /// poll may).
+    pub(super) async fn ask_within(&self, mut cmd: redis::Cmd, wait: Duration) -> Option<String> {
+        let rid = fastrand::u64(..);
+        cmd.arg("r").arg(rid).arg("f").arg(self.node());
+        self.ask_until(cmd, rid, wait).await
+    }
+
     /// [`Self::ask`] for a command that names its request id `rid` and this node (`r`, `f`)
     /// already.
     pub(super) async fn ask_with(&self, cmd: redis::Cmd, rid: u64) -> Option<String> {
+        self.ask_until(cmd, rid, REPLY_DEADLINE).await
+    }
+
+    async fn ask_until(&self, cmd: redis::Cmd, rid: u64, wait: Duration) -> Option<String> {
         let (tx, rx) = oneshot::channel();
         lock(&self.sessions.replies).insert(rid, tx);
         let answer = match self.run::<()>("session_command", &cmd).await {
-            Ok(()) => tokio::time::timeout(REPLY_DEADLINE, rx)
+            Ok(()) => tokio::time::timeout(wait, rx)
                 .await
                 .ok()
                 .and_then(Result::ok),

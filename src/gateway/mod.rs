@@ -209,3 +209,21 @@ pub(crate) fn transport_label(rt: &RouteRuntime, req: &RequestHeader) -> &'stati
         Target::Bridge(_) => transport::requested(req).map_or("http", |t| t.label()),
     }
 }
+
+/// Serves an Engine.IO request another instance of the cluster relayed here (for a session
+/// held here) on the route it names, as it is now.
+pub async fn serve_relayed(
+    state: &Live,
+    req: crate::bridge::engineio::Relayed,
+) -> crate::bridge::engineio::RelayAnswer {
+    let current = state.load();
+    let route = current.routes.iter().find(|r| r.route.name == req.route);
+    match route.map(|r| &r.target) {
+        Some(Target::Bridge(b)) => transport::engineio::serve_relayed(b, req).await,
+        _ => crate::bridge::engineio::RelayAnswer {
+            status: 400,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: crate::wire::engineio::ErrorCode::UnknownSid.body(),
+        },
+    }
+}

@@ -206,6 +206,14 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
         );
     }
     let state = Arc::new(Live::new(GatewayState::new(config)));
+    if config.cluster.is_some() {
+        // Engine.IO requests other instances relay here, for sessions held here.
+        let live = state.clone();
+        crate::bridge::engineio::serve_relayed_with(Box::new(move |req| {
+            let live = live.clone();
+            Box::pin(async move { crate::gateway::serve_relayed(&live, req).await })
+        }));
+    }
     metrics::init();
     metrics::CONFIG_GENERATION.set(state.load().generation);
     let app = pingora::proxy::http_proxy(

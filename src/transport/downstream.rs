@@ -306,3 +306,84 @@ impl Respond for Reject {
         down.write_answer(Box::new(resp), body).await
     }
 }
+
+/// A request another instance of the cluster relayed here whole (an Engine.IO poll or send for
+/// a session held here): served as if its client were connected, its answer kept to be relayed
+/// back. Its client cannot be seen to leave (the relaying instance holds that connection).
+pub struct Relayed {
+    req: RequestHeader,
+    client_ip: Option<IpAddr>,
+    tls: bool,
+    body: Option<Bytes>,
+    /// The answer: its head, and its body so far.
+    pub head: Option<Box<ResponseHeader>>,
+    pub out: BytesMut,
+}
+
+impl Relayed {
+    pub fn new(req: RequestHeader, client_ip: Option<IpAddr>, tls: bool, body: Bytes) -> Self {
+        Self {
+            req,
+            client_ip,
+            tls,
+            body: (!body.is_empty()).then_some(body),
+            head: None,
+            out: BytesMut::new(),
+        }
+    }
+}
+
+impl Downstream for Relayed {
+    fn req_header(&self) -> &RequestHeader {
+        &self.req
+    }
+
+    fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    fn is_http2(&self) -> bool {
+        false
+    }
+
+    fn write_response_header(
+        &mut self,
+        resp: Box<ResponseHeader>,
+        _end: bool,
+    ) -> impl Future<Output = pingora::Result<()>> + Send {
+        self.head = Some(resp);
+        std::future::ready(Ok(()))
+    }
+
+    fn write_response_body(
+        &mut self,
+        body: Option<Bytes>,
+        _end: bool,
+    ) -> impl Future<Output = pingora::Result<()>> + Send {
+        if let Some(b) = body {
+            self.out.extend_from_slice(&b);
+        }
+        std::future::ready(Ok(()))
+    }
+
+    fn read_request_body(&mut self) -> impl Future<Output = pingora::Result<Option<Bytes>>> + Send {
+        std::future::ready(Ok(self.body.take()))
+    }
+
+    fn read_body_or_idle(
+        &mut self,
+        _no_body_expected: bool,
+    ) -> impl Future<Output = pingora::Result<Option<Bytes>>> + Send {
+        std::future::pending()
+    }
+
+    fn set_read_timeout(&mut self, _timeout: Option<Duration>) {}
+
+    fn set_write_timeout(&mut self, _timeout: Option<Duration>) {}
+
+    fn set_keepalive(&mut self, _seconds: Option<u64>) {}
+}

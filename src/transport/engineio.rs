@@ -237,6 +237,12 @@ async fn open<D: Downstream>(
         }
     };
     eio::heartbeat(&s, route.to_owned());
+    if let Some(c) = bridge.engine_cluster() {
+        // Reachable from every instance: a poll or send that lands elsewhere is relayed here.
+        let held = Arc::downgrade(&s);
+        let alive = move || held.upgrade().is_some_and(|s| s.closed().is_none());
+        c.opened(route, &sid, Box::new(alive)).await;
+    }
     if mapped(bridge) && v == Version::V3 {
         // Socket.IO 2 clients are joined to `/` by the server.
         let joined = crate::wire::socketio::connected(protocol(v), "/", "");
@@ -401,6 +407,9 @@ async fn poll<D: Downstream>(
 ) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
     let Some(s) = find(down, bridge, sid) else {
+        if let Some(relayed) = relay(down, bridge, sid).await {
+            return relayed;
+        }
         return fail(down, route, ErrorCode::UnknownSid).await;
     };
     if eio::expired(&s, route) {
@@ -571,6 +580,11 @@ async fn post<D: Downstream>(
 ) -> pingora::Result<()> {
     let route = bridge.route.name.as_str();
     let Some(s) = find_open(down, bridge, sid) else {
+        if bridge.engineio.get(sid).is_none() {
+            if let Some(relayed) = relay(down, bridge, sid).await {
+                return relayed;
+            }
+        }
         return fail(down, route, ErrorCode::UnknownSid).await;
     };
     if s.proto.phase() == Phase::WebSocket {
@@ -672,6 +686,100 @@ async fn post<D: Downstream>(
         eio::end(&s, 1000, "closed by the client", EndReason::Client);
     }
     sent_ok(down).await
+}
+
+/// A poll or send for a session another instance of the cluster holds: relayed to it whole
+/// and answered with its answer (see `cluster::engine`). None when no other instance holds it.
+async fn relay<D: Downstream>(
+    down: &mut D,
+    bridge: &Bridge,
+    sid: &str,
+) -> Option<pingora::Result<()>> {
+    let c = bridge.engine_cluster()?;
+    let route = bridge.route.name.as_str();
+    let node = c.owner_of(route, sid).await?;
+    let post = down.req_header().method == http::Method::POST;
+    let body = if post {
+        match super::inbound::read_message_body(down, bridge, polling(bridge)).await {
+            Ok((body, _charge, _)) => body,
+            Err(r) => return Some(r.send(down, route).await),
+        }
+    } else {
+        Bytes::new()
+    };
+    let req = down.req_header();
+    let headers = ["origin", "content-type", "referer"]
+        .iter()
+        .filter_map(|name| {
+            let v = req.headers.get(*name)?.to_str().ok()?;
+            Some((name.to_string(), v.to_owned()))
+        })
+        .collect();
+    let relayed = eio::Relayed {
+        route: route.to_owned(),
+        method: req.method.as_str().to_owned(),
+        uri: req
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned(),
+        headers,
+        client_ip: down.client_ip(),
+        tls: down.is_tls(),
+        body,
+    };
+    // A poll is held up to a ping interval (the owner's ping or the client's answers it).
+    let set = settings(bridge);
+    let wait = set.interval + set.timeout + Duration::from_secs(5);
+    down.set_read_timeout(None);
+    let Some(answer) = c.relay(&node, relayed, wait).await else {
+        return Some(fail(down, route, ErrorCode::UnknownSid).await);
+    };
+    Some(relayed_answer(down, answer).await)
+}
+
+async fn relayed_answer<D: Downstream>(down: &mut D, a: eio::RelayAnswer) -> pingora::Result<()> {
+    let mut resp = ResponseHeader::build(a.status, Some(a.headers.len() + 1))?;
+    for (k, v) in a.headers {
+        if !k.eq_ignore_ascii_case("content-length") {
+            resp.insert_header(k, v)?;
+        }
+    }
+    resp.insert_header("content-length", a.body.len().to_string())?;
+    down.write_answer(Box::new(resp), a.body).await
+}
+
+/// Serves a request another instance relayed here (see [`relay`]) through the route's usual
+/// entry, and gives its answer.
+pub async fn serve_relayed(bridge: &Bridge, r: eio::Relayed) -> eio::RelayAnswer {
+    let failed = || eio::RelayAnswer {
+        status: 400,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: ErrorCode::UnknownSid.body(),
+    };
+    let Ok(mut req) = RequestHeader::build(r.method.as_str(), r.uri.as_bytes(), None) else {
+        return failed();
+    };
+    for (k, v) in r.headers {
+        let _ = req.insert_header(k, v);
+    }
+    let mut down = super::downstream::Relayed::new(req, r.client_ip, r.tls, r.body);
+    if super::serve(&mut down, bridge).await.is_err() {
+        return failed();
+    }
+    let Some(head) = down.head.take() else {
+        return failed();
+    };
+    let headers = head
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    eio::RelayAnswer {
+        status: head.status.as_u16(),
+        headers,
+        body: down.out.freeze(),
+    }
 }
 
 /// The answer to a send.

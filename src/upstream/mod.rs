@@ -100,6 +100,11 @@ impl Backends for Connectors {
         Some(Arc::new(crate::cluster::held::HeldSide(cluster)))
     }
 
+    fn engine_cluster(&self) -> Option<Arc<dyn crate::bridge::engineio::EngineCluster>> {
+        let cluster = crate::cluster::get()?;
+        Some(Arc::new(crate::cluster::engine::EngineSide(cluster)))
+    }
+
     fn client_poster(
         &self,
         bridge: &Bridge,

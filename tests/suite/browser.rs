@@ -1019,3 +1019,70 @@ async fn socket_io_clients_in_chromium_cross_origin_with_credentials() {
         assert!(metric(&m, &series).is_some_and(|n| n >= 7.0), "{series}");
     }
 }
+
+/// socket.io-client 4 in Chromium through haproxy in round robin per request, over two
+/// clustered instances, on polling and on polling then the upgrade: no sticky sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_client_in_chromium_through_a_round_robin_balancer_over_a_cluster() {
+    use crate::common::cluster::{cluster_of, Balancer, Redis};
+    let redis = Redis::start().await;
+    let (page, _server) = serve_page_with(
+        SOCKETIO_PAGE,
+        &[(
+            "/socket.io.min.js",
+            "socket.io-client/dist/socket.io.min.js",
+        )],
+    )
+    .await;
+    let backend = crate::socketio::MappedBackend::start().await;
+    let routes = crate::socketio::route(
+        backend.addr,
+        &format!("    origins: [\"http://{page}\"]\n    cors: {{ credentials: true }}\n"),
+    );
+    let gws = cluster_of(&redis, &routes, "sio-browser", 2).await;
+    let lb = Balancer::start(&[gws[0].addr, gws[1].addr]).await;
+    let (_browser, mut cdp, mut id) = loaded_page(&format!("http://{page}/?v=4")).await;
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "typeof io === 'function'",
+        "socket.io-client loading",
+    )
+    .await;
+    for mode in ["polling", "upgrade"] {
+        eval(
+            &mut cdp,
+            &mut id,
+            &format!("run('http://{}', '{mode}')", lb.addr),
+        )
+        .await;
+        wait_true(
+            &mut cdp,
+            &mut id,
+            &format!(
+                "!!(results['{mode}'] && (results['{mode}'].done || results['{mode}'].error))"
+            ),
+            &format!("socket.io-client on {mode} through the balancer"),
+        )
+        .await;
+        let r = eval(&mut cdp, &mut id, &format!("results['{mode}']")).await;
+        assert_eq!(r["done"], true, "{mode}: {r}");
+        assert_eq!(r["echoed"], true, "{mode}: {r}");
+        assert_eq!(r["acked"], true, "{mode}: {r}");
+        assert_eq!(
+            r["customAuth"],
+            serde_json::json!({"token": "abc"}),
+            "{mode}: {r}"
+        );
+    }
+    // Both instances served polls: the sessions' requests really went to both.
+    for gw in &gws {
+        let m = gw.metrics().await;
+        let polls = metric(
+            &m,
+            "switchyard_client_connections_total{route=\"sio\",transport=\"socketio-polling\"}",
+        )
+        .unwrap_or(0.0);
+        assert!(polls >= 2.0, "{polls} polls on {}", gw.addr);
+    }
+}

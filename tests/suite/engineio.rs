@@ -737,3 +737,75 @@ async fn a_shared_feed_reaches_engine_io_clients_and_refuses_their_messages() {
     let end = ws.next().await.unwrap().unwrap();
     assert!(end.is_close(), "{end:?}");
 }
+
+/// On a cluster, a session is held by the instance that opened it; polls and sends that land
+/// on another instance are relayed to it whole: no sticky sessions.
+#[tokio::test]
+async fn sessions_are_reached_from_every_instance_of_a_cluster() {
+    use crate::common::cluster::{cluster_of, Redis};
+    let redis = Redis::start().await;
+    let backend = WsBackend::start().await;
+    let gws = cluster_of(
+        &redis,
+        &routes(&format!("ws://{}/", backend.addr), SHORT_HEARTBEAT),
+        "eio",
+        2,
+    )
+    .await;
+    let (a, b) = (gws[0].addr, gws[1].addr);
+    let r = request(a, "GET", "/engine.io/?EIO=4&transport=polling", &[], b"").await;
+    let sid = sid_of(&r);
+    let path = format!("/engine.io/?EIO=4&transport=polling&sid={sid}");
+    // A send on b, a poll on b: both served by a.
+    let sent = request(b, "POST", &path, &[], b"4hello\x1e4w\xc3\xb6rld").await;
+    assert_eq!((sent.status, sent.body_text()), (200, "ok".to_owned()));
+    let polled = request(b, "GET", &path, &[], b"").await;
+    assert_eq!(polled.body_text(), "4hello\x1e4w\u{f6}rld");
+    // The heartbeat is a's: b's poll gets its ping, b relays the pong, a keeps the session.
+    for at in [b, a, b] {
+        assert_eq!(request(at, "GET", &path, &[], b"").await.body_text(), "2");
+        assert_eq!(request(at, "POST", &path, &[], b"3").await.status, 200);
+    }
+    // v3 with binary payloads, relayed as they are.
+    let r = request(b, "GET", "/engine.io/?EIO=3&transport=polling", &[], b"").await;
+    let sid3 = sid_of(&r);
+    let path3 = format!("/engine.io/?EIO=3&transport=polling&sid={sid3}");
+    assert_eq!(
+        request(a, "POST", &path3, &[], b"10:b4AQIDBA==")
+            .await
+            .status,
+        200
+    );
+    let bin = request(a, "GET", &path3, &[], b"").await;
+    assert_eq!(bin.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(bin.body, [1u8, 5, 255, 4, 1, 2, 3, 4]);
+    // The session's binding holds across instances.
+    let stolen = crate::common::sockjs::request_from(
+        Some("127.0.0.2".parse().unwrap()),
+        b,
+        "GET",
+        &path,
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(stolen.status, 400);
+    // An upgrade is taken by the owner only: elsewhere it is refused, and the client polls on.
+    let elsewhere = tokio_tungstenite::connect_async(format!(
+        "ws://{b}/engine.io/?EIO=4&transport=websocket&sid={sid}"
+    ))
+    .await;
+    assert!(elsewhere.is_err(), "the upgrade is refused off the owner");
+    // The client's close, sent to b, ends the session on a.
+    assert_eq!(request(b, "POST", &path, &[], b"1").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(request(a, "GET", &path, &[], b"").await.status, 400);
+    assert_eq!(request(b, "GET", &path, &[], b"").await.status, 400);
+    // a held the first session, b the v3 one (its handshake came to b).
+    gws[0]
+        .wait_metric_is("switchyard_engineio_sessions_open{route=\"eio\"}", 0.0)
+        .await;
+    gws[1]
+        .wait_metric_is("switchyard_engineio_sessions_open{route=\"eio\"}", 1.0)
+        .await;
+}
