@@ -535,19 +535,10 @@ pub async fn feed(
 /// A session of the builtin echo: what the client sends comes back, through the same outbox a
 /// backend session has (so the same bounds hold).
 fn echo_session(bridge: &Bridge, transport: &'static str, ttl: Duration) -> Arc<Session> {
-    let limits = &bridge.route.limits;
-    let max_bytes = super::session::BYTE_BUDGET_MESSAGES * limits.max_message as usize;
     let Driver {
         session,
         mut uplink,
-    } = Session::create(
-        &bridge.route.name,
-        transport,
-        limits.send_queue,
-        max_bytes,
-        ttl,
-        None,
-    );
+    } = Session::gateway_own(&bridge.route, transport, ttl);
     let echo = session.clone();
     tokio::spawn(async move {
         let ended = echo.ended_by_client();

@@ -363,6 +363,25 @@ pub struct Driver {
 }
 
 impl Session {
+    /// A session the gateway itself answers (the echo, a Socket.IO engine) on `route`, bounded
+    /// as the route's backend sessions are.
+    pub fn gateway_own(
+        route: &crate::config::Route,
+        transport: &'static str,
+        ttl: Duration,
+    ) -> Driver {
+        let limits = &route.limits;
+        let max_bytes = BYTE_BUDGET_MESSAGES * limits.max_message as usize;
+        Self::create(
+            &route.name,
+            transport,
+            limits.send_queue,
+            max_bytes,
+            ttl,
+            None,
+        )
+    }
+
     /// A new session and the receiving half its backend task drains.
     pub fn create(
         route: &str,

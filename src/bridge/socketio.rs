@@ -25,7 +25,7 @@
 //! connection, as socket.io does.
 
 use super::hub::{Gone, Message};
-use super::session::{Driver, EndReason, Outgoing, Session, BYTE_BUDGET_MESSAGES};
+use super::session::{Driver, EndReason, Outgoing, Session};
 use super::SessionTarget;
 use super::{write_deadline, Bridge, ClientInfo, Consumer, Delivery, OpenError, SessionSite};
 use crate::config::SocketIo;
@@ -59,16 +59,7 @@ pub fn open(
         .socketio
         .clone()
         .expect("the route lists socketio");
-    let limits = &bridge.route.limits;
-    let max_bytes = BYTE_BUDGET_MESSAGES * limits.max_message as usize;
-    let Driver { session, uplink } = Session::create(
-        &bridge.route.name,
-        transport,
-        limits.send_queue,
-        max_bytes,
-        ttl,
-        None,
-    );
+    let Driver { session, uplink } = Session::gateway_own(&bridge.route, transport, ttl);
     let (events, from_namespaces) = mpsc::channel(64);
     let engine = Engine {
         site,

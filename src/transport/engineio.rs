@@ -667,14 +667,7 @@ async fn post<D: Downstream>(
             .with_label_values(&[route, polling(bridge), "in"])
             .inc_by(messages.len() as u64);
         let Some(uplink) = s.link.uplink.clone() else {
-            return Reject::new(
-                405,
-                "one_way_route",
-                format!("route {route} only streams to clients: its backend takes no messages"),
-            )
-            .header("allow", "GET")
-            .send(down, route)
-            .await;
+            return super::inbound::one_way(route).send(down, route).await;
         };
         if let Err(r) = super::inbound::deliver(&uplink, messages, route).await {
             return r.send(down, route).await;

@@ -265,12 +265,7 @@ async fn send<D: Downstream>(
 ) -> Result<(), Reject> {
     let route = bridge.route.name.as_str();
     if !bridge.spec.two_way() {
-        return Err(Reject::new(
-            405,
-            "one_way_route",
-            format!("route {route} only streams to clients: its backend takes no messages"),
-        )
-        .header("allow", "GET"));
+        return Err(one_way(route));
     }
     // The session (or a relay for this request) is found before the body is read, so a bad id
     // costs nothing.
@@ -399,6 +394,17 @@ pub(super) async fn deliver(
         Ok(Ok(())) => Ok(()),
         Ok(Err((i, e))) => Err(refused(i, count, e, route)),
     }
+}
+
+/// The answer to messages sent on a route whose backend takes none (a shared feed without
+/// `post:`).
+pub(super) fn one_way(route: &str) -> Reject {
+    Reject::new(
+        405,
+        "one_way_route",
+        format!("route {route} only streams to clients: its backend takes no messages"),
+    )
+    .header("allow", "GET")
 }
 
 /// The answer for a message the backend did not take; messages before it were delivered.

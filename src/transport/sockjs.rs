@@ -835,14 +835,7 @@ async fn send<D: Downstream>(
         return not_found(down, route).await;
     };
     let Some(uplink) = s.link.uplink.clone() else {
-        return Reject::new(
-            405,
-            "one_way_route",
-            format!("route {route} only streams to clients: its backend takes no messages"),
-        )
-        .header("allow", "GET")
-        .send(down, route)
-        .await;
+        return super::inbound::one_way(route).send(down, route).await;
     };
     metrics::MESSAGES
         .with_label_values(&[route, t.label(), "in"])

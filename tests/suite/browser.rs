@@ -941,6 +941,19 @@ window.run = function (url, mode) {
 };
 </script></body></html>"#;
 
+/// Runs [`SOCKETIO_PAGE`]'s `run(url, mode)` and gives its results once it is done (or failed).
+async fn run_socketio(cdp: &mut Cdp, id: &mut u64, url: &str, mode: &str) -> serde_json::Value {
+    eval(cdp, id, &format!("run('{url}', '{mode}')")).await;
+    wait_true(
+        cdp,
+        id,
+        &format!("!!(results['{mode}'] && (results['{mode}'].done || results['{mode}'].error))"),
+        &format!("socket.io-client on {mode} to {url}"),
+    )
+    .await;
+    eval(cdp, id, &format!("results['{mode}']")).await
+}
+
 /// socket.io-client 4 (and 2.5) in Chromium, from another origin with `withCredentials: true`,
 /// through switchyard to a plain backend written to the mapping: two namespaces, auth, events
 /// with non-ASCII text, 64 KiB and binary, an ack; on every transport each offers (JSONP for
@@ -959,7 +972,7 @@ async fn socket_io_clients_in_chromium_cross_origin_with_credentials() {
         ],
     )
     .await;
-    let backend = crate::socketio::MappedBackend::start().await;
+    let backend = crate::socketio::mapped_backend().await;
     let routes = crate::socketio::route(
         backend.addr,
         &format!("    origins: [\"http://{page}\"]\n    cors: {{ credentials: true }}\n"),
@@ -978,22 +991,7 @@ async fn socket_io_clients_in_chromium_cross_origin_with_credentials() {
         )
         .await;
         for mode in modes {
-            eval(
-                &mut cdp,
-                &mut id,
-                &format!("run('{}', '{mode}')", gw.url("")),
-            )
-            .await;
-            wait_true(
-                &mut cdp,
-                &mut id,
-                &format!(
-                    "!!(results['{mode}'] && (results['{mode}'].done || results['{mode}'].error))"
-                ),
-                &format!("socket.io-client {v} on {mode}"),
-            )
-            .await;
-            let r = eval(&mut cdp, &mut id, &format!("results['{mode}']")).await;
+            let r = run_socketio(&mut cdp, &mut id, &gw.url(""), mode).await;
             assert_eq!(r["done"], true, "{v} {mode}: {r}");
             assert_eq!(r["echoed"], true, "{v} {mode}: {r}");
             assert_eq!(r["acked"], true, "{v} {mode}: {r}");
@@ -1034,7 +1032,7 @@ async fn socket_io_client_in_chromium_through_a_round_robin_balancer_over_a_clus
         )],
     )
     .await;
-    let backend = crate::socketio::MappedBackend::start().await;
+    let backend = crate::socketio::mapped_backend().await;
     let routes = crate::socketio::route(
         backend.addr,
         &format!("    origins: [\"http://{page}\"]\n    cors: {{ credentials: true }}\n"),
@@ -1050,22 +1048,7 @@ async fn socket_io_client_in_chromium_through_a_round_robin_balancer_over_a_clus
     )
     .await;
     for mode in ["polling", "upgrade"] {
-        eval(
-            &mut cdp,
-            &mut id,
-            &format!("run('http://{}', '{mode}')", lb.addr),
-        )
-        .await;
-        wait_true(
-            &mut cdp,
-            &mut id,
-            &format!(
-                "!!(results['{mode}'] && (results['{mode}'].done || results['{mode}'].error))"
-            ),
-            &format!("socket.io-client on {mode} through the balancer"),
-        )
-        .await;
-        let r = eval(&mut cdp, &mut id, &format!("results['{mode}']")).await;
+        let r = run_socketio(&mut cdp, &mut id, &format!("http://{}", lb.addr), mode).await;
         assert_eq!(r["done"], true, "{mode}: {r}");
         assert_eq!(r["echoed"], true, "{mode}: {r}");
         assert_eq!(r["acked"], true, "{mode}: {r}");

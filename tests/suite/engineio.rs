@@ -9,19 +9,11 @@ use crate::common::sockjs::{eventually, request};
 use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 fn node_modules() -> String {
-    let tools = std::env::var("SWITCHYARD_TOOLS")
-        .unwrap_or_else(|_| format!("{}/.cache/switchyard-tools", std::env::var("HOME").unwrap()));
-    let modules = format!("{tools}/node/node_modules");
-    assert!(
-        std::path::Path::new(&format!("{modules}/engine.io-client-v3/package.json")).exists(),
-        "engine.io and its clients (npm) are not in {modules}: run scripts/install-deps.sh --test"
-    );
-    modules
+    crate::common::node_modules("engine.io-client-v3")
 }
 
 fn script(name: &str) -> String {
@@ -97,40 +89,9 @@ async fn real_clients_echo_through_a_plain_websocket_backend_on_every_transport(
 }
 
 /// The reference Engine.IO server (tests/engineio/reference.js), echoing, on a free port.
-struct Reference {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Reference {
-    async fn start(ping_interval: u64, ping_timeout: u64) -> Reference {
-        let port = free_port();
-        let child = Command::new("node")
-            .arg(script("reference.js"))
-            .args([
-                port.to_string(),
-                ping_interval.to_string(),
-                ping_timeout.to_string(),
-            ])
-            .env("NODE_PATH", node_modules())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node runs");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        assert!(
-            wait_for_port(addr, Duration::from_secs(10)).await,
-            "the reference server did not listen"
-        );
-        Reference { child, addr }
-    }
-}
-
-impl Drop for Reference {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+async fn reference(ping_interval: u64, ping_timeout: u64) -> NodeServer {
+    let (i, t) = (ping_interval.to_string(), ping_timeout.to_string());
+    NodeServer::start("engineio/reference.js", "engine.io", &[&i, &t]).await
 }
 
 /// What an answer shows of the protocol: its status, the headers Engine.IO fixes and its body,
@@ -252,7 +213,7 @@ async fn raw_exchanges_match_the_reference_server() {
         "    keepalive: { ping_interval: 25s, pong_timeout: 20s }\n",
     ))
     .await;
-    let reference = Reference::start(25_000, 20_000).await;
+    let reference = reference(25_000, 20_000).await;
     let scripts = [
         // Handshakes: the open packet in each payload form.
         "GET EIO=4&transport=polling",

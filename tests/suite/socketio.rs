@@ -8,56 +8,17 @@
 use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-pub(crate) fn node_modules() -> String {
-    let tools = std::env::var("SWITCHYARD_TOOLS")
-        .unwrap_or_else(|_| format!("{}/.cache/switchyard-tools", std::env::var("HOME").unwrap()));
-    let modules = format!("{tools}/node/node_modules");
-    assert!(
-        std::path::Path::new(&format!("{modules}/socket.io-client-v2/package.json")).exists(),
-        "socket.io-client (npm) is not in {modules}: run scripts/install-deps.sh --test"
-    );
-    modules
+fn node_modules() -> String {
+    crate::common::node_modules("socket.io-client-v2")
 }
 
 /// tests/socketio/backend.js: a plain WebSocket backend that follows the mapping (and refuses
 /// `/forbidden` with 403), on a free port.
-pub(crate) struct MappedBackend {
-    child: Child,
-    pub addr: SocketAddr,
-}
-
-impl MappedBackend {
-    pub(crate) async fn start() -> MappedBackend {
-        let port = free_port();
-        let child = Command::new("node")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/socketio/backend.js"
-            ))
-            .arg(port.to_string())
-            .env("NODE_PATH", node_modules())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node runs (apt-get install nodejs)");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        assert!(
-            wait_for_port(addr, Duration::from_secs(10)).await,
-            "the backend did not listen"
-        );
-        MappedBackend { child, addr }
-    }
-}
-
-impl Drop for MappedBackend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+pub(crate) async fn mapped_backend() -> NodeServer {
+    NodeServer::start("socketio/backend.js", "ws", &[]).await
 }
 
 /// A `clients: [socketio]` route at /socket.io on `backend`, with `extra` keys.
@@ -69,7 +30,7 @@ pub(crate) fn route(backend: SocketAddr, extra: &str) -> String {
 
 #[tokio::test]
 async fn real_clients_on_every_transport_with_namespaces_acks_and_binary() {
-    let backend = MappedBackend::start().await;
+    let backend = mapped_backend().await;
     let gw = Gateway::start(&route(backend.addr, "")).await;
     let url = gw.url("");
     for version in ["4", "2"] {
@@ -140,7 +101,7 @@ async fn next_text(ws: &mut Ws) -> String {
 
 #[tokio::test]
 async fn namespaces_refused_joined_left_and_lost() {
-    let backend = MappedBackend::start().await;
+    let backend = mapped_backend().await;
     let gw = Gateway::start(&route(backend.addr, "")).await;
     let mut ws = raw(&gw, 4).await;
     // Not listed: refused by the gateway.
@@ -269,7 +230,7 @@ async fn backend_messages_map_to_events_acks_and_attachments() {
 
 #[tokio::test]
 async fn a_client_that_joins_nothing_is_let_go() {
-    let backend = MappedBackend::start().await;
+    let backend = mapped_backend().await;
     let gw = Gateway::start(&route(backend.addr, "")).await;
     // connect_timeout is 2 s here: no CONNECT, no connection (pongs or not).
     let url = gw.ws_url("/socket.io/?EIO=4&transport=websocket");

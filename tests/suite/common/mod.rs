@@ -1106,3 +1106,52 @@ pub async fn read_server_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
     s.read_exact(&mut payload).await.unwrap();
     (h[0], payload)
 }
+
+/// `$SWITCHYARD_TOOLS/node/node_modules` (installed by `scripts/install-deps.sh --test`), once
+/// `package` is there.
+pub fn node_modules(package: &str) -> String {
+    let tools = std::env::var("SWITCHYARD_TOOLS")
+        .unwrap_or_else(|_| format!("{}/.cache/switchyard-tools", std::env::var("HOME").unwrap()));
+    let modules = format!("{tools}/node/node_modules");
+    assert!(
+        std::path::Path::new(&format!("{modules}/{package}/package.json")).exists(),
+        "{package} (npm) is not in {modules}: run scripts/install-deps.sh --test"
+    );
+    modules
+}
+
+/// A node script of the tests (a reference server, a backend) listening on a free port, given
+/// as its first argument; killed when dropped.
+pub struct NodeServer {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl NodeServer {
+    /// `script` under tests/, with `args` after the port; `package` is what it needs from npm.
+    pub async fn start(script: &str, package: &str, args: &[&str]) -> NodeServer {
+        let port = free_port();
+        let child = std::process::Command::new("node")
+            .arg(format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR")))
+            .arg(port.to_string())
+            .args(args)
+            .env("NODE_PATH", node_modules(package))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("node runs (apt-get install nodejs)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(
+            wait_for_port(addr, Duration::from_secs(10)).await,
+            "{script} did not listen"
+        );
+        NodeServer { child, addr }
+    }
+}
+
+impl Drop for NodeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
