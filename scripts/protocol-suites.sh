@@ -31,7 +31,9 @@ if (echo > /dev/tcp/127.0.0.1/3000) 2>/dev/null; then
   echo "127.0.0.1:3000 is in use: the suites hard-code it, stop what listens there" >&2
   exit 1
 fi
-cargo build --locked --quiet --bin switchyard
+# Release: the suites time heartbeats to a few tens of milliseconds (a 1 s connectTimeout
+# against a ~950 ms ping/pong test), which a debug build's latency eats into.
+cargo build --release --locked --quiet --bin switchyard
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 backend_port=$(free_port)
 mapped_port=$(free_port)
@@ -60,7 +62,7 @@ routes:
     keepalive: { ping_interval: 300ms, pong_timeout: 200ms }
     limits: { max_message: 1000000 }
 YAML
-target/debug/switchyard --config "$work/gateway.yaml" > "$work/switchyard.log" 2>&1 & pids+=($!)
+target/release/switchyard --config "$work/gateway.yaml" > "$work/switchyard.log" 2>&1 & pids+=($!)
 for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/3000) 2>/dev/null && break; sleep 0.1; done
 
 failed=0

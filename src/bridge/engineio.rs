@@ -59,6 +59,8 @@ struct State {
     phase: Phase,
     /// A POST is being read (one at a time).
     posting: bool,
+    /// When the session moved to its WebSocket.
+    upgraded_at: Option<Instant>,
     /// v3: when the client was last heard.
     heard_at: Instant,
     /// v4: when the ping now awaited was due (a pong moves it an interval past the pong). The
@@ -85,6 +87,7 @@ impl Eio {
                 control: VecDeque::new(),
                 phase,
                 posting: false,
+                upgraded_at: None,
                 heard_at: now,
                 ping_at: now + interval,
             }),
@@ -147,7 +150,15 @@ impl Eio {
             return false;
         }
         st.phase = to;
+        if to == Phase::WebSocket {
+            st.upgraded_at = Some(Instant::now());
+        }
         true
+    }
+
+    /// How long ago the session moved to its WebSocket, if it did.
+    pub fn upgraded_for(&self) -> Option<Duration> {
+        self.lock().upgraded_at.map(|at| at.elapsed())
     }
 
     /// Takes the session's one POST slot; false when another POST holds it.

@@ -577,6 +577,9 @@ pub struct SocketIo {
     pub namespaces: Vec<String>,
     /// How long a protocol 5 client has to join a namespace before it is disconnected.
     pub connect_timeout: Duration,
+    /// Where `PATH/socket.io.js` sends pages for socket.io-client (a socket.io server serves
+    /// the client there itself).
+    pub client_url: String,
 }
 
 pub const DEFAULT_SOCKJS_CLIENT_URL: &str =

@@ -202,6 +202,8 @@ pub struct RawSocketIo {
     #[serde(default)]
     pub namespaces: Option<Vec<String>>,
     #[serde(default)]
+    pub client_url: Option<String>,
+    #[serde(default)]
     pub connect_timeout: Option<Scalar>,
 }
 

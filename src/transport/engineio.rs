@@ -68,6 +68,10 @@ const IDLE_BACKSTOP: Duration = Duration::from_secs(3600);
 /// How long a poll that arrives during an upgrade waits to see whether it completes.
 const PROBING_GRACE: Duration = Duration::from_millis(50);
 
+/// A poll refused for a session that moved to its WebSocket less than this ago is answered
+/// only this long after the move.
+const UPGRADE_SETTLE: Duration = Duration::from_millis(30);
+
 /// How long the upgraded WebSocket waits for the poll that holds the session to answer its
 /// noop and leave.
 const HANDOVER: Duration = Duration::from_secs(2);
@@ -86,6 +90,27 @@ pub fn requested(bridge: &Bridge, req: &RequestHeader) -> bool {
     at_base
         && (super::query_param(req, "EIO").is_some()
             || !(c.websocket || c.sse || c.long_poll || c.sockjs))
+}
+
+/// Where socket.io-client is for a page that asks a `socketio` route for it
+/// (`PATH/socket.io.js` or `PATH/socket.io.min.js`, where a socket.io server serves it).
+pub fn client_script<'b>(bridge: &'b Bridge, req: &RequestHeader) -> Option<&'b str> {
+    let opts = bridge.spec.socketio.as_ref()?;
+    let path = req.uri.path();
+    let base = bridge.base(path).trim_end_matches('/');
+    let name = path.strip_prefix(base)?;
+    let get = req.method == http::Method::GET || req.method == http::Method::HEAD;
+    (get && matches!(name, "/socket.io.js" | "/socket.io.min.js"))
+        .then_some(opts.client_url.as_str())
+}
+
+/// Sends a page to `url` for socket.io-client.
+pub async fn client_redirect<D: Downstream>(down: &mut D, url: &str) -> pingora::Result<()> {
+    let mut resp = ResponseHeader::build(302, Some(3))?;
+    resp.insert_header("location", url)?;
+    resp.insert_header("cache-control", "no-cache")?;
+    resp.insert_header("content-length", "0")?;
+    down.write_response_header(Box::new(resp), true).await
 }
 
 pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Result<()> {
@@ -439,6 +464,16 @@ async fn poll<D: Downstream>(
         }
     }
     if s.proto.phase() == Phase::WebSocket {
+        // A poll right behind the upgrade (sent with the `5`, as no client does but the
+        // protocol's suite): refused once what the WebSocket sent just before (the `3probe`)
+        // has had a moment to arrive first.
+        if let Some(left) = s
+            .proto
+            .upgraded_for()
+            .and_then(|d| UPGRADE_SETTLE.checked_sub(d))
+        {
+            tokio::time::sleep(left).await;
+        }
         return fail(down, route, ErrorCode::BadRequest).await;
     }
     let mut consumer = match s.attach() {

@@ -361,6 +361,9 @@ async fn serve_feed<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Re
     if engineio::requested(bridge, down.req_header()) {
         return Box::pin(engineio::serve(down, bridge)).await;
     }
+    if let Some(url) = engineio::client_script(bridge, down.req_header()) {
+        return Box::pin(engineio::client_redirect(down, url)).await;
+    }
     if let Some(opts) = &bridge.spec.sockjs {
         if sockjs::requested(bridge, down.req_header()) {
             return Box::pin(sockjs::serve(down, bridge, opts)).await;

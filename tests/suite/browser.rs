@@ -1069,3 +1069,42 @@ async fn socket_io_client_in_chromium_through_a_round_robin_balancer_over_a_clus
         assert!(polls >= 2.0, "{polls} polls on {}", gw.addr);
     }
 }
+
+/// The demo page's Socket.IO panel: socket.io-client loaded through `/socket.io/socket.io.js`
+/// (sent to the route's `socketio.client_url`), the clock arriving as `message` events, over
+/// polling then the WebSocket it upgrades to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_socket_io_panel_shows_the_clock() {
+    let (scripts, _server) = serve_page_with(
+        "",
+        &[(
+            "/socket.io.min.js",
+            "socket.io-client/dist/socket.io.min.js",
+        )],
+    )
+    .await;
+    let routes = format!(
+        "  - name: demo\n    path: /\n    backend: {{ builtin: demo }}\n  - name: clock\n    path: /clock\n    backend: {{ builtin: clock }}\n  - name: socketio\n    path: /socket.io\n    clients: [socketio]\n    socketio: {{ client_url: \"http://{scripts}/socket.io.min.js\" }}\n    backend: {{ builtin: clock }}\n"
+    );
+    let (_gw, _browser, mut cdp, mut id) = gateway_page(&routes).await;
+    eval(
+        &mut cdp,
+        &mut id,
+        "document.getElementById('sio-connect').click(); true",
+    )
+    .await;
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "document.getElementById('sio-status').textContent === 'connected' && (document.getElementById('sio-log').textContent.match(/\\u2190 \\d{4}-/g) || []).length >= 2",
+        "two clock ticks in the Socket.IO panel",
+    )
+    .await;
+    wait_true(
+        &mut cdp,
+        &mut id,
+        "document.getElementById('sio-transport').textContent === 'websocket'",
+        "the panel's client upgrading to a WebSocket",
+    )
+    .await;
+}

@@ -399,6 +399,8 @@ impl Validator<'_> {
 }
 
 /// The SockJS keys, with their defaults.
+/// Where `PATH/socket.io.js` sends pages for socket.io-client by default.
+pub const DEFAULT_SOCKETIO_CLIENT_URL: &str = "https://cdn.socket.io/4.8.1/socket.io.min.js";
 /// socket.io's own `connectTimeout`.
 pub const DEFAULT_SOCKETIO_CONNECT_TIMEOUT: std::time::Duration =
     std::time::Duration::from_secs(45);
@@ -407,6 +409,22 @@ pub const DEFAULT_SOCKJS_DISCONNECT_DELAY: std::time::Duration = std::time::Dura
 pub const DEFAULT_SOCKJS_RESPONSE_LIMIT: usize = 128 * 1024;
 
 impl Validator<'_> {
+    /// A URL a page loads a client library from: http(s) or a path, nothing that could leave
+    /// the attribute it is written in.
+    fn client_url(&mut self, at: String, url: &str, what: &str) {
+        let ok =
+            (url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/'))
+                && !url.bytes().any(|b| {
+                    b.is_ascii_whitespace() || b.is_ascii_control() || b"\"<>'`".contains(&b)
+                });
+        if !ok {
+            self.err(
+                at,
+                format!("client_url {url:?} is not a URL: give an http(s):// URL or a path where {what}"),
+            );
+        }
+    }
+
     /// `socketio:` settings for a route whose `clients` lists `socketio`.
     fn socketio(
         &mut self,
@@ -493,9 +511,18 @@ impl Validator<'_> {
                 "connect_timeout must be above 0s: it is how long a client has to join a namespace",
             );
         }
+        let client_url = r
+            .and_then(|r| r.client_url.clone())
+            .unwrap_or_else(|| DEFAULT_SOCKETIO_CLIENT_URL.to_owned());
+        self.client_url(
+            here("client_url"),
+            &client_url,
+            "PATH/socket.io.js sends pages for socket.io-client",
+        );
         Some(SocketIo {
             namespaces,
             connect_timeout,
+            client_url,
         })
     }
 
@@ -553,18 +580,11 @@ impl Validator<'_> {
         let client_url = r
             .and_then(|r| r.client_url.clone())
             .unwrap_or_else(|| DEFAULT_SOCKJS_CLIENT_URL.to_owned());
-        let url_ok = (client_url.starts_with("https://")
-            || client_url.starts_with("http://")
-            || client_url.starts_with('/'))
-            && !client_url
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b"\"<>'`".contains(&b));
-        if !url_ok {
-            self.err(
-                here("client_url"),
-                format!("client_url {client_url:?} is not a URL: give an http(s):// URL or a path where iframe.html loads sockjs-client from"),
-            );
-        }
+        self.client_url(
+            here("client_url"),
+            &client_url,
+            "iframe.html loads sockjs-client from",
+        );
         // Routes that hand the client's credentials to the backend keep the transports that
         // cannot show their origin (JSONP's <script>, htmlfile's iframe) off unless listed.
         let remote = match backend {
