@@ -628,6 +628,28 @@ impl BridgeRoute {
         }
     }
 
+    /// The route hands a client's credentials (`Cookie`, `Authorization`) to its backend, on
+    /// the client's own session or its `post:`: the transports that cannot show their origin
+    /// (JSONP's `<script>`, htmlfile's iframe) must not reach it in a visitor's name.
+    pub fn forwards_credentials(&self) -> bool {
+        forwards_credentials(&self.backend, self.fanout)
+    }
+}
+
+/// See [`BridgeRoute::forwards_credentials`].
+pub fn forwards_credentials(backend: &BackendSpec, fanout: Fanout) -> bool {
+    let remote = match backend {
+        BackendSpec::WebSocket(f) | BackendSpec::Sse(f) => f,
+        BackendSpec::Builtin(_) | BackendSpec::Published => return false,
+    };
+    (fanout == Fanout::PerClient || remote.post.is_some())
+        && remote
+            .forward_headers
+            .iter()
+            .any(|h| h == http::header::COOKIE || h == http::header::AUTHORIZATION)
+}
+
+impl BridgeRoute {
     /// True when clients can send messages to the backend: per-client sessions on a WebSocket
     /// backend, echo, or an `sse:` backend with `post:`.
     pub fn two_way(&self) -> bool {

@@ -136,6 +136,12 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
     if jsonp.as_deref().is_some_and(|j| !frame::jsonp_index_ok(j)) {
         return fail(down, route, ErrorCode::BadRequest).await;
     }
+    if jsonp.is_some() && bridge.spec.forwards_credentials() {
+        // A JSONP poll is a `<script>` any page may load in a visitor's name, its answer read
+        // by that page: not on a route that hands the visitor's cookies to its backend (as
+        // SockJS's JSONP is off there unless listed).
+        return fail(down, route, ErrorCode::Forbidden).await;
+    }
     match (sid, method) {
         (None, http::Method::GET) => Box::pin(handshake(down, bridge, v, jsonp)).await,
         (None, _) => fail(down, route, ErrorCode::BadHandshakeMethod).await,
@@ -145,7 +151,7 @@ pub async fn serve<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Res
     }
 }
 
-/// engine.io's 400 with its JSON error, counted as a refusal.
+/// engine.io's 400 (403 for `Forbidden`) with its JSON error, counted as a refusal.
 async fn fail<D: Downstream>(down: &mut D, route: &str, code: ErrorCode) -> pingora::Result<()> {
     let reason = match code {
         ErrorCode::UnknownTransport => "engineio_transport",
@@ -155,9 +161,15 @@ async fn fail<D: Downstream>(down: &mut D, route: &str, code: ErrorCode) -> ping
         ErrorCode::Forbidden => "engineio_forbidden",
         ErrorCode::UnsupportedProtocolVersion => "engineio_version",
     };
-    Reject::new(400, reason, code.message()).count(route);
+    // engine.io answers its `Forbidden` with 403, every other refusal with 400.
+    let status = if code == ErrorCode::Forbidden {
+        403
+    } else {
+        400
+    };
+    Reject::new(status, reason, code.message()).count(route);
     let body = code.body();
-    let mut resp = ResponseHeader::build(400, Some(4))?;
+    let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("cache-control", "no-store")?;
     resp.insert_header("content-length", body.len().to_string())?;

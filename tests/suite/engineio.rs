@@ -22,8 +22,13 @@ fn script(name: &str) -> String {
 
 /// A route of clients: [engineio] at /engine.io on `backend`, per client.
 fn routes(backend: &str, keepalive: &str) -> String {
+    routes_with(backend, "", keepalive)
+}
+
+/// [`routes`] with more keys in `backend:` (`, forward_headers: []`).
+fn routes_with(backend: &str, backend_keys: &str, keepalive: &str) -> String {
     format!(
-        "  - name: eio\n    path: /engine.io\n    backend: {{ websocket: \"{backend}\" }}\n    fanout: per_client\n    clients: [engineio]\n    limits: {{ max_message: 1000000 }}\n{keepalive}"
+        "  - name: eio\n    path: /engine.io\n    backend: {{ websocket: \"{backend}\"{backend_keys} }}\n    fanout: per_client\n    clients: [engineio]\n    limits: {{ max_message: 1000000 }}\n{keepalive}"
     )
 }
 
@@ -324,7 +329,23 @@ async fn overlapping_polls_end_the_session_as_engine_io_does() {
 #[tokio::test]
 async fn jsonp_polling_for_legacy_clients() {
     let backend = WsBackend::start().await;
+    // A route that hands its clients' cookies to the backend (the default) refuses JSONP: any
+    // page may load a script in a visitor's name and read its answer.
     let gw = Gateway::start(&routes(&format!("ws://{}/", backend.addr), "")).await;
+    let r = request(
+        gw.addr,
+        "GET",
+        "/engine.io/?EIO=3&transport=polling&j=0",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body_text(), r#"{"code":4,"message":"Forbidden"}"#);
+    drop(gw);
+    let no_credentials = ", forward_headers: []";
+    let backend_url = format!("ws://{}/", backend.addr);
+    let gw = Gateway::start(&routes_with(&backend_url, no_credentials, "")).await;
     let r = request(
         gw.addr,
         "GET",
@@ -376,7 +397,7 @@ async fn jsonp_polling_for_legacy_clients() {
     drop(gw);
     // A JSONP poll is a script load, sent without Origin: it is judged by its Referer.
     let gw = Gateway::start_with(
-        &routes(&format!("ws://{}/", backend.addr), ""),
+        &routes_with(&backend_url, no_credentials, ""),
         "defaults:\n  origins: [\"http://a.example\"]\n",
     )
     .await;

@@ -24,7 +24,7 @@ pub(crate) async fn mapped_backend() -> NodeServer {
 /// A `clients: [socketio]` route at /socket.io on `backend`, with `extra` keys.
 pub(crate) fn route(backend: SocketAddr, extra: &str) -> String {
     format!(
-        "  - name: sio\n    path: /socket.io\n    backend: {{ websocket: \"ws://{backend}/\" }}\n    fanout: per_client\n    clients: [socketio]\n    socketio: {{ namespaces: [\"/\", \"/custom\", \"/forbidden\"], connect_timeout: 2s }}\n{extra}"
+        "  - name: sio\n    path: /socket.io\n    backend: {{ websocket: \"ws://{backend}/\", forward_headers: [] }}\n    fanout: per_client\n    clients: [socketio]\n    socketio: {{ namespaces: [\"/\", \"/custom\", \"/forbidden\"], connect_timeout: 2s }}\n{extra}"
     )
 }
 

@@ -587,16 +587,7 @@ impl Validator<'_> {
         );
         // Routes that hand the client's credentials to the backend keep the transports that
         // cannot show their origin (JSONP's <script>, htmlfile's iframe) off unless listed.
-        let remote = match backend {
-            BackendSpec::WebSocket(f) | BackendSpec::Sse(f) => Some(f),
-            BackendSpec::Builtin(_) | BackendSpec::Published => None,
-        };
-        let credentials = remote.is_some_and(|f| {
-            (fanout == Fanout::PerClient || f.post.is_some())
-                && f.forward_headers
-                    .iter()
-                    .any(|h| h == http::header::COOKIE || h == http::header::AUTHORIZATION)
-        });
+        let credentials = crate::config::model::forwards_credentials(backend, fanout);
         let mut transports = SockJsTransports {
             websocket,
             xhr: true,
