@@ -100,9 +100,15 @@ impl Eio {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a packet of the gateway's own for the receiver.
+    /// Queues a packet of the gateway's own for the receiver. At most [`CONTROL_MAX`] wait:
+    /// past them (a client that sends pings or CONNECTs and never polls), only a close is kept.
     pub fn push(&self, p: Packet) {
-        self.lock().control.push_back(p);
+        let mut st = self.lock();
+        if st.control.len() >= CONTROL_MAX && p != Packet::Close {
+            return;
+        }
+        st.control.push_back(p);
+        drop(st);
         self.signal.notify_waiters();
     }
 
@@ -169,6 +175,18 @@ impl Eio {
     pub fn end_post(&self) {
         self.lock().posting = false;
     }
+}
+
+/// How many of the gateway's own packets may wait for a session's receiver.
+pub const CONTROL_MAX: usize = 32;
+
+/// A new session id: 120 random bits, URL-safe (engine.io's are 20 characters too, which
+/// the v3 handshake's length prefix shows).
+pub fn new_sid() -> String {
+    use base64::Engine as _;
+    let mut raw = [0u8; 15];
+    getrandom::fill(&mut raw).expect("the operating system's random source works");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
 /// How long an ended session stays to hand its last packets (the noop that answers a client's
@@ -300,5 +318,28 @@ pub async fn serve_relayed(req: Relayed) -> RelayAnswer {
             status: 503,
             ..RelayAnswer::default()
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_control_queue_is_bounded_but_keeps_a_close() {
+        let e = Eio::new(
+            Version::V3,
+            false,
+            Phase::Polling,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        for _ in 0..1000 {
+            e.push(Packet::Pong(bytes::Bytes::new()));
+        }
+        e.push(Packet::Close);
+        let queued = e.take_control();
+        assert_eq!(queued.len(), CONTROL_MAX + 1);
+        assert_eq!(queued.last(), Some(&Packet::Close));
     }
 }

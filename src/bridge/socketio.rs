@@ -72,6 +72,7 @@ pub fn open(
         session: session.clone(),
         namespaces: HashMap::new(),
         incoming: None,
+        max_held: bridge.route.limits.max_message as usize,
         events,
         joined_once: false,
     };
@@ -108,6 +109,8 @@ struct Held {
     data: String,
     left: usize,
     parts: Vec<Bytes>,
+    /// Bytes of the parts held: at most `max_message` for all of them.
+    bytes: usize,
 }
 
 /// A client packet waiting for its attachments.
@@ -116,6 +119,8 @@ struct Incoming {
     text: String,
     left: usize,
     parts: Vec<Bytes>,
+    /// Bytes of the parts held: at most `max_message` for all of them.
+    bytes: usize,
 }
 
 struct Engine {
@@ -130,6 +135,8 @@ struct Engine {
     session: Arc<Session>,
     namespaces: HashMap<String, Ns>,
     incoming: Option<Incoming>,
+    /// The bytes of attachments held for one packet, either way: the route's `max_message`.
+    max_held: usize,
     events: mpsc::Sender<(String, Event)>,
     /// A namespace was joined (protocol 5 must join one within `connect_timeout`).
     joined_once: bool,
@@ -205,6 +212,10 @@ impl Engine {
             if !binary {
                 return Err(End(1002, "a text packet where an attachment was due"));
             }
+            inc.bytes += payload.len();
+            if inc.bytes > self.max_held {
+                return Err(End(1009, "a packet's attachments over max_message"));
+            }
             inc.parts.push(payload);
             inc.left -= 1;
             if inc.left > 0 {
@@ -261,6 +272,7 @@ impl Engine {
                         text,
                         left: p.attachments,
                         parts: Vec::with_capacity(p.attachments),
+                        bytes: 0,
                     });
                     return Ok(());
                 }
@@ -397,7 +409,9 @@ impl Engine {
             }
             Event::Message(sid, m) => {
                 let out = match self.namespaces.get_mut(&nsp) {
-                    Some(Ns::Open(j)) if j.session.id == sid => translate(&nsp, j, &m),
+                    Some(Ns::Open(j)) if j.session.id == sid => {
+                        translate(&nsp, j, &m, self.max_held)
+                    }
                     _ => None,
                 };
                 if let Some((text, parts)) = out {
@@ -452,7 +466,7 @@ pub fn feed_client_packet(protocol: Protocol, text: &str) -> Result<FromClient, 
     let p = sio::decode(text)?;
     Ok(match p.kind {
         Kind::Connect if p.nsp == "/" => {
-            FromClient::Answer(sio::connected(protocol, "/", &new_socket_id()))
+            FromClient::Answer(sio::connected(protocol, "/", &super::engineio::new_sid()))
         }
         Kind::Connect => FromClient::Answer(sio::connect_error(
             protocol,
@@ -479,18 +493,22 @@ fn backend_text(p: &sio::Packet) -> Result<String, sio::Invalid> {
     })
 }
 
-/// A socket id for a CONNECT answer.
-fn new_socket_id() -> String {
-    let mut raw = [0u8; 15];
-    getrandom::fill(&mut raw).expect("the operating system's random source works");
-    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw)
-}
-
 /// A backend message as the client's packet (with its attachments), by the mapping; None
 /// while the attachments of a packet are still coming.
-fn translate(nsp: &str, j: &mut Joined, m: &Message) -> Option<(String, Vec<Bytes>)> {
+fn translate(
+    nsp: &str,
+    j: &mut Joined,
+    m: &Message,
+    max_held: usize,
+) -> Option<(String, Vec<Bytes>)> {
     if let Some(held) = &mut j.outgoing {
         if m.binary {
+            held.bytes += m.payload.len();
+            if held.bytes > max_held {
+                // Attachments past max_message: the packet is dropped, as an oversize message.
+                j.outgoing = None;
+                return None;
+            }
             held.parts.push(m.payload.clone());
             held.left -= 1;
             if held.left > 0 {
@@ -529,6 +547,7 @@ fn translate(nsp: &str, j: &mut Joined, m: &Message) -> Option<(String, Vec<Byte
             data,
             left: attachments,
             parts: Vec::new(),
+            bytes: 0,
         });
         return None;
     }

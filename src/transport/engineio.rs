@@ -27,7 +27,6 @@ use crate::metrics;
 use crate::policy::reject::Reject;
 use crate::wire::engineio::{self as frame, ErrorCode, Packet, Version};
 use crate::wire::ws;
-use base64::Engine as _;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::collections::VecDeque;
@@ -201,13 +200,6 @@ fn owner<D: Downstream>(down: &D) -> Owner {
     Owner::new(down.client_ip(), origin)
 }
 
-/// A new session id: 120 random bits, URL-safe (as engine.io's 20 characters).
-fn new_sid() -> String {
-    let mut raw = [0u8; 15];
-    getrandom::fill(&mut raw).expect("the operating system's random source works");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-}
-
 /// Opens a session for a handshake (polling, or a WebSocket without a sid), with its
 /// heartbeat; the refusal was answered when it is None.
 async fn open<D: Downstream>(
@@ -235,7 +227,7 @@ async fn open<D: Downstream>(
         gauge: metrics::ENGINEIO_SESSIONS.with_label_values(&[route]),
         cluster: None,
     };
-    let sid = new_sid();
+    let sid = eio::new_sid();
     let client = super::client_info(down);
     // A Socket.IO connection's feed is its engine, which opens a backend session per
     // namespace the client joins.

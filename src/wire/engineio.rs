@@ -84,15 +84,6 @@ pub enum Invalid {
     TooMany,
 }
 
-impl Invalid {
-    pub fn message(&self) -> &'static str {
-        match self {
-            Self::Malformed(why) => why,
-            Self::TooMany => "too many packets in one payload",
-        }
-    }
-}
-
 fn b64() -> &'static base64::engine::GeneralPurpose {
     &base64::engine::general_purpose::STANDARD
 }
