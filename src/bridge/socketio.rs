@@ -33,7 +33,7 @@ use crate::wire::socketio::{self as sio, Kind, Protocol};
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -71,6 +71,7 @@ pub fn open(
         deadline: write_deadline(&bridge.route.keepalive),
         session: session.clone(),
         namespaces: HashMap::new(),
+        parted: HashSet::new(),
         incoming: None,
         max_held: bridge.route.limits.max_message as usize,
         events,
@@ -134,6 +135,10 @@ struct Engine {
     /// The engine's own session: its outbox goes to the client.
     session: Arc<Session>,
     namespaces: HashMap<String, Ns>,
+    /// Namespaces the backend disconnected (and the client has not joined again): packets the
+    /// client sent before it saw the DISCONNECT are dropped, not taken as a protocol error.
+    /// Listed namespaces only, so bounded.
+    parted: HashSet<String>,
     incoming: Option<Incoming>,
     /// The bytes of attachments held for one packet, either way: the route's `max_message`.
     max_held: usize,
@@ -251,7 +256,10 @@ impl Engine {
                         self.emit(again, Vec::new()).await;
                     }
                     Some(Ns::Opening) => {}
-                    None => self.join(&p.nsp, auth),
+                    None => {
+                        self.parted.remove(&p.nsp);
+                        self.join(&p.nsp, auth);
+                    }
                 }
                 Ok(())
             }
@@ -262,7 +270,10 @@ impl Engine {
                 Ok(())
             }
             Kind::Event | Kind::Ack | Kind::BinaryEvent | Kind::BinaryAck => {
-                if !matches!(self.namespaces.get(&p.nsp), Some(Ns::Open(_))) {
+                // One for a namespace the backend just left is dropped (`send_backend` finds it
+                // gone), with its attachments.
+                let joined = matches!(self.namespaces.get(&p.nsp), Some(Ns::Open(_)));
+                if !joined && !self.parted.contains(&p.nsp) {
                     return Err(End(1002, "a packet for a namespace not joined"));
                 }
                 let text = backend_text(&p).map_err(|sio::Invalid(why)| End(1002, why))?;
@@ -429,6 +440,7 @@ impl Engine {
                 // back); a lost backend drops the whole connection (the client reconnects).
                 if code == 1000 || (3000..=4999).contains(&code) {
                     let bye = sio::encode(Kind::Disconnect, 0, &nsp, None, None);
+                    self.parted.insert(nsp);
                     self.emit(bye, Vec::new()).await;
                     Ok(())
                 } else {

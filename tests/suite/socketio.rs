@@ -222,6 +222,13 @@ async fn backend_messages_map_to_events_acks_and_attachments() {
     // A deliberate close (4000) is the namespace's DISCONNECT; the connection stays.
     feed.send(FeedCmd::Close(4000, "bye".into()));
     assert_eq!(next_text(&mut ws).await, "41");
+    // What the client sent to `/` before it saw that is dropped, not a protocol error; it may
+    // join again.
+    ws.send(Message::text(r#"42["sent before the disconnect"]"#))
+        .await
+        .unwrap();
+    ws.send(Message::text("40")).await.unwrap();
+    assert!(next_text(&mut ws).await.starts_with("40{"));
     ws.send(Message::text("3")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     gw.expect_metric("switchyard_engineio_sessions_open{route=\"sio\"}", 1.0)
