@@ -633,11 +633,36 @@ async fn post<D: Downstream>(
         eio::end(&s, 1002, "overlapping posts", EndReason::Client);
         return fail(down, route, ErrorCode::BadRequest).await;
     }
-    let _posting = Posting(&s.proto);
+    // The slot is given back before the answer goes out: the client's next POST may follow
+    // the answer at once.
+    let sent = {
+        let _posting = Posting(&s.proto);
+        take_post(down, bridge, &s, jsonp).await
+    };
+    match sent {
+        Sent::Ok => sent_ok(down).await,
+        Sent::Refused(r) => r.send(down, route).await,
+    }
+}
+
+/// How a POST is answered.
+enum Sent {
+    Ok,
+    Refused(Reject),
+}
+
+/// A POST's packets, read and handled while the session's POST slot is held.
+async fn take_post<D: Downstream>(
+    down: &mut D,
+    bridge: &Bridge,
+    s: &Arc<EioSession>,
+    jsonp: Option<String>,
+) -> Sent {
+    let route = bridge.route.name.as_str();
     let (body, _charge, ctype) =
         match super::inbound::read_message_body(down, bridge, polling(bridge)).await {
             Ok(b) => b,
-            Err(r) => return r.send(down, route).await,
+            Err(r) => return Sent::Refused(r),
         };
     let media = ctype.split(';').next().unwrap_or("").trim();
     // JSONP sends are forms (`d=`); other bodies are the payload, whatever their type says.
@@ -657,15 +682,17 @@ async fn post<D: Downstream>(
     let packets = match packets {
         Ok(p) => p,
         Err(frame::Invalid::TooMany) => {
-            return Reject::new(413, "body_too_large", "more packets than a POST may carry")
-                .send(down, route)
-                .await;
+            return Sent::Refused(Reject::new(
+                413,
+                "body_too_large",
+                "more packets than a POST may carry",
+            ));
         }
         Err(frame::Invalid::Malformed(_)) => {
             // engine.io's answer: the send is taken (`ok`) and the session closed.
             metrics::refused(route, "engineio_invalid_packet");
-            eio::end(&s, 1002, "invalid packet", EndReason::Client);
-            return sent_ok(down).await;
+            eio::end(s, 1002, "invalid packet", EndReason::Client);
+            return Sent::Ok;
         }
     };
     let mut messages = Vec::new();
@@ -675,15 +702,15 @@ async fn post<D: Downstream>(
             s.proto.heard(false);
         }
         match (v, p) {
-            (_, Packet::Message { data, binary }) => match inbound(bridge, &s, data, binary) {
+            (_, Packet::Message { data, binary }) => match inbound(bridge, s, data, binary) {
                 Ok(Some((payload, binary))) => {
                     messages.push(super::inbound::Inbound { payload, binary })
                 }
                 Ok(None) => {}
                 Err(()) => {
                     metrics::refused(route, "socketio_invalid_packet");
-                    eio::end(&s, 1002, "invalid packet", EndReason::Client);
-                    return sent_ok(down).await;
+                    eio::end(s, 1002, "invalid packet", EndReason::Client);
+                    return Sent::Ok;
                 }
             },
             (Version::V3, Packet::Ping(d)) => s.proto.push(Packet::Pong(d)),
@@ -696,8 +723,8 @@ async fn post<D: Downstream>(
             // A ping in the wrong direction, an upgrade on polling: as a malformed packet.
             _ => {
                 metrics::refused(route, "engineio_invalid_packet");
-                eio::end(&s, 1002, "invalid packet", EndReason::Client);
-                return sent_ok(down).await;
+                eio::end(s, 1002, "invalid packet", EndReason::Client);
+                return Sent::Ok;
             }
         }
     }
@@ -706,18 +733,18 @@ async fn post<D: Downstream>(
             .with_label_values(&[route, polling(bridge), "in"])
             .inc_by(messages.len() as u64);
         let Some(uplink) = s.link.uplink.clone() else {
-            return super::inbound::one_way(route).send(down, route).await;
+            return Sent::Refused(super::inbound::one_way(route));
         };
         if let Err(r) = super::inbound::deliver(&uplink, messages, route).await {
-            return r.send(down, route).await;
+            return Sent::Refused(r);
         }
     }
     if closed {
         // The client's close: a pending poll is answered with a noop, the session ends.
         s.proto.push(Packet::Noop);
-        eio::end(&s, 1000, "closed by the client", EndReason::Client);
+        eio::end(s, 1000, "closed by the client", EndReason::Client);
     }
-    sent_ok(down).await
+    Sent::Ok
 }
 
 /// A poll or send for a session another instance of the cluster holds: relayed to it whole
