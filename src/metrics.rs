@@ -110,6 +110,15 @@ pub static CHANNEL_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static ADMIN_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchyard_admin_refusals_total",
+        "Requests the admin listener refused under server.admin_auth, by reason (address, token)",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
 pub static PUBLISHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchyard_publishes_total",
@@ -572,6 +581,9 @@ pub fn init() {
     LazyLock::force(&CHANNEL_EVENTS);
     LazyLock::force(&PUBLISHES);
     LazyLock::force(&PUBLISHED_MESSAGES);
+    for reason in ["address", "token"] {
+        ADMIN_REFUSALS.with_label_values(&[reason]);
+    }
     LazyLock::force(&REJECTIONS);
     LazyLock::force(&UPSTREAM_HEALTHY);
     LazyLock::force(&UPSTREAM_CONNECT_FAILURES);

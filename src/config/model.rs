@@ -61,6 +61,8 @@ pub fn redact_url(url: &str) -> String {
 pub struct ServerConfig {
     pub listen: Vec<Listener>,
     pub admin: Option<SocketAddr>,
+    /// `server.admin_auth`: applies at once on reload.
+    pub admin_auth: AdminAuth,
     pub threads: usize,
     pub shutdown_grace: Duration,
     /// A connection's first request head must be complete within this (slowloris).
@@ -74,6 +76,95 @@ pub struct ServerConfig {
     pub watch_config: bool,
     /// `server.access_log`; None when it is off (the default).
     pub access_log: Option<AccessLogConfig>,
+}
+
+/// Who may use the admin listener beyond `/healthz` and `/readyz` (`server.admin_auth`).
+/// The default lets everyone in: the listener's address is then what keeps it private.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AdminAuth {
+    /// `Authorization: Bearer <token>` is required (with `${VAR}` already expanded).
+    pub token: Option<String>,
+    /// The peer must be in one of these networks; empty is any peer.
+    pub allow: Vec<Cidr>,
+}
+
+impl std::fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminAuth")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("allow", &self.allow)
+            .finish()
+    }
+}
+
+impl AdminAuth {
+    /// Whether a peer at `ip` may be served (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn allows(&self, ip: Option<std::net::IpAddr>) -> bool {
+        self.allow.is_empty() || ip.is_some_and(|ip| self.allow.iter().any(|c| c.contains(ip)))
+    }
+}
+
+/// A network, `10.0.0.0/8` or `2001:db8::/32` (a bare address is its own /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub net: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDR[/PREFIX]`; the address must have no bits set past the prefix.
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        use std::net::IpAddr;
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let net: IpAddr = addr.parse().map_err(|_| {
+            format!("{text:?} is not an IP address or network, e.g. \"10.0.0.0/8\"")
+        })?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("{text:?}: the prefix length must be 0 to {max}")),
+            },
+        };
+        let cidr = Cidr { net, prefix };
+        if !cidr.contains(net) || cidr.masked(net) != net {
+            return Err(format!(
+                "{text:?} has address bits past its /{prefix}: write {}/{prefix}",
+                cidr.masked(net)
+            ));
+        }
+        Ok(cidr)
+    }
+
+    fn masked(&self, ip: std::net::IpAddr) -> std::net::IpAddr {
+        use std::net::IpAddr;
+        match ip {
+            IpAddr::V4(v4) => {
+                let bits = u32::from(v4);
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                IpAddr::V4((bits & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                IpAddr::V6((bits & mask).into())
+            }
+        }
+    }
+
+    /// Whether `ip` is in this network; an IPv4-mapped IPv6 address is taken as IPv4.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        ip.is_ipv4() == self.net.is_ipv4() && self.masked(ip) == self.net
+    }
 }
 
 /// Where and how the access log is written (the `access_log` module writes it).
@@ -673,3 +764,37 @@ pub const DEFAULT_RECONNECT: Reconnect = Reconnect {
     initial: Duration::from_millis(100),
     max: Duration::from_secs(10),
 };
+
+#[cfg(test)]
+mod cidr_tests {
+    use super::Cidr;
+
+    #[test]
+    fn networks_contain_their_addresses_and_only_theirs() {
+        let lan = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(lan.contains("10.200.1.2".parse().unwrap()));
+        assert!(lan.contains("::ffff:10.1.1.1".parse().unwrap()));
+        assert!(!lan.contains("11.0.0.1".parse().unwrap()));
+        assert!(!lan.contains("::1".parse().unwrap()));
+        let one = Cidr::parse("::1").unwrap();
+        assert_eq!(one.prefix, 128);
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!(!one.contains("::2".parse().unwrap()));
+        let all = Cidr::parse("0.0.0.0/0").unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        let v6 = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_networks_say_why() {
+        assert!(Cidr::parse("10.0.0.1/8")
+            .unwrap_err()
+            .contains("10.0.0.0/8"));
+        assert!(Cidr::parse("10.0.0.0/33").unwrap_err().contains("0 to 32"));
+        assert!(Cidr::parse("lan")
+            .unwrap_err()
+            .contains("not an IP address"));
+    }
+}

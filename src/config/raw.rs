@@ -11,6 +11,9 @@ pub struct RawServer {
     pub listen: Vec<RawListen>,
     #[serde(default)]
     pub admin: Option<String>,
+    /// Who may use the admin listener beyond `/healthz` and `/readyz`.
+    #[serde(default)]
+    pub admin_auth: Option<RawAdminAuth>,
     #[serde(default)]
     pub threads: Option<usize>,
     #[serde(default)]
@@ -30,6 +33,16 @@ pub struct RawServer {
     /// One line per request and per finished stream; off when absent.
     #[serde(default)]
     pub access_log: Option<RawAccessLog>,
+}
+
+/// `server.admin_auth:`: `{ token, allow: [CIDR, ...] }`, either or both.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminAuth {
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
 }
 
 /// `server.access_log:`: `{ format: json | combined, to: stdout | FILE }`.

@@ -9,7 +9,9 @@
 //! - [`hygiene`]: request smuggling shapes, h2c upgrades, oversized heads.
 //! - [`limits`]: clients per route and per address.
 //! - [`reject`]: refusals as data, counted and logged once per route and reason.
+//! - [`admin`]: who may use the admin listener (`server.admin_auth`).
 
+pub mod admin;
 pub mod cors;
 pub mod hygiene;
 pub mod limits;

@@ -8,11 +8,13 @@ pub mod publish;
 pub mod reload;
 pub mod status;
 
-use crate::config::Config;
+use crate::config::{AdminAuth, Config};
 use crate::edge::{AcceptPacer, Edge};
 use crate::gateway::{Gateway, GatewayState, Live};
 use crate::metrics;
+use crate::policy;
 use crate::upstream::health::HealthChecker;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use drain::DrainOnShutdown;
 use pingora::apps::http_app::{HttpServer, ServeHttp};
@@ -32,15 +34,60 @@ pub struct AdminApp {
     /// The generation in force, for the status page.
     pub live: Arc<Live>,
     pub started: status::Started,
+    /// `server.admin_auth`, swapped by a reload.
+    pub auth: Arc<ArcSwap<AdminAuth>>,
+}
+
+impl AdminApp {
+    /// The refusal of a request `server.admin_auth` does not let in, if it is one.
+    fn refusal(&self, session: &ServerSession, path: &str) -> Option<http::Response<Vec<u8>>> {
+        let auth = self.auth.load();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let authorization = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let refusal = policy::admin::admit(&auth, path, peer, authorization).err()?;
+        metrics::ADMIN_REFUSALS
+            .with_label_values(&[refusal.label()])
+            .inc();
+        let resp = http::Response::builder()
+            .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .header(http::header::CACHE_CONTROL, "no-store");
+        let (resp, body) = match refusal {
+            policy::admin::Refusal::Address => (
+                resp.status(403),
+                &b"the admin listener does not serve this address (server.admin_auth.allow)\n"[..],
+            ),
+            policy::admin::Refusal::Token => (
+                resp.status(401)
+                    .header(http::header::WWW_AUTHENTICATE, "Bearer realm=\"switchyard admin\""),
+                &b"the admin listener needs `Authorization: Bearer <token>` (server.admin_auth.token)\n"[..],
+            ),
+        };
+        Some(
+            resp.header(http::header::CONTENT_LENGTH, body.len())
+                .body(body.to_vec())
+                .expect("static response parts are valid"),
+        )
+    }
 }
 
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_owned();
+        if let Some(refused) = self.refusal(session, &path) {
+            return refused;
+        }
         if path.starts_with("/publish/") {
             let state = self.live.load();
-            let answer = publish::serve(&state, session).await;
+            let auth = self.auth.load();
+            let answer = publish::serve(&state, session, auth.token.as_deref()).await;
             let mut resp = http::Response::builder()
                 .status(answer.status)
                 .header(
@@ -222,6 +269,12 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
             state: state.clone(),
         },
     );
+    let admin_auth = Arc::new(ArcSwap::from_pointee(config.server.admin_auth.clone()));
+    if let Some(addr) = config.server.admin {
+        if !addr.ip().is_loopback() && config.server.admin_auth == AdminAuth::default() {
+            log::warn!("the admin listener {addr} is not on a loopback address and has no server.admin_auth: anyone who can reach it sees every route and its metrics, and can publish to routes without a token");
+        }
+    }
     let edge = Edge {
         pingora: Arc::new(app),
         gateway: Arc::new(Gateway {
@@ -233,6 +286,7 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
             app: Arc::new(Admin(Arc::new(HttpServer::new_app(AdminApp {
                 live: state.clone(),
                 started,
+                auth: admin_auth.clone(),
             })))),
         }),
     };
@@ -305,6 +359,7 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
                 live: state.clone(),
                 server: config.server.clone(),
                 cluster: config.cluster.clone(),
+                admin_auth,
             },
         ));
     }

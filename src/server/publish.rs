@@ -5,12 +5,13 @@
 //! binary message, `application/json` an array of strings or `{"binary": "<base64>"}` items.
 //! The answer is `202 {"id": "<SSE id of the last message>", "subscribers": N}`.
 //!
-//! With `publish.token` set, `Authorization: Bearer <token>` is required (401 otherwise),
-//! compared in constant time.
+//! With `publish.token` set (or else `server.admin_auth.token`), `Authorization: Bearer
+//! <token>` is required (401 otherwise), compared in constant time.
 
 use crate::bridge::channels::ChannelError;
 use crate::gateway::{GatewayState, Target};
 use crate::metrics;
+use crate::policy::admin::{bearer, same_secret};
 use crate::transport::inbound::{parse_body, BodyError};
 use bytes::{Bytes, BytesMut};
 use pingora::protocols::http::ServerSession;
@@ -47,8 +48,13 @@ fn target(path: &str) -> Option<(&str, Vec<&str>)> {
     Some((route, parts.collect()))
 }
 
-/// Serves a request under `/publish/`.
-pub async fn serve(state: &GatewayState, session: &mut ServerSession) -> Answer {
+/// Serves a request under `/publish/`. A route without a `publish.token` of its own takes
+/// `admin_token` (`server.admin_auth.token`) when that is set.
+pub async fn serve(
+    state: &GatewayState,
+    session: &mut ServerSession,
+    admin_token: Option<&str>,
+) -> Answer {
     let path = session.req_header().uri.path().to_owned();
     let Some((name, keys)) = target(&path) else {
         return Answer::error(404, "publish at /publish/ROUTE or /publish/ROUTE/KEY...");
@@ -69,15 +75,15 @@ pub async fn serve(state: &GatewayState, session: &mut ServerSession) -> Answer 
     if session.req_header().method != http::Method::POST {
         return Answer::error(405, "publish with POST").header("allow", "POST");
     }
-    if let Some(token) = &publish.token {
-        let given = session
-            .req_header()
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !same_secret(given.as_bytes(), token.as_bytes()) {
+    if let Some(token) = publish.token.as_deref().or(admin_token) {
+        let given = bearer(
+            session
+                .req_header()
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        );
+        if !same_secret(given, token.as_bytes()) {
             outcome("unauthorized");
             return Answer::error(401, "a publish needs `Authorization: Bearer <token>`")
                 .header("www-authenticate", "Bearer");
@@ -204,18 +210,6 @@ async fn publish_clustered(
     (format!("{}-{last}", hub.epoch), hub.subscribers())
 }
 
-/// Compares two secrets in time that depends on their lengths only.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    if given.len() != expected.len() {
-        return false;
-    }
-    given
-        .iter()
-        .zip(expected)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
-}
-
 /// The whole body, at most `max` bytes (413 past it), each read within the POST deadline.
 async fn read_body(session: &mut ServerSession, max: usize) -> Result<Bytes, Answer> {
     let too_big = || Answer::error(413, format!("the body exceeds max_message ({max} bytes)"));
@@ -264,13 +258,5 @@ mod tests {
         assert_eq!(target("/publish/chat/a/b"), Some(("chat", vec!["a", "b"])));
         assert_eq!(target("/publish/"), None);
         assert_eq!(target("/other"), None);
-    }
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret(b"s3cret", b"s3cret"));
-        assert!(!same_secret(b"s3cres", b"s3cret"));
-        assert!(!same_secret(b"s3cre", b"s3cret"));
-        assert!(!same_secret(b"", b"s3cret"));
     }
 }

@@ -13,9 +13,9 @@
 //!
 //! The `server` section (listeners, TLS, threads) and `cluster` cannot change in a running
 //! process: such changes are reported and wait for a restart or pingora's binary upgrade
-//! (`--upgrade`). Two keys of `server` apply at once: `limits.memory`, and `access_log`, which
-//! a reload may switch on or off or point elsewhere (a file that cannot be opened leaves the log
-//! as it was, with an error logged).
+//! (`--upgrade`). Three keys of `server` apply at once: `limits.memory`, `admin_auth` (a token
+//! rotates without a restart), and `access_log`, which a reload may switch on or off or point
+//! elsewhere (a file that cannot be opened leaves the log as it was, with an error logged).
 
 use crate::config::{self, ServerConfig};
 use crate::gateway::{GatewayState, Live};
@@ -79,6 +79,8 @@ pub struct Reloader {
     pub server: ServerConfig,
     /// The cluster section the process started with (it joins one cluster for its life).
     pub cluster: Option<config::ClusterConfig>,
+    /// The admin listener's `server.admin_auth`, which a reload replaces at once.
+    pub admin_auth: Arc<arc_swap::ArcSwap<config::AdminAuth>>,
 }
 
 impl Reloader {
@@ -99,14 +101,18 @@ impl Reloader {
                 return false;
             }
         };
-        // The memory budget applies at once; the rest of `server` needs a restart.
+        // The memory budget, the access log and admin_auth apply at once; the rest of `server`
+        // needs a restart.
         crate::memory::set_limit(config.server.memory);
         if let Err(e) = crate::access_log::configure(config.server.access_log.as_ref()) {
             log::error!("reload of {path}: the access log stays as it was: {e}");
         }
+        self.admin_auth
+            .store(Arc::new(config.server.admin_auth.clone()));
         let mut server = config.server.clone();
         server.memory = self.server.memory;
         server.access_log = self.server.access_log.clone();
+        server.admin_auth = self.server.admin_auth.clone();
         if server != self.server {
             log::warn!("reload of {path}: the `server` section changed; listeners, TLS, threads and timeouts there apply only after a restart or binary upgrade");
         }

@@ -408,3 +408,120 @@ async fn unready_at_once_and_shutdown_grace_bounds_the_drain() {
         "the open tunnel held the drain for shutdown_grace: {exited:?}"
     );
 }
+
+/// `server.admin_auth`: probes stay open; everything else needs the token from an allowed
+/// address; a publish to a route without its own token takes the admin token; a reload swaps
+/// both the networks and the token at once; refusals are counted.
+#[tokio::test]
+async fn admin_auth_guards_the_admin_listener_and_a_reload_swaps_it() {
+    use crate::common::sockjs::{request, request_from};
+    let routes = "  - name: news\n    path: /news\n    backend: { publish: {} }\n";
+    let gw = Gateway::start_with(
+        routes,
+        "  admin_auth:\n    token: \"s3cret-1\"\n    allow: [\"127.0.0.1\", \"10.0.0.0/8\"]\n",
+    )
+    .await;
+    let far: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let good = [("Authorization", "Bearer s3cret-1")];
+    for path in ["/healthz", "/readyz"] {
+        let r = request_from(Some(far), gw.admin, "GET", path, &[], b"").await;
+        assert_eq!(r.status, 200, "{path} is open to probes from anywhere");
+    }
+    for path in ["/", "/status.json", "/metrics"] {
+        let r = request(gw.admin, "GET", path, &[], b"").await;
+        assert_eq!(r.status, 401, "{path} without a token");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer realm=\"switchyard admin\"")
+        );
+        let r = request(
+            gw.admin,
+            "GET",
+            path,
+            &[("Authorization", "Bearer s3cret-2")],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 401, "{path} with the wrong token");
+        let r = request(gw.admin, "GET", path, &good, b"").await;
+        assert_eq!(r.status, 200, "{path} with the token");
+        let r = request_from(Some(far), gw.admin, "GET", path, &good, b"").await;
+        assert_eq!(r.status, 403, "{path} from outside `allow`, token or not");
+    }
+    let r = request(gw.admin, "POST", "/publish/news", &[], b"hi").await;
+    assert_eq!(
+        r.status, 401,
+        "a route without a token of its own takes the admin token"
+    );
+    let r = request(gw.admin, "POST", "/publish/news", &good, b"hi").await;
+    assert_eq!(r.status, 202, "{}", r.body_text());
+    let m = request(gw.admin, "GET", "/metrics", &good, b"")
+        .await
+        .body_text();
+    assert_eq!(
+        metric(&m, "switchyard_admin_refusals_total{reason=\"token\"}"),
+        Some(6.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_publishes_total{outcome=\"unauthorized\",route=\"news\"}"
+        ),
+        Some(1.0),
+        "a publish refusal is the publish's own"
+    );
+    assert_eq!(
+        metric(&m, "switchyard_admin_refusals_total{reason=\"address\"}"),
+        Some(3.0)
+    );
+
+    // The token rotates and 127.0.0.2 is let in, by a reload: no restart.
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    let rotated = config
+        .replace("s3cret-1", "s3cret-2")
+        .replace("\"127.0.0.1\"", "\"127.0.0.0/30\"");
+    assert_ne!(rotated, config);
+    gw.rewrite_config(&rotated);
+    gw.signal("HUP");
+    let until = Instant::now() + Duration::from_secs(10);
+    while request(gw.admin, "GET", "/metrics", &good, b"")
+        .await
+        .status
+        != 401
+    {
+        assert!(Instant::now() < until, "the reload swaps the token");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let new = [("Authorization", "Bearer s3cret-2")];
+    let r = request_from(Some(far), gw.admin, "GET", "/status.json", &new, b"").await;
+    assert_eq!(r.status, 200, "the new networks apply with the new token");
+    let r = request_from(Some(far), gw.admin, "POST", "/publish/news", &new, b"hi").await;
+    assert_eq!(r.status, 202);
+}
+
+/// An invalid `admin_auth` names its path and why; an empty one protects nothing and is refused.
+#[test]
+fn admin_auth_errors_name_the_key() {
+    let check = |block: &str| {
+        let yaml = format!(
+            "server:\n  listen: [{{ addr: \"127.0.0.1:8080\" }}]\n  admin: \"127.0.0.1:9100\"\n{block}routes:\n  - name: c\n    path: /c\n    backend: {{ builtin: clock }}\n"
+        );
+        switchyard::config::load_str(&yaml, std::path::Path::new("."), "gateway.yaml")
+            .unwrap_err()
+            .to_string()
+    };
+    let e = check("  admin_auth: { allow: [\"10.0.0.1/8\"] }\n");
+    assert!(
+        e.contains("server.admin_auth.allow[0]") && e.contains("10.0.0.0/8"),
+        "{e}"
+    );
+    let e = check("  admin_auth: {}\n");
+    assert!(
+        e.contains("server.admin_auth") && e.contains("protects nothing"),
+        "{e}"
+    );
+    let e = check("  admin_auth: { token: \"${SWITCHYARD_TEST_UNSET_TOKEN}\" }\n");
+    assert!(e.contains("server.admin_auth.token"), "{e}");
+    let e = check("  admin_auth: { token: \"two words\" }\n");
+    assert!(e.contains("visible ASCII"), "{e}");
+}

@@ -341,27 +341,7 @@ impl Validator<'_> {
         let token = raw
             .token
             .as_deref()
-            .and_then(|t| match super::cluster::expand_env(t) {
-                Ok(t) if t.is_empty() => {
-                    self.err(
-                        format!("{at}.token"),
-                        "the token is empty: set one, or leave `token` out to publish without one",
-                    );
-                    None
-                }
-                Ok(t) if !t.bytes().all(|c| c.is_ascii_graphic()) => {
-                    self.err(
-                        format!("{at}.token"),
-                        "a bearer token is visible ASCII text without spaces",
-                    );
-                    None
-                }
-                Ok(t) => Some(t),
-                Err(e) => {
-                    self.err(format!("{at}.token"), e);
-                    None
-                }
-            });
+            .and_then(|t| self.bearer_token(format!("{at}.token"), t));
         Publish { token }
     }
 

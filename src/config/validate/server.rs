@@ -3,9 +3,10 @@
 
 use super::Validator;
 use crate::config::model::{
-    AccessLogConfig, AccessLogFormat, AccessLogTarget, Listener, ServerConfig, TlsFiles,
+    AccessLogConfig, AccessLogFormat, AccessLogTarget, AdminAuth, Cidr, Listener, ServerConfig,
+    TlsFiles,
 };
-use crate::config::raw::{RawAccessLog, RawServer};
+use crate::config::raw::{RawAccessLog, RawAdminAuth, RawServer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,6 +66,11 @@ impl Validator<'_> {
                 None
             }
         });
+        let admin_auth = s
+            .admin_auth
+            .as_ref()
+            .map(|a| self.admin_auth(a))
+            .unwrap_or_default();
         let threads = s.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -121,6 +127,7 @@ impl Validator<'_> {
         ServerConfig {
             listen,
             admin,
+            admin_auth,
             threads,
             shutdown_grace,
             header_timeout,
@@ -129,6 +136,51 @@ impl Validator<'_> {
             memory,
             watch_config: s.watch_config.unwrap_or(false),
             access_log,
+        }
+    }
+
+    /// `server.admin_auth`: a bearer token (`${VAR}` from the environment) and/or the networks
+    /// peers must come from. An empty block would protect nothing, so it is refused.
+    fn admin_auth(&mut self, a: &RawAdminAuth) -> AdminAuth {
+        let token = a
+            .token
+            .as_deref()
+            .and_then(|t| self.bearer_token("server.admin_auth.token".into(), t));
+        let mut allow = Vec::new();
+        for (i, net) in a.allow.iter().flatten().enumerate() {
+            match Cidr::parse(net) {
+                Ok(c) => allow.push(c),
+                Err(e) => self.err(format!("server.admin_auth.allow[{i}]"), e),
+            }
+        }
+        if a.token.is_none() && a.allow.as_ref().is_none_or(|l| l.is_empty()) {
+            self.err(
+                "server.admin_auth",
+                "admin_auth protects nothing: set `token`, `allow: [\"10.0.0.0/8\", ...]`, or both",
+            );
+        }
+        AdminAuth { token, allow }
+    }
+
+    /// A bearer token: `${VAR}` taken from the environment; visible ASCII, not empty.
+    pub(super) fn bearer_token(&mut self, at: String, raw: &str) -> Option<String> {
+        match super::cluster::expand_env(raw) {
+            Ok(t) if t.is_empty() => {
+                self.err(
+                    at,
+                    "the token is empty: set one, or leave `token` out to go without one",
+                );
+                None
+            }
+            Ok(t) if !t.bytes().all(|c| c.is_ascii_graphic()) => {
+                self.err(at, "a bearer token is visible ASCII text without spaces");
+                None
+            }
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.err(at, e);
+                None
+            }
         }
     }
 
