@@ -18,6 +18,7 @@
 
 use super::session::{Busy, Driver, EndReason, Outgoing, Session};
 use super::{write_deadline, Bridge, ClientInfo, Consumer, OpenError, Source};
+use crate::policy::limits::{AddressSlot, PerAddress};
 use pingora::http::RequestHeader;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -296,14 +297,20 @@ impl<P> HeldSession<P> {
 pub struct HeldSessions<P = ()> {
     map: Mutex<HashMap<Box<str>, Arc<HeldSession<P>>>>,
     live: Arc<AtomicUsize>,
+    /// Sessions per client address, against `max_sessions_per_ip`.
+    per_ip: Arc<PerAddress>,
 }
 
-/// A place among a route's SockJS sessions, given back when the session is gone.
-struct Slot(Arc<AtomicUsize>);
+/// A place among a route's held sessions (and its address's), given back when the session is
+/// gone.
+struct Slot {
+    live: Arc<AtomicUsize>,
+    _address: Option<AddressSlot>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.live.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -323,6 +330,7 @@ impl<P> Default for HeldSessions<P> {
         Self {
             map: Mutex::default(),
             live: Arc::default(),
+            per_ip: Arc::default(),
         }
     }
 }
@@ -387,13 +395,25 @@ impl<P: Send + Sync + 'static> HeldSessions<P> {
         own_feed: Option<Feed>,
     ) -> Result<Arc<HeldSession<P>>, OpenError> {
         let idle = terms.idle;
-        let max = bridge.route.limits.max_clients;
+        let limits = &bridge.route.limits;
+        let (max, per_ip) = (limits.max_clients, limits.max_sessions_per_ip);
+        let address = match client.ip.filter(|_| per_ip > 0) {
+            Some(ip) => Some(
+                self.per_ip
+                    .take(ip, per_ip)
+                    .ok_or(OpenError::PerAddress(per_ip))?,
+            ),
+            None => None,
+        };
         self.live
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < max).then_some(n + 1)
             })
             .map_err(|_| OpenError::Full(max))?;
-        let slot = Slot(self.live.clone());
+        let slot = Slot {
+            live: self.live.clone(),
+            _address: address,
+        };
         let Feed { consumer, link } = match own_feed {
             Some(f) => f,
             None => feed(bridge, req, client, transport, idle).await?,

@@ -44,6 +44,8 @@ pub struct ClientInfo {
 pub enum OpenError {
     /// The route already has `max_clients` sessions.
     Full(usize),
+    /// The client's address already holds `max_sessions_per_ip` sessions on the route.
+    PerAddress(usize),
     /// The backend could not be reached.
     Unreachable(String),
     /// The backend answered the handshake with this status instead of taking the session.

@@ -17,10 +17,13 @@
 //! with it. Session ids carry 144 random bits and live in their route's registry only.
 
 use super::hub::{Gone, Message};
+use super::OpenError;
 use crate::metrics;
+use crate::policy::limits::{AddressSlot, PerAddress};
 use base64::Engine;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -506,6 +509,8 @@ pub struct Sessions {
     map: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     /// Sessions whose backend connection is open or being opened, WebSocket ones included.
     live: AtomicUsize,
+    /// Listed sessions per client address, against `max_sessions_per_ip`.
+    per_ip: Arc<PerAddress>,
 }
 
 /// Sessions live on every route: a drain waits for their backend connections to close.
@@ -516,28 +521,46 @@ pub fn live() -> usize {
     LIVE.load(Ordering::SeqCst)
 }
 
-/// A place among a route's live sessions, given back when dropped.
-pub struct Slot(Arc<Sessions>);
+/// A place among a route's live sessions (and its address's), given back when dropped.
+pub struct Slot {
+    sessions: Arc<Sessions>,
+    _address: Option<AddressSlot>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::SeqCst);
+        self.sessions.live.fetch_sub(1, Ordering::SeqCst);
         LIVE.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl Sessions {
-    /// Takes a place for a new session unless `max` are live (the route's `max_clients`).
-    pub fn reserve(self: &Arc<Self>, max: usize) -> Option<Slot> {
+    /// Takes a place for a new session unless `max` are live (the route's `max_clients`), or
+    /// the client's address holds `per_ip` (zero: no cap) already.
+    pub fn reserve(
+        self: &Arc<Self>,
+        max: usize,
+        ip: Option<IpAddr>,
+        per_ip: usize,
+    ) -> Result<Slot, OpenError> {
+        let address = match ip.filter(|_| per_ip > 0) {
+            Some(ip) => Some(
+                self.per_ip
+                    .take(ip, per_ip)
+                    .ok_or(OpenError::PerAddress(per_ip))?,
+            ),
+            None => None,
+        };
         self.live
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()
-            .map(|_| {
-                LIVE.fetch_add(1, Ordering::SeqCst);
-                Slot(self.clone())
-            })
+            .map_err(|_| OpenError::Full(max))?;
+        LIVE.fetch_add(1, Ordering::SeqCst);
+        Ok(Slot {
+            sessions: self.clone(),
+            _address: address,
+        })
     }
 
     pub fn insert(&self, s: &Arc<Session>) {

@@ -411,7 +411,9 @@ impl Engine {
                         format!("backend refused: {status}"),
                         Some(serde_json::json!({ "status": status })),
                     ),
-                    OpenError::Full(_) => ("server full: try again later".to_owned(), None),
+                    OpenError::Full(_) | OpenError::PerAddress(_) => {
+                        ("server full: try again later".to_owned(), None)
+                    }
                     OpenError::Unreachable(_) => ("backend unreachable".to_owned(), None),
                 };
                 let refusal = sio::connect_error(self.protocol, &nsp, &message, data.as_ref());

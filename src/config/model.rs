@@ -234,6 +234,9 @@ pub struct Limits {
     pub max_clients: usize,
     /// Zero means no per-IP cap.
     pub max_clients_per_ip: usize,
+    /// Sessions that outlive their requests (long-poll, SSE, SockJS, Engine.IO) one address
+    /// may hold on the route; zero means no cap.
+    pub max_sessions_per_ip: usize,
     /// The largest request head (request line and headers) accepted; 431 above.
     pub max_header_bytes: usize,
     /// Channels a route with captures in its path keeps open at once; 503 past it.
@@ -248,6 +251,7 @@ impl Default for Limits {
             send_queue: 1024,
             max_clients: 10_000,
             max_clients_per_ip: 0,
+            max_sessions_per_ip: 0,
             max_header_bytes: 32 << 10,
             max_channels: 10_000,
         }

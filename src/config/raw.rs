@@ -136,6 +136,7 @@ pub struct RawLimits {
     pub send_queue: Option<usize>,
     pub max_clients: Option<usize>,
     pub max_clients_per_ip: Option<usize>,
+    pub max_sessions_per_ip: Option<usize>,
     /// Channels a route with captures in its path may have open at once.
     pub max_channels: Option<usize>,
 }

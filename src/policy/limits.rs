@@ -1,6 +1,8 @@
 //! How many clients a route serves at once: `limits.max_clients` in all (503 when full) and
 //! `limits.max_clients_per_ip` from one address (429), both with `Retry-After`. A [`Slot`] is
-//! held for as long as the request (or the stream, tunnel or poll it became) lasts.
+//! held for as long as the request (or the stream, tunnel or poll it became) lasts. A session
+//! that outlives its requests holds an [`AddressSlot`] of its route's sessions instead
+//! (`limits.max_sessions_per_ip`).
 
 use super::reject::Reject;
 use std::collections::HashMap;
@@ -29,13 +31,13 @@ fn client_key(ip: IpAddr) -> IpAddr {
 #[derive(Default)]
 pub struct Occupancy {
     total: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_ip: Arc<PerAddress>,
 }
 
 /// One client's place on a route, given back when dropped.
 pub struct Slot {
     occupancy: Arc<Occupancy>,
-    ip: Option<IpAddr>,
+    _ip: Option<AddressSlot>,
 }
 
 impl Occupancy {
@@ -59,45 +61,78 @@ impl Occupancy {
             )
             .header("retry-after", RETRY_AFTER));
         }
-        let ip = ip.filter(|_| max_per_ip > 0).map(client_key);
-        if let Some(ip) = ip {
-            let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            let n = map.entry(ip).or_insert(0);
-            if *n >= max_per_ip {
-                drop(map);
-                self.total.fetch_sub(1, Ordering::SeqCst);
-                return Err(Reject::new(
-                    429,
-                    "max_clients_per_ip",
-                    format!("at most {max_per_ip} clients per address on this route (max_clients_per_ip); try again later"),
-                )
-                .header("retry-after", RETRY_AFTER));
-            }
-            *n += 1;
-        }
+        let ip = match ip.filter(|_| max_per_ip > 0) {
+            None => None,
+            Some(ip) => match self.per_ip.take(ip, max_per_ip) {
+                Some(place) => Some(place),
+                None => {
+                    self.total.fetch_sub(1, Ordering::SeqCst);
+                    return Err(Reject::new(
+                        429,
+                        "max_clients_per_ip",
+                        format!("at most {max_per_ip} clients per address on this route (max_clients_per_ip); try again later"),
+                    )
+                    .header("retry-after", RETRY_AFTER));
+                }
+            },
+        };
         Ok(Slot {
             occupancy: self.clone(),
-            ip,
+            _ip: ip,
         })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(ip) = self.ip {
-            let mut map = self
-                .occupancy
-                .per_ip
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = map.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(&ip);
-                }
+        self.occupancy.total.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How many places each client address holds (IPv6 by its /64): connections on a route, or
+/// its sessions that outlive requests (`max_sessions_per_ip`).
+#[derive(Default)]
+pub struct PerAddress {
+    map: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One place of an address, given back when dropped.
+pub struct AddressSlot {
+    counts: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    /// Takes a place for `ip` unless it holds `max` already.
+    pub fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressSlot> {
+        let ip = client_key(ip);
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+
+    #[cfg(test)]
+    fn addresses(&self) -> usize {
+        self.map.lock().unwrap().len()
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
             }
         }
-        self.occupancy.total.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -117,9 +152,6 @@ mod tests {
         assert_eq!(o.admit(Some(b), 3, 2).err().unwrap().status, 503);
         drop(s1);
         assert!(o.admit(Some(a), 3, 2).is_ok());
-        assert!(
-            o.per_ip.lock().unwrap().len() <= 2,
-            "no entry outlives its clients"
-        );
+        assert!(o.per_ip.addresses() <= 2, "no entry outlives its clients");
     }
 }

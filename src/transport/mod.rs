@@ -207,7 +207,8 @@ pub fn client_info<D: Downstream>(down: &D) -> ClientInfo {
 }
 
 /// The answer for a client whose session could not be opened: 503 with `Retry-After` when the
-/// route is at `max_clients` sessions, 502 when its backend could not be reached.
+/// route is at `max_clients` sessions, 429 when the client's address is at
+/// `max_sessions_per_ip`, 502 when its backend could not be reached.
 pub async fn session_refused<D: Downstream>(
     down: &mut D,
     route: &str,
@@ -219,6 +220,14 @@ pub async fn session_refused<D: Downstream>(
             "too_many_sessions",
             format!(
                 "route {route} has its maximum of {max} sessions (max_clients); try again later"
+            ),
+        )
+        .header("retry-after", "5"),
+        OpenError::PerAddress(max) => Reject::new(
+            429,
+            "too_many_sessions_per_ip",
+            format!(
+                "at most {max} sessions per address on route {route} (max_sessions_per_ip); try again later"
             ),
         )
         .header("retry-after", "5"),

@@ -107,8 +107,15 @@ pub async fn open(
     let route = site.route.name.as_str();
     let spec = &site.spec;
     let sessions = &site.sessions;
-    let max = site.route.limits.max_clients;
-    let slot = sessions.reserve(max).ok_or(OpenError::Full(max))?;
+    let limits = &site.route.limits;
+    // A listed session outlives its requests, so it counts against its address's sessions;
+    // a WebSocket's is bound to its connection, which max_clients_per_ip already counts.
+    let per_ip = if listed {
+        limits.max_sessions_per_ip
+    } else {
+        0
+    };
+    let slot = sessions.reserve(limits.max_clients, client.ip, per_ip)?;
     let registry = listed.then(|| sessions.clone());
     let configured = spec
         .remote()

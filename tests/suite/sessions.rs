@@ -1187,3 +1187,85 @@ async fn clients_pushing_at_a_stalled_backend_hold_each_message_once() {
     assert_eq!(r.status, 200);
     drop(held);
 }
+
+/// `max_sessions_per_ip`: sessions that outlive their requests are counted per client address
+/// (the hostile pass's one address taking a route's every session): long-poll past the cap is
+/// `429` with `Retry-After`, other addresses still open theirs, a WebSocket (bound to its own
+/// connection) is not a listed session, SockJS sessions are capped the same way, and an ended
+/// session gives its place back.
+#[tokio::test]
+async fn sessions_per_address_are_capped_by_max_sessions_per_ip() {
+    use crate::common::sockjs::request_from;
+    let (backend, gw) = chat_gateway(
+        "    limits: { max_sessions_per_ip: 2 }\n  - name: sj\n    path: /sj\n    clients: [sockjs]\n    limits: { max_sessions_per_ip: 1 }\n    backend: { builtin: echo }\n",
+    )
+    .await;
+    let mut c = Client::connect(gw.addr).await;
+    let a = open_session(&mut c, &[]).await;
+    let _b = open_session(&mut c, &[]).await;
+    let r = c.get("/chat?transport=poll", &[]).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.headers["retry-after"], "5");
+    assert!(r.body.contains("max_sessions_per_ip"), "{}", r.body);
+    assert_eq!(backend.conns().len(), 2, "no backend connection for it");
+    let other: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    let r = request_from(
+        Some(other),
+        gw.addr,
+        "GET",
+        "/chat?transport=poll",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "another address has its own places");
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/chat"))
+        .await
+        .expect("a WebSocket is not a listed session");
+    ws.send(Message::text("hi")).await.unwrap();
+    assert!(ws.next().await.is_some());
+
+    let me: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let r = request_from(Some(me), gw.addr, "POST", "/sj/000/aaaaaaaa/xhr", &[], b"").await;
+    assert_eq!((r.status, r.body_text().as_str()), (200, "o\n"));
+    let r = request_from(Some(me), gw.addr, "POST", "/sj/000/bbbbbbbb/xhr", &[], b"").await;
+    assert_eq!(r.status, 429, "a second SockJS session: {}", r.body_text());
+    let r = request_from(
+        Some(other),
+        gw.addr,
+        "POST",
+        "/sj/000/cccccccc/xhr",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!((r.status, r.body_text().as_str()), (200, "o\n"));
+
+    let r = c
+        .request(
+            "DELETE",
+            &format!("/chat?transport=poll&session={a}"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let until = std::time::Instant::now() + DEADLINE;
+    loop {
+        let r = c.get("/chat?transport=poll", &[]).await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert!(
+            std::time::Instant::now() < until,
+            "the place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.wait_metric(
+        r#"switchyard_rejections_total{reason="too_many_sessions_per_ip",route="chat"}"#,
+        1.0,
+    )
+    .await;
+}

@@ -198,6 +198,7 @@ impl Validator<'_> {
             send_queue,
             max_clients,
             max_clients_per_ip: raw.max_clients_per_ip.unwrap_or(base.max_clients_per_ip),
+            max_sessions_per_ip: raw.max_sessions_per_ip.unwrap_or(base.max_sessions_per_ip),
             max_header_bytes,
         }
     }
