@@ -576,14 +576,20 @@ impl Mirror for SessionMirror {
     }
 
     fn ended(&self, gone: &Gone, head: u64) {
+        let key = self.cluster.out_key(&self.id);
         let mut c = redis::cmd("XADD");
-        c.arg(self.cluster.out_key(&self.id))
+        c.arg(&key)
             .arg(format!("{head}-1"))
             .arg("g")
             .arg(gone.code)
             .arg("r")
             .arg(&gone.reason);
         self.cluster.queue(c);
+        // The session may be disowned already (its keys set to expire, or gone): this append
+        // then makes the stream anew, so it gets its own expiry, queued behind it.
+        let mut expire = redis::cmd("PEXPIRE");
+        expire.arg(&key).arg(self.keep_ms);
+        self.cluster.queue(expire);
         self.wake_all();
     }
 

@@ -882,3 +882,28 @@ async fn a_channels_backend_has_one_connection_for_the_cluster_and_moves_when_it
         assert_eq!(numbers(&read_numbers(c, 3).await), [4, 5, 6]);
     }
 }
+
+/// The hostile pass's finding: every ended SockJS session left its outbox stream in Redis with
+/// no TTL (the closing record was appended after the key's expiry was set, and recreated it).
+/// Nothing a client can create in Redis may outlive its documented lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_sockjs_sessions_leave_no_key_without_a_ttl() {
+    const SESSIONS: usize = 40;
+    let redis = Redis::start().await;
+    let routes = "  - name: echo\n    path: /echo\n    backend: { builtin: echo }\n    clients: [sockjs]\n    sockjs: { disconnect_delay: 200ms }\n";
+    let gws = cluster_of(&redis, routes, "sjttl", 2).await;
+    for i in 0..SESSIONS {
+        let sid = crate::common::sockjs::session_id();
+        let (status, body) = sockjs(&gws[i % 2], "POST", &format!("/echo/000/{sid}/xhr"), "").await;
+        assert_eq!((status, body.as_str()), (200, "o\n"));
+    }
+    for gw in &gws {
+        gw.wait_metric_is("switchyard_sockjs_sessions_open{route=\"echo\"}", 0.0)
+            .await;
+    }
+    // What the ended sessions queued reaches Redis within moments; then every key must expire.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut conn = redis.conn().await;
+    let keys = keys_with_ttls(&mut conn, "sjttl:*").await;
+    assert!(!keys.is_empty(), "the sessions kept records while they lived");
+}
