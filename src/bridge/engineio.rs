@@ -294,7 +294,7 @@ pub trait EngineCluster: Send + Sync {
     /// that the client's next request finds it wherever it lands) lives while `alive` says so.
     async fn opened(&self, route: &str, sid: &str, alive: Box<dyn Fn() -> bool + Send + Sync>);
     /// The instance that holds session `sid` of `route`, when it is another one.
-    async fn owner_of(&self, route: &str, sid: &str) -> Option<String>;
+    async fn owner_of(&self, route: &str, sid: &str) -> super::Elsewhere<String>;
     /// Serves `req` on instance `node`, waiting up to `wait` for its answer.
     async fn relay(&self, node: &str, req: Relayed, wait: Duration) -> Option<RelayAnswer>;
 }

@@ -17,7 +17,7 @@
 //! holds the session's [`Consumer`]; a second one is told `2010` and the first goes on.
 
 use super::session::{Busy, Driver, EndReason, Outgoing, Session};
-use super::{write_deadline, Bridge, ClientInfo, Consumer, OpenError, Source};
+use super::{write_deadline, Bridge, ClientInfo, Consumer, Elsewhere, OpenError, Source};
 use crate::policy::limits::{AddressSlot, PerAddress};
 use pingora::http::RequestHeader;
 use std::collections::HashMap;
@@ -114,7 +114,7 @@ pub trait SessionCluster<P = ()>: Send + Sync {
     /// The session is gone here; its record says so for `linger` more.
     fn gone(&self, route: &str, s: &HeldSession<P>, linger: Duration);
     /// Session `id` of `route` when another instance owns it.
-    async fn find(&self, route: &str, id: &str) -> Option<RemoteHeld>;
+    async fn find(&self, route: &str, id: &str) -> Elsewhere<RemoteHeld>;
 }
 
 /// A SockJS session another instance owns.

@@ -52,6 +52,18 @@ pub enum OpenError {
     Refused(u16),
 }
 
+/// Where a session this instance does not hold lives, as the cluster tells it.
+pub enum Elsewhere<T> {
+    /// Another instance holds it.
+    Found(T),
+    /// No instance does, or there is no cluster.
+    Nowhere,
+    /// The cluster cannot be asked now (Redis is down or failed the lookup): the session may
+    /// still live on its owner, so the client is asked to try again rather than told it is
+    /// gone, and no new session takes its id.
+    Unknown,
+}
+
 /// Where a session opened for a Socket.IO namespace goes: the backend URL with `suffix` added
 /// to its path, with `headers` besides the client's forwarded ones.
 #[derive(Debug, Clone, Default)]
@@ -146,14 +158,13 @@ pub trait Backends: Send + Sync {
         at: Option<&SessionTarget>,
     ) -> Result<Arc<session::Session>, OpenError>;
 
-    /// The session `id` of this route when it lives on another instance of the cluster; None
-    /// when there is no cluster or no such session.
+    /// The session `id` of this route when it lives on another instance of the cluster.
     async fn remote_session(
         &self,
         _bridge: &Bridge,
         _id: &str,
-    ) -> Option<Box<dyn session::Remote>> {
-        None
+    ) -> Elsewhere<Box<dyn session::Remote>> {
+        Elsewhere::Nowhere
     }
 
     /// The cluster's side of SockJS sessions; None without a cluster.
@@ -615,9 +626,9 @@ impl Bridge {
     }
 
     /// See [`Backends::remote_session`].
-    pub async fn remote_session(&self, id: &str) -> Option<Box<dyn session::Remote>> {
+    pub async fn remote_session(&self, id: &str) -> Elsewhere<Box<dyn session::Remote>> {
         if !session::plausible_id(id) {
-            return None;
+            return Elsewhere::Nowhere;
         }
         self.backends.remote_session(self, id).await
     }

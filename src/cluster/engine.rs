@@ -16,6 +16,7 @@
 
 use super::Cluster;
 use crate::bridge::engineio::{EngineCluster, RelayAnswer, Relayed};
+use crate::bridge::Elsewhere;
 use async_trait::async_trait;
 use base64::Engine as _;
 use std::sync::Arc;
@@ -94,19 +95,22 @@ impl EngineCluster for EngineSide {
         });
     }
 
-    async fn owner_of(&self, route: &str, sid: &str) -> Option<String> {
+    async fn owner_of(&self, route: &str, sid: &str) -> Elsewhere<String> {
         let c = self.0;
         if !c.is_up() {
-            return None;
+            return Elsewhere::Unknown;
         }
-        let node: Option<String> = c
-            .run(
+        match c
+            .run::<Option<String>>(
                 "session_lookup",
                 redis::cmd("GET").arg(c.engine_key(route, sid)),
             )
             .await
-            .ok()?;
-        node.filter(|n| n != c.node())
+        {
+            Err(_) => Elsewhere::Unknown,
+            Ok(Some(node)) if node != c.node() => Elsewhere::Found(node),
+            Ok(_) => Elsewhere::Nowhere,
+        }
     }
 
     async fn relay(&self, node: &str, req: Relayed, wait: Duration) -> Option<RelayAnswer> {

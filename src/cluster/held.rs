@@ -23,7 +23,7 @@ use crate::bridge::held::{
 };
 use crate::bridge::session::EndReason;
 use crate::bridge::session::{Session, UplinkError};
-use crate::bridge::Consumer;
+use crate::bridge::{Consumer, Elsewhere};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -215,25 +215,29 @@ impl SessionCluster for HeldSide {
         }
     }
 
-    async fn find(&self, route: &str, id: &str) -> Option<RemoteHeld> {
+    async fn find(&self, route: &str, id: &str) -> Elsewhere<RemoteHeld> {
         let c = self.0;
         if !c.is_up() {
-            return None;
+            return Elsewhere::Unknown;
         }
-        let fields: HashMap<String, String> = c
-            .run(
+        let Ok(fields) = c
+            .run::<HashMap<String, String>>(
                 "session_lookup",
                 redis::cmd("HGETALL").arg(c.sockjs_key(route, id)),
             )
             .await
-            .ok()?;
-        let node = fields.get("node")?.clone();
+        else {
+            return Elsewhere::Unknown;
+        };
+        let Some(node) = fields.get("node").cloned() else {
+            return Elsewhere::Nowhere;
+        };
         if node == c.node() {
             // Ours, and gone from here: nothing to reach.
-            return None;
+            return Elsewhere::Nowhere;
         }
         let field = |k: &str| fields.get(k).map(String::as_str).unwrap_or_default();
-        Some(RemoteHeld {
+        Elsewhere::Found(RemoteHeld {
             owner: Owner::from_record(field("net"), field("origin")),
             ops: Box::new(Ops {
                 cluster: c,

@@ -20,6 +20,7 @@
 use super::Cluster;
 use crate::bridge::hub::{Gone, Message};
 use crate::bridge::session::{Batch, EndReason, Mirror, Outgoing, Remote, Session, UplinkError};
+use crate::bridge::Elsewhere;
 use crate::metrics;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -215,22 +216,26 @@ impl Cluster {
         self: &'static Arc<Self>,
         route: &str,
         id: &str,
-    ) -> Option<Box<dyn Remote>> {
+    ) -> Elsewhere<Box<dyn Remote>> {
         if !self.is_up() {
-            return None;
+            return Elsewhere::Unknown;
         }
-        let fields: HashMap<String, String> = self
-            .run(
+        let Ok(fields) = self
+            .run::<HashMap<String, String>>(
                 "session_lookup",
                 redis::cmd("HGETALL").arg(self.session_key(id)),
             )
             .await
-            .ok()?;
+        else {
+            return Elsewhere::Unknown;
+        };
         if fields.get("route").map(String::as_str) != Some(route) {
-            return None;
+            return Elsewhere::Nowhere;
         }
-        let owner = fields.get("node")?.clone();
-        Some(Box::new(RemoteSession {
+        let Some(owner) = fields.get("node").cloned() else {
+            return Elsewhere::Nowhere;
+        };
+        Elsewhere::Found(Box::new(RemoteSession {
             cluster: self,
             id: id.into(),
             owner,

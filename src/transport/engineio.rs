@@ -21,7 +21,7 @@ use crate::access_log::{Closer as EndedBy, StreamEnd};
 use crate::bridge::engineio::{self as eio, Eio, EioSession, Phase};
 use crate::bridge::held::{Attach, Owner, Terms};
 use crate::bridge::session::{EndReason, Outgoing, BYTE_BUDGET_MESSAGES};
-use crate::bridge::{Bridge, Consumer, Delivery, Message};
+use crate::bridge::{Bridge, Consumer, Delivery, Elsewhere, Message};
 use crate::config::Fanout;
 use crate::metrics;
 use crate::policy::reject::Reject;
@@ -756,7 +756,11 @@ async fn relay<D: Downstream>(
 ) -> Option<pingora::Result<()>> {
     let c = bridge.engine_cluster()?;
     let route = bridge.route.name.as_str();
-    let node = c.owner_of(route, sid).await?;
+    let node = match c.owner_of(route, sid).await {
+        Elsewhere::Found(node) => node,
+        Elsewhere::Nowhere => return None,
+        Elsewhere::Unknown => return Some(super::session_unknown(route).send(down, route).await),
+    };
     let post = down.req_header().method == http::Method::POST;
     let body = if post {
         match super::inbound::read_message_body(down, bridge, polling(bridge)).await {

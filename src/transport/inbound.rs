@@ -21,7 +21,7 @@ use super::Downstream;
 use super::Respond;
 use crate::bridge::session::POST_DEADLINE;
 use crate::bridge::session::{EndReason, Outgoing, UplinkError};
-use crate::bridge::Bridge;
+use crate::bridge::{Bridge, Elsewhere};
 use crate::metrics;
 use crate::policy::reject::Reject;
 use base64::Engine;
@@ -279,10 +279,11 @@ async fn send<D: Downstream>(
                 ));
             };
             let Some(conv) = sessions.get(&id) else {
-                let remote = bridge
-                    .remote_session(&id)
-                    .await
-                    .ok_or_else(|| session_gone(route))?;
+                let remote = match bridge.remote_session(&id).await {
+                    Elsewhere::Found(remote) => remote,
+                    Elsewhere::Nowhere => return Err(session_gone(route)),
+                    Elsewhere::Unknown => return Err(super::session_unknown(route)),
+                };
                 return send_remote(down, bridge, transport, remote).await;
             };
             let busy = conv.busy();
@@ -453,8 +454,9 @@ pub async fn delete<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Re
     match sessions.get(&id) {
         Some(conv) => conv.close(EndReason::Client),
         None => match bridge.remote_session(&id).await {
-            Some(remote) => remote.close().await,
-            None => return session_gone(route).send(down, route).await,
+            Elsewhere::Found(remote) => remote.close().await,
+            Elsewhere::Nowhere => return session_gone(route).send(down, route).await,
+            Elsewhere::Unknown => return super::session_unknown(route).send(down, route).await,
         },
     }
     let mut resp = ResponseHeader::build(204, Some(1))?;

@@ -19,7 +19,7 @@ use super::Respond;
 use crate::access_log::{Closer, StreamEnd};
 use crate::bridge::hub::Gone;
 use crate::bridge::session::{EndReason, Sessions};
-use crate::bridge::{Bridge, Event, Message, PollAnswer};
+use crate::bridge::{Bridge, Elsewhere, Event, Message, PollAnswer};
 use crate::config::BinaryPolicy;
 use crate::metrics;
 use crate::policy::reject::Reject;
@@ -292,8 +292,9 @@ async fn serve_session<D: Downstream>(
     };
     let Some(conv) = sessions.get(&id) else {
         return match bridge.remote_session(&id).await {
-            Some(remote) => serve_remote(down, bridge, &id, remote, cursor).await,
-            None => session_gone(route).send(down, route).await,
+            Elsewhere::Found(remote) => serve_remote(down, bridge, &id, remote, cursor).await,
+            Elsewhere::Nowhere => session_gone(route).send(down, route).await,
+            Elsewhere::Unknown => super::session_unknown(route).send(down, route).await,
         };
     };
     if cursor > conv.outbox.head() {

@@ -206,6 +206,18 @@ pub fn client_info<D: Downstream>(down: &D) -> ClientInfo {
     }
 }
 
+/// The answer while the cluster cannot say where a session this instance does not hold lives
+/// (Redis is down): the owner may still serve it, so the client is asked to try again (on
+/// another instance, behind a balancer) instead of being told the session is gone.
+pub fn session_unknown(route: &str) -> Reject {
+    Reject::new(
+        503,
+        "cluster_unavailable",
+        format!("route {route}: the session may live on another instance, and the cluster cannot be asked now; try again"),
+    )
+    .header("retry-after", "1")
+}
+
 /// The answer for a client whose session could not be opened: 503 with `Retry-After` when the
 /// route is at `max_clients` sessions, 429 when the client's address is at
 /// `max_sessions_per_ip`, 502 when its backend could not be reached.

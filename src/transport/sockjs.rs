@@ -25,7 +25,7 @@ use crate::bridge::held::{
     Attach, Closer, HeldSession, Owner, RemoteAttach, RemoteCloser, RemoteHeld,
 };
 use crate::bridge::session::EndReason;
-use crate::bridge::{write_deadline, Bridge, Consumer, Delivery};
+use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Elsewhere};
 use crate::config::{BinaryPolicy, Fanout, SockJs};
 use crate::metrics;
 use crate::policy::reject::Reject;
@@ -433,6 +433,8 @@ async fn receive<D: Downstream>(
         None => match find_remote(down, bridge, id).await {
             Found::Here(s) => Held::Remote(s),
             Found::Refused => return not_found(down, route).await,
+            // Not a new session under an id its owner may still hold.
+            Found::Unknown => return super::session_unknown(route).send(down, route).await,
             Found::Nowhere => {
                 if let Some(r) = super::authorized(down, bridge).await {
                     return r.send(down, route).await;
@@ -544,6 +546,8 @@ enum Found {
     /// It exists elsewhere but is bound to another client (address or origin).
     Refused,
     Nowhere,
+    /// The cluster cannot be asked now.
+    Unknown,
 }
 
 async fn find_remote<D: Downstream>(down: &D, bridge: &Bridge, id: &str) -> Found {
@@ -551,12 +555,13 @@ async fn find_remote<D: Downstream>(down: &D, bridge: &Bridge, id: &str) -> Foun
         return Found::Nowhere;
     };
     match cluster.find(&bridge.route.name, id).await {
-        Some(r) if r.owner.admits(&owner(down)) => Found::Here(r),
-        Some(_) => {
+        Elsewhere::Found(r) if r.owner.admits(&owner(down)) => Found::Here(r),
+        Elsewhere::Found(_) => {
             metrics::refused(&bridge.route.name, "sockjs_session_owner");
             Found::Refused
         }
-        None => Found::Nowhere,
+        Elsewhere::Nowhere => Found::Nowhere,
+        Elsewhere::Unknown => Found::Unknown,
     }
 }
 
@@ -828,8 +833,10 @@ async fn send<D: Downstream>(
     };
     let Some(s) = find(down, bridge, id).filter(|s| s.closed().is_none()) else {
         if bridge.sockjs.get(id).is_none() {
-            if let Found::Here(r) = find_remote(down, bridge, id).await {
-                return send_remote(down, bridge, opts, t, r, messages).await;
+            match find_remote(down, bridge, id).await {
+                Found::Here(r) => return send_remote(down, bridge, opts, t, r, messages).await,
+                Found::Unknown => return super::session_unknown(route).send(down, route).await,
+                Found::Refused | Found::Nowhere => {}
             }
         }
         return not_found(down, route).await;

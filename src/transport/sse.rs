@@ -20,7 +20,7 @@
 use super::{Burst, Downstream};
 use crate::access_log::{Closer, StreamEnd};
 use crate::bridge::session::{EndReason, Session, Sessions};
-use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Joined, Message};
+use crate::bridge::{write_deadline, Bridge, Consumer, Delivery, Elsewhere, Joined, Message};
 use crate::config::BinaryPolicy;
 use crate::metrics;
 use crate::wire::sse::resume_position;
@@ -84,8 +84,12 @@ async fn serve_session<D: Downstream>(
         let seq: u64 = seq.parse().ok()?;
         sessions.get(sid).is_none().then(|| (sid.to_owned(), seq))
     }) {
-        if let Some(remote) = bridge.remote_session(&sid).await {
-            return serve_remote(down, bridge, &sid, seq, remote).await;
+        match bridge.remote_session(&sid).await {
+            Elsewhere::Found(remote) => return serve_remote(down, bridge, &sid, seq, remote).await,
+            // EventSource gives up for good on an answer other than 200, and reconnects
+            // after a stream that ends: an empty stream with `retry:` brings it back soon.
+            Elsewhere::Unknown => return retry_soon(down, bridge).await,
+            Elsewhere::Nowhere => {}
         }
     }
     let resumed = last_id.as_deref().and_then(|id| {
@@ -217,6 +221,20 @@ async fn serve_remote<D: Downstream>(
     down.set_write_timeout(Some(std::time::Duration::from_secs(5)));
     let _ = down.write_response_body(None, true).await;
     down.stream_ended(ended(&delivered, by));
+    Ok(())
+}
+
+/// An event stream that says only `retry:` and ends: the client reconnects (with its
+/// `Last-Event-ID`) in about a second, when the cluster may know again where its session is.
+async fn retry_soon<D: Downstream>(down: &mut D, bridge: &Bridge) -> pingora::Result<()> {
+    let route = bridge.route.name.as_str();
+    super::session_unknown(route).count(route);
+    let _open = begin_stream(down, route).await?;
+    let mut body = BytesMut::new();
+    body.put_slice(retry_field().as_bytes());
+    body.put_u8(b'\n');
+    down.set_write_timeout(Some(std::time::Duration::from_secs(5)));
+    let _ = down.write_response_body(Some(body.freeze()), true).await;
     Ok(())
 }
 

@@ -23,6 +23,7 @@ pub mod tunnel;
 pub mod ws;
 
 use crate::bridge::session::{Outgoing, Session, UPLINK_QUEUE};
+use crate::bridge::Elsewhere;
 use crate::bridge::{Backends, Bridge, ClientInfo, Hub, OpenError, SessionSite, SessionTarget};
 use crate::config::{BackendSpec, BridgeRoute, Builtin, Route};
 use pingora::http::RequestHeader;
@@ -88,11 +89,11 @@ impl Backends for Connectors {
         &self,
         bridge: &Bridge,
         id: &str,
-    ) -> Option<Box<dyn crate::bridge::session::Remote>> {
-        bridge.sessions()?;
-        crate::cluster::get()?
-            .remote_session(&bridge.route.name, id)
-            .await
+    ) -> Elsewhere<Box<dyn crate::bridge::session::Remote>> {
+        match (bridge.sessions(), crate::cluster::get()) {
+            (Some(_), Some(cluster)) => cluster.remote_session(&bridge.route.name, id).await,
+            _ => Elsewhere::Nowhere,
+        }
     }
 
     fn sockjs_cluster(&self) -> Option<Arc<dyn crate::bridge::held::SessionCluster>> {

@@ -905,5 +905,79 @@ async fn ended_sockjs_sessions_leave_no_key_without_a_ttl() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut conn = redis.conn().await;
     let keys = keys_with_ttls(&mut conn, "sjttl:*").await;
-    assert!(!keys.is_empty(), "the sessions kept records while they lived");
+    assert!(
+        !keys.is_empty(),
+        "the sessions kept records while they lived"
+    );
+}
+
+/// While Redis is down, an instance that does not hold a session cannot know whether another
+/// one does: it answers `503` with `Retry-After` (a long-poll poll, POST and DELETE, a SockJS
+/// poll and send) and opens no new session under the id, while the owner goes on serving it.
+/// Before, the hostile pass saw `410 Gone` (SockJS: a new session with the same id), which
+/// tells a client behind a round-robin balancer that a live session is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_a_non_owner_asks_the_client_to_retry() {
+    let mut redis = Redis::start().await;
+    let backend = crate::common::chat::ChatBackend::start().await;
+    let extra =
+        "  - name: echo\n    path: /echo\n    backend: { builtin: echo }\n    clients: [sockjs]\n";
+    let routes = format!("{}{extra}", chat_routes(&backend, ""));
+    let gws = cluster_of(&redis, &routes, "blind", 2).await;
+    let id = open_poll_session(&gws[0]).await;
+    let sid = crate::common::sockjs::session_id();
+    let at = |t: &str| format!("/echo/000/{sid}/{t}");
+    assert_eq!(
+        sockjs(&gws[0], "POST", &at("xhr"), "").await,
+        (200, "o\n".into())
+    );
+
+    redis.stop();
+    for (i, gw) in gws.iter().enumerate() {
+        let series = format!(
+            "switchyard_cluster_up{{node=\"node-{}\"}}",
+            (b'a' + i as u8) as char
+        );
+        gw.wait_metric_is(&series, 0.0).await;
+    }
+    let poll = format!("/chat?transport=poll&session={id}&cursor=0");
+    let r = http_get(gws[1].addr, &poll, &[]).await;
+    assert_eq!(r.status, 503, "{}", r.body_text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(post_on(&gws[1], &id, "hello").await, 503);
+    let mut c = crate::common::chat::Client::connect(gws[1].addr).await;
+    let r = c
+        .request(
+            "DELETE",
+            &format!("/chat?transport=poll&session={id}"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 503);
+    let (status, _) = sockjs(&gws[1], "POST", &at("xhr"), "").await;
+    assert_eq!(status, 503, "no second session under the owner's id");
+    let (status, _) = sockjs(&gws[1], "POST", &at("xhr_send"), "[\"x\"]").await;
+    assert_eq!(status, 503);
+    // The owner still serves both.
+    assert_eq!(post_on(&gws[0], &id, "hello").await, 204);
+    let (texts, _, _) = poll_on(&gws[0], &id, 0).await;
+    assert!(
+        texts.len() == 1 && texts[0].ends_with(":hello"),
+        "{texts:?}"
+    );
+    assert_eq!(
+        sockjs(&gws[0], "POST", &at("xhr_send"), "[\"x\"]").await.0,
+        204
+    );
+    assert_eq!(
+        sockjs(&gws[0], "POST", &at("xhr"), "").await,
+        (200, "a[\"x\"]\n".into())
+    );
+    gws[1]
+        .wait_metric(
+            "switchyard_rejections_total{reason=\"cluster_unavailable\",route=\"chat\"}",
+            3.0,
+        )
+        .await;
 }
