@@ -76,7 +76,7 @@ impl std::error::Error for ConfigErrors {}
 /// Reads and validates a config file. Relative paths inside it (TLS files) resolve from its folder.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let source = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+    let text = read_file(path).map_err(|e| ConfigErrors {
         source: source.clone(),
         errors: vec![ConfigError {
             path: String::new(),
@@ -86,6 +86,80 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     load_str(&text, base, &source)
+}
+
+/// The largest config file read: far above any real one (a thousand routes are ~300 KiB).
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+/// How long reading the config file may take before the read is given up.
+pub const READ_TIME_BOX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A read of the config file that has not returned yet: while one hangs (a stuck network
+/// filesystem), the next is refused at once instead of stacking threads behind it.
+static READ_IN_FLIGHT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Reads the config file as UTF-8 text, if it is a regular file of at most [`MAX_FILE_BYTES`]
+/// read within [`READ_TIME_BOX`]. A symlink is followed to what it names: `/dev/zero`, a FIFO,
+/// a directory or a 200 MB file is refused with a reason instead of being read (or waited on)
+/// without end.
+pub fn read_file(path: &Path) -> Result<String, String> {
+    use std::sync::atomic::Ordering;
+    if READ_IN_FLIGHT.swap(true, Ordering::SeqCst) {
+        return Err("an earlier read of it has not returned yet (is its filesystem stuck?)".into());
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let owned = path.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("config read".into())
+        .spawn(move || {
+            let read = read_regular(&owned);
+            READ_IN_FLIGHT.store(false, Ordering::SeqCst);
+            let _ = tx.send(read);
+        });
+    if let Err(e) = spawned {
+        READ_IN_FLIGHT.store(false, Ordering::SeqCst);
+        return Err(format!("cannot start its read: {e}"));
+    }
+    match rx.recv_timeout(READ_TIME_BOX) {
+        Ok(read) => read,
+        Err(_) => Err(format!("not read within {READ_TIME_BOX:?}")),
+    }
+}
+
+fn read_regular(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Not blocking on open: a FIFO without a writer would wait forever here.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a device, FIFO or socket)"
+        };
+        return Err(format!("it is {what}"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "it is {} bytes, more than the {MAX_FILE_BYTES} a config may have",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // A file that grows while it is read is cut at the cap and refused.
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "it grew past the {MAX_FILE_BYTES} bytes a config may have while it was read"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".into())
 }
 
 /// Validates config text. `source` names it in messages; `base_dir` resolves relative files.

@@ -205,14 +205,22 @@ struct Watch {
 impl Watch {
     fn new(path: PathBuf) -> Self {
         // Read synchronously once: what the process started with is the baseline.
-        let seen = std::fs::read(&path).ok();
+        let seen = config::read_file(&path).ok().map(String::into_bytes);
         Self { path, seen }
     }
 
     /// The file's content, read through the path (following symlinks as they are now), or
-    /// None while it is missing or unreadable (mid-swap).
+    /// None while it is missing, unreadable (mid-swap), or not a config-sized regular file
+    /// (a reload then says why).
     async fn read(&self) -> Option<Vec<u8>> {
-        tokio::fs::read(&self.path).await.ok()
+        let path = self.path.clone();
+        // The same bounded, time-boxed read as a reload's: a watched path that becomes
+        // `/dev/zero` or a FIFO is not read without end.
+        tokio::task::spawn_blocking(move || config::read_file(&path))
+            .await
+            .ok()?
+            .ok()
+            .map(String::into_bytes)
     }
 
     /// Whether the content differs from the last one applied, once it has settled: it must

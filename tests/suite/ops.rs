@@ -525,3 +525,68 @@ fn admin_auth_errors_name_the_key() {
     let e = check("  admin_auth: { token: \"two words\" }\n");
     assert!(e.contains("visible ASCII"), "{e}");
 }
+
+/// The hostile pass's finding: the config path was read with no type or size check, so a
+/// symlink to `/dev/zero` grew the process by ~500 MB/s and a FIFO blocked reloading for good.
+/// Now each is refused at once with its reason (and counted), RSS stays put, the running
+/// config keeps serving, and the next good config applies (so nothing was left hanging).
+#[tokio::test]
+async fn a_config_path_that_is_not_a_small_regular_file_is_refused_at_once() {
+    let gw = Gateway::start(GONE).await;
+    let good = std::fs::read_to_string(&gw.config_path).unwrap();
+    let rss_before = gw.rss_kib();
+    let status = || async {
+        let j = http_get(gw.admin, "/status.json", &[]).await;
+        serde_json::from_slice::<serde_json::Value>(&j.body).unwrap()
+    };
+    let refused = |n: f64| {
+        let gw = &gw;
+        async move {
+            gw.wait_metric("switchyard_config_reloads_total{outcome=\"failure\"}", n)
+                .await
+        }
+    };
+    let path = gw.config_path.clone();
+    let swap = |make: &dyn Fn(&std::path::Path)| {
+        let _ = std::fs::remove_file(&path);
+        make(&path);
+    };
+    let expect_error = |v: serde_json::Value, want: &str| {
+        let text = v.to_string();
+        assert!(text.contains(want), "the reload error names why: {text}");
+    };
+
+    swap(&|p| std::os::unix::fs::symlink("/dev/zero", p).unwrap());
+    gw.signal("HUP");
+    refused(1.0).await;
+    expect_error(status().await, "not a regular file");
+
+    swap(&|p| {
+        let made = std::process::Command::new("mkfifo")
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(made.success());
+    });
+    gw.signal("HUP");
+    refused(2.0).await;
+    expect_error(status().await, "not a regular file");
+
+    swap(&|p| {
+        let mut big = good.clone();
+        big.push_str(&format!("# {}\n", "x".repeat(5 << 20)));
+        std::fs::write(p, big).unwrap();
+    });
+    gw.signal("HUP");
+    refused(3.0).await;
+    expect_error(status().await, "more than the 4194304");
+
+    let grew = gw.rss_kib().saturating_sub(rss_before);
+    assert!(grew < 32 << 10, "RSS grew by {grew} KiB");
+    let r = http_get(gw.addr, "/gone?transport=poll", &[]).await;
+    assert_eq!(r.status, 200, "the running config keeps serving");
+    swap(&|p| std::fs::write(p, good.replace("/gone", "/back")).unwrap());
+    gw.signal("HUP");
+    gw.wait_metric("switchyard_config_reloads_total{outcome=\"success\"}", 1.0)
+        .await;
+}
