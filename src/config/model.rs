@@ -442,6 +442,9 @@ pub struct ProxyRoute {
     pub balance: Balance,
     pub health_check: Option<HealthCheck>,
     pub connect_timeout: Duration,
+    /// `proxy.read_timeout`: the longest wait for an answer head (504 past it, as nginx's
+    /// `proxy_read_timeout`), and between two reads of an answer body (the answer is cut).
+    pub read_timeout: Duration,
     /// `proxy.tls`: TLS toward every upstream; None is plain TCP.
     pub tls: Option<BackendTls>,
 }

@@ -231,6 +231,9 @@ pub struct RawProxy {
     pub health_check: Option<RawHealthCheck>,
     #[serde(default)]
     pub connect_timeout: Option<Scalar>,
+    /// The longest wait for an upstream's answer head, and between reads of its body.
+    #[serde(default)]
+    pub read_timeout: Option<Scalar>,
     /// TLS toward every upstream of the route.
     #[serde(default)]
     pub tls: Option<RawBackendTls>,

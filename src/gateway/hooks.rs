@@ -164,6 +164,7 @@ impl ProxyHttp for Gateway {
             crate::upstream::tls::peer_options(&mut peer, t, member.upstream.host());
         }
         peer.options.connection_timeout = Some(set.spec.connect_timeout);
+        peer.options.read_timeout = Some(set.spec.read_timeout);
         ctx.lease = Some(lease);
         Ok(Box::new(peer))
     }

@@ -34,8 +34,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
-/// The longest wait for an answer's head, and for each read of a body from either side.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest wait for each read of a request body from the client (nginx's
+/// `client_body_timeout`). The upstream side waits `proxy.read_timeout`.
+pub const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest answer head taken from an upstream.
 const ANSWER_HEAD_MAX: usize = 64 * 1024;
 const ANSWER_FIELDS: usize = 64;
@@ -189,7 +190,8 @@ pub async fn serve(
             },
         };
         let reused = up.reused;
-        match exchange(conn, &mut up, &head, framing, head_request).await {
+        let wait = set.spec.read_timeout;
+        match exchange(conn, &mut up, &head, framing, head_request, wait).await {
             Ok(reusable) => {
                 if reusable {
                     checkin(addr, up);
@@ -234,7 +236,7 @@ pub async fn serve(
 }
 
 /// Reads the request's body into the connection's pending bytes until it is whole or
-/// [`BODY_BUFFER`] bytes are in hand, each read within [`READ_TIMEOUT`]; the buffer is charged
+/// [`BODY_BUFFER`] bytes are in hand, each read within [`CLIENT_BODY_TIMEOUT`]; the buffer is charged
 /// to `server.limits.memory` while the request lives.
 async fn buffer_body(
     conn: &mut Connection,
@@ -283,7 +285,7 @@ async fn buffer_body(
     };
     loop {
         let room = want.saturating_sub(conn.pending_mut().len()).max(1);
-        match conn.read_pending(room, READ_TIMEOUT).await {
+        match conn.read_pending(room, CLIENT_BODY_TIMEOUT).await {
             Ok(0) => {
                 return Err(Reject::new(
                     400,
@@ -320,11 +322,12 @@ async fn exchange(
     head: &[u8],
     framing: Framing,
     head_request: bool,
+    wait: Duration,
 ) -> Result<bool, Failed> {
     send_request(conn, up, head, framing).await?;
     // The answer's head, past any 1xx.
     let (framing_out, reusable, head_len, out_head) = loop {
-        let head_len = read_answer_head(up).await?;
+        let head_len = read_answer_head(up, wait).await?;
         let mut fields = [httparse::EMPTY_HEADER; ANSWER_FIELDS];
         let mut heap;
         let mut resp = httparse::Response::new(&mut fields);
@@ -375,7 +378,7 @@ async fn exchange(
         break (framing_out, reusable, head_len, out);
     };
     up.buf.advance(head_len);
-    relay_answer(conn, up, &out_head, framing_out).await?;
+    relay_answer(conn, up, &out_head, framing_out, wait).await?;
     Ok(reusable && up.buf.is_empty())
 }
 
@@ -443,7 +446,7 @@ async fn send_request(
             return Ok(());
         }
         // The body goes on: read the next piece (the pending buffer is empty now).
-        match conn.read_pending(BODY_READ, READ_TIMEOUT).await {
+        match conn.read_pending(BODY_READ, CLIENT_BODY_TIMEOUT).await {
             Ok(0) => {
                 return Err(client_failed(std::io::ErrorKind::UnexpectedEof.into()));
             }
@@ -455,7 +458,7 @@ async fn send_request(
 
 /// Reads until `up.buf` holds a whole answer head (up to its empty line); its length. The head
 /// is parsed once, by the caller: here only its end is looked for, in the bytes each read adds.
-async fn read_answer_head(up: &mut UpstreamConn) -> Result<usize, Failed> {
+async fn read_answer_head(up: &mut UpstreamConn, wait: Duration) -> Result<usize, Failed> {
     let mut seen: usize = 0;
     loop {
         let first_byte = up.buf.is_empty();
@@ -469,7 +472,7 @@ async fn read_answer_head(up: &mut UpstreamConn) -> Result<usize, Failed> {
         if up.buf.capacity() - up.buf.len() < 4096 {
             up.buf.reserve(16 * 1024);
         }
-        let read = tokio::time::timeout(READ_TIMEOUT, up.stream.read_buf(&mut up.buf)).await;
+        let read = tokio::time::timeout(wait, up.stream.read_buf(&mut up.buf)).await;
         match read {
             Ok(Ok(0)) if first_byte => {
                 return Err(Failed::BeforeAnswer("closed before answering".into()))
@@ -506,6 +509,7 @@ async fn relay_answer(
     up: &mut UpstreamConn,
     head: &[u8],
     framing: Framing,
+    wait: Duration,
 ) -> Result<(), Failed> {
     let cut = |why: String| Failed::Cut(why);
     let mut chunked = Chunked::new();
@@ -552,7 +556,7 @@ async fn relay_answer(
         if up.buf.capacity() < 4096 {
             up.buf.reserve(16 * 1024);
         }
-        let read = tokio::time::timeout(READ_TIMEOUT, up.stream.read_buf(&mut up.buf)).await;
+        let read = tokio::time::timeout(wait, up.stream.read_buf(&mut up.buf)).await;
         match read {
             Ok(Ok(0)) if framing == Framing::UntilClose => {
                 // `passed_head` closed the client's connection after this answer already.

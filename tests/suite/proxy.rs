@@ -246,3 +246,59 @@ async fn all_members_down_gives_502_with_a_clear_body() {
     // The gateway keeps serving: the admin side and other requests still answer.
     assert_eq!(http_get(gw.admin, "/healthz", &[]).await.status, 200);
 }
+
+/// `proxy.read_timeout` (the hostile pass: an upstream that reads the request and never answers
+/// held its client for minutes, with no key to bound it): no answer head within it is `504`,
+/// and an answer whose body stops for longer is cut, not held open.
+#[tokio::test]
+async fn an_upstream_that_does_not_answer_in_read_timeout_is_504() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Reads each request; `/api/silent` gets nothing back, `/api/stall` half an answer.
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if buf[..n].starts_with(b"GET /api/stall") {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf")
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                drop(s);
+            });
+        }
+    });
+    let gw = Gateway::start(&proxy_route(&[addr], "      read_timeout: 400ms\n")).await;
+    let started = Instant::now();
+    let r = http_get(gw.addr, "/api/silent", &[]).await;
+    assert_eq!(r.status, 504, "{}", r.body_text());
+    assert!(r.body_text().contains("did not answer in time"));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(400), "{waited:?}");
+
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /api/stall HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the stalled answer is cut, not held")
+        .ok();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("half"),
+        "{text}"
+    );
+    gw.wait_metric(
+        "switchyard_rejections_total{reason=\"upstream_timeout\",route=\"api\"}",
+        1.0,
+    )
+    .await;
+}

@@ -77,6 +77,17 @@ impl Validator<'_> {
             &p.connect_timeout,
             Duration::from_secs(3),
         );
+        let read_timeout = self.duration(
+            format!("{at}.read_timeout"),
+            &p.read_timeout,
+            Duration::from_secs(60),
+        );
+        if read_timeout.is_zero() || read_timeout > Duration::from_secs(24 * 3600) {
+            self.err(
+                format!("{at}.read_timeout"),
+                "read_timeout must be above 0s and at most 24h",
+            );
+        }
         let tls = p
             .tls
             .as_ref()
@@ -97,6 +108,7 @@ impl Validator<'_> {
             balance,
             health_check,
             connect_timeout,
+            read_timeout,
         })
     }
 }
