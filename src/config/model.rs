@@ -401,7 +401,7 @@ impl AsRef<Route> for Route {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RouteKind {
-    Proxy(ProxyRoute),
+    Proxy(Box<ProxyRoute>),
     Bridge(Box<BridgeRoute>),
 }
 

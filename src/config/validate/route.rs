@@ -227,7 +227,7 @@ impl Validator<'_> {
                         "captures like {room} make a route one feed per channel: they apply to bridged routes (with `backend:`), not to `proxy:` routes",
                     );
                 }
-                RouteKind::Proxy(self.proxy(&format!("{at}.proxy"), p)?)
+                RouteKind::Proxy(Box::new(self.proxy(&format!("{at}.proxy"), p)?))
             }
             (None, Some(b)) => RouteKind::Bridge(Box::new(self.bridge(at, b, raw)?)),
             (Some(_), Some(_)) => {
