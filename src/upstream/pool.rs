@@ -149,6 +149,7 @@ mod tests {
             balance,
             health_check: None,
             connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(60),
             tls: None,
         };
         Arc::new(UpstreamSet::new("t", &spec))
