@@ -345,9 +345,10 @@ pub async fn last_origin_id(cluster: &Cluster, keys: &FeedKeys) -> Option<String
 }
 
 /// One stream entry.
-pub(super) struct Entry {
+#[doc(hidden)]
+pub struct Entry {
     pub id: String,
-    fields: Vec<(Vec<u8>, Vec<u8>)>,
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// An entry id `A-B` as numbers.
@@ -374,7 +375,8 @@ impl Entry {
     }
 }
 
-fn apply(hub: &Hub, mut e: Entry, lag: Option<&prometheus::Histogram>, node: &str) {
+#[doc(hidden)]
+pub fn apply(hub: &Hub, mut e: Entry, lag: Option<&prometheus::Histogram>, node: &str) {
     let Some((seq, kind)) =
         e.id.split_once('-')
             .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
@@ -427,7 +429,8 @@ fn items(v: Value) -> Vec<Value> {
 }
 
 /// Entries of an `XRANGE`/`XREVRANGE` answer: `[[id, [field, value, ...]], ...]`.
-pub(super) fn entries_of(v: Value) -> Vec<Entry> {
+#[doc(hidden)]
+pub fn entries_of(v: Value) -> Vec<Entry> {
     items(v)
         .into_iter()
         .filter_map(|entry| {
@@ -444,7 +447,8 @@ pub(super) fn entries_of(v: Value) -> Vec<Entry> {
 }
 
 /// Entries of an `XREAD` answer over one stream: `[[key, [entries]]]` (or a map in RESP3).
-pub(super) fn streams_entries(v: Value) -> Vec<Entry> {
+#[doc(hidden)]
+pub fn streams_entries(v: Value) -> Vec<Entry> {
     match v {
         Value::Map(pairs) => pairs
             .into_iter()

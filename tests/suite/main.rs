@@ -26,6 +26,7 @@ mod differential;
 mod edge;
 mod engineio;
 mod fanout;
+mod fuzz_corpus;
 mod ops;
 mod passthrough;
 mod proxy;
