@@ -141,6 +141,14 @@ fn always_hop(name: &str) -> bool {
     .any(|f| is(name, f))
 }
 
+/// True for the fields that frame a message's body. A proxy forwards the body as these framed
+/// it, so they go on with it even when `Connection` lists them: dropped, they would leave the
+/// next hop reading the body as the start of the next message (request smuggling toward an
+/// upstream connection other clients share; a desynchronised answer toward the client).
+fn frames_body(name: &str) -> bool {
+    is(name, "content-length") || is(name, "transfer-encoding")
+}
+
 /// Writes an answer's status line for `status`, with its canonical reason.
 pub fn status_line(out: &mut Vec<u8>, status: http::StatusCode) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -186,7 +194,7 @@ pub fn write_request_head(
         let n = h.name;
         if always_hop(n)
             || (n.len() > 12 && n[..12].eq_ignore_ascii_case("x-forwarded-"))
-            || (lists && connection_has(headers, n))
+            || (lists && !frames_body(n) && connection_has(headers, n))
         {
             continue;
         }
@@ -233,7 +241,7 @@ pub fn write_response_head(
         if always_hop(n)
             || (n.len() > 15 && n[..15].eq_ignore_ascii_case("access-control-"))
             || (framing == Framing::Chunked && is(n, "content-length"))
-            || (lists && connection_has(headers, n))
+            || (lists && !frames_body(n) && connection_has(headers, n))
         {
             continue;
         }
@@ -389,6 +397,73 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nServer: up\r\nvary: Origin\r\n\
              connection: close\r\n\r\n"
         );
+    }
+
+    /// Found by the `http1_framing` fuzz target: a `Connection` that lists the body's framing
+    /// field made the forwarded head lose it, while the body was still forwarded as framed.
+    #[test]
+    fn framing_fields_stay_whatever_connection_lists() {
+        let mut out = Vec::new();
+        write_request_head(
+            &mut out,
+            "POST",
+            "/",
+            &[
+                h("Host", "a"),
+                h("Connection", "content-length, X-Hop"),
+                h("X-Hop", "1"),
+                h("Content-Length", "5"),
+            ],
+            &Forwarded {
+                client_ip: None,
+                tls: false,
+                host: None,
+            },
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\
+             x-forwarded-proto: http\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        write_request_head(
+            &mut out,
+            "POST",
+            "/",
+            &[
+                h("Connection", "Transfer-Encoding"),
+                h("Transfer-Encoding", "chunked"),
+            ],
+            &Forwarded {
+                client_ip: None,
+                tls: false,
+                host: None,
+            },
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+        for (fields, framing) in [
+            (
+                [h("Connection", "content-length"), h("Content-Length", "2")],
+                Framing::Length(2),
+            ),
+            (
+                [
+                    h("Connection", "transfer-encoding"),
+                    h("Transfer-Encoding", "chunked"),
+                ],
+                Framing::Chunked,
+            ),
+        ] {
+            let mut out = Vec::new();
+            write_response_head(&mut out, 200, "OK", &fields, framing, &[], false);
+            let mut parsed = [httparse::EMPTY_HEADER; 4];
+            let mut resp = httparse::Response::new(&mut parsed);
+            assert!(resp.parse(&out).unwrap().is_complete());
+            assert_eq!(response_framing(200, false, resp.headers), Ok(framing));
+        }
     }
 
     #[test]
