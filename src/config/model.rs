@@ -727,24 +727,27 @@ impl BridgeRoute {
     }
 
     /// The route hands a client's credentials (`Cookie`, `Authorization`) to its backend, on
-    /// the client's own session or its `post:`: the transports that cannot show their origin
-    /// (JSONP's `<script>`, htmlfile's iframe) must not reach it in a visitor's name.
+    /// the client's own session or its `post:`, or to its `auth:` (which then admits a
+    /// visitor's stream): the transports that cannot show their origin (JSONP's `<script>`,
+    /// htmlfile's iframe) must not reach it in a visitor's name.
     pub fn forwards_credentials(&self) -> bool {
-        forwards_credentials(&self.backend, self.fanout)
+        forwards_credentials(&self.backend, self.fanout, self.auth.as_ref())
     }
 }
 
 /// See [`BridgeRoute::forwards_credentials`].
-pub fn forwards_credentials(backend: &BackendSpec, fanout: Fanout) -> bool {
+pub fn forwards_credentials(backend: &BackendSpec, fanout: Fanout, auth: Option<&Auth>) -> bool {
+    let credential =
+        |h: &http::HeaderName| h == http::header::COOKIE || h == http::header::AUTHORIZATION;
+    if auth.is_some_and(|a| a.forward_headers.iter().any(credential)) {
+        return true;
+    }
     let remote = match backend {
         BackendSpec::WebSocket(f) | BackendSpec::Sse(f) => f,
         BackendSpec::Builtin(_) | BackendSpec::Published => return false,
     };
     (fanout == Fanout::PerClient || remote.post.is_some())
-        && remote
-            .forward_headers
-            .iter()
-            .any(|h| h == http::header::COOKIE || h == http::header::AUTHORIZATION)
+        && remote.forward_headers.iter().any(credential)
 }
 
 impl BridgeRoute {

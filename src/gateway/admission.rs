@@ -133,6 +133,29 @@ pub fn admit(
     } else {
         None
     };
+    // A script or frame load that shows neither its page (`Referer`) nor whether it is
+    // cross-site (`Sec-Fetch-Site`) could come from any page: a plain-HTTP page with
+    // `referrerpolicy="no-referrer"`, or Safari before 16.4. Where the route hands the
+    // visitor's credentials on, such a load is refused.
+    if by_referer.is_none() {
+        if let Target::Bridge(b) = &rt.target {
+            let script = eio_jsonp || (sockjs && crate::transport::sockjs::script_load(b, req));
+            if script
+                && b.spec.forwards_credentials()
+                && !req.headers.contains_key(http::header::ORIGIN)
+                && !req.headers.contains_key("sec-fetch-site")
+            {
+                return refused(
+                    &route.name,
+                    policy::reject::Reject::new(
+                        403,
+                        "origin_unknown",
+                        "a script or frame load with neither Referer nor Sec-Fetch-Site cannot show its page, and this route forwards credentials",
+                    ),
+                );
+            }
+        }
+    }
     let origin = match by_referer.unwrap_or_else(|| {
         policy::origin::admit(
             req,

@@ -145,8 +145,13 @@ pub fn referer_origin(req: &RequestHeader) -> Option<http::HeaderValue> {
         return None;
     }
     let authority = rest.split(['/', '?', '#']).next()?;
-    let origin = format!("{scheme}://{authority}");
-    if authority.contains('@') || !well_formed(&origin) {
+    // Userinfo is not part of the origin: `https://app.example@evil.example/` is a page of
+    // evil.example (browsers never send userinfo; a hand-made header is read as a URL is).
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let origin = format!("{scheme}://{host}");
+    if !well_formed(&origin) {
         return None;
     }
     http::HeaderValue::from_str(&origin).ok()
@@ -362,6 +367,34 @@ mod tests {
         assert_eq!(
             admit(&r, &[], false, false, true).unwrap_err().reason,
             "origin_required"
+        );
+    }
+
+    #[test]
+    fn a_referer_names_its_host_not_its_userinfo() {
+        let origin = |referer: &str| {
+            referer_origin(&req(&[("referer", referer)])).map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            origin("https://app.example.com@evil.example/page").as_deref(),
+            Some("https://evil.example")
+        );
+        assert_eq!(
+            origin("https://a:b@app.example.com:8443/x?y#z").as_deref(),
+            Some("https://app.example.com:8443")
+        );
+        assert_eq!(
+            origin("https://evil.example/@app.example.com").as_deref(),
+            Some("https://evil.example")
+        );
+        assert_eq!(origin("https://@/"), None);
+        assert_eq!(origin("ftp://app.example.com/"), None);
+        let allow = vec!["https://app.example.com".to_owned()];
+        let r = req(&[("referer", "https://app.example.com@evil.example/")]);
+        assert_eq!(
+            admit_referer(&r, &allow, true).unwrap().unwrap_err().status,
+            403,
+            "judged as evil.example's page"
         );
     }
 }

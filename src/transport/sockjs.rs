@@ -52,6 +52,21 @@ pub fn requested(bridge: &Bridge, req: &pingora::http::RequestHeader) -> bool {
     !at_base || super::requested(req).is_none()
 }
 
+/// Whether `req` is a SockJS request that a browser makes as a `<script>`, iframe or form load
+/// (JSONP, its sends, htmlfile): one that may carry no `Origin`.
+pub fn script_load(bridge: &Bridge, req: &pingora::http::RequestHeader) -> bool {
+    let path = req.uri.path();
+    matches!(
+        frame::resource(bridge.base(path), path),
+        Some(Resource::Session {
+            transport: frame::Transport::HtmlFile
+                | frame::Transport::Jsonp
+                | frame::Transport::JsonpSend,
+            ..
+        })
+    )
+}
+
 pub async fn serve<D: Downstream>(
     down: &mut D,
     bridge: &Bridge,

@@ -1173,6 +1173,12 @@ async fn transports_that_cannot_show_an_origin_are_judged_by_their_referer() {
     origins: ["https://app.example"]
     clients: [sockjs]
     backend: {{ websocket: "ws://{b}/echo", forward_headers: [] }}
+  - name: authed
+    path: /authed
+    origins: ["https://app.example"]
+    clients: [sockjs]
+    auth: {{ url: "http://{b}/authorize", forward_headers: [cookie] }}
+    backend: {{ websocket: "ws://{b}/echo" }}
 "#
     );
     let gw = Gateway::start(&routes).await;
@@ -1201,6 +1207,43 @@ async fn transports_that_cannot_show_an_origin_are_judged_by_their_referer() {
     )
     .await;
     assert_eq!(r.body_text(), "/**/cb(\"o\");\r\n");
+    // Listed on a route that forwards credentials: a load that shows neither its page nor
+    // Sec-Fetch-Site could be any page's (the hostile pass got a visitor's cookie to the
+    // backend with it), so it is refused; one that says it is same-origin is served; a
+    // Referer's userinfo is not its host.
+    let listed = |headers: Vec<(&'static str, &'static str)>| {
+        let addr = gw.addr;
+        async move {
+            let path = format!("/listed/000/{}/jsonp?c=cb", session_id());
+            let mut all = headers;
+            all.push(("Cookie", "sid=victim"));
+            request(addr, "GET", &path, &all, b"").await
+        }
+    };
+    let r = listed(vec![]).await;
+    assert_eq!(r.status, 403, "{}", r.body_text());
+    assert!(r.body_text().contains("neither Referer nor Sec-Fetch-Site"));
+    assert_eq!(
+        listed(vec![("Sec-Fetch-Site", "same-origin")]).await.status,
+        200
+    );
+    assert_eq!(
+        listed(vec![("Referer", "https://app.example@evil.example/")])
+            .await
+            .status,
+        403
+    );
+    gw.wait_metric(
+        "switchyard_rejections_total{reason=\"origin_unknown\",route=\"listed\"}",
+        1.0,
+    )
+    .await;
+    // An `auth:` that is handed the visitor's cookie makes a route credential-forwarding too:
+    // JSONP and htmlfile are off there unless listed.
+    for t in ["jsonp?c=cb", "htmlfile?c=cb"] {
+        let r = request(gw.addr, "GET", &format!("/authed/000/{id}/{t}"), &page, b"").await;
+        assert_eq!(r.status, 404, "{t}");
+    }
     let r = request(
         gw.addr,
         "GET",

@@ -288,7 +288,11 @@ impl Validator<'_> {
                 "applies to routes with a feed (websocket, sse or clock backends)",
             );
         }
-        let sockjs = self.sockjs(at, raw, &clients, &backend, fanout);
+        let auth = raw
+            .auth
+            .as_ref()
+            .and_then(|a| self.auth(&format!("{at}.auth"), a));
+        let sockjs = self.sockjs(at, raw, &clients, &backend, fanout, auth.as_ref());
         let socketio = self.socketio(at, raw, &clients, &backend, fanout);
         let compression = self.compression(at, raw, &clients, sockjs.as_ref());
         Some(BridgeRoute {
@@ -304,10 +308,7 @@ impl Validator<'_> {
             socketio,
             compression,
             publish,
-            auth: raw
-                .auth
-                .as_ref()
-                .and_then(|a| self.auth(&format!("{at}.auth"), a)),
+            auth,
         })
     }
 
@@ -514,6 +515,7 @@ impl Validator<'_> {
         clients: &ClientTransports,
         backend: &BackendSpec,
         fanout: Fanout,
+        auth: Option<&Auth>,
     ) -> Option<SockJs> {
         if !clients.sockjs {
             if raw.sockjs.is_some() {
@@ -567,7 +569,7 @@ impl Validator<'_> {
         );
         // Routes that hand the client's credentials to the backend keep the transports that
         // cannot show their origin (JSONP's <script>, htmlfile's iframe) off unless listed.
-        let credentials = crate::config::model::forwards_credentials(backend, fanout);
+        let credentials = crate::config::model::forwards_credentials(backend, fanout, auth);
         let mut transports = SockJsTransports {
             websocket,
             xhr: true,
