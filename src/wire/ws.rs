@@ -359,13 +359,16 @@ pub enum Handshake {
     BadVersion,
     /// `Sec-WebSocket-Key` missing or not 16 bytes in base64: `400`.
     BadKey,
+    /// `Sec-WebSocket-Key` or `Sec-WebSocket-Version` more than once (RFC 6455 section 11.3.1
+    /// and 11.3.5 allow each once): `400`.
+    Repeated,
 }
 
 impl Handshake {
     pub fn status(self) -> u16 {
         match self {
             Self::NotGet => 405,
-            Self::NoConnectionUpgrade | Self::BadKey => 400,
+            Self::NoConnectionUpgrade | Self::BadKey | Self::Repeated => 400,
             Self::BadVersion => 426,
         }
     }
@@ -377,6 +380,7 @@ impl Handshake {
             Self::NoConnectionUpgrade => "ws_bad_handshake",
             Self::BadVersion => "ws_bad_version",
             Self::BadKey => "ws_bad_key",
+            Self::Repeated => "ws_repeated_header",
         }
     }
 
@@ -386,6 +390,7 @@ impl Handshake {
             Self::NoConnectionUpgrade => "WebSocket handshake without `Connection: Upgrade`",
             Self::BadVersion => "unsupported WebSocket version: this server speaks 13",
             Self::BadKey => "missing or malformed Sec-WebSocket-Key (16 random bytes, base64)",
+            Self::Repeated => "Sec-WebSocket-Key and Sec-WebSocket-Version may each appear once",
         }
     }
 
@@ -406,6 +411,14 @@ pub fn accept_key(req: &RequestHeader) -> Result<String, Handshake> {
     }
     if !header_has_token(req, "connection", "upgrade") {
         return Err(Handshake::NoConnectionUpgrade);
+    }
+    // Two keys are two handshakes: which one a backend behind a pass-through route would
+    // answer is anyone's guess.
+    if ["sec-websocket-key", "sec-websocket-version"]
+        .iter()
+        .any(|name| req.headers.get_all(*name).iter().nth(1).is_some())
+    {
+        return Err(Handshake::Repeated);
     }
     let version = req
         .headers

@@ -375,6 +375,17 @@ async fn bad_pass_through_handshakes_are_answered_at_the_edge() {
     let mut no_key = ws_handshake(&[]);
     no_key.retain(|(k, _)| *k != "sec-websocket-key");
     assert_eq!(http_get(gw.addr, "/api/ws", &no_key).await.status, 400);
+    // RFC 6455 section 11.3.1 and 11.3.5: each once. Two keys are two handshakes, and which
+    // one the backend would answer is anyone's guess (the hostile pass saw both forwarded).
+    for (name, value) in [
+        ("sec-websocket-key", "x3JJHMbDL1EzLkh9GBhXDw=="),
+        ("sec-websocket-version", "13"),
+    ] {
+        let r = http_get(gw.addr, "/api/ws", &ws_handshake(&[(name, value)])).await;
+        assert_eq!(r.status, 400, "{name} twice: {}", r.body_text());
+        let r = http_get(gw.addr, "/clock", &ws_handshake(&[(name, value)])).await;
+        assert_eq!(r.status, 400, "{name} twice, terminated: {}", r.body_text());
+    }
     let r = http_request(
         gw.addr,
         "POST",
@@ -389,6 +400,11 @@ async fn bad_pass_through_handshakes_are_answered_at_the_edge() {
             .load(std::sync::atomic::Ordering::SeqCst),
         0
     );
+    gw.wait_metric(
+        "switchyard_rejections_total{reason=\"ws_repeated_header\",route=\"api\"}",
+        2.0,
+    )
+    .await;
     still_serves(&gw).await;
 }
 
