@@ -148,7 +148,7 @@ impl Head {
             began,
             client,
             method: req.method.as_str().to_owned(),
-            path: cut(req.uri.path().to_owned(), MAX_PATH),
+            path: cut(logged_path(req.uri.path(), transport), MAX_PATH),
             protocol,
             referer: header("referer").map(|r| {
                 let end = r.find(['?', '#']).unwrap_or(r.len());
@@ -158,6 +158,23 @@ impl Head {
             transport,
         }))
     }
+}
+
+/// The path as logged: a SockJS session URL (`BASE/SERVER/SESSION/TRANSPORT`) with its session
+/// id masked, since whoever reads the log could otherwise send into or read a live session
+/// from the same address.
+fn logged_path(path: &str, transport: &str) -> String {
+    if transport == "sockjs" {
+        let parts: Vec<&str> = path.split('/').collect();
+        if parts.len() >= 4 {
+            let n = parts.len();
+            let mut masked = parts[..n - 2].join("/");
+            masked.push_str("/-/");
+            masked.push_str(parts[n - 1]);
+            return masked;
+        }
+    }
+    path.to_owned()
 }
 
 /// `s` cut to at most `max` bytes (at a character boundary), marked with `...` when cut.
@@ -207,6 +224,10 @@ struct Sink {
 static SINK: ArcSwapOption<Sink> = ArcSwapOption::const_empty();
 /// Estimated bytes of the records queued now (see [`ACCESS_LOG_QUEUE_BYTES`]).
 static QUEUED_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Lines queued since start, and lines the writers are done with (written or dropped): what
+/// [`flush`] waits on.
+static QUEUED: AtomicU64 = AtomicU64::new(0);
+static DONE: AtomicU64 = AtomicU64::new(0);
 /// Set by [`start`]: writers are started at once from then on.
 static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// Writers configured before [`start`] (before a daemon's fork, when no thread may be made):
@@ -234,13 +255,70 @@ pub fn submit(record: Record) {
         metrics::ACCESS_LOG_DROPPED.inc();
         return;
     }
+    QUEUED.fetch_add(1, Ordering::SeqCst);
     match sink.tx.try_send(Box::new(record)) {
         Ok(()) => {}
         Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
             QUEUED_BYTES.fetch_sub(weight, Ordering::Relaxed);
             metrics::ACCESS_LOG_DROPPED.inc();
+            DONE.fetch_add(1, Ordering::SeqCst);
         }
     }
+}
+
+/// Waits up to `within` for every line queued so far to be written (at exit: lines a slow disk
+/// or pipe held back are not lost with the process while the shutdown grace lasts). True when
+/// none is left.
+pub fn flush(within: Duration) -> bool {
+    let target = QUEUED.load(Ordering::SeqCst);
+    let until = Instant::now() + within;
+    while DONE.load(Ordering::SeqCst) < target {
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Logs a request head refused before it could be read as a request (pingora answers it `400`
+/// before any hook runs): a probe with a control byte in a header, a non-UTF-8 target or a
+/// garbage request line is seen in the log, with what can be told of it.
+pub fn refused_head(client: Option<IpAddr>, began: (SystemTime, Instant), method: &[u8]) {
+    if !enabled() {
+        return;
+    }
+    let method: String = method
+        .iter()
+        .take(16)
+        .map(|&b| if b.is_ascii_graphic() { b as char } else { '_' })
+        .collect();
+    submit(Record {
+        head: Box::new(Head {
+            time: began.0,
+            began: began.1,
+            client,
+            method: if method.is_empty() {
+                "-".into()
+            } else {
+                method
+            },
+            path: "-".into(),
+            protocol: "HTTP/1.1",
+            referer: None,
+            user_agent: None,
+            transport: "http",
+        }),
+        route: "-".into(),
+        status: Some(400),
+        duration: began.1.elapsed(),
+        bytes_in: 0,
+        bytes_out: 0,
+        notes: Notes {
+            refused: Some("bad_head"),
+            stream: None,
+        },
+    });
 }
 
 /// Puts `config` in force: the log starts, stops, or moves to a new format or destination (a
@@ -392,6 +470,7 @@ fn write_loop(
                     }
                 }
             }
+            DONE.fetch_add(lines, Ordering::SeqCst);
             buf.clear();
             if buf.capacity() > 4 * WRITE_BUFFER {
                 buf.shrink_to(WRITE_BUFFER);

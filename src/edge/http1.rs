@@ -110,6 +110,33 @@ impl PlainHead {
     }
 }
 
+/// Whether pingora will refuse `bytes` outright as a request head (`400` before any hook): they
+/// do not parse as HTTP/1, or its method or target cannot be a request's. Returns the method's
+/// bytes (for the log) when so. A head cut short is not refused here: the client left.
+pub fn malformed(bytes: &[u8]) -> Option<&[u8]> {
+    let mut fields = [httparse::EMPTY_HEADER; 256];
+    let mut req = httparse::Request::new(&mut fields);
+    let end = bytes
+        .iter()
+        .position(|c| *c == b' ')
+        .unwrap_or(bytes.len().min(16));
+    let method = &bytes[..end];
+    match req.parse(bytes) {
+        Err(httparse::Error::TooManyHeaders) => None,
+        Err(_) => Some(method),
+        Ok(httparse::Status::Partial) => None,
+        Ok(httparse::Status::Complete(_)) => {
+            let method_ok = req
+                .method
+                .is_some_and(|m| http::Method::from_bytes(m.as_bytes()).is_ok());
+            let target_ok = req
+                .path
+                .is_some_and(|p| http::Uri::try_from(p.as_bytes()).is_ok());
+            (!method_ok || !target_ok).then_some(method)
+        }
+    }
+}
+
 /// Parses a plain head again into a request value (for a path that needs one).
 pub fn full_head(bytes: BytesMut) -> Head {
     match parse(&bytes, true) {

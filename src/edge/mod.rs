@@ -254,6 +254,12 @@ where
                 }
                 Next::Pingora { replay, rest } => {
                     carry = rest;
+                    if crate::access_log::enabled() {
+                        if let Some(method) = http1::malformed(&replay) {
+                            let now = (std::time::SystemTime::now(), std::time::Instant::now());
+                            crate::access_log::refused_head(client.ip, now, method);
+                        }
+                    }
                     let Some(back) = Box::pin(self.to_pingora(io, replay, &shutdown)).await else {
                         return;
                     };

@@ -52,6 +52,14 @@ impl pingora::services::background::BackgroundService for DrainOnShutdown {
         } else {
             log::info!("drained; exiting");
         }
+        // Access log lines still queued (a slow disk or pipe) get what is left of the grace,
+        // and at least a moment.
+        let rest = until.saturating_duration_since(tokio::time::Instant::now());
+        let within = rest.max(std::time::Duration::from_millis(200));
+        // Blocking this thread is fine: the process ends right after.
+        if !crate::access_log::flush(within) {
+            log::warn!("exiting with access log lines not yet written");
+        }
         std::process::exit(0);
     }
 }

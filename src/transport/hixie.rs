@@ -7,6 +7,7 @@
 //! it back until they see the answer), then the 16-byte challenge answer.
 
 use super::Downstream;
+use crate::access_log::{Closer, StreamEnd};
 use crate::bridge::session::{EndReason, Outgoing, BYTE_BUDGET_MESSAGES};
 use crate::bridge::{held as sessions, Bridge, Delivery};
 use crate::config::{Fanout, SockJs};
@@ -92,7 +93,18 @@ pub async fn serve<D: Downstream>(
     down.write_response_body(Some(Bytes::copy_from_slice(&answer)), false)
         .await?;
     let _open = metrics::OpenConnection::new(route, LABEL);
-    let end = Box::pin(run(down, bridge, opts, &mut feed, decoder)).await;
+    let mut tally = Tally::default();
+    let (end, by) = Box::pin(run(down, bridge, opts, &mut feed, decoder, &mut tally)).await;
+    down.stream_ended(StreamEnd {
+        transport: "sockjs-hixie76",
+        messages_in: tally.messages_in,
+        bytes_in: tally.bytes_in,
+        messages_out: tally.messages_out,
+        bytes_out: tally.bytes_out,
+        // The 2010 draft has no close codes: SockJS's `c[code, ...]` frame carries one.
+        close_code: end.as_ref().map(|(code, _)| *code),
+        closed_by: Some(by),
+    });
     if let Some((code, reason)) = end {
         down.set_write_timeout(Some(Duration::from_secs(5)));
         let c = hixie76::text_frame(&frame::close_frame(code, &reason));
@@ -111,18 +123,43 @@ pub async fn serve<D: Downstream>(
     Ok(())
 }
 
-/// The session until either side ends it; the close to tell the client, if any.
+/// What a stream carried, for its access log line.
+#[derive(Default)]
+struct Tally {
+    messages_in: u64,
+    bytes_in: u64,
+    messages_out: u64,
+    bytes_out: u64,
+}
+
+/// The session until either side ends it: the close to tell the client, if any, and who ended
+/// it.
 async fn run<D: Downstream>(
     down: &mut D,
     bridge: &Bridge,
     opts: &SockJs,
     feed: &mut sessions::Feed,
+    decoder: Decoder,
+    tally: &mut Tally,
+) -> (Option<(u16, String)>, Closer) {
+    let mut delivered = metrics::Delivered::new(&bridge.route.name, LABEL);
+    let ended = pump(down, bridge, opts, feed, decoder, tally, &mut delivered).await;
+    (tally.messages_out, tally.bytes_out) = delivered.totals();
+    ended
+}
+
+async fn pump<D: Downstream>(
+    down: &mut D,
+    bridge: &Bridge,
+    opts: &SockJs,
+    feed: &mut sessions::Feed,
     mut decoder: Decoder,
-) -> Option<(u16, String)> {
+    tally: &mut Tally,
+    delivered: &mut metrics::Delivered,
+) -> (Option<(u16, String)>, Closer) {
     let route = bridge.route.name.as_str();
     let budget = BYTE_BUDGET_MESSAGES * bridge.route.limits.max_message as usize;
     let messages_in = metrics::MESSAGES.with_label_values(&[route, LABEL, "in"]);
-    let mut delivered = metrics::Delivered::new(route, LABEL);
     let mut queued: VecDeque<Outgoing> = VecDeque::new();
     let mut queued_bytes = 0usize;
     let mut beat = tokio::time::interval(opts.heartbeat);
@@ -134,7 +171,7 @@ async fn run<D: Downstream>(
         .await
         .is_err()
     {
-        return None;
+        return (None, Closer::Client);
     }
     // What the decoder holds already (sent right behind key3) is read first.
     let mut pending = true;
@@ -146,7 +183,7 @@ async fn run<D: Downstream>(
                     pending = true;
                     continue;
                 }
-                _ => return None,
+                _ => return (None, Closer::Client),
             },
             _ = std::future::ready(()), if pending => {
                 pending = false;
@@ -155,7 +192,11 @@ async fn run<D: Downstream>(
                         Ok(None) => break,
                         Ok(Some(Incoming::Text(t))) => {
                             // Broken framing ends the socket at once, as the reference does.
-                            let list = frame::parse_ws_messages(&t, super::inbound::MAX_MESSAGES_PER_POST)?;
+                            let Some(list) = frame::parse_ws_messages(&t, super::inbound::MAX_MESSAGES_PER_POST) else {
+                                return (None, Closer::Gateway);
+                            };
+                            tally.messages_in += list.len() as u64;
+                            tally.bytes_in += list.iter().map(|m| m.len() as u64).sum::<u64>();
                             if feed.link.uplink.is_none() {
                                 messages_in.inc_by(list.len() as u64);
                                 continue;
@@ -166,9 +207,9 @@ async fn run<D: Downstream>(
                                 queued.push_back(Outgoing { payload: Bytes::from(m), binary: false, done: None });
                             }
                         }
-                        Ok(Some(Incoming::Close)) => return None,
-                        Err(hixie76::Violation::TooBig) => return Some((1009, "Message too big".into())),
-                        Err(hixie76::Violation::Malformed) => return None,
+                        Ok(Some(Incoming::Close)) => return (None, Closer::Client),
+                        Err(hixie76::Violation::TooBig) => return (Some((1009, "Message too big".into())), Closer::Gateway),
+                        Err(hixie76::Violation::Malformed) => return (None, Closer::Gateway),
                     }
                 }
                 continue;
@@ -190,7 +231,7 @@ async fn run<D: Downstream>(
             d = feed.consumer.next() => match d {
                 Delivery::Message(m) => {
                     let drop_binary = bridge.spec.binary == crate::config::BinaryPolicy::Drop;
-                    let Some(burst) = super::gather_burst(&m, &mut feed.consumer, &mut delivered, |m| {
+                    let Some(burst) = super::gather_burst(&m, &mut feed.consumer, delivered, |m| {
                         (!(m.binary && drop_binary)).then(|| m.sockjs())
                     }) else {
                         continue;
@@ -198,17 +239,17 @@ async fn run<D: Downstream>(
                     hixie76::text_frame(&frame::array_frame(burst.parts().iter().map(|b| &b[..])))
                 }
                 Delivery::Dropped(_) => continue,
-                Delivery::TooSlow => return Some((1008, "Too slow: fell behind the feed".into())),
+                Delivery::TooSlow => return (Some((1008, "Too slow: fell behind the feed".into())), Closer::Gateway),
                 Delivery::BackendGone(_) if bridge.spec.fanout == Fanout::Shared => continue,
-                Delivery::BackendGone(g) => return Some((g.code, g.reason.clone())),
-                Delivery::Closed => return Some((1001, "Route removed".into())),
+                Delivery::BackendGone(g) => return (Some((g.code, g.reason.clone())), Closer::Backend),
+                Delivery::Closed => return (Some((1001, "Route removed".into())), Closer::Gateway),
             },
             _ = beat.tick() => hixie76::text_frame(frame::HEARTBEAT),
-            _ = &mut closing => return Some((1001, "Server shutting down".into())),
+            _ = &mut closing => return (Some((1001, "Server shutting down".into())), Closer::Gateway),
         };
         delivered.bytes(out.len());
         if down.write_response_body(Some(out), false).await.is_err() {
-            return None;
+            return (None, Closer::Client);
         }
     }
 }

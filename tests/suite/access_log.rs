@@ -374,3 +374,171 @@ async fn a_stalled_writer_drops_lines_and_never_blocks_clients() {
         "dropped {dropped}, written {written}"
     );
 }
+
+/// Heads refused before they are requests (the hostile pass: probing left no line): a control
+/// byte in a header, a bare CR, a non-UTF-8 target, a garbage request line each get `400` and
+/// a line with `refused: bad_head`; the gateway keeps serving.
+#[tokio::test]
+async fn heads_refused_before_any_route_are_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("access.log");
+    let gw = Gateway::start_with(
+        "  - name: clock\n    path: /clock\n    backend: { builtin: clock }\n",
+        &access_log("json", &file),
+    )
+    .await;
+    let probes: [&[u8]; 4] = [
+        b"GET /clock HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n",
+        b"GET /clock HTTP/1.1\r\nHost: x\rX-A: b\r\n\r\n",
+        b"GET /cl\xffock HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x16\x03\x01garbage\r\n\r\n",
+    ];
+    for probe in probes {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(probe).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut answer))
+            .await
+            .expect("answered")
+            .ok();
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 400"), "{probe:?} -> {text}");
+    }
+    let lines = lines_where(&file, 4, |l| l.contains("bad_head")).await;
+    let v = json_lines(&lines);
+    let refused: Vec<_> = v.iter().filter(|v| v["refused"] == "bad_head").collect();
+    assert_eq!(refused.len(), 4, "{v:#?}");
+    for r in &refused {
+        assert_eq!(r["status"], 400);
+        assert_eq!(r["client"], "127.0.0.1");
+        assert_eq!(r["route"], "-");
+    }
+    assert_eq!(refused[0]["method"], "GET");
+    assert_eq!(
+        refused[3]["method"], "___garbage____",
+        "control bytes do not reach the log"
+    );
+    let r = http_get(gw.addr, "/clock?transport=poll", &[]).await;
+    assert_eq!(r.status, 200);
+}
+
+/// Lines still queued when the process exits are written within the shutdown grace: the log is
+/// a pipe nobody reads while requests come in (so lines queue behind a blocked write), the
+/// gateway is asked to stop, and only then is the pipe read. Every request has its line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_queued_at_exit_are_written_within_the_grace() {
+    use std::os::unix::fs::OpenOptionsExt;
+    const REQUESTS: usize = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("access.pipe");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // A reader end that reads nothing yet (so the gateway's open does not wait for one).
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let api = HttpBackend::start("api").await;
+    let mut gw = Gateway::start_with(
+        &format!(
+            "  - name: api\n    path: /api\n    proxy: {{ upstreams: [\"{}\"] }}\n",
+            api.addr
+        ),
+        &access_log("json", &fifo),
+    )
+    .await;
+    let long = format!("/api/{}", "p".repeat(400));
+    let served = keepalive_gets(gw.addr, &long, REQUESTS).await;
+    assert_eq!(served, REQUESTS);
+    gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Now read everything, until the gateway is gone and the pipe ends.
+    let read = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 65536];
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            match reader.read(&mut chunk) {
+                Ok(0) => return all,
+                Ok(n) => all.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < until, "the pipe never ended");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    });
+    let status = gw.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.is_some_and(|s| s.success()), "{}", gw.log());
+    let all = read.await.unwrap();
+    let lines = String::from_utf8_lossy(&all)
+        .lines()
+        .filter(|l| l.contains("\"route\":\"api\""))
+        .count();
+    assert_eq!(lines, REQUESTS, "{}", gw.log());
+}
+
+/// SockJS in the log: a session URL's id is masked (whoever reads the log could otherwise use a
+/// live session from the same address), and a Hixie-76 stream has its line with what it
+/// carried and who ended it.
+#[tokio::test]
+async fn sockjs_lines_mask_session_ids_and_hixie76_streams_have_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("access.log");
+    let gw = Gateway::start_with(
+        "  - name: echo\n    path: /echo\n    origins: [\"*\"]\n    clients: [sockjs]\n    backend: { builtin: echo }\n",
+        &access_log("json", &file),
+    )
+    .await;
+    let sid = "s3cr3tsessi0n";
+    let r =
+        crate::common::sockjs::request(gw.addr, "POST", &format!("/echo/000/{sid}/xhr"), &[], b"")
+            .await;
+    assert_eq!(r.body_text(), "o\n");
+
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "GET /echo/000/hixiesession/websocket HTTP/1.1\r\nHost: {a}\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\nOrigin: http://{a}\r\nSec-WebSocket-Key1: 4 @1  46546xW%0l 1 5\r\nSec-WebSocket-Key2: 12998 5 Y3 1  .P00\r\n\r\n",
+        a = gw.addr
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut b = [0u8; 1024];
+        let n = s.read(&mut b).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&b[..n]);
+    }
+    s.write_all(b"aaaaaaaa").await.unwrap();
+    let mut answer = [0u8; 19];
+    s.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer[16..], b"\x00o\xff");
+    s.write_all(b"\x00[\"hi\"]\xff").await.unwrap();
+    let mut echo = [0u8; 9];
+    s.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"\x00a[\"hi\"]\xff");
+    drop(s);
+
+    let lines = lines_where(&file, 1, |l| l.contains("sockjs-hixie76")).await;
+    let v = json_lines(&lines);
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains(sid) || l.contains("hixiesession")),
+        "{lines:#?}"
+    );
+    let xhr = find(&v, |v| v["path"] == "/echo/000/-/xhr");
+    assert_eq!(xhr["status"], 200);
+    let hixie = find(&v, |v| v["transport"] == "sockjs-hixie76");
+    assert_eq!(hixie["path"], "/echo/000/-/websocket");
+    assert_eq!(hixie["status"], 101);
+    assert_eq!(hixie["messages_in"], 1);
+    assert!(hixie["messages_out"].as_u64().unwrap() >= 1, "{hixie}");
+    assert_eq!(hixie["closed_by"], "client");
+}
