@@ -70,7 +70,7 @@ fn validate_refuses_structural_mistakes_with_reasons() {
 fn every_config_in_the_repository_validates() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut configs = vec![root.join("gateway.yaml")];
-    for dir in ["deploy", "examples"] {
+    for dir in ["deploy", "deploy/compose", "examples"] {
         if let Ok(entries) = std::fs::read_dir(root.join(dir)) {
             for e in entries.flatten() {
                 let p = e.path();
@@ -97,4 +97,67 @@ fn help_and_version() {
     let (code, out, _) = switchyard(&["--version"]);
     assert_eq!(code, 0);
     assert!(out.starts_with(&format!("switchyard {}", env!("CARGO_PKG_VERSION"))));
+}
+
+/// `rust-version` in Cargo.toml is at least what every locked dependency declares, so a
+/// toolchain it admits can build the lock (it said 1.85 while pingora's parking_lot needs 1.95).
+#[test]
+fn rust_version_covers_the_locked_dependencies() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let version = |text: &str| -> Option<(u32, u32)> {
+        let line = text
+            .lines()
+            .take_while(|l| !l.starts_with('[') || l.starts_with("[package]"))
+            .find(|l| l.starts_with("rust-version"))?;
+        let v = line.split('"').nth(1)?;
+        let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+        Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
+    };
+    let ours = version(&std::fs::read_to_string(root.join("Cargo.toml")).unwrap())
+        .expect("Cargo.toml has a rust-version");
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap()).join(".cargo"));
+    let registries: Vec<_> = std::fs::read_dir(home.join("registry/src"))
+        .expect("the registry's sources (the build fetched them)")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
+    let (mut checked, mut needs) = (0, Vec::new());
+    for block in lock.split("[[package]]").skip(1) {
+        let field = |k: &str| {
+            block
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{k} = \"")))
+                .map(|v| v.trim_end_matches('"').to_owned())
+        };
+        let (Some(name), Some(ver)) = (field("name"), field("version")) else {
+            continue;
+        };
+        if field("source").is_none() {
+            continue;
+        }
+        let manifest = registries
+            .iter()
+            .map(|r| r.join(format!("{name}-{ver}/Cargo.toml")))
+            .find(|p| p.exists());
+        let Some(manifest) = manifest else { continue };
+        checked += 1;
+        if let Some(v) = version(&std::fs::read_to_string(manifest).unwrap()) {
+            if v > ours {
+                needs.push(format!("{name} {ver} needs {}.{}", v.0, v.1));
+            }
+        }
+    }
+    assert!(
+        checked > 100,
+        "only {checked} locked crates were found to check"
+    );
+    assert!(
+        needs.is_empty(),
+        "rust-version {}.{} is below: {needs:?}",
+        ours.0,
+        ours.1
+    );
 }
