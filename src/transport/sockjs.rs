@@ -844,6 +844,9 @@ async fn send<D: Downstream>(
     // Checked before the session, as the reference server does.
     let messages = match frame::parse_messages(&payload, super::inbound::MAX_MESSAGES_PER_POST) {
         Ok(m) => m,
+        Err(e @ frame::BodyError::TooMany) => {
+            return fail(down, route, 413, "too_many_messages", e.message()).await
+        }
         Err(e) => return fail(down, route, 500, "bad_body", e.message()).await,
     };
     let Some(s) = find(down, bridge, id).filter(|s| s.closed().is_none()) else {

@@ -355,6 +355,8 @@ pub enum BodyError {
     Empty,
     /// Not JSON, or an array with something else than strings.
     Broken,
+    /// An array of more messages than one send may carry.
+    TooMany,
 }
 
 impl BodyError {
@@ -362,12 +364,13 @@ impl BodyError {
         match self {
             Self::Empty => "Payload expected.",
             Self::Broken => "Broken JSON encoding.",
+            Self::TooMany => "Too many messages in one send.",
         }
     }
 }
 
 /// The messages of an HTTP send (`xhr_send`, `jsonp_send`): a JSON array of strings, at most
-/// `max_messages` of them (more is [`BodyError::Broken`]).
+/// `max_messages` of them (more is [`BodyError::TooMany`]).
 pub fn parse_messages(body: &[u8], max_messages: usize) -> Result<Vec<String>, BodyError> {
     if body.is_empty() {
         return Err(BodyError::Empty);
@@ -380,7 +383,7 @@ pub fn parse_messages(body: &[u8], max_messages: usize) -> Result<Vec<String>, B
                 _ => Err(BodyError::Broken),
             })
             .collect(),
-        serde_json::Value::Array(_) => Err(BodyError::Broken),
+        serde_json::Value::Array(_) => Err(BodyError::TooMany),
         _ => Err(BodyError::Empty),
     }
 }
@@ -554,7 +557,7 @@ mod tests {
         assert_eq!(parse_messages(b"", 10), Err(BodyError::Empty));
         assert_eq!(parse_messages(b"[\"a", 10), Err(BodyError::Broken));
         assert_eq!(parse_messages(b"[1]", 10), Err(BodyError::Broken));
-        assert_eq!(parse_messages(br#"["a","b"]"#, 1), Err(BodyError::Broken));
+        assert_eq!(parse_messages(br#"["a","b"]"#, 1), Err(BodyError::TooMany));
         assert_eq!(
             jsonp_payload(
                 "application/x-www-form-urlencoded",
