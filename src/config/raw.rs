@@ -33,6 +33,9 @@ pub struct RawServer {
     /// One line per request and per finished stream; off when absent.
     #[serde(default)]
     pub access_log: Option<RawAccessLog>,
+    /// The kernel send buffer of each client connection (`SO_SNDBUF`).
+    #[serde(default)]
+    pub client_send_buffer: Option<Scalar>,
 }
 
 /// `server.admin_auth:`: `{ token, allow: [CIDR, ...] }`, either or both.

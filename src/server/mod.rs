@@ -315,6 +315,13 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
         config.server.accept_rate,
         config.server.accept_burst,
     )));
+    // A client that stops reading fills its send buffer before any write waits; a bounded one
+    // makes the write deadline fire sooner and caps what a stalled client pins in the kernel.
+    let socket = config.server.client_send_buffer.map(|n| {
+        let mut options = pingora::listeners::TcpSocketOptions::default();
+        options.tcp_snd_buf = Some(n);
+        options
+    });
     for l in &config.server.listen {
         let addr = l.addr.to_string();
         match &l.tls {
@@ -322,16 +329,21 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
             // connection read into buffers of their own, and a 64 KiB one per connection is
             // the largest thing an idle stream would otherwise hold. TLS keeps pingora's
             // default, so record reads stay few.
-            None => proxy.add_listener(
-                ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0)),
-            ),
+            None => {
+                let mut listener =
+                    ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0));
+                if let Some(options) = &socket {
+                    listener = listener.tcp_socket_options(options.clone());
+                }
+                proxy.add_listener(listener)
+            }
             Some(tls) => {
                 let cert = tls.cert.to_string_lossy();
                 let key = tls.key.to_string_lossy();
                 let mut settings = TlsSettings::intermediate(&cert, &key)
                     .map_err(|e| anyhow::anyhow!("TLS listener {addr}: {e}"))?;
                 settings.enable_h2();
-                proxy.add_tls_with_settings(&addr, None, settings);
+                proxy.add_tls_with_settings(&addr, socket.clone(), settings);
             }
         }
     }

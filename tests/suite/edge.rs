@@ -971,3 +971,35 @@ async fn malformed_bodies_are_counted_and_logged_once() {
     assert_eq!(log.matches("refused 400 bad_request").count(), 1, "{log}");
     still_serves(&gw).await;
 }
+
+/// `server.client_send_buffer` sets `SO_SNDBUF` on accepted client connections (the kernel
+/// reports twice the value, its bookkeeping share): read back with `ss` on a live connection.
+/// Without it the kernel starts a connection at `tcp_wmem`'s default (16 KiB here) and grows
+/// it up to 4 MiB for a client that stops reading.
+#[tokio::test]
+async fn client_send_buffer_bounds_each_client_socket() {
+    let gw = Gateway::start_with(CLOCK, "  client_send_buffer: 96KiB\n").await;
+    let mut sse = SseReader::open(gw.addr, "/clock", &[]).await;
+    sse.next_data_event().await;
+    let out = std::process::Command::new("ss")
+        .args([
+            "-tmnH",
+            "state",
+            "established",
+            &format!("( sport = :{} )", gw.addr.port()),
+        ])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tb: Vec<u64> = text
+        .split("tb")
+        .skip(1)
+        .filter_map(|rest| rest.split(',').next()?.parse().ok())
+        .collect();
+    assert!(!tb.is_empty(), "no gateway-side socket in: {text}");
+    assert!(
+        tb.iter().all(|&b| b == 2 * 96 * 1024),
+        "send buffers {tb:?}: {text}"
+    );
+    still_serves(&gw).await;
+}

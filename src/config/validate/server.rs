@@ -124,6 +124,22 @@ impl Validator<'_> {
             },
         };
         let access_log = s.access_log.as_ref().map(|a| self.access_log(a));
+        let client_send_buffer = s.client_send_buffer.as_ref().and_then(|v| {
+            match super::super::units::parse_size(&v.0) {
+                Ok(n) if (4 << 10..=64 << 20).contains(&n) => Some(n as usize),
+                Ok(n) => {
+                    self.err(
+                        "server.client_send_buffer",
+                        format!("client_send_buffer must be between 4KiB and 64MiB, got {n}"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.err("server.client_send_buffer", e);
+                    None
+                }
+            }
+        });
         ServerConfig {
             listen,
             admin,
@@ -136,6 +152,7 @@ impl Validator<'_> {
             memory,
             watch_config: s.watch_config.unwrap_or(false),
             access_log,
+            client_send_buffer,
         }
     }
 
