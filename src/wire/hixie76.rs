@@ -21,7 +21,7 @@ fn key_number(key: &str) -> Option<u32> {
     let digits: String = key.chars().filter(char::is_ascii_digit).collect();
     let spaces = key.chars().filter(|c| *c == ' ').count() as u64;
     let n: u64 = digits.parse().ok()?;
-    if spaces == 0 || n % spaces != 0 {
+    if spaces == 0 || !n.is_multiple_of(spaces) {
         return None;
     }
     u32::try_from(n / spaces).ok()
