@@ -171,7 +171,9 @@ pub fn load_str(text: &str, base_dir: &Path, source: &str) -> Result<Config, Con
     let doc: Value = serde_yaml::from_str(text).map_err(|e| {
         fail(vec![ConfigError {
             path: String::new(),
-            line: e.location().map(|l| l.line()),
+            // The end of a text without a final line break is marked on the line after it:
+            // point at the text's last line instead.
+            line: e.location().map(|l| l.line().min(yaml_lines(text))),
             message: format!("not valid YAML: {e}"),
         }])
     })?;
@@ -374,9 +376,29 @@ fn remove_key(node: &mut Value, path: &[serde_path_to_error::Segment], key: &str
     }
 }
 
+/// How many lines YAML sees in `text`: LF, CR and CRLF each end one.
+fn yaml_lines(text: &str) -> usize {
+    1 + text.matches('\n').count() + text.matches('\r').count() - text.matches("\r\n").count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `config` fuzz target: YAML cut short on its only line was reported on
+    /// line 2, a line the file does not have.
+    #[test]
+    fn a_yaml_error_at_the_end_points_at_a_line_of_the_text() {
+        for (text, line) in [
+            ("&se [", 1),
+            ("a: [", 1),
+            ("a: 1\nb: [", 2),
+            ("a: 1\rb: [", 2),
+        ] {
+            let e = load_str(text, Path::new("."), "t.yaml").unwrap_err();
+            assert_eq!(e.errors[0].line, Some(line), "{text:?}: {e}");
+        }
+    }
 
     const BAD: &str = r#"
 server:
