@@ -483,6 +483,14 @@ pub static ACCESS_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static CLUSTER_MASTER_CHANGES: LazyLock<IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "switchyard_cluster_master_changes_total",
+        "Times the cluster moved to another Redis master that Sentinel named (only with `cluster.sentinel`)"
+    )
+    .expect("metric registers once")
+});
+
 pub static CLUSTER_UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "switchyard_cluster_up",

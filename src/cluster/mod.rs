@@ -27,7 +27,7 @@ pub mod held;
 pub mod sessions;
 pub mod stream;
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, RedisAt, SentinelConfig};
 use crate::metrics;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -68,12 +68,28 @@ pub fn get() -> Option<&'static Arc<Cluster>> {
 pub fn init(cfg: &ClusterConfig) -> anyhow::Result<&'static Arc<Cluster>> {
     // rediss:// needs a rustls provider; the listeners' TLS uses the same one (ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = redis::Client::open(cfg.redis.as_str())
-        .map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?;
+    let (client, sentinel) = match &cfg.redis {
+        RedisAt::Url(url) => (
+            redis::Client::open(url.as_str()).map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?,
+            None,
+        ),
+        RedisAt::Sentinel(s) => {
+            let sentinel =
+                sentinel_client(s).map_err(|e| anyhow::anyhow!("cluster.sentinel: {e}"))?;
+            // Until a Sentinel names the master, commands go nowhere (local mode); the
+            // heartbeat asks at once.
+            let nowhere = redis::Client::open("redis://127.0.0.1:1/")
+                .map_err(|e| anyhow::anyhow!("cluster.sentinel: {e}"))?;
+            (nowhere, Some(tokio::sync::Mutex::new(sentinel)))
+        }
+    };
     let cluster = Arc::new(Cluster {
         cfg: cfg.clone(),
-        client,
-        manager: tokio::sync::OnceCell::new(),
+        client: arc_swap::ArcSwap::from_pointee(client),
+        sentinel,
+        master: std::sync::Mutex::new(None),
+        master_epoch: std::sync::atomic::AtomicU64::new(0),
+        manager: arc_swap::ArcSwapOption::empty(),
         up: tokio::sync::watch::Sender::new(false),
         sessions: sessions::Registry::default(),
         held_sessions: held::HeldRegistry::default(),
@@ -82,6 +98,40 @@ pub fn init(cfg: &ClusterConfig) -> anyhow::Result<&'static Arc<Cluster>> {
         .with_label_values(&[cfg.node.as_str()])
         .set(0);
     Ok(CLUSTER.get_or_init(|| cluster))
+}
+
+/// A Sentinel client for `s`'s master, with its credentials and TLS.
+fn sentinel_client(s: &SentinelConfig) -> redis::RedisResult<redis::sentinel::SentinelClient> {
+    use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+    let addrs = s.addrs.iter().map(|(host, port)| {
+        if s.tls {
+            redis::ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port: *port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            redis::ConnectionAddr::Tcp(host.clone(), *port)
+        }
+    });
+    let mut b = SentinelClientBuilder::new(addrs, s.master.clone(), SentinelServerType::Master)?
+        .set_client_to_redis_db(s.db);
+    if s.tls {
+        b = b
+            .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+            .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+    }
+    if let Some(u) = &s.username {
+        b = b.set_client_to_redis_username(u);
+    }
+    if let Some(p) = &s.password {
+        b = b.set_client_to_redis_password(p);
+    }
+    if let Some(p) = &s.sentinel_password {
+        b = b.set_client_to_sentinel_password(p);
+    }
+    b.build()
 }
 
 /// The cluster's clock as a hub seq: Redis's time in milliseconds since [`CLOCK_EPOCH_MS`],
@@ -96,10 +146,17 @@ pub fn clock_seq() -> u64 {
 
 pub struct Cluster {
     pub cfg: ClusterConfig,
-    client: redis::Client,
+    /// The Redis commands go to: the configured one, or the master Sentinel named last.
+    client: arc_swap::ArcSwap<redis::Client>,
+    /// With `cluster.sentinel`: asks the Sentinels where the master is.
+    sentinel: Option<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
+    /// The master's address as Sentinel last named it.
+    master: std::sync::Mutex<Option<String>>,
+    /// Bumped when the master moves: blocking readers reconnect.
+    master_epoch: std::sync::atomic::AtomicU64,
     /// Commands (leases, appends, backfills) share one multiplexed connection that reconnects
-    /// by itself; blocking reads have connections of their own.
-    manager: tokio::sync::OnceCell<ConnectionManager>,
+    /// by itself; blocking reads have connections of their own. Replaced when the master moves.
+    manager: arc_swap::ArcSwapOption<ConnectionManager>,
     /// Whether the heartbeat reaches Redis; feed controllers act on a change at once.
     up: tokio::sync::watch::Sender<bool>,
     /// Per-client sessions reachable from every instance.
@@ -203,19 +260,24 @@ impl Cluster {
         }
     }
 
-    /// The shared command connection (created on first use; reconnects by itself).
+    /// The shared command connection (created on first use; reconnects by itself; made anew
+    /// for a new master).
     pub async fn commands(&self) -> redis::RedisResult<ConnectionManager> {
-        self.manager
-            .get_or_try_init(|| async {
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(COMMAND_TIMEOUT))
-                    .set_response_timeout(Some(COMMAND_TIMEOUT))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_secs(1));
-                ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)
-            })
-            .await
-            .cloned()
+        if let Some(m) = self.manager.load_full() {
+            return Ok((*m).clone());
+        }
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let client = self.client.load_full();
+        let m = ConnectionManager::new_lazy_with_config((*client).clone(), cfg)?;
+        // Two first users may both make one: the first stored wins, the other is dropped.
+        let stored = self
+            .manager
+            .compare_and_swap(&None::<Arc<ConnectionManager>>, Some(Arc::new(m.clone())));
+        Ok(stored.as_deref().cloned().unwrap_or(m))
     }
 
     /// A connection of its own, for a blocking read.
@@ -224,8 +286,57 @@ impl Cluster {
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(READ_BLOCK + Duration::from_secs(2)));
         self.client
+            .load()
             .get_multiplexed_async_connection_with_config(&cfg)
             .await
+    }
+
+    /// How many times the master has moved (Sentinel): a blocking reader that saw another
+    /// value reconnects, to the new master.
+    pub fn master_epoch(&self) -> u64 {
+        self.master_epoch.load(Ordering::SeqCst)
+    }
+
+    /// With `cluster.sentinel`: asks the Sentinels where the master is, and moves every
+    /// command there when it has changed. Never moves without an answer.
+    async fn follow_master(&self) {
+        let Some(sentinel) = &self.sentinel else {
+            return;
+        };
+        let client = {
+            let mut s = sentinel.lock().await;
+            match tokio::time::timeout(COMMAND_TIMEOUT * 3, s.async_get_client()).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    metrics::REDIS_ERRORS.with_label_values(&["sentinel"]).inc();
+                    log::debug!("cluster: no Sentinel named the master: {e}");
+                    return;
+                }
+                Err(_) => {
+                    metrics::REDIS_ERRORS.with_label_values(&["sentinel"]).inc();
+                    return;
+                }
+            }
+        };
+        let addr = client.get_connection_info().addr().to_string();
+        let mut master = self.master.lock().unwrap_or_else(|p| p.into_inner());
+        if master.as_deref() == Some(addr.as_str()) {
+            return;
+        }
+        log::warn!(
+            "cluster: Sentinel names {addr} as master {:?} (was {}); commands and reads move there",
+            match &self.cfg.redis {
+                RedisAt::Sentinel(s) => s.master.as_str(),
+                RedisAt::Url(_) => "",
+            },
+            master.as_deref().unwrap_or("none")
+        );
+        *master = Some(addr);
+        drop(master);
+        self.client.store(Arc::new(client));
+        self.manager.store(None);
+        self.master_epoch.fetch_add(1, Ordering::SeqCst);
+        metrics::CLUSTER_MASTER_CHANGES.inc();
     }
 
     /// Runs one command with the latency and error metrics (label `op`).
@@ -284,9 +395,16 @@ impl Cluster {
     pub async fn heartbeat(self: Arc<Self>) {
         let node = self.cfg.node.clone();
         let gauge = metrics::CLUSTER_UP.with_label_values(&[node.as_str()]);
-        let redacted = crate::config::model::redact_url(&self.cfg.redis);
+        let redacted = self.cfg.redis.describe();
         let mut first = true;
+        let mut tick: u64 = 0;
         loop {
+            // Sentinel is asked at start, after a failed beat (the master may have moved: a
+            // demoted one refuses writes), and every few seconds besides.
+            if first || !*self.up.borrow() || tick.is_multiple_of(5) {
+                self.follow_master().await;
+            }
+            tick += 1;
             let sent = Instant::now();
             let local_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -252,6 +252,7 @@ impl Cluster {
         expire.arg(&key).arg(NODE_STREAM_TTL.as_millis() as u64);
         let mut expired_at: Option<Instant> = None;
         loop {
+            let epoch = self.master_epoch();
             let mut conn = match self.blocking_connection().await {
                 Ok(c) => c,
                 Err(_) => {
@@ -259,7 +260,8 @@ impl Cluster {
                     continue;
                 }
             };
-            loop {
+            // A new master (Sentinel): read there, from the same place.
+            while self.master_epoch() == epoch {
                 if expired_at.is_none_or(|at| at.elapsed() >= NODE_STREAM_TTL / 60) {
                     expired_at = Some(Instant::now());
                     self.queue(expire.clone());

@@ -237,6 +237,7 @@ pub async fn read_feed(cluster: Arc<Cluster>, hub: Arc<Hub>, keys: FeedKeys) {
     let mut last: Option<String> = None;
     let mut delay = Duration::from_millis(100);
     loop {
+        let epoch = cluster.master_epoch();
         let mut conn = match cluster.blocking_connection().await {
             Ok(c) => c,
             Err(e) => {
@@ -282,7 +283,8 @@ pub async fn read_feed(cluster: Arc<Cluster>, hub: Arc<Hub>, keys: FeedKeys) {
             }
         }
         delay = Duration::from_millis(100);
-        loop {
+        // A new master (Sentinel) has the stream: read there from the same place.
+        while cluster.master_epoch() == epoch {
             let from = last.clone().expect("set by the history read");
             let read = xread(&mut conn, &keys.stream, &from).await;
             match read {

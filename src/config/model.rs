@@ -21,8 +21,8 @@ pub struct Config {
 /// `cluster:`: the Redis that joins instances into one gateway (the `cluster` module runs it).
 #[derive(Clone, PartialEq)]
 pub struct ClusterConfig {
-    /// `redis://` or `rediss://`, with `${VAR}` already expanded (may hold a password).
-    pub redis: String,
+    /// Where Redis is: a URL, or a master Sentinel names.
+    pub redis: RedisAt,
     /// This instance's name in the cluster (metrics, logs, lease values).
     pub node: String,
     /// Prefix of every key, so several gateways can share one Redis.
@@ -35,12 +35,53 @@ impl std::fmt::Debug for ClusterConfig {
     /// The Redis URL is shown without its password.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterConfig")
-            .field("redis", &redact_url(&self.redis))
+            .field("redis", &self.redis.describe())
             .field("node", &self.node)
             .field("prefix", &self.prefix)
             .field("lease_ttl", &self.lease_ttl)
             .finish()
     }
+}
+
+/// Where the cluster's Redis is.
+#[derive(Clone, PartialEq)]
+pub enum RedisAt {
+    /// `redis://` or `rediss://`, with `${VAR}` already expanded (may hold a password).
+    Url(String),
+    /// The master Redis Sentinel names, followed through failovers.
+    Sentinel(SentinelConfig),
+}
+
+impl RedisAt {
+    /// For logs and the status page: no password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Url(url) => redact_url(url),
+            Self::Sentinel(s) => format!(
+                "master {:?} of Sentinel {}{}",
+                s.master,
+                s.addrs
+                    .iter()
+                    .map(|(h, p)| format!("{h}:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if s.tls { " (TLS)" } else { "" }
+            ),
+        }
+    }
+}
+
+/// `cluster.sentinel`.
+#[derive(Clone, PartialEq)]
+pub struct SentinelConfig {
+    pub master: String,
+    /// `host:port` of each Sentinel.
+    pub addrs: Vec<(String, u16)>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub sentinel_password: Option<String>,
+    pub tls: bool,
+    pub db: i64,
 }
 
 /// `url` with the password (what follows `user:` before `@`) replaced by `***`.

@@ -58,11 +58,36 @@ pub struct RawAccessLog {
     pub to: Option<String>,
 }
 
+/// `cluster.sentinel:`: the master's name and the Sentinels that know where it is.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSentinel {
+    pub master: String,
+    pub addrs: Vec<String>,
+    /// ACL user and password of the Redis master and replicas.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The Sentinels' own password (`requirepass` in their config).
+    #[serde(default)]
+    pub sentinel_password: Option<String>,
+    /// TLS toward the Sentinels and Redis.
+    #[serde(default)]
+    pub tls: Option<bool>,
+    #[serde(default)]
+    pub db: Option<i64>,
+}
+
 /// `cluster:`: several instances as one gateway, on Redis Streams.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
-    pub redis: String,
+    /// One Redis, by URL; or `sentinel`, which names the master to follow.
+    #[serde(default)]
+    pub redis: Option<String>,
+    #[serde(default)]
+    pub sentinel: Option<RawSentinel>,
     #[serde(default)]
     pub node: Option<String>,
     #[serde(default)]

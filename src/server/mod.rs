@@ -247,7 +247,7 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
         log::info!(
             "cluster: node {} with Redis at {} (prefix {:?}, lease_ttl {:?})",
             cfg.node,
-            crate::config::model::redact_url(&cfg.redis),
+            cfg.redis.describe(),
             cfg.prefix,
             cfg.lease_ttl
         );

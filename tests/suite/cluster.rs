@@ -981,3 +981,176 @@ async fn without_redis_a_non_owner_asks_the_client_to_retry() {
         )
         .await;
 }
+
+/// `cluster.sentinel`: a master, a replica and a Sentinel (`redis-server --sentinel`). The
+/// cluster finds the master through the Sentinel; after `SENTINEL FAILOVER` it moves to the new
+/// master by itself: no client is disconnected, messages go on in order on every instance, and
+/// the cluster is back to one backend connection for the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_is_followed_without_disconnecting_anyone() {
+    use std::process::{Command, Stdio};
+    let master = Redis::start().await;
+    let replica_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = |args: Vec<String>| {
+        Command::new("redis-server")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _replica = Kill(spawn(
+        [
+            "--port",
+            &replica_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--replicaof",
+            "127.0.0.1",
+            &master.port.to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
+    ));
+    let sentinel_port = free_port();
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor m 127.0.0.1 {} 1\nsentinel down-after-milliseconds m 1000\nsentinel failover-timeout m 4000\n",
+            master.port
+        ),
+    )
+    .unwrap();
+    let _sentinel = Kill(spawn(vec![
+        conf.to_str().unwrap().to_owned(),
+        "--sentinel".into(),
+    ]));
+    let sentinel_url = format!("redis://127.0.0.1:{sentinel_port}/");
+    let ask = |cmd: redis::Cmd| {
+        let url = sentinel_url.clone();
+        async move {
+            let client = redis::Client::open(url).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.ok()?;
+            cmd.query_async::<redis::Value>(&mut c).await.ok()
+        }
+    };
+    let master_port = || async {
+        let mut cmd = redis::cmd("SENTINEL");
+        cmd.arg("get-master-addr-by-name").arg("m");
+        match ask(cmd).await {
+            Some(redis::Value::Array(v)) => match v.get(1) {
+                Some(redis::Value::BulkString(p)) => String::from_utf8_lossy(p).parse::<u16>().ok(),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    // The Sentinel knows the master and has found its replica.
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let mut cmd = redis::cmd("SENTINEL");
+        cmd.arg("replicas").arg("m");
+        let replicas = ask(cmd).await;
+        let found = matches!(&replicas, Some(redis::Value::Array(v)) if !v.is_empty());
+        if master_port().await == Some(master.port) && found {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the Sentinel never saw master and replica"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let backend = FeedBackend::start().await;
+    let mut gws = Vec::new();
+    for node in ["node-a", "node-b"] {
+        let yaml = format!(
+            "cluster:\n  sentinel: {{ master: m, addrs: [\"127.0.0.1:{sentinel_port}\"] }}\n  node: \"{node}\"\n  prefix: \"sentinel\"\n  lease_ttl: 1s\n"
+        );
+        let gw = Gateway::start_with(&feed_routes(&backend), &yaml).await;
+        gw.wait_metric(&format!("switchyard_cluster_up{{node=\"{node}\"}}"), 1.0)
+            .await;
+        gws.push(gw);
+    }
+    let opened = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        clients.push(tally(gws[i % 2].addr, opened.clone()).await);
+    }
+    backend.wait_open(1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    backend.send_numbered(1..=3, 16, 3, Duration::ZERO);
+    wait_all_have(&clients, &[1, 2, 3]).await;
+    holder_of(&gws).await;
+
+    let mut cmd = redis::cmd("SENTINEL");
+    cmd.arg("failover").arg("m");
+    assert!(ask(cmd).await.is_some(), "SENTINEL FAILOVER accepted");
+    let until = Instant::now() + DEADLINE * 2;
+    while master_port().await != Some(replica_port) {
+        assert!(Instant::now() < until, "the failover never completed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let promoted = Instant::now();
+    for gw in &gws {
+        gw.wait_metric("switchyard_cluster_master_changes_total", 2.0)
+            .await;
+    }
+    for (i, gw) in gws.iter().enumerate() {
+        let node = (b'a' + i as u8) as char;
+        gw.wait_metric(
+            &format!("switchyard_cluster_up{{node=\"node-{node}\"}}"),
+            1.0,
+        )
+        .await;
+    }
+    let moved = Instant::now();
+    // Back to one backend connection for the cluster, within the lease TTL (1 s) and a few
+    // ticks of the new master answering.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = {
+            let mut n = 0;
+            for gw in &gws {
+                n += usize::from(lease_held(&gw.metrics().await));
+            }
+            n
+        };
+        if held == 1 && backend.open.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{held} leases, {} backend connections",
+            backend.open.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "both instances on the new master {:?} after its promotion; one backend connection again {:?} after that",
+        moved - promoted,
+        moved.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    backend.send_numbered(4..=6, 16, 3, Duration::ZERO);
+    wait_all_have(&clients, &[1, 2, 3, 4, 5, 6]).await;
+    assert!(
+        clients.iter().all(|c| !c.ended.load(Ordering::SeqCst)),
+        "no client was disconnected"
+    );
+    assert_eq!(opened.load(Ordering::SeqCst), 20, "nobody reconnected");
+}

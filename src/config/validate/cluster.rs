@@ -1,16 +1,94 @@
-//! `cluster:`: the Redis URL (with `${VAR}` taken from the environment), this node's name, the
-//! key prefix and the lease TTL.
+//! `cluster:`: the Redis URL (with `${VAR}` taken from the environment) or the Sentinels that
+//! name its master, this node's name, the key prefix and the lease TTL.
 
 use super::Validator;
-use crate::config::model::ClusterConfig;
-use crate::config::raw::RawCluster;
+use crate::config::model::{ClusterConfig, RedisAt, SentinelConfig};
+use crate::config::raw::{RawCluster, RawSentinel};
 use std::time::Duration;
 
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 
 impl Validator<'_> {
     pub(super) fn cluster(&mut self, c: &RawCluster) -> ClusterConfig {
-        let redis = match expand_env(&c.redis) {
+        let redis = match (&c.redis, &c.sentinel) {
+            (Some(url), None) => RedisAt::Url(self.redis_url(url)),
+            (None, Some(s)) => RedisAt::Sentinel(self.sentinel(s)),
+            (Some(_), Some(_)) => {
+                self.err(
+                    "cluster.sentinel",
+                    "give either `redis` (one Redis) or `sentinel` (a master Sentinel follows), not both",
+                );
+                RedisAt::Url(String::new())
+            }
+            (None, None) => {
+                self.err(
+                    "cluster.redis",
+                    "missing: `redis: \"redis://HOST:6379/0\"`, or `sentinel: { master: NAME, addrs: [\"HOST:26379\"] }`",
+                );
+                RedisAt::Url(String::new())
+            }
+        };
+        self.cluster_rest(c, redis)
+    }
+
+    /// `cluster.sentinel`: passwords may come from the environment (`${VAR}`).
+    fn sentinel(&mut self, s: &RawSentinel) -> SentinelConfig {
+        if !name_ok(&s.master) {
+            self.err(
+                "cluster.sentinel.master",
+                format!(
+                    "master name {:?} must be 1-64 characters of letters, digits, `.`, `_` and `-`",
+                    s.master
+                ),
+            );
+        }
+        if s.addrs.is_empty() {
+            self.err(
+                "cluster.sentinel.addrs",
+                "list at least one Sentinel as \"HOST:PORT\" (three, on three machines, for a quorum)",
+            );
+        }
+        let mut addrs = Vec::new();
+        for (i, a) in s.addrs.iter().enumerate() {
+            match a
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            {
+                Some((host, port)) if !host.is_empty() && port > 0 => {
+                    addrs.push((host.trim_matches(['[', ']']).to_owned(), port))
+                }
+                _ => self.err(
+                    format!("cluster.sentinel.addrs[{i}]"),
+                    format!("{a:?} is not HOST:PORT, e.g. \"10.0.0.5:26379\""),
+                ),
+            }
+        }
+        let mut secret = |key: &str, v: &Option<String>| {
+            v.as_deref().and_then(|v| match expand_env(v) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.err(format!("cluster.sentinel.{key}"), e);
+                    None
+                }
+            })
+        };
+        let username = secret("username", &s.username);
+        let password = secret("password", &s.password);
+        let sentinel_password = secret("sentinel_password", &s.sentinel_password);
+        SentinelConfig {
+            master: s.master.clone(),
+            addrs,
+            username,
+            password,
+            sentinel_password,
+            tls: s.tls.unwrap_or(false),
+            db: s.db.unwrap_or(0),
+        }
+    }
+
+    /// `cluster.redis`: a `redis://` or `rediss://` URL (`${VAR}` from the environment).
+    fn redis_url(&mut self, raw: &str) -> String {
+        let redis = match expand_env(raw) {
             Ok(url) => url,
             Err(e) => {
                 self.err("cluster.redis", e);
@@ -28,6 +106,10 @@ impl Validator<'_> {
                 self.err("cluster.redis", format!("invalid Redis URL: {e}"));
             }
         }
+        redis
+    }
+
+    fn cluster_rest(&mut self, c: &RawCluster, redis: RedisAt) -> ClusterConfig {
         let node = match &c.node {
             Some(n) => match expand_env(n) {
                 Ok(n) => n,
@@ -172,8 +254,42 @@ mod config_tests {
         );
         assert!(errs[0].1.contains("not a Redis URL"), "{errs:?}");
         let missing = errors("cluster:\n  node: a\n");
-        assert_eq!(missing[0].0, "cluster", "{missing:?}");
-        assert!(missing[0].1.contains("redis"), "{missing:?}");
+        assert_eq!(missing[0].0, "cluster.redis", "{missing:?}");
+        assert!(missing[0].1.contains("sentinel"), "{missing:?}");
+        let both = errors("cluster:\n  redis: \"redis://r:6379/0\"\n  sentinel: { master: m, addrs: [\"s:26379\"] }\n");
+        assert_eq!(both[0].0, "cluster.sentinel", "{both:?}");
+        let bad =
+            errors("cluster:\n  sentinel: { master: \"m m\", addrs: [\"s:26379\", \"nope\"] }\n");
+        let paths: Vec<&str> = bad.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["cluster.sentinel.master", "cluster.sentinel.addrs[1]"],
+            "{bad:?}"
+        );
+    }
+
+    #[test]
+    fn a_sentinel_section_is_taken_and_its_passwords_never_shown() {
+        let text = "server:\n  listen:\n    - addr: \"127.0.0.1:0\"\ncluster:\n  sentinel: { master: main, addrs: [\"10.0.0.5:26379\", \"[::1]:26380\"], password: s3cret, sentinel_password: t0ken }\n  node: edge-a\nroutes: []\n";
+        let cfg = load_str(text, Path::new("."), "t.yaml").unwrap();
+        let c = cfg.cluster.expect("cluster: was given");
+        let crate::config::model::RedisAt::Sentinel(s) = &c.redis else {
+            panic!("a Sentinel: {c:?}");
+        };
+        assert_eq!(
+            s.addrs,
+            [("10.0.0.5".to_owned(), 26379), ("::1".to_owned(), 26380)]
+        );
+        assert_eq!(s.password.as_deref(), Some("s3cret"));
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("t0ken"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("master \\\"main\\\" of Sentinel 10.0.0.5:26379"),
+            "{shown}"
+        );
     }
 
     #[test]
