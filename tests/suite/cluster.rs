@@ -1154,3 +1154,72 @@ async fn sentinel_failover_is_followed_without_disconnecting_anyone() {
     );
     assert_eq!(opened.load(Ordering::SeqCst), 20, "nobody reconnected");
 }
+
+/// An ACL user that may touch only the cluster's own keys (`~PREFIX:*`) and no dangerous
+/// command is enough: the cluster joins, shares one backend connection, resumes across
+/// instances, and Redis's ACL log shows no denial. A wrong password keeps it in local mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_limited_to_the_prefix_runs_the_cluster() {
+    let redis = Redis::start().await;
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("edge")
+        .arg("on")
+        .arg(">pa55word")
+        .arg("~acl:*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-@dangerous")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let backend = FeedBackend::start().await;
+    let url = format!("redis://edge:pa55word@127.0.0.1:{}/0", redis.port);
+    let mut gws = Vec::new();
+    for node in ["node-a", "node-b"] {
+        let yaml = format!(
+            "cluster:\n  redis: \"{url}\"\n  node: \"{node}\"\n  prefix: \"acl\"\n  lease_ttl: 1s\n"
+        );
+        let gw = Gateway::start_with(&feed_routes(&backend), &yaml).await;
+        gw.wait_metric(&format!("switchyard_cluster_up{{node=\"{node}\"}}"), 1.0)
+            .await;
+        gws.push(gw);
+    }
+    let mut a = SseReader::open(gws[0].addr, "/feed", &[]).await;
+    let mut b = SseReader::open(gws[1].addr, "/feed", &[]).await;
+    backend.wait_open(1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    backend.send_numbered(1..=3, 16, 3, Duration::ZERO);
+    let got = read_numbers(&mut a, 3).await;
+    assert_eq!(numbers(&read_numbers(&mut b, 3).await), [1, 2, 3]);
+    // Resumed on the other instance from the first one's id: the cluster's stream served it.
+    let mut resumed = SseReader::open(
+        gws[1].addr,
+        "/feed",
+        &[("last-event-id", got[0].1.as_str())],
+    )
+    .await;
+    assert_eq!(numbers(&read_numbers(&mut resumed, 2).await), [2, 3]);
+    holder_of(&gws).await;
+    // Redis logs every command or key its ACL denied.
+    let mut denied: Vec<String> = redis::cmd("ACL")
+        .arg("LOG")
+        .query_async::<Vec<redis::Value>>(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| format!("{v:?}"))
+        .collect();
+    denied.truncate(3);
+    assert!(denied.is_empty(), "the ACL log has denials: {denied:?}");
+
+    let wrong = format!("redis://edge:wrong@127.0.0.1:{}/0", redis.port);
+    let yaml = format!("cluster:\n  redis: \"{wrong}\"\n  node: \"node-c\"\n  prefix: \"acl\"\n");
+    let gw = Gateway::start_with(&feed_routes(&backend), &yaml).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gw.expect_metric("switchyard_cluster_up{node=\"node-c\"}", 0.0)
+        .await;
+    let log = gw.log();
+    assert!(!log.contains("wrong"), "no password in the log:\n{log}");
+}
