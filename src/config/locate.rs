@@ -97,9 +97,14 @@ impl LineIndex {
         if parser.load(&mut walker, false).is_err() {
             return Self::default();
         }
-        Self {
-            lines: walker.lines,
+        // What the parser makes up at the end of a text without a final line break (an empty
+        // node) is marked on the line after it: every line stays inside the text.
+        let last = line_count(text);
+        let mut lines = walker.lines;
+        for line in lines.values_mut() {
+            *line = (*line).min(last);
         }
+        Self { lines }
     }
 
     /// The line of `path`, or of its nearest ancestor that has one.
@@ -115,9 +120,24 @@ impl LineIndex {
     }
 }
 
+/// How many lines YAML sees in `text`: LF, CR and CRLF each end one; the last need not end.
+pub fn line_count(text: &str) -> usize {
+    1 + text.matches('\n').count() + text.matches('\r').count() - text.matches("\r\n").count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `config` fuzz target: an empty node made up at the end of a one-line text
+    /// was put on line 2.
+    #[test]
+    fn lines_stay_inside_the_text() {
+        let idx = LineIndex::new("? ! 8888888889               :               ~");
+        assert!(!idx.lines.is_empty());
+        assert!(idx.lines.values().all(|l| *l == 1), "{idx:?}");
+        assert_eq!(line_count("a\r\nb\rc\n"), 4);
+    }
 
     #[test]
     fn finds_lines_of_nested_keys_and_items() {

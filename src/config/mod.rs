@@ -173,7 +173,7 @@ pub fn load_str(text: &str, base_dir: &Path, source: &str) -> Result<Config, Con
             path: String::new(),
             // The end of a text without a final line break is marked on the line after it:
             // point at the text's last line instead.
-            line: e.location().map(|l| l.line().min(yaml_lines(text))),
+            line: e.location().map(|l| l.line().min(locate::line_count(text))),
             message: format!("not valid YAML: {e}"),
         }])
     })?;
@@ -374,11 +374,6 @@ fn remove_key(node: &mut Value, path: &[serde_path_to_error::Segment], key: &str
         Value::Mapping(m) => m.remove(key).is_some(),
         _ => false,
     }
-}
-
-/// How many lines YAML sees in `text`: LF, CR and CRLF each end one.
-fn yaml_lines(text: &str) -> usize {
-    1 + text.matches('\n').count() + text.matches('\r').count() - text.matches("\r\n").count()
 }
 
 #[cfg(test)]
