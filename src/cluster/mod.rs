@@ -68,14 +68,25 @@ pub fn get() -> Option<&'static Arc<Cluster>> {
 pub fn init(cfg: &ClusterConfig) -> anyhow::Result<&'static Arc<Cluster>> {
     // rediss:// needs a rustls provider; the listeners' TLS uses the same one (ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = cfg.tls.as_ref().map(|t| redis::TlsCertificates {
+        client_tls: t.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+            client_cert: cert.clone(),
+            client_key: key.clone(),
+        }),
+        root_cert: t.ca.clone(),
+    });
     let (client, sentinel) = match &cfg.redis {
         RedisAt::Url(url) => (
-            redis::Client::open(url.as_str()).map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?,
+            match &certs {
+                Some(c) => redis::Client::build_with_tls(url.as_str(), c.clone()),
+                None => redis::Client::open(url.as_str()),
+            }
+            .map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?,
             None,
         ),
         RedisAt::Sentinel(s) => {
-            let sentinel =
-                sentinel_client(s).map_err(|e| anyhow::anyhow!("cluster.sentinel: {e}"))?;
+            let sentinel = sentinel_client(s, certs.as_ref())
+                .map_err(|e| anyhow::anyhow!("cluster.sentinel: {e}"))?;
             // Until a Sentinel names the master, commands go nowhere (local mode); the
             // heartbeat asks at once.
             let nowhere = redis::Client::open("redis://127.0.0.1:1/")
@@ -101,7 +112,10 @@ pub fn init(cfg: &ClusterConfig) -> anyhow::Result<&'static Arc<Cluster>> {
 }
 
 /// A Sentinel client for `s`'s master, with its credentials and TLS.
-fn sentinel_client(s: &SentinelConfig) -> redis::RedisResult<redis::sentinel::SentinelClient> {
+fn sentinel_client(
+    s: &SentinelConfig,
+    certs: Option<&redis::TlsCertificates>,
+) -> redis::RedisResult<redis::sentinel::SentinelClient> {
     use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
     let addrs = s.addrs.iter().map(|(host, port)| {
         if s.tls {
@@ -121,6 +135,11 @@ fn sentinel_client(s: &SentinelConfig) -> redis::RedisResult<redis::sentinel::Se
         b = b
             .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
             .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+        if let Some(c) = certs {
+            b = b
+                .set_client_to_redis_certificates(c.clone())
+                .set_client_to_sentinel_certificates(c.clone());
+        }
     }
     if let Some(u) = &s.username {
         b = b.set_client_to_redis_username(u);

@@ -23,6 +23,8 @@ pub struct Config {
 pub struct ClusterConfig {
     /// Where Redis is: a URL, or a master Sentinel names.
     pub redis: RedisAt,
+    /// `cluster.tls`: a CA to trust instead of the system's, and a client certificate.
+    pub tls: Option<RedisTls>,
     /// This instance's name in the cluster (metrics, logs, lease values).
     pub node: String,
     /// Prefix of every key, so several gateways can share one Redis.
@@ -69,6 +71,14 @@ impl RedisAt {
             ),
         }
     }
+}
+
+/// `cluster.tls`, its files read (PEM).
+#[derive(Clone, PartialEq)]
+pub struct RedisTls {
+    pub ca: Option<Vec<u8>>,
+    /// Certificate chain and key, for Redis's `tls-auth-clients`.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// `cluster.sentinel`.

@@ -58,6 +58,18 @@ pub struct RawAccessLog {
     pub to: Option<String>,
 }
 
+/// `cluster.tls:`: PEM files, relative to the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedisTls {
+    #[serde(default)]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
+}
+
 /// `cluster.sentinel:`: the master's name and the Sentinels that know where it is.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +100,9 @@ pub struct RawCluster {
     pub redis: Option<String>,
     #[serde(default)]
     pub sentinel: Option<RawSentinel>,
+    /// What TLS toward Redis (`rediss://`, or a Sentinel with `tls: true`) trusts and shows.
+    #[serde(default)]
+    pub tls: Option<RawRedisTls>,
     #[serde(default)]
     pub node: Option<String>,
     #[serde(default)]

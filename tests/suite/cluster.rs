@@ -1223,3 +1223,93 @@ async fn an_acl_user_limited_to_the_prefix_runs_the_cluster() {
     let log = gw.log();
     assert!(!log.contains("wrong"), "no password in the log:\n{log}");
 }
+
+/// `rediss://` against `redis-server --tls-port` with a CA made here, which also asks for a
+/// client certificate (`tls-auth-clients yes`): with `cluster.tls` naming the CA and the client
+/// certificate the instance joins and serves a clustered feed; without the client certificate,
+/// or trusting another CA, it stays in local mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_test_ca_and_a_client_certificate() {
+    use crate::common::tls::Pki;
+    use std::process::{Command, Stdio};
+    let pki = Pki::new();
+    let port = free_port();
+    let mut server = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--tls-cert-file")
+        .arg(&pki.server_cert)
+        .arg("--tls-key-file")
+        .arg(&pki.server_key)
+        .arg("--tls-ca-cert-file")
+        .arg(&pki.ca)
+        .args(["--tls-auth-clients", "yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server runs");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(&mut server);
+    assert!(wait_for_port(format!("127.0.0.1:{port}").parse().unwrap(), DEADLINE).await);
+    let backend = FeedBackend::start().await;
+    let yaml = |node: &str, tls: String| {
+        format!(
+            "cluster:\n  redis: \"rediss://127.0.0.1:{port}/0\"\n  tls: {{ {tls} }}\n  node: \"{node}\"\n  prefix: \"tls\"\n"
+        )
+    };
+    let (ca, other) = (pki.ca.display(), pki.other_ca.display());
+    let client = format!(
+        "client_cert: \"{}\", client_key: \"{}\"",
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    let good = Gateway::start_with(
+        &feed_routes(&backend),
+        &yaml("node-a", format!("ca: \"{ca}\", {client}")),
+    )
+    .await;
+    good.wait_metric("switchyard_cluster_up{node=\"node-a\"}", 1.0)
+        .await;
+    let mut sse = SseReader::open(good.addr, "/feed", &[]).await;
+    backend.wait_open(1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    backend.send_numbered(1..=2, 16, 2, Duration::ZERO);
+    assert_eq!(numbers(&read_numbers(&mut sse, 2).await), [1, 2]);
+    assert!(
+        lease_held(&good.metrics().await),
+        "the lease is held through TLS"
+    );
+
+    let no_client = Gateway::start_with(
+        &feed_routes(&backend),
+        &yaml("node-b", format!("ca: \"{ca}\"")),
+    )
+    .await;
+    let wrong_ca = Gateway::start_with(
+        &feed_routes(&backend),
+        &yaml("node-c", format!("ca: \"{other}\", {client}")),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    no_client
+        .expect_metric("switchyard_cluster_up{node=\"node-b\"}", 0.0)
+        .await;
+    wrong_ca
+        .expect_metric("switchyard_cluster_up{node=\"node-c\"}", 0.0)
+        .await;
+    good.expect_metric("switchyard_cluster_up{node=\"node-a\"}", 1.0)
+        .await;
+}

@@ -2,8 +2,8 @@
 //! name its master, this node's name, the key prefix and the lease TTL.
 
 use super::Validator;
-use crate::config::model::{ClusterConfig, RedisAt, SentinelConfig};
-use crate::config::raw::{RawCluster, RawSentinel};
+use crate::config::model::{ClusterConfig, RedisAt, RedisTls, SentinelConfig};
+use crate::config::raw::{RawCluster, RawRedisTls, RawSentinel};
 use std::time::Duration;
 
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
@@ -28,7 +28,56 @@ impl Validator<'_> {
                 RedisAt::Url(String::new())
             }
         };
-        self.cluster_rest(c, redis)
+        let tls = c.tls.as_ref().map(|t| self.redis_tls(t));
+        if tls.is_some() {
+            let tls_target = match &redis {
+                RedisAt::Url(url) => url.starts_with("rediss://"),
+                RedisAt::Sentinel(s) => s.tls,
+            };
+            if !tls_target {
+                self.err(
+                    "cluster.tls",
+                    "applies to TLS toward Redis: a rediss:// URL, or `sentinel: { tls: true }`",
+                );
+            }
+        }
+        let mut config = self.cluster_rest(c, redis);
+        config.tls = tls;
+        config
+    }
+
+    /// `cluster.tls`: PEM files, each read now (a missing or empty one is an error here).
+    fn redis_tls(&mut self, t: &RawRedisTls) -> RedisTls {
+        let mut pem = |key: &str, file: &Option<String>| -> Option<Vec<u8>> {
+            let file = file.as_deref()?;
+            let path = self.base_dir.join(file);
+            match std::fs::read(&path) {
+                Ok(b) if b.len() <= 1 << 20 && b.windows(11).any(|w| w == b"-----BEGIN ") => {
+                    Some(b)
+                }
+                Ok(_) => {
+                    self.err(
+                        format!("cluster.tls.{key}"),
+                        format!("{file:?} is not a PEM file"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.err(format!("cluster.tls.{key}"), format!("cannot read {file:?} (relative paths are from the config file's folder): {e}"));
+                    None
+                }
+            }
+        };
+        let ca = pem("ca", &t.ca);
+        let cert = pem("client_cert", &t.client_cert);
+        let key = pem("client_key", &t.client_key);
+        if t.client_cert.is_some() != t.client_key.is_some() {
+            self.err("cluster.tls", "client_cert and client_key go together");
+        }
+        RedisTls {
+            ca,
+            client: cert.zip(key),
+        }
     }
 
     /// `cluster.sentinel`: passwords may come from the environment (`${VAR}`).
@@ -142,6 +191,7 @@ impl Validator<'_> {
         }
         ClusterConfig {
             redis,
+            tls: None,
             node,
             prefix,
             lease_ttl,
@@ -256,6 +306,8 @@ mod config_tests {
         let missing = errors("cluster:\n  node: a\n");
         assert_eq!(missing[0].0, "cluster.redis", "{missing:?}");
         assert!(missing[0].1.contains("sentinel"), "{missing:?}");
+        let plain = errors("cluster:\n  redis: \"redis://r:6379/0\"\n  tls: {}\n");
+        assert_eq!(plain[0].0, "cluster.tls", "{plain:?}");
         let both = errors("cluster:\n  redis: \"redis://r:6379/0\"\n  sentinel: { master: m, addrs: [\"s:26379\"] }\n");
         assert_eq!(both[0].0, "cluster.sentinel", "{both:?}");
         let bad =
