@@ -189,7 +189,7 @@ pub fn inflate(data: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
                 }
                 if status == Status::StreamEnd {
                     // A final block ends the message; nothing after it is inflated.
-                    return Ok(out);
+                    return Ok(fitted(out));
                 }
                 let done = (d.total_in() - start) as usize == input.len();
                 if done && out.len() < out.capacity() {
@@ -200,8 +200,18 @@ pub fn inflate(data: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
                 }
             }
         }
-        Ok(out)
+        Ok(fitted(out))
     })
+}
+
+/// An inflated message as it is held afterwards: its buffer shrunk when more than half of it is
+/// unused (the first guess is four times the input, and growth doubles), so a message waiting
+/// for its backend holds about what it charges against the memory budget.
+fn fitted(mut out: Vec<u8>) -> Vec<u8> {
+    if out.capacity() > 2 * out.len() {
+        out.shrink_to_fit();
+    }
+    out
 }
 
 #[cfg(test)]
@@ -299,5 +309,29 @@ mod tests {
             inflate(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], 100).unwrap(),
             b"Hello"
         );
+    }
+
+    #[test]
+    fn an_inflated_message_holds_at_most_twice_its_length() {
+        let agreed = agreed("permessage-deflate").unwrap();
+        for len in [1usize, 10, 100, 4_000, 70_000, 1 << 20] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 7) as u8).collect();
+            let packed = compress(&payload, agreed).unwrap_or_else(|| payload.clone());
+            if packed.len() >= payload.len() {
+                continue;
+            }
+            let out = inflate(&packed, 2 << 20).unwrap();
+            assert_eq!(out, payload);
+            assert!(
+                out.capacity() <= 2 * out.len().max(1),
+                "{len}: capacity {}",
+                out.capacity()
+            );
+        }
+        // A message that shrinks on inflation too (stored blocks): the first guess is dropped.
+        let stored = [0x01, 0x05, 0x00, 0xfa, 0xff, b'h', b'e', b'l', b'l', b'o'];
+        let out = inflate(&stored, 1 << 20).unwrap();
+        assert_eq!(out, b"hello");
+        assert!(out.capacity() <= 10, "capacity {}", out.capacity());
     }
 }
