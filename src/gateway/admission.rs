@@ -139,7 +139,8 @@ pub fn admit(
     // visitor's credentials on, such a load is refused.
     if by_referer.is_none() {
         if let Target::Bridge(b) = &rt.target {
-            let script = eio_jsonp || (sockjs && crate::transport::sockjs::script_load(b, req));
+            // (Engine.IO's JSONP is refused whole on such routes, by its transport.)
+            let script = sockjs && crate::transport::sockjs::script_load(b, req);
             if script
                 && b.spec.forwards_credentials()
                 && !req.headers.contains_key(http::header::ORIGIN)
