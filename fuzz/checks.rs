@@ -1027,7 +1027,7 @@ pub fn config(data: &[u8]) {
             for e in &a.errors {
                 assert!(!e.message.is_empty());
                 if let Some(l) = e.line {
-                    assert!(l >= 1 && l <= lines, "error at line {l} of {lines}");
+                    assert!(l >= 1 && l <= lines, "error at line {l} of {lines}: {e:?}");
                 }
             }
             let _ = a.to_string();
