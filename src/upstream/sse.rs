@@ -107,7 +107,8 @@ pub async fn session(link: &Link, feed: &RemoteBackend, resume: &mut Resume) -> 
     let mut parser = SseParser::resuming(
         link.route.limits.max_message as usize,
         resume.last_id.clone(),
-    );
+    )
+    .with_ids();
     let mut events = Vec::new();
     let mut linger = tokio::time::interval(link.linger_check());
     let idle = link.route.keepalive.idle_timeout;
@@ -141,13 +142,13 @@ pub async fn session(link: &Link, feed: &RemoteBackend, resume: &mut Resume) -> 
                 if let Some(ms) = parser.retry {
                     resume.retry = Some(Duration::from_millis(ms));
                 }
-                let n = events.len();
-                for (i, e) in events.drain(..).enumerate() {
+                // Each event goes with its own backend id: a holder that dies between two
+                // appends leaves the cluster the id of the last one stored, and the next holder
+                // resumes after exactly that event (not after the previous read's last).
+                for (e, id) in events.drain(..).zip(parser.take_ids()) {
                     messages += 1;
                     received.inc();
-                    // The backend's id is known after the chunk: it goes with its last event.
-                    let origin = (i + 1 == n && !resume.last_id.is_empty())
-                        .then_some(resume.last_id.as_str());
+                    let origin = (!id.is_empty()).then_some(id.as_str());
                     link.publish(e.event.map(Into::into), Bytes::from(e.data), false, origin);
                 }
                 if parser.oversized > 0 {

@@ -40,6 +40,8 @@ pub struct SseParser {
     /// The last valid `retry:` value, in milliseconds.
     pub retry: Option<u64>,
     pub oversized: u64,
+    /// With [`Self::with_ids`]: each dispatched event's "last event ID string", in order.
+    ids: Option<Vec<String>>,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -65,7 +67,21 @@ impl SseParser {
             max,
             retry: None,
             oversized: 0,
+            ids: None,
         }
+    }
+
+    /// Also records the id each event was dispatched with ([`Self::take_ids`]): a reader that
+    /// stores a position per event (the cluster resumes an SSE backend from it) needs the id
+    /// of every event, not only of the last one a read brought.
+    pub fn with_ids(mut self) -> Self {
+        self.ids = Some(Vec::new());
+        self
+    }
+
+    /// The ids of the events dispatched since the last call, one per event in `out`'s order.
+    pub fn take_ids(&mut self) -> Vec<String> {
+        self.ids.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// The event source's "last event ID string": what to send as `Last-Event-ID`.
@@ -182,6 +198,9 @@ impl SseParser {
             return;
         }
         data.pop();
+        if let Some(ids) = &mut self.ids {
+            ids.push(self.last_id.clone());
+        }
         out.push(ParsedEvent {
             event: (!event.is_empty() && event != "message").then_some(event),
             data,
@@ -459,5 +478,31 @@ mod tests {
         assert_eq!(resume_position("abc-41", "abc"), Some(41));
         assert_eq!(resume_position("old-41", "abc"), None);
         assert_eq!(resume_position("garbage", "abc"), None);
+    }
+
+    #[test]
+    fn each_event_keeps_the_id_it_was_dispatched_with() {
+        let mut p = SseParser::new(1024).with_ids();
+        let mut out = Vec::new();
+        p.push(
+            b"id: 1\ndata: a\n\ndata: b\n\nid: 3\ndata: c\n\nid: 4\n",
+            &mut out,
+        );
+        assert_eq!(out.len(), 3);
+        assert_eq!(
+            p.take_ids(),
+            ["1", "1", "3"],
+            "b has no id line: it keeps a's"
+        );
+        assert_eq!(
+            p.last_event_id(),
+            "3",
+            "an id without an event is not dispatched"
+        );
+        p.push(b"data: d\n\n", &mut out);
+        assert_eq!(p.take_ids(), ["4"]);
+        let mut plain = SseParser::new(1024);
+        plain.push(b"id: 9\ndata: x\n\n", &mut out);
+        assert!(plain.take_ids().is_empty(), "not recorded unless asked");
     }
 }

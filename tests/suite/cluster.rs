@@ -624,6 +624,26 @@ async fn a_new_lease_holder_resumes_an_sse_backend_where_the_old_one_was() {
         assert_eq!(c.next_data_event().await.data, "one");
         assert_eq!(c.next_data_event().await.data, "two");
     }
+    // Each event is stored with its own backend id (`i`), though both came in one read: a
+    // holder that died between the two appends leaves the next one a position after "one".
+    let mut conn = redis.conn().await;
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("sseresume:feed:feed")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ids: Vec<Option<String>> = entries
+        .iter()
+        .map(|(_, fields)| {
+            fields
+                .iter()
+                .find(|(k, _)| k == "i")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    assert_eq!(ids, [Some("b-1".to_owned()), Some("b-2".to_owned())]);
     let holder = holder_of(&gws).await;
     drop(clients.remove(holder));
     drop(gws.remove(holder));
