@@ -398,33 +398,26 @@ fn read_head(data: &[u8], step: usize) -> HeadSeen {
                 } => {
                     assert_eq!((full_len, full_shape), (len, shape), "plain, then full");
                     head_checks(&req, &bytes[..len], shape);
-                    // Its size is the one admission counts on a parsed head, when the full
-                    // parse kept the target as it came (it drops a `#fragment`: a known and
-                    // reported difference, see fuzz/README.md, "Findings").
+                    // The full parse keeps a plain head's target as it came (a head whose
+                    // target it would change is not plain), and its size is the one admission
+                    // counts on a parsed head.
                     use switchyard::policy::hygiene::head_size;
-                    if Some(req.uri.to_string()) == raw_target(&bytes) {
-                        assert!(head_size(&req, plain.size).is_ok(), "plain size too small");
-                        assert!(
-                            head_size(&req, plain.size - 1).is_err(),
-                            "plain size too large"
-                        );
-                    }
-                }
-                _ => {
-                    // Known and reported (see fuzz/README.md, "Findings"): a plain head's target
-                    // and Host are not checked as the full parse checks them (a URI; an
-                    // authority without userinfo), so pingora's path refuses what the plain
-                    // path passes on. Any other difference is a new finding.
-                    let host = plain.host(&bytes);
-                    let target_ok =
-                        raw_target(&bytes).is_some_and(|t| http::Uri::try_from(t).is_ok());
+                    assert_eq!(
+                        Some(req.uri.to_string()),
+                        raw_target(&bytes),
+                        "target changed"
+                    );
+                    assert!(head_size(&req, plain.size).is_ok(), "plain size too small");
                     assert!(
-                        !target_ok
-                            || host.contains('@')
-                            || host.parse::<http::uri::Authority>().is_err(),
-                        "a plain head does not parse in full"
+                        head_size(&req, plain.size - 1).is_err(),
+                        "plain size too large"
                     );
                 }
+                // A head the plain path passes on raw is one the full parse takes: before the
+                // fix (see fuzz/README.md, "Findings") a target that was no URI or had a
+                // fragment, or a Host with userinfo, passed raw while pingora's path refused or
+                // rewrote it.
+                _ => panic!("a plain head does not parse in full"),
             }
             let _ = (plain.host(&bytes), plain.path(&bytes));
             HeadSeen::Plain {

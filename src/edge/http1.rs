@@ -300,6 +300,12 @@ fn plain(req: &httparse::Request, buf: &[u8]) -> Option<PlainHead> {
     if method == "OPTIONS" || !target.starts_with('/') {
         return None;
     }
+    // Only what the full parse would take unchanged passes raw: a target that is no URI, or
+    // carries a fragment (which the full parse drops, and which would route differently), is
+    // judged there, as pingora's path does.
+    if target.contains('#') || target.parse::<http::uri::PathAndQuery>().is_err() {
+        return None;
+    }
     let at = |s: &[u8]| {
         let start = s.as_ptr() as usize - buf.as_ptr() as usize;
         (start, start + s.len())
@@ -311,7 +317,11 @@ fn plain(req: &httparse::Request, buf: &[u8]) -> Option<PlainHead> {
         size += h.name.len() + h.value.len() + 4;
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
-            if host.is_some() || std::str::from_utf8(h.value).is_err() {
+            // A Host with userinfo, or that is no authority at all, is judged on the full path.
+            if host.is_some()
+                || h.value.contains(&b'@')
+                || http::uri::Authority::try_from(h.value).is_err()
+            {
                 return None;
             }
             host = Some(at(h.value));
