@@ -49,7 +49,15 @@ pub struct HeldRegistry {
     owned: Mutex<HashMap<(String, String), Arc<HeldSession>>>,
     /// Sessions held for a receiver on another instance, by its request id.
     attached: Mutex<HashMap<u64, Attached>>,
+    /// Detaches that arrived before their attach was done (a receiver dropped while its attach
+    /// was in flight), by request id, with when they came: the attach, once done, is undone at
+    /// once instead of holding the session busy. Bounded: old and surplus entries are dropped.
+    early_detaches: Mutex<HashMap<u64, std::time::Instant>>,
 }
+
+/// At most this many early detaches are remembered, each for at most [`EARLY_DETACH_TTL`].
+const EARLY_DETACHES: usize = 4096;
+const EARLY_DETACH_TTL: Duration = Duration::from_secs(30);
 
 struct Attached {
     session: Arc<HeldSession>,
@@ -93,6 +101,12 @@ impl Cluster {
                         Attach::Closed(code, reason) => (format!("closed:{code}:{reason}"), None),
                     };
                     if let Some(consumer) = consumer {
+                        let early = lock(&self.held_sessions.early_detaches).remove(&rid);
+                        if early.is_some() {
+                            // Its receiver went while this attach waited: nobody will read.
+                            session.detach(consumer, true);
+                            return;
+                        }
                         lock(&self.held_sessions.attached).insert(
                             rid,
                             Attached {
@@ -128,6 +142,14 @@ impl Cluster {
             mut consumer,
         }) = lock(&self.held_sessions.attached).remove(&rid)
         else {
+            // Not attached (yet): its attach may still be waiting for the session's current
+            // receiver to leave. Remembered, so that attach is undone when it is done.
+            let mut early = lock(&self.held_sessions.early_detaches);
+            let now = std::time::Instant::now();
+            early.retain(|_, at| now.duration_since(*at) < EARLY_DETACH_TTL);
+            if early.len() < EARLY_DETACHES {
+                early.insert(rid, now);
+            }
             return;
         };
         consumer.delivered_up_to(after);
@@ -303,20 +325,25 @@ impl RemoteHeldOps for Ops {
         let rid = fastrand::u64(..);
         let mut cmd = self.command("sa");
         cmd.arg("r").arg(rid).arg("f").arg(self.cluster.node());
+        // Named before it is asked: a receiver dropped while the attach is in flight still
+        // sends its detach (see `abandon`), which the owner applies when the attach is done.
+        *lock(&self.attach) = Some(rid);
         let Some(answer) = self.cluster.ask_with(cmd, rid).await else {
             return lost();
         };
         let mut parts = answer.splitn(3, ':');
+        let attached = matches!(parts.clone().next(), Some("opened" | "resumed"));
+        if !attached {
+            // Nothing to detach from.
+            lock(&self.attach).take();
+        }
         match (parts.next(), parts.next(), parts.next()) {
-            (Some(kind @ ("opened" | "resumed")), Some(seq), _) => {
-                *lock(&self.attach) = Some(rid);
-                RemoteAttach::Attached {
-                    opened: kind == "opened",
-                    after: seq.parse().unwrap_or(0),
-                    inner: (!self.inner.is_empty())
-                        .then(|| remote_for(self.cluster, &self.inner, &self.node)),
-                }
-            }
+            (Some(kind @ ("opened" | "resumed")), Some(seq), _) => RemoteAttach::Attached {
+                opened: kind == "opened",
+                after: seq.parse().unwrap_or(0),
+                inner: (!self.inner.is_empty())
+                    .then(|| remote_for(self.cluster, &self.inner, &self.node)),
+            },
             (Some("busy"), _, _) => RemoteAttach::Busy,
             (Some("closed"), Some(code), reason) => RemoteAttach::Closed(
                 code.parse().unwrap_or(1002),
