@@ -303,7 +303,7 @@ fn plain(req: &httparse::Request, buf: &[u8]) -> Option<PlainHead> {
     // Only what the full parse would take unchanged passes raw: a target that is no URI, or
     // carries a fragment (which the full parse drops, and which would route differently), is
     // judged there, as pingora's path does.
-    if target.contains('#') || target.parse::<http::uri::PathAndQuery>().is_err() {
+    if !plain_target(target.as_bytes()) {
         return None;
     }
     let at = |s: &[u8]| {
@@ -318,10 +318,7 @@ fn plain(req: &httparse::Request, buf: &[u8]) -> Option<PlainHead> {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
             // A Host with userinfo, or that is no authority at all, is judged on the full path.
-            if host.is_some()
-                || h.value.contains(&b'@')
-                || http::uri::Authority::try_from(h.value).is_err()
-            {
+            if host.is_some() || !plain_host(h.value) {
                 return None;
             }
             host = Some(at(h.value));
@@ -341,6 +338,33 @@ fn plain(req: &httparse::Request, buf: &[u8]) -> Option<PlainHead> {
         close,
         size,
     })
+}
+
+/// Whether the full parse takes `target` as it is (a URI's path and query, no fragment). The
+/// usual target is checked byte by byte against a set both the path and the query allow;
+/// anything else is asked of `http` (which copies it).
+fn plain_target(target: &[u8]) -> bool {
+    let usual = |b: &u8| b.is_ascii_alphanumeric() || b"-._~/%?&=+:,;!$'()*@".contains(b);
+    if target.iter().all(usual) {
+        return true;
+    }
+    !target.contains(&b'#') && http::uri::PathAndQuery::try_from(target).is_ok()
+}
+
+/// Whether a `Host` value is an authority without userinfo, as the full parse requires.
+fn plain_host(host: &[u8]) -> bool {
+    // The usual `name[:port]`: a name of letters, digits, dots and dashes that starts with a
+    // letter or digit, and a port of one to five digits.
+    let (name, port) = match host.iter().rposition(|b| *b == b':') {
+        Some(i) => (&host[..i], Some(&host[i + 1..])),
+        None => (host, None),
+    };
+    let usual = name.first().is_some_and(u8::is_ascii_alphanumeric)
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+        && port.is_none_or(|p| (1..=5).contains(&p.len()) && p.iter().all(u8::is_ascii_digit));
+    usual || (!host.contains(&b'@') && http::uri::Authority::try_from(host).is_ok())
 }
 
 /// Builds the head of a parsed request this path may serve.
@@ -1315,5 +1339,46 @@ mod tests {
             "{out:?}"
         );
         assert!(out.ends_with(b"\r\n\r\n\x81\x01a\x81\x01b"), "{out:?}");
+    }
+
+    #[test]
+    fn plain_targets_and_hosts_are_what_the_full_parse_takes() {
+        for t in [
+            "/",
+            "/api/x",
+            "/a?b=c&d=e",
+            "/%20x",
+            "/a;b",
+            "/a:b@c",
+            "/x?y=/z?w",
+            "/a|b",
+            "/a{b}",
+            "/a\"b",
+            "/ap`i",
+            "/a#b",
+            "/a?b#c",
+            "/a b",
+            "/\u{e9}",
+        ] {
+            let full = !t.contains('#') && http::uri::PathAndQuery::try_from(t).is_ok();
+            assert_eq!(plain_target(t.as_bytes()), full, "{t:?}");
+        }
+        for h in [
+            "a.example",
+            "a.example:8080",
+            "127.0.0.1:80",
+            "[::1]:80",
+            "x-y",
+            "a:",
+            ":80",
+            "user@a.example",
+            "a b",
+            "",
+            "a:123456",
+            ".a",
+        ] {
+            let full = !h.contains('@') && http::uri::Authority::try_from(h).is_ok();
+            assert_eq!(plain_host(h.as_bytes()), full, "{h:?}");
+        }
     }
 }
