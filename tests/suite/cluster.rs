@@ -1040,6 +1040,8 @@ async fn sentinel_failover_is_followed_without_disconnecting_anyone() {
             "--replicaof",
             "127.0.0.1",
             &master.port.to_string(),
+            "--dir",
+            dir.path().to_str().unwrap(),
         ]
         .map(String::from)
         .to_vec(),
@@ -1049,7 +1051,8 @@ async fn sentinel_failover_is_followed_without_disconnecting_anyone() {
     std::fs::write(
         &conf,
         format!(
-            "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor m 127.0.0.1 {} 1\nsentinel down-after-milliseconds m 1000\nsentinel failover-timeout m 4000\n",
+            "port {sentinel_port}\nbind 127.0.0.1\ndir {}\nsentinel monitor m 127.0.0.1 {} 1\nsentinel down-after-milliseconds m 1000\nsentinel failover-timeout m 4000\n",
+            dir.path().display(),
             master.port
         ),
     )
@@ -1264,6 +1267,8 @@ async fn rediss_with_a_test_ca_and_a_client_certificate() {
             "127.0.0.1",
         ])
         .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(pki.dir.path())
         .arg("--tls-cert-file")
         .arg(&pki.server_cert)
         .arg("--tls-key-file")

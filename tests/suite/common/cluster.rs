@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
+    /// Its working folder: a replica's full sync writes an RDB file there, not in the repo.
+    dir: tempfile::TempDir,
 }
 
 impl Redis {
@@ -14,6 +16,7 @@ impl Redis {
         let mut r = Redis {
             port: free_port(),
             child: None,
+            dir: tempfile::tempdir().unwrap(),
         };
         r.run().await;
         r
@@ -23,6 +26,8 @@ impl Redis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
