@@ -1095,7 +1095,11 @@ async fn sends_are_bounded_and_a_stream_that_is_not_read_is_let_go() {
     let many = format!("[{}]", vec!["\"\""; 1001].join(","));
     let r = post(&gw, &format!("{url}/xhr_send"), &many).await;
     assert_eq!(r.status, 413, "1,001 messages: as the README says");
-    assert!(r.body_text().contains("Too many messages"), "{}", r.body_text());
+    assert!(
+        r.body_text().contains("Too many messages"),
+        "{}",
+        r.body_text()
+    );
     let r = post(&gw, &format!("{url}/xhr_send"), "{\"not\": \"a list\"}").await;
     assert_eq!(
         (r.status, r.body_text().as_str()),
