@@ -102,27 +102,32 @@ static READ_IN_FLIGHT: std::sync::atomic::AtomicBool = std::sync::atomic::Atomic
 /// a directory or a 200 MB file is refused with a reason instead of being read (or waited on)
 /// without end.
 pub fn read_file(path: &Path) -> Result<String, String> {
-    use std::sync::atomic::Ordering;
-    if READ_IN_FLIGHT.swap(true, Ordering::SeqCst) {
-        return Err("an earlier read of it has not returned yet (is its filesystem stuck?)".into());
-    }
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let owned = path.to_owned();
     let spawned = std::thread::Builder::new()
         .name("config read".into())
         .spawn(move || {
-            let read = read_regular(&owned);
-            READ_IN_FLIGHT.store(false, Ordering::SeqCst);
-            let _ = tx.send(read);
+            let _ = tx.send(read_unboxed(&owned));
         });
     if let Err(e) = spawned {
-        READ_IN_FLIGHT.store(false, Ordering::SeqCst);
         return Err(format!("cannot start its read: {e}"));
     }
     match rx.recv_timeout(READ_TIME_BOX) {
         Ok(read) => read,
         Err(_) => Err(format!("not read within {READ_TIME_BOX:?}")),
     }
+}
+
+/// [`read_file`] without its time box, for a caller that boxes the read itself (the config
+/// watcher, on tokio's blocking pool, so that a read every tick starts no thread of its own).
+pub fn read_unboxed(path: &Path) -> Result<String, String> {
+    use std::sync::atomic::Ordering;
+    if READ_IN_FLIGHT.swap(true, Ordering::SeqCst) {
+        return Err("an earlier read of it has not returned yet (is its filesystem stuck?)".into());
+    }
+    let read = read_regular(path);
+    READ_IN_FLIGHT.store(false, Ordering::SeqCst);
+    read
 }
 
 fn read_regular(path: &Path) -> Result<String, String> {

@@ -216,8 +216,10 @@ impl Watch {
         let path = self.path.clone();
         // The same bounded, time-boxed read as a reload's: a watched path that becomes
         // `/dev/zero` or a FIFO is not read without end.
-        tokio::task::spawn_blocking(move || config::read_file(&path))
+        let read = tokio::task::spawn_blocking(move || config::read_unboxed(&path));
+        tokio::time::timeout(config::READ_TIME_BOX, read)
             .await
+            .ok()?
             .ok()?
             .ok()
             .map(String::into_bytes)

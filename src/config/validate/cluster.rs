@@ -41,9 +41,7 @@ impl Validator<'_> {
                 );
             }
         }
-        let mut config = self.cluster_rest(c, redis);
-        config.tls = tls;
-        config
+        self.cluster_rest(c, redis, tls)
     }
 
     /// `cluster.tls`: PEM files, each read now (a missing or empty one is an error here).
@@ -158,7 +156,12 @@ impl Validator<'_> {
         redis
     }
 
-    fn cluster_rest(&mut self, c: &RawCluster, redis: RedisAt) -> ClusterConfig {
+    fn cluster_rest(
+        &mut self,
+        c: &RawCluster,
+        redis: RedisAt,
+        tls: Option<RedisTls>,
+    ) -> ClusterConfig {
         let node = match &c.node {
             Some(n) => match expand_env(n) {
                 Ok(n) => n,
@@ -191,7 +194,7 @@ impl Validator<'_> {
         }
         ClusterConfig {
             redis,
-            tls: None,
+            tls,
             node,
             prefix,
             lease_ttl,
