@@ -166,9 +166,38 @@ pub struct Subscription {
 struct Ring {
     next_seq: u64,
     held: VecDeque<Arc<Message>>,
+    /// A clustered hub's own recent messages (from this instance's backend connection) that
+    /// no stream entry has matched yet, oldest first: see [`Hub::publish_at`].
+    own: VecDeque<Arc<Message>>,
     /// The payload bytes `held` keeps, charged to the process's memory budget: a ring that
     /// cannot grow within it lets its oldest messages go (down to none).
     charge: crate::memory::Charge,
+}
+
+impl Ring {
+    /// True when a stream entry is one of this instance's own messages (its own append read
+    /// back, or the same backend message stamped by another instance); the matched message
+    /// and every older own message leave the tail.
+    fn own_match(&mut self, seq: u64, event: Option<&str>, payload: &[u8], binary: bool) -> bool {
+        if self.own.is_empty() {
+            return false;
+        }
+        let window = SAME_MESSAGE_MS << CLOCK_SHIFT;
+        let found = self.own.iter().position(|m| {
+            m.seq == seq
+                || (m.seq.abs_diff(seq) <= window
+                    && m.binary == binary
+                    && m.event.as_deref() == event
+                    && m.payload[..] == *payload)
+        });
+        match found {
+            Some(i) => {
+                self.own.drain(..=i);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// How a hub numbers what its own producer publishes.
@@ -187,6 +216,15 @@ pub const CLOCK_SHIFT: u32 = 10;
 
 /// How far ahead of the cluster's clock a client's position may be and still be believed.
 const CLOCK_SLACK_MS: u64 = 60_000;
+
+/// How far apart two instances' stamps of one backend message may be (each stamps it when its
+/// own connection delivers it): a stream entry this close to one of this instance's own
+/// messages, with the same content, is that message.
+const SAME_MESSAGE_MS: u64 = 2_000;
+
+/// At most this many of its own messages a clustered hub keeps to match stream entries
+/// against (a few seconds' worth at any realistic rate; older ones are dropped by age too).
+const OWN_TAIL: usize = 4096;
 
 pub struct Hub {
     /// Changes when the feed restarts from scratch; part of every event id. A clustered feed
@@ -249,6 +287,7 @@ impl Hub {
                 charge: crate::memory::Charge::none(),
                 next_seq: 1,
                 held: VecDeque::new(),
+                own: VecDeque::new(),
             }),
             live: Mutex::new(None),
             replay,
@@ -343,15 +382,34 @@ impl Hub {
                 Stamp::Clock(clock) => ring.next_seq.max(clock()),
             };
             let prev = ring.next_seq - 1;
-            self.hold(&mut ring, seq, prev, event, payload, binary)
+            let msg = self.hold(&mut ring, seq, prev, event, payload, binary);
+            if matches!(self.stamp, Stamp::Clock(_)) {
+                let window = SAME_MESSAGE_MS << CLOCK_SHIFT;
+                while ring.own.len() >= OWN_TAIL
+                    || ring.own.front().is_some_and(|m| m.seq + window < seq)
+                {
+                    ring.own.pop_front();
+                }
+                ring.own.push_back(msg.clone());
+            }
+            msg
         };
         send(&mut live, Event::Message(msg.clone()));
         msg
     }
 
     /// Publishes a message another instance stamped (`seq`, after `prev`), read from the
-    /// cluster. Nothing happens when `seq` is not past the head: this instance has it already
-    /// (it published it itself), or has moved past it.
+    /// cluster. Nothing happens when `seq` is not past the head (this instance has it already,
+    /// or has moved past it), nor when it is a message this instance's own backend connection
+    /// already delivered.
+    ///
+    /// That last case is the hand-over after an outage of Redis: until its next lease tick, an
+    /// instance that served its clients from its own connection (local mode) still has it
+    /// while the new lease holder's entries arrive, each stamped by the holder a moment after
+    /// this instance stamped the same message. Such an entry is matched against this hub's own
+    /// recent messages in order (same content, stamps within [`SAME_MESSAGE_MS`]), so each
+    /// own message stands for at most one entry and a repeated payload is not mistaken for an
+    /// earlier one.
     pub fn publish_at(
         &self,
         seq: u64,
@@ -363,7 +421,7 @@ impl Hub {
         let mut live = self.live();
         let msg = {
             let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-            if seq < ring.next_seq {
+            if ring.own_match(seq, event.as_deref(), &payload, binary) || seq < ring.next_seq {
                 return None;
             }
             self.hold(&mut ring, seq, prev, event, payload, binary)
@@ -658,6 +716,41 @@ mod tests {
         assert!(hub.plausible(clock() + 70));
         assert!(hub.plausible(clock() + (30_000 << CLOCK_SHIFT)));
         assert!(!hub.plausible(clock() + (120_000 << CLOCK_SHIFT)));
+    }
+
+    /// After an outage of Redis: this instance still has its own connection while the new
+    /// holder's entries for the same messages arrive, stamped a little later. Each entry that
+    /// is one of its own messages is dropped once; what its own connection never gave goes in.
+    #[test]
+    fn entries_for_messages_this_instance_delivered_itself_are_not_delivered_again() {
+        let hub = Hub::clustered(8, 16, clock);
+        let at = |seq: u64, text: &'static str| {
+            hub.publish_at(seq, 0, None, Bytes::from_static(text.as_bytes()), false)
+                .is_some()
+        };
+        let ms = |n: u64| n << CLOCK_SHIFT;
+        // Its own connection: x, y, x (a payload may repeat).
+        let own: Vec<u64> = ["x", "y", "x"]
+            .iter()
+            .map(|t| hub.publish(Bytes::from_static(t.as_bytes()), false).seq)
+            .collect();
+        // Its own append read back: the same seq.
+        assert!(!at(own[0], "x"));
+        // The holder's stamps of y and the second x, 3 ms later each: the same messages.
+        assert!(!at(own[1] + ms(3), "y"));
+        assert!(!at(own[2] + ms(3), "x"));
+        // The second x is matched already: another x is a new message, as is z.
+        assert!(at(own[2] + ms(250), "x"));
+        assert!(at(own[2] + ms(500), "z"));
+        // The same content long after is a new message too.
+        let later = hub.publish(Bytes::from_static(b"w"), false).seq;
+        assert!(at(later + ms(SAME_MESSAGE_MS + 1), "w"));
+        let s = hub.subscribe(Some(0));
+        let got: Vec<&[u8]> = s.backlog.iter().map(|m| &m.payload[..]).collect();
+        assert_eq!(
+            got,
+            [b"x", b"y", b"x", b"x", b"z", b"w", b"w"].map(|b| &b[..])
+        );
     }
 
     #[test]
