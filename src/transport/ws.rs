@@ -426,7 +426,14 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                 self.undecoded = true;
                 break;
             }
-            match self.decoder.next_message() {
+            // A compressed message is charged while it inflates; once it is out, what holds it
+            // is charged instead (the message in flight below).
+            let mut inflating = crate::memory::Charge::none();
+            let next = self
+                .decoder
+                .next_message_within(&mut |n| inflating.resize(n, "ws_inflate"));
+            drop(inflating);
+            match next {
                 Ok(None) => {
                     self.undecoded = false;
                     break;
@@ -499,6 +506,11 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                 Ok(Some(Incoming::Close(code))) => {
                     self.client_closed = true;
                     end = Some((code.unwrap_or(close::NORMAL), String::new()));
+                    break;
+                }
+                // Its inflation did not fit the memory budget (counted as `ws_inflate` there).
+                Err(v) if v.code == close::TRY_AGAIN_LATER => {
+                    end = Some(over_budget_close());
                     break;
                 }
                 Err(v) => {
@@ -737,7 +749,12 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
         let wait = async {
             let mut read = 0usize;
             loop {
-                match self.decoder.next_message() {
+                let mut inflating = crate::memory::Charge::none();
+                let next = self
+                    .decoder
+                    .next_message_within(&mut |n| inflating.resize(n, "ws_inflate"));
+                drop(inflating);
+                match next {
                     Ok(Some(Incoming::Close(_))) | Err(_) => return,
                     Ok(Some(_)) => continue,
                     Ok(None) => {}

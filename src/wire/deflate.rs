@@ -160,15 +160,32 @@ pub enum InflateError {
     TooBig,
     /// Not a valid deflate stream.
     Corrupt,
+    /// `room` refused the buffer's growth (the process's memory budget is spent).
+    NoRoom,
 }
 
 /// Inflates one message, stopping as soon as it passes `limit` bytes: a small frame that would
 /// inflate to gigabytes costs at most `limit` (a zip bomb is refused, not expanded).
 pub fn inflate(data: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
+    inflate_within(data, limit, &mut |_| true)
+}
+
+/// [`inflate`], where `room` is asked before the output buffer is allocated and before each time it grows, with
+/// the capacity it would have; the caller charges that against its budget, so inflation is
+/// accounted while it runs, not only once it is done.
+pub fn inflate_within(
+    data: &[u8],
+    limit: usize,
+    room: &mut dyn FnMut(usize) -> bool,
+) -> Result<Vec<u8>, InflateError> {
     INFLATER.with(|cell| {
         let mut d = cell.borrow_mut();
         d.reset(false);
-        let mut out = Vec::with_capacity((data.len() * 4).max(256).min(limit.saturating_add(1)));
+        let first = (data.len() * 4).max(256).min(limit.saturating_add(1));
+        if !room(first) {
+            return Err(InflateError::NoRoom);
+        }
+        let mut out = Vec::with_capacity(first);
         for input in [data, &TAIL[..]] {
             let start = d.total_in();
             loop {
@@ -177,8 +194,12 @@ pub fn inflate(data: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
                     if out.len() > limit {
                         return Err(InflateError::TooBig);
                     }
-                    let room = limit.saturating_add(1) - out.len();
-                    out.reserve_exact(out.capacity().min(room).max(1));
+                    let left = limit.saturating_add(1) - out.len();
+                    let more = out.capacity().min(left).max(1);
+                    if !room(out.capacity() + more) {
+                        return Err(InflateError::NoRoom);
+                    }
+                    out.reserve_exact(more);
                 }
                 let before = (d.total_in(), d.total_out());
                 let status = d
@@ -300,6 +321,19 @@ mod tests {
         let bomb = compress(&zeros, Agreed { server_bits: 15 }).unwrap();
         assert!(bomb.len() < 128 << 10);
         assert_eq!(inflate(&bomb, 1 << 20), Err(InflateError::TooBig));
+        // Each growth is asked for first, with the capacity it would reach: refused at 64 KiB,
+        // the buffer never gets there.
+        let mut asked = Vec::new();
+        let mut room = |n: usize| {
+            asked.push(n);
+            n <= 64 << 10
+        };
+        assert_eq!(
+            inflate_within(&bomb, 1 << 20, &mut room),
+            Err(InflateError::NoRoom)
+        );
+        assert!(asked.windows(2).all(|w| w[0] < w[1]), "{asked:?}");
+        assert!(*asked.last().unwrap() > 64 << 10, "{asked:?}");
         assert_eq!(
             inflate(b"\xff\xff\xff", 1 << 20),
             Err(InflateError::Corrupt)

@@ -164,6 +164,15 @@ impl Decoder {
 
     /// The next complete message, `Ok(None)` when more bytes are needed.
     pub fn next_message(&mut self) -> Result<Option<Incoming>, Violation> {
+        self.next_message_within(&mut |_| true)
+    }
+
+    /// [`Self::next_message`], where inflating a compressed message asks `room` before its
+    /// buffer grows (see [`deflate::inflate_within`]); a refusal is a `1013` violation.
+    pub fn next_message_within(
+        &mut self,
+        room: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Option<Incoming>, Violation> {
         loop {
             let mut cur = Cursor::new(&self.buf[..]);
             let Some((header, len)) = FrameHeader::parse(&mut cur)
@@ -239,7 +248,7 @@ impl Decoder {
                     held.data.extend_from_slice(&payload);
                     if header.is_final {
                         let p = self.partial.take().expect("checked above");
-                        return self.finish(p.op, p.compressed, p.data).map(Some);
+                        return self.finish(p.op, p.compressed, p.data, room).map(Some);
                     }
                 }
                 OpCode::Data(data) => {
@@ -255,7 +264,7 @@ impl Decoder {
                         OP_BINARY
                     };
                     if header.is_final {
-                        return self.finish(op, header.rsv1, payload).map(Some);
+                        return self.finish(op, header.rsv1, payload, room).map(Some);
                     }
                     self.partial = Some(Partial {
                         op,
@@ -287,11 +296,17 @@ fn unmask(data: &mut [u8], mask: [u8; 4]) {
 
 impl Decoder {
     /// A complete message: inflated when it came compressed, then checked.
-    fn finish(&self, op: u8, compressed: bool, data: BytesMut) -> Result<Incoming, Violation> {
+    fn finish(
+        &self,
+        op: u8,
+        compressed: bool,
+        data: BytesMut,
+        room: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Incoming, Violation> {
         if !compressed {
             return finish(op, data.freeze());
         }
-        match deflate::inflate(&data, self.max_message) {
+        match deflate::inflate_within(&data, self.max_message, room) {
             Ok(plain) => finish(op, Bytes::from(plain)),
             Err(deflate::InflateError::TooBig) => Err(violation(
                 close::TOO_BIG,
@@ -300,6 +315,10 @@ impl Decoder {
             Err(deflate::InflateError::Corrupt) => Err(violation(
                 close::INVALID_PAYLOAD,
                 "compressed message is not valid deflate data",
+            )),
+            Err(deflate::InflateError::NoRoom) => Err(violation(
+                close::TRY_AGAIN_LATER,
+                "the gateway is over its memory budget",
             )),
         }
     }

@@ -237,3 +237,42 @@ async fn a_zip_bomb_gets_1009_and_the_gateway_memory_stays_flat() {
     )
     .await;
 }
+
+/// A compressed message is charged to the memory budget while it inflates, not only once it
+/// is out: under a 1 MiB budget, a message that inflates to 8 MiB (under `max_message`) is
+/// refused with 1013 as its buffer passes the budget (`ws_inflate`), before it is ever whole,
+/// and the budget is given back; a message that fits still goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inflation_is_charged_to_the_memory_budget_while_it_runs() {
+    let gw = Gateway::start_with(
+        "  - name: echo\n    path: /echo\n    backend: { builtin: echo }\n    limits: { max_message: 16MiB }\n",
+        "  limits: { memory: 1MiB }\n",
+    )
+    .await;
+    let big = deflate(&vec![b'a'; 8 << 20]);
+    let (mut s, ext) = ws_open_offering(gw.addr, "/echo", Some("permessage-deflate")).await;
+    assert_eq!(ext, FULL);
+    s.write_all(&client_frame(0xC1, &big)).await.unwrap();
+    let (first, payload) = read_data(&mut s).await;
+    assert_eq!(first, 0x88, "a close frame");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1013);
+    gw.expect_metric("switchyard_memory_refusals_total{what=\"ws_inflate\"}", 1.0)
+        .await;
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "switchyard_memory_refusals_total{what=\"ws_message\"}").unwrap_or(0.0),
+        0.0,
+        "refused while inflating, not once whole"
+    );
+    // Nothing stays charged, and a message that fits is echoed.
+    let (mut s, _) = ws_open_offering(gw.addr, "/echo", Some("permessage-deflate")).await;
+    let body = json_quotes(20);
+    s.write_all(&client_frame(0xC1, &deflate(body.as_bytes())))
+        .await
+        .unwrap();
+    let (first, payload) = read_data(&mut s).await;
+    assert_eq!(first, 0xC1);
+    assert_eq!(inflate(&payload), body.as_bytes());
+    drop(s);
+    gw.expect_metric("switchyard_memory_used_bytes", 0.0).await;
+}
