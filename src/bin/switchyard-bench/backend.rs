@@ -21,8 +21,29 @@ fn ticker(rate: u32) -> tokio::time::Interval {
 
 /// The WebSocket backend on `listen`: `/feed` sends every connection the feed (`rate` messages
 /// a second of `size` bytes; rate 0 is a quiet feed), `/echo` echoes.
-pub async fn serve(listen: SocketAddr, rate: u32, size: usize, payload: crate::feed::Payload) {
+pub async fn serve(
+    listen: SocketAddr,
+    rate: u32,
+    size: usize,
+    payload: crate::feed::Payload,
+    seq_log: Option<std::path::PathBuf>,
+) {
     let listener = TcpListener::bind(listen).await.expect("bind");
+    // With a log (the soak), seqs start from the clock, so a restarted backend never reuses
+    // one, and every message written to a `/feed` connection is logged once the kernel has it.
+    let log = seq_log.map(|path| {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("open the seq log");
+        Arc::new(std::sync::Mutex::new(file))
+    });
+    let first_seq = if log.is_some() {
+        crate::feed::now_ns() / 100_000
+    } else {
+        0
+    };
     let (tx, _) = tokio::sync::broadcast::channel::<Arc<str>>(65536);
     let publisher = tx.clone();
     // Rate 0: a quiet feed (idle-density runs).
@@ -31,7 +52,7 @@ pub async fn serve(listen: SocketAddr, rate: u32, size: usize, payload: crate::f
         if quiet {
             return;
         }
-        let mut seq = 0u64;
+        let mut seq = first_seq;
         let mut tick = ticker(rate);
         loop {
             tick.tick().await;
@@ -46,6 +67,7 @@ pub async fn serve(listen: SocketAddr, rate: u32, size: usize, payload: crate::f
         };
         let _ = stream.set_nodelay(true);
         let mut rx = tx.subscribe();
+        let log = log.clone();
         tokio::spawn(async move {
             let path = Arc::new(std::sync::Mutex::new(String::new()));
             let p = path.clone();
@@ -67,10 +89,18 @@ pub async fn serve(listen: SocketAddr, rate: u32, size: usize, payload: crate::f
                 }
                 return;
             }
+            let log = log.filter(|_| path == "/feed");
             loop {
                 tokio::select! {
                     m = rx.recv() => match m {
-                        Ok(m) => if ws.send(Message::text(&*m)).await.is_err() { return },
+                        Ok(m) => {
+                            if ws.send(Message::text(&*m)).await.is_err() {
+                                return;
+                            }
+                            if let Some(log) = &log {
+                                log_sent(log, &m);
+                            }
+                        }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                         Err(_) => return,
                     },
@@ -78,6 +108,14 @@ pub async fn serve(listen: SocketAddr, rate: u32, size: usize, payload: crate::f
                 }
             }
         });
+    }
+}
+
+/// Appends `SEQ TS_NS` of a message written to a connection (the soak's verifier reads it).
+fn log_sent(log: &std::sync::Mutex<std::fs::File>, m: &str) {
+    use std::io::Write;
+    if let Some((seq, ts)) = crate::feed::parse(m) {
+        let _ = writeln!(log.lock().unwrap(), "{seq} {ts}");
     }
 }
 

@@ -348,7 +348,7 @@ impl Frames {
 /// A streamed response body as it arrives: the head is skipped, and a chunked body is
 /// de-chunked (a server may cut chunks anywhere, mid-line included).
 #[derive(Default)]
-struct Body {
+pub struct Body {
     raw: Vec<u8>,
     head_done: bool,
     chunked: bool,
@@ -361,7 +361,7 @@ struct Body {
 impl Body {
     /// Adds received bytes; appends the body bytes they complete to `out`. False once the
     /// body has ended or cannot be parsed.
-    fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> bool {
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> bool {
         self.raw.extend_from_slice(bytes);
         if !self.head_done {
             let Some(end) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") else {

@@ -18,12 +18,16 @@
 //!   process given) and CPU time are measured; SockJS sessions (held by a streaming receiver)
 //!   too.
 //!
+//! - `soak`: SSE, WebSocket, long-poll, SockJS and tunnel clients against a cluster for as long
+//!   as `bench/soak.sh` runs its faults, each checked against the backend's `--seq-log`.
+//!
 //! Every command prints a table line and, with `--json`, one JSON object.
 //!
 //! This file is the command line; the work is done in
 //! ```text
 //! backend.rs    serve (feed and echo backend), the GRIP origin, publish
 //! scenarios.rs  fanout, echo, idle: open the clients, settle, measure, report
+//! soak.rs       the soak's clients (bench/soak.sh): churn, resume, checked against the log
 //! clients.rs    SSE, WebSocket and long-poll subscribers, echo clients
 //! stats.rs      latency histogram, verdict and order checks, the report
 //! feed.rs       the message format both sides share: `SEQ TS_NS` padded
@@ -35,6 +39,7 @@ mod backend;
 mod clients;
 mod feed;
 mod scenarios;
+mod soak;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -69,6 +74,10 @@ enum Cmd {
         /// Also serve a GRIP origin here (for Pushpin).
         #[arg(long)]
         grip_listen: Option<SocketAddr>,
+        /// Seqs start from the clock, and every message written to a `/feed` connection is
+        /// appended here as `SEQ TS_NS` (the soak's record of what was sent).
+        #[arg(long)]
+        seq_log: Option<std::path::PathBuf>,
     },
     /// Publish the feed to Nchan's WebSocket publisher (`ws://`) or Pushpin's HTTP API (`http://`).
     Publish {
@@ -168,6 +177,42 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// The soak's clients: SSE, WebSocket, long-poll, SockJS and tunnels against a cluster,
+    /// with churn, each checking its feed against the backend's log (see soak.rs).
+    Soak {
+        /// The instances' client addresses, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        gateways: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 3000)]
+        sse: usize,
+        #[arg(long, default_value_t = 3000)]
+        ws: usize,
+        #[arg(long, default_value_t = 2000)]
+        poll: usize,
+        #[arg(long, default_value_t = 1000)]
+        sockjs: usize,
+        #[arg(long, default_value_t = 1000)]
+        tunnels: usize,
+        /// Per-client long-poll sessions opened and abandoned per second.
+        #[arg(long, default_value_t = 5)]
+        sessions_per_sec: u32,
+        #[arg(long, default_value_t = 3600)]
+        seconds: u64,
+        /// A client leaves after this many seconds at least ...
+        #[arg(long, default_value_t = 30)]
+        min_life: u64,
+        /// ... and at most, then comes back.
+        #[arg(long, default_value_t = 600)]
+        max_life: u64,
+        #[arg(long, default_value_t = 8)]
+        sources: u8,
+        /// The backend's `--seq-log`.
+        #[arg(long)]
+        seq_log: std::path::PathBuf,
+        /// The driver's fault log (`UNIX_MS redis-down` / `redis-up` lines).
+        #[arg(long)]
+        events: Option<std::path::PathBuf>,
+    },
     /// Idle clients held while the server's memory and CPU are measured.
     Idle {
         #[arg(long)]
@@ -201,11 +246,12 @@ async fn main() {
             size,
             payload,
             grip_listen,
+            seq_log,
         } => {
             if let Some(addr) = grip_listen {
                 tokio::spawn(backend::grip_origin(addr));
             }
-            backend::serve(listen, rate, size, payload).await
+            backend::serve(listen, rate, size, payload, seq_log).await
         }
         Cmd::Publish {
             url,
@@ -277,6 +323,39 @@ async fn main() {
             clients,
             seconds,
         } => scenarios::hold(&url, clients, seconds, cli.json).await,
+        Cmd::Soak {
+            gateways,
+            sse,
+            ws,
+            poll,
+            sockjs,
+            tunnels,
+            sessions_per_sec,
+            seconds,
+            min_life,
+            max_life,
+            sources,
+            seq_log,
+            events,
+        } => {
+            let run = soak::SoakRun {
+                gateways,
+                sse,
+                ws,
+                poll,
+                sockjs,
+                tunnels,
+                sessions_per_sec,
+                seconds,
+                lifetime: (min_life, max_life),
+                sources,
+                seq_log,
+                events,
+            };
+            if !soak::soak(run, cli.json).await {
+                std::process::exit(1);
+            }
+        }
         Cmd::Idle {
             url,
             transport,
