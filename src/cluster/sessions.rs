@@ -246,7 +246,11 @@ impl Cluster {
     pub(super) async fn run_node_reader(self: Arc<Self>) {
         let me: &'static Arc<Cluster> = super::get().expect("the cluster was initialised");
         let key = self.node_stream(self.node());
-        let mut last = "$".to_owned();
+        // Where reading starts: the stream's newest entry when the reader first connects, then
+        // each entry read. Never `$` after that: a read that fails after Redis answered it (the
+        // process was paused past the response timeout) is read again from the same place, so
+        // no command sent to this node meanwhile is lost.
+        let mut last: Option<String> = None;
         // The stream expires an hour after its reader is gone (this node died).
         let mut expire = redis::cmd("PEXPIRE");
         expire.arg(&key).arg(NODE_STREAM_TTL.as_millis() as u64);
@@ -260,18 +264,39 @@ impl Cluster {
                     continue;
                 }
             };
+            if last.is_none() {
+                let newest: redis::RedisResult<Value> = redis::cmd("XREVRANGE")
+                    .arg(&key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await;
+                match newest {
+                    Ok(v) => {
+                        let newest = super::stream::entries_of(v).pop();
+                        last = Some(newest.map_or_else(|| "0-0".to_owned(), |e| e.id));
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
             // A new master (Sentinel): read there, from the same place.
             while self.master_epoch() == epoch {
                 if expired_at.is_none_or(|at| at.elapsed() >= NODE_STREAM_TTL / 60) {
                     expired_at = Some(Instant::now());
                     self.queue(expire.clone());
                 }
-                let read = super::stream::xread(&mut conn, &key, &last).await;
+                let from = last.clone().expect("set above");
+                let read = super::stream::xread(&mut conn, &key, &from).await;
                 match read {
                     Ok(Value::Nil) => {}
                     Ok(v) => {
                         for e in super::stream::streams_entries(v) {
-                            last = e.id.clone();
+                            last = Some(e.id.clone());
                             me.handle(e);
                         }
                     }

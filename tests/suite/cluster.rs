@@ -1343,3 +1343,50 @@ async fn rediss_with_a_test_ca_and_a_client_certificate() {
     good.expect_metric("switchyard_cluster_up{node=\"node-a\"}", 1.0)
         .await;
 }
+
+/// A SockJS receiver on another instance whose attach is still in flight when it goes (here:
+/// the owner is paused, so the ask times out and the client is told `c[1002]`) does not hold
+/// the session busy: its instance still sends the detach for the attach it named, and the
+/// owner, which sees the detach before that attach is done, undoes the attach as interrupted.
+/// The next receiver is told what the first one was (`c[1002,"Connection interrupted"]`), not
+/// `c[2010,"Another connection still open"]` for as long as the session lives. The owner also
+/// reads, after its pause, the commands sent to it meanwhile (its reader never restarts at `$`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sockjs_receiver_dropped_while_its_attach_is_in_flight_does_not_hold_the_session() {
+    let redis = Redis::start().await;
+    let routes = "  - name: echo\n    path: /echo\n    backend: { builtin: echo }\n    clients: [sockjs]\n    sockjs: { disconnect_delay: 120s }\n";
+    let gws = cluster_of(&redis, routes, "inflight", 2).await;
+    let (a, b) = (&gws[0], &gws[1]);
+    let sid = crate::common::sockjs::session_id();
+    let at = |what: &str| format!("/echo/000/{sid}/{what}");
+    assert_eq!(sockjs(a, "POST", &at("xhr"), "").await, (200, "o\n".into()));
+    // The owner stops; a receiver asks through B, which gives up after its reply deadline
+    // (30 s) and tells its client the connection was interrupted.
+    a.signal("STOP");
+    let asked = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            at("xhr"),
+            b.addr
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.unwrap();
+        let r = parse_response(&raw);
+        (r.status, r.body_text())
+    };
+    let asked = tokio::time::timeout(Duration::from_secs(45), asked).await;
+    a.signal("CONT");
+    let interrupted = (200, "c[1002,\"Connection interrupted\"]\n".to_owned());
+    assert_eq!(asked.expect("B answered within its deadline"), interrupted);
+    // The owner reads that attach and, after it, its detach (its reader reconnects first: the
+    // read in flight during the pause timed out).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        sockjs(a, "POST", &at("xhr"), "").await,
+        interrupted,
+        "the session says what its receiver was told, and is not busy"
+    );
+}
