@@ -1,9 +1,11 @@
 //! The load generator checks itself: `switchyard-bench serve` feeds a real gateway, and
 //! `fanout` (SSE, WebSocket and long-poll) and `echo` report verified figures (every subscriber connected, nothing missing,
-//! nothing twice, every echo right) as JSON.
+//! nothing twice, every echo right) as JSON; `soak` verifies its clients against the backend's
+//! log through a two-instance cluster, and reports a logged message its clients stepped over.
 
 use crate::common::*;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_switchyard-bench"))
@@ -107,4 +109,131 @@ async fn the_load_generator_verifies_fanout_and_echo_through_the_gateway() {
             assert!((20.0..=20.0 * 55.0).contains(&polls), "{r}");
         }
     }
+}
+
+/// The soak's clients and their verifier, in small: two clustered instances, SSE, WebSocket,
+/// long-poll, SockJS and tunnel clients with churn, checked against the backend's log. With
+/// `fake_loss`, the backend is restarted half-way and a seq it never sent is added to its log
+/// in between: every SSE and long-poll chain then steps over a logged message, and the verdict
+/// must say so (the verifier can fail).
+async fn soak_run(fake_loss: bool) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sent.log");
+    let port = free_port();
+    let serve = |log: &std::path::Path| {
+        Killed(
+            bench()
+                .args([
+                    "serve",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--rate",
+                    "20",
+                ])
+                .arg("--seq-log")
+                .arg(log)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut backend = serve(&log);
+    let at: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        wait_for_port(at, DEADLINE).await,
+        "the bench backend listens"
+    );
+    let redis = crate::common::cluster::Redis::start().await;
+    let routes = format!(
+        "  - name: feed\n    path: /feed\n    origins: [\"*\"]\n    clients: [sse, websocket, long_poll, sockjs]\n    backend: {{ websocket: \"ws://{at}/feed\", reconnect: {{ initial: 50ms, max: 200ms }} }}\n    replay: 1000\n\
+         \x20 - name: session\n    path: /session\n    fanout: per_client\n    session_ttl: 5s\n    clients: [long_poll]\n    backend: {{ websocket: \"ws://{at}/session\", forward_headers: [] }}\n\
+         \x20 - name: echo\n    path: /echo\n    proxy: {{ upstreams: [\"{at}\"] }}\n"
+    );
+    let gws = crate::common::cluster::cluster_of(&redis, &routes, "soak", 2).await;
+    let gateways = format!("{},{}", gws[0].addr, gws[1].addr);
+    let soak = {
+        let log = log.to_str().unwrap().to_owned();
+        tokio::spawn(run(args(&[
+            "soak",
+            "--gateways",
+            &gateways,
+            "--sse",
+            "20",
+            "--ws",
+            "20",
+            "--poll",
+            "20",
+            "--sockjs",
+            "10",
+            "--tunnels",
+            "10",
+            "--sessions-per-sec",
+            "5",
+            "--seconds",
+            "8",
+            "--min-life",
+            "1",
+            "--max-life",
+            "3",
+            "--seq-log",
+            &log,
+        ])))
+    };
+    if fake_loss {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        drop(backend);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let last: u64 = text
+            .lines()
+            .last()
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        // Well inside the restart's step: the new backend's seqs start from the clock, 10,000
+        // a second past the old ones.
+        writeln!(f, "{} {now}", last + 1000).unwrap();
+        backend = serve(&log);
+    }
+    let result = soak.await.unwrap();
+    drop(backend);
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soak_clients_verify_every_transport_against_the_backends_log() {
+    let r = soak_run(false).await;
+    assert_eq!(r["unexplained"], 0, "{r:#}");
+    for t in ["sse", "websocket", "long_poll", "sockjs"] {
+        let t = &r["transports"][t];
+        assert!(t["messages"].as_u64().unwrap() > 50, "{r:#}");
+        assert!(
+            t["left"].as_u64().unwrap() > 0,
+            "clients came and went: {r:#}"
+        );
+    }
+    assert!(r["tunnels"]["round_trips"].as_u64().unwrap() > 0, "{r:#}");
+    assert_eq!(r["tunnels"]["wrong_answers"], 0, "{r:#}");
+    assert!(r["sessions"]["opened"].as_u64().unwrap() > 10, "{r:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soak_verifier_reports_a_logged_message_a_chain_stepped_over() {
+    let r = soak_run(true).await;
+    let lost = r["transports"]["sse"]["lost"].as_u64().unwrap()
+        + r["transports"]["long_poll"]["lost"].as_u64().unwrap();
+    assert!(lost > 0, "{r:#}");
+    assert!(r["unexplained"].as_u64().unwrap() >= lost, "{r:#}");
+    assert!(
+        !r["unexplained_examples"].as_array().unwrap().is_empty(),
+        "{r:#}"
+    );
 }
