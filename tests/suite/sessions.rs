@@ -1269,3 +1269,26 @@ async fn sessions_per_address_are_capped_by_max_sessions_per_ip() {
     )
     .await;
 }
+
+/// An idle per-client session costs the gateway little: 400 long-poll sessions, each with its
+/// own backend WebSocket, grow its RSS by under 40 KiB each. (tungstenite's default read
+/// buffer, 128 KiB zero-filled before every read, made it about 150 KiB a session.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_holds_kilobytes_not_a_128_kib_read_buffer() {
+    const SESSIONS: u64 = 400;
+    let (backend, gw) = chat_gateway("").await;
+    let mut c = Client::connect(gw.addr).await;
+    // Warm up (threads, allocator arenas) before measuring.
+    for _ in 0..20 {
+        open_session(&mut c, &[]).await;
+    }
+    let before = gw.rss_kib();
+    for _ in 0..SESSIONS {
+        open_session(&mut c, &[]).await;
+    }
+    assert!(backend.conns().len() >= SESSIONS as usize);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per_session = gw.rss_kib().saturating_sub(before) / SESSIONS;
+    eprintln!("an idle per-client session: {per_session} KiB");
+    assert!(per_session < 40, "{per_session} KiB per idle session");
+}
