@@ -51,15 +51,17 @@ pub async fn sse_client(stream: TcpStream, host: &str, path: &str, mut on: impl 
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if !body.feed(&buf[..n], &mut pending) {
-            return;
-        }
+        // The body's end may come in the same read as its last events: they are read first.
+        let going = body.feed(&buf[..n], &mut pending);
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line = String::from_utf8_lossy(&pending[..end]).into_owned();
             pending.drain(..=end);
             if let Some(data) = line.trim_end_matches('\r').strip_prefix("data: ") {
                 on(data);
             }
+        }
+        if !going {
+            return;
         }
     }
 }

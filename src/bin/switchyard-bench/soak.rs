@@ -199,6 +199,22 @@ impl Ctx {
     }
 }
 
+/// Client `i`'s next connection to `to`, counted in `tally`; after a failed one, a second's
+/// pause and None.
+async fn connect_counted(ctx: &Ctx, i: usize, to: SocketAddr, tally: &Tally) -> Option<TcpStream> {
+    match connect_from(ctx.source(i), to).await {
+        Ok(s) => {
+            tally.connects.fetch_add(1, Ordering::Relaxed);
+            Some(s)
+        }
+        Err(_) => {
+            tally.failed_connects.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            None
+        }
+    }
+}
+
 /// How a connection ended: the client left, or the server (or the network) ended it.
 enum End {
     Left,
@@ -221,12 +237,9 @@ async fn sse(ctx: Arc<Ctx>, i: usize) {
     while !ctx.done() {
         let to = ctx.gateway(n);
         n += 1;
-        let Ok(s) = connect_from(ctx.source(i), to).await else {
-            ctx.soak.sse.failed_connects.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(s) = connect_counted(&ctx, i, to, &ctx.soak.sse).await else {
             continue;
         };
-        ctx.soak.sse.connects.fetch_add(1, Ordering::Relaxed);
         chain.via = to.port();
         let until = ctx.life(&mut dice);
         let end = tokio::time::timeout_at(
@@ -264,9 +277,8 @@ async fn sse_stream(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if !body.feed(&buf[..n], &mut pending) {
-            return;
-        }
+        // The body's end may come in the same read as its last events: they are read first.
+        let going = body.feed(&buf[..n], &mut pending);
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line = String::from_utf8_lossy(&pending[..end]).into_owned();
             pending.drain(..=end);
@@ -290,6 +302,9 @@ async fn sse_stream(
                 }
             }
         }
+        if !going {
+            return;
+        }
     }
 }
 
@@ -312,12 +327,9 @@ async fn poll(ctx: Arc<Ctx>, i: usize) {
     while !ctx.done() {
         let to = ctx.gateway(n);
         n += 1;
-        let Ok(s) = connect_from(ctx.source(i), to).await else {
-            tally.failed_connects.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(s) = connect_counted(&ctx, i, to, tally).await else {
             continue;
         };
-        tally.connects.fetch_add(1, Ordering::Relaxed);
         chain.via = to.port();
         let until = ctx.life(&mut dice);
         let polls = async {
@@ -378,12 +390,9 @@ async fn ws(ctx: Arc<Ctx>, i: usize) {
     while !ctx.done() {
         let to = ctx.gateway(n);
         n += 1;
-        let Ok(s) = connect_from(ctx.source(i), to).await else {
-            tally.failed_connects.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(s) = connect_counted(&ctx, i, to, tally).await else {
             continue;
         };
-        tally.connects.fetch_add(1, Ordering::Relaxed);
         let until = ctx.life(&mut dice);
         let mut check = WsCheck {
             chain: Chain {
@@ -482,9 +491,8 @@ async fn sockjs_stream(mut s: TcpStream, chain: &mut Chain, tally: &Tally) -> St
             }
             status_seen = true;
         }
-        if !body.feed(&buf[..n], &mut pending) {
-            return Stream::Again;
-        }
+        // The answer's end may come in the same read as its last frames: they are read first.
+        let going = body.feed(&buf[..n], &mut pending);
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line = String::from_utf8_lossy(&pending[..end]).into_owned();
             pending.drain(..=end);
@@ -500,6 +508,9 @@ async fn sockjs_stream(mut s: TcpStream, chain: &mut Chain, tally: &Tally) -> St
                     chain.see(tally, m);
                 }
             }
+        }
+        if !going {
+            return Stream::Again;
         }
     }
 }
