@@ -426,14 +426,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
                 self.undecoded = true;
                 break;
             }
-            // A compressed message is charged while it inflates; once it is out, what holds it
-            // is charged instead (the message in flight below).
-            let mut inflating = crate::memory::Charge::none();
-            let next = self
-                .decoder
-                .next_message_within(&mut |n| inflating.resize(n, "ws_inflate"));
-            drop(inflating);
-            match next {
+            match self.next_message() {
                 Ok(None) => {
                     self.undecoded = false;
                     break;
@@ -741,6 +734,14 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
         }
     }
 
+    /// The decoder's next message. A compressed one is charged to the memory budget while it
+    /// inflates (`ws_inflate`); once it is out, what holds it is charged instead.
+    fn next_message(&mut self) -> Result<Option<Incoming>, crate::wire::ws::Violation> {
+        let mut inflating = crate::memory::Charge::none();
+        self.decoder
+            .next_message_within(&mut |n| inflating.resize(n, "ws_inflate"))
+    }
+
     /// After the gateway's close frame, the client's own (RFC 6455 section 7.1.1: the server
     /// closes the TCP connection once the client answered), within [`CLOSE_LINGER`]. Closing at
     /// once would reset a client whose answer or last message is in flight, and it would read a
@@ -749,12 +750,7 @@ impl<'a, D: Downstream> Endpoint<'a, D> {
         let wait = async {
             let mut read = 0usize;
             loop {
-                let mut inflating = crate::memory::Charge::none();
-                let next = self
-                    .decoder
-                    .next_message_within(&mut |n| inflating.resize(n, "ws_inflate"));
-                drop(inflating);
-                match next {
+                match self.next_message() {
                     Ok(Some(Incoming::Close(_))) | Err(_) => return,
                     Ok(Some(_)) => continue,
                     Ok(None) => {}

@@ -39,22 +39,22 @@ impl Drop for Killed {
     }
 }
 
+/// `switchyard-bench serve` on `port` at `rate` messages a second, logging what it writes to
+/// `seq_log` when given.
+fn serve_backend(port: u16, rate: u32, seq_log: Option<&std::path::Path>) -> Killed {
+    let mut cmd = bench();
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--rate", &rate.to_string()]);
+    if let Some(log) = seq_log {
+        cmd.arg("--seq-log").arg(log);
+    }
+    Killed(cmd.stderr(Stdio::null()).spawn().unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_generator_verifies_fanout_and_echo_through_the_gateway() {
     let port = free_port();
-    let _backend = Killed(
-        bench()
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--rate",
-                "50",
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _backend = serve_backend(port, 50, None);
     assert!(
         wait_for_port(format!("127.0.0.1:{port}").parse().unwrap(), DEADLINE).await,
         "the bench backend listens"
@@ -120,23 +120,7 @@ async fn soak_run(fake_loss: bool) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("sent.log");
     let port = free_port();
-    let serve = |log: &std::path::Path| {
-        Killed(
-            bench()
-                .args([
-                    "serve",
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--rate",
-                    "20",
-                ])
-                .arg("--seq-log")
-                .arg(log)
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
+    let serve = |log: &std::path::Path| serve_backend(port, 20, Some(log));
     let mut backend = serve(&log);
     let at: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(
