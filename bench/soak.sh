@@ -16,7 +16,9 @@
 # (serve --seq-log); a gap the gateway announced, or one sent while Redis was down (documented in
 # the README's failure table), is explained, anything else fails the run.
 #
-# Every 10 s: each instance's RSS, open file descriptors and open gauges (samples.csv).
+# Every 10 s: each instance's RSS, open file descriptors and open gauges (samples.csv). At the
+# end bench/soak_report.py writes the report: docs/SOAK.md (and docs/bench/soak-rss.svg) for
+# the hour, SOAK.md in the work directory for --quick; REPORT=path writes it elsewhere.
 # Pass: the clients' verdict, no panic in either log, every open gauge and the fd count back to
 # the baseline after the drain, every reload applied; the RSS slope after warm-up is reported.
 set -euo pipefail
@@ -142,6 +144,11 @@ sleep 2
 echo "ms,instance,rss_kib,fds,client_connections,sessions,sockjs_sessions,backend_connections,memory_used" >"$WORK/samples.csv"
 BASE=("$(sample 0)" "$(sample 1)")
 printf '%s\n' "${BASE[@]}" >>"$WORK/samples.csv"
+cat >"$WORK/params.json" <<EOF
+{"seconds": $DURATION, "rate": $RATE, "kill_every": $KILL_EVERY, "reload_every": $RELOAD_EVERY,
+ "redis_at": $REDIS_AT, "warmup": $WARMUP, "min_life": $MIN_LIFE, "max_life": $MAX_LIFE,
+ "sessions_per_sec": 5, "quick": $QUICK}
+EOF
 echo "soak: $DURATION s, $SSE SSE + $WS WebSocket + $POLL long-poll + $SOCKJS SockJS + $TUNNELS tunnels, feed at $RATE msg/s" >&2
 event start
 
@@ -195,8 +202,9 @@ for n in 0 1; do
   applied=$(metric_sum "$(curl -s "http://127.0.0.1:${ADMIN_PORT[$n]}/metrics")" 'switchyard_config_reloads_total{outcome="success"}')
   if ((applied < RELOADS_OK)); then RELOADS_OK=$applied; fi
 done
+VERDICT=0
 python3 - "$WORK" "$WARMUP" "$PANICS" "$RELOADS" "$RELOADS_OK" "$KILLS" "$REDIS_DONE" "$CLIENTS_OK" \
-  "${BASE[0]}" "${BASE[1]}" "${END[0]}" "${END[1]}" <<'EOF' | tee "$WORK/result.json"
+  "${BASE[0]}" "${BASE[1]}" "${END[0]}" "${END[1]}" <<'EOF' >"$WORK/result.json" || VERDICT=1
 import csv, json, sys
 work, warmup, panics, reloads, reloads_ok, kills, redis, clients_ok = sys.argv[1:9]
 base = [l.split(",") for l in sys.argv[9:11]]
@@ -239,3 +247,9 @@ print(json.dumps({"pass": ok, "clients_verdict_ok": clients_ok == "1", "panics":
                  indent=1))
 sys.exit(0 if ok else 1)
 EOF
+cat "$WORK/result.json"
+# The report: docs/SOAK.md for the hour, the work directory's SOAK.md for --quick (KEEP=1 keeps it).
+if ((QUICK)); then REPORT=${REPORT:-$WORK/SOAK.md}; else REPORT=${REPORT:-docs/SOAK.md}; fi
+python3 bench/soak_report.py "$WORK" --out "$REPORT" --commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+  --command "bench/soak.sh${1:+ $1}"
+exit "$VERDICT"
