@@ -991,7 +991,9 @@ async fn client_send_buffer_bounds_each_client_socket() {
             "-tmnH",
             "state",
             "established",
-            &format!("( sport = :{} )", gw.addr.port()),
+            // The gateway's own address, not only its port: a client elsewhere on the machine
+            // may have that port number on another 127.0.0.x.
+            &format!("( src {} )", gw.addr),
         ])
         .output()
         .expect("ss (iproute2) runs");
