@@ -169,34 +169,55 @@ struct Ring {
     /// A clustered hub's own recent messages (from this instance's backend connection) that
     /// no stream entry has matched yet, oldest first: see [`Hub::publish_at`].
     own: VecDeque<Arc<Message>>,
+    /// The other way round: entries another instance's connection relayed, taken while this
+    /// instance's own connection was open, that none of its own messages has matched yet
+    /// (see [`Hub::publish_backend`]).
+    theirs: VecDeque<Arc<Message>>,
+    /// This instance's backend connections open for the feed (see [`Hub::own_connection`]).
+    connections: usize,
     /// The payload bytes `held` keeps, charged to the process's memory budget: a ring that
     /// cannot grow within it lets its oldest messages go (down to none).
     charge: crate::memory::Charge,
 }
 
-impl Ring {
-    /// True when a stream entry is one of this instance's own messages (its own append read
-    /// back, or the same backend message stamped by another instance); the matched message
-    /// and every older own message leave the tail.
-    fn own_match(&mut self, seq: u64, event: Option<&str>, payload: &[u8], binary: bool) -> bool {
-        if self.own.is_empty() {
-            return false;
+/// Where a stream entry came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provenance {
+    /// Relayed from a lease holder's backend connection: the same backend message may also
+    /// reach this instance on its own connection, during a hand-over.
+    Relayed,
+    /// Published over HTTP (or written by an instance that does not say): only its seq
+    /// identifies it.
+    Published,
+}
+
+/// True when `m` and the message (`seq`, `event`, `payload`, `binary`) are one backend
+/// message stamped by two instances: the same content, stamps within [`SAME_MESSAGE_MS`].
+fn same_message(m: &Message, seq: u64, event: Option<&str>, payload: &[u8], binary: bool) -> bool {
+    m.seq.abs_diff(seq) <= SAME_MESSAGE_MS << CLOCK_SHIFT
+        && m.binary == binary
+        && m.event.as_deref() == event
+        && m.payload[..] == *payload
+}
+
+/// Drops messages from the front of `tail` while it is over [`OWN_TAIL`] or older than
+/// [`SAME_MESSAGE_MS`] before `seq`.
+fn prune(tail: &mut VecDeque<Arc<Message>>, seq: u64) {
+    let window = SAME_MESSAGE_MS << CLOCK_SHIFT;
+    while tail.len() >= OWN_TAIL || tail.front().is_some_and(|m| m.seq + window < seq) {
+        tail.pop_front();
+    }
+}
+
+/// Finds the first message of `tail` that `hit` accepts; it and every older one leave the
+/// tail (both sides deliver one backend order, so what is passed over is not matched later).
+fn take_match(tail: &mut VecDeque<Arc<Message>>, hit: impl Fn(&Message) -> bool) -> bool {
+    match tail.iter().position(|m| hit(m)) {
+        Some(i) => {
+            tail.drain(..=i);
+            true
         }
-        let window = SAME_MESSAGE_MS << CLOCK_SHIFT;
-        let found = self.own.iter().position(|m| {
-            m.seq == seq
-                || (m.seq.abs_diff(seq) <= window
-                    && m.binary == binary
-                    && m.event.as_deref() == event
-                    && m.payload[..] == *payload)
-        });
-        match found {
-            Some(i) => {
-                self.own.drain(..=i);
-                true
-            }
-            None => false,
-        }
+        None => false,
     }
 }
 
@@ -288,6 +309,8 @@ impl Hub {
                 next_seq: 1,
                 held: VecDeque::new(),
                 own: VecDeque::new(),
+                theirs: VecDeque::new(),
+                connections: 0,
             }),
             live: Mutex::new(None),
             replay,
@@ -382,34 +405,68 @@ impl Hub {
                 Stamp::Clock(clock) => ring.next_seq.max(clock()),
             };
             let prev = ring.next_seq - 1;
-            let msg = self.hold(&mut ring, seq, prev, event, payload, binary);
-            if matches!(self.stamp, Stamp::Clock(_)) {
-                let window = SAME_MESSAGE_MS << CLOCK_SHIFT;
-                while ring.own.len() >= OWN_TAIL
-                    || ring.own.front().is_some_and(|m| m.seq + window < seq)
-                {
-                    ring.own.pop_front();
-                }
-                ring.own.push_back(msg.clone());
-            }
-            msg
+            self.hold(&mut ring, seq, prev, event, payload, binary)
         };
         send(&mut live, Event::Message(msg.clone()));
         msg
     }
 
+    /// Publishes one message from this instance's backend connection. None when it is on a
+    /// clustered feed and another instance's connection relayed the same message first (see
+    /// below): this instance's clients have it already.
+    ///
+    /// After an outage of Redis, an instance that served its clients from its own connection
+    /// (local mode) keeps it until its next lease tick while the new holder relays the same
+    /// messages, so each one may come twice, in either order: on its own connection first
+    /// (the entry is then dropped by [`Self::publish_at`]) or from the stream first (dropped
+    /// here). Each side is matched in order against the other's recent unmatched messages
+    /// (same content, stamps within [`SAME_MESSAGE_MS`]), so one message stands for at most
+    /// one of the other's, and a repeated payload is not mistaken for an earlier one.
+    pub fn publish_backend(
+        &self,
+        event: Option<Box<str>>,
+        payload: Bytes,
+        binary: bool,
+    ) -> Option<Arc<Message>> {
+        let Stamp::Clock(clock) = self.stamp else {
+            return Some(self.publish_named(event, payload, binary));
+        };
+        let mut live = self.live();
+        let msg = {
+            let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+            let seq = ring.next_seq.max(clock());
+            prune(&mut ring.theirs, seq);
+            let ev = event.as_deref();
+            if take_match(&mut ring.theirs, |m| {
+                same_message(m, seq, ev, &payload, binary)
+            }) {
+                return None;
+            }
+            let prev = ring.next_seq - 1;
+            let msg = self.hold(&mut ring, seq, prev, event, payload, binary);
+            prune(&mut ring.own, seq);
+            ring.own.push_back(msg.clone());
+            msg
+        };
+        send(&mut live, Event::Message(msg.clone()));
+        Some(msg)
+    }
+
+    /// Marks one of this instance's backend connections for the feed open until the guard is
+    /// dropped: meanwhile relayed entries are kept for [`Self::publish_backend`] to match.
+    pub fn own_connection(self: &Arc<Self>) -> OwnConnection {
+        self.ring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .connections += 1;
+        OwnConnection(self.clone())
+    }
+
     /// Publishes a message another instance stamped (`seq`, after `prev`), read from the
     /// cluster. Nothing happens when `seq` is not past the head (this instance has it already,
-    /// or has moved past it), nor when it is a message this instance's own backend connection
-    /// already delivered.
-    ///
-    /// That last case is the hand-over after an outage of Redis: until its next lease tick, an
-    /// instance that served its clients from its own connection (local mode) still has it
-    /// while the new lease holder's entries arrive, each stamped by the holder a moment after
-    /// this instance stamped the same message. Such an entry is matched against this hub's own
-    /// recent messages in order (same content, stamps within [`SAME_MESSAGE_MS`]), so each
-    /// own message stands for at most one entry and a repeated payload is not mistaken for an
-    /// earlier one.
+    /// or has moved past it), nor when it is this instance's own append read back (its seq)
+    /// or, for a [`Provenance::Relayed`] one, a message this instance's own backend connection
+    /// delivered already (see [`Self::publish_backend`]).
     pub fn publish_at(
         &self,
         seq: u64,
@@ -417,14 +474,26 @@ impl Hub {
         event: Option<Box<str>>,
         payload: Bytes,
         binary: bool,
+        from: Provenance,
     ) -> Option<Arc<Message>> {
         let mut live = self.live();
         let msg = {
             let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-            if ring.own_match(seq, event.as_deref(), &payload, binary) || seq < ring.next_seq {
+            let ev = event.as_deref();
+            let relayed = from == Provenance::Relayed;
+            let own = !ring.own.is_empty()
+                && take_match(&mut ring.own, |m| {
+                    m.seq == seq || (relayed && same_message(m, seq, ev, &payload, binary))
+                });
+            if own || seq < ring.next_seq {
                 return None;
             }
-            self.hold(&mut ring, seq, prev, event, payload, binary)
+            let msg = self.hold(&mut ring, seq, prev, event, payload, binary);
+            if relayed && ring.connections > 0 {
+                prune(&mut ring.theirs, seq);
+                ring.theirs.push_back(msg.clone());
+            }
+            msg
         };
         send(&mut live, Event::Message(msg.clone()));
         Some(msg)
@@ -617,6 +686,19 @@ impl Hub {
     }
 }
 
+/// See [`Hub::own_connection`]; the entries kept for it go when the last one closes.
+pub struct OwnConnection(Arc<Hub>);
+
+impl Drop for OwnConnection {
+    fn drop(&mut self) {
+        let mut ring = self.0.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ring.connections -= 1;
+        if ring.connections == 0 {
+            ring.theirs.clear();
+        }
+    }
+}
+
 /// Sends `event` to the live subscribers, if there is a ring for them.
 fn send(live: &mut Option<broadcast::Sender<Event>>, event: Event) {
     if let Some(tx) = live.as_ref() {
@@ -698,7 +780,8 @@ mod tests {
         assert_eq!((b.seq, b.prev), (clock() + 1, clock()));
         // From another instance: later ones go in, what is not past the head does not.
         let at = |seq: u64, prev: u64, text: &'static str| {
-            hub.publish_at(seq, prev, None, Bytes::from_static(text.as_bytes()), false)
+            let payload = Bytes::from_static(text.as_bytes());
+            hub.publish_at(seq, prev, None, payload, false, Provenance::Relayed)
                 .is_some()
         };
         assert!(at(clock() + 50, clock() + 1, "c"));
@@ -718,39 +801,79 @@ mod tests {
         assert!(!hub.plausible(clock() + (120_000 << CLOCK_SHIFT)));
     }
 
+    fn entry(hub: &Hub, seq: u64, text: &'static str, from: Provenance) -> bool {
+        let payload = Bytes::from_static(text.as_bytes());
+        hub.publish_at(seq, 0, None, payload, false, from).is_some()
+    }
+
+    fn own(hub: &Hub, text: &'static str) -> Option<u64> {
+        let payload = Bytes::from_static(text.as_bytes());
+        hub.publish_backend(None, payload, false).map(|m| m.seq)
+    }
+
+    fn held(hub: &Hub) -> Vec<String> {
+        let s = hub.subscribe(Some(0));
+        s.backlog
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect()
+    }
+
     /// After an outage of Redis: this instance still has its own connection while the new
     /// holder's entries for the same messages arrive, stamped a little later. Each entry that
     /// is one of its own messages is dropped once; what its own connection never gave goes in.
     #[test]
     fn entries_for_messages_this_instance_delivered_itself_are_not_delivered_again() {
+        use Provenance::{Published, Relayed};
         let hub = Hub::clustered(8, 16, clock);
-        let at = |seq: u64, text: &'static str| {
-            hub.publish_at(seq, 0, None, Bytes::from_static(text.as_bytes()), false)
-                .is_some()
-        };
         let ms = |n: u64| n << CLOCK_SHIFT;
         // Its own connection: x, y, x (a payload may repeat).
-        let own: Vec<u64> = ["x", "y", "x"]
+        let mine: Vec<u64> = ["x", "y", "x"]
             .iter()
-            .map(|t| hub.publish(Bytes::from_static(t.as_bytes()), false).seq)
+            .map(|t| own(&hub, t).unwrap())
             .collect();
         // Its own append read back: the same seq.
-        assert!(!at(own[0], "x"));
+        assert!(!entry(&hub, mine[0], "x", Relayed));
         // The holder's stamps of y and the second x, 3 ms later each: the same messages.
-        assert!(!at(own[1] + ms(3), "y"));
-        assert!(!at(own[2] + ms(3), "x"));
+        assert!(!entry(&hub, mine[1] + ms(3), "y", Relayed));
+        assert!(!entry(&hub, mine[2] + ms(3), "x", Relayed));
         // The second x is matched already: another x is a new message, as is z.
-        assert!(at(own[2] + ms(250), "x"));
-        assert!(at(own[2] + ms(500), "z"));
+        assert!(entry(&hub, mine[2] + ms(250), "x", Relayed));
+        assert!(entry(&hub, mine[2] + ms(500), "z", Relayed));
         // The same content long after is a new message too.
-        let later = hub.publish(Bytes::from_static(b"w"), false).seq;
-        assert!(at(later + ms(SAME_MESSAGE_MS + 1), "w"));
-        let s = hub.subscribe(Some(0));
-        let got: Vec<&[u8]> = s.backlog.iter().map(|m| &m.payload[..]).collect();
-        assert_eq!(
-            got,
-            [b"x", b"y", b"x", b"x", b"z", b"w", b"w"].map(|b| &b[..])
-        );
+        let later = own(&hub, "w").unwrap();
+        assert!(entry(&hub, later + ms(SAME_MESSAGE_MS + 1), "w", Relayed));
+        // A message published over HTTP elsewhere is never taken for one of its own.
+        let v = own(&hub, "v").unwrap();
+        assert!(entry(&hub, v + ms(1), "v", Published));
+        assert_eq!(held(&hub), ["x", "y", "x", "x", "z", "w", "w", "v", "v"]);
+    }
+
+    /// The other order: the holder's entries reach this instance before its own connection
+    /// delivers the same messages. While its connection is open those entries are kept, and
+    /// each of its own messages that one of them stands for is not delivered again.
+    #[test]
+    fn own_messages_that_the_stream_delivered_first_are_not_delivered_again() {
+        use Provenance::Relayed;
+        let hub = Arc::new(Hub::clustered(8, 16, clock));
+        let ms = |n: u64| n << CLOCK_SHIFT;
+        let connection = hub.own_connection();
+        assert!(entry(&hub, clock() + ms(1), "a", Relayed));
+        assert!(entry(&hub, clock() + ms(2), "b", Relayed));
+        assert!(entry(&hub, clock() + ms(3), "a", Relayed));
+        assert_eq!(own(&hub, "a"), None);
+        assert_eq!(own(&hub, "b"), None);
+        assert_eq!(own(&hub, "a"), None);
+        // Each entry stands for one of its own: a third a is new, as is c.
+        assert!(own(&hub, "a").is_some());
+        assert!(own(&hub, "c").is_some());
+        // An entry taken while no connection of its own was open is not kept: the same
+        // content on a connection opened later is a new message.
+        drop(connection);
+        assert!(entry(&hub, clock() + ms(10), "d", Relayed));
+        let _connection = hub.own_connection();
+        assert!(own(&hub, "d").is_some());
+        assert_eq!(held(&hub), ["a", "b", "a", "a", "c", "d", "d"]);
     }
 
     #[test]

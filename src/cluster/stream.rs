@@ -8,7 +8,7 @@
 //! backend); a notice has `g` (close code), `r` (reason) and `n` (the node that saw it).
 
 use super::{Cluster, FeedKeys, READ_BLOCK, STREAM_TTL};
-use crate::bridge::hub::{Hub, Message, CLOCK_SHIFT};
+use crate::bridge::hub::{Hub, Message, Provenance, CLOCK_SHIFT};
 use crate::metrics;
 use bytes::Bytes;
 use redis::Value;
@@ -121,7 +121,9 @@ async fn run_appender(
                         .arg("v")
                         .arg(m.prev)
                         .arg("t")
-                        .arg(stamp_ms(m.seq));
+                        .arg(stamp_ms(m.seq))
+                        .arg("c")
+                        .arg(1);
                     if m.binary {
                         cmd.arg("b").arg(1);
                     }
@@ -393,8 +395,16 @@ pub fn apply(hub: &Hub, mut e: Entry, lag: Option<&prometheus::Histogram>, node:
             let event = e
                 .field("e")
                 .map(|n| String::from_utf8_lossy(n).into_owned().into_boxed_str());
+            // Relayed from a backend connection (not published over HTTP).
+            let from = match e.field("c") {
+                Some(_) => Provenance::Relayed,
+                None => Provenance::Published,
+            };
             let payload = Bytes::from(e.take("p").unwrap_or_default());
-            if hub.publish_at(seq, prev, event, payload, binary).is_some() {
+            if hub
+                .publish_at(seq, prev, event, payload, binary, from)
+                .is_some()
+            {
                 if let (Some(lag), Some(t)) = (lag, stamped) {
                     let now = stamp_ms(super::clock_seq());
                     lag.observe(now.saturating_sub(t) as f64 / 1000.0);

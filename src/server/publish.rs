@@ -9,6 +9,7 @@
 //! <token>` is required (401 otherwise), compared in constant time.
 
 use crate::bridge::channels::ChannelError;
+use crate::bridge::hub::Provenance;
 use crate::gateway::{GatewayState, Target};
 use crate::metrics;
 use crate::policy::admin::{bearer, same_secret};
@@ -197,7 +198,7 @@ async fn publish_clustered(
         match crate::cluster::stream::append_published(cluster, &keys, cap, &payload, binary).await
         {
             Ok((seq, prev)) => {
-                hub.publish_at(seq, prev, None, payload, binary);
+                hub.publish_at(seq, prev, None, payload, binary, Provenance::Published);
                 last = seq;
             }
             Err(e) => {

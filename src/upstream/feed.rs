@@ -9,6 +9,7 @@
 
 use super::tls::BackendIo;
 use super::{sse, ws};
+use crate::bridge::hub::OwnConnection;
 use crate::bridge::Hub;
 use crate::config::{BackendSpec, BridgeRoute, Reconnect, RemoteBackend, Route};
 use crate::metrics;
@@ -79,7 +80,9 @@ impl Link {
         binary: bool,
         origin_id: Option<&str>,
     ) {
-        let msg = self.hub.publish_named(event, payload, binary);
+        let Some(msg) = self.hub.publish_backend(event, payload, binary) else {
+            return;
+        };
         if let Some(relay) = &self.relay {
             relay.offer(&msg, origin_id);
         }
@@ -271,8 +274,10 @@ pub async fn within_connect_timeout<T>(
     }
 }
 
-/// Keeps `switchyard_backend_connections_open` right however a connection ends.
-pub struct Connected(prometheus::IntGauge);
+/// Keeps `switchyard_backend_connections_open` right however a connection ends; a shared
+/// feed's also tells its hub that its own connection is open meanwhile (see
+/// [`crate::bridge::Hub::own_connection`]).
+pub struct Connected(prometheus::IntGauge, Option<OwnConnection>);
 
 impl Connected {
     pub fn new(route: &str) -> Self {
@@ -281,7 +286,14 @@ impl Connected {
             .inc();
         let gauge = metrics::BACKEND_CONNECTED.with_label_values(&[route]);
         gauge.inc();
-        Self(gauge)
+        Self(gauge, None)
+    }
+
+    /// A shared feed's connection.
+    pub fn feed(link: &Link) -> Self {
+        let mut c = Self::new(link.route_name());
+        c.1 = Some(link.hub.own_connection());
+        c
     }
 }
 

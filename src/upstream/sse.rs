@@ -100,7 +100,7 @@ pub async fn session(link: &Link, feed: &RemoteBackend, resume: &mut Resume) -> 
         Ok(o) => o,
         Err(failed) => return failed,
     };
-    let _connected = Connected::new(route);
+    let _connected = Connected::feed(link);
     log::info!("route {route}: connected to backend {}", feed.url);
     let received = metrics::BACKEND_MESSAGES.with_label_values(&[route]);
     let mut body = opened.body;

@@ -121,7 +121,7 @@ pub async fn session(link: &Link, feed: &RemoteBackend) -> Outcome {
         Err(failed) => return failed,
     };
     link.hub.set_backend_protocol(protocol);
-    let _connected = Connected::new(route);
+    let _connected = Connected::feed(link);
     log::info!("route {route}: connected to backend {}", feed.url);
     let received = metrics::BACKEND_MESSAGES.with_label_values(&[route]);
 
