@@ -601,6 +601,49 @@ impl Connection {
             .await
     }
 
+    /// Reads a request body of `len` bytes (its `Content-Length`) whole, within `deadline`,
+    /// after a `100 Continue` when the client waits for one; bytes past it stay pending (the
+    /// next request). The caller bounds `len`. On an error the connection is not reused.
+    pub async fn read_whole_body(
+        &mut self,
+        len: usize,
+        deadline: Duration,
+    ) -> pingora::Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let keepalive = std::mem::replace(&mut self.keepalive, false);
+        let waits = self.pending.len() < len
+            && self.req.as_ref().is_some_and(|r| {
+                r.headers
+                    .get(http::header::EXPECT)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+            });
+        if waits {
+            self.write_parts(&[b"HTTP/1.1 100 Continue\r\n\r\n"], "writing 100 Continue")
+                .await?;
+        }
+        let (io, pending) = (&mut self.io, &mut self.pending);
+        let read = async {
+            while pending.len() < len {
+                pending.reserve(len - pending.len());
+                if io.read_buf(pending).await? == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+                }
+            }
+            Ok(())
+        };
+        timed(Some(deadline), read)
+            .await
+            .or_err(ErrorType::ReadError, "reading the request body")?;
+        self.keepalive = keepalive;
+        // A copy of its own: a body may be kept for long (a replay ring), and must not keep
+        // alive the buffer it was read into, which may hold the next request too.
+        let body = Bytes::copy_from_slice(&self.pending[..len]);
+        bytes::Buf::advance(&mut self.pending, len);
+        Ok(body)
+    }
+
     /// Notes that a passed-through answer's head with `status` is being written, and whether
     /// the client's connection ends after it.
     pub fn passed_head(&mut self, status: u16, close: bool) {

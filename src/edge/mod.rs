@@ -10,7 +10,10 @@
 //!
 //! Each HTTP/1 connection leaves pingora's connection task at once for a task of its own, sized
 //! by what its own loop needs: a connection waiting for a head holds the head's buffer, not
-//! pingora's machinery.
+//! pingora's machinery. The admin listener's connections are read the same way
+//! ([`AdminConnections`]): a request with a small body of known length is read whole and
+//! answered here (pipelined requests in order, `100 Continue` before a body), anything else on
+//! pingora's path.
 //!
 //! - [`pacer`]: accepts paced to `accept_rate` (reconnect storms).
 //! - [`deadline`]: the request-head deadline (slowloris), and the replay of bytes read ahead.
@@ -33,7 +36,7 @@ pub use pacer::AcceptPacer;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, ServerApp};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
@@ -42,6 +45,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
+
+use crate::transport::Downstream;
 
 /// What the edge needs from the layer above it: which requests it serves over its own lean
 /// connection, and serving them (admission included).
@@ -89,15 +94,33 @@ pub struct Edge<P, G> {
     pub admin: Option<AdminListener>,
 }
 
-/// Serves the connections of the admin listener (the server's admin app).
+/// The admin listener's app (the server's), as the edge serves it: requests it reads whole
+/// (a head and a `Content-Length` body of at most [`ADMIN_LEAN_BODY`] bytes) on its lean
+/// connection, anything else on pingora's path, through the app's `HttpServerApp`.
 pub trait AdminConnections: Send + Sync {
-    /// Serves one connection until it closes.
-    fn serve(
-        &self,
-        stream: Stream,
-        shutdown: ShutdownWatch,
-    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+    /// The answer to one request whose whole body has been read.
+    fn answer<'a>(
+        &'a self,
+        req: &'a RequestHeader,
+        peer: Option<std::net::IpAddr>,
+        body: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn Future<Output = http::Response<Vec<u8>>> + Send + 'a>>;
+
+    /// Serves one request on pingora's path, for every other request (see [`to_pingora`]).
+    fn to_pingora<'a>(
+        &'a self,
+        io: Box<HeadDeadline>,
+        replay: bytes::Bytes,
+        shutdown: &'a ShutdownWatch,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<Box<HeadDeadline>>> + Send + 'a>>;
 }
+
+/// The largest request body the admin listener reads whole on its lean path (a publish's,
+/// usually); a larger one, or a chunked one, is read by pingora's path, which streams it.
+pub const ADMIN_LEAN_BODY: u64 = 256 * 1024;
+
+/// How long a request body on the admin listener's lean path may take to arrive.
+const ADMIN_BODY_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The admin listener's address and app. It is a listener of the client-serving service, so
 /// that its work runs on the threads clients are served on: a publish (`server::publish`)
@@ -142,7 +165,11 @@ where
         if let Some(admin) = self.admin.as_ref().filter(|a| a.takes(&stream)) {
             // Not a client: not counted among the connections a drain waits for.
             let (admin, shutdown) = (admin.app.clone(), shutdown.clone());
-            tokio::spawn(async move { admin.serve(stream, shutdown).await });
+            let ip = stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+            let io = Box::new(HeadDeadline::new(stream, self.header_timeout));
+            tokio::spawn(async move { serve_admin(&*admin, io, ip, shutdown).await });
             return None;
         }
         let open = OpenConnection::new();
@@ -260,7 +287,9 @@ where
                             crate::access_log::refused_head(client.ip, now, method);
                         }
                     }
-                    let Some(back) = Box::pin(self.to_pingora(io, replay, &shutdown)).await else {
+                    let Some(back) =
+                        Box::pin(to_pingora(&self.pingora, io, replay, &shutdown)).await
+                    else {
                         return;
                     };
                     io = back;
@@ -324,29 +353,121 @@ where
             http1::Head::Closed => unreachable!("next_head returns no closed head"),
         }
     }
+}
 
-    /// Hands the connection to pingora with the bytes read so far (`replay`), so it reads the
-    /// head again and answers it as it would have; the connection comes back when pingora may
-    /// reuse it.
-    async fn to_pingora(
-        &self,
-        mut io: Box<HeadDeadline>,
-        replay: bytes::Bytes,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Box<HeadDeadline>> {
-        io.replay(replay);
-        let mut session = ServerSession::new_http1(io);
-        if *shutdown.borrow() {
-            session.set_keepalive(None);
-        } else {
-            session.set_keepalive(Some(KEEPALIVE_IDLE.as_secs()));
-        }
-        let reused = self.pingora.process_new_http(session, shutdown).await?;
-        // Its settings hold the keep-alive timeout set above and pipelined bytes, which stay
-        // off (pingora's default), so there is nothing to carry over.
-        let (stream, _) = reused.consume();
-        stream.into_any().downcast::<HeadDeadline>().ok()
+/// Hands the connection to `app` on pingora's path with the bytes read so far (`replay`), so
+/// it reads the head again and answers it as it would have; the connection comes back when
+/// pingora may reuse it.
+pub async fn to_pingora(
+    app: &Arc<impl HttpServerApp + Send + Sync + 'static>,
+    mut io: Box<HeadDeadline>,
+    replay: bytes::Bytes,
+    shutdown: &ShutdownWatch,
+) -> Option<Box<HeadDeadline>> {
+    io.replay(replay);
+    let mut session = ServerSession::new_http1(io);
+    if *shutdown.borrow() {
+        session.set_keepalive(None);
+    } else {
+        session.set_keepalive(Some(KEEPALIVE_IDLE.as_secs()));
     }
+    let reused = app.process_new_http(session, shutdown).await?;
+    // Its settings hold the keep-alive timeout set above and pipelined bytes, which stay off
+    // (pingora's default), so there is nothing to carry over.
+    let (stream, _) = reused.consume();
+    stream.into_any().downcast::<HeadDeadline>().ok()
+}
+
+/// Serves the admin listener's requests on one connection: each head is read here, and a
+/// request whose whole body is small and has a length is answered here
+/// ([`AdminConnections::answer`]); anything else goes to pingora with its head replayed.
+async fn serve_admin(
+    admin: &dyn AdminConnections,
+    mut io: Box<HeadDeadline>,
+    ip: Option<std::net::IpAddr>,
+    shutdown: ShutdownWatch,
+) {
+    let mut carry = BytesMut::new();
+    let mut first = true;
+    loop {
+        let Some(head) = next_head(&mut io, carry, first, &shutdown).await else {
+            return;
+        };
+        first = false;
+        let head = match head {
+            http1::Head::Plain { bytes, .. } => http1::full_head(bytes),
+            head => head,
+        };
+        let (replay, rest) = match head {
+            http1::Head::Parsed {
+                req,
+                mut bytes,
+                len,
+                shape,
+            } if admin_lean(&req, shape.body) => {
+                let rest = http1::after_head(&bytes, len);
+                bytes.truncate(len);
+                let draining = *shutdown.borrow();
+                let mut conn = http1::Connection::new(io, req, rest, ip, false, draining);
+                let body_len = match shape.body {
+                    http1::Framing::Length(n) => n as usize,
+                    _ => 0,
+                };
+                let Ok(body) = conn.read_whole_body(body_len, ADMIN_BODY_DEADLINE).await else {
+                    return;
+                };
+                let resp = admin.answer(conn.req_header(), ip, body).await;
+                let (parts, body) = resp.into_parts();
+                let mut head = ResponseHeader::build(parts.status, Some(parts.headers.len()))
+                    .expect("a status is a valid head");
+                for (name, value) in parts.headers.iter() {
+                    let _ = head.append_header(name.clone(), value.clone());
+                }
+                if conn
+                    .write_answer(Box::new(head), bytes::Bytes::from(body))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                match conn.into_reusable() {
+                    Some((next, rest)) => {
+                        io = next;
+                        carry = rest;
+                    }
+                    None => return,
+                }
+                continue;
+            }
+            // A head with a body (not read): every byte read is pingora's to read again.
+            http1::Head::Parsed { bytes, shape, .. } if shape.body != http1::Framing::Empty => {
+                (bytes.freeze(), BytesMut::new())
+            }
+            http1::Head::Parsed { mut bytes, len, .. } => {
+                let rest = http1::after_head(&bytes, len);
+                bytes.truncate(len);
+                (bytes.freeze(), rest)
+            }
+            http1::Head::Other(bytes) => (bytes.freeze(), BytesMut::new()),
+            http1::Head::Plain { .. } | http1::Head::Closed => return,
+        };
+        carry = rest;
+        let Some(back) = admin.to_pingora(io, replay, &shutdown).await else {
+            return;
+        };
+        io = back;
+    }
+}
+
+/// Whether the admin listener answers a request on its lean path: a body of known, small
+/// length (or none), and no upgrade (the admin app serves none).
+fn admin_lean(req: &RequestHeader, body: http1::Framing) -> bool {
+    let small = match body {
+        http1::Framing::Empty => true,
+        http1::Framing::Length(n) => n <= ADMIN_LEAN_BODY,
+        _ => false,
+    };
+    small && !req.headers.contains_key(http::header::UPGRADE)
 }
 
 /// What serves the next request of a connection.

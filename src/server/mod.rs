@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use drain::DrainOnShutdown;
 use pingora::apps::http_app::{HttpServer, ServeHttp};
+use pingora::http::RequestHeader;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::ServerSession;
@@ -30,6 +31,7 @@ use reload::Reloader;
 use std::sync::Arc;
 
 /// The admin listener's app.
+#[derive(Clone)]
 pub struct AdminApp {
     /// The generation in force, for the status page.
     pub live: Arc<Live>,
@@ -40,14 +42,14 @@ pub struct AdminApp {
 
 impl AdminApp {
     /// The refusal of a request `server.admin_auth` does not let in, if it is one.
-    fn refusal(&self, session: &ServerSession, path: &str) -> Option<http::Response<Vec<u8>>> {
+    fn refusal(
+        &self,
+        req: &RequestHeader,
+        peer: Option<std::net::IpAddr>,
+        path: &str,
+    ) -> Option<http::Response<Vec<u8>>> {
         let auth = self.auth.load();
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let authorization = session
-            .req_header()
+        let authorization = req
             .headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
@@ -75,19 +77,22 @@ impl AdminApp {
                 .expect("static response parts are valid"),
         )
     }
-}
 
-#[async_trait]
-impl ServeHttp for AdminApp {
-    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_owned();
-        if let Some(refused) = self.refusal(session, &path) {
+    /// The answer to one request (`req`, from `peer`), whose body `body` gives.
+    async fn answer(
+        &self,
+        req: &RequestHeader,
+        peer: Option<std::net::IpAddr>,
+        body: publish::Body<'_>,
+    ) -> http::Response<Vec<u8>> {
+        let path = req.uri.path();
+        if let Some(refused) = self.refusal(req, peer, path) {
             return refused;
         }
         if path.starts_with("/publish/") {
             let state = self.live.load();
             let auth = self.auth.load();
-            let answer = publish::serve(&state, session, auth.token.as_deref()).await;
+            let answer = publish::serve(&state, req, body, auth.token.as_deref()).await;
             let mut resp = http::Response::builder()
                 .status(answer.status)
                 .header(
@@ -107,7 +112,7 @@ impl ServeHttp for AdminApp {
                 .body(answer.body)
                 .expect("publish answers are valid responses");
         }
-        let (status, ctype, body) = match path.as_str() {
+        let (status, ctype, body) = match path {
             "/" => {
                 let page = status::collect(&self.live.load(), self.started).to_html();
                 (200, "text/html; charset=utf-8".into(), page.into_bytes())
@@ -145,24 +150,48 @@ impl ServeHttp for AdminApp {
     }
 }
 
-/// The admin app over one connection, as pingora's listening service runs an app: each
-/// request in turn while the connection may be reused.
-struct Admin(Arc<HttpServer<AdminApp>>);
+/// The admin app as the edge serves it (see [`crate::edge::AdminConnections`]).
+struct Admin {
+    app: AdminApp,
+    /// The same app on pingora's path.
+    pingora: Arc<HttpServer<AdminApp>>,
+}
 
 impl crate::edge::AdminConnections for Admin {
-    fn serve(
-        &self,
-        stream: pingora::protocols::Stream,
-        shutdown: pingora::server::ShutdownWatch,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        use pingora::apps::ServerApp;
-        let app = self.0.clone();
-        Box::pin(async move {
-            let mut next = app.process_new(stream, &shutdown).await;
-            while let Some(stream) = next {
-                next = app.process_new(stream, &shutdown).await;
-            }
-        })
+    fn answer<'a>(
+        &'a self,
+        req: &'a RequestHeader,
+        peer: Option<std::net::IpAddr>,
+        body: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = http::Response<Vec<u8>>> + Send + 'a>>
+    {
+        Box::pin(self.app.answer(req, peer, publish::Body::Read(body)))
+    }
+
+    fn to_pingora<'a>(
+        &'a self,
+        io: Box<crate::edge::HeadDeadline>,
+        replay: bytes::Bytes,
+        shutdown: &'a pingora::server::ShutdownWatch,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Option<Box<crate::edge::HeadDeadline>>> + Send + 'a>,
+    > {
+        Box::pin(crate::edge::to_pingora(&self.pingora, io, replay, shutdown))
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        // Only requests the edge does not read whole come this way (a chunked or large body):
+        // their head is copied so the session can give the body.
+        let req = session.req_header().clone();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        self.answer(&req, peer, publish::Body::Session(session))
+            .await
     }
 }
 
@@ -283,11 +312,17 @@ pub fn build(config: &Config, run: &RunOptions) -> anyhow::Result<Server> {
         header_timeout: config.server.header_timeout,
         admin: config.server.admin.map(|addr| crate::edge::AdminListener {
             addr,
-            app: Arc::new(Admin(Arc::new(HttpServer::new_app(AdminApp {
-                live: state.clone(),
-                started,
-                auth: admin_auth.clone(),
-            })))),
+            app: {
+                let app = AdminApp {
+                    live: state.clone(),
+                    started,
+                    auth: admin_auth.clone(),
+                };
+                Arc::new(Admin {
+                    pingora: Arc::new(HttpServer::new_app(app.clone())),
+                    app,
+                })
+            },
         }),
     };
     crate::memory::set_limit(config.server.memory);

@@ -49,15 +49,36 @@ fn target(path: &str) -> Option<(&str, Vec<&str>)> {
     Some((route, parts.collect()))
 }
 
-/// Serves a request under `/publish/`. A route without a `publish.token` of its own takes
-/// `admin_token` (`server.admin_auth.token`) when that is set.
+/// Where a publish's body comes from.
+pub enum Body<'a> {
+    /// Read whole already (the admin listener's lean path, which reads bodies of a known,
+    /// small length).
+    Read(Bytes),
+    /// Still to be read from pingora's session.
+    Session(&'a mut ServerSession),
+}
+
+impl Body<'_> {
+    /// The whole body, at most `max` bytes (413 past it).
+    async fn read(self, max: usize) -> Result<Bytes, Answer> {
+        match self {
+            Body::Read(b) if b.len() > max => Err(too_big(max)),
+            Body::Read(b) => Ok(b),
+            Body::Session(session) => read_body(session, max).await,
+        }
+    }
+}
+
+/// Serves a request under `/publish/` (`req` is its head). A route without a `publish.token`
+/// of its own takes `admin_token` (`server.admin_auth.token`) when that is set.
 pub async fn serve(
     state: &GatewayState,
-    session: &mut ServerSession,
+    req: &pingora::http::RequestHeader,
+    body: Body<'_>,
     admin_token: Option<&str>,
 ) -> Answer {
-    let path = session.req_header().uri.path().to_owned();
-    let Some((name, keys)) = target(&path) else {
+    let path = req.uri.path();
+    let Some((name, keys)) = target(path) else {
         return Answer::error(404, "publish at /publish/ROUTE or /publish/ROUTE/KEY...");
     };
     let Some(rt) = state.routes.iter().find(|rt| rt.route.name == name) else {
@@ -73,14 +94,12 @@ pub async fn serve(
         );
     };
     let outcome = |o: &str| metrics::PUBLISHES.with_label_values(&[name, o]).inc();
-    if session.req_header().method != http::Method::POST {
+    if req.method != http::Method::POST {
         return Answer::error(405, "publish with POST").header("allow", "POST");
     }
     if let Some(token) = publish.token.as_deref().or(admin_token) {
         let given = bearer(
-            session
-                .req_header()
-                .headers
+            req.headers
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.as_bytes()),
         );
@@ -91,21 +110,19 @@ pub async fn serve(
         }
     }
     let max = rt.route.limits.max_message as usize;
-    let body = match read_body(session, max).await {
+    let body = match body.read(max).await {
         Ok(b) => b,
         Err(answer) => {
             outcome("invalid");
             return answer;
         }
     };
-    let content_type = session
-        .req_header()
+    let content_type = req
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let messages = match parse_body(&content_type, body) {
+        .unwrap_or("");
+    let messages = match parse_body(content_type, body) {
         Ok(m) => m,
         Err(BodyError::Malformed(why)) => {
             outcome("invalid");
@@ -211,9 +228,13 @@ async fn publish_clustered(
     (format!("{}-{last}", hub.epoch), hub.subscribers())
 }
 
+fn too_big(max: usize) -> Answer {
+    Answer::error(413, format!("the body exceeds max_message ({max} bytes)"))
+}
+
 /// The whole body, at most `max` bytes (413 past it), each read within the POST deadline.
 async fn read_body(session: &mut ServerSession, max: usize) -> Result<Bytes, Answer> {
-    let too_big = || Answer::error(413, format!("the body exceeds max_message ({max} bytes)"));
+    let too_big = || too_big(max);
     let declared = session
         .req_header()
         .headers

@@ -471,6 +471,98 @@ async fn a_publish_reaches_every_transport_of_its_channel_and_no_other() {
     ws.close(None).await.unwrap();
 }
 
+/// Reads one HTTP/1.1 answer framed by `Content-Length` (or a `100 Continue`) off `io`,
+/// keeping what follows in `buf`: (status, body).
+async fn read_answer(io: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let status: u16 = head[9..12].parse().unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                buf.drain(..end + 4 + len);
+                return (status, body);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, io.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "the admin listener closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The admin listener reads a publish whose body has a length whole and answers it on its own
+/// connection; a chunked body, one over its own limit, and anything it does not read whole go
+/// the full HTTP path. All on one kept-alive connection, pipelined or not, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_of_every_framing_are_answered_in_order_on_one_kept_alive_connection() {
+    use tokio::io::AsyncWriteExt;
+    let gw = news_gateway("    limits: { max_message: 1000 }\n").await;
+    let mut sse = SseReader::open(gw.addr, "/news/k", &[]).await;
+    gw.wait_metric(
+        "switchyard_client_connections_open{route=\"news\",transport=\"sse\"}",
+        1.0,
+    )
+    .await;
+    let post = |body: &str, extra: &str| {
+        format!(
+            "POST /publish/news/k HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer s3cret\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+            body.len()
+        )
+    };
+    let mut io = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
+    let mut buf = Vec::new();
+    // Two publishes and a health check, pipelined in one write.
+    let pipelined = format!(
+        "{}{}GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n",
+        post("p1", ""),
+        post("p2", "")
+    );
+    io.write_all(pipelined.as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut io, &mut buf).await.0, 202);
+    assert_eq!(read_answer(&mut io, &mut buf).await.0, 202);
+    assert_eq!(read_answer(&mut io, &mut buf).await, (200, "ok\n".into()));
+    // A chunked body, then a plain one again on the same connection.
+    io.write_all(b"POST /publish/news/k HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer s3cret\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nc3\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut io, &mut buf).await.0, 202);
+    // A client that waits for `100 Continue` before its body gets it first.
+    let expect = post("e4", "Expect: 100-continue\r\n");
+    let (head, body) = expect.split_at(expect.len() - 2);
+    io.write_all(head.as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut io, &mut buf).await.0, 100);
+    io.write_all(body.as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut io, &mut buf).await.0, 202);
+    // Over the route's max_message: 413, whether the body is read whole first or refused by
+    // its declared length on the full path (over what the listener reads whole).
+    let big = "x".repeat(1001);
+    io.write_all(post(&big, "").as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut io, &mut buf).await.0, 413);
+    let mut io2 = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
+    let huge = "x".repeat(300 * 1024);
+    io2.write_all(post(&huge, "").as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut io2, &mut Vec::new()).await.0, 413);
+    // The connection still serves after a refusal.
+    io.write_all(post("p5", "").as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut io, &mut buf).await.0, 202);
+    for want in ["p1", "p2", "c3", "e4", "p5"] {
+        assert_eq!(sse.next_data_event().await.data, want);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_to_an_unwatched_channel_waits_for_its_first_subscriber_within_backend_linger() {
     let gw = news_gateway("    backend_linger: 2s\n    keepalive: { poll_timeout: 1s }\n").await;
