@@ -2,6 +2,7 @@
 //! in) and HTTP publishing on the admin listener, against a real WebSocket backend and real
 //! clients of every transport.
 
+use crate::common::raw_http;
 use crate::common::sockjs::{request, session_id, Stream};
 use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
@@ -471,36 +472,12 @@ async fn a_publish_reaches_every_transport_of_its_channel_and_no_other() {
     ws.close(None).await.unwrap();
 }
 
-/// Reads one HTTP/1.1 answer framed by `Content-Length` (or a `100 Continue`) off `io`,
-/// keeping what follows in `buf`: (status, body).
-async fn read_answer(io: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (u16, String) {
-    use tokio::io::AsyncReadExt;
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let status: u16 = head[9..12].parse().unwrap();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
-                buf.drain(..end + 4 + len);
-                return (status, body);
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(DEADLINE, io.read(&mut chunk))
-            .await
-            .expect("an answer in time")
-            .unwrap();
-        assert!(n > 0, "the admin listener closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+/// The status of the next answer on `io` (see [`raw_http::read_answer`]).
+async fn next_status(io: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> u16 {
+    let answer = raw_http::read_answer(io, buf, false)
+        .await
+        .expect("an answer before the connection closed");
+    answer[9..12].parse().unwrap()
 }
 
 /// The admin listener reads a publish whose body has a length whole and answers it on its own
@@ -531,33 +508,45 @@ async fn publishes_of_every_framing_are_answered_in_order_on_one_kept_alive_conn
         post("p2", "")
     );
     io.write_all(pipelined.as_bytes()).await.unwrap();
-    assert_eq!(read_answer(&mut io, &mut buf).await.0, 202);
-    assert_eq!(read_answer(&mut io, &mut buf).await.0, 202);
-    assert_eq!(read_answer(&mut io, &mut buf).await, (200, "ok\n".into()));
+    assert_eq!(next_status(&mut io, &mut buf).await, 202);
+    assert_eq!(next_status(&mut io, &mut buf).await, 202);
+    let health = raw_http::read_answer(&mut io, &mut buf, false)
+        .await
+        .unwrap();
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.ends_with("\r\n\r\nok\n"),
+        "{health}"
+    );
     // A chunked body, then a plain one again on the same connection.
     io.write_all(b"POST /publish/news/k HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer s3cret\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nc3\r\n0\r\n\r\n")
         .await
         .unwrap();
-    assert_eq!(read_answer(&mut io, &mut buf).await.0, 202);
+    assert_eq!(next_status(&mut io, &mut buf).await, 202);
     // A client that waits for `100 Continue` before its body gets it first.
     let expect = post("e4", "Expect: 100-continue\r\n");
     let (head, body) = expect.split_at(expect.len() - 2);
     io.write_all(head.as_bytes()).await.unwrap();
-    assert_eq!(read_answer(&mut io, &mut buf).await.0, 100);
+    let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+    tokio::time::timeout(DEADLINE, raw_http::fill(&mut io, &mut buf, interim.len()))
+        .await
+        .expect("100 Continue before the body")
+        .unwrap();
+    assert_eq!(&buf[..interim.len()], interim);
+    buf.drain(..interim.len());
     io.write_all(body.as_bytes()).await.unwrap();
-    assert_eq!(read_answer(&mut io, &mut buf).await.0, 202);
+    assert_eq!(next_status(&mut io, &mut buf).await, 202);
     // Over the route's max_message: 413, whether the body is read whole first or refused by
     // its declared length on the full path (over what the listener reads whole).
     let big = "x".repeat(1001);
     io.write_all(post(&big, "").as_bytes()).await.unwrap();
-    assert_eq!(read_answer(&mut io, &mut buf).await.0, 413);
+    assert_eq!(next_status(&mut io, &mut buf).await, 413);
     let mut io2 = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
     let huge = "x".repeat(300 * 1024);
     io2.write_all(post(&huge, "").as_bytes()).await.unwrap();
-    assert_eq!(read_answer(&mut io2, &mut Vec::new()).await.0, 413);
+    assert_eq!(next_status(&mut io2, &mut Vec::new()).await, 413);
     // The connection still serves after a refusal.
     io.write_all(post("p5", "").as_bytes()).await.unwrap();
-    assert_eq!(read_answer(&mut io, &mut buf).await.0, 202);
+    assert_eq!(next_status(&mut io, &mut buf).await, 202);
     for want in ["p1", "p2", "c3", "e4", "p5"] {
         assert_eq!(sse.next_data_event().await.data, want);
     }

@@ -154,7 +154,8 @@ pub async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Vec<u
     Some((raw, path))
 }
 
-async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> Option<()> {
+/// Reads from `s` until `buf` holds at least `want` bytes; None when it closed first.
+pub async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> Option<()> {
     while buf.len() < want {
         let mut chunk = vec![0u8; 1 << 20];
         let n = s.read(&mut chunk).await.ok()?;
