@@ -481,10 +481,9 @@ impl Hub {
             let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
             let ev = event.as_deref();
             let relayed = from == Provenance::Relayed;
-            let own = !ring.own.is_empty()
-                && take_match(&mut ring.own, |m| {
-                    m.seq == seq || (relayed && same_message(m, seq, ev, &payload, binary))
-                });
+            let own = take_match(&mut ring.own, |m| {
+                m.seq == seq || (relayed && same_message(m, seq, ev, &payload, binary))
+            });
             if own || seq < ring.next_seq {
                 return None;
             }

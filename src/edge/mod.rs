@@ -36,7 +36,7 @@ pub use pacer::AcceptPacer;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, ServerApp};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
@@ -331,19 +331,9 @@ where
                     len,
                     route,
                 },
-                // A head with a body: every byte read is pingora's to read again.
-                None if shape.body != http1::Framing::Empty => Next::Pingora {
-                    replay: bytes.freeze(),
-                    rest: BytesMut::new(),
-                },
                 None => {
-                    let rest = http1::after_head(&bytes, len);
-                    let mut bytes = bytes;
-                    bytes.truncate(len);
-                    Next::Pingora {
-                        replay: bytes.freeze(),
-                        rest,
-                    }
+                    let (replay, rest) = for_pingora(bytes, len, shape.body);
+                    Next::Pingora { replay, rest }
                 }
             },
             http1::Head::Other(bytes) => Next::Pingora {
@@ -353,6 +343,17 @@ where
             http1::Head::Closed => unreachable!("next_head returns no closed head"),
         }
     }
+}
+
+/// What pingora reads again of a parsed head it is handed (`replay`), and the bytes after it
+/// that are the next request's (`rest`). A head with a body: every byte read is pingora's.
+fn for_pingora(mut bytes: BytesMut, len: usize, body: http1::Framing) -> (bytes::Bytes, BytesMut) {
+    if body != http1::Framing::Empty {
+        return (bytes.freeze(), BytesMut::new());
+    }
+    let rest = http1::after_head(&bytes, len);
+    bytes.truncate(len);
+    (bytes.freeze(), rest)
 }
 
 /// Hands the connection to `app` on pingora's path with the bytes read so far (`replay`), so
@@ -401,12 +402,11 @@ async fn serve_admin(
         let (replay, rest) = match head {
             http1::Head::Parsed {
                 req,
-                mut bytes,
+                bytes,
                 len,
                 shape,
             } if admin_lean(&req, shape.body) => {
                 let rest = http1::after_head(&bytes, len);
-                bytes.truncate(len);
                 let draining = *shutdown.borrow();
                 let mut conn = http1::Connection::new(io, req, rest, ip, false, draining);
                 let body_len = match shape.body {
@@ -416,15 +416,9 @@ async fn serve_admin(
                 let Ok(body) = conn.read_whole_body(body_len, ADMIN_BODY_DEADLINE).await else {
                     return;
                 };
-                let resp = admin.answer(conn.req_header(), ip, body).await;
-                let (parts, body) = resp.into_parts();
-                let mut head = ResponseHeader::build(parts.status, Some(parts.headers.len()))
-                    .expect("a status is a valid head");
-                for (name, value) in parts.headers.iter() {
-                    let _ = head.append_header(name.clone(), value.clone());
-                }
+                let (parts, body) = admin.answer(conn.req_header(), ip, body).await.into_parts();
                 if conn
-                    .write_answer(Box::new(head), bytes::Bytes::from(body))
+                    .write_answer(Box::new(parts.into()), bytes::Bytes::from(body))
                     .await
                     .is_err()
                 {
@@ -439,15 +433,9 @@ async fn serve_admin(
                 }
                 continue;
             }
-            // A head with a body (not read): every byte read is pingora's to read again.
-            http1::Head::Parsed { bytes, shape, .. } if shape.body != http1::Framing::Empty => {
-                (bytes.freeze(), BytesMut::new())
-            }
-            http1::Head::Parsed { mut bytes, len, .. } => {
-                let rest = http1::after_head(&bytes, len);
-                bytes.truncate(len);
-                (bytes.freeze(), rest)
-            }
+            http1::Head::Parsed {
+                bytes, len, shape, ..
+            } => for_pingora(bytes, len, shape.body),
             http1::Head::Other(bytes) => (bytes.freeze(), BytesMut::new()),
             http1::Head::Plain { .. } | http1::Head::Closed => return,
         };

@@ -234,7 +234,6 @@ fn too_big(max: usize) -> Answer {
 
 /// The whole body, at most `max` bytes (413 past it), each read within the POST deadline.
 async fn read_body(session: &mut ServerSession, max: usize) -> Result<Bytes, Answer> {
-    let too_big = || too_big(max);
     let declared = session
         .req_header()
         .headers
@@ -242,7 +241,7 @@ async fn read_body(session: &mut ServerSession, max: usize) -> Result<Bytes, Ans
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_big());
+        return Err(too_big(max));
     }
     let mut body = BytesMut::new();
     loop {
@@ -262,7 +261,7 @@ async fn read_body(session: &mut ServerSession, max: usize) -> Result<Bytes, Ans
             Ok(Ok(None)) => return Ok(body.freeze()),
             Ok(Ok(Some(data))) => {
                 if body.len() + data.len() > max {
-                    return Err(too_big());
+                    return Err(too_big(max));
                 }
                 body.extend_from_slice(&data);
             }
